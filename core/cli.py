@@ -1,0 +1,143 @@
+"""The `tandem` command: `serve` (core + facade on one machine), `core`, `facade`.
+
+Owns: flags → configs, logging set-up, picking the built-in demo model when no `--model` is
+given, and supervising the core subprocess under `serve`. Imports nothing heavy at module
+level: `tandem facade` runs where JAX, torch and transformers are not installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+log = logging.getLogger("tandem")
+DEMO_MODEL_NAME = "tandem-demo"
+
+
+def _add_core_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", type=Path, default=None,
+                        help="Hugging Face model directory (default: the built-in demo model)")
+    parser.add_argument("--served-model-name", default="",
+                        help="model id clients use (default: the directory name)")
+    parser.add_argument("--grpc-host", default="127.0.0.1", help="core bind address")
+    parser.add_argument("--grpc-port", type=int, default=50051)
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
+                        help="compute dtype (default: the checkpoint's)")
+    parser.add_argument("--max-model-len", type=int, default=2048,
+                        help="prompt + completion tokens per request (capped by the model)")
+    parser.add_argument("--max-num-seqs", type=int, default=8,
+                        help="sequences decoding together")
+    parser.add_argument("--max-waiting", type=int, default=256,
+                        help="queued requests before the core answers RESOURCE_EXHAUSTED")
+    parser.add_argument("--drain-timeout-s", type=float, default=30.0)
+
+
+def _add_facade_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1", help="HTTP bind address")
+    parser.add_argument("--port", type=int, default=8000, help="HTTP port")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tandem", description="Tandem LLM serving")
+    parser.add_argument("--log-level", default=os.environ.get("TANDEM_LOG_LEVEL", "INFO"))
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run core and OpenAI facade together")
+    _add_core_flags(serve)
+    _add_facade_flags(serve)
+    core = commands.add_parser("core", help="run the gRPC model core")
+    _add_core_flags(core)
+    facade = commands.add_parser("facade", help="run the OpenAI HTTP facade")
+    _add_facade_flags(facade)
+    facade.add_argument("--core", default=os.environ.get("TANDEM_CORE_ADDRESS", "127.0.0.1:50051"),
+                        help="core address HOST:PORT or dns:///HOST:PORT")
+    return parser
+
+
+def run_core(args: argparse.Namespace) -> None:
+    from core.config import EngineConfig, ServerConfig
+    from core.server import run
+
+    model_dir, name = args.model, args.served_model_name
+    if model_dir is None:
+        from core.models.tiny import ensure_demo_model
+
+        model_dir = ensure_demo_model()
+        name = name or DEMO_MODEL_NAME
+        log.warning("no --model given: serving the built-in DEMO model '%s' from %s — RANDOM "
+                    "weights made locally, its text is gibberish", name, model_dir)
+    engine = EngineConfig(max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs,
+                          max_waiting=args.max_waiting,
+                          dtype=args.dtype or _checkpoint_dtype(model_dir))
+    config = ServerConfig(model_dir=Path(model_dir), model_name=name or Path(model_dir).name,
+                          host=args.grpc_host, grpc_port=args.grpc_port, engine=engine,
+                          drain_timeout_s=args.drain_timeout_s)
+    asyncio.run(run(config, config.model_name))
+
+
+def _checkpoint_dtype(model_dir: Path) -> str:
+    from core.config import ModelConfig
+
+    return ModelConfig.from_hf_dir(Path(model_dir)).dtype
+
+
+def run_facade(args: argparse.Namespace, core_address: str) -> None:
+    from facade.main import run
+    from facade.settings import FacadeSettings
+
+    run(FacadeSettings(core_address=core_address), host=args.host, port=args.port)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """Start the core as a child process, run the facade here, stop the child on exit."""
+    core_argv = [sys.executable, "-m", "core.cli", "--log-level", args.log_level, "core",
+                 *_core_args(args)]
+    child = subprocess.Popen(core_argv)
+    log.info("started core (pid %d) on %s:%d", child.pid, args.grpc_host, args.grpc_port)
+    try:
+        run_facade(args, f"{args.grpc_host}:{args.grpc_port}")
+    finally:
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+            try:
+                child.wait(timeout=args.drain_timeout_s + 5)
+            except subprocess.TimeoutExpired:
+                child.kill()
+    return child.returncode or 0
+
+
+def _core_args(args: argparse.Namespace) -> list[str]:
+    """The parsed `serve` flags, passed on to `tandem core`."""
+    result = ["--grpc-host", args.grpc_host, "--grpc-port", str(args.grpc_port),
+              "--max-model-len", str(args.max_model_len), "--max-num-seqs", str(args.max_num_seqs),
+              "--max-waiting", str(args.max_waiting), "--drain-timeout-s", str(args.drain_timeout_s)]
+    if args.model is not None:
+        result += ["--model", str(args.model)]
+    if args.served_model_name:
+        result += ["--served-model-name", args.served_model_name]
+    if args.dtype:
+        result += ["--dtype", args.dtype]
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command == "core":
+        run_core(args)
+    elif args.command == "facade":
+        run_facade(args, args.core)
+    else:
+        return run_serve(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

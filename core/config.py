@@ -1,0 +1,169 @@
+"""Frozen configuration dataclasses of the core: the model's shape, the engine's limits, the server.
+
+Owns: `ModelConfig` (read from a Hugging Face `config.json`), `EngineConfig` (slots, lengths,
+buckets) and `ServerConfig` (addresses, paths). No JAX here, so the CLI can parse flags cheaply.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
+SUPPORTED_DTYPES = ("float32", "bfloat16")
+
+
+class ConfigError(ValueError):
+    """A model directory or flag the core cannot serve."""
+
+
+@dataclass(frozen=True)
+class RopeScaling:
+    """RoPE frequency scaling (`rope_type` "linear" or "llama3")."""
+
+    rope_type: str  # "linear" or "llama3"
+    factor: float  # context extension factor
+    low_freq_factor: float = 1.0  # llama3 only
+    high_freq_factor: float = 4.0  # llama3 only
+    original_max_position_embeddings: int = 8192  # llama3 only: pre-training context length
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The shape of a Llama-family decoder, as read from a Hugging Face `config.json`."""
+
+    architecture: str  # e.g. "LlamaForCausalLM"
+    vocab_size: int  # rows of the embedding table
+    hidden_size: int  # model width D
+    intermediate_size: int  # MLP width F
+    num_layers: int  # decoder blocks
+    num_heads: int  # query heads N
+    num_kv_heads: int  # key/value heads K (GQA when K < N)
+    head_dim: int  # per-head width H
+    rms_norm_eps: float  # RMSNorm epsilon
+    rope_theta: float  # RoPE base
+    max_position_embeddings: int  # the model's context length
+    tie_word_embeddings: bool  # lm_head shares the embedding table
+    qkv_bias: bool = False  # biases on q/k/v projections (Qwen2, Llama attention_bias)
+    o_bias: bool = False  # bias on the output projection (Llama attention_bias)
+    mlp_bias: bool = False  # biases on the MLP projections (Llama mlp_bias)
+    sliding_window: int | None = None  # attend to at most this many previous tokens (Mistral)
+    rope_scaling: RopeScaling | None = None  # None: plain RoPE
+    bos_token_id: int | None = None
+    eos_token_ids: tuple[int, ...] = ()  # any of these ends generation
+    dtype: str = "float32"  # checkpoint dtype ("float32" or "bfloat16")
+    is_demo: bool = False  # the built-in random-weights demo model
+
+    @classmethod
+    def from_hf_dir(cls, model_dir: Path) -> ModelConfig:
+        raw = json.loads((Path(model_dir) / "config.json").read_text())
+        generation_path = Path(model_dir) / "generation_config.json"
+        generation = json.loads(generation_path.read_text()) if generation_path.exists() else {}
+        return cls.from_hf_dict(raw, generation)
+
+    @classmethod
+    def from_hf_dict(cls, raw: dict, generation: dict | None = None) -> ModelConfig:
+        architectures = raw.get("architectures") or []
+        architecture = architectures[0] if architectures else ""
+        if architecture not in SUPPORTED_ARCHITECTURES:
+            raise ConfigError(f"architecture {architecture!r} is not supported; "
+                              f"supported: {', '.join(SUPPORTED_ARCHITECTURES)}")
+        is_qwen2 = architecture == "Qwen2ForCausalLM"
+        num_heads = raw["num_attention_heads"]
+        rope = _rope_settings(raw)
+        sliding_window = raw.get("sliding_window")
+        if is_qwen2 and not raw.get("use_sliding_window", False):
+            sliding_window = None
+        dtype = str(raw.get("torch_dtype") or raw.get("dtype") or "float32")
+        return cls(
+            architecture=architecture,
+            vocab_size=raw["vocab_size"],
+            hidden_size=raw["hidden_size"],
+            intermediate_size=raw["intermediate_size"],
+            num_layers=raw["num_hidden_layers"],
+            num_heads=num_heads,
+            num_kv_heads=raw.get("num_key_value_heads") or num_heads,
+            head_dim=raw.get("head_dim") or raw["hidden_size"] // num_heads,
+            rms_norm_eps=raw.get("rms_norm_eps", 1e-6),
+            rope_theta=rope[0],
+            rope_scaling=rope[1],
+            max_position_embeddings=raw.get("max_position_embeddings", 2048),
+            tie_word_embeddings=raw.get("tie_word_embeddings", False),
+            qkv_bias=is_qwen2 or bool(raw.get("attention_bias", False)),
+            o_bias=(not is_qwen2) and bool(raw.get("attention_bias", False)),
+            mlp_bias=bool(raw.get("mlp_bias", False)),
+            sliding_window=sliding_window,
+            bos_token_id=raw.get("bos_token_id"),
+            eos_token_ids=_eos_ids(raw, generation or {}),
+            dtype=dtype if dtype in SUPPORTED_DTYPES else "float32",
+            is_demo=bool(raw.get("tandem_demo", False)),
+        )
+
+
+def _rope_settings(raw: dict) -> tuple[float, RopeScaling | None]:
+    """(theta, scaling) from either the classic keys or transformers 5's `rope_parameters`."""
+    params = dict(raw.get("rope_parameters") or {})
+    scaling = dict(raw.get("rope_scaling") or {}) or params
+    theta = float(params.get("rope_theta", raw.get("rope_theta", 10000.0)))
+    rope_type = scaling.get("rope_type", scaling.get("type", "default"))
+    if rope_type in (None, "default"):
+        return theta, None
+    if rope_type not in ("linear", "llama3"):
+        raise ConfigError(f"rope scaling type {rope_type!r} is not supported (linear, llama3)")
+    return theta, RopeScaling(
+        rope_type=rope_type,
+        factor=float(scaling["factor"]),
+        low_freq_factor=float(scaling.get("low_freq_factor", 1.0)),
+        high_freq_factor=float(scaling.get("high_freq_factor", 4.0)),
+        original_max_position_embeddings=int(scaling.get("original_max_position_embeddings", 8192)),
+    )
+
+
+def _eos_ids(raw: dict, generation: dict) -> tuple[int, ...]:
+    ids: list[int] = []
+    for source in (generation.get("eos_token_id"), raw.get("eos_token_id")):
+        for token_id in source if isinstance(source, list) else [source]:
+            if token_id is not None and token_id not in ids:
+                ids.append(int(token_id))
+    return tuple(ids)
+
+
+def default_buckets(max_value: int, smallest: int) -> tuple[int, ...]:
+    """Powers of two from `smallest` up to and including `max_value`."""
+    buckets, size = [], smallest
+    while size < max_value:
+        buckets.append(size)
+        size *= 2
+    buckets.append(max_value)
+    return tuple(buckets)
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Limits of the generation engine; every bucket compiles at warm-up."""
+
+    max_model_len: int = 2048  # prompt + completion tokens per sequence (≤ the model's)
+    max_num_seqs: int = 8  # sequences decoding together (KV cache slots)
+    max_waiting: int = 256  # queued requests before RESOURCE_EXHAUSTED
+    min_prefill_bucket: int = 16  # smallest padded prefill length
+    dtype: str = "float32"  # compute dtype of weights and KV cache
+    retry_after_s: int = 1  # RetryInfo sent with RESOURCE_EXHAUSTED
+
+    def prefill_buckets(self) -> tuple[int, ...]:
+        return default_buckets(self.max_model_len, min(self.min_prefill_bucket, self.max_model_len))
+
+    def decode_buckets(self) -> tuple[int, ...]:
+        return default_buckets(self.max_num_seqs, 1)
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Where the core listens and what it serves."""
+
+    model_dir: Path  # Hugging Face model directory
+    model_name: str = ""  # served model id; empty: the directory name
+    host: str = "127.0.0.1"  # gRPC bind address (loopback unless told otherwise)
+    grpc_port: int = 50051
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    drain_timeout_s: float = 30.0  # graceful shutdown grace period

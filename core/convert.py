@@ -1,0 +1,175 @@
+"""Contract messages (protobuf) → validated internal requests of the core.
+
+Owns: the core's own validation of every Generate field (the facade validates too, but gRPC
+clients reach the core directly), turning the input oneof into prompt token ids (text, token
+ids, or chat messages through the model's template), and the context-length check.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+from core.errors import ContextLengthExceeded, InvalidParameter, Unsupported
+from core.request import MAX_TOP_LOGPROBS, Request, SamplingParams, StoppingParams
+from core.tokenizer import ChatPrompt, Tokenizer, parse_json_object
+from tandem.v1 import inference_pb2 as pb
+
+MAX_CHOICES = 16  # n at most
+MAX_STOP_STRINGS = 16
+
+
+def chat_prompt(chat: pb.ChatInput) -> ChatPrompt:
+    messages = [_chat_message(message, index) for index, message in enumerate(chat.messages)]
+    tools = [{"type": tool.type or "function", "function": {
+        "name": tool.name, "description": tool.description,
+        "parameters": parse_json_object(tool.parameters_json, "tools")}} for tool in chat.tools]
+    return ChatPrompt(
+        messages=messages, tools=tools or None,
+        add_generation_prompt=(chat.add_generation_prompt
+                               if chat.HasField("add_generation_prompt") else True),
+        continue_final_message=chat.continue_final_message,
+        template_kwargs=parse_json_object(chat.chat_template_kwargs_json, "chat_template_kwargs"),
+        chat_template=chat.chat_template if chat.HasField("chat_template") else None)
+
+
+def _chat_message(message: pb.ChatMessage, index: int) -> dict:
+    texts = []
+    for part in message.content:
+        if part.WhichOneof("part") != "text":
+            raise Unsupported(f"messages[{index}]: {part.WhichOneof('part')} content is not "
+                              "supported by this text-only model", param="messages")
+        texts.append(part.text)
+    result: dict = {"role": message.role, "content": "".join(texts)}
+    if message.HasField("name"):
+        result["name"] = message.name
+    if message.HasField("tool_call_id"):
+        result["tool_call_id"] = message.tool_call_id
+    if message.tool_calls:
+        result["tool_calls"] = [{"id": call.id, "type": call.type or "function", "function": {
+            "name": call.function.name, "arguments": _arguments(call.function.arguments)}}
+            for call in message.tool_calls]
+    return result
+
+
+def _arguments(raw: str):
+    try:
+        return json.loads(raw) if raw else {}
+    except json.JSONDecodeError:
+        return raw
+
+
+def prompt_token_ids(tokenizer: Tokenizer, vocab_size: int, request) -> list[int]:
+    """The prompt of a GenerateRequest or TokenizeRequest as token ids."""
+    kind = request.WhichOneof("input")
+    add_special = (request.add_special_tokens if request.HasField("add_special_tokens")
+                   else True)
+    if kind == "text":
+        if not request.text:
+            raise InvalidParameter("prompt must not be empty", param="prompt")
+        return tokenizer.encode(request.text, add_special_tokens=add_special)
+    if kind == "tokens":
+        ids = list(request.tokens.ids)
+        if not ids:
+            raise InvalidParameter("prompt must not be empty", param="prompt")
+        check_token_ids(ids, vocab_size, "prompt")
+        return ids
+    if kind == "chat":
+        return tokenizer.apply_chat_template(chat_prompt(request.chat))
+    raise InvalidParameter("one of text, tokens or chat is required", param="prompt")
+
+
+def check_token_ids(ids, vocab_size: int, param: str) -> None:
+    bad = [i for i in ids if not 0 <= i < vocab_size]
+    if bad:
+        raise InvalidParameter(f"token id {bad[0]} is outside the vocabulary [0, {vocab_size})",
+                               param=param)
+
+
+def _check_range(value: float, name: str, low: float, high: float, low_open=False) -> None:
+    ok = math.isfinite(value) and (value > low if low_open else value >= low) and value <= high
+    if not ok:
+        bracket = "(" if low_open else "["
+        raise InvalidParameter(f"{name} must be in {bracket}{low}, {high}], got {value}",
+                               param=name)
+
+
+def sampling_params(sampling: pb.SamplingParams) -> SamplingParams:
+    def get(name, default):
+        return getattr(sampling, name) if sampling.HasField(name) else default
+
+    temperature, top_p = get("temperature", 1.0), get("top_p", 1.0)
+    top_k, min_p = get("top_k", 0), get("min_p", 0.0)
+    _check_range(temperature, "temperature", 0.0, 100.0)
+    _check_range(top_p, "top_p", 0.0, 1.0, low_open=True)
+    _check_range(min_p, "min_p", 0.0, 1.0)
+    if top_k < -1:
+        raise InvalidParameter(f"top_k must be -1, 0 (off) or positive, got {top_k}",
+                               param="top_k")
+    for name, neutral in (("presence_penalty", 0.0), ("frequency_penalty", 0.0),
+                          ("repetition_penalty", 1.0)):
+        if get(name, neutral) != neutral:
+            raise Unsupported(f"{name} is not supported yet", param=name)
+    if sampling.logit_bias:
+        raise Unsupported("logit_bias is not supported yet", param="logit_bias")
+    return SamplingParams(temperature=temperature, top_p=top_p, top_k=max(top_k, 0),
+                          min_p=min_p, seed=get("seed", None))
+
+
+def generation_requests(request: pb.GenerateRequest, prompt_ids: list[int], request_id: str,
+                        vocab_size: int, max_model_len: int) -> list[Request]:
+    """One internal Request per choice, validated; raises the contract's typed errors."""
+    sampling = sampling_params(request.sampling)
+    stopping = request.stopping
+    num_choices = request.n if request.HasField("n") else 1
+    if not 1 <= num_choices <= MAX_CHOICES:
+        raise InvalidParameter(f"n must be in [1, {MAX_CHOICES}], got {num_choices}", param="n")
+    if stopping.HasField("min_tokens") and stopping.min_tokens > 0:
+        raise Unsupported("min_tokens is not supported yet", param="min_tokens")
+    if request.response_format.type in (pb.ResponseFormat.TYPE_JSON_OBJECT,
+                                        pb.ResponseFormat.TYPE_JSON_SCHEMA):
+        raise Unsupported("response_format json is not supported yet", param="response_format")
+    if len(stopping.stop) > MAX_STOP_STRINGS:
+        raise InvalidParameter(f"at most {MAX_STOP_STRINGS} stop strings", param="stop")
+    check_token_ids(stopping.stop_token_ids, vocab_size, "stop_token_ids")
+    top_logprobs = request.top_logprobs if request.HasField("top_logprobs") else 0
+    if top_logprobs > MAX_TOP_LOGPROBS:
+        raise InvalidParameter(f"top_logprobs must be at most {MAX_TOP_LOGPROBS}",
+                               param="top_logprobs")
+    prompt_param = "messages" if request.WhichOneof("input") == "chat" else "prompt"
+    max_tokens = _max_tokens(stopping, len(prompt_ids), max_model_len, prompt_param)
+    stop = StoppingParams(
+        max_tokens=max_tokens, stop_strings=tuple(stopping.stop),
+        stop_token_ids=tuple(stopping.stop_token_ids), ignore_eos=stopping.ignore_eos,
+        include_stop_str_in_output=stopping.include_stop_str_in_output,
+        skip_special_tokens=(stopping.skip_special_tokens
+                             if stopping.HasField("skip_special_tokens") else True))
+    requests = []
+    for index in range(num_choices):
+        choice_sampling = sampling
+        if sampling.seed is not None and index > 0:  # distinct but reproducible choices
+            choice_sampling = SamplingParams(**{**sampling.__dict__, "seed": sampling.seed + index})
+        requests.append(Request(
+            request_id=f"{request_id}-{index}", prompt_token_ids=list(prompt_ids),
+            sampling=choice_sampling, stopping=stop,
+            want_logprobs=request.logprobs or request.HasField("top_logprobs"),
+            top_logprobs=top_logprobs))
+    return requests
+
+
+def _max_tokens(stopping: pb.StoppingCriteria, num_prompt_tokens: int, max_model_len: int,
+                prompt_param: str) -> int:
+    if stopping.HasField("max_tokens") and stopping.max_tokens < 1:
+        raise InvalidParameter("max_tokens must be at least 1", param="max_tokens")
+    requested = stopping.max_tokens if stopping.HasField("max_tokens") else None
+    total = num_prompt_tokens + (requested or 1)
+    if total > max_model_len:
+        asked = (f"{total} tokens ({num_prompt_tokens} in the prompt, {requested} in the "
+                 "completion)" if requested else f"{num_prompt_tokens} tokens in the prompt")
+        raise ContextLengthExceeded(
+            f"This model's maximum context length is {max_model_len} tokens. However, you "
+            f"requested {asked}. Please reduce the length of the prompt or completion.",
+            param=prompt_param,
+            metadata={"max_model_len": str(max_model_len),
+                      "prompt_tokens": str(num_prompt_tokens)})
+    return requested or max_model_len - num_prompt_tokens

@@ -1,0 +1,230 @@
+"""The engine interface and the step-loop thread that runs generation.
+
+Owns: the `Engine` interface the servicer talks to (add a request with an output sink, abort
+it), and `LlmEngine`, whose thread repeats three beats — `schedule()` → `runner.execute()` →
+`update_from_output()` — turning sampled tokens into `RequestOutput`s (detokenized, stop
+conditions applied). Requests and aborts arrive through a thread-safe inbox; outputs leave
+through each request's sink, which must not block.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+import queue
+import secrets
+import threading
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+from core.config import EngineConfig, ModelConfig
+from core.detokenizer import IncrementalDetokenizer
+from core.errors import Overloaded, Unavailable
+from core.request import FinishReason, Request, RequestOutput, ScheduledBatch, TokenLogprob
+from core.scheduler import Scheduler
+from core.tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
+
+OutputSink = Callable[[RequestOutput], None]
+IDLE_WAIT_S = 0.5  # how long the idle loop blocks on its inbox before re-checking for stop
+
+
+class Engine(abc.ABC):
+    """What the servicer needs from an engine."""
+
+    model_config: ModelConfig
+    engine_config: EngineConfig
+    tokenizer: Tokenizer
+
+    @abc.abstractmethod
+    def add_request(self, request: Request, sink: OutputSink) -> None:
+        """Queue a request; raises Overloaded or Unavailable. Outputs go to `sink`."""
+
+    @abc.abstractmethod
+    def abort(self, request_id: str) -> None:
+        """Stop a request and free its resources within one step (no-op when finished)."""
+
+    @property
+    @abc.abstractmethod
+    def compilations_after_warmup(self) -> int: ...
+
+
+@dataclass
+class _Tracked:
+    """Engine-thread state of one request."""
+
+    request: Request
+    sink: OutputSink
+    detokenizer: IncrementalDetokenizer
+
+
+class LlmEngine(Engine):
+    def __init__(self, runner, model_config: ModelConfig, engine_config: EngineConfig,
+                 tokenizer: Tokenizer):
+        self.runner = runner
+        self.model_config = model_config
+        self.engine_config = engine_config
+        self.tokenizer = tokenizer
+        self.scheduler = Scheduler(engine_config.max_num_seqs)
+        self._inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._tracked: dict[str, _Tracked] = {}
+        self._num_pending = 0  # added but not yet finished (guarded by _lock)
+        self._lock = threading.Lock()
+        self._accepting = True
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="tandem-engine", daemon=True)
+
+    # -- interface -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._accepting = False
+        self._stopped.set()
+        self._inbox.put(("wake", None, None))
+        self._thread.join(timeout=10)
+
+    def stop_admitting(self) -> None:
+        self._accepting = False
+
+    @property
+    def num_unfinished(self) -> int:
+        with self._lock:
+            return self._num_pending
+
+    @property
+    def compilations_after_warmup(self) -> int:
+        return self.runner.compilations_after_warmup
+
+    def add_request(self, request: Request, sink: OutputSink) -> None:
+        if not self._accepting:
+            raise Unavailable("the core is shutting down")
+        with self._lock:
+            if self._num_pending >= self.engine_config.max_waiting + self.engine_config.max_num_seqs:
+                raise Overloaded("too many requests queued; retry later",
+                                 retry_after_s=self.engine_config.retry_after_s)
+            self._num_pending += 1
+        if request.sampling.seed is None:
+            request.sampling = replace(request.sampling, seed=secrets.randbits(63))
+        self._inbox.put(("add", request, sink))
+
+    def abort(self, request_id: str) -> None:
+        self._inbox.put(("abort", request_id, None))
+
+    # -- the loop --------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while not self._stopped.is_set():
+            self._drain_inbox(block=self.scheduler.num_unfinished == 0)
+            batch = self.scheduler.schedule()
+            if batch is None:
+                continue
+            try:
+                output = self.runner.execute(batch)
+            except Exception as exc:  # a bug: fail this batch's requests, keep serving others
+                log.exception("engine step failed")
+                self._fail_batch(batch, f"engine step failed: {exc}")
+                continue
+            self.update_from_output(batch, output)
+
+    def _drain_inbox(self, block: bool) -> None:
+        try:
+            item = self._inbox.get(timeout=IDLE_WAIT_S) if block else self._inbox.get_nowait()
+        except queue.Empty:
+            return
+        while True:
+            kind, payload, sink = item
+            if kind == "add":
+                detokenizer = IncrementalDetokenizer(
+                    self.tokenizer, payload.prompt_token_ids,
+                    stop_strings=payload.stopping.stop_strings,
+                    include_stop_str_in_output=payload.stopping.include_stop_str_in_output,
+                    skip_special_tokens=payload.stopping.skip_special_tokens)
+                self._tracked[payload.request_id] = _Tracked(payload, sink, detokenizer)
+                self.scheduler.add(payload)
+            elif kind == "abort" and payload in self._tracked:
+                self._release(self._tracked[payload].request)
+            try:
+                item = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+
+    def update_from_output(self, batch: ScheduledBatch, output) -> None:
+        for index, row in enumerate(batch.rows):
+            request = self.scheduler.request_in_slot(row.slot_id)
+            tracked = self._tracked[request.request_id]
+            token_id = int(output.token_ids[index])
+            request.output_token_ids.append(token_id)
+            logprobs = ()
+            if request.want_logprobs:
+                top = tuple((int(i), float(lp)) for i, lp in zip(
+                    output.top_ids[index][:request.top_logprobs],
+                    output.top_logprobs[index][:request.top_logprobs]))
+                logprobs = (TokenLogprob(token_id, float(output.logprobs[index]), top),)
+            self._emit(tracked, token_id, logprobs)
+
+    def _emit(self, tracked: _Tracked, token_id: int, logprobs: tuple) -> None:
+        request, stopping = tracked.request, tracked.request.stopping
+        stop_token_id, stop_string, text = None, None, ""
+        if token_id in self.model_config.eos_token_ids and not stopping.ignore_eos:
+            request.finish_reason = FinishReason.STOP
+        elif token_id in stopping.stop_token_ids:
+            request.finish_reason, stop_token_id = FinishReason.STOP, token_id
+        else:
+            step = tracked.detokenizer.push(token_id)
+            text, stop_string = step.text_delta, step.stop_string
+            if stop_string is not None:
+                request.finish_reason = FinishReason.STOP
+        if request.finish_reason is None and (
+                len(request.output_token_ids) >= stopping.max_tokens
+                or request.num_tokens >= self.engine_config.max_model_len):
+            request.finish_reason = FinishReason.LENGTH
+        if request.finish_reason is not None and stop_string is None:
+            text += tracked.detokenizer.flush()
+        self._send(tracked, RequestOutput(
+            request_id=request.request_id, new_token_ids=(token_id,), text_delta=text,
+            logprobs=logprobs, finish_reason=request.finish_reason, stop_string=stop_string,
+            stop_token_id=stop_token_id, prompt_tokens=len(request.prompt_token_ids),
+            completion_tokens=len(request.output_token_ids)))
+        if request.finish_reason is not None:
+            self._release(request)
+
+    def _fail_batch(self, batch: ScheduledBatch, message: str) -> None:
+        for row in batch.rows:
+            request = self.scheduler.request_in_slot(row.slot_id)
+            tracked = self._tracked[request.request_id]
+            request.finish_reason = FinishReason.ABORT
+            self._send(tracked, RequestOutput(request.request_id, (), "", error=message,
+                                              finish_reason=FinishReason.ABORT))
+            self._release(request)
+
+    def _send(self, tracked: _Tracked, output: RequestOutput) -> None:
+        try:
+            tracked.sink(output)
+        except Exception:  # the receiver is gone (its event loop closed); drop the output
+            log.warning("dropping output of %s: sink failed", output.request_id)
+
+    def _release(self, request: Request) -> None:
+        self.scheduler.finish(request)
+        if self._tracked.pop(request.request_id, None) is not None:
+            with self._lock:
+                self._num_pending -= 1
+
+
+def create_engine(model_dir: Path, engine_config: EngineConfig, warmup: bool = True) -> LlmEngine:
+    """Load weights and tokenizer, compile every bucket, start the step loop."""
+    from core.models.loader import load_model  # JAX is imported here, not at module import
+    from core.runner import ModelRunner
+
+    model, model_config = load_model(model_dir, engine_config.dtype)
+    max_model_len = min(engine_config.max_model_len, model_config.max_position_embeddings)
+    engine_config = replace(engine_config, max_model_len=max_model_len)
+    runner = ModelRunner(model, model_config, engine_config)
+    if warmup:
+        runner.warmup()
+    engine = LlmEngine(runner, model_config, engine_config, Tokenizer(model_dir))
+    engine.start()
+    return engine

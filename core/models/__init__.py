@@ -1,0 +1,1 @@
+"""Model families the core can run (Flax NNX) and their checkpoint loaders."""

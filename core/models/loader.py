@@ -1,0 +1,110 @@
+"""Hugging Face model directory → a `LlamaModel` with its weights.
+
+Owns: finding the safetensors files (single `model.safetensors` or a sharded
+`model.safetensors.index.json`), mapping Hugging Face tensor names onto the NNX module's
+parameters (transposing Linear weights to our einsum layouts), casting to the compute dtype, and
+checking that every parameter was filled and every checkpoint tensor was used.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable
+
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from safetensors import safe_open
+
+from core.config import ConfigError, ModelConfig
+from core.models.llama import LlamaModel
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)  # buffers some old checkpoints carry
+
+
+def checkpoint_files(model_dir: Path) -> list[Path]:
+    index = model_dir / "model.safetensors.index.json"
+    if index.exists():
+        weight_map = json.loads(index.read_text())["weight_map"]
+        return [model_dir / name for name in sorted(set(weight_map.values()))]
+    single = model_dir / "model.safetensors"
+    if single.exists():
+        return [single]
+    raise ConfigError(f"{model_dir}: no model.safetensors or model.safetensors.index.json")
+
+
+def _tensor_plan(model: LlamaModel, config: ModelConfig) -> dict[str, tuple[nnx.Variable, Callable]]:
+    """HF tensor name → (our parameter, numpy transform from HF layout to ours)."""
+    d, n, k, h = config.hidden_size, config.num_heads, config.num_kv_heads, config.head_dim
+
+    def split_heads(heads: int) -> Callable:
+        return lambda w: w.T.reshape(d, heads, h)  # [heads*h, d] → [d, heads, h]
+
+    def identity(w):
+        return w
+
+    def transpose(w):
+        return w.T
+
+    plan = {"model.embed_tokens.weight": (model.embed_tokens, identity),
+            "model.norm.weight": (model.norm.weight, identity)}
+    if model.lm_head is not None:
+        plan["lm_head.weight"] = (model.lm_head, transpose)
+    for i, layer in enumerate(model.layers):
+        prefix, attn, mlp = f"model.layers.{i}.", layer.self_attn, layer.mlp
+        plan.update({
+            prefix + "input_layernorm.weight": (layer.input_layernorm.weight, identity),
+            prefix + "post_attention_layernorm.weight": (layer.post_attention_layernorm.weight,
+                                                         identity),
+            prefix + "self_attn.q_proj.weight": (attn.q_proj, split_heads(n)),
+            prefix + "self_attn.k_proj.weight": (attn.k_proj, split_heads(k)),
+            prefix + "self_attn.v_proj.weight": (attn.v_proj, split_heads(k)),
+            prefix + "self_attn.o_proj.weight": (attn.o_proj, lambda w: w.T.reshape(n, h, d)),
+            prefix + "mlp.gate_proj.weight": (mlp.gate_proj, transpose),
+            prefix + "mlp.up_proj.weight": (mlp.up_proj, transpose),
+            prefix + "mlp.down_proj.weight": (mlp.down_proj, transpose),
+        })
+        if config.qkv_bias:
+            plan[prefix + "self_attn.q_proj.bias"] = (attn.q_bias, lambda b: b.reshape(n, h))
+            plan[prefix + "self_attn.k_proj.bias"] = (attn.k_bias, lambda b: b.reshape(k, h))
+            plan[prefix + "self_attn.v_proj.bias"] = (attn.v_bias, lambda b: b.reshape(k, h))
+        if config.o_bias:
+            plan[prefix + "self_attn.o_proj.bias"] = (attn.o_bias, identity)
+        if config.mlp_bias:
+            for name in ("gate", "up", "down"):
+                plan[prefix + f"mlp.{name}_proj.bias"] = (getattr(mlp, f"{name}_bias"), identity)
+    return plan
+
+
+def load_model(model_dir: Path, dtype: str | None = None) -> tuple[LlamaModel, ModelConfig]:
+    """Build the model abstractly (no random init) and fill it from the checkpoint."""
+    model_dir = Path(model_dir)
+    config = ModelConfig.from_hf_dir(model_dir)
+    dtype_name = dtype or config.dtype
+    if dtype_name not in DTYPES:
+        raise ConfigError(f"dtype {dtype_name!r} is not supported: {', '.join(DTYPES)}")
+    compute_dtype = DTYPES[dtype_name]
+    model = nnx.eval_shape(lambda: LlamaModel(config, compute_dtype, nnx.Rngs(0)))
+    plan = _tensor_plan(model, config)
+    unused: list[str] = []
+    for path in checkpoint_files(model_dir):
+        with safe_open(str(path), framework="numpy") as tensors:
+            for name in tensors.keys():
+                if name not in plan:
+                    tied_head = name == "lm_head.weight" and config.tie_word_embeddings
+                    if not tied_head and not name.endswith(IGNORED_SUFFIXES):
+                        unused.append(name)
+                    continue
+                param, transform = plan.pop(name)
+                array = np.asarray(transform(tensors.get_tensor(name)))
+                if array.shape != param.value.shape:
+                    raise ConfigError(f"{name}: shape {array.shape}, expected {param.value.shape}")
+                param.value = jnp.asarray(array, dtype=compute_dtype)
+    if plan:
+        raise ConfigError(f"{model_dir}: checkpoint lacks {sorted(plan)[:5]} "
+                          f"({len(plan)} tensors missing)")
+    if unused:
+        raise ConfigError(f"{model_dir}: unexpected tensors {unused[:5]} ({len(unused)} in all)")
+    return model, config

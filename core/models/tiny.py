@@ -1,0 +1,291 @@
+"""Tiny random Hugging Face checkpoints for tests and the built-in demo model.
+
+Owns: the per-variant configs (Llama, Llama 3 with rope scaling, Mistral with a small sliding
+window, Qwen2 with qkv biases), the locally trained byte-level BPE tokenizer with its ChatML chat
+template, deterministic random weights written with safetensors (single file or sharded), and the
+cached demo-model directory. Nothing here downloads anything, and importing this module loads
+neither torch nor transformers: weights are numpy arrays, the tokenizer comes from `tokenizers`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import ml_dtypes
+import numpy as np
+from safetensors.numpy import save_file
+
+VARIANTS = ("llama", "llama3", "mistral", "qwen2")
+SIZES = ("tiny", "demo")
+DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}
+
+BOS, EOS, IM_START, IM_END, PAD = (
+    "<|begin_of_text|>", "<|end_of_text|>", "<|im_start|>", "<|im_end|>", "<|pad|>")
+SPECIAL_TOKENS = (BOS, EOS, IM_START, IM_END, PAD)  # ids 0..4, in this order
+
+CHAT_TEMPLATE = (
+    "{{- bos_token -}}"
+    "{%- for message in messages -%}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' -}}"
+    "{%- if message['content'] is string -%}{{- message['content'] -}}"
+    "{%- elif message['content'] is iterable -%}"
+    "{%- for part in message['content'] -%}"
+    "{%- if part['type'] == 'text' -%}{{- part['text'] -}}{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- endif -%}"
+    "{{- '<|im_end|>\\n' -}}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
+)
+
+_CORPUS = """\
+The quick brown fox jumps over the lazy dog. A language model reads text as tokens and predicts
+the next token, one step at a time. Serving many requests at once needs a scheduler, a cache of
+keys and values, and a sampler that picks each token from the model's probabilities.
+Hello, world! How are you today? I am fine, thank you. What would you like to talk about?
+Once upon a time there was a small model that wanted to write stories about the sea, the
+mountains, the city at night, and the people who lived there. It learned words, then sentences.
+Numbers like 1, 2, 3, 10, 42, 100, 2024 and 3.14159 appear in text; so do symbols: + - * / = < >
+( ) [ ] { } # @ & % $ and quotes "like this" or 'like that'. Code looks like def main(): return 0
+and for i in range(10): print(i). JSON looks like {"role": "user", "content": "hi"}.
+Français: héllo, café, crème brûlée, à bientôt, où est la gare? Deutsch: Grüße, Straße, schön.
+Español: ¿Cómo estás? Mañana será otro día. Português: coração, não, obrigado.
+Русский: привет, мир, спасибо. Ελληνικά: γειά σου κόσμε. العربية: مرحبا بالعالم.
+日本語: こんにちは世界、日本語のテキスト。東京は大きい。 中文: 你好，世界。我们喜欢语言模型。
+한국어: 안녕하세요 세계. Emoji: 🙂 😀 🚀 🎉 ❤️ 👍 🙂🙂 héllo 日本語 🙂 world.
+The assistant answers the user politely and briefly. The user asks a question; the system sets
+the rules. Streaming sends text in small pieces, and stop strings end generation early.
+"""
+
+_TINY_DIMS = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                  max_position_embeddings=2048)
+_DEMO_DIMS = dict(hidden_size=256, intermediate_size=688, num_hidden_layers=4,
+                  num_attention_heads=8, num_key_value_heads=4, head_dim=32,
+                  max_position_embeddings=4096)
+_VOCAB_TARGET = {"tiny": 512, "demo": 2048}
+_LLAMA3_SCALING = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                   "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
+_QWEN2_SPLIT = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"""
+                r"""| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+""")
+
+
+def _training_text(vocab_target: int) -> list[str]:
+    """The corpus lines; larger vocabularies also see digits so enough merges exist."""
+    lines = _CORPUS.splitlines()
+    if vocab_target > 512:
+        lines += [" ".join(str(n) for n in range(k, k + 50)) for k in range(0, 5000, 50)]
+    return lines
+
+
+def build_tokenizer(vocab_target: int = 512, variant: str = "llama"):
+    """Train the byte-level BPE tokenizer (a `tokenizers.Tokenizer`) on the built-in corpus.
+
+    qwen2 gets Qwen's NFC normalizer and split regex, because transformers 5 always rebuilds a
+    qwen2 tokenizer that way; the file and what transformers loads must tokenize alike.
+    """
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
+    from tokenizers import processors, trainers
+
+    tok = Tokenizer(models.BPE())
+    if variant == "qwen2":
+        tok.normalizer = normalizers.NFC()
+        tok.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(_QWEN2_SPLIT), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    else:
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_target, special_tokens=list(SPECIAL_TOKENS), show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(_training_text(vocab_target), trainer=trainer)
+    bos_id = tok.token_to_id(BOS)
+    tok.post_processor = processors.Sequence([
+        processors.ByteLevel(trim_offsets=False),
+        processors.TemplateProcessing(
+            single=f"{BOS}:0 $A:0", pair=f"{BOS}:0 $A:0 {BOS}:1 $B:1",
+            special_tokens=[(BOS, bos_id)]),
+    ])
+    return tok
+
+
+def special_token_ids(tok) -> dict[str, int]:
+    """Token ids of the special tokens, by role."""
+    return {"bos": tok.token_to_id(BOS), "eos": tok.token_to_id(EOS),
+            "im_start": tok.token_to_id(IM_START), "im_end": tok.token_to_id(IM_END),
+            "pad": tok.token_to_id(PAD)}
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def write_tokenizer(out_dir: Path, tok, model_max_length: int) -> None:
+    """tokenizer.json, tokenizer_config.json, special_tokens_map.json, chat_template.jinja."""
+    tok.save(str(out_dir / "tokenizer.json"))
+    added = {str(tok.token_to_id(t)): {"content": t, "lstrip": False, "rstrip": False,
+                                       "normalized": False, "single_word": False,
+                                       "special": True} for t in SPECIAL_TOKENS}
+    _write_json(out_dir / "tokenizer_config.json", {
+        "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": BOS, "eos_token": EOS,
+        "pad_token": PAD, "unk_token": None, "add_bos_token": True, "add_eos_token": False,
+        "clean_up_tokenization_spaces": False, "model_max_length": model_max_length,
+        "model_input_names": ["input_ids", "attention_mask"],
+        "added_tokens_decoder": added, "chat_template": CHAT_TEMPLATE})
+    _write_json(out_dir / "special_tokens_map.json", {
+        "bos_token": BOS, "eos_token": EOS, "pad_token": PAD,
+        "additional_special_tokens": [IM_START, IM_END]})
+    (out_dir / "chat_template.jinja").write_text(CHAT_TEMPLATE, encoding="utf-8")
+
+
+def model_config(variant: str, vocab_size: int, ids: dict[str, int], *,
+                 dtype: str = "float32", size: str = "tiny") -> dict:
+    """The config.json dict for a variant; keeps classic rope keys next to `rope_parameters`."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; expected one of {VARIANTS}")
+    if size not in SIZES:
+        raise ValueError(f"unknown size {size!r}; expected one of {SIZES}")
+    cfg = {
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": vocab_size,
+        **(_TINY_DIMS if size == "tiny" else _DEMO_DIMS), "hidden_act": "silu",
+        "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "tie_word_embeddings": False,
+        "attention_bias": False, "attention_dropout": 0.0, "mlp_bias": False,
+        "initializer_range": 0.02, "use_cache": True, "bos_token_id": ids["bos"],
+        "eos_token_id": ids["eos"], "pad_token_id": ids["pad"], "dtype": dtype,
+        "torch_dtype": dtype,
+    }
+    if variant == "llama3":
+        cfg.update(rope_theta=500000.0, tie_word_embeddings=True,
+                   rope_scaling=dict(_LLAMA3_SCALING), eos_token_id=[ids["eos"], ids["im_end"]])
+    elif variant == "mistral":
+        cfg.update(architectures=["MistralForCausalLM"], model_type="mistral", sliding_window=32)
+        for key in ("attention_bias", "mlp_bias"):
+            cfg.pop(key)
+    elif variant == "qwen2":
+        cfg.update(architectures=["Qwen2ForCausalLM"], model_type="qwen2", rms_norm_eps=1e-6,
+                   rope_theta=1000000.0, tie_word_embeddings=True, use_sliding_window=False,
+                   sliding_window=None, max_window_layers=cfg["num_hidden_layers"])
+        for key in ("attention_bias", "mlp_bias"):
+            cfg.pop(key)  # Qwen2 always has q/k/v biases and no bias flags
+    # transformers >= 5 reads `rope_parameters` (rope_theta inside); older readers the classic keys.
+    cfg["rope_parameters"] = {**(cfg.get("rope_scaling") or {"rope_type": "default"}),
+                              "rope_theta": cfg["rope_theta"]}
+    if size == "demo":
+        cfg["tandem_demo"] = True
+    return cfg
+
+
+def random_weights(cfg: dict, seed: int = 0) -> dict[str, np.ndarray]:
+    """Deterministic float32 weights named exactly as the HF checkpoint for `cfg`."""
+    rng = np.random.default_rng(seed)
+    hidden, inter = cfg["hidden_size"], cfg["intermediate_size"]
+    q_dim = cfg["num_attention_heads"] * cfg["head_dim"]
+    kv_dim = cfg["num_key_value_heads"] * cfg["head_dim"]
+
+    def normal(shape, std):
+        return (rng.standard_normal(shape, dtype=np.float32) * np.float32(std))
+
+    def norm():
+        return 1.0 + normal((hidden,), 0.1)
+
+    w = {"model.embed_tokens.weight": normal((cfg["vocab_size"], hidden), 0.2)}
+    for i in range(cfg["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        for name, shape in (("q", (q_dim, hidden)), ("k", (kv_dim, hidden)),
+                            ("v", (kv_dim, hidden)), ("o", (hidden, q_dim))):
+            w[f"{p}self_attn.{name}_proj.weight"] = normal(shape, 0.02)
+        if cfg["model_type"] == "qwen2":
+            for name, dim in (("q", q_dim), ("k", kv_dim), ("v", kv_dim)):
+                w[f"{p}self_attn.{name}_proj.bias"] = normal((dim,), 0.02)
+        for name, shape in (("gate", (inter, hidden)), ("up", (inter, hidden)),
+                            ("down", (hidden, inter))):
+            w[f"{p}mlp.{name}_proj.weight"] = normal(shape, 0.02)
+        w[f"{p}input_layernorm.weight"] = norm()
+        w[f"{p}post_attention_layernorm.weight"] = norm()
+    w["model.norm.weight"] = norm()
+    if not cfg["tie_word_embeddings"]:
+        w["lm_head.weight"] = normal((cfg["vocab_size"], hidden), 0.2)
+    return w
+
+
+def write_weights(out_dir: Path, weights: dict[str, np.ndarray], num_shards: int = 1) -> None:
+    """model.safetensors, or N contiguous shards plus model.safetensors.index.json."""
+    meta = {"format": "pt"}
+    if num_shards <= 1:
+        save_file(weights, str(out_dir / "model.safetensors"), metadata=meta)
+        return
+    names = list(weights)
+    total_bytes = sum(weights[n].nbytes for n in names)
+    count = min(num_shards, len(names))
+    shards: list[list[str]] = [[] for _ in range(count)]
+    k, running_bytes = 0, 0
+    for idx, n in enumerate(names):  # contiguous, by cumulative bytes, no shard left empty
+        want = max(running_bytes * count // max(total_bytes, 1), count - (len(names) - idx))
+        k = min(want, k + 1, count - 1)
+        shards[k].append(n)
+        running_bytes += weights[n].nbytes
+    weight_map = {}
+    for k, shard in enumerate(shards):
+        fname = f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors"
+        save_file({n: weights[n] for n in shard}, str(out_dir / fname), metadata=meta)
+        weight_map.update({n: fname for n in shard})
+    _write_json(out_dir / "model.safetensors.index.json",
+                {"metadata": {"total_size": total_bytes}, "weight_map": weight_map})
+
+
+def write_tiny_model(out_dir: Path, variant: str = "llama", *, seed: int = 0,
+                     dtype: str = "float32", num_shards: int = 1, size: str = "tiny") -> Path:
+    """Write a complete HF model directory (config, weights, tokenizer) and return it."""
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; expected one of {tuple(DTYPES)}")
+    if size not in SIZES or variant not in VARIANTS:
+        raise ValueError(f"unknown size {size!r} or variant {variant!r}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tok = build_tokenizer(_VOCAB_TARGET[size], variant)
+    ids = special_token_ids(tok)
+    cfg = model_config(variant, tok.get_vocab_size(), ids, dtype=dtype, size=size)
+    weights = {n: a.astype(DTYPES[dtype]) for n, a in random_weights(cfg, seed).items()}
+    write_weights(out_dir, weights, num_shards)
+    _write_json(out_dir / "config.json", cfg)
+    _write_json(out_dir / "generation_config.json", {
+        "bos_token_id": ids["bos"], "eos_token_id": [ids["eos"], ids["im_end"]],
+        "pad_token_id": ids["pad"], "do_sample": False})
+    write_tokenizer(out_dir, tok, cfg["max_position_embeddings"])
+    if size == "demo":
+        (out_dir / "README.md").write_text(
+            "# Tandem demo model\n\nRandom weights, generated locally by `core.models.tiny` "
+            f"({variant}, seed {seed}). It exercises the serving stack end to end; its text "
+            "is meaningless. Not a trained model.\n", encoding="utf-8")
+    return out_dir
+
+
+def default_cache_dir() -> Path:
+    """$TANDEM_HOME, else ~/.cache/tandem."""
+    home = os.environ.get("TANDEM_HOME")
+    return Path(home) if home else Path.home() / ".cache" / "tandem"
+
+
+def ensure_demo_model(cache_dir: Path | None = None) -> Path:
+    """The demo model directory `<cache_dir>/demo-model`, built atomically on first use."""
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    target = root / "demo-model"
+    if (target / "config.json").is_file():
+        return target
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".demo-model-", dir=root))
+    try:
+        write_tiny_model(tmp, "llama", seed=0, size="demo")
+        try:
+            os.rename(tmp, target)  # atomic; fails if another process finished first
+        except OSError:
+            if not (target / "config.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target

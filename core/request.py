@@ -1,0 +1,102 @@
+"""Internal request types of the core: what the engine schedules and what it reports.
+
+Owns: `SamplingParams`, `StoppingParams`, `Request` (a prompt plus its generation state),
+`FinishReason`, `RequestOutput` (one request's progress in one engine step) and
+`BatchRow`/`ScheduledBatch` (what the scheduler hands the runner).
+These are the boundary types between servicer, engine, scheduler and runner.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+MAX_TOP_LOGPROBS = 20  # the sampler always computes this many alternatives
+
+
+class FinishReason(enum.Enum):
+    STOP = "stop"  # EOS, a stop token id or a stop string
+    LENGTH = "length"  # max_tokens or the context length
+    ABORT = "abort"  # the server aborted it (not a client cancel)
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How the next token is picked; defaults are neutral."""
+
+    temperature: float = 1.0  # 0 = greedy
+    top_p: float = 1.0  # nucleus mass kept, (0, 1]
+    top_k: int = 0  # 0 = all tokens
+    min_p: float = 0.0  # drop tokens below min_p × the top probability
+    seed: int | None = None  # None: the engine draws one
+
+
+@dataclass(frozen=True)
+class StoppingParams:
+    """When a request is finished and what its text includes."""
+
+    max_tokens: int  # completion tokens at most (already capped by the context length)
+    stop_strings: tuple[str, ...] = ()  # end when the text contains one of these
+    stop_token_ids: tuple[int, ...] = ()  # end on these token ids (besides EOS)
+    ignore_eos: bool = False  # keep going past EOS
+    include_stop_str_in_output: bool = False  # keep the matched stop string in the text
+    skip_special_tokens: bool = True  # leave special tokens out of the text
+
+
+@dataclass
+class Request:
+    """One sequence to generate; the engine thread owns its mutable state."""
+
+    request_id: str  # unique per sequence (the RPC's id plus the choice index)
+    prompt_token_ids: list[int]
+    sampling: SamplingParams
+    stopping: StoppingParams
+    want_logprobs: bool = False  # report the chosen token's logprob
+    top_logprobs: int = 0  # alternatives per token, ≤ MAX_TOP_LOGPROBS
+    output_token_ids: list[int] = field(default_factory=list)
+    slot_id: int | None = None  # KV cache slot while running
+    finish_reason: FinishReason | None = None
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.prompt_token_ids) + len(self.output_token_ids)
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    token_id: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()  # (token id, logprob) alternatives, best first
+
+
+@dataclass(frozen=True)
+class RequestOutput:
+    """What one request produced in one engine step."""
+
+    request_id: str
+    new_token_ids: tuple[int, ...]
+    text_delta: str  # UTF-8 safe; stop strings resolved
+    logprobs: tuple[TokenLogprob, ...] = ()  # one per new token when asked for
+    finish_reason: FinishReason | None = None
+    stop_string: str | None = None  # the stop string that ended it
+    stop_token_id: int | None = None  # the stop token id that ended it (not EOS)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0  # cumulative
+    cached_tokens: int = 0  # prompt tokens reused from the prefix cache
+    error: str | None = None  # the engine failed this request (an internal error)
+
+
+@dataclass(frozen=True)
+class BatchRow:
+    """One sequence's work in a step: feed `token_ids` at positions start_position, … ."""
+
+    slot_id: int  # KV cache slot of the sequence
+    token_ids: tuple[int, ...]
+    start_position: int
+    sampling: SamplingParams
+
+
+@dataclass(frozen=True)
+class ScheduledBatch:
+    rows: tuple[BatchRow, ...]
+    is_prefill: bool  # one row with many tokens (prefill) or many rows with one token (decode)

@@ -1,0 +1,87 @@
+"""On-device sampler: temperature, top-k, top-p, min-p, greedy, logprobs.
+
+Owns: picking one token per batch row from float32 logits inside the jitted step. Each row's
+randomness is `fold_in(key(seed), position)`, so a seeded request draws the same tokens whatever
+else shares its batch. Logprobs are reported from the unmodified distribution (as vLLM does).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from core.request import MAX_TOP_LOGPROBS, SamplingParams
+
+
+@jax.tree_util.register_dataclass
+@dataclass
+class SamplingArrays:
+    """Per-row sampling parameters as device arrays, each [b]."""
+
+    temperature: jax.Array  # float32; 0 = greedy
+    top_p: jax.Array  # float32
+    top_k: jax.Array  # int32; 0 = off
+    min_p: jax.Array  # float32
+    seed: jax.Array  # uint32 (low half of the 64-bit seed)
+    seed_high: jax.Array  # uint32 (high half)
+
+    @classmethod
+    def from_params(cls, params: list[SamplingParams], batch_size: int) -> SamplingArrays:
+        """Pad to batch_size with greedy rows."""
+        padding = [SamplingParams(temperature=0.0, seed=0)] * (batch_size - len(params))
+        rows = list(params) + padding
+        seeds = np.array([p.seed or 0 for p in rows], dtype=np.uint64)
+        return cls(
+            temperature=np.array([p.temperature for p in rows], np.float32),
+            top_p=np.array([p.top_p for p in rows], np.float32),
+            top_k=np.array([p.top_k for p in rows], np.int32),
+            min_p=np.array([p.min_p for p in rows], np.float32),
+            seed=(seeds & 0xFFFFFFFF).astype(np.uint32),
+            seed_high=(seeds >> 32).astype(np.uint32),
+        )
+
+
+@jax.tree_util.register_dataclass
+@dataclass
+class SampleResult:
+    token_ids: jax.Array  # [b] int32
+    logprobs: jax.Array  # [b] float32, of the chosen tokens
+    top_ids: jax.Array  # [b, MAX_TOP_LOGPROBS] int32
+    top_logprobs: jax.Array  # [b, MAX_TOP_LOGPROBS] float32
+
+
+def _filtered_logits(logits: jax.Array, params: SamplingArrays) -> jax.Array:
+    """Temperature-scaled logits with top-k / top-p / min-p exclusions set to -inf."""
+    vocab_size = logits.shape[-1]
+    temperature = jnp.where(params.temperature > 0, params.temperature, 1.0)
+    scaled = logits / temperature[:, None]
+    sorted_desc = jnp.sort(scaled, axis=-1)[:, ::-1]  # [b, v]
+    k = jnp.where(params.top_k > 0, jnp.minimum(params.top_k, vocab_size), vocab_size)
+    kth_value = jnp.take_along_axis(sorted_desc, (k - 1)[:, None], axis=-1)  # [b, 1]
+    sorted_probs = jax.nn.softmax(sorted_desc, axis=-1)
+    mass_before = jnp.cumsum(sorted_probs, axis=-1) - sorted_probs
+    kept_by_p = mass_before < params.top_p[:, None]  # always keeps the top token
+    p_threshold = jnp.min(jnp.where(kept_by_p, sorted_desc, jnp.inf), axis=-1, keepdims=True)
+    min_p_threshold = sorted_desc[:, :1] + jnp.log(jnp.maximum(params.min_p[:, None], 1e-30))
+    min_p_threshold = jnp.where(params.min_p[:, None] > 0, min_p_threshold, -jnp.inf)
+    threshold = jnp.maximum(jnp.maximum(kth_value, p_threshold), min_p_threshold)
+    return jnp.where(scaled >= threshold, scaled, -jnp.inf)
+
+
+def sample(logits: jax.Array, params: SamplingArrays, positions: jax.Array) -> SampleResult:
+    """logits [b, v] float32, positions [b] (of the token being produced) → one token per row."""
+    def row_key(seed, seed_high, position):
+        return jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), seed_high), position)
+
+    keys = jax.vmap(row_key)(params.seed, params.seed_high, positions)
+    filtered = _filtered_logits(logits, params)
+    drawn = jax.vmap(lambda key, row: jax.random.categorical(key, row))(keys, filtered)
+    greedy = jnp.argmax(logits, axis=-1)
+    token_ids = jnp.where(params.temperature > 0, drawn, greedy).astype(jnp.int32)
+    logprobs_all = jax.nn.log_softmax(logits, axis=-1)
+    chosen = jnp.take_along_axis(logprobs_all, token_ids[:, None], axis=-1)[:, 0]
+    top_logprobs, top_ids = jax.lax.top_k(logprobs_all, min(MAX_TOP_LOGPROBS, logits.shape[-1]))
+    return SampleResult(token_ids, chosen, top_ids.astype(jnp.int32), top_logprobs)

@@ -1,0 +1,261 @@
+"""The core's gRPC server: the Inference servicer, health, reflection, start-up and drain.
+
+Owns: turning RPCs into engine work and engine outputs into `GenerateResponse` chunks; the
+`grpc.health.v1` statuses ("" = live as soon as the port is bound; "tandem.v1.Inference" =
+ready only after weights are loaded and every bucket is compiled); server reflection; aborting
+a request when its RPC is cancelled or its deadline passes; graceful drain on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+import uuid
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from core import convert
+from core.config import ServerConfig
+from core.engine import Engine
+from core.errors import ModelNotFound, NotImplementedYet, TandemError, Unavailable
+from core.request import FinishReason, RequestOutput
+from tandem.v1 import inference_pb2 as pb
+from tandem.v1 import inference_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Inference"].full_name
+FINISH_REASONS = {FinishReason.STOP: pb.FINISH_REASON_STOP,
+                  FinishReason.LENGTH: pb.FINISH_REASON_LENGTH,
+                  FinishReason.ABORT: pb.FINISH_REASON_ABORT}
+DEMO_DESCRIPTION = ("Tandem's built-in demo model: a small Llama with RANDOM weights made "
+                    "locally on first run; its text is gibberish. Pass --model DIR to serve a "
+                    "real model.")
+
+
+class InferenceServicer(pb_grpc.InferenceServicer):
+    def __init__(self, model_name: str):
+        self.model_name = model_name
+        self.engine: Engine | None = None  # set once loaded and warmed up
+        self.created_s = int(time.time())
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _engine_for(self, model: str) -> Engine:
+        if model and model != self.model_name:
+            raise ModelNotFound(f"The model '{model}' does not exist; this core serves "
+                                f"'{self.model_name}'.", param="model")
+        if self.engine is None:
+            raise Unavailable("the model is still loading")
+        return self.engine
+
+    def _model_info(self) -> pb.ModelInfo:
+        engine = self._engine_for("")
+        config = engine.model_config
+        return pb.ModelInfo(
+            id=self.model_name, owned_by="tandem", created=self.created_s,
+            capabilities=[pb.CAPABILITY_GENERATE], architecture=config.architecture,
+            dtype=engine.engine_config.dtype, max_model_len=engine.engine_config.max_model_len,
+            vocab_size=config.vocab_size, is_demo=config.is_demo,
+            description=DEMO_DESCRIPTION if config.is_demo else "",
+            compilations_after_warmup=engine.compilations_after_warmup)
+
+    # -- RPCs ------------------------------------------------------------------------------
+
+    async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext):
+        request_id = dict(context.invocation_metadata() or ()).get("x-request-id") \
+            or uuid.uuid4().hex
+        try:
+            engine = self._engine_for(request.model)
+            prompt_ids = convert.prompt_token_ids(engine.tokenizer,
+                                                  engine.model_config.vocab_size, request)
+            requests = convert.generation_requests(
+                request, prompt_ids, request_id, engine.model_config.vocab_size,
+                engine.engine_config.max_model_len)
+        except TandemError as exc:
+            await context.abort_with_status(exc.to_grpc_status())
+            return
+        loop = asyncio.get_running_loop()
+        outputs: asyncio.Queue[RequestOutput] = asyncio.Queue()
+
+        def sink(output: RequestOutput) -> None:  # called on the engine thread
+            loop.call_soon_threadsafe(outputs.put_nowait, output)
+
+        choice_of = {r.request_id: index for index, r in enumerate(requests)}
+        unfinished: set[str] = set()
+        completion_tokens = dict.fromkeys(choice_of, 0)
+        log.info("generate %s: %d prompt tokens, n=%d", request_id, len(prompt_ids), len(requests))
+        try:
+            for engine_request in requests:
+                engine.add_request(engine_request, sink)
+                unfinished.add(engine_request.request_id)
+        except TandemError as exc:
+            for request_key in unfinished:
+                engine.abort(request_key)
+            await context.abort_with_status(exc.to_grpc_status())
+            return
+        try:
+            while unfinished:
+                batch = [await outputs.get()]
+                while not outputs.empty():
+                    batch.append(outputs.get_nowait())
+                response = pb.GenerateResponse(request_id=request_id, model=self.model_name)
+                deltas: dict[int, pb.ChoiceDelta] = {}
+                for output in batch:
+                    if output.error:
+                        raise TandemError(output.error)
+                    index = choice_of[output.request_id]
+                    delta = deltas.setdefault(index, pb.ChoiceDelta(index=index))
+                    _merge_output(delta, output)
+                    completion_tokens[output.request_id] = output.completion_tokens
+                    if output.finish_reason is not None:
+                        unfinished.discard(output.request_id)
+                response.choices.extend(deltas[i] for i in sorted(deltas))
+                response.usage.prompt_tokens = len(prompt_ids)
+                response.usage.completion_tokens = sum(completion_tokens.values())
+                yield response
+        except TandemError as exc:
+            await context.abort_with_status(exc.to_grpc_status())
+        finally:
+            for request_key in unfinished:  # cancelled, deadline passed, or failed
+                engine.abort(request_key)
+            if unfinished:
+                log.info("generate %s: aborted %d unfinished choices", request_id,
+                         len(unfinished))
+
+    async def Tokenize(self, request: pb.TokenizeRequest, context):
+        try:
+            engine = self._engine_for(request.model)
+            ids = convert.prompt_token_ids(engine.tokenizer, engine.model_config.vocab_size,
+                                           request)
+        except TandemError as exc:
+            await context.abort_with_status(exc.to_grpc_status())
+            return
+        return pb.TokenizeResponse(token_ids=ids, tokens=engine.tokenizer.token_strings(ids),
+                                   max_model_len=engine.engine_config.max_model_len)
+
+    async def Detokenize(self, request: pb.DetokenizeRequest, context):
+        try:
+            engine = self._engine_for(request.model)
+            convert.check_token_ids(request.token_ids, engine.model_config.vocab_size,
+                                    "token_ids")
+        except TandemError as exc:
+            await context.abort_with_status(exc.to_grpc_status())
+            return
+        skip = request.skip_special_tokens if request.HasField("skip_special_tokens") else True
+        return pb.DetokenizeResponse(text=engine.tokenizer.decode(list(request.token_ids), skip))
+
+    async def ListModels(self, request, context):
+        try:
+            return pb.ListModelsResponse(models=[self._model_info()])
+        except TandemError as exc:
+            await context.abort_with_status(exc.to_grpc_status())
+
+    async def GetModelInfo(self, request: pb.GetModelInfoRequest, context):
+        try:
+            self._engine_for(request.model)
+            return self._model_info()
+        except TandemError as exc:
+            await context.abort_with_status(exc.to_grpc_status())
+
+    async def Score(self, request, context):
+        await context.abort_with_status(
+            NotImplementedYet("Score is not implemented yet").to_grpc_status())
+
+    async def Embed(self, request, context):
+        await context.abort_with_status(
+            NotImplementedYet("Embed is not implemented yet").to_grpc_status())
+
+
+def _merge_output(delta: pb.ChoiceDelta, output: RequestOutput) -> None:
+    delta.token_ids.extend(output.new_token_ids)
+    delta.text += output.text_delta
+    for logprob in output.logprobs:
+        delta.logprobs.append(pb.TokenLogprob(
+            token_id=logprob.token_id, logprob=logprob.logprob,
+            top_logprobs=[pb.TopLogprob(token_id=i, logprob=lp) for i, lp in logprob.top]))
+    if output.finish_reason is not None:
+        delta.finish_reason = FINISH_REASONS[output.finish_reason]
+        if output.stop_string is not None:
+            delta.stop_string = output.stop_string
+        elif output.stop_token_id is not None:
+            delta.stop_token_id = output.stop_token_id
+
+
+class CoreServer:
+    """One grpc.aio server bound to a port, serving one model once `load()` has run."""
+
+    def __init__(self, config: ServerConfig, model_name: str):
+        self.config = config
+        self.servicer = InferenceServicer(model_name)
+        self.health = health.aio.HealthServicer()
+        self.server = grpc.aio.server(options=[
+            ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+            ("grpc.max_send_message_length", 64 * 1024 * 1024)])
+        pb_grpc.add_InferenceServicer_to_server(self.servicer, self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            [SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME], self.server)
+        self.port: int | None = None
+
+    async def start(self) -> int:
+        """Bind and serve: live at once, not ready until `load()` finishes."""
+        self.port = self.server.add_insecure_port(f"{self.config.host}:{self.config.grpc_port}")
+        if not self.port:
+            raise OSError(f"cannot bind {self.config.host}:{self.config.grpc_port}")
+        await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.server.start()
+        log.info("core listening on %s:%d (not ready: loading %s)", self.config.host, self.port,
+                 self.config.model_dir)
+        return self.port
+
+    async def load(self) -> None:
+        """Load weights, compile every bucket, then report ready."""
+        from core.engine import create_engine
+
+        started = time.perf_counter()
+        engine = await asyncio.to_thread(create_engine, self.config.model_dir, self.config.engine)
+        self.servicer.engine = engine
+        await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+        log.info("core ready: model '%s' loaded and warmed up in %.1f s",
+                 self.servicer.model_name, time.perf_counter() - started)
+
+    async def drain_and_stop(self) -> None:
+        """Stop admitting, let in-flight requests finish within the grace period, then stop."""
+        await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
+        engine = self.servicer.engine
+        deadline = time.monotonic() + self.config.drain_timeout_s
+        if engine is not None:
+            engine.stop_admitting()
+            while engine.num_unfinished and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+        await self.server.stop(grace=max(0.0, deadline - time.monotonic()))
+        if engine is not None:
+            engine.stop()
+        log.info("core stopped")
+
+
+async def run(config: ServerConfig, model_name: str) -> None:
+    """Serve until SIGTERM or SIGINT, then drain."""
+    core = CoreServer(config, model_name)
+    await core.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    loading = asyncio.create_task(core.load())
+    stopping = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait({loading, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    if loading in done and loading.exception() is not None:
+        stopping.cancel()
+        await core.server.stop(grace=0)
+        raise loading.exception()
+    await stopping
+    log.info("shutdown requested: draining")
+    await core.drain_and_stop()

@@ -1,0 +1,1 @@
+"""Tandem protobuf packages generated from protos/ (see scripts/gen_protos.py)."""

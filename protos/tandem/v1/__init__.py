@@ -1,0 +1,1 @@
+"""Generated Tandem contract code, version 1 (see inference.proto)."""
