@@ -54,17 +54,19 @@ class IncrementalDetokenizer:
         return DetokenizerStep(delta)
 
     def flush(self) -> str:
-        """The held-back text, when the request ends for another reason than a stop string."""
+        """The held-back text, when the request ends for another reason than a stop string:
+        including an incomplete character at the end, decoded as U+FFFD."""
+        self.text += self._decode_new(final=True)
         delta = self.text[self._emitted_chars:]
         self._emitted_chars = len(self.text)
         return delta
 
-    def _decode_new(self) -> str:
+    def _decode_new(self, final: bool = False) -> str:
         decode = self._tokenizer.decode
         prefix = decode(self._token_ids[self._prefix_offset:self._read_offset],
                         skip_special_tokens=self._skip_special)
         full = decode(self._token_ids[self._prefix_offset:], skip_special_tokens=self._skip_special)
-        if len(full) <= len(prefix) or full.endswith(REPLACEMENT_CHAR):
+        if len(full) <= len(prefix) or (full.endswith(REPLACEMENT_CHAR) and not final):
             return ""  # an incomplete character: wait for the next token
         self._prefix_offset, self._read_offset = self._read_offset, len(self._token_ids)
         return full[len(prefix):]

@@ -99,9 +99,10 @@ def load_model(model_dir: Path, dtype: str | None = None) -> tuple[LlamaModel, M
                     continue
                 param, transform = plan.pop(name)
                 array = np.asarray(transform(tensors.get_tensor(name)))
-                if array.shape != param.value.shape:
-                    raise ConfigError(f"{name}: shape {array.shape}, expected {param.value.shape}")
-                param.value = jnp.asarray(array, dtype=compute_dtype)
+                if array.shape != param.get_value().shape:
+                    raise ConfigError(f"{name}: shape {array.shape}, "
+                                      f"expected {param.get_value().shape}")
+                param.set_value(jnp.asarray(array, dtype=compute_dtype))
     if plan:
         raise ConfigError(f"{model_dir}: checkpoint lacks {sorted(plan)[:5]} "
                           f"({len(plan)} tensors missing)")

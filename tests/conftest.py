@@ -1,0 +1,26 @@
+"""Shared fixtures: tiny checkpoints written once per session with the project's own builder."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict[str, Path]:
+    from core.models.tiny import VARIANTS, write_tiny_model
+
+    root = tmp_path_factory.mktemp("tiny-models")
+    return {variant: write_tiny_model(root / variant, variant, seed=0) for variant in VARIANTS}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -1,0 +1,201 @@
+"""The real core over gRPC: health, reflection, Generate (text, tokens, chat), errors, cancel."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2, status_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from core.config import EngineConfig, ServerConfig
+from core.server import CoreServer
+from tandem.v1 import inference_pb2 as pb
+from tandem.v1 import inference_pb2_grpc as pb_grpc
+
+READY_SERVICE = "tandem.v1.Inference"
+
+
+@pytest.fixture(scope="module")
+async def core(tiny_models):
+    """A core on a free port: yields (server, stub, channel) once health said NOT_SERVING and
+    then, after load(), SERVING (the test of readiness is in the fixture's asserts)."""
+    config = ServerConfig(model_dir=Path(tiny_models["llama"]), model_name="tiny-llama",
+                          grpc_port=0, engine=EngineConfig(max_model_len=128, max_num_seqs=4))
+    server = CoreServer(config, "tiny-llama")
+    port = await server.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    health = health_pb2_grpc.HealthStub(channel)
+    before = await health.Check(health_pb2.HealthCheckRequest(service=READY_SERVICE))
+    live = await health.Check(health_pb2.HealthCheckRequest(service=""))
+    server.readiness_before_load = (before.status, live.status)
+    await server.load()
+    yield server, pb_grpc.InferenceStub(channel), channel
+    await channel.close()
+    await server.drain_and_stop()
+
+
+def error_info(err: grpc.aio.AioRpcError) -> tuple[str, str]:
+    """(reason, field) from the google.rpc details of an error."""
+    raw = dict(err.trailing_metadata())["grpc-status-details-bin"]
+    status = status_pb2.Status.FromString(raw)
+    reason = field = ""
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            reason = info.reason
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            field = bad.field_violations[0].field
+    return reason, field
+
+
+async def collect(stub, request: pb.GenerateRequest, **kwargs) -> list[pb.GenerateResponse]:
+    return [chunk async for chunk in stub.Generate(request, **kwargs)]
+
+
+async def test_health_not_serving_before_warmup_and_serving_after(core):
+    server, _, channel = core
+    assert server.readiness_before_load == (health_pb2.HealthCheckResponse.NOT_SERVING,
+                                            health_pb2.HealthCheckResponse.SERVING)
+    health = health_pb2_grpc.HealthStub(channel)
+    after = await health.Check(health_pb2.HealthCheckRequest(service=READY_SERVICE))
+    assert after.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_reflection_lists_the_service(core):
+    _, _, channel = core
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+
+    async def requests():
+        yield reflection_pb2.ServerReflectionRequest(list_services="")
+
+    async for response in stub.ServerReflectionInfo(requests()):
+        names = {s.name for s in response.list_services_response.service}
+        assert {READY_SERVICE, "grpc.health.v1.Health"} <= names
+        break
+
+
+async def test_generate_text_streams_tokens_text_and_usage(core):
+    _, stub, _ = core
+    chunks = await collect(stub, pb.GenerateRequest(
+        text="hello world", sampling=pb.SamplingParams(temperature=0.0),
+        stopping=pb.StoppingCriteria(max_tokens=12, ignore_eos=True)),
+        metadata=[("x-request-id", "req-42")])
+    assert len(chunks) >= 2 and all(c.request_id == "req-42" for c in chunks)
+    token_ids = [t for c in chunks for ch in c.choices for t in ch.token_ids]
+    assert len(token_ids) == 12
+    assert chunks[-1].choices[-1].finish_reason == pb.FINISH_REASON_LENGTH
+    assert chunks[-1].usage.completion_tokens == 12
+    text = "".join(ch.text for c in chunks for ch in c.choices)
+    detok = await stub.Detokenize(pb.DetokenizeRequest(token_ids=token_ids))
+    assert text == detok.text
+    tokenized = await stub.Tokenize(pb.TokenizeRequest(text="hello world"))
+    assert chunks[-1].usage.prompt_tokens == len(tokenized.token_ids)
+
+
+async def test_token_and_chat_inputs_match_their_text_forms(core):
+    _, stub, _ = core
+    greedy = pb.SamplingParams(temperature=0.0)
+    stopping = pb.StoppingCriteria(max_tokens=6, ignore_eos=True)
+    chat = pb.ChatInput(messages=[pb.ChatMessage(role="user", content=[pb.ContentPart(text="hi")])])
+    tokenized = await stub.Tokenize(pb.TokenizeRequest(chat=chat))
+    from_chat = await collect(stub, pb.GenerateRequest(chat=chat, sampling=greedy,
+                                                       stopping=stopping))
+    from_tokens = await collect(stub, pb.GenerateRequest(
+        tokens=pb.TokenIds(ids=tokenized.token_ids), sampling=greedy, stopping=stopping))
+
+    def ids(chunks):
+        return [t for c in chunks for ch in c.choices for t in ch.token_ids]
+
+    assert ids(from_chat) == ids(from_tokens) and len(ids(from_chat)) == 6
+    assert tokenized.tokens[0] == "<|begin_of_text|>"
+
+
+async def test_seeded_sampling_is_reproducible(core):
+    _, stub, _ = core
+    request = pb.GenerateRequest(text="once upon", n=2, sampling=pb.SamplingParams(
+        temperature=1.0, top_p=0.9, seed=7), stopping=pb.StoppingCriteria(max_tokens=10,
+                                                                            ignore_eos=True))
+    first, second = await asyncio.gather(collect(stub, request), collect(stub, request))
+
+    def per_choice(chunks):
+        result = {0: [], 1: []}
+        for chunk in chunks:
+            for choice in chunk.choices:
+                result[choice.index].extend(choice.token_ids)
+        return result
+
+    assert per_choice(first) == per_choice(second)
+    assert per_choice(first)[0] != per_choice(first)[1]  # different seeds per choice
+
+
+async def test_stop_string_ends_the_stream_without_the_stop_text(core):
+    _, stub, _ = core
+    base = pb.GenerateRequest(text="abc", sampling=pb.SamplingParams(temperature=0.0),
+                              stopping=pb.StoppingCriteria(max_tokens=30, ignore_eos=True))
+    full = "".join(ch.text for c in await collect(stub, base) for ch in c.choices)
+    stop = full[5:8]
+    assert len(stop) == 3 and full.find(stop) == 5
+    request = pb.GenerateRequest()
+    request.CopyFrom(base)
+    request.stopping.stop.append(stop)
+    chunks = await collect(stub, request)
+    text = "".join(ch.text for c in chunks for ch in c.choices)
+    assert text == full[:5]
+    assert chunks[-1].choices[-1].finish_reason == pb.FINISH_REASON_STOP
+    assert chunks[-1].choices[-1].stop_string == stop
+
+
+@pytest.mark.parametrize("request_kwargs, code, reason, field", [
+    ({"model": "nope", "text": "x"}, grpc.StatusCode.NOT_FOUND, "MODEL_NOT_FOUND", "model"),
+    ({"text": "x", "sampling": pb.SamplingParams(top_p=0.0)}, grpc.StatusCode.INVALID_ARGUMENT,
+     "INVALID_PARAMETER", "top_p"),
+    ({"text": ""}, grpc.StatusCode.INVALID_ARGUMENT, "INVALID_PARAMETER", "prompt"),
+    ({"tokens": pb.TokenIds(ids=[1, 99999])}, grpc.StatusCode.INVALID_ARGUMENT,
+     "INVALID_PARAMETER", "prompt"),
+    ({"text": "x " * 200}, grpc.StatusCode.INVALID_ARGUMENT, "CONTEXT_LENGTH_EXCEEDED", "prompt"),
+    ({"text": "x", "stopping": pb.StoppingCriteria(max_tokens=500)},
+     grpc.StatusCode.INVALID_ARGUMENT, "CONTEXT_LENGTH_EXCEEDED", "prompt"),
+    ({"chat": pb.ChatInput(messages=[pb.ChatMessage(role="user", content=[pb.ContentPart(
+        image_url=pb.ImageUrl(url="http://x/y.png"))])])}, grpc.StatusCode.INVALID_ARGUMENT,
+     "UNSUPPORTED", "messages"),
+])
+async def test_bad_requests_get_typed_errors(core, request_kwargs, code, reason, field):
+    _, stub, _ = core
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await collect(stub, pb.GenerateRequest(**request_kwargs))
+    assert caught.value.code() == code
+    assert error_info(caught.value) == (reason, field)
+
+
+async def test_cancelling_a_stream_stops_its_generation(core):
+    server, stub, _ = core
+    engine = server.servicer.engine
+    call = stub.Generate(pb.GenerateRequest(
+        text="long", stopping=pb.StoppingCriteria(max_tokens=100, ignore_eos=True)))
+    await call.read()  # generation has started
+    assert engine.num_unfinished == 1
+    call.cancel()
+    for _ in range(100):
+        if engine.num_unfinished == 0:
+            break
+        await asyncio.sleep(0.02)
+    assert engine.num_unfinished == 0
+    assert not engine.scheduler.running and not engine.scheduler.waiting
+
+
+async def test_models_and_unimplemented_rpcs(core):
+    _, stub, _ = core
+    models = await stub.ListModels(pb.ListModelsRequest())
+    assert [m.id for m in models.models] == ["tiny-llama"]
+    info = await stub.GetModelInfo(pb.GetModelInfoRequest())
+    assert info.max_model_len == 128 and info.compilations_after_warmup == 0
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.Score(pb.ScoreRequest())
+    assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
