@@ -1,0 +1,145 @@
+"""End to end: `tandem serve` (a real core process + a real uvicorn facade) driven by the
+official `openai` SDK — sync and async, streaming and not, chat and completions."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from tests.conftest import free_port
+
+MODEL = "tiny-llama"
+
+
+@pytest.fixture(scope="module")
+def server(tiny_models, tmp_path_factory):
+    """`tandem serve` on free ports; yields the base URL once /ready says the core is ready."""
+    http_port, grpc_port = free_port(), free_port()
+    log_path = tmp_path_factory.mktemp("serve") / "serve.log"
+    log_file = open(log_path, "w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "core.cli", "serve", "--model", str(tiny_models["llama"]),
+         "--served-model-name", MODEL, "--port", str(http_port), "--grpc-port", str(grpc_port),
+         "--max-model-len", "256", "--max-num-seqs", "4"],
+        stdout=log_file, stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parents[1],
+        env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    base = f"http://127.0.0.1:{http_port}"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        assert process.poll() is None, log_path.read_text()
+        try:
+            if httpx.get(f"{base}/ready", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    else:
+        pytest.fail(f"server not ready in time:\n{log_path.read_text()}")
+    yield base
+    process.send_signal(signal.SIGTERM)
+    process.wait(timeout=60)
+    log_file.close()
+
+
+@pytest.fixture
+def client(server):
+    return openai.OpenAI(base_url=f"{server}/v1", api_key="unused", max_retries=0)
+
+
+@pytest.fixture
+def async_client(server):
+    return openai.AsyncOpenAI(base_url=f"{server}/v1", api_key="unused", max_retries=0)
+
+
+MESSAGES = [{"role": "system", "content": "You are terse."},
+            {"role": "user", "content": "Say hello in three languages."}]
+
+
+def test_models_lists_the_served_model(client):
+    assert [m.id for m in client.models.list().data] == [MODEL]
+
+
+def test_chat_non_streaming_and_streaming_agree(client):
+    full = client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=16,
+                                          temperature=0, extra_body={"ignore_eos": True})
+    choice = full.choices[0]
+    assert choice.message.role == "assistant" and choice.finish_reason == "length"
+    assert full.usage.completion_tokens == 16
+    assert full.usage.total_tokens == full.usage.prompt_tokens + 16
+    stream = client.chat.completions.create(
+        model=MODEL, messages=MESSAGES, max_tokens=16, temperature=0, stream=True,
+        stream_options={"include_usage": True}, extra_body={"ignore_eos": True})
+    chunks = list(stream)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == choice.message.content
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices]
+    assert finishes[-1] == "length"
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 16
+    assert chunks[-1].usage.prompt_tokens == full.usage.prompt_tokens
+
+
+def test_completions_usage_counts_match_the_core_tokenizer(client, server):
+    result = client.completions.create(model=MODEL, prompt="The quick brown fox", max_tokens=5,
+                                       temperature=0, extra_body={"ignore_eos": True})
+    assert result.usage.completion_tokens == 5 and result.choices[0].finish_reason == "length"
+    assert result.usage.prompt_tokens > 1
+
+
+def test_stop_strings_are_honoured_when_streaming(client):
+    kwargs = dict(model=MODEL, prompt="Once upon a time", max_tokens=24, temperature=0,
+                  extra_body={"ignore_eos": True})
+    full = client.completions.create(**kwargs).choices[0].text
+    stop = full[6:9]
+    assert len(stop) == 3 and full.find(stop) == 6
+    chunks = list(client.completions.create(**kwargs, stop=[stop], stream=True))
+    text = "".join(c.choices[0].text for c in chunks if c.choices)
+    assert text == full[:6]
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    unstreamed = client.completions.create(**kwargs, stop=[stop]).choices[0]
+    assert unstreamed.text == full[:6] and unstreamed.finish_reason == "stop"
+
+
+async def test_async_client_streams_concurrently(async_client):
+    import asyncio
+
+    async def one(prompt: str) -> str:
+        stream = await async_client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": prompt}], max_tokens=8,
+            temperature=0, stream=True, extra_body={"ignore_eos": True})
+        return "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+
+    async def alone(prompt: str) -> str:
+        result = await async_client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": prompt}], max_tokens=8,
+            temperature=0, extra_body={"ignore_eos": True})
+        return result.choices[0].message.content
+
+    prompts = ["alpha", "beta gamma", "delta epsilon zeta", "eta"]
+    together = await asyncio.gather(*(one(p) for p in prompts))
+    assert together == [await alone(p) for p in prompts]
+
+
+def test_errors_come_back_as_openai_errors(client, server):
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.chat.completions.create(model=MODEL, messages=MESSAGES, temperature=3)
+    assert bad.value.body["param"] == "temperature"
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.chat.completions.create(model="no-such-model", messages=MESSAGES)
+    assert missing.value.body["code"] == "model_not_found"
+    assert missing.value.response.headers["x-request-id"]
+    with pytest.raises(openai.BadRequestError) as too_long:
+        client.completions.create(model=MODEL, prompt="word " * 300, max_tokens=4)
+    assert too_long.value.body["code"] == "context_length_exceeded"
+    response = httpx.post(f"{server}/v1/chat/completions", content=b"{not json",
+                          headers={"content-type": "application/json", "x-request-id": "rid-1"})
+    assert response.status_code == 400 and response.headers["x-request-id"] == "rid-1"
+    assert set(response.json()["error"]) == {"message", "type", "param", "code"}
