@@ -36,6 +36,9 @@ def _add_core_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-waiting", type=int, default=256,
                         help="queued requests before the core answers RESOURCE_EXHAUSTED")
     parser.add_argument("--drain-timeout-s", type=float, default=30.0)
+    parser.add_argument("--compilation-cache-dir", default=None,
+                        help="persistent XLA compilation cache, reused across restarts "
+                             "(default: $TANDEM_HOME/jax-cache; '' turns it off)")
 
 
 def _add_facade_flags(parser: argparse.ArgumentParser) -> None:
@@ -71,6 +74,7 @@ def run_core(args: argparse.Namespace) -> None:
         name = name or DEMO_MODEL_NAME
         log.warning("no --model given: serving the built-in DEMO model '%s' from %s — RANDOM "
                     "weights made locally, its text is gibberish", name, model_dir)
+    _enable_compilation_cache(args.compilation_cache_dir)
     engine = EngineConfig(max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs,
                           max_waiting=args.max_waiting,
                           dtype=args.dtype or _checkpoint_dtype(model_dir))
@@ -78,6 +82,20 @@ def run_core(args: argparse.Namespace) -> None:
                           host=args.grpc_host, grpc_port=args.grpc_port, engine=engine,
                           drain_timeout_s=args.drain_timeout_s)
     asyncio.run(run(config, config.model_name))
+
+
+def _enable_compilation_cache(cache_dir: str | None) -> None:
+    """Keep compiled buckets on disk so a restarted core warms up in a fraction of the time."""
+    if cache_dir == "":
+        return
+    import jax
+
+    from core.models.tiny import default_cache_dir
+
+    path = Path(cache_dir) if cache_dir else default_cache_dir() / "jax-cache"
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    log.info("XLA compilation cache: %s", path)
 
 
 def _checkpoint_dtype(model_dir: Path) -> str:
@@ -115,13 +133,16 @@ def _core_args(args: argparse.Namespace) -> list[str]:
     """The parsed `serve` flags, passed on to `tandem core`."""
     result = ["--grpc-host", args.grpc_host, "--grpc-port", str(args.grpc_port),
               "--max-model-len", str(args.max_model_len), "--max-num-seqs", str(args.max_num_seqs),
-              "--max-waiting", str(args.max_waiting), "--drain-timeout-s", str(args.drain_timeout_s)]
+              "--max-waiting", str(args.max_waiting),
+              "--drain-timeout-s", str(args.drain_timeout_s)]
     if args.model is not None:
         result += ["--model", str(args.model)]
     if args.served_model_name:
         result += ["--served-model-name", args.served_model_name]
     if args.dtype:
         result += ["--dtype", args.dtype]
+    if args.compilation_cache_dir is not None:
+        result += ["--compilation-cache-dir", args.compilation_cache_dir]
     return result
 
 

@@ -14,9 +14,9 @@ import logging
 import queue
 import secrets
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
 
 from core.config import EngineConfig, ModelConfig
 from core.detokenizer import IncrementalDetokenizer
@@ -103,7 +103,8 @@ class LlmEngine(Engine):
         if not self._accepting:
             raise Unavailable("the core is shutting down")
         with self._lock:
-            if self._num_pending >= self.engine_config.max_waiting + self.engine_config.max_num_seqs:
+            capacity = self.engine_config.max_waiting + self.engine_config.max_num_seqs
+            if self._num_pending >= capacity:
                 raise Overloaded("too many requests queued; retry later",
                                  retry_after_s=self.engine_config.retry_after_s)
             self._num_pending += 1
@@ -162,7 +163,7 @@ class LlmEngine(Engine):
             if request.want_logprobs:
                 top = tuple((int(i), float(lp)) for i, lp in zip(
                     output.top_ids[index][:request.top_logprobs],
-                    output.top_logprobs[index][:request.top_logprobs]))
+                    output.top_logprobs[index][:request.top_logprobs], strict=True))
                 logprobs = (TokenLogprob(token_id, float(output.logprobs[index]), top),)
             self._emit(tracked, token_id, logprobs)
 

@@ -20,7 +20,7 @@ from flax import nnx
 from core.config import EngineConfig, ModelConfig
 from core.models.llama import PADDING_POSITION, KVCache, LlamaModel
 from core.request import BatchRow, SamplingParams, ScheduledBatch
-from core.sampling import SamplingArrays, SampleResult, sample
+from core.sampling import SampleResult, SamplingArrays, sample
 
 log = logging.getLogger(__name__)
 

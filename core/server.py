@@ -17,14 +17,14 @@ import uuid
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from tandem.v1 import inference_pb2 as pb
+from tandem.v1 import inference_pb2_grpc as pb_grpc
 
 from core import convert
 from core.config import ServerConfig
 from core.engine import Engine
 from core.errors import ModelNotFound, NotImplementedYet, TandemError, Unavailable
 from core.request import FinishReason, RequestOutput
-from tandem.v1 import inference_pb2 as pb
-from tandem.v1 import inference_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 

@@ -12,6 +12,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def tandem_home(tmp_path_factory) -> Path:
+    """Keep the demo model and compilation cache of test runs out of the user's ~/.cache."""
+    home = tmp_path_factory.mktemp("tandem-home")
+    os.environ["TANDEM_HOME"] = str(home)
+    return home
+
+
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> dict[str, Path]:
     from core.models.tiny import VARIANTS, write_tiny_model

@@ -13,8 +13,8 @@ from core.config import EngineConfig  # noqa: E402
 from core.models.llama import KVCache  # noqa: E402
 from core.models.loader import load_model  # noqa: E402
 from core.models.tiny import write_tiny_model  # noqa: E402
-from core.runner import ModelRunner  # noqa: E402
 from core.request import BatchRow, SamplingParams, ScheduledBatch  # noqa: E402
+from core.runner import ModelRunner  # noqa: E402
 
 SEQ_LEN = 80  # longer than Mistral's sliding window (32) and llama3's original context (64)
 

@@ -210,7 +210,8 @@ class LlamaModel(nnx.Module):
                                             self.config.rope_scaling)
         x = self.embed_tokens[...][token_ids]
         new_keys, new_values = [], []
-        for layer, cache_keys, cache_values in zip(self.layers, cache.keys, cache.values):
+        for layer, cache_keys, cache_values in zip(self.layers, cache.keys, cache.values,
+                                                  strict=True):
             x, cache_keys, cache_values = layer(x, positions, slot_ids, inv_freq,
                                                 cache_keys, cache_values)
             new_keys.append(cache_keys)

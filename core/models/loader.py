@@ -9,8 +9,8 @@ checking that every parameter was filled and every checkpoint tensor was used.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import jax.numpy as jnp
 import numpy as np
@@ -35,7 +35,10 @@ def checkpoint_files(model_dir: Path) -> list[Path]:
     raise ConfigError(f"{model_dir}: no model.safetensors or model.safetensors.index.json")
 
 
-def _tensor_plan(model: LlamaModel, config: ModelConfig) -> dict[str, tuple[nnx.Variable, Callable]]:
+TensorPlan = dict[str, tuple[nnx.Variable, Callable]]
+
+
+def _tensor_plan(model: LlamaModel, config: ModelConfig) -> TensorPlan:
     """HF tensor name → (our parameter, numpy transform from HF layout to ours)."""
     d, n, k, h = config.hidden_size, config.num_heads, config.num_kv_heads, config.head_dim
 

@@ -88,8 +88,16 @@ def build_tokenizer(vocab_target: int = 512, variant: str = "llama"):
     qwen2 gets Qwen's NFC normalizer and split regex, because transformers 5 always rebuilds a
     qwen2 tokenizer that way; the file and what transformers loads must tokenize alike.
     """
-    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
-    from tokenizers import processors, trainers
+    from tokenizers import (
+        Regex,
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
 
     tok = Tokenizer(models.BPE())
     if variant == "qwen2":
