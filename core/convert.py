@@ -10,11 +10,10 @@ from __future__ import annotations
 import json
 import math
 
-from tandem.v1 import inference_pb2 as pb
-
 from core.errors import ContextLengthExceeded, InvalidParameter, Unsupported
 from core.request import MAX_TOP_LOGPROBS, Request, SamplingParams, StoppingParams
 from core.tokenizer import ChatPrompt, Tokenizer, parse_json_object
+from tandem.v1 import inference_pb2 as pb
 
 MAX_CHOICES = 16  # n at most
 MAX_STOP_STRINGS = 16

@@ -138,7 +138,12 @@ class LlmEngine(Engine):
             return
         while True:
             kind, payload, sink = item
-            if kind == "add":
+            if kind == "add" and payload.request_id in self._tracked:
+                sink(RequestOutput(payload.request_id, (), "", finish_reason=FinishReason.ABORT,
+                                   error=f"duplicate request id {payload.request_id}"))
+                with self._lock:
+                    self._num_pending -= 1
+            elif kind == "add":
                 detokenizer = IncrementalDetokenizer(
                     self.tokenizer, payload.prompt_token_ids,
                     stop_strings=payload.stopping.stop_strings,

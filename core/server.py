@@ -17,14 +17,15 @@ import uuid
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from tandem.v1 import inference_pb2 as pb
-from tandem.v1 import inference_pb2_grpc as pb_grpc
 
 from core import convert
 from core.config import ServerConfig
 from core.engine import Engine
 from core.errors import ModelNotFound, NotImplementedYet, TandemError, Unavailable
 from core.request import FinishReason, RequestOutput
+from core.tokenizer import Tokenizer
+from tandem.v1 import inference_pb2 as pb
+from tandem.v1 import inference_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +74,8 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             engine = self._engine_for(request.model)
             prompt_ids = convert.prompt_token_ids(engine.tokenizer,
                                                   engine.model_config.vocab_size, request)
-            requests = convert.generation_requests(
-                request, prompt_ids, request_id, engine.model_config.vocab_size,
+            requests = convert.generation_requests(  # engine keys are unique per RPC
+                request, prompt_ids, uuid.uuid4().hex, engine.model_config.vocab_size,
                 engine.engine_config.max_model_len)
         except TandemError as exc:
             await context.abort_with_status(exc.to_grpc_status())
@@ -110,7 +111,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                         raise TandemError(output.error)
                     index = choice_of[output.request_id]
                     delta = deltas.setdefault(index, pb.ChoiceDelta(index=index))
-                    _merge_output(delta, output)
+                    _merge_output(delta, output, engine.tokenizer)
                     completion_tokens[output.request_id] = output.completion_tokens
                     if output.finish_reason is not None:
                         unfinished.discard(output.request_id)
@@ -171,13 +172,17 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             NotImplementedYet("Embed is not implemented yet").to_grpc_status())
 
 
-def _merge_output(delta: pb.ChoiceDelta, output: RequestOutput) -> None:
+def _merge_output(delta: pb.ChoiceDelta, output: RequestOutput, tokenizer: Tokenizer) -> None:
     delta.token_ids.extend(output.new_token_ids)
     delta.text += output.text_delta
     for logprob in output.logprobs:
-        delta.logprobs.append(pb.TokenLogprob(
-            token_id=logprob.token_id, logprob=logprob.logprob,
-            top_logprobs=[pb.TopLogprob(token_id=i, logprob=lp) for i, lp in logprob.top]))
+        text, data = tokenizer.token_piece(logprob.token_id)
+        entry = delta.logprobs.add(token_id=logprob.token_id, logprob=logprob.logprob,
+                                   token=text, token_bytes=data)
+        for token_id, value in logprob.top:
+            top_text, top_data = tokenizer.token_piece(token_id)
+            entry.top_logprobs.add(token_id=token_id, logprob=value, token=top_text,
+                                   token_bytes=top_data)
     if output.finish_reason is not None:
         delta.finish_reason = FINISH_REASONS[output.finish_reason]
         if output.stop_string is not None:

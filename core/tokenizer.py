@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +40,9 @@ class Tokenizer:
         self._tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
         self.special_ids = frozenset(self._tokenizer.all_special_ids)
         self.vocab_size = len(self._tokenizer)
+        decoder = getattr(getattr(self._tokenizer, "backend_tokenizer", None), "decoder", None)
+        self._byte_level = type(decoder).__name__ == "ByteLevel"
+        self._pieces: dict[int, tuple[str, bytes]] = {}  # token id → (text, bytes), memoized
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return list(self._tokenizer.encode(text, add_special_tokens=add_special_tokens))
@@ -48,6 +52,25 @@ class Tokenizer:
 
     def token_strings(self, token_ids: list[int]) -> list[str]:
         return [str(t) for t in self._tokenizer.convert_ids_to_tokens(token_ids)]
+
+    def token_piece(self, token_id: int) -> tuple[str, bytes]:
+        """One token's (text, exact bytes), as logprobs report it."""
+        piece = self._pieces.get(token_id)
+        if piece is None:
+            piece = self._pieces[token_id] = self._token_piece(token_id)
+        return piece
+
+    def _token_piece(self, token_id: int) -> tuple[str, bytes]:
+        raw = str(self._tokenizer.convert_ids_to_tokens(token_id))
+        if token_id in self.special_ids:
+            data = raw.encode()
+        elif self._byte_level and all(char in _BYTE_DECODER for char in raw):
+            data = bytes(_BYTE_DECODER[char] for char in raw)
+        elif re.fullmatch(r"<0x[0-9A-Fa-f]{2}>", raw):  # sentencepiece byte fallback
+            data = bytes([int(raw[3:5], 16)])
+        else:
+            data = raw.replace("\u2581", " ").encode()  # sentencepiece's word-start mark
+        return data.decode("utf-8", errors="replace"), data
 
     def apply_chat_template(self, chat: ChatPrompt) -> list[int]:
         if not chat.messages:
@@ -67,6 +90,22 @@ class Tokenizer:
         except Exception as exc:  # the template raised on this conversation (e.g. role order)
             raise InvalidParameter(f"chat template failed: {exc}", param="messages") from exc
         return self.encode(text, add_special_tokens=False)
+
+
+def _byte_decoder() -> dict[str, int]:
+    """GPT-2 byte-level BPE's printable character → byte table (the inverse of its encoder)."""
+    printable = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+                 + list(range(ord("®"), ord("ÿ") + 1)))
+    chars, extra = list(printable), 0
+    for byte in range(256):
+        if byte not in printable:
+            printable.append(byte)
+            chars.append(256 + extra)
+            extra += 1
+    return {chr(char): byte for byte, char in zip(printable, chars, strict=True)}
+
+
+_BYTE_DECODER = _byte_decoder()
 
 
 def parse_json_object(raw: str, param: str) -> dict:

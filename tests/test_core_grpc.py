@@ -199,3 +199,29 @@ async def test_models_and_unimplemented_rpcs(core):
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.Score(pb.ScoreRequest())
     assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+async def test_logprobs_carry_token_text_and_exact_bytes(core):
+    _, stub, _ = core
+    chunks = await collect(stub, pb.GenerateRequest(
+        text="héllo 日本", sampling=pb.SamplingParams(temperature=0.0), logprobs=True,
+        top_logprobs=3, stopping=pb.StoppingCriteria(max_tokens=10, ignore_eos=True)))
+    entries = [e for c in chunks for ch in c.choices for e in ch.logprobs]
+    text = "".join(ch.text for c in chunks for ch in c.choices)
+    assert len(entries) == 10
+    for entry in entries:  # greedy: the chosen token is the most likely one
+        assert len(entry.top_logprobs) == 3 and entry.top_logprobs[0].token_id == entry.token_id
+        assert entry.logprob <= 0 and entry.logprob == pytest.approx(entry.top_logprobs[0].logprob)
+    joined = b"".join(e.token_bytes for e in entries)
+    assert joined.decode("utf-8", errors="replace") == text
+
+
+async def test_concurrent_calls_with_the_same_request_id_both_complete(core):
+    server, stub, _ = core
+    request = pb.GenerateRequest(text="same id", sampling=pb.SamplingParams(temperature=0.0),
+                                 stopping=pb.StoppingCriteria(max_tokens=5, ignore_eos=True))
+    first, second = await asyncio.wait_for(asyncio.gather(
+        collect(stub, request, metadata=[("x-request-id", "dup")]),
+        collect(stub, request, metadata=[("x-request-id", "dup")])), timeout=60)
+    assert first[-1].usage.completion_tokens == second[-1].usage.completion_tokens == 5
+    assert server.servicer.engine.num_unfinished == 0

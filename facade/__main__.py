@@ -1,0 +1,5 @@
+"""`python -m facade`: see facade.main."""
+
+from facade.main import main
+
+main()

@@ -1,0 +1,108 @@
+"""The facade's app factory.
+
+`create_app()` wires one FastAPI app: a lifespan that owns the process's single gRPC channel to
+the core (round-robin over every address `core_address` resolves to) and its `InferenceStub`,
+the request-id middleware, the routers, and the exception handlers that render every error —
+Tandem's own, FastAPI's validation errors (422 → 400) and Starlette's HTTP errors (404, 405,
+413) — as the OpenAI envelope.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+
+import grpc
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import JSONResponse
+
+from facade.errors import (
+    ApiError,
+    api_error_from_http,
+    api_error_from_validation,
+    error_response,
+)
+from facade.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
+from facade.routes import chat, completions, health, models
+from facade.settings import FacadeSettings
+from tandem.v1.inference_pb2_grpc import InferenceStub
+
+logger = logging.getLogger(__name__)
+
+# Seconds in-flight RPCs get to finish when the facade shuts down.
+CHANNEL_CLOSE_GRACE_S = 5.0
+
+
+def open_channel(settings: FacadeSettings) -> grpc.aio.Channel:
+    """The one channel to the core(s); `dns:///svc:port` balances per RPC over all replicas."""
+    options = [
+        ("grpc.lb_policy_name", "round_robin"),
+        ("grpc.max_send_message_length", settings.max_grpc_message_bytes),
+        ("grpc.max_receive_message_length", settings.max_grpc_message_bytes),
+        # No client keepalive pings: a gRPC server with default settings answers pings more
+        # often than every 5 minutes with GOAWAY "too_many_pings", failing streams in flight.
+    ]
+    return grpc.aio.insecure_channel(settings.core_address, options=options)
+
+
+def _lifespan(
+    settings: FacadeSettings,
+) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    """The app's lifespan: one gRPC channel + stub for the process, closed on shutdown."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        channel = open_channel(settings)
+        app.state.channel = channel
+        app.state.stub = InferenceStub(channel)
+        logger.info("facade routing to core at %s", settings.core_address)
+        try:
+            yield
+        finally:
+            app.state.stub = None
+            app.state.channel = None
+            await channel.close(grace=CHANNEL_CLOSE_GRACE_S)
+
+    return lifespan
+
+
+async def _on_api_error(request: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, ApiError)
+    if error.status_code in (499, 500, 501, 504):  # 503s are logged where they arise
+        logger.info("request %s failed: %r", getattr(request.state, "request_id", "?"), error)
+    return error_response(error)
+
+
+async def _on_validation_error(request: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, RequestValidationError)
+    return error_response(api_error_from_validation(list(error.errors())))
+
+
+async def _on_http_error(request: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, StarletteHTTPException)
+    route = f"{request.method} {request.url.path}"
+    api_error = api_error_from_http(error.status_code, str(error.detail), error.headers, route)
+    return error_response(api_error)
+
+
+def create_app(settings: FacadeSettings | None = None) -> FastAPI:
+    """Build the facade app; its lifespan opens the core channel, so run it under an ASGI server."""
+    settings = settings or FacadeSettings()
+    app = FastAPI(
+        title="Tandem",
+        summary="OpenAI-compatible API in front of Tandem model cores.",
+        lifespan=_lifespan(settings),
+    )
+    app.state.settings = settings
+    # The last added runs first: request ids are assigned before the body limit can answer.
+    app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestIdMiddleware)
+    app.add_exception_handler(ApiError, _on_api_error)
+    app.add_exception_handler(RequestValidationError, _on_validation_error)
+    app.add_exception_handler(StarletteHTTPException, _on_http_error)
+    for module in (chat, completions, models, health):
+        app.include_router(module.router)
+    return app

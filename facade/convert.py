@@ -1,0 +1,305 @@
+"""Translation between OpenAI request/response models and the `tandem.v1` protos.
+
+Requests: a chat request becomes one `GenerateRequest` with `ChatInput` (messages, content parts,
+tools as JSON strings); a completions request becomes one `GenerateRequest` per prompt (`text` or
+`tokens`). Optional proto fields are set only when the client gave a value, so the core can tell
+0 from "unset". Responses: finish reasons, stop reasons, logprobs and usage out of
+`GenerateResponse` chunks. Text never gets tokenized here.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from facade.errors import ApiError, unsupported
+from facade.protocol import (
+    ChatCompletionRequest,
+    ChatMessage,
+    ChoiceLogprobs,
+    CompletionLogprobs,
+    CompletionRequest,
+    PromptTokensDetails,
+    SamplingFields,
+    TokenLogprob,
+    TopLogprob,
+    Usage,
+)
+from tandem.v1 import inference_pb2 as pb
+
+_FINISH_REASONS: dict[int, str] = {
+    pb.FINISH_REASON_STOP: "stop",
+    pb.FINISH_REASON_LENGTH: "length",
+    pb.FINISH_REASON_TOOL_CALLS: "tool_calls",
+    pb.FINISH_REASON_ABORT: "abort",
+}
+
+_RESPONSE_FORMATS: dict[str, int] = {
+    "text": pb.ResponseFormat.TYPE_TEXT,
+    "json_object": pb.ResponseFormat.TYPE_JSON_OBJECT,
+    "json_schema": pb.ResponseFormat.TYPE_JSON_SCHEMA,
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# OpenAI request → GenerateRequest
+
+
+def _sampling(request: SamplingFields) -> pb.SamplingParams:
+    """Sampling fields, each set only when the client gave it."""
+    sampling = pb.SamplingParams()
+    for name in ("temperature", "top_p", "min_p", "presence_penalty", "frequency_penalty",
+                 "repetition_penalty", "seed"):  # fmt: skip
+        value = getattr(request, name)
+        if value is not None:
+            setattr(sampling, name, value)
+    if request.top_k is not None:
+        sampling.top_k = max(request.top_k, 0)  # vLLM's -1 and the proto's 0 both mean "off"
+    for token_id, bias in (request.logit_bias or {}).items():
+        sampling.logit_bias[int(token_id)] = bias
+    return sampling
+
+
+def _stopping(request: SamplingFields, max_tokens: int | None) -> pb.StoppingCriteria:
+    """Stopping fields, each set only when the client gave it."""
+    stopping = pb.StoppingCriteria(
+        stop=request.stop_strings, stop_token_ids=request.stop_token_ids or []
+    )
+    if max_tokens is not None:
+        stopping.max_tokens = max_tokens
+    for name in ("min_tokens", "ignore_eos", "include_stop_str_in_output", "skip_special_tokens"):
+        value = getattr(request, name)
+        if value is not None:
+            setattr(stopping, name, value)
+    return stopping
+
+
+def _response_format(request: SamplingFields) -> pb.ResponseFormat | None:
+    if request.response_format is None:
+        return None
+    response_format = pb.ResponseFormat(type=_RESPONSE_FORMATS[request.response_format.type])
+    schema = request.response_format.json_schema
+    if schema is not None:
+        response_format.json_schema = json.dumps(schema.json_schema or {})
+    return response_format
+
+
+def _common(request: SamplingFields, model: str, max_tokens: int | None) -> pb.GenerateRequest:
+    """The GenerateRequest fields chat and completions share (everything but the input)."""
+    generate = pb.GenerateRequest(
+        model=model,
+        sampling=_sampling(request),
+        stopping=_stopping(request, max_tokens),
+        cache_salt=request.cache_salt or "",
+    )
+    if request.n is not None:
+        generate.n = request.n
+    response_format = _response_format(request)
+    if response_format is not None:
+        generate.response_format.CopyFrom(response_format)
+    return generate
+
+
+def _message(message: ChatMessage) -> pb.ChatMessage:
+    """One OpenAI chat message → proto (a string content becomes one text part)."""
+    proto = pb.ChatMessage(role=message.role)
+    if isinstance(message.content, str):
+        proto.content.append(pb.ContentPart(text=message.content))
+    for part in message.content if isinstance(message.content, list) else []:
+        if part.type == "text":
+            proto.content.append(pb.ContentPart(text=part.text or ""))
+        elif part.type == "image_url" and part.image_url is not None:
+            image = pb.ImageUrl(url=part.image_url.url, detail=part.image_url.detail or "")
+            proto.content.append(pb.ContentPart(image_url=image))
+        elif part.type == "input_audio" and part.input_audio is not None:
+            audio = pb.InputAudio(data=part.input_audio.data, format=part.input_audio.format)
+            proto.content.append(pb.ContentPart(input_audio=audio))
+    if message.name is not None:
+        proto.name = message.name
+    if message.tool_call_id is not None:
+        proto.tool_call_id = message.tool_call_id
+    for call in message.tool_calls or []:
+        function = pb.FunctionCall(name=call.function.name, arguments=call.function.arguments)
+        proto.tool_calls.append(pb.ToolCall(id=call.id, type=call.type, function=function))
+    return proto
+
+
+def _chat_input(request: ChatCompletionRequest) -> pb.ChatInput:
+    chat = pb.ChatInput(messages=[_message(message) for message in request.messages])
+    if request.tool_choice not in (None, "none", "auto"):
+        raise unsupported(
+            "tool_choice",
+            "tool_choice 'required' or a named function is not supported; use 'auto' or 'none'.",
+        )
+    if request.tool_choice != "none":
+        for tool in request.tools or []:
+            definition = tool.function
+            chat.tools.append(pb.Tool(
+                type=tool.type,
+                name=definition.name,
+                description=definition.description or "",
+                parameters_json=json.dumps(definition.parameters or {}),
+            ))  # fmt: skip
+    if request.add_generation_prompt is not None:
+        chat.add_generation_prompt = request.add_generation_prompt
+    if request.continue_final_message is not None:
+        chat.continue_final_message = request.continue_final_message
+    if request.chat_template_kwargs:
+        chat.chat_template_kwargs_json = json.dumps(request.chat_template_kwargs)
+    if request.chat_template is not None:
+        chat.chat_template = request.chat_template
+    return chat
+
+
+def chat_to_generate(request: ChatCompletionRequest, model: str) -> pb.GenerateRequest:
+    """A chat completion request → one GenerateRequest with ChatInput."""
+    generate = _common(request, model, request.max_output_tokens)
+    generate.chat.CopyFrom(_chat_input(request))
+    if request.logprobs is not None:
+        generate.logprobs = request.logprobs
+    if request.logprobs and request.top_logprobs is not None:
+        generate.top_logprobs = request.top_logprobs
+    return generate
+
+
+def completion_to_generates(request: CompletionRequest, model: str) -> list[pb.GenerateRequest]:
+    """A completions request → one GenerateRequest per prompt, in prompt order."""
+    if request.suffix:
+        raise unsupported("suffix", "suffix (fill-in-the-middle) is not supported.")
+    if request.best_of is not None and request.best_of != (request.n or 1):
+        raise unsupported("best_of", "best_of greater than n is not supported.")
+    if request.echo and request.logprobs is not None:
+        raise unsupported("echo", "echo together with logprobs (prompt logprobs) is not supported.")
+    generates = []
+    for prompt in request.prompts:
+        generate = _common(request, model, request.max_tokens)
+        if isinstance(prompt, str):
+            generate.text = prompt
+        else:
+            generate.tokens.ids.extend(prompt)
+        if request.logprobs is not None:
+            generate.logprobs = True
+            generate.top_logprobs = request.logprobs
+        if request.add_special_tokens is not None:
+            generate.add_special_tokens = request.add_special_tokens
+        generates.append(generate)
+    return generates
+
+
+# ---------------------------------------------------------------------------------------------
+# GenerateResponse → OpenAI pieces
+
+
+def finish_reason(choice: pb.ChoiceDelta) -> str | None:
+    """The OpenAI finish_reason of a choice delta; None while the choice is still running."""
+    return _FINISH_REASONS.get(choice.finish_reason)
+
+
+def stop_reason(choice: pb.ChoiceDelta) -> str | int | None:
+    """vLLM's stop_reason: the stop string or stop token id that ended the choice."""
+    which = choice.WhichOneof("stop_reason")
+    return getattr(choice, which) if which else None
+
+
+def token_name(entry: pb.TokenLogprob | pb.TopLogprob) -> str:
+    """The token's text from the core; vLLM's `token_id:<id>` form if the core sent none."""
+    return entry.token or f"token_id:{entry.token_id}"
+
+
+def chat_logprobs(entries: Sequence[pb.TokenLogprob]) -> ChoiceLogprobs:
+    """Chat-style logprobs of some tokens of one choice."""
+    return ChoiceLogprobs(
+        content=[
+            TokenLogprob(
+                token=token_name(entry),
+                logprob=entry.logprob,
+                bytes=list(entry.token_bytes),
+                top_logprobs=[
+                    TopLogprob(
+                        token=token_name(top), logprob=top.logprob, bytes=list(top.token_bytes)
+                    )
+                    for top in entry.top_logprobs
+                ],
+            )
+            for entry in entries
+        ]
+    )
+
+
+def completion_logprobs(
+    entries: Sequence[pb.TokenLogprob], text_offsets: Sequence[int]
+) -> CompletionLogprobs:
+    """Legacy completions logprobs; `text_offsets` has one character offset per entry."""
+    return CompletionLogprobs(
+        tokens=[token_name(entry) for entry in entries],
+        token_logprobs=[entry.logprob for entry in entries],
+        top_logprobs=[
+            {token_name(top): top.logprob for top in entry.top_logprobs} for entry in entries
+        ],
+        text_offset=list(text_offsets),
+    )
+
+
+@dataclass
+class ChoiceState:
+    """Everything one choice produced so far (non-streaming answers are built from it)."""
+
+    text_parts: list[str] = field(default_factory=list)  # text deltas in order
+    num_chars: int = 0  # characters of text so far (echoed prompt included)
+    logprobs: list[pb.TokenLogprob] = field(default_factory=list)  # one per generated token
+    text_offsets: list[int] = field(default_factory=list)  # character offset per logprob entry
+    finish_reason: str | None = None  # set once the choice ended
+    stop_reason: str | int | None = None
+
+    def add_text(self, text: str) -> None:
+        self.text_parts.append(text)
+        self.num_chars += len(text)
+
+    def add(self, choice: pb.ChoiceDelta) -> int:
+        """Record one delta; returns the character offset at which its text starts."""
+        offset = self.num_chars
+        self.logprobs.extend(choice.logprobs)
+        self.text_offsets.extend([offset] * len(choice.logprobs))
+        self.add_text(choice.text)
+        if finish_reason(choice) is not None:
+            self.finish_reason = finish_reason(choice)
+            self.stop_reason = stop_reason(choice)
+        return offset
+
+    @property
+    def text(self) -> str:
+        return "".join(self.text_parts)
+
+
+def unfinished_error(unfinished: Iterable[int]) -> ApiError:
+    """A core stream ended before some choices got a finish reason: never end silently."""
+    indexes = ", ".join(str(index) for index in sorted(unfinished))
+    return ApiError(
+        500,
+        f"The core ended the response before choice(s) {indexes} finished.",
+        type="server_error",
+        code="internal_error",
+    )
+
+
+@dataclass
+class UsageTotal:
+    """The core's cumulative usage of each call of one HTTP request, summed on demand."""
+
+    by_call: dict[int, pb.Usage] = field(default_factory=dict)  # call index → latest Usage
+
+    def update(self, call_index: int, response: pb.GenerateResponse) -> None:
+        if response.HasField("usage"):
+            self.by_call[call_index] = response.usage
+
+    def total(self) -> Usage:
+        prompt_tokens = sum(usage.prompt_tokens for usage in self.by_call.values())
+        completion_tokens = sum(usage.completion_tokens for usage in self.by_call.values())
+        cached_tokens = sum(usage.cached_tokens for usage in self.by_call.values())
+        return Usage(
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            total_tokens=prompt_tokens + completion_tokens,
+            prompt_tokens_details=PromptTokensDetails(cached_tokens=cached_tokens),
+        )

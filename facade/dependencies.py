@@ -1,0 +1,69 @@
+"""FastAPI dependencies of the routes, as `Annotated[...]` aliases.
+
+`CoreStub` and `CoreChannel` come from the app's lifespan (one gRPC channel per process),
+`RequestId` from the request-id middleware, `Settings` from `create_app()`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import grpc
+from fastapi import Depends, Request
+
+from facade.errors import ApiError
+from facade.generation import CallOptions
+from facade.settings import FacadeSettings
+from tandem.v1.inference_pb2_grpc import InferenceStub
+
+
+def _not_started() -> ApiError:
+    return ApiError(
+        503,
+        "The facade has no connection to the core yet.",
+        type="server_error",
+        code="service_unavailable",
+        headers={"x-should-retry": "true"},
+    )
+
+
+def get_settings(request: Request) -> FacadeSettings:
+    return request.app.state.settings
+
+
+def get_channel(request: Request) -> grpc.aio.Channel:
+    channel = getattr(request.app.state, "channel", None)
+    if channel is None:
+        raise _not_started()
+    return channel
+
+
+def get_stub(request: Request) -> InferenceStub:
+    stub = getattr(request.app.state, "stub", None)
+    if stub is None:
+        raise _not_started()
+    return stub
+
+
+def get_request_id(request: Request) -> str:
+    """The id the middleware assigned (taken from `x-request-id` or generated)."""
+    return request.state.request_id
+
+
+Settings = Annotated[FacadeSettings, Depends(get_settings)]
+CoreChannel = Annotated[grpc.aio.Channel, Depends(get_channel)]
+CoreStub = Annotated[InferenceStub, Depends(get_stub)]
+RequestId = Annotated[str, Depends(get_request_id)]
+
+
+def get_call_options(request_id: RequestId, settings: Settings) -> CallOptions:
+    return CallOptions(request_id=request_id, timeout_s=settings.request_timeout_s)
+
+
+# Metadata and deadline of this request's core calls.
+CoreCallOptions = Annotated[CallOptions, Depends(get_call_options)]
+
+
+def resolve_model(requested: str | None, settings: FacadeSettings) -> str:
+    """The model name sent to the core: the request's, the configured default, or ""."""
+    return requested or settings.default_model or ""

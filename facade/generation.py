@@ -1,0 +1,139 @@
+"""Running `Generate` calls against the core for one HTTP request.
+
+Owns the admission rule: every call's first response is awaited before the facade answers, so
+that admission errors (unknown model, overload, bad parameter) become real HTTP statuses and not
+errors inside a 200 stream. Also merges several calls (one per completions prompt) into one
+stream of `(call_index, GenerateResponse)` in arrival order, and cancels every call when the
+consumer stops early (client disconnect) so the core frees the request's pages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+
+import grpc
+
+from facade.errors import api_error_from_grpc
+from tandem.v1 import inference_pb2 as pb
+from tandem.v1.inference_pb2_grpc import InferenceStub
+
+# Responses buffered per call between the gRPC reader and the HTTP writer.
+QUEUE_SLOTS_PER_CALL = 8
+
+
+@dataclass(frozen=True)
+class CallOptions:
+    """What every core call of one HTTP request carries."""
+
+    request_id: str  # sent as `x-request-id` metadata
+    timeout_s: float  # gRPC deadline of each call
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        return (("x-request-id", self.request_id),)
+
+    def call_metadata(self, call_index: int, num_calls: int) -> tuple[tuple[str, str], ...]:
+        """Metadata of one of several concurrent calls: each gets its own id, `<id>-p<index>`,
+        so that no two in-flight core requests share one (the core may key state by it)."""
+        if num_calls == 1:
+            return self.metadata
+        return (("x-request-id", f"{self.request_id}-p{call_index}"),)
+
+
+def _first_rpc_error(error: BaseException) -> grpc.aio.AioRpcError | None:
+    """The first AioRpcError inside a (possibly nested) exception group."""
+    if isinstance(error, grpc.aio.AioRpcError):
+        return error
+    if isinstance(error, BaseExceptionGroup):
+        for inner in error.exceptions:
+            found = _first_rpc_error(inner)
+            if found is not None:
+                return found
+    return None
+
+
+class Generation:
+    """The Generate calls of one HTTP request, opened and admitted (first responses read)."""
+
+    def __init__(self, calls: list[grpc.aio.UnaryStreamCall]) -> None:
+        self._calls = calls
+        self._firsts: list[pb.GenerateResponse | None] = [None] * len(calls)
+
+    @classmethod
+    async def open(
+        cls, stub: InferenceStub, requests: Sequence[pb.GenerateRequest], options: CallOptions
+    ) -> Generation:
+        """Start every call and await each one's first response; raise ApiError if any fails."""
+        calls = [
+            stub.Generate(
+                request,
+                metadata=options.call_metadata(index, len(requests)),
+                timeout=options.timeout_s,
+            )
+            for index, request in enumerate(requests)
+        ]
+        generation = cls(calls)
+        try:
+            async with asyncio.TaskGroup() as group:
+                tasks = [group.create_task(generation._read(index)) for index in range(len(calls))]
+        except BaseException as error:
+            generation.cancel()
+            rpc_error = _first_rpc_error(error)
+            if rpc_error is not None:
+                raise api_error_from_grpc(rpc_error) from None
+            raise
+        generation._firsts = [task.result() for task in tasks]
+        return generation
+
+    async def _read(self, index: int) -> pb.GenerateResponse | None:
+        """The next response of one call; None at the end of its stream."""
+        message = await self._calls[index].read()
+        return None if message is grpc.aio.EOF else message
+
+    @property
+    def model(self) -> str:
+        """The model the core reports in its first responses ("" when it named none)."""
+        return next((first.model for first in self._firsts if first and first.model), "")
+
+    def cancel(self) -> None:
+        """Cancel every call still running (the core aborts the request)."""
+        for call in self._calls:
+            if not call.done():
+                call.cancel()
+
+    async def responses(self) -> AsyncIterator[tuple[int, pb.GenerateResponse]]:
+        """Every response of every call in arrival order; ApiError on a core failure."""
+        # Bounded, so that a slow HTTP client slows the gRPC reads (flow control reaches the core).
+        queue: asyncio.Queue[tuple[int, pb.GenerateResponse | Exception | None]] = asyncio.Queue(
+            maxsize=QUEUE_SLOTS_PER_CALL * len(self._calls)
+        )
+        pumps = [asyncio.create_task(self._pump(index, queue)) for index in range(len(self._calls))]
+        running = len(pumps)
+        try:
+            while running:
+                index, item = await queue.get()
+                if item is None:
+                    running -= 1
+                elif isinstance(item, grpc.aio.AioRpcError):
+                    raise api_error_from_grpc(item)
+                elif isinstance(item, Exception):
+                    raise item
+                else:
+                    yield index, item
+        finally:
+            self.cancel()
+            for pump in pumps:
+                pump.cancel()
+
+    async def _pump(self, index: int, queue: asyncio.Queue) -> None:
+        """Move one call's responses (its first included) into the shared queue."""
+        try:
+            message = self._firsts[index]
+            while message is not None:
+                await queue.put((index, message))
+                message = await self._read(index)
+            await queue.put((index, None))
+        except Exception as error:  # handed to the consumer, which raises it
+            await queue.put((index, error))

@@ -1,0 +1,60 @@
+"""Running the facade: `run()` starts uvicorn with `create_app()`; `main()` is its command line.
+
+    python -m facade --host 0.0.0.0 --port 8000 --core-address dns:///tandem-core:50051
+
+On SIGTERM uvicorn shuts down gracefully and then re-raises the signal; with the default
+handler that would kill the process before the caller's `finally` blocks run (e.g. `tandem serve`
+stopping its core child). `run()` therefore turns that SIGTERM into `SystemExit(143)`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import threading
+from types import FrameType
+
+import uvicorn
+
+from facade.app import create_app
+from facade.settings import FacadeSettings
+
+# Seconds in-flight requests get to finish after SIGTERM/SIGINT.
+GRACEFUL_SHUTDOWN_S = 30
+
+
+def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
+
+
+def run(settings: FacadeSettings | None = None, host: str = "127.0.0.1", port: int = 8000) -> None:
+    """Serve the facade until interrupted (binds loopback unless told otherwise).
+
+    Ends by raising KeyboardInterrupt (SIGINT) or SystemExit(143) (SIGTERM), in both cases after
+    a graceful shutdown, so that the caller's cleanup still runs.
+    """
+    app = create_app(settings or FacadeSettings())
+    previous_handler = None
+    if threading.current_thread() is threading.main_thread():
+        previous_handler = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        uvicorn.run(app, host=host, port=port, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
+    finally:
+        if previous_handler is not None:
+            signal.signal(signal.SIGTERM, previous_handler)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Tandem OpenAI-compatible facade")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument(
+        "--core-address", default=None, help="gRPC target of the core (else TANDEM_CORE_ADDRESS)"
+    )
+    args = parser.parse_args(argv)
+    overrides = {"core_address": args.core_address} if args.core_address else {}
+    run(FacadeSettings(**overrides), host=args.host, port=args.port)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,428 @@
+"""OpenAI request and response shapes (pydantic v2), with OpenAI's and vLLM's validation ranges.
+
+Requests accept unknown fields (`extra="allow"`) so that clients sending newer or vendor fields
+are not rejected; known fields are range-checked so that a bad value is a 400 naming its `param`.
+Responses mirror OpenAI's JSON (plus vLLM's `stop_reason`); the facade only fills them from what
+the core returned and never counts tokens itself.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    SerializerFunctionWrapHandler,
+    Tag,
+    ValidationInfo,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
+
+# Largest value of the proto's uint32 / int32 / uint64 fields.
+MAX_UINT32 = 2**32 - 1
+MAX_INT32 = 2**31 - 1
+MAX_UINT64 = 2**64 - 1
+
+TokenId = Annotated[int, Field(ge=0, le=MAX_INT32)]
+
+
+class RequestModel(BaseModel):
+    """Base of request parts: unknown fields are kept, not rejected."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Chat messages
+
+
+class ImageUrl(RequestModel):
+    url: str
+    detail: Literal["auto", "low", "high"] | None = None
+
+
+class InputAudio(RequestModel):
+    data: str  # base64-encoded audio bytes
+    format: str  # "wav", "mp3", ...
+
+
+class ContentPart(RequestModel):
+    """One part of a message's content; the field named by `type` must be present."""
+
+    type: Literal["text", "image_url", "input_audio"]
+    text: str | None = None
+    image_url: ImageUrl | None = None
+    input_audio: InputAudio | None = None
+
+    @model_validator(mode="after")
+    def _payload_matches_type(self) -> ContentPart:
+        if getattr(self, self.type) is None:
+            raise ValueError(f"a content part of type '{self.type}' needs a '{self.type}' field")
+        return self
+
+
+def _content_kind(value: Any) -> str:
+    return "text-content" if isinstance(value, str) else "part-list"
+
+
+# A message's content: a plain string or a list of parts (tags are not identifiers on purpose,
+# so that error locations stay "messages[0].content").
+MessageContent = Annotated[
+    Annotated[str, Tag("text-content")] | Annotated[list[ContentPart], Tag("part-list")],
+    Discriminator(_content_kind),
+]
+
+
+class FunctionCall(RequestModel):
+    name: str
+    arguments: str = ""  # JSON-encoded, as the model produced it
+
+
+class ToolCall(RequestModel):
+    id: str = ""
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class ChatMessage(RequestModel):
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: MessageContent | None = None
+    name: str | None = None
+    tool_call_id: str | None = None
+    tool_calls: list[ToolCall] | None = None
+
+
+class FunctionDefinition(RequestModel):
+    name: str
+    description: str | None = None
+    parameters: dict[str, Any] | None = None  # JSON Schema of the arguments
+    strict: bool | None = None
+
+
+class ChatTool(RequestModel):
+    type: Literal["function"] = "function"
+    function: FunctionDefinition
+
+
+class NamedFunction(RequestModel):
+    name: str
+
+
+class NamedToolChoice(RequestModel):
+    type: Literal["function"] = "function"
+    function: NamedFunction
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared request fields
+
+
+class JsonSchemaFormat(RequestModel):
+    name: str | None = None
+    description: str | None = None
+    json_schema: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(RequestModel):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_given(self) -> ResponseFormat:
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError("type 'json_schema' needs a 'json_schema' object")
+        return self
+
+
+class StreamOptions(RequestModel):
+    include_usage: bool | None = None  # a last chunk with `choices: []` and the usage
+    continuous_usage_stats: bool | None = None  # usage on every chunk (vLLM)
+
+
+class SamplingFields(RequestModel):
+    """Fields chat and completions share: model, sampling, stopping, streaming, vLLM extras."""
+
+    model: str | None = None  # None/empty: FacadeSettings.default_model, then the core's default
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    n: int | None = Field(default=None, ge=1, le=128)
+    stop: str | list[str] | None = None
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    seed: int | None = Field(default=None, ge=0, le=MAX_UINT64)
+    logit_bias: dict[str, float] | None = None  # token id (as a string) → bias in [-100, 100]
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    response_format: ResponseFormat | None = None
+    user: str | None = None
+    # vLLM extras
+    top_k: int | None = Field(default=None, ge=-1, le=MAX_INT32)  # -1 or 0: off
+    min_p: float | None = Field(default=None, ge=0, le=1)
+    repetition_penalty: float | None = Field(default=None, gt=0)
+    min_tokens: int | None = Field(default=None, ge=0, le=MAX_UINT32)
+    ignore_eos: bool | None = None
+    stop_token_ids: list[TokenId] | None = None
+    skip_special_tokens: bool | None = None
+    include_stop_str_in_output: bool | None = None
+    cache_salt: str | None = None  # namespaces the core's prefix cache
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _check_logit_bias(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        for key, bias in (value or {}).items():
+            if not key.strip().isdigit() or int(key) > MAX_INT32:
+                raise ValueError(f"keys must be token ids, got {key!r}")
+            if not -100 <= bias <= 100:
+                raise ValueError(f"biases must be in [-100, 100], got {bias}")
+        return value
+
+    @field_validator("stream_options")
+    @classmethod
+    def _only_when_streaming(cls, value: StreamOptions | None, info: ValidationInfo) -> Any:
+        if value is not None and not info.data.get("stream", False):
+            raise ValueError("stream_options can only be set when stream is true")
+        return value
+
+    @property
+    def stop_strings(self) -> list[str]:
+        if self.stop is None:
+            return []
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+    @property
+    def continuous_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.continuous_usage_stats)
+
+
+# ---------------------------------------------------------------------------------------------
+# Requests
+
+
+class ChatCompletionRequest(SamplingFields):
+    """POST /v1/chat/completions."""
+
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = Field(default=None, ge=1, le=MAX_UINT32)  # deprecated by OpenAI
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_UINT32)
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    tools: list[ChatTool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    # vLLM chat extras
+    chat_template: str | None = None
+    chat_template_kwargs: dict[str, Any] | None = None
+    add_generation_prompt: bool | None = None
+    continue_final_message: bool | None = None
+
+    @field_validator("top_logprobs")
+    @classmethod
+    def _needs_logprobs(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value and not info.data.get("logprobs"):
+            raise ValueError("top_logprobs needs logprobs to be true")
+        return value
+
+    @property
+    def max_output_tokens(self) -> int | None:
+        """max_completion_tokens, else the older max_tokens; None: up to the context length."""
+        if self.max_completion_tokens is not None:
+            return self.max_completion_tokens
+        return self.max_tokens
+
+
+def _prompt_kind(value: Any) -> str:
+    if isinstance(value, str):
+        return "text-prompt"
+    if isinstance(value, list) and value and isinstance(value[0], list):
+        return "token-prompts"
+    if isinstance(value, list) and value and isinstance(value[0], str):
+        return "text-prompts"
+    return "token-prompt"
+
+
+# One text, several texts, one token-id list, or several token-id lists.
+Prompt = Annotated[
+    Annotated[str, Tag("text-prompt"), Field(min_length=1)]
+    | Annotated[list[Annotated[str, Field(min_length=1)]], Tag("text-prompts"), Field(min_length=1)]
+    | Annotated[list[TokenId], Tag("token-prompt"), Field(min_length=1)]
+    | Annotated[
+        list[Annotated[list[TokenId], Field(min_length=1)]],
+        Tag("token-prompts"),
+        Field(min_length=1),
+    ],
+    Discriminator(_prompt_kind),
+]
+
+
+class CompletionRequest(SamplingFields):
+    """POST /v1/completions."""
+
+    prompt: Prompt
+    max_tokens: int | None = Field(default=16, ge=1, le=MAX_UINT32)  # OpenAI's default: 16
+    echo: bool = False
+    suffix: str | None = None
+    best_of: int | None = Field(default=None, ge=1, le=128)
+    logprobs: int | None = Field(default=None, ge=0, le=20)  # top alternatives per token
+    add_special_tokens: bool | None = None  # vLLM: prepend BOS etc. (core default: true)
+
+    @field_validator("best_of")
+    @classmethod
+    def _at_least_n(cls, value: int | None, info: ValidationInfo) -> int | None:
+        n = info.data.get("n") or 1
+        if value is not None and value < n:
+            raise ValueError(f"best_of must be greater than or equal to n ({n})")
+        return value
+
+    @property
+    def prompts(self) -> list[str] | list[list[int]]:
+        """The prompt as a list of prompts (each one Generate call)."""
+        if isinstance(self.prompt, str):
+            return [self.prompt]
+        if self.prompt and isinstance(self.prompt[0], int):
+            return [list(self.prompt)]  # type: ignore[arg-type]
+        return list(self.prompt)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------------------------
+# Responses
+
+
+class ResponseModel(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class PromptTokensDetails(ResponseModel):
+    cached_tokens: int = 0  # prompt tokens served from the core's prefix cache
+
+
+class Usage(ResponseModel):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    prompt_tokens_details: PromptTokensDetails | None = None
+
+
+class TopLogprob(ResponseModel):
+    token: str  # the token's text as the core's tokenizer spells it
+    logprob: float
+    bytes: list[int] | None = None
+
+
+class TokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob] = Field(default_factory=list)
+
+
+class ChoiceLogprobs(ResponseModel):
+    content: list[TokenLogprob] | None = None
+
+
+class ResponseToolCall(ResponseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class AssistantMessage(ResponseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str | None = None
+    tool_calls: list[ResponseToolCall] | None = None  # the contract carries no parsed calls yet
+
+
+class ChatChoice(ResponseModel):
+    index: int
+    message: AssistantMessage
+    logprobs: ChoiceLogprobs | None = None
+    finish_reason: str | None = None  # "stop", "length", "tool_calls", "abort"
+    stop_reason: str | int | None = None  # vLLM: the stop string or stop token id that ended it
+
+
+class ChatCompletion(ResponseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int  # unix seconds
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage | None = None
+    system_fingerprint: str | None = None
+
+
+class DeltaMessage(ResponseModel):
+    """What one chunk adds to a choice; unset (None) fields are left out of the JSON."""
+
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _drop_none(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return {key: value for key, value in handler(self).items() if value is not None}
+
+
+class ChatChunkChoice(ResponseModel):
+    index: int
+    delta: DeltaMessage
+    logprobs: ChoiceLogprobs | None = None
+    finish_reason: str | None = None
+    stop_reason: str | int | None = None
+
+
+class ChatCompletionChunk(ResponseModel):
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChatChunkChoice]
+    usage: Usage | None = None
+
+
+class CompletionLogprobs(ResponseModel):
+    tokens: list[str] = Field(default_factory=list)
+    token_logprobs: list[float | None] = Field(default_factory=list)
+    top_logprobs: list[dict[str, float] | None] = Field(default_factory=list)
+    text_offset: list[int] = Field(default_factory=list)  # character offset of each token's chunk
+
+
+class CompletionChoice(ResponseModel):
+    index: int  # prompt_index * n + choice_index
+    text: str
+    logprobs: CompletionLogprobs | None = None
+    finish_reason: str | None = None
+    stop_reason: str | int | None = None
+
+
+class Completion(ResponseModel):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage | None = None
+    system_fingerprint: str | None = None
+
+
+class CompletionChunk(Completion):
+    """Streaming chunks of /v1/completions share the object name "text_completion"."""
+
+
+class ModelCard(ResponseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+    description: str = ""  # the core's note, e.g. that this is the demo model
+    is_demo: bool = False  # the built-in demo model with random weights
+    max_model_len: int | None = None
+
+
+class ModelList(ResponseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]

@@ -1,0 +1,1 @@
+"""Thin HTTP endpoints: each one validates, calls the core over gRPC and shapes the answer."""

@@ -1,0 +1,188 @@
+"""POST /v1/chat/completions: one `Generate` call with chat input, streamed or aggregated.
+
+Streaming: the core's first response is awaited before the first SSE byte; then a role chunk per
+choice, one chunk per core response, an optional usage chunk (`choices: []`), `data: [DONE]`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from dataclasses import dataclass, field
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from facade.convert import (
+    ChoiceState,
+    UsageTotal,
+    chat_logprobs,
+    chat_to_generate,
+    finish_reason,
+    stop_reason,
+    unfinished_error,
+)
+from facade.dependencies import CoreCallOptions, CoreStub, Settings, resolve_model
+from facade.errors import ApiError
+from facade.generation import Generation
+from facade.protocol import (
+    AssistantMessage,
+    ChatChoice,
+    ChatChunkChoice,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    DeltaMessage,
+)
+from facade.sse import (
+    DONE_EVENT,
+    STREAM_HEADERS,
+    EventStreamResponse,
+    cancel_on_disconnect,
+    sse_error,
+    sse_event,
+    unexpected_error,
+)
+from tandem.v1 import inference_pb2 as pb
+
+logger = logging.getLogger(__name__)
+
+router = APIRouter(tags=["chat"])
+
+
+@dataclass
+class ChatRun:
+    """One chat request in flight: its OpenAI identity and what the core produced so far."""
+
+    request: ChatCompletionRequest
+    completion_id: str  # "chatcmpl-<request id>"
+    created: int  # unix seconds
+    model: str  # the model the core reports (else the requested one)
+    usage: UsageTotal = field(default_factory=UsageTotal)
+    choices: dict[int, ChoiceState] = field(default_factory=dict)  # choice index → state
+
+    @property
+    def num_choices(self) -> int:
+        return self.request.n or 1
+
+    def add(self, response: pb.GenerateResponse) -> None:
+        self.usage.update(0, response)
+        for choice in response.choices:
+            self.choices.setdefault(choice.index, ChoiceState()).add(choice)
+
+    def check_finished(self) -> None:
+        unfinished = [
+            index
+            for index in range(self.num_choices)
+            if index not in self.choices or self.choices[index].finish_reason is None
+        ]
+        if unfinished:
+            raise unfinished_error(unfinished)
+
+    def chunk(self, choices: list[ChatChunkChoice], with_usage: bool = False) -> bytes:
+        chunk = ChatCompletionChunk(
+            id=self.completion_id,
+            created=self.created,
+            model=self.model,
+            choices=choices,
+            usage=self.usage.total() if with_usage else None,
+        )
+        usage_shown = self.request.include_usage or self.request.continuous_usage
+        return sse_event(chunk, exclude=None if usage_shown else {"usage"})
+
+
+def _chunk_choice(run: ChatRun, choice: pb.ChoiceDelta) -> ChatChunkChoice | None:
+    """The chunk choice of one core delta; None when it carries nothing for the client."""
+    wants_logprobs = bool(run.request.logprobs)
+    reason = finish_reason(choice)
+    if not choice.text and reason is None and not (wants_logprobs and choice.logprobs):
+        return None
+    return ChatChunkChoice(
+        index=choice.index,
+        delta=DeltaMessage(content=choice.text or None),
+        logprobs=chat_logprobs(choice.logprobs) if wants_logprobs else None,
+        finish_reason=reason,
+        stop_reason=stop_reason(choice),
+    )
+
+
+async def stream_chat(run: ChatRun, generation: Generation) -> AsyncIterator[bytes]:
+    """The SSE body; errors after the first byte become an error event, then [DONE]."""
+    try:
+        for index in range(run.num_choices):
+            delta = DeltaMessage(role="assistant", content="")
+            yield run.chunk([ChatChunkChoice(index=index, delta=delta)])
+        async with aclosing(generation.responses()) as responses:
+            async for _, response in responses:
+                run.add(response)
+                choices = [c for delta in response.choices if (c := _chunk_choice(run, delta))]
+                if choices:
+                    yield run.chunk(choices, with_usage=run.request.continuous_usage)
+        run.check_finished()
+        if run.request.include_usage:
+            yield run.chunk([], with_usage=True)
+    except ApiError as error:
+        yield sse_error(error)
+    except Exception:
+        logger.exception("stream %s failed", run.completion_id)
+        yield sse_error(unexpected_error())
+    finally:
+        generation.cancel()
+    yield DONE_EVENT
+
+
+def _completion(run: ChatRun) -> ChatCompletion:
+    choices = []
+    for index in range(run.num_choices):
+        state = run.choices[index]
+        choices.append(ChatChoice(
+            index=index,
+            message=AssistantMessage(content=state.text),
+            logprobs=chat_logprobs(state.logprobs) if run.request.logprobs else None,
+            finish_reason=state.finish_reason,
+            stop_reason=state.stop_reason,
+        ))  # fmt: skip
+    return ChatCompletion(
+        id=run.completion_id,
+        created=run.created,
+        model=run.model,
+        choices=choices,
+        usage=run.usage.total(),
+    )
+
+
+async def _complete(run: ChatRun, generation: Generation) -> ChatCompletion:
+    async with aclosing(generation.responses()) as responses:
+        async for _, response in responses:
+            run.add(response)
+    run.check_finished()
+    return _completion(run)
+
+
+@router.post("/v1/chat/completions", response_model=None)
+async def create_chat_completion(
+    body: ChatCompletionRequest,
+    request: Request,
+    stub: CoreStub,
+    options: CoreCallOptions,
+    settings: Settings,
+) -> Response:
+    """OpenAI chat completions (streaming and not)."""
+    model = resolve_model(body.model, settings)
+    generate = chat_to_generate(body, model)
+    generation = await cancel_on_disconnect(request, Generation.open(stub, [generate], options))
+    run = ChatRun(
+        request=body,
+        completion_id=f"chatcmpl-{options.request_id}",
+        created=int(time.time()),
+        model=generation.model or model,
+    )
+    if body.stream:
+        return EventStreamResponse(stream_chat(run, generation), headers=STREAM_HEADERS)
+    try:
+        completion = await cancel_on_disconnect(request, _complete(run, generation))
+    finally:
+        generation.cancel()
+    return JSONResponse(completion.model_dump(mode="json"))

@@ -1,0 +1,231 @@
+"""POST /v1/completions: one `Generate` call per prompt, run concurrently, merged.
+
+Choice `prompt_index * n + choice_index` is the core's choice `choice_index` of prompt
+`prompt_index`. Every call is admitted (first response read) before the first SSE byte. `echo`
+prepends the prompt text; token-id prompts are spelled by the core's `Detokenize`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from dataclasses import dataclass, field
+
+import grpc
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from facade.convert import (
+    ChoiceState,
+    UsageTotal,
+    completion_logprobs,
+    completion_to_generates,
+    finish_reason,
+    stop_reason,
+    unfinished_error,
+)
+from facade.dependencies import CoreCallOptions, CoreStub, Settings, resolve_model
+from facade.errors import ApiError, api_error_from_grpc
+from facade.generation import CallOptions, Generation
+from facade.protocol import Completion, CompletionChoice, CompletionChunk, CompletionRequest
+from facade.sse import (
+    DONE_EVENT,
+    STREAM_HEADERS,
+    EventStreamResponse,
+    cancel_on_disconnect,
+    sse_error,
+    sse_event,
+    unexpected_error,
+)
+from tandem.v1 import inference_pb2 as pb
+from tandem.v1.inference_pb2_grpc import InferenceStub
+
+logger = logging.getLogger(__name__)
+
+router = APIRouter(tags=["completions"])
+
+
+@dataclass
+class CompletionRun:
+    """One completions request in flight: its OpenAI identity and the choices so far."""
+
+    request: CompletionRequest
+    completion_id: str  # "cmpl-<request id>"
+    created: int  # unix seconds
+    model: str  # the model the core reports (else the requested one)
+    num_prompts: int
+    usage: UsageTotal = field(default_factory=UsageTotal)
+    choices: dict[int, ChoiceState] = field(default_factory=dict)  # global index → state
+
+    @property
+    def choices_per_prompt(self) -> int:
+        return self.request.n or 1
+
+    @property
+    def num_choices(self) -> int:
+        return self.num_prompts * self.choices_per_prompt
+
+    def state(self, index: int) -> ChoiceState:
+        return self.choices.setdefault(index, ChoiceState())
+
+    def add(self, call_index: int, response: pb.GenerateResponse) -> list[CompletionChoice]:
+        """Record one core response; returns its choices renumbered, for streaming."""
+        self.usage.update(call_index, response)
+        wants_logprobs = self.request.logprobs is not None
+        shown = []
+        for delta in response.choices:
+            index = call_index * self.choices_per_prompt + delta.index
+            state = self.state(index)
+            offset = state.add(delta)
+            reason = finish_reason(delta)
+            if not delta.text and reason is None and not (wants_logprobs and delta.logprobs):
+                continue
+            shown.append(CompletionChoice(
+                index=index,
+                text=delta.text,
+                logprobs=completion_logprobs(delta.logprobs, [offset] * len(delta.logprobs))
+                if wants_logprobs else None,
+                finish_reason=reason,
+                stop_reason=stop_reason(delta),
+            ))  # fmt: skip
+        return shown
+
+    def check_finished(self) -> None:
+        unfinished = [
+            index for index in range(self.num_choices) if self.state(index).finish_reason is None
+        ]
+        if unfinished:
+            raise unfinished_error(unfinished)
+
+    def chunk(self, choices: list[CompletionChoice], with_usage: bool = False) -> bytes:
+        chunk = CompletionChunk(
+            id=self.completion_id,
+            created=self.created,
+            model=self.model,
+            choices=choices,
+            usage=self.usage.total() if with_usage else None,
+        )
+        usage_shown = self.request.include_usage or self.request.continuous_usage
+        return sse_event(chunk, exclude=None if usage_shown else {"usage"})
+
+
+async def prompt_texts(
+    stub: InferenceStub, request: CompletionRequest, model: str, options: CallOptions
+) -> list[str]:
+    """Each prompt as text, for `echo` (token-id prompts are detokenized by the core)."""
+
+    async def spell(prompt: str | list[int]) -> str:
+        if isinstance(prompt, str):
+            return prompt
+        detokenize = pb.DetokenizeRequest(model=model, token_ids=prompt)
+        try:
+            response = await stub.Detokenize(
+                detokenize, metadata=options.metadata, timeout=options.timeout_s
+            )
+        except grpc.aio.AioRpcError as error:
+            raise api_error_from_grpc(error) from None
+        return response.text
+
+    return list(await asyncio.gather(*(spell(prompt) for prompt in request.prompts)))
+
+
+def _echo(run: CompletionRun, texts: list[str]) -> list[CompletionChoice]:
+    """Put each prompt's text at the start of its choices."""
+    echoed = []
+    for prompt_index, text in enumerate(texts):
+        for choice_index in range(run.choices_per_prompt):
+            index = prompt_index * run.choices_per_prompt + choice_index
+            run.state(index).add_text(text)
+            echoed.append(CompletionChoice(index=index, text=text))
+    return echoed
+
+
+async def stream_completion(
+    run: CompletionRun, generation: Generation, echo_texts: list[str] | None
+) -> AsyncIterator[bytes]:
+    """The SSE body; errors after the first byte become an error event, then [DONE]."""
+    try:
+        if echo_texts is not None:
+            yield run.chunk(_echo(run, echo_texts))
+        async with aclosing(generation.responses()) as responses:
+            async for call_index, response in responses:
+                choices = run.add(call_index, response)
+                if choices:
+                    yield run.chunk(choices, with_usage=run.request.continuous_usage)
+        run.check_finished()
+        if run.request.include_usage:
+            yield run.chunk([], with_usage=True)
+    except ApiError as error:
+        yield sse_error(error)
+    except Exception:
+        logger.exception("stream %s failed", run.completion_id)
+        yield sse_error(unexpected_error())
+    finally:
+        generation.cancel()
+    yield DONE_EVENT
+
+
+async def _complete(
+    run: CompletionRun, generation: Generation, echo_texts: list[str] | None
+) -> Completion:
+    if echo_texts is not None:
+        _echo(run, echo_texts)
+    async with aclosing(generation.responses()) as responses:
+        async for call_index, response in responses:
+            run.add(call_index, response)
+    run.check_finished()
+    wants_logprobs = run.request.logprobs is not None
+    choices = []
+    for index in range(run.num_choices):
+        state = run.choices[index]
+        choices.append(CompletionChoice(
+            index=index,
+            text=state.text,
+            logprobs=completion_logprobs(state.logprobs, state.text_offsets)
+            if wants_logprobs else None,
+            finish_reason=state.finish_reason,
+            stop_reason=state.stop_reason,
+        ))  # fmt: skip
+    return Completion(
+        id=run.completion_id,
+        created=run.created,
+        model=run.model,
+        choices=choices,
+        usage=run.usage.total(),
+    )
+
+
+@router.post("/v1/completions", response_model=None)
+async def create_completion(
+    body: CompletionRequest,
+    request: Request,
+    stub: CoreStub,
+    options: CoreCallOptions,
+    settings: Settings,
+) -> Response:
+    """OpenAI (legacy) completions, streaming and not; several prompts run concurrently."""
+    model = resolve_model(body.model, settings)
+    generates = completion_to_generates(body, model)
+    echo_texts = None
+    if body.echo:
+        echo_texts = await cancel_on_disconnect(request, prompt_texts(stub, body, model, options))
+    generation = await cancel_on_disconnect(request, Generation.open(stub, generates, options))
+    run = CompletionRun(
+        request=body,
+        completion_id=f"cmpl-{options.request_id}",
+        created=int(time.time()),
+        model=generation.model or model,
+        num_prompts=len(generates),
+    )
+    if body.stream:
+        return EventStreamResponse(
+            stream_completion(run, generation, echo_texts), headers=STREAM_HEADERS
+        )
+    try:
+        completion = await cancel_on_disconnect(request, _complete(run, generation, echo_texts))
+    finally:
+        generation.cancel()
+    return JSONResponse(completion.model_dump(mode="json"))

@@ -1,0 +1,101 @@
+"""OpenAI request models → GenerateRequest: optional fields stay unset unless the client set
+them."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from facade.convert import chat_to_generate, completion_to_generates
+from facade.errors import ApiError
+from facade.protocol import ChatCompletionRequest, CompletionRequest
+from tandem.v1 import inference_pb2 as pb
+
+USER = [{"role": "user", "content": "hi"}]
+
+
+def chat(**fields) -> pb.GenerateRequest:
+    return chat_to_generate(ChatCompletionRequest.model_validate({"messages": USER, **fields}), "m")
+
+
+def test_unset_sampling_fields_stay_unset():
+    generate = chat()
+    assert generate.model == "m"
+    for name in ("temperature", "top_p", "top_k", "min_p", "seed", "repetition_penalty"):
+        assert not generate.sampling.HasField(name), name
+    assert not generate.stopping.HasField("max_tokens")
+    assert not generate.HasField("n") and not generate.HasField("logprobs")
+
+
+def test_zero_temperature_is_sent():
+    generate = chat(temperature=0, top_k=-1, seed=7, logit_bias={"5": -100})
+    assert generate.sampling.HasField("temperature") and generate.sampling.temperature == 0
+    assert generate.sampling.top_k == 0 and generate.sampling.seed == 7
+    assert dict(generate.sampling.logit_bias) == {5: -100.0}
+
+
+def test_chat_input_parts_tools_and_template_options():
+    messages = [
+        {"role": "developer", "content": "be brief"},
+        {"role": "user", "content": [
+            {"type": "text", "text": "what is this?"},
+            {"type": "image_url",
+             "image_url": {"url": "data:image/png;base64,AA", "detail": "low"}},
+        ]},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "42"},
+    ]  # fmt: skip
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+    generate = chat_to_generate(
+        ChatCompletionRequest.model_validate(
+            {
+                "messages": messages,
+                "tools": tools,
+                "max_completion_tokens": 9,
+                "stop": "END",
+                "chat_template_kwargs": {"enable_thinking": False},
+                "add_generation_prompt": True,
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"name": "x", "schema": {"type": "object"}},
+                },
+                "cache_salt": "tenant-a",
+                "n": 2,
+                "logprobs": True,
+                "top_logprobs": 3,
+            }
+        ),  # fmt: skip
+        "m",
+    )
+    chat_input = generate.chat
+    assert [m.role for m in chat_input.messages] == ["developer", "user", "assistant", "tool"]
+    assert chat_input.messages[1].content[1].image_url.detail == "low"
+    assert chat_input.messages[2].tool_calls[0].function.name == "f"
+    assert chat_input.messages[3].tool_call_id == "call_1"
+    assert json.loads(chat_input.tools[0].parameters_json) == {"type": "object"}
+    assert json.loads(chat_input.chat_template_kwargs_json) == {"enable_thinking": False}
+    assert chat_input.add_generation_prompt is True
+    assert generate.stopping.max_tokens == 9 and list(generate.stopping.stop) == ["END"]
+    assert generate.response_format.type == pb.ResponseFormat.TYPE_JSON_SCHEMA
+    assert json.loads(generate.response_format.json_schema) == {"type": "object"}
+    assert (generate.cache_salt, generate.n, generate.top_logprobs) == ("tenant-a", 2, 3)
+
+
+def test_tool_choice_none_drops_tools_and_required_is_unsupported():
+    tools = [{"type": "function", "function": {"name": "f"}}]
+    assert len(chat(tools=tools, tool_choice="none").chat.tools) == 0
+    with pytest.raises(ApiError) as raised:
+        chat(tools=tools, tool_choice="required")
+    assert (raised.value.param, raised.value.code) == ("tool_choice", "unsupported_parameter")
+
+
+def test_completions_one_request_per_prompt():
+    request = CompletionRequest.model_validate({"prompt": [[1, 2], [3]], "logprobs": 2})
+    generates = completion_to_generates(request, "m")
+    assert [list(g.tokens.ids) for g in generates] == [[1, 2], [3]]
+    assert generates[0].logprobs and generates[0].top_logprobs == 2
+    assert generates[0].stopping.max_tokens == 16  # OpenAI's default for completions
+    text = completion_to_generates(CompletionRequest.model_validate({"prompt": "hey"}), "m")
+    assert [g.text for g in text] == ["hey"]
