@@ -119,17 +119,17 @@ class LlmEngine(Engine):
 
     def _loop(self) -> None:
         while not self._stopped.is_set():
-            self._drain_inbox(block=self.scheduler.num_unfinished == 0)
-            batch = self.scheduler.schedule()
-            if batch is None:
-                continue
+            batch = None
             try:
+                self._drain_inbox(block=self.scheduler.num_unfinished == 0)
+                batch = self.scheduler.schedule()
+                if batch is None:
+                    continue
                 output = self.runner.execute(batch)
-            except Exception as exc:  # a bug: fail this batch's requests, keep serving others
+                self.update_from_output(batch, output)
+            except Exception as exc:  # a bug: fail the requests involved, keep serving others
                 log.exception("engine step failed")
-                self._fail_batch(batch, f"engine step failed: {exc}")
-                continue
-            self.update_from_output(batch, output)
+                self._fail_requests(batch, f"engine step failed: {exc}")
 
     def _drain_inbox(self, block: bool) -> None:
         try:
@@ -198,10 +198,16 @@ class LlmEngine(Engine):
         if request.finish_reason is not None:
             self._release(request)
 
-    def _fail_batch(self, batch: ScheduledBatch, message: str) -> None:
-        for row in batch.rows:
-            request = self.scheduler.request_in_slot(row.slot_id)
-            tracked = self._tracked[request.request_id]
+    def _fail_requests(self, batch: ScheduledBatch | None, message: str) -> None:
+        """Fail the batch's requests (every request when the failure was outside a step)."""
+        if batch is not None:
+            requests = [self.scheduler.running.get(row.slot_id) for row in batch.rows]
+        else:
+            requests = [tracked.request for tracked in self._tracked.values()]
+        for request in requests:
+            tracked = self._tracked.get(request.request_id) if request is not None else None
+            if tracked is None:
+                continue  # already finished in this step
             request.finish_reason = FinishReason.ABORT
             self._send(tracked, RequestOutput(request.request_id, (), "", error=message,
                                               finish_reason=FinishReason.ABORT))

@@ -216,6 +216,29 @@ async def test_logprobs_carry_token_text_and_exact_bytes(core):
     assert joined.decode("utf-8", errors="replace") == text
 
 
+async def test_a_failing_step_fails_its_requests_and_the_core_keeps_serving(core, monkeypatch):
+    server, stub, _ = core
+    runner = server.servicer.engine.runner
+    real_execute, calls = runner.execute, []
+
+    def fail_once(batch):
+        calls.append(batch)
+        if len(calls) == 1:
+            raise RuntimeError("injected failure")
+        return real_execute(batch)
+
+    monkeypatch.setattr(runner, "execute", fail_once)
+    request = pb.GenerateRequest(text="x", stopping=pb.StoppingCriteria(max_tokens=3,
+                                                                        ignore_eos=True))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await collect(stub, request)
+    assert caught.value.code() == grpc.StatusCode.INTERNAL
+    assert "injected failure" in caught.value.details()
+    chunks = await collect(stub, request)
+    assert chunks[-1].usage.completion_tokens == 3
+    assert server.servicer.engine.num_unfinished == 0
+
+
 async def test_concurrent_calls_with_the_same_request_id_both_complete(core):
     server, stub, _ = core
     request = pb.GenerateRequest(text="same id", sampling=pb.SamplingParams(temperature=0.0),

@@ -4,19 +4,36 @@ official `openai` SDK — sync and async, streaming and not, chat and completion
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 import httpx
 import openai
 import pytest
 
+from tandem.v1 import inference_pb2 as pb
+from tandem.v1 import inference_pb2_grpc as pb_grpc
 from tests.conftest import free_port
 
 MODEL = "tiny-llama"
+
+
+@dataclass(frozen=True)
+class Served:
+    base: str  # the facade's URL
+    grpc_target: str  # the core's address
+
+    def count_tokens(self, **tokenize_request) -> int:
+        """Prompt tokens as the core's own Tokenize RPC counts them."""
+        with grpc.insecure_channel(self.grpc_target) as channel:
+            stub = pb_grpc.InferenceStub(channel)
+            return len(stub.Tokenize(pb.TokenizeRequest(**tokenize_request)).token_ids)
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +60,7 @@ def server(tiny_models, tmp_path_factory):
         time.sleep(0.5)
     else:
         pytest.fail(f"server not ready in time:\n{log_path.read_text()}")
-    yield base
+    yield Served(base, f"127.0.0.1:{grpc_port}")
     process.send_signal(signal.SIGTERM)
     process.wait(timeout=60)
     log_file.close()
@@ -51,12 +68,12 @@ def server(tiny_models, tmp_path_factory):
 
 @pytest.fixture
 def client(server):
-    return openai.OpenAI(base_url=f"{server}/v1", api_key="unused", max_retries=0)
+    return openai.OpenAI(base_url=f"{server.base}/v1", api_key="unused", max_retries=0)
 
 
 @pytest.fixture
 def async_client(server):
-    return openai.AsyncOpenAI(base_url=f"{server}/v1", api_key="unused", max_retries=0)
+    return openai.AsyncOpenAI(base_url=f"{server.base}/v1", api_key="unused", max_retries=0)
 
 
 MESSAGES = [{"role": "system", "content": "You are terse."},
@@ -67,11 +84,14 @@ def test_models_lists_the_served_model(client):
     assert [m.id for m in client.models.list().data] == [MODEL]
 
 
-def test_chat_non_streaming_and_streaming_agree(client):
+def test_chat_non_streaming_and_streaming_agree(client, server):
     full = client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=16,
                                           temperature=0, extra_body={"ignore_eos": True})
     choice = full.choices[0]
     assert choice.message.role == "assistant" and choice.finish_reason == "length"
+    chat = pb.ChatInput(messages=[pb.ChatMessage(role=m["role"], content=[pb.ContentPart(
+        text=m["content"])]) for m in MESSAGES])
+    assert full.usage.prompt_tokens == server.count_tokens(chat=chat)
     assert full.usage.completion_tokens == 16
     assert full.usage.total_tokens == full.usage.prompt_tokens + 16
     stream = client.chat.completions.create(
@@ -91,7 +111,7 @@ def test_completions_usage_counts_match_the_core_tokenizer(client, server):
     result = client.completions.create(model=MODEL, prompt="The quick brown fox", max_tokens=5,
                                        temperature=0, extra_body={"ignore_eos": True})
     assert result.usage.completion_tokens == 5 and result.choices[0].finish_reason == "length"
-    assert result.usage.prompt_tokens > 1
+    assert result.usage.prompt_tokens == server.count_tokens(text="The quick brown fox")
 
 
 def test_stop_strings_are_honoured_when_streaming(client):
@@ -139,7 +159,26 @@ def test_errors_come_back_as_openai_errors(client, server):
     with pytest.raises(openai.BadRequestError) as too_long:
         client.completions.create(model=MODEL, prompt="word " * 300, max_tokens=4)
     assert too_long.value.body["code"] == "context_length_exceeded"
-    response = httpx.post(f"{server}/v1/chat/completions", content=b"{not json",
+    response = httpx.post(f"{server.base}/v1/chat/completions", content=b"{not json",
                           headers={"content-type": "application/json", "x-request-id": "rid-1"})
     assert response.status_code == 400 and response.headers["x-request-id"] == "rid-1"
     assert set(response.json()["error"]) == {"message", "type", "param", "code"}
+
+
+def test_n_choices_and_logprobs(client):
+    result = client.chat.completions.create(
+        model=MODEL, messages=MESSAGES, max_tokens=6, n=2, temperature=1.0, seed=11,
+        logprobs=True, top_logprobs=2, extra_body={"ignore_eos": True})
+    assert [c.index for c in result.choices] == [0, 1]
+    assert result.usage.completion_tokens == 12
+    for choice in result.choices:
+        content = choice.logprobs.content
+        assert len(content) == 6 and all(len(entry.top_logprobs) == 2 for entry in content)
+        joined = b"".join(bytes(entry.bytes) for entry in content)
+        text = joined.decode("utf-8", errors="replace")  # special tokens are not in the content
+        assert re.sub(r"<\|[a-z_]+\|>", "", text) == choice.message.content
+    again = client.chat.completions.create(
+        model=MODEL, messages=MESSAGES, max_tokens=6, n=2, temperature=1.0, seed=11,
+        extra_body={"ignore_eos": True})
+    assert [c.message.content for c in again.choices] == [c.message.content
+                                                          for c in result.choices]

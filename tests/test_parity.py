@@ -59,7 +59,7 @@ def test_bfloat16_close_to_float32(tiny_models, tmp_path):
     assert np.abs(ours - as_float32).max() < 0.1 * np.abs(as_float32).max()
 
 
-@pytest.mark.parametrize("variant", ["llama", "mistral", "qwen2"])
+@pytest.mark.parametrize("variant", ["llama", "llama3", "mistral", "qwen2"])
 def test_greedy_tokens_match_transformers_generate(tiny_models, variant):
     model, config = load_model(tiny_models[variant])
     runner = ModelRunner(model, config, EngineConfig(max_model_len=128, max_num_seqs=2))
@@ -75,3 +75,28 @@ def test_greedy_tokens_match_transformers_generate(tiny_models, variant):
     expected = hf.generate(torch.tensor([prompt]), max_new_tokens=24, do_sample=False,
                            eos_token_id=None, pad_token_id=0)[0, len(prompt):].tolist()
     assert tokens == expected
+
+
+def test_bfloat16_engine_generates(tiny_models, tmp_path):
+    """The whole jitted step (cache writes, attention, sampler) runs in bfloat16."""
+    from core.engine import create_engine
+    from core.request import Request, StoppingParams
+
+    engine = create_engine(tiny_models["qwen2"], EngineConfig(max_model_len=64, max_num_seqs=2,
+                                                              dtype="bfloat16"))
+    try:
+        assert engine.runner.compilations_after_warmup == 0
+        import queue
+
+        outputs: queue.Queue = queue.Queue()
+        engine.add_request(Request("bf16", [0, 5, 6, 7], SamplingParams(temperature=0.0),
+                                   StoppingParams(max_tokens=8, ignore_eos=True)), outputs.put)
+        tokens = []
+        while True:
+            output = outputs.get(timeout=60)
+            tokens += output.new_token_ids
+            if output.finish_reason is not None:
+                break
+        assert len(tokens) == 8 and output.error is None
+    finally:
+        engine.stop()

@@ -1,0 +1,65 @@
+"""The on-device sampler: filters mean what OpenAI/vLLM say, draws follow the distribution,
+and a seeded row draws the same token whatever else is in the batch."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+
+from core.request import SamplingParams
+from core.sampling import SamplingArrays, sample
+
+LOGITS = np.log(np.array([0.5, 0.25, 0.15, 0.07, 0.03], np.float32))
+
+
+def draw(params: list[SamplingParams], logits=LOGITS, positions=None) -> np.ndarray:
+    batch = np.tile(logits, (len(params), 1))
+    positions = np.zeros(len(params), np.int32) if positions is None else positions
+    result = jax.jit(sample)(batch, SamplingArrays.from_params(params, len(params)), positions)
+    return np.asarray(result.token_ids)
+
+
+def frequencies(tokens: np.ndarray) -> np.ndarray:
+    return np.bincount(tokens, minlength=len(LOGITS)) / len(tokens)
+
+
+def test_greedy_and_degenerate_filters_pick_the_argmax():
+    rows = [SamplingParams(temperature=0.0, seed=1), SamplingParams(top_k=1, seed=2),
+            SamplingParams(top_p=1e-6, seed=3), SamplingParams(min_p=1.0, seed=4)]
+    assert draw(rows).tolist() == [0, 0, 0, 0]
+
+
+def test_draws_follow_the_softmax():
+    tokens = draw([SamplingParams(temperature=1.0, seed=s) for s in range(4000)])
+    np.testing.assert_allclose(frequencies(tokens), np.exp(LOGITS), atol=0.03)
+
+
+def test_temperature_sharpens():
+    tokens = draw([SamplingParams(temperature=0.5, seed=s) for s in range(4000)])
+    expected = np.exp(2 * LOGITS) / np.exp(2 * LOGITS).sum()
+    np.testing.assert_allclose(frequencies(tokens), expected, atol=0.03)
+
+
+@pytest.mark.parametrize("params, kept", [
+    (dict(top_k=2), [0, 1]),
+    (dict(top_p=0.7), [0, 1]),  # 0.5 < 0.7, 0.75 ≥ 0.7: the second token completes the mass
+    (dict(min_p=0.25), [0, 1, 2]),  # 0.15 ≥ 0.25 × 0.5
+])
+def test_filters_keep_exactly_their_tokens_renormalized(params, kept):
+    tokens = draw([SamplingParams(seed=s, **params) for s in range(4000)])
+    expected = np.zeros(len(LOGITS))
+    expected[kept] = np.exp(LOGITS[kept]) / np.exp(LOGITS[kept]).sum()
+    assert set(np.unique(tokens)) <= set(kept)
+    np.testing.assert_allclose(frequencies(tokens), expected, atol=0.03)
+
+
+def test_seeded_rows_do_not_depend_on_their_batch():
+    alone = draw([SamplingParams(seed=123)], positions=np.array([7], np.int32))
+    crowd = [SamplingParams(seed=s) for s in range(16)]
+    crowd[9] = SamplingParams(seed=123)
+    positions = np.arange(16, dtype=np.int32)
+    positions[9] = 7
+    assert draw(crowd, positions=positions)[9] == alone[0]
+    per_position = draw([SamplingParams(seed=123)] * 20, positions=np.arange(20, dtype=np.int32))
+    assert len(set(per_position.tolist())) > 1  # the draw moves on with the position
