@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 log = logging.getLogger("tandem")
@@ -36,6 +37,9 @@ def _add_core_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-waiting", type=int, default=256,
                         help="queued requests before the core answers RESOURCE_EXHAUSTED")
     parser.add_argument("--drain-timeout-s", type=float, default=30.0)
+    parser.add_argument("--trust-request-chat-template", action="store_true",
+                        help="let requests bring their own chat template (Jinja runs in the "
+                             "core: only for trusted clients)")
     parser.add_argument("--compilation-cache-dir", default=None,
                         help="persistent XLA compilation cache, reused across restarts "
                              "(default: $TANDEM_HOME/jax-cache; '' turns it off)")
@@ -80,7 +84,8 @@ def run_core(args: argparse.Namespace) -> None:
                           dtype=args.dtype or _checkpoint_dtype(model_dir))
     config = ServerConfig(model_dir=Path(model_dir), model_name=name or Path(model_dir).name,
                           host=args.grpc_host, grpc_port=args.grpc_port, engine=engine,
-                          drain_timeout_s=args.drain_timeout_s)
+                          drain_timeout_s=args.drain_timeout_s,
+                          trust_request_chat_template=args.trust_request_chat_template)
     asyncio.run(run(config, config.model_name))
 
 
@@ -112,14 +117,27 @@ def run_facade(args: argparse.Namespace, core_address: str) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    """Start the core as a child process, run the facade here, stop the child on exit."""
+    """Start the core as a child process, run the facade here; when either stops, so does the
+    other (the exit status is the core's when it failed)."""
     core_argv = [sys.executable, "-m", "core.cli", "--log-level", args.log_level, "core",
                  *_core_args(args)]
     child = subprocess.Popen(core_argv)
     log.info("started core (pid %d) on %s:%d", child.pid, args.grpc_host, args.grpc_port)
+    facade_stopping = threading.Event()
+
+    def supervise() -> None:
+        child.wait()
+        if not facade_stopping.is_set():
+            log.error("the core exited (status %s): stopping the facade", child.returncode)
+            os.kill(os.getpid(), signal.SIGTERM)  # uvicorn shuts down gracefully
+
+    threading.Thread(target=supervise, name="core-supervisor", daemon=True).start()
     try:
         run_facade(args, f"{args.grpc_host}:{args.grpc_port}")
+    except SystemExit:
+        pass  # the facade's graceful exit on SIGTERM
     finally:
+        facade_stopping.set()
         if child.poll() is None:
             child.send_signal(signal.SIGTERM)
             try:
@@ -141,6 +159,8 @@ def _core_args(args: argparse.Namespace) -> list[str]:
         result += ["--served-model-name", args.served_model_name]
     if args.dtype:
         result += ["--dtype", args.dtype]
+    if args.trust_request_chat_template:
+        result.append("--trust-request-chat-template")
     if args.compilation_cache_dir is not None:
         result += ["--compilation-cache-dir", args.compilation_cache_dir]
     return result

@@ -167,3 +167,4 @@ class ServerConfig:
     grpc_port: int = 50051
     engine: EngineConfig = field(default_factory=EngineConfig)
     drain_timeout_s: float = 30.0  # graceful shutdown grace period
+    trust_request_chat_template: bool = False  # let requests bring their own Jinja template

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass, replace
 
 from core.errors import ContextLengthExceeded, InvalidParameter, Unsupported
 from core.request import MAX_TOP_LOGPROBS, Request, SamplingParams, StoppingParams
@@ -19,7 +20,22 @@ MAX_CHOICES = 16  # n at most
 MAX_STOP_STRINGS = 16
 
 
-def chat_prompt(chat: pb.ChatInput) -> ChatPrompt:
+@dataclass(frozen=True)
+class PromptPolicy:
+    """What the core accepts as a prompt; fixed once the model is loaded."""
+
+    vocab_size: int  # token ids must be below this
+    max_model_len: int  # prompt tokens must be below this
+    max_token_chars: int  # the longest token's length: bounds characters per token
+    allow_request_chat_template: bool = False  # may a request bring its own Jinja template?
+
+    @property
+    def max_prompt_chars(self) -> int:
+        """Text longer than this cannot fit in max_model_len tokens: rejected before tokenizing."""
+        return self.max_model_len * max(self.max_token_chars, 1)
+
+
+def chat_prompt(chat: pb.ChatInput, policy: PromptPolicy) -> ChatPrompt:
     messages = [_chat_message(message, index) for index, message in enumerate(chat.messages)]
     tools = [{"type": tool.type or "function", "function": {
         "name": tool.name, "description": tool.description,
@@ -30,7 +46,16 @@ def chat_prompt(chat: pb.ChatInput) -> ChatPrompt:
                                if chat.HasField("add_generation_prompt") else True),
         continue_final_message=chat.continue_final_message,
         template_kwargs=parse_json_object(chat.chat_template_kwargs_json, "chat_template_kwargs"),
-        chat_template=chat.chat_template if chat.HasField("chat_template") else None)
+        chat_template=_request_chat_template(chat, policy))
+
+
+def _request_chat_template(chat: pb.ChatInput, policy: PromptPolicy) -> str | None:
+    if not chat.chat_template:  # unset or empty: the model's own template
+        return None
+    if not policy.allow_request_chat_template:
+        raise Unsupported("a chat_template in the request is not allowed by this server (start "
+                          "the core with --trust-request-chat-template)", param="chat_template")
+    return chat.chat_template
 
 
 def _chat_message(message: pb.ChatMessage, index: int) -> dict:
@@ -59,24 +84,44 @@ def _arguments(raw: str):
         return raw
 
 
-def prompt_token_ids(tokenizer: Tokenizer, vocab_size: int, request) -> list[int]:
-    """The prompt of a GenerateRequest or TokenizeRequest as token ids."""
+def prompt_token_ids(tokenizer: Tokenizer, policy: PromptPolicy, request,
+                     allow_empty: bool = False) -> list[int]:
+    """The prompt of a GenerateRequest or TokenizeRequest as token ids (CPU-bound: call it off
+    the event loop)."""
     kind = request.WhichOneof("input")
+    param = "messages" if kind == "chat" else "prompt"
+    _check_prompt_chars(request, kind, policy, param)
     add_special = (request.add_special_tokens if request.HasField("add_special_tokens")
                    else True)
     if kind == "text":
-        if not request.text:
-            raise InvalidParameter("prompt must not be empty", param="prompt")
-        return tokenizer.encode(request.text, add_special_tokens=add_special)
-    if kind == "tokens":
+        ids = tokenizer.encode(request.text, add_special_tokens=add_special)
+    elif kind == "tokens":
         ids = list(request.tokens.ids)
-        if not ids:
-            raise InvalidParameter("prompt must not be empty", param="prompt")
-        check_token_ids(ids, vocab_size, "prompt")
-        return ids
-    if kind == "chat":
-        return tokenizer.apply_chat_template(chat_prompt(request.chat))
-    raise InvalidParameter("one of text, tokens or chat is required", param="prompt")
+        check_token_ids(ids, policy.vocab_size, "prompt")
+    elif kind == "chat":
+        ids = tokenizer.apply_chat_template(chat_prompt(request.chat, policy))
+    else:
+        raise InvalidParameter("one of text, tokens or chat is required", param="prompt")
+    if (not ids or (kind == "text" and not request.text)) and not allow_empty:
+        raise InvalidParameter(f"{param} must not be empty (it has no tokens)", param=param)
+    return ids
+
+
+def _check_prompt_chars(request, kind: str, policy: PromptPolicy, param: str) -> None:
+    """Reject text that cannot fit before spending CPU on tokenizing it."""
+    if kind == "text":
+        num_chars = len(request.text)
+    elif kind == "chat":
+        num_chars = sum(len(part.text) for message in request.chat.messages
+                        for part in message.content)
+    else:
+        return
+    if num_chars > policy.max_prompt_chars:
+        raise ContextLengthExceeded(
+            f"This model's maximum context length is {policy.max_model_len} tokens; the "
+            f"{param} has {num_chars} characters, more than any {policy.max_model_len} tokens "
+            "can hold. Please reduce the length of the prompt.", param=param,
+            metadata={"max_model_len": str(policy.max_model_len)})
 
 
 def check_token_ids(ids, vocab_size: int, param: str) -> None:
@@ -117,13 +162,14 @@ def sampling_params(sampling: pb.SamplingParams) -> SamplingParams:
 
 
 def generation_requests(request: pb.GenerateRequest, prompt_ids: list[int], request_id: str,
-                        vocab_size: int, max_model_len: int) -> list[Request]:
+                        policy: PromptPolicy, max_choices: int = MAX_CHOICES) -> list[Request]:
     """One internal Request per choice, validated; raises the contract's typed errors."""
+    vocab_size, max_model_len = policy.vocab_size, policy.max_model_len
     sampling = sampling_params(request.sampling)
     stopping = request.stopping
     num_choices = request.n if request.HasField("n") else 1
-    if not 1 <= num_choices <= MAX_CHOICES:
-        raise InvalidParameter(f"n must be in [1, {MAX_CHOICES}], got {num_choices}", param="n")
+    if not 1 <= num_choices <= max_choices:
+        raise InvalidParameter(f"n must be in [1, {max_choices}], got {num_choices}", param="n")
     if stopping.HasField("min_tokens") and stopping.min_tokens > 0:
         raise Unsupported("min_tokens is not supported yet", param="min_tokens")
     if request.response_format.type in (pb.ResponseFormat.TYPE_JSON_OBJECT,
@@ -146,12 +192,9 @@ def generation_requests(request: pb.GenerateRequest, prompt_ids: list[int], requ
                              if stopping.HasField("skip_special_tokens") else True))
     requests = []
     for index in range(num_choices):
-        choice_sampling = sampling
-        if sampling.seed is not None and index > 0:  # distinct but reproducible choices
-            choice_sampling = SamplingParams(**{**sampling.__dict__, "seed": sampling.seed + index})
         requests.append(Request(
             request_id=f"{request_id}-{index}", prompt_token_ids=list(prompt_ids),
-            sampling=choice_sampling, stopping=stop,
+            sampling=replace(sampling, choice_index=index), stopping=stop,
             want_logprobs=request.logprobs or request.HasField("top_logprobs"),
             top_logprobs=top_logprobs))
     return requests

@@ -41,13 +41,14 @@ class IncrementalDetokenizer:
         self.text += self._decode_new()
         if self._stop_strings:
             search_from = max(0, self._emitted_chars - self._hold_back_chars)
-            for stop in self._stop_strings:
-                index = self.text.find(stop, search_from)
-                if index >= 0:
-                    end = index + len(stop) if self._include_stop else index
-                    delta = self.text[self._emitted_chars:end]
-                    self.text, self._emitted_chars = self.text[:end], end
-                    return DetokenizerStep(delta, stop_string=stop)
+            matches = [(index, -len(stop), stop) for stop in self._stop_strings
+                       if (index := self.text.find(stop, search_from)) >= 0]
+            if matches:  # the earliest match wins (the longest one at the same place)
+                index, _, stop = min(matches)
+                end = index + len(stop) if self._include_stop else index
+                delta = self.text[self._emitted_chars:end]
+                self.text, self._emitted_chars = self.text[:end], end
+                return DetokenizerStep(delta, stop_string=stop)
         safe_end = max(self._emitted_chars, len(self.text) - self._hold_back_chars)
         delta = self.text[self._emitted_chars:safe_end]
         self._emitted_chars = safe_end

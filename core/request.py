@@ -28,7 +28,8 @@ class SamplingParams:
     top_p: float = 1.0  # nucleus mass kept, (0, 1]
     top_k: int = 0  # 0 = all tokens
     min_p: float = 0.0  # drop tokens below min_p × the top probability
-    seed: int | None = None  # None: the engine draws one
+    seed: int | None = None  # None: the engine draws one; 0 ≤ seed < 2**64
+    choice_index: int = 0  # which of the request's n choices (folded into the random key)
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,9 @@
 """On-device sampler: temperature, top-k, top-p, min-p, greedy, logprobs.
 
 Owns: picking one token per batch row from float32 logits inside the jitted step. Each row's
-randomness is `fold_in(key(seed), position)`, so a seeded request draws the same tokens whatever
-else shares its batch. Logprobs are reported from the unmodified distribution (as vLLM does).
+randomness is `fold_in(key(seed), choice index, position)`, so a seeded request draws the same
+tokens whatever else shares its batch. Logprobs are reported from the unmodified distribution
+(as vLLM does).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ class SamplingArrays:
     min_p: jax.Array  # float32
     seed: jax.Array  # uint32 (low half of the 64-bit seed)
     seed_high: jax.Array  # uint32 (high half)
+    choice_index: jax.Array  # uint32: sibling choices of one seeded request draw differently
 
     @classmethod
     def from_params(cls, params: list[SamplingParams], batch_size: int) -> SamplingArrays:
@@ -41,6 +43,7 @@ class SamplingArrays:
             min_p=np.array([p.min_p for p in rows], np.float32),
             seed=(seeds & 0xFFFFFFFF).astype(np.uint32),
             seed_high=(seeds >> 32).astype(np.uint32),
+            choice_index=np.array([p.choice_index for p in rows], np.uint32),
         )
 
 
@@ -61,9 +64,11 @@ def _filtered_logits(logits: jax.Array, params: SamplingArrays) -> jax.Array:
     sorted_desc = jnp.sort(scaled, axis=-1)[:, ::-1]  # [b, v]
     k = jnp.where(params.top_k > 0, jnp.minimum(params.top_k, vocab_size), vocab_size)
     kth_value = jnp.take_along_axis(sorted_desc, (k - 1)[:, None], axis=-1)  # [b, 1]
-    sorted_probs = jax.nn.softmax(sorted_desc, axis=-1)
+    in_top_k = jnp.arange(vocab_size)[None, :] < k[:, None]  # [b, v], over sorted ranks
+    # top-p over the top-k tokens renormalized (the order of Hugging Face's and vLLM's warpers)
+    sorted_probs = jax.nn.softmax(jnp.where(in_top_k, sorted_desc, -jnp.inf), axis=-1)
     mass_before = jnp.cumsum(sorted_probs, axis=-1) - sorted_probs
-    kept_by_p = mass_before < params.top_p[:, None]  # always keeps the top token
+    kept_by_p = (mass_before < params.top_p[:, None]) & in_top_k  # always keeps the top token
     p_threshold = jnp.min(jnp.where(kept_by_p, sorted_desc, jnp.inf), axis=-1, keepdims=True)
     min_p_threshold = sorted_desc[:, :1] + jnp.log(jnp.maximum(params.min_p[:, None], 1e-30))
     min_p_threshold = jnp.where(params.min_p[:, None] > 0, min_p_threshold, -jnp.inf)
@@ -73,10 +78,11 @@ def _filtered_logits(logits: jax.Array, params: SamplingArrays) -> jax.Array:
 
 def sample(logits: jax.Array, params: SamplingArrays, positions: jax.Array) -> SampleResult:
     """logits [b, v] float32, positions [b] (of the token being produced) → one token per row."""
-    def row_key(seed, seed_high, position):
-        return jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), seed_high), position)
+    def row_key(seed, seed_high, choice_index, position):
+        key = jax.random.fold_in(jax.random.key(seed), seed_high)
+        return jax.random.fold_in(jax.random.fold_in(key, choice_index), position)
 
-    keys = jax.vmap(row_key)(params.seed, params.seed_high, positions)
+    keys = jax.vmap(row_key)(params.seed, params.seed_high, params.choice_index, positions)
     filtered = _filtered_logits(logits, params)
     drawn = jax.vmap(lambda key, row: jax.random.categorical(key, row))(keys, filtered)
     greedy = jnp.argmax(logits, axis=-1)

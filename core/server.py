@@ -39,10 +39,21 @@ DEMO_DESCRIPTION = ("Tandem's built-in demo model: a small Llama with RANDOM wei
 
 
 class InferenceServicer(pb_grpc.InferenceServicer):
-    def __init__(self, model_name: str):
+    def __init__(self, model_name: str, allow_request_chat_template: bool = False):
         self.model_name = model_name
-        self.engine: Engine | None = None  # set once loaded and warmed up
+        self.engine: Engine | None = None  # set by `attach` once loaded and warmed up
+        self.policy: convert.PromptPolicy | None = None  # what prompts the engine accepts
         self.created_s = int(time.time())
+        self._allow_request_chat_template = allow_request_chat_template
+
+    def attach(self, engine: Engine) -> None:
+        """Start serving requests with a loaded, warmed-up engine."""
+        self.policy = convert.PromptPolicy(
+            vocab_size=engine.model_config.vocab_size,
+            max_model_len=engine.engine_config.max_model_len,
+            max_token_chars=engine.tokenizer.max_token_chars,
+            allow_request_chat_template=self._allow_request_chat_template)
+        self.engine = engine
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -72,11 +83,12 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             or uuid.uuid4().hex
         try:
             engine = self._engine_for(request.model)
-            prompt_ids = convert.prompt_token_ids(engine.tokenizer,
-                                                  engine.model_config.vocab_size, request)
+            prompt_ids = await asyncio.to_thread(  # templates and tokenizing: off the loop
+                convert.prompt_token_ids, engine.tokenizer, self.policy, request)
+            capacity = engine.engine_config.max_waiting + engine.engine_config.max_num_seqs
             requests = convert.generation_requests(  # engine keys are unique per RPC
-                request, prompt_ids, uuid.uuid4().hex, engine.model_config.vocab_size,
-                engine.engine_config.max_model_len)
+                request, prompt_ids, uuid.uuid4().hex, self.policy,
+                max_choices=min(convert.MAX_CHOICES, capacity))
         except TandemError as exc:
             await context.abort_with_status(exc.to_grpc_status())
             return
@@ -131,8 +143,8 @@ class InferenceServicer(pb_grpc.InferenceServicer):
     async def Tokenize(self, request: pb.TokenizeRequest, context):
         try:
             engine = self._engine_for(request.model)
-            ids = convert.prompt_token_ids(engine.tokenizer, engine.model_config.vocab_size,
-                                           request)
+            ids = await asyncio.to_thread(convert.prompt_token_ids, engine.tokenizer,
+                                          self.policy, request, allow_empty=True)
         except TandemError as exc:
             await context.abort_with_status(exc.to_grpc_status())
             return
@@ -196,7 +208,7 @@ class CoreServer:
 
     def __init__(self, config: ServerConfig, model_name: str):
         self.config = config
-        self.servicer = InferenceServicer(model_name)
+        self.servicer = InferenceServicer(model_name, config.trust_request_chat_template)
         self.health = health.aio.HealthServicer()
         self.server = grpc.aio.server(options=[
             ("grpc.max_receive_message_length", 64 * 1024 * 1024),
@@ -226,7 +238,7 @@ class CoreServer:
 
         started = time.perf_counter()
         engine = await asyncio.to_thread(create_engine, self.config.model_dir, self.config.engine)
-        self.servicer.engine = engine
+        self.servicer.attach(engine)
         await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
         log.info("core ready: model '%s' loaded and warmed up in %.1f s",
                  self.servicer.model_name, time.perf_counter() - started)

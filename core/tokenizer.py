@@ -43,6 +43,8 @@ class Tokenizer:
         decoder = getattr(getattr(self._tokenizer, "backend_tokenizer", None), "decoder", None)
         self._byte_level = type(decoder).__name__ == "ByteLevel"
         self._pieces: dict[int, tuple[str, bytes]] = {}  # token id → (text, bytes), memoized
+        # the longest token's length in characters (≥ its decoded length): bounds prompt text
+        self.max_token_chars = max(len(token) for token in self._tokenizer.get_vocab())
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return list(self._tokenizer.encode(text, add_special_tokens=add_special_tokens))
@@ -61,7 +63,9 @@ class Tokenizer:
         return piece
 
     def _token_piece(self, token_id: int) -> tuple[str, bytes]:
-        raw = str(self._tokenizer.convert_ids_to_tokens(token_id))
+        raw = self._tokenizer.convert_ids_to_tokens(token_id)
+        if raw is None:  # an id of the model's padded vocabulary that the tokenizer lacks
+            return "", b""
         if token_id in self.special_ids:
             data = raw.encode()
         elif self._byte_level and all(char in _BYTE_DECODER for char in raw):

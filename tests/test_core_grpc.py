@@ -132,7 +132,12 @@ async def test_seeded_sampling_is_reproducible(core):
         return result
 
     assert per_choice(first) == per_choice(second)
-    assert per_choice(first)[0] != per_choice(first)[1]  # different seeds per choice
+    assert per_choice(first)[0] != per_choice(first)[1]  # sibling choices draw differently
+    largest_seed = pb.GenerateRequest()
+    largest_seed.CopyFrom(request)
+    largest_seed.sampling.seed = 2**64 - 1
+    chunks = await collect(stub, largest_seed)
+    assert chunks[-1].usage.completion_tokens == 20
 
 
 async def test_stop_string_ends_the_stream_without_the_stop_text(core):
@@ -165,6 +170,14 @@ async def test_stop_string_ends_the_stream_without_the_stop_text(core):
     ({"chat": pb.ChatInput(messages=[pb.ChatMessage(role="user", content=[pb.ContentPart(
         image_url=pb.ImageUrl(url="http://x/y.png"))])])}, grpc.StatusCode.INVALID_ARGUMENT,
      "UNSUPPORTED", "messages"),
+    ({"chat": pb.ChatInput(messages=[pb.ChatMessage(role="user", content=[pb.ContentPart(
+        text="hi")])], chat_template="{% for i in range(9999999) %}x{% endfor %}")},
+     grpc.StatusCode.INVALID_ARGUMENT, "UNSUPPORTED", "chat_template"),
+    ({"chat": pb.ChatInput(messages=[])}, grpc.StatusCode.INVALID_ARGUMENT,
+     "INVALID_PARAMETER", "messages"),
+    ({"text": "x" * 5_000_000}, grpc.StatusCode.INVALID_ARGUMENT, "CONTEXT_LENGTH_EXCEEDED",
+     "prompt"),
+    ({"text": "x", "n": 17}, grpc.StatusCode.INVALID_ARGUMENT, "INVALID_PARAMETER", "n"),
 ])
 async def test_bad_requests_get_typed_errors(core, request_kwargs, code, reason, field):
     _, stub, _ = core

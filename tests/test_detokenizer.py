@@ -51,3 +51,9 @@ def test_include_stop_string_keeps_it(tokenizer):
 def test_held_back_text_is_released_at_the_end(tokenizer):
     deltas, stop = run(tokenizer, "abc wor", stop_strings=("world",))
     assert stop is None and "".join(deltas) == "abc wor"
+
+
+def test_the_earliest_stop_string_wins_whatever_the_list_order(tokenizer):
+    for stops in (("world", "日本"), ("日本", "world")):
+        deltas, stop = run(tokenizer, TEXT, stop_strings=stops)
+        assert stop == "日本" and "".join(deltas) == "héllo "

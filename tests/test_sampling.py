@@ -45,6 +45,10 @@ def test_temperature_sharpens():
     (dict(top_k=2), [0, 1]),
     (dict(top_p=0.7), [0, 1]),  # 0.5 < 0.7, 0.75 ≥ 0.7: the second token completes the mass
     (dict(min_p=0.25), [0, 1, 2]),  # 0.15 ≥ 0.25 × 0.5
+    # top-p applies to the top-k renormalized: [0.5, 0.25, 0.15] → [0.56, 0.28, 0.17];
+    # 0.56 < 0.6 keeps the second token, 0.83 ≥ 0.6 stops before the third
+    (dict(top_k=3, top_p=0.6), [0, 1]),
+    (dict(top_k=2, top_p=0.6), [0]),  # [0.67, 0.33]: the first token alone reaches 0.6
 ])
 def test_filters_keep_exactly_their_tokens_renormalized(params, kept):
     tokens = draw([SamplingParams(seed=s, **params) for s in range(4000)])
