@@ -1,11 +1,13 @@
 """FastAPI dependencies of the routes, as `Annotated[...]` aliases.
 
 `CoreStub` and `CoreChannel` come from the app's lifespan (one gRPC channel per process),
-`RequestId` from the request-id middleware, `Settings` from `create_app()`.
+`RequestId` from the request-id middleware, `Settings` from `create_app()`, and
+`require_api_key` checks `Authorization: Bearer` on each route that lists it.
 """
 
 from __future__ import annotations
 
+import hmac
 from typing import Annotated
 
 import grpc
@@ -43,6 +45,30 @@ def get_stub(request: Request) -> InferenceStub:
     if stub is None:
         raise _not_started()
     return stub
+
+
+def require_api_key(request: Request) -> None:
+    """401 unless the request carries one of the configured keys (no keys: open)."""
+    keys = request.app.state.settings.api_keys
+    if not keys:
+        return
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    presented = token.strip().encode()
+    # compare against every key, so timing tells nothing about which prefix matched
+    matches = [hmac.compare_digest(presented, key.encode()) for key in keys]
+    if scheme.lower() == "bearer" and any(matches):
+        return
+    raise ApiError(
+        401,
+        "Incorrect or missing API key. Send it as 'Authorization: Bearer <key>'.",
+        type="invalid_request_error",
+        code="invalid_api_key",
+        headers={"WWW-Authenticate": "Bearer"},
+    )
+
+
+# `dependencies=` of every route that needs a key (health probes stay open).
+API_KEY_REQUIRED = [Depends(require_api_key)]
 
 
 def get_request_id(request: Request) -> str:

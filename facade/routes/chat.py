@@ -24,7 +24,13 @@ from facade.convert import (
     stop_reason,
     unfinished_error,
 )
-from facade.dependencies import CoreCallOptions, CoreStub, Settings, resolve_model
+from facade.dependencies import (
+    API_KEY_REQUIRED,
+    CoreCallOptions,
+    CoreStub,
+    Settings,
+    resolve_model,
+)
 from facade.errors import ApiError
 from facade.generation import Generation
 from facade.protocol import (
@@ -161,7 +167,7 @@ async def _complete(run: ChatRun, generation: Generation) -> ChatCompletion:
     return _completion(run)
 
 
-@router.post("/v1/chat/completions", response_model=None)
+@router.post("/v1/chat/completions", response_model=None, dependencies=API_KEY_REQUIRED)
 async def create_chat_completion(
     body: ChatCompletionRequest,
     request: Request,

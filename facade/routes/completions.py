@@ -27,7 +27,13 @@ from facade.convert import (
     stop_reason,
     unfinished_error,
 )
-from facade.dependencies import CoreCallOptions, CoreStub, Settings, resolve_model
+from facade.dependencies import (
+    API_KEY_REQUIRED,
+    CoreCallOptions,
+    CoreStub,
+    Settings,
+    resolve_model,
+)
 from facade.errors import ApiError, api_error_from_grpc
 from facade.generation import CallOptions, Generation
 from facade.protocol import Completion, CompletionChoice, CompletionChunk, CompletionRequest
@@ -198,7 +204,7 @@ async def _complete(
     )
 
 
-@router.post("/v1/completions", response_model=None)
+@router.post("/v1/completions", response_model=None, dependencies=API_KEY_REQUIRED)
 async def create_completion(
     body: CompletionRequest,
     request: Request,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from facade.settings import FacadeSettings
+
 USER = [{"role": "user", "content": "hello there"}]
 ENVELOPE_KEYS = {"message", "type", "param", "code"}
 
@@ -158,3 +160,33 @@ def test_models_list_and_retrieve(client):
     assert demo["is_demo"] is True and demo["description"]
     assert client.get("/v1/models/org/other-model").json()["id"] == "org/other-model"
     assert assert_envelope(client.get("/v1/models/nope"), 404)["code"] == "model_not_found"
+
+
+@pytest.fixture(scope="module")
+def keyed_facade_url(background, core_double):
+    from tests.facade.conftest import start_facade, stop_facade
+
+    settings = FacadeSettings(
+        core_address=f"127.0.0.1:{core_double[2]}", api_keys=["k-one", "k-two"]
+    )
+    facade = background.run(start_facade(settings))
+    yield facade.base_url
+    background.run(stop_facade(facade))
+
+
+def test_api_keys_are_enforced_per_route(keyed_facade_url):
+    import openai
+
+    def sdk(key):
+        return openai.OpenAI(base_url=f"{keyed_facade_url}/v1", api_key=key, max_retries=0)
+
+    with pytest.raises(openai.AuthenticationError) as caught:
+        sdk("wrong").models.list()
+    assert caught.value.response.headers["www-authenticate"] == "Bearer"
+    assert caught.value.response.headers["x-request-id"]
+    assert caught.value.body["code"] == "invalid_api_key"
+    assert [m.id for m in sdk("k-two").models.list().data]
+    with httpx.Client(base_url=keyed_facade_url) as client:
+        response = client.post("/v1/chat/completions", json={"messages": []})
+        assert response.status_code == 401  # before validation: no key, no details
+        assert client.get("/health").status_code == 200
