@@ -1,0 +1,51 @@
+"""`tandem core` without --model: the built-in demo model is made locally and says what it is."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+
+from tandem.v1 import inference_pb2 as pb
+from tandem.v1 import inference_pb2_grpc as pb_grpc
+from tests.conftest import free_port
+
+
+def test_core_without_model_serves_the_demo_model(tmp_path):
+    port = free_port()
+    log_path = tmp_path / "core.log"
+    with open(log_path, "w") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "core.cli", "core", "--grpc-port", str(port),
+             "--max-model-len", "64", "--max-num-seqs", "2"],
+            stdout=log_file, stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parents[1],
+            env={**os.environ, "TANDEM_HOME": str(tmp_path / "home")})
+        try:
+            with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+                stub = pb_grpc.InferenceStub(channel)
+                deadline = time.monotonic() + 180
+                while True:
+                    assert process.poll() is None, log_path.read_text()
+                    try:
+                        models = stub.ListModels(pb.ListModelsRequest(), timeout=2).models
+                        break
+                    except grpc.RpcError as error:
+                        assert error.code() == grpc.StatusCode.UNAVAILABLE  # still loading
+                        assert time.monotonic() < deadline, log_path.read_text()
+                        time.sleep(0.5)
+                [demo] = models
+                assert demo.id == "tandem-demo" and demo.is_demo
+                assert "RANDOM weights" in demo.description
+                chunks = list(stub.Generate(pb.GenerateRequest(
+                    text="hello", stopping=pb.StoppingCriteria(max_tokens=4, ignore_eos=True))))
+                assert chunks[-1].usage.completion_tokens == 4
+        finally:
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=60) == 0
+    assert (tmp_path / "home" / "demo-model" / "config.json").exists()
+    assert "DEMO model" in log_path.read_text()
