@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import aclosing
 from typing import Any, TypeVar
 
 import anyio
@@ -54,6 +55,25 @@ def unexpected_error() -> ApiError:
         type="server_error",
         code="internal_error",
     )
+
+
+async def guarded_stream(
+    events: AsyncIterator[bytes], on_close: Callable[[], None], label: str
+) -> AsyncIterator[bytes]:
+    """Relay `events`; an error after the first byte becomes an error event; the stream always
+    ends with `[DONE]`, and `on_close` (cancel the core calls) runs however it ends."""
+    try:
+        async with aclosing(events) as relayed:
+            async for event in relayed:
+                yield event
+    except ApiError as error:
+        yield sse_error(error)
+    except Exception:
+        logger.exception("stream %s failed", label)
+        yield sse_error(unexpected_error())
+    finally:
+        on_close()
+    yield DONE_EVENT
 
 
 class EventStreamResponse(StreamingResponse):

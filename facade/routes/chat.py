@@ -6,7 +6,6 @@ choice, one chunk per core response, an optional usage chunk (`choices: []`), `d
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import aclosing
@@ -31,7 +30,6 @@ from facade.dependencies import (
     Settings,
     resolve_model,
 )
-from facade.errors import ApiError
 from facade.generation import Generation
 from facade.protocol import (
     AssistantMessage,
@@ -43,17 +41,13 @@ from facade.protocol import (
     DeltaMessage,
 )
 from facade.sse import (
-    DONE_EVENT,
     STREAM_HEADERS,
     EventStreamResponse,
     cancel_on_disconnect,
-    sse_error,
+    guarded_stream,
     sse_event,
-    unexpected_error,
 )
 from tandem.v1 import inference_pb2 as pb
-
-logger = logging.getLogger(__name__)
 
 router = APIRouter(tags=["chat"])
 
@@ -115,28 +109,19 @@ def _chunk_choice(run: ChatRun, choice: pb.ChoiceDelta) -> ChatChunkChoice | Non
 
 
 async def stream_chat(run: ChatRun, generation: Generation) -> AsyncIterator[bytes]:
-    """The SSE body; errors after the first byte become an error event, then [DONE]."""
-    try:
-        for index in range(run.num_choices):
-            delta = DeltaMessage(role="assistant", content="")
-            yield run.chunk([ChatChunkChoice(index=index, delta=delta)])
-        async with aclosing(generation.responses()) as responses:
-            async for _, response in responses:
-                run.add(response)
-                choices = [c for delta in response.choices if (c := _chunk_choice(run, delta))]
-                if choices:
-                    yield run.chunk(choices, with_usage=run.request.continuous_usage)
-        run.check_finished()
-        if run.request.include_usage:
-            yield run.chunk([], with_usage=True)
-    except ApiError as error:
-        yield sse_error(error)
-    except Exception:
-        logger.exception("stream %s failed", run.completion_id)
-        yield sse_error(unexpected_error())
-    finally:
-        generation.cancel()
-    yield DONE_EVENT
+    """The SSE events: a role chunk per choice, the deltas, the optional usage chunk."""
+    for index in range(run.num_choices):
+        delta = DeltaMessage(role="assistant", content="")
+        yield run.chunk([ChatChunkChoice(index=index, delta=delta)])
+    async with aclosing(generation.responses()) as responses:
+        async for _, response in responses:
+            run.add(response)
+            choices = [c for delta in response.choices if (c := _chunk_choice(run, delta))]
+            if choices:
+                yield run.chunk(choices, with_usage=run.request.continuous_usage)
+    run.check_finished()
+    if run.request.include_usage:
+        yield run.chunk([], with_usage=True)
 
 
 def _completion(run: ChatRun) -> ChatCompletion:
@@ -186,7 +171,8 @@ async def create_chat_completion(
         model=generation.model or model,
     )
     if body.stream:
-        return EventStreamResponse(stream_chat(run, generation), headers=STREAM_HEADERS)
+        events = guarded_stream(stream_chat(run, generation), generation.cancel, run.completion_id)
+        return EventStreamResponse(events, headers=STREAM_HEADERS)
     try:
         completion = await cancel_on_disconnect(request, _complete(run, generation))
     finally:

@@ -8,7 +8,6 @@ prepends the prompt text; token-id prompts are spelled by the core's `Detokenize
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import aclosing
@@ -34,22 +33,18 @@ from facade.dependencies import (
     Settings,
     resolve_model,
 )
-from facade.errors import ApiError, api_error_from_grpc
+from facade.errors import api_error_from_grpc
 from facade.generation import CallOptions, Generation
 from facade.protocol import Completion, CompletionChoice, CompletionChunk, CompletionRequest
 from facade.sse import (
-    DONE_EVENT,
     STREAM_HEADERS,
     EventStreamResponse,
     cancel_on_disconnect,
-    sse_error,
+    guarded_stream,
     sse_event,
-    unexpected_error,
 )
 from tandem.v1 import inference_pb2 as pb
 from tandem.v1.inference_pb2_grpc import InferenceStub
-
-logger = logging.getLogger(__name__)
 
 router = APIRouter(tags=["completions"])
 
@@ -152,26 +147,17 @@ def _echo(run: CompletionRun, texts: list[str]) -> list[CompletionChoice]:
 async def stream_completion(
     run: CompletionRun, generation: Generation, echo_texts: list[str] | None
 ) -> AsyncIterator[bytes]:
-    """The SSE body; errors after the first byte become an error event, then [DONE]."""
-    try:
-        if echo_texts is not None:
-            yield run.chunk(_echo(run, echo_texts))
-        async with aclosing(generation.responses()) as responses:
-            async for call_index, response in responses:
-                choices = run.add(call_index, response)
-                if choices:
-                    yield run.chunk(choices, with_usage=run.request.continuous_usage)
-        run.check_finished()
-        if run.request.include_usage:
-            yield run.chunk([], with_usage=True)
-    except ApiError as error:
-        yield sse_error(error)
-    except Exception:
-        logger.exception("stream %s failed", run.completion_id)
-        yield sse_error(unexpected_error())
-    finally:
-        generation.cancel()
-    yield DONE_EVENT
+    """The SSE events: echoed prompts, the deltas, the optional usage chunk."""
+    if echo_texts is not None:
+        yield run.chunk(_echo(run, echo_texts))
+    async with aclosing(generation.responses()) as responses:
+        async for call_index, response in responses:
+            choices = run.add(call_index, response)
+            if choices:
+                yield run.chunk(choices, with_usage=run.request.continuous_usage)
+    run.check_finished()
+    if run.request.include_usage:
+        yield run.chunk([], with_usage=True)
 
 
 async def _complete(
@@ -227,9 +213,10 @@ async def create_completion(
         num_prompts=len(generates),
     )
     if body.stream:
-        return EventStreamResponse(
-            stream_completion(run, generation, echo_texts), headers=STREAM_HEADERS
+        events = guarded_stream(
+            stream_completion(run, generation, echo_texts), generation.cancel, run.completion_id
         )
+        return EventStreamResponse(events, headers=STREAM_HEADERS)
     try:
         completion = await cancel_on_disconnect(request, _complete(run, generation, echo_texts))
     finally:
