@@ -86,7 +86,7 @@ def run_core(args: argparse.Namespace) -> None:
                           host=args.grpc_host, grpc_port=args.grpc_port, engine=engine,
                           drain_timeout_s=args.drain_timeout_s,
                           trust_request_chat_template=args.trust_request_chat_template)
-    asyncio.run(run(config, config.model_name))
+    asyncio.run(run(config))
 
 
 def _enable_compilation_cache(cache_dir: str | None) -> None:

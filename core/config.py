@@ -162,7 +162,7 @@ class ServerConfig:
     """Where the core listens and what it serves."""
 
     model_dir: Path  # Hugging Face model directory
-    model_name: str = ""  # served model id; empty: the directory name
+    model_name: str = ""  # served model id; empty: the directory's name
     host: str = "127.0.0.1"  # gRPC bind address (loopback unless told otherwise)
     grpc_port: int = 50051
     engine: EngineConfig = field(default_factory=EngineConfig)

@@ -51,9 +51,3 @@ class Scheduler:
             request.slot_id = None
         elif request in self.waiting:
             self.waiting.remove(request)
-
-    def find(self, request_id: str) -> Request | None:
-        for request in [*self.waiting, *self.running.values()]:
-            if request.request_id == request_id:
-                return request
-        return None

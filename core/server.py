@@ -13,6 +13,7 @@ import logging
 import signal
 import time
 import uuid
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -206,8 +207,9 @@ def _merge_output(delta: pb.ChoiceDelta, output: RequestOutput, tokenizer: Token
 class CoreServer:
     """One grpc.aio server bound to a port, serving one model once `load()` has run."""
 
-    def __init__(self, config: ServerConfig, model_name: str):
+    def __init__(self, config: ServerConfig):
         self.config = config
+        model_name = config.model_name or Path(config.model_dir).name
         self.servicer = InferenceServicer(model_name, config.trust_request_chat_template)
         self.health = health.aio.HealthServicer()
         self.server = grpc.aio.server(options=[
@@ -258,9 +260,9 @@ class CoreServer:
         log.info("core stopped")
 
 
-async def run(config: ServerConfig, model_name: str) -> None:
+async def run(config: ServerConfig) -> None:
     """Serve until SIGTERM or SIGINT, then drain."""
-    core = CoreServer(config, model_name)
+    core = CoreServer(config)
     await core.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -25,7 +25,7 @@ async def core(tiny_models):
     then, after load(), SERVING (the test of readiness is in the fixture's asserts)."""
     config = ServerConfig(model_dir=Path(tiny_models["llama"]), model_name="tiny-llama",
                           grpc_port=0, engine=EngineConfig(max_model_len=128, max_num_seqs=4))
-    server = CoreServer(config, "tiny-llama")
+    server = CoreServer(config)
     port = await server.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
     health = health_pb2_grpc.HealthStub(channel)
