@@ -261,3 +261,30 @@ async def test_concurrent_calls_with_the_same_request_id_both_complete(core):
         collect(stub, request, metadata=[("x-request-id", "dup")])), timeout=60)
     assert first[-1].usage.completion_tokens == second[-1].usage.completion_tokens == 5
     assert server.servicer.engine.num_unfinished == 0
+
+
+async def test_admission_beyond_capacity_is_resource_exhausted_with_retry_info(core, monkeypatch):
+    from dataclasses import replace
+
+    server, stub, _ = core
+    engine = server.servicer.engine
+    monkeypatch.setattr(engine, "engine_config", replace(engine.engine_config, max_waiting=0))
+    long_request = pb.GenerateRequest(text="busy", stopping=pb.StoppingCriteria(
+        max_tokens=100, ignore_eos=True))
+    calls = [stub.Generate(long_request) for _ in range(engine.engine_config.max_num_seqs)]
+    for call in calls:
+        await call.read()  # admitted and running
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await collect(stub, pb.GenerateRequest(text="one more"))
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert error_info(caught.value)[0] == "OVERLOADED"
+    status = status_pb2.Status.FromString(
+        dict(caught.value.trailing_metadata())["grpc-status-details-bin"])
+    assert any(d.Is(error_details_pb2.RetryInfo.DESCRIPTOR) for d in status.details)
+    for call in calls:
+        call.cancel()
+    for _ in range(100):
+        if engine.num_unfinished == 0:
+            break
+        await asyncio.sleep(0.02)
+    assert engine.num_unfinished == 0
