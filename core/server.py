@@ -9,10 +9,12 @@ a request when its RPC is cancelled or its deadline passes; graceful drain on SI
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import signal
 import time
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -23,7 +25,7 @@ from core import convert
 from core.config import ServerConfig
 from core.engine import Engine
 from core.errors import ModelNotFound, NotImplementedYet, TandemError, Unavailable
-from core.request import FinishReason, RequestOutput
+from core.request import FinishReason, Request, RequestOutput
 from core.tokenizer import Tokenizer
 from tandem.v1 import inference_pb2 as pb
 from tandem.v1 import inference_pb2_grpc as pb_grpc
@@ -37,6 +39,18 @@ FINISH_REASONS = {FinishReason.STOP: pb.FINISH_REASON_STOP,
 DEMO_DESCRIPTION = ("Tandem's built-in demo model: a small Llama with RANDOM weights made "
                     "locally on first run; its text is gibberish. Pass --model DIR to serve a "
                     "real model.")
+
+
+def _typed_errors(handler):
+    """A unary RPC whose TandemErrors become the gRPC status with google.rpc details."""
+    @functools.wraps(handler)
+    async def wrapper(self, request, context: grpc.aio.ServicerContext):
+        try:
+            return await handler(self, request, context)
+        except TandemError as exc:
+            await context.abort_with_status(exc.to_grpc_status())
+
+    return wrapper
 
 
 class InferenceServicer(pb_grpc.InferenceServicer):
@@ -82,6 +96,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
     async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext):
         request_id = dict(context.invocation_metadata() or ()).get("x-request-id") \
             or uuid.uuid4().hex
+        stream = None
         try:
             engine = self._engine_for(request.model)
             prompt_ids = await asyncio.to_thread(  # templates and tokenizing: off the loop
@@ -90,99 +105,97 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             requests = convert.generation_requests(  # engine keys are unique per RPC
                 request, prompt_ids, uuid.uuid4().hex, self.policy,
                 max_choices=min(convert.MAX_CHOICES, capacity))
-        except TandemError as exc:
-            await context.abort_with_status(exc.to_grpc_status())
-            return
-        loop = asyncio.get_running_loop()
-        outputs: asyncio.Queue[RequestOutput] = asyncio.Queue()
-
-        def sink(output: RequestOutput) -> None:  # called on the engine thread
-            loop.call_soon_threadsafe(outputs.put_nowait, output)
-
-        choice_of = {r.request_id: index for index, r in enumerate(requests)}
-        unfinished: set[str] = set()
-        completion_tokens = dict.fromkeys(choice_of, 0)
-        log.info("generate %s: %d prompt tokens, n=%d", request_id, len(prompt_ids), len(requests))
-        try:
-            for engine_request in requests:
-                engine.add_request(engine_request, sink)
-                unfinished.add(engine_request.request_id)
-        except TandemError as exc:
-            for request_key in unfinished:
-                engine.abort(request_key)
-            await context.abort_with_status(exc.to_grpc_status())
-            return
-        try:
-            while unfinished:
-                batch = [await outputs.get()]
-                while not outputs.empty():
-                    batch.append(outputs.get_nowait())
-                response = pb.GenerateResponse(request_id=request_id, model=self.model_name)
-                deltas: dict[int, pb.ChoiceDelta] = {}
-                for output in batch:
-                    if output.error:
-                        raise TandemError(output.error)
-                    index = choice_of[output.request_id]
-                    delta = deltas.setdefault(index, pb.ChoiceDelta(index=index))
-                    _merge_output(delta, output, engine.tokenizer)
-                    completion_tokens[output.request_id] = output.completion_tokens
-                    if output.finish_reason is not None:
-                        unfinished.discard(output.request_id)
-                response.choices.extend(deltas[i] for i in sorted(deltas))
-                response.usage.prompt_tokens = len(prompt_ids)
-                response.usage.completion_tokens = sum(completion_tokens.values())
+            log.info("generate %s: %d prompt tokens, n=%d", request_id, len(prompt_ids),
+                     len(requests))
+            stream = _ChoiceStream(engine, requests, asyncio.get_running_loop())
+            async for response in stream.responses():
+                response.request_id, response.model = request_id, self.model_name
                 yield response
         except TandemError as exc:
             await context.abort_with_status(exc.to_grpc_status())
         finally:
-            for request_key in unfinished:  # cancelled, deadline passed, or failed
-                engine.abort(request_key)
-            if unfinished:
-                log.info("generate %s: aborted %d unfinished choices", request_id,
-                         len(unfinished))
+            if stream is not None and stream.abort_unfinished():  # cancelled, deadline, failed
+                log.info("generate %s: aborted its unfinished choices", request_id)
 
+    @_typed_errors
     async def Tokenize(self, request: pb.TokenizeRequest, context):
-        try:
-            engine = self._engine_for(request.model)
-            ids = await asyncio.to_thread(convert.prompt_token_ids, engine.tokenizer,
-                                          self.policy, request, allow_empty=True)
-        except TandemError as exc:
-            await context.abort_with_status(exc.to_grpc_status())
-            return
+        engine = self._engine_for(request.model)
+        ids = await asyncio.to_thread(convert.prompt_token_ids, engine.tokenizer, self.policy,
+                                      request, allow_empty=True)
         return pb.TokenizeResponse(token_ids=ids, tokens=engine.tokenizer.token_strings(ids),
                                    max_model_len=engine.engine_config.max_model_len)
 
+    @_typed_errors
     async def Detokenize(self, request: pb.DetokenizeRequest, context):
-        try:
-            engine = self._engine_for(request.model)
-            convert.check_token_ids(request.token_ids, engine.model_config.vocab_size,
-                                    "token_ids")
-        except TandemError as exc:
-            await context.abort_with_status(exc.to_grpc_status())
-            return
+        engine = self._engine_for(request.model)
+        convert.check_token_ids(request.token_ids, engine.model_config.vocab_size, "token_ids")
         skip = request.skip_special_tokens if request.HasField("skip_special_tokens") else True
         return pb.DetokenizeResponse(text=engine.tokenizer.decode(list(request.token_ids), skip))
 
+    @_typed_errors
     async def ListModels(self, request, context):
-        try:
-            return pb.ListModelsResponse(models=[self._model_info()])
-        except TandemError as exc:
-            await context.abort_with_status(exc.to_grpc_status())
+        return pb.ListModelsResponse(models=[self._model_info()])
 
+    @_typed_errors
     async def GetModelInfo(self, request: pb.GetModelInfoRequest, context):
-        try:
-            self._engine_for(request.model)
-            return self._model_info()
-        except TandemError as exc:
-            await context.abort_with_status(exc.to_grpc_status())
+        self._engine_for(request.model)
+        return self._model_info()
 
+    @_typed_errors
     async def Score(self, request, context):
-        await context.abort_with_status(
-            NotImplementedYet("Score is not implemented yet").to_grpc_status())
+        raise NotImplementedYet("Score is not implemented yet")
 
+    @_typed_errors
     async def Embed(self, request, context):
-        await context.abort_with_status(
-            NotImplementedYet("Embed is not implemented yet").to_grpc_status())
+        raise NotImplementedYet("Embed is not implemented yet")
+
+
+class _ChoiceStream:
+    """The engine requests of one Generate call (one per choice), merged into response chunks
+    that carry every choice's delta since the last chunk and the cumulative usage."""
+
+    def __init__(self, engine: Engine, requests: list[Request], loop: asyncio.AbstractEventLoop):
+        self._engine = engine
+        self._requests = requests
+        self._loop = loop
+        self._outputs: asyncio.Queue[RequestOutput] = asyncio.Queue()
+        self._choice_of = {r.request_id: index for index, r in enumerate(requests)}
+        self._completion_tokens = dict.fromkeys(self._choice_of, 0)
+        self._unfinished: set[str] = set()
+
+    def _sink(self, output: RequestOutput) -> None:  # called on the engine thread
+        self._loop.call_soon_threadsafe(self._outputs.put_nowait, output)
+
+    async def responses(self) -> AsyncIterator[pb.GenerateResponse]:
+        for request in self._requests:  # raises Overloaded / Unavailable: admission
+            self._engine.add_request(request, self._sink)
+            self._unfinished.add(request.request_id)
+        num_prompt_tokens = len(self._requests[0].prompt_token_ids)
+        while self._unfinished:
+            batch = [await self._outputs.get()]
+            while not self._outputs.empty():
+                batch.append(self._outputs.get_nowait())
+            deltas: dict[int, pb.ChoiceDelta] = {}
+            for output in batch:
+                if output.error:
+                    raise TandemError(output.error)
+                index = self._choice_of[output.request_id]
+                delta = deltas.setdefault(index, pb.ChoiceDelta(index=index))
+                _merge_output(delta, output, self._engine.tokenizer)
+                self._completion_tokens[output.request_id] = output.completion_tokens
+                if output.finish_reason is not None:
+                    self._unfinished.discard(output.request_id)
+            yield pb.GenerateResponse(
+                choices=[deltas[i] for i in sorted(deltas)],
+                usage=pb.Usage(prompt_tokens=num_prompt_tokens,
+                               completion_tokens=sum(self._completion_tokens.values())))
+
+    def abort_unfinished(self) -> bool:
+        """Abort what has not finished; True when there was something to abort."""
+        for request_id in self._unfinished:
+            self._engine.abort(request_id)
+        aborted, self._unfinished = bool(self._unfinished), set()
+        return aborted
 
 
 def _merge_output(delta: pb.ChoiceDelta, output: RequestOutput, tokenizer: Tokenizer) -> None:
