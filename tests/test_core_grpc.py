@@ -55,6 +55,15 @@ def error_info(err: grpc.aio.AioRpcError) -> tuple[str, str]:
     return reason, field
 
 
+async def wait_until_idle(engine, timeout_s: float = 5.0) -> None:
+    """Wait for the engine to hold no request (aborts land within a step); fail otherwise."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while engine.num_unfinished and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.02)
+    assert engine.num_unfinished == 0
+    assert not engine.scheduler.running and not engine.scheduler.waiting
+
+
 async def collect(stub, request: pb.GenerateRequest, **kwargs) -> list[pb.GenerateResponse]:
     return [chunk async for chunk in stub.Generate(request, **kwargs)]
 
@@ -195,12 +204,7 @@ async def test_cancelling_a_stream_stops_its_generation(core):
     await call.read()  # generation has started
     assert engine.num_unfinished == 1
     call.cancel()
-    for _ in range(100):
-        if engine.num_unfinished == 0:
-            break
-        await asyncio.sleep(0.02)
-    assert engine.num_unfinished == 0
-    assert not engine.scheduler.running and not engine.scheduler.waiting
+    await wait_until_idle(engine)
 
 
 async def test_models_and_unimplemented_rpcs(core):
@@ -283,8 +287,4 @@ async def test_admission_beyond_capacity_is_resource_exhausted_with_retry_info(c
     assert any(d.Is(error_details_pb2.RetryInfo.DESCRIPTOR) for d in status.details)
     for call in calls:
         call.cancel()
-    for _ in range(100):
-        if engine.num_unfinished == 0:
-            break
-        await asyncio.sleep(0.02)
-    assert engine.num_unfinished == 0
+    await wait_until_idle(engine)
