@@ -26,6 +26,7 @@ from facade.protocol import (
     TopLogprob,
     Usage,
 )
+from facade.sse import sse_event
 from tandem.v1 import inference_pb2 as pb
 
 _FINISH_REASONS: dict[int, str] = {
@@ -303,3 +304,43 @@ class UsageTotal:
             total_tokens=prompt_tokens + completion_tokens,
             prompt_tokens_details=PromptTokensDetails(cached_tokens=cached_tokens),
         )
+
+
+@dataclass(kw_only=True)
+class GenerationRun:
+    """One chat or completions request in flight: its OpenAI identity, the choices and usage
+    so far. Subclasses say how many choices there are and build their own chunk choices."""
+
+    request: ChatCompletionRequest | CompletionRequest
+    completion_id: str  # "chatcmpl-<request id>" or "cmpl-<request id>"
+    created: int  # unix seconds
+    model: str  # the model the core reports (else the requested one)
+    usage: UsageTotal = field(default_factory=UsageTotal)
+    choices: dict[int, ChoiceState] = field(default_factory=dict)  # choice index → state
+
+    @property
+    def num_choices(self) -> int:
+        return self.request.n or 1
+
+    def state(self, index: int) -> ChoiceState:
+        return self.choices.setdefault(index, ChoiceState())
+
+    def check_finished(self) -> None:
+        """Every choice got a finish reason; otherwise the core broke the stream."""
+        unfinished = [
+            index for index in range(self.num_choices) if self.state(index).finish_reason is None
+        ]
+        if unfinished:
+            raise unfinished_error(unfinished)
+
+    def sse_chunk(self, chunk_type: type, choices: list, with_usage: bool = False) -> bytes:
+        """One SSE event of `chunk_type` (a chat or completions chunk model)."""
+        chunk = chunk_type(
+            id=self.completion_id,
+            created=self.created,
+            model=self.model,
+            choices=choices,
+            usage=self.usage.total() if with_usage else None,
+        )
+        usage_shown = self.request.include_usage or self.request.continuous_usage
+        return sse_event(chunk, exclude=None if usage_shown else {"usage"})

@@ -9,19 +9,17 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 from contextlib import aclosing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from facade.convert import (
-    ChoiceState,
-    UsageTotal,
+    GenerationRun,
     chat_logprobs,
     chat_to_generate,
     finish_reason,
     stop_reason,
-    unfinished_error,
 )
 from facade.dependencies import (
     API_KEY_REQUIRED,
@@ -45,52 +43,25 @@ from facade.sse import (
     EventStreamResponse,
     cancel_on_disconnect,
     guarded_stream,
-    sse_event,
 )
 from tandem.v1 import inference_pb2 as pb
 
 router = APIRouter(tags=["chat"])
 
 
-@dataclass
-class ChatRun:
-    """One chat request in flight: its OpenAI identity and what the core produced so far."""
+@dataclass(kw_only=True)
+class ChatRun(GenerationRun):
+    """One chat request in flight (one core call)."""
 
     request: ChatCompletionRequest
-    completion_id: str  # "chatcmpl-<request id>"
-    created: int  # unix seconds
-    model: str  # the model the core reports (else the requested one)
-    usage: UsageTotal = field(default_factory=UsageTotal)
-    choices: dict[int, ChoiceState] = field(default_factory=dict)  # choice index → state
-
-    @property
-    def num_choices(self) -> int:
-        return self.request.n or 1
 
     def add(self, response: pb.GenerateResponse) -> None:
         self.usage.update(0, response)
         for choice in response.choices:
-            self.choices.setdefault(choice.index, ChoiceState()).add(choice)
-
-    def check_finished(self) -> None:
-        unfinished = [
-            index
-            for index in range(self.num_choices)
-            if index not in self.choices or self.choices[index].finish_reason is None
-        ]
-        if unfinished:
-            raise unfinished_error(unfinished)
+            self.state(choice.index).add(choice)
 
     def chunk(self, choices: list[ChatChunkChoice], with_usage: bool = False) -> bytes:
-        chunk = ChatCompletionChunk(
-            id=self.completion_id,
-            created=self.created,
-            model=self.model,
-            choices=choices,
-            usage=self.usage.total() if with_usage else None,
-        )
-        usage_shown = self.request.include_usage or self.request.continuous_usage
-        return sse_event(chunk, exclude=None if usage_shown else {"usage"})
+        return self.sse_chunk(ChatCompletionChunk, choices, with_usage)
 
 
 def _chunk_choice(run: ChatRun, choice: pb.ChoiceDelta) -> ChatChunkChoice | None:

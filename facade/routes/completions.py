@@ -11,20 +11,18 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from contextlib import aclosing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import grpc
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from facade.convert import (
-    ChoiceState,
-    UsageTotal,
+    GenerationRun,
     completion_logprobs,
     completion_to_generates,
     finish_reason,
     stop_reason,
-    unfinished_error,
 )
 from facade.dependencies import (
     API_KEY_REQUIRED,
@@ -41,7 +39,6 @@ from facade.sse import (
     EventStreamResponse,
     cancel_on_disconnect,
     guarded_stream,
-    sse_event,
 )
 from tandem.v1 import inference_pb2 as pb
 from tandem.v1.inference_pb2_grpc import InferenceStub
@@ -49,17 +46,13 @@ from tandem.v1.inference_pb2_grpc import InferenceStub
 router = APIRouter(tags=["completions"])
 
 
-@dataclass
-class CompletionRun:
-    """One completions request in flight: its OpenAI identity and the choices so far."""
+@dataclass(kw_only=True)
+class CompletionRun(GenerationRun):
+    """One completions request in flight: one core call per prompt; choice indexes are global
+    (prompt index × n + the core's choice index)."""
 
     request: CompletionRequest
-    completion_id: str  # "cmpl-<request id>"
-    created: int  # unix seconds
-    model: str  # the model the core reports (else the requested one)
     num_prompts: int
-    usage: UsageTotal = field(default_factory=UsageTotal)
-    choices: dict[int, ChoiceState] = field(default_factory=dict)  # global index → state
 
     @property
     def choices_per_prompt(self) -> int:
@@ -68,9 +61,6 @@ class CompletionRun:
     @property
     def num_choices(self) -> int:
         return self.num_prompts * self.choices_per_prompt
-
-    def state(self, index: int) -> ChoiceState:
-        return self.choices.setdefault(index, ChoiceState())
 
     def add(self, call_index: int, response: pb.GenerateResponse) -> list[CompletionChoice]:
         """Record one core response; returns its choices renumbered, for streaming."""
@@ -94,23 +84,8 @@ class CompletionRun:
             ))  # fmt: skip
         return shown
 
-    def check_finished(self) -> None:
-        unfinished = [
-            index for index in range(self.num_choices) if self.state(index).finish_reason is None
-        ]
-        if unfinished:
-            raise unfinished_error(unfinished)
-
     def chunk(self, choices: list[CompletionChoice], with_usage: bool = False) -> bytes:
-        chunk = CompletionChunk(
-            id=self.completion_id,
-            created=self.created,
-            model=self.model,
-            choices=choices,
-            usage=self.usage.total() if with_usage else None,
-        )
-        usage_shown = self.request.include_usage or self.request.continuous_usage
-        return sse_event(chunk, exclude=None if usage_shown else {"usage"})
+        return self.sse_chunk(CompletionChunk, choices, with_usage)
 
 
 async def prompt_texts(
