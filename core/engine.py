@@ -193,7 +193,7 @@ class LlmEngine(Engine):
         self._send(tracked, RequestOutput(
             request_id=request.request_id, new_token_ids=(token_id,), text_delta=text,
             logprobs=logprobs, finish_reason=request.finish_reason, stop_string=stop_string,
-            stop_token_id=stop_token_id, prompt_tokens=len(request.prompt_token_ids),
+            stop_token_id=stop_token_id,
             completion_tokens=len(request.output_token_ids)))
         if request.finish_reason is not None:
             self._release(request)

@@ -81,9 +81,7 @@ class RequestOutput:
     finish_reason: FinishReason | None = None
     stop_string: str | None = None  # the stop string that ended it
     stop_token_id: int | None = None  # the stop token id that ended it (not EOS)
-    prompt_tokens: int = 0
     completion_tokens: int = 0  # cumulative
-    cached_tokens: int = 0  # prompt tokens reused from the prefix cache
     error: str | None = None  # the engine failed this request (an internal error)
 
 

@@ -13,7 +13,7 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from facade.errors import ApiError, unsupported
+from facade.errors import ApiError, internal_error, unsupported
 from facade.protocol import (
     ChatCompletionRequest,
     ChatMessage,
@@ -276,12 +276,7 @@ class ChoiceState:
 def unfinished_error(unfinished: Iterable[int]) -> ApiError:
     """A core stream ended before some choices got a finish reason: never end silently."""
     indexes = ", ".join(str(index) for index in sorted(unfinished))
-    return ApiError(
-        500,
-        f"The core ended the response before choice(s) {indexes} finished.",
-        type="server_error",
-        code="internal_error",
-    )
+    return internal_error(f"The core ended the response before choice(s) {indexes} finished.")
 
 
 @dataclass

@@ -13,20 +13,14 @@ from typing import Annotated
 import grpc
 from fastapi import Depends, Request
 
-from facade.errors import ApiError
+from facade.errors import ApiError, service_unavailable
 from facade.generation import CallOptions
 from facade.settings import FacadeSettings
 from tandem.v1.inference_pb2_grpc import InferenceStub
 
 
 def _not_started() -> ApiError:
-    return ApiError(
-        503,
-        "The facade has no connection to the core yet.",
-        type="server_error",
-        code="service_unavailable",
-        headers={"x-should-retry": "true"},
-    )
+    return service_unavailable("The facade has no connection to the core yet.")
 
 
 def get_settings(request: Request) -> FacadeSettings:

@@ -104,6 +104,24 @@ def unsupported(param: str, message: str) -> ApiError:
     )
 
 
+def internal_error(
+    message: str = "The server had an error while processing your request.",
+) -> ApiError:
+    """A 500 for a facade bug or a broken core stream (never a silent truncation)."""
+    return ApiError(500, message, type="server_error", code="internal_error")
+
+
+def service_unavailable(message: str) -> ApiError:
+    """A 503 the client may retry (no core reachable or ready)."""
+    return ApiError(
+        503,
+        message,
+        type="server_error",
+        code="service_unavailable",
+        headers={"x-should-retry": "true"},
+    )
+
+
 # ---------------------------------------------------------------------------------------------
 # gRPC status → ApiError
 

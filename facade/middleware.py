@@ -20,7 +20,7 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from facade.errors import ApiError, error_response
+from facade.errors import ApiError, error_response, internal_error
 
 logger = logging.getLogger(__name__)
 
@@ -63,13 +63,7 @@ class RequestIdMiddleware:
             logger.exception("unhandled error in request %s", request_id)
             if response_started:
                 raise
-            error = ApiError(
-                500,
-                "The server had an error while processing your request.",
-                type="server_error",
-                code="internal_error",
-            )
-            await error_response(error)(scope, receive, send_with_id)
+            await error_response(internal_error())(scope, receive, send_with_id)
 
 
 def _too_large(max_body_bytes: int) -> ApiError:

@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from facade.errors import ApiError
+from facade.errors import ApiError, internal_error
 
 logger = logging.getLogger(__name__)
 
@@ -47,16 +47,6 @@ def sse_error(error: ApiError) -> bytes:
     return sse_event(error.body())
 
 
-def unexpected_error() -> ApiError:
-    """What a stream reports for a facade bug, so that it still ends with an error + [DONE]."""
-    return ApiError(
-        500,
-        "The server had an error while processing your request.",
-        type="server_error",
-        code="internal_error",
-    )
-
-
 async def guarded_stream(
     events: AsyncIterator[bytes], on_close: Callable[[], None], label: str
 ) -> AsyncIterator[bytes]:
@@ -70,7 +60,7 @@ async def guarded_stream(
         yield sse_error(error)
     except Exception:
         logger.exception("stream %s failed", label)
-        yield sse_error(unexpected_error())
+        yield sse_error(internal_error())  # a facade bug: still an error event + [DONE]
     finally:
         on_close()
     yield DONE_EVENT

@@ -15,7 +15,7 @@ from fastapi import APIRouter
 from google.protobuf import wrappers_pb2
 
 from facade.dependencies import CoreChannel, RequestId, Settings
-from facade.errors import ApiError
+from facade.errors import ApiError, service_unavailable
 
 router = APIRouter(tags=["health"])
 
@@ -28,13 +28,7 @@ SERVING = 1
 
 
 def _not_ready(reason: str) -> ApiError:
-    return ApiError(
-        503,
-        f"The inference core is not ready: {reason}.",
-        type="server_error",
-        code="service_unavailable",
-        headers={"x-should-retry": "true"},
-    )
+    return service_unavailable(f"The inference core is not ready: {reason}.")
 
 
 async def core_serving_status(channel: grpc.aio.Channel, timeout_s: float, request_id: str) -> int:
