@@ -81,7 +81,7 @@ def run_core(args: argparse.Namespace) -> None:
     _enable_compilation_cache(args.compilation_cache_dir)
     engine = EngineConfig(max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs,
                           max_waiting=args.max_waiting,
-                          dtype=args.dtype or _checkpoint_dtype(model_dir))
+                          dtype=args.dtype)
     config = ServerConfig(model_dir=Path(model_dir), model_name=name or Path(model_dir).name,
                           host=args.grpc_host, grpc_port=args.grpc_port, engine=engine,
                           drain_timeout_s=args.drain_timeout_s,
@@ -101,12 +101,6 @@ def _enable_compilation_cache(cache_dir: str | None) -> None:
     jax.config.update("jax_compilation_cache_dir", str(path))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     log.info("XLA compilation cache: %s", path)
-
-
-def _checkpoint_dtype(model_dir: Path) -> str:
-    from core.config import ModelConfig
-
-    return ModelConfig.from_hf_dir(Path(model_dir)).dtype
 
 
 def run_facade(args: argparse.Namespace, core_address: str) -> None:

@@ -147,7 +147,7 @@ class EngineConfig:
     max_num_seqs: int = 8  # sequences decoding together (KV cache slots)
     max_waiting: int = 256  # queued requests before RESOURCE_EXHAUSTED
     min_prefill_bucket: int = 16  # smallest padded prefill length
-    dtype: str = "float32"  # compute dtype of weights and KV cache
+    dtype: str | None = None  # compute dtype of weights and KV cache; None: the checkpoint's
     retry_after_s: int = 1  # RetryInfo sent with RESOURCE_EXHAUSTED
 
     def prefill_buckets(self) -> tuple[int, ...]:

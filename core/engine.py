@@ -233,7 +233,8 @@ def create_engine(model_dir: Path, engine_config: EngineConfig, warmup: bool = T
 
     model, model_config = load_model(model_dir, engine_config.dtype)
     max_model_len = min(engine_config.max_model_len, model_config.max_position_embeddings)
-    engine_config = replace(engine_config, max_model_len=max_model_len)
+    engine_config = replace(engine_config, max_model_len=max_model_len,
+                            dtype=engine_config.dtype or model_config.dtype)
     runner = ModelRunner(model, model_config, engine_config)
     if warmup:
         runner.warmup()
