@@ -20,7 +20,7 @@ import numpy as np
 from safetensors.numpy import save_file
 
 VARIANTS = ("llama", "llama3", "mistral", "qwen2")
-SIZES = ("tiny", "demo")
+SIZES = ("tiny", "demo", "bench")
 DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}
 
 BOS, EOS, IM_START, IM_END, PAD = (
@@ -67,7 +67,13 @@ _TINY_DIMS = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
 _DEMO_DIMS = dict(hidden_size=256, intermediate_size=688, num_hidden_layers=4,
                   num_attention_heads=8, num_key_value_heads=4, head_dim=32,
                   max_position_embeddings=4096)
-_VOCAB_TARGET = {"tiny": 512, "demo": 2048}
+# The speed-benchmark shape of issue 3: Llama, vocab 32000, 8 layers of width 512.
+_BENCH_DIMS = dict(hidden_size=512, intermediate_size=1408, num_hidden_layers=8,
+                   num_attention_heads=8, num_key_value_heads=4, head_dim=64,
+                   max_position_embeddings=4096)
+_DIMS = {"tiny": _TINY_DIMS, "demo": _DEMO_DIMS, "bench": _BENCH_DIMS}
+_VOCAB_TARGET = {"tiny": 512, "demo": 2048, "bench": 2048}
+_MODEL_VOCAB_SIZE = {"bench": 32000}  # embedding rows beyond the tokenizer's (never produced by it)
 _LLAMA3_SCALING = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
                    "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
 _QWEN2_SPLIT = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"""
@@ -160,7 +166,7 @@ def model_config(variant: str, vocab_size: int, ids: dict[str, int], *,
         raise ValueError(f"unknown size {size!r}; expected one of {SIZES}")
     cfg = {
         "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": vocab_size,
-        **(_TINY_DIMS if size == "tiny" else _DEMO_DIMS), "hidden_act": "silu",
+        **_DIMS[size], "hidden_act": "silu",
         "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "tie_word_embeddings": False,
         "attention_bias": False, "attention_dropout": 0.0, "mlp_bias": False,
         "initializer_range": 0.02, "use_cache": True, "bos_token_id": ids["bos"],
@@ -257,7 +263,8 @@ def write_tiny_model(out_dir: Path, variant: str = "llama", *, seed: int = 0,
     out_dir.mkdir(parents=True, exist_ok=True)
     tok = build_tokenizer(_VOCAB_TARGET[size], variant)
     ids = special_token_ids(tok)
-    cfg = model_config(variant, tok.get_vocab_size(), ids, dtype=dtype, size=size)
+    vocab_size = max(tok.get_vocab_size(), _MODEL_VOCAB_SIZE.get(size, 0))
+    cfg = model_config(variant, vocab_size, ids, dtype=dtype, size=size)
     weights = {n: a.astype(DTYPES[dtype]) for n, a in random_weights(cfg, seed).items()}
     write_weights(out_dir, weights, num_shards)
     _write_json(out_dir / "config.json", cfg)
