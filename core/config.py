@@ -1,7 +1,7 @@
 """Frozen configuration dataclasses of the core: the model's shape, the engine's limits, the server.
 
-Owns: `ModelConfig` (read from a Hugging Face `config.json`), `EngineConfig` (slots, lengths,
-buckets) and `ServerConfig` (addresses, paths). No JAX here, so the CLI can parse flags cheaply.
+Owns: `ModelConfig` (read from a Hugging Face `config.json`), `EngineConfig` (lengths, pages,
+budgets, buckets) and `ServerConfig` (addresses, paths). No JAX here, so the CLI can parse flags cheaply.
 """
 
 from __future__ import annotations
@@ -141,20 +141,57 @@ def default_buckets(max_value: int, smallest: int) -> tuple[int, ...]:
 
 @dataclass(frozen=True)
 class EngineConfig:
-    """Limits of the generation engine; every bucket compiles at warm-up."""
+    """Limits of the generation engine; every shape bucket compiles at warm-up."""
 
     max_model_len: int = 2048  # prompt + completion tokens per sequence (≤ the model's)
-    max_num_seqs: int = 8  # sequences decoding together (KV cache slots)
+    max_num_seqs: int = 8  # sequences running together (rows of a decode batch)
     max_waiting: int = 256  # queued requests before RESOURCE_EXHAUSTED
-    min_prefill_bucket: int = 16  # smallest padded prefill length
+    max_num_batched_tokens: int = 512  # tokens per engine step (decodes + prefill chunks)
+    min_prefill_bucket: int = 16  # smallest padded prefill chunk
+    page_size: int = 16  # tokens per KV page
+    num_pages: int | None = None  # KV pool size; None: kv_cache_bytes, else a full batch's worth
+    kv_cache_bytes: int | None = None  # KV pool memory budget (used when num_pages is None)
+    min_decode_pages: int = 8  # smallest page-table width bucket of decode batches
+    enable_prefix_cache: bool = True  # reuse KV pages of shared prompt prefixes
     dtype: str | None = None  # compute dtype of weights and KV cache; None: the checkpoint's
     retry_after_s: int = 1  # RetryInfo sent with RESOURCE_EXHAUSTED
 
+    def __post_init__(self):
+        if self.max_num_batched_tokens < self.max_num_seqs:
+            raise ConfigError("max_num_batched_tokens must be at least max_num_seqs")
+        if self.page_size < 1 or self.max_model_len < 1:
+            raise ConfigError("page_size and max_model_len must be positive")
+
+    @property
+    def max_pages_per_seq(self) -> int:
+        return -(-self.max_model_len // self.page_size)
+
+    def resolved_num_pages(self, kv_bytes_per_token: int) -> int:
+        """The pool size: the flag, else the memory budget, else every row at full length."""
+        if self.num_pages is not None:
+            pages = self.num_pages
+        elif self.kv_cache_bytes is not None:
+            pages = self.kv_cache_bytes // (kv_bytes_per_token * self.page_size)
+        else:
+            pages = self.max_num_seqs * self.max_pages_per_seq
+        if pages < self.max_pages_per_seq:
+            raise ConfigError(f"the KV pool ({pages} pages of {self.page_size} tokens) cannot "
+                              f"hold one sequence of max_model_len {self.max_model_len}")
+        return pages
+
     def prefill_buckets(self) -> tuple[int, ...]:
-        return default_buckets(self.max_model_len, min(self.min_prefill_bucket, self.max_model_len))
+        """Padded lengths of one prefill chunk (a chunk never exceeds the step's token budget)."""
+        largest = min(self.max_num_batched_tokens, self.max_model_len)
+        return default_buckets(largest, min(self.min_prefill_bucket, largest))
 
     def decode_buckets(self) -> tuple[int, ...]:
+        """Padded row counts of a decode batch (one token per row)."""
         return default_buckets(self.max_num_seqs, 1)
+
+    def page_buckets(self) -> tuple[int, ...]:
+        """Padded page-table widths of a decode batch (prefill chunks use the widest)."""
+        return default_buckets(self.max_pages_per_seq,
+                               min(self.min_decode_pages, self.max_pages_per_seq))
 
 
 @dataclass(frozen=True)

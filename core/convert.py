@@ -196,7 +196,7 @@ def generation_requests(request: pb.GenerateRequest, prompt_ids: list[int], requ
             request_id=f"{request_id}-{index}", prompt_token_ids=list(prompt_ids),
             sampling=replace(sampling, choice_index=index), stopping=stop,
             want_logprobs=request.logprobs or request.HasField("top_logprobs"),
-            top_logprobs=top_logprobs))
+            top_logprobs=top_logprobs, cache_salt=request.cache_salt))
     return requests
 
 

@@ -3,8 +3,9 @@
 Owns: the `Engine` interface the servicer talks to (add a request with an output sink, abort
 it), and `LlmEngine`, whose thread repeats three beats — `schedule()` → `runner.execute()` →
 `update_from_output()` — turning sampled tokens into `RequestOutput`s (detokenized, stop
-conditions applied). Requests and aborts arrive through a thread-safe inbox; outputs leave
-through each request's sink, which must not block.
+conditions applied). Requests and aborts arrive through a thread-safe inbox and are applied
+before the next step, so an abort frees its pages within one step; outputs leave through each
+request's sink, which must not block. Latency histograms are observed here.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import logging
 import queue
 import secrets
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -21,7 +23,8 @@ from pathlib import Path
 from core.config import EngineConfig, ModelConfig
 from core.detokenizer import IncrementalDetokenizer
 from core.errors import Overloaded, Unavailable
-from core.request import FinishReason, Request, RequestOutput, ScheduledBatch, TokenLogprob
+from core.metrics import EngineMetrics
+from core.request import FinishReason, Request, RequestOutput, SchedulerOutput, TokenLogprob
 from core.scheduler import Scheduler
 from core.tokenizer import Tokenizer
 
@@ -58,6 +61,8 @@ class _Tracked:
     request: Request
     sink: OutputSink
     detokenizer: IncrementalDetokenizer
+    arrival_s: float  # time.monotonic() when the engine thread took it
+    last_token_s: float | None = None  # when its previous token was emitted
 
 
 class LlmEngine(Engine):
@@ -67,7 +72,11 @@ class LlmEngine(Engine):
         self.model_config = model_config
         self.engine_config = engine_config
         self.tokenizer = tokenizer
-        self.scheduler = Scheduler(engine_config.max_num_seqs)
+        self.scheduler = Scheduler(engine_config, runner.num_pages)
+        self.metrics = EngineMetrics()
+        self.metrics.watch(self)
+        self.num_prompt_tokens = 0  # counters for metrics (engine thread writes)
+        self.num_generated_tokens = 0
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._tracked: dict[str, _Tracked] = {}
         self._num_pending = 0  # added but not yet finished (guarded by _lock)
@@ -125,8 +134,8 @@ class LlmEngine(Engine):
                 batch = self.scheduler.schedule()
                 if batch is None:
                     continue
-                output = self.runner.execute(batch)
-                self.update_from_output(batch, output)
+                step = self.runner.execute(batch)
+                self.update_from_output(batch, step)
             except Exception as exc:  # a bug: fail the requests involved, keep serving others
                 log.exception("engine step failed")
                 self._fail_requests(batch, f"engine step failed: {exc}")
@@ -149,7 +158,9 @@ class LlmEngine(Engine):
                     stop_strings=payload.stopping.stop_strings,
                     include_stop_str_in_output=payload.stopping.include_stop_str_in_output,
                     skip_special_tokens=payload.stopping.skip_special_tokens)
-                self._tracked[payload.request_id] = _Tracked(payload, sink, detokenizer)
+                self._tracked[payload.request_id] = _Tracked(payload, sink, detokenizer,
+                                                             arrival_s=time.monotonic())
+                self.num_prompt_tokens += len(payload.prompt_token_ids)
                 self.scheduler.add(payload)
             elif kind == "abort" and payload in self._tracked:
                 self._release(self._tracked[payload].request)
@@ -158,19 +169,32 @@ class LlmEngine(Engine):
             except queue.Empty:
                 return
 
-    def update_from_output(self, batch: ScheduledBatch, output) -> None:
-        for index, row in enumerate(batch.rows):
-            request = self.scheduler.request_in_slot(row.slot_id)
-            tracked = self._tracked[request.request_id]
-            token_id = int(output.token_ids[index])
+    def update_from_output(self, batch: SchedulerOutput, step) -> None:
+        self.scheduler.update_after_step(batch)
+        for index, chunk in enumerate(batch.chunks):
+            if not chunk.wants_sample:
+                continue  # a prefill chunk short of the prompt's end
+            tracked = self._tracked[chunk.request_id]
+            request = tracked.request
+            token_id = int(step.token_ids[index])
             request.output_token_ids.append(token_id)
             logprobs = ()
             if request.want_logprobs:
                 top = tuple((int(i), float(lp)) for i, lp in zip(
-                    output.top_ids[index][:request.top_logprobs],
-                    output.top_logprobs[index][:request.top_logprobs], strict=True))
-                logprobs = (TokenLogprob(token_id, float(output.logprobs[index]), top),)
+                    step.top_ids[index][:request.top_logprobs],
+                    step.top_logprobs[index][:request.top_logprobs], strict=True))
+                logprobs = (TokenLogprob(token_id, float(step.logprobs[index]), top),)
+            self._observe_latency(tracked)
             self._emit(tracked, token_id, logprobs)
+
+    def _observe_latency(self, tracked: _Tracked) -> None:
+        now = time.monotonic()
+        if tracked.last_token_s is None:
+            self.metrics.time_to_first_token_s.observe(now - tracked.arrival_s)
+        else:
+            self.metrics.inter_token_latency_s.observe(now - tracked.last_token_s)
+        tracked.last_token_s = now
+        self.num_generated_tokens += 1
 
     def _emit(self, tracked: _Tracked, token_id: int, logprobs: tuple) -> None:
         request, stopping = tracked.request, tracked.request.stopping
@@ -193,21 +217,23 @@ class LlmEngine(Engine):
         self._send(tracked, RequestOutput(
             request_id=request.request_id, new_token_ids=(token_id,), text_delta=text,
             logprobs=logprobs, finish_reason=request.finish_reason, stop_string=stop_string,
-            stop_token_id=stop_token_id,
-            completion_tokens=len(request.output_token_ids)))
+            stop_token_id=stop_token_id, completion_tokens=len(request.output_token_ids),
+            cached_tokens=request.num_cached_tokens))
         if request.finish_reason is not None:
+            self.metrics.e2e_request_latency_s.observe(time.monotonic() - tracked.arrival_s)
             self._release(request)
 
-    def _fail_requests(self, batch: ScheduledBatch | None, message: str) -> None:
+    def _fail_requests(self, batch: SchedulerOutput | None, message: str) -> None:
         """Fail the batch's requests (every request when the failure was outside a step)."""
         if batch is not None:
-            requests = [self.scheduler.running.get(row.slot_id) for row in batch.rows]
+            request_ids = [chunk.request_id for chunk in batch.chunks]
         else:
-            requests = [tracked.request for tracked in self._tracked.values()]
-        for request in requests:
-            tracked = self._tracked.get(request.request_id) if request is not None else None
+            request_ids = list(self._tracked)
+        for request_id in request_ids:
+            tracked = self._tracked.get(request_id)
             if tracked is None:
                 continue  # already finished in this step
+            request = tracked.request
             request.finish_reason = FinishReason.ABORT
             self._send(tracked, RequestOutput(request.request_id, (), "", error=message,
                                               finish_reason=FinishReason.ABORT))

@@ -2,7 +2,7 @@
 
 Owns: `SamplingParams`, `StoppingParams`, `Request` (a prompt plus its generation state),
 `FinishReason`, `RequestOutput` (one request's progress in one engine step) and
-`BatchRow`/`ScheduledBatch` (what the scheduler hands the runner).
+`SequenceChunk`/`SchedulerOutput` (what the scheduler hands the runner).
 These are the boundary types between servicer, engine, scheduler and runner.
 """
 
@@ -54,13 +54,23 @@ class Request:
     stopping: StoppingParams
     want_logprobs: bool = False  # report the chosen token's logprob
     top_logprobs: int = 0  # alternatives per token, ≤ MAX_TOP_LOGPROBS
+    cache_salt: str = ""  # prefix-cache namespace: pages are shared only within one salt
     output_token_ids: list[int] = field(default_factory=list)
-    slot_id: int | None = None  # KV cache slot while running
     finish_reason: FinishReason | None = None
+    # Scheduler state (engine thread only)
+    page_ids: list[int] = field(default_factory=list)  # page table: KV of positions in order
+    num_computed_tokens: int = 0  # tokens whose KV is in the pages
+    num_cached_tokens: int = 0  # prompt tokens served from the prefix cache at admission
+    num_preemptions: int = 0  # times its pages were taken back (it recomputes them)
+    admitted: bool = False  # has been admitted once (prefix-cache stats count it once)
 
     @property
     def num_tokens(self) -> int:
         return len(self.prompt_token_ids) + len(self.output_token_ids)
+
+    @property
+    def all_token_ids(self) -> list[int]:
+        return self.prompt_token_ids + self.output_token_ids
 
 
 @dataclass(frozen=True)
@@ -82,20 +92,29 @@ class RequestOutput:
     stop_string: str | None = None  # the stop string that ended it
     stop_token_id: int | None = None  # the stop token id that ended it (not EOS)
     completion_tokens: int = 0  # cumulative
+    cached_tokens: int = 0  # prompt tokens served from the prefix cache
     error: str | None = None  # the engine failed this request (an internal error)
 
 
 @dataclass(frozen=True)
-class BatchRow:
+class SequenceChunk:
     """One sequence's work in a step: feed `token_ids` at positions start_position, … ."""
 
-    slot_id: int  # KV cache slot of the sequence
-    token_ids: tuple[int, ...]
-    start_position: int
+    request_id: str
+    token_ids: tuple[int, ...]  # 1 for a decode; a prefill chunk otherwise
+    start_position: int  # position of token_ids[0]
+    page_ids: tuple[int, ...]  # the sequence's page table, covering every position fed
     sampling: SamplingParams
+    wants_sample: bool  # the chunk ends at the sequence's last token: sample the next one
 
 
 @dataclass(frozen=True)
-class ScheduledBatch:
-    rows: tuple[BatchRow, ...]
-    is_prefill: bool  # one row with many tokens (prefill) or many rows with one token (decode)
+class SchedulerOutput:
+    """Everything one engine step computes (at most the step's token budget)."""
+
+    chunks: tuple[SequenceChunk, ...]
+    wants_logprobs: bool = False  # some sampling chunk reports top logprobs
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(len(chunk.token_ids) for chunk in self.chunks)

@@ -1,8 +1,13 @@
-"""Scheduler output → bucketed arrays → one jitted model step → sampled tokens.
+"""Scheduler output → bucketed arrays → jitted model steps → sampled tokens.
 
-Owns: the model's parameters and KV cache on device, the jitted step (forward, last-token
-logits, on-device sampling) with the cache donated, padding batches to the shape buckets,
-compiling every bucket at warm-up, and counting compilations.
+Owns: the model's parameters and the KV page pool on device, the jitted step (forward over
+pages, last-token logits, on-device sampling) with the pool donated, padding work to the shape
+buckets, compiling every bucket at warm-up, and counting compilations.
+
+One engine step runs at most two kinds of call, both the same jitted function at different
+shapes: all single-token rows (decodes) together as [rows bucket, 1] with page tables padded to
+a width bucket, and each prefill chunk as [1, length bucket] with the widest page table.
+Keeping the two apart makes the number of shapes the sum, not the product, of the bucket lists.
 """
 
 from __future__ import annotations
@@ -17,9 +22,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from core.cache.pages import KVPages, kv_bytes_per_token
 from core.config import EngineConfig, ModelConfig
-from core.models.llama import PADDING_POSITION, KVCache, LlamaModel
-from core.request import BatchRow, SamplingParams, ScheduledBatch
+from core.models.llama import PADDING_POSITION, LlamaModel
+from core.request import SchedulerOutput, SequenceChunk
 from core.sampling import SampleResult, SamplingArrays, sample
 
 log = logging.getLogger(__name__)
@@ -27,12 +33,12 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class StepOutput:
-    """Host copies of the sampled results for the batch's rows, in row order."""
+    """Host copies of the sampled results, one row per scheduled chunk, in chunk order."""
 
-    token_ids: np.ndarray  # [rows] int
-    logprobs: np.ndarray  # [rows] float, of the chosen tokens
-    top_ids: np.ndarray  # [rows, MAX_TOP_LOGPROBS]
-    top_logprobs: np.ndarray  # [rows, MAX_TOP_LOGPROBS]
+    token_ids: np.ndarray  # [chunks] int
+    logprobs: np.ndarray  # [chunks] float, of the chosen tokens
+    top_ids: np.ndarray  # [chunks, MAX_TOP_LOGPROBS]
+    top_logprobs: np.ndarray  # [chunks, MAX_TOP_LOGPROBS]
 
 
 class ModelRunner:
@@ -41,59 +47,93 @@ class ModelRunner:
         self.engine_config = engine_config
         self._graphdef, self._state = nnx.split(model)
         dtype = jnp.bfloat16 if engine_config.dtype == "bfloat16" else jnp.float32
-        self._cache = KVCache.create(config, engine_config.max_num_seqs,
-                                     engine_config.max_model_len, dtype)
+        self.page_size = engine_config.page_size
+        self.num_pages = engine_config.resolved_num_pages(
+            kv_bytes_per_token(config, jnp.dtype(dtype).itemsize))
+        self._pages = KVPages.create(config, self.num_pages, self.page_size, dtype)
         self._prefill_buckets = engine_config.prefill_buckets()
         self._decode_buckets = engine_config.decode_buckets()
+        self._page_buckets = engine_config.page_buckets()
         self.num_compilations = 0  # traces of the step function (one per new shape)
         self.compilations_at_warmup = 0
-        self._step = jax.jit(self._step_fn, donate_argnames=("cache",))
+        self._step = jax.jit(self._step_fn, donate_argnames=("pages",))
+        log.info("KV pool: %d pages × %d tokens", self.num_pages, self.page_size)
 
     @property
     def compilations_after_warmup(self) -> int:
         return self.num_compilations - self.compilations_at_warmup
 
-    def _step_fn(self, state, cache, token_ids, positions, slot_ids, last_index, sampling):
+    def _step_fn(self, state, pages, token_ids, positions, page_table, last_index, sampling,
+                 wants_logprobs):
         self.num_compilations += 1  # runs only while tracing
         model = nnx.merge(self._graphdef, state)
-        hidden, cache = model(token_ids, positions, slot_ids, cache)  # [b, t, d]
+        hidden, pages = model(token_ids, positions, page_table, pages)  # [b, t, d]
         rows = jnp.arange(token_ids.shape[0])
         logits = model.logits(hidden[rows, last_index])  # [b, v]
-        result = sample(logits, sampling, positions[rows, last_index] + 1)
-        return result, cache
+        result = sample(logits, sampling, positions[rows, last_index] + 1, wants_logprobs)
+        return result, pages
 
-    def execute(self, batch: ScheduledBatch) -> StepOutput:
-        rows = batch.rows
-        if batch.is_prefill:
-            num_rows, num_tokens = 1, _bucket(self._prefill_buckets, len(rows[0].token_ids))
-        else:
-            num_rows, num_tokens = _bucket(self._decode_buckets, len(rows)), 1
+    def execute(self, output: SchedulerOutput) -> StepOutput:
+        """Run every chunk of the step; rows of chunks that sample nothing hold junk."""
+        decodes = [i for i, chunk in enumerate(output.chunks) if len(chunk.token_ids) == 1]
+        prefills = [i for i, chunk in enumerate(output.chunks) if len(chunk.token_ids) > 1]
+        calls = []  # (chunk indices, device result): dispatched first, copied to host after
+        if decodes:
+            chunks = [output.chunks[i] for i in decodes]
+            widest = max(len(chunk.page_ids) for chunk in chunks)
+            shape = (_bucket(self._decode_buckets, len(chunks)), 1,
+                     _bucket(self._page_buckets, widest))
+            calls.append((decodes, self._call(chunks, shape, output.wants_logprobs)))
+        for i in prefills:
+            chunk = output.chunks[i]
+            shape = (1, _bucket(self._prefill_buckets, len(chunk.token_ids)),
+                     self._page_buckets[-1])
+            calls.append(([i], self._call([chunk], shape, output.wants_logprobs)))
+        num_chunks = len(output.chunks)
+        host = jax.device_get([result for _, result in calls])
+        first = host[0]
+        step = StepOutput(np.zeros(num_chunks, first.token_ids.dtype),
+                          np.zeros(num_chunks, np.float32),
+                          np.zeros((num_chunks, first.top_ids.shape[1]), first.top_ids.dtype),
+                          np.zeros((num_chunks, first.top_ids.shape[1]), np.float32))
+        for (indices, _), result in zip(calls, host, strict=True):
+            count = len(indices)
+            step.token_ids[indices] = result.token_ids[:count]
+            step.logprobs[indices] = result.logprobs[:count]
+            step.top_ids[indices] = result.top_ids[:count]
+            step.top_logprobs[indices] = result.top_logprobs[:count]
+        return step
+
+    def _call(self, chunks: list[SequenceChunk], shape: tuple[int, int, int],
+              wants_logprobs: bool) -> SampleResult:
+        num_rows, num_tokens, num_table_pages = shape
         token_ids = np.zeros((num_rows, num_tokens), np.int32)
         positions = np.full((num_rows, num_tokens), PADDING_POSITION, np.int32)
-        slot_ids = np.zeros((num_rows,), np.int32)
+        page_table = np.zeros((num_rows, num_table_pages), np.int32)
         last_index = np.zeros((num_rows,), np.int32)
-        for i, row in enumerate(rows):
-            length = len(row.token_ids)
-            token_ids[i, :length] = row.token_ids
-            positions[i, :length] = np.arange(row.start_position, row.start_position + length)
-            slot_ids[i] = row.slot_id
-            last_index[i] = length - 1
-        sampling = SamplingArrays.from_params([row.sampling for row in rows], num_rows)
-        result, self._cache = self._step(self._state, self._cache, token_ids, positions,
-                                         slot_ids, last_index, sampling)
-        return _to_host(result, len(rows))
+        for row, chunk in enumerate(chunks):
+            length = len(chunk.token_ids)
+            token_ids[row, :length] = chunk.token_ids
+            positions[row, :length] = np.arange(chunk.start_position,
+                                                chunk.start_position + length)
+            page_table[row, :len(chunk.page_ids)] = chunk.page_ids
+            last_index[row] = length - 1
+        sampling = SamplingArrays.from_params([chunk.sampling for chunk in chunks], num_rows)
+        result, self._pages = self._step(self._state, self._pages, token_ids, positions,
+                                         page_table, last_index, sampling,
+                                         np.bool_(wants_logprobs))
+        return result
 
     def warmup(self) -> None:
-        """Compile every (batch, length) bucket once; the step counter starts after this."""
-        greedy = SamplingParams(temperature=0.0, seed=0)
-        shapes = [(1, t) for t in self._prefill_buckets] + [(b, 1) for b in self._decode_buckets]
-        for index, (num_rows, num_tokens) in enumerate(shapes, start=1):
+        """Compile every shape once; the compilation counter starts after this."""
+        shapes = [(b, 1, p) for b in self._decode_buckets for p in self._page_buckets]
+        shapes += [(1, t, self._page_buckets[-1]) for t in self._prefill_buckets]
+        for index, shape in enumerate(shapes, start=1):
             started = time.perf_counter()
-            rows = tuple(BatchRow(slot_id=i, token_ids=(0,) * num_tokens, start_position=0,
-                                  sampling=greedy) for i in range(num_rows))
-            self.execute(ScheduledBatch(rows=rows, is_prefill=num_tokens > 1))
-            log.info("warm-up %d/%d: batch %d × %d tokens compiled in %.2f s", index, len(shapes),
-                     num_rows, num_tokens, time.perf_counter() - started)
+            # no real chunk: every position is padding, so nothing is written to the pool
+            jax.block_until_ready(self._call([], shape, False))
+            log.info("warm-up %d/%d: %d rows × %d tokens, %d pages compiled in %.2f s", index,
+                     len(shapes), *shape, time.perf_counter() - started)
         self.compilations_at_warmup = self.num_compilations
 
 
@@ -102,10 +142,3 @@ def _bucket(buckets: tuple[int, ...], size: int) -> int:
     if index == len(buckets):
         raise ValueError(f"{size} exceeds the largest bucket {buckets[-1]}")
     return buckets[index]
-
-
-def _to_host(result: SampleResult, num_rows: int) -> StepOutput:
-    token_ids, logprobs, top_ids, top_logprobs = jax.device_get(
-        (result.token_ids, result.logprobs, result.top_ids, result.top_logprobs))
-    return StepOutput(token_ids[:num_rows], logprobs[:num_rows], top_ids[:num_rows],
-                      top_logprobs[:num_rows])

@@ -76,18 +76,36 @@ def _filtered_logits(logits: jax.Array, params: SamplingArrays) -> jax.Array:
     return jnp.where(scaled >= threshold, scaled, -jnp.inf)
 
 
-def sample(logits: jax.Array, params: SamplingArrays, positions: jax.Array) -> SampleResult:
-    """logits [b, v] float32, positions [b] (of the token being produced) → one token per row."""
+def sample(logits: jax.Array, params: SamplingArrays, positions: jax.Array,
+           wants_logprobs: jax.Array | bool = True) -> SampleResult:
+    """logits [b, v] float32, positions [b] (of the token being produced) → one token per row.
+
+    The costly parts are skipped at run time (`lax.cond`, no recompiling): all-greedy batches
+    never sort or draw, and batches nobody asked logprobs for never run top-k."""
     def row_key(seed, seed_high, choice_index, position):
         key = jax.random.fold_in(jax.random.key(seed), seed_high)
         return jax.random.fold_in(jax.random.fold_in(key, choice_index), position)
 
-    keys = jax.vmap(row_key)(params.seed, params.seed_high, params.choice_index, positions)
-    filtered = _filtered_logits(logits, params)
-    drawn = jax.vmap(lambda key, row: jax.random.categorical(key, row))(keys, filtered)
+    def draw(logits):
+        keys = jax.vmap(row_key)(params.seed, params.seed_high, params.choice_index, positions)
+        filtered = _filtered_logits(logits, params)
+        return jax.vmap(lambda key, row: jax.random.categorical(key, row))(keys, filtered)
+
     greedy = jnp.argmax(logits, axis=-1)
-    token_ids = jnp.where(params.temperature > 0, drawn, greedy).astype(jnp.int32)
+    is_sampled = params.temperature > 0
+    drawn = jax.lax.cond(jnp.any(is_sampled), draw, lambda _: greedy, logits)
+    token_ids = jnp.where(is_sampled, drawn, greedy).astype(jnp.int32)
     logprobs_all = jax.nn.log_softmax(logits, axis=-1)
     chosen = jnp.take_along_axis(logprobs_all, token_ids[:, None], axis=-1)[:, 0]
-    top_logprobs, top_ids = jax.lax.top_k(logprobs_all, min(MAX_TOP_LOGPROBS, logits.shape[-1]))
-    return SampleResult(token_ids, chosen, top_ids.astype(jnp.int32), top_logprobs)
+    num_top = min(MAX_TOP_LOGPROBS, logits.shape[-1])
+
+    def top(logprobs_all):
+        values, ids = jax.lax.top_k(logprobs_all, num_top)
+        return values, ids.astype(jnp.int32)
+
+    def no_top(logprobs_all):
+        rows = logprobs_all.shape[0]
+        return jnp.zeros((rows, num_top), jnp.float32), jnp.zeros((rows, num_top), jnp.int32)
+
+    top_logprobs, top_ids = jax.lax.cond(wants_logprobs, top, no_top, logprobs_all)
+    return SampleResult(token_ids, chosen, top_ids, top_logprobs)

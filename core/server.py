@@ -161,6 +161,7 @@ class _ChoiceStream:
         self._outputs: asyncio.Queue[RequestOutput] = asyncio.Queue()
         self._choice_of = {r.request_id: index for index, r in enumerate(requests)}
         self._completion_tokens = dict.fromkeys(self._choice_of, 0)
+        self._cached_tokens = 0  # prompt tokens served from the prefix cache (best choice)
         self._unfinished: set[str] = set()
 
     def _sink(self, output: RequestOutput) -> None:  # called on the engine thread
@@ -183,12 +184,14 @@ class _ChoiceStream:
                 delta = deltas.setdefault(index, pb.ChoiceDelta(index=index))
                 _merge_output(delta, output, self._engine.tokenizer)
                 self._completion_tokens[output.request_id] = output.completion_tokens
+                self._cached_tokens = max(self._cached_tokens, output.cached_tokens)
                 if output.finish_reason is not None:
                     self._unfinished.discard(output.request_id)
             yield pb.GenerateResponse(
                 choices=[deltas[i] for i in sorted(deltas)],
                 usage=pb.Usage(prompt_tokens=num_prompt_tokens,
-                               completion_tokens=sum(self._completion_tokens.values())))
+                               completion_tokens=sum(self._completion_tokens.values()),
+                               cached_tokens=self._cached_tokens))
 
     def abort_unfinished(self) -> bool:
         """Abort what has not finished; True when there was something to abort."""

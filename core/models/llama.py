@@ -2,23 +2,25 @@
 
 Owns: the forward pass from token ids to hidden states and logits, RoPE (plain, linear and
 llama3 scaling), GQA attention over a KV cache pytree (with Mistral's sliding window), and the
-`KVCache` pytree itself. Reads top-down: config → helpers → layers → model.
+paged KV pool. Reads top-down: config → helpers → layers → model.
 
 Einsum letters: b batch, t new tokens, s cached positions, d model width, n query heads,
 k key/value heads, g query heads per kv head, h head width, f MLP width, v vocabulary.
-The KV cache is a plain pytree passed in and returned (donated by the caller's jit): one array
-per layer of shape [slots, max_len, k, h]; a batch row writes to and reads from its slot.
+The KV cache is a plain pytree passed in and returned (donated by the caller's jit): one pool
+per layer of shape [pages, page_size, k, h] (`core.cache.pages.KVPages`). Each batch row has a
+page table [p] of page ids in position order: token position `i` lives in page
+`table[i // page_size]` at offset `i % page_size`. A row writes its new tokens' keys and values
+into its pages, then attends to the pages of its table (p·page_size keys, masked by position).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from core.cache.pages import KVPages
 from core.config import ModelConfig, RopeScaling
 
 PADDING_POSITION = -1  # position of padding tokens: never written to the cache, never attended
@@ -65,21 +67,6 @@ def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: jax.Array) -> jax.A
     return rotated.astype(x.dtype)
 
 
-@jax.tree_util.register_dataclass
-@dataclass
-class KVCache:
-    """Per-layer key and value arrays, each [slots, max_len, k, h]."""
-
-    keys: list[jax.Array]
-    values: list[jax.Array]
-
-    @classmethod
-    def create(cls, config: ModelConfig, num_slots: int, max_len: int, dtype) -> KVCache:
-        shape = (num_slots, max_len, config.num_kv_heads, config.head_dim)
-        return cls(keys=[jnp.zeros(shape, dtype) for _ in range(config.num_layers)],
-                   values=[jnp.zeros(shape, dtype) for _ in range(config.num_layers)])
-
-
 def _param(rngs: nnx.Rngs, shape: tuple[int, ...], dtype, scale: float = 0.02) -> nnx.Param:
     return nnx.Param(scale * jax.random.normal(rngs.params(), shape, dtype))
 
@@ -114,8 +101,8 @@ class Attention(nnx.Module):
         self.sliding_window = config.sliding_window
         self.scale = h ** -0.5
 
-    def __call__(self, x, positions, slot_ids, inv_freq, cache_keys, cache_values):
-        """x [b, t, d], positions [b, t], slot_ids [b] → (out [b, t, d], new cache arrays)."""
+    def __call__(self, x, positions, page_table, inv_freq, pool_keys, pool_values):
+        """x [b, t, d], positions [b, t], page_table [b, p] → (out [b, t, d], updated pools)."""
         q = jnp.einsum("btd,dnh->btnh", x, self.q_proj[...])
         key = jnp.einsum("btd,dkh->btkh", x, self.k_proj[...])
         value = jnp.einsum("btd,dkh->btkh", x, self.v_proj[...])
@@ -123,13 +110,21 @@ class Attention(nnx.Module):
             q, key, value = q + self.q_bias[...], key + self.k_bias[...], value + self.v_bias[...]
         q, key = apply_rope(q, positions, inv_freq), apply_rope(key, positions, inv_freq)
 
-        max_len = cache_keys.shape[1]
-        write_at = jnp.where(positions < 0, max_len, positions)  # padding → out of range → dropped
-        rows = slot_ids[:, None]
-        cache_keys = cache_keys.at[rows, write_at].set(key.astype(cache_keys.dtype), mode="drop")
-        cache_values = cache_values.at[rows, write_at].set(value.astype(cache_values.dtype),
-                                                            mode="drop")
-        keys, values = cache_keys[slot_ids], cache_values[slot_ids]  # [b, s, k, h]
+        num_pages, page_size, k, h = pool_keys.shape
+        valid = positions >= 0
+        page_index = jnp.where(valid, positions, 0) // page_size  # [b, t]
+        page_ids = jnp.take_along_axis(page_table, page_index, axis=1)
+        write_at = page_ids * page_size + jnp.where(valid, positions, 0) % page_size
+        write_at = jnp.where(valid, write_at, num_pages * page_size)  # padding: out of range
+        flat_shape = (num_pages * page_size, k, h)
+        pool_keys = pool_keys.reshape(flat_shape).at[write_at].set(
+            key.astype(pool_keys.dtype), mode="drop").reshape(pool_keys.shape)
+        pool_values = pool_values.reshape(flat_shape).at[write_at].set(
+            value.astype(pool_values.dtype), mode="drop").reshape(pool_values.shape)
+        b, p = page_table.shape
+        keys = pool_keys[page_table].reshape(b, p * page_size, k, h)  # [b, s, k, h]
+        values = pool_values[page_table].reshape(b, p * page_size, k, h)
+        max_len = p * page_size
 
         b, t, n, h = q.shape
         q = q.reshape(b, t, n // self.num_groups, self.num_groups, h)
@@ -146,7 +141,7 @@ class Attention(nnx.Module):
         out = jnp.einsum("btnh,nhd->btd", out, self.o_proj[...])
         if self.o_bias is not None:
             out = out + self.o_bias[...]
-        return out, cache_keys, cache_values
+        return out, pool_keys, pool_values
 
 
 class MLP(nnx.Module):
@@ -177,12 +172,12 @@ class DecoderLayer(nnx.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
         self.mlp = MLP(config, dtype, rngs)
 
-    def __call__(self, x, positions, slot_ids, inv_freq, cache_keys, cache_values):
-        attn_out, cache_keys, cache_values = self.self_attn(
-            self.input_layernorm(x), positions, slot_ids, inv_freq, cache_keys, cache_values)
+    def __call__(self, x, positions, page_table, inv_freq, pool_keys, pool_values):
+        attn_out, pool_keys, pool_values = self.self_attn(
+            self.input_layernorm(x), positions, page_table, inv_freq, pool_keys, pool_values)
         x = x + attn_out
         x = x + self.mlp(self.post_attention_layernorm(x))
-        return x, cache_keys, cache_values
+        return x, pool_keys, pool_values
 
 
 # ---------------------------------------------------------------------------------------------
@@ -202,21 +197,21 @@ class LlamaModel(nnx.Module):
         self.lm_head = (None if config.tie_word_embeddings
                         else _param(rngs, (config.hidden_size, config.vocab_size), dtype))
 
-    def __call__(self, token_ids: jax.Array, positions: jax.Array, slot_ids: jax.Array,
-                 cache: KVCache) -> tuple[jax.Array, KVCache]:
-        """token_ids, positions [b, t] (PADDING_POSITION for padding), slot_ids [b] →
-        (final-normed hidden states [b, t, d], updated cache)."""
+    def __call__(self, token_ids: jax.Array, positions: jax.Array, page_table: jax.Array,
+                 pages: KVPages) -> tuple[jax.Array, KVPages]:
+        """token_ids, positions [b, t] (PADDING_POSITION for padding), page_table [b, p] →
+        (final-normed hidden states [b, t, d], updated pages)."""
         inv_freq = rope_inverse_frequencies(self.config.head_dim, self.config.rope_theta,
                                             self.config.rope_scaling)
         x = self.embed_tokens[...][token_ids]
         new_keys, new_values = [], []
-        for layer, cache_keys, cache_values in zip(self.layers, cache.keys, cache.values,
-                                                  strict=True):
-            x, cache_keys, cache_values = layer(x, positions, slot_ids, inv_freq,
-                                                cache_keys, cache_values)
-            new_keys.append(cache_keys)
-            new_values.append(cache_values)
-        return self.norm(x), KVCache(keys=new_keys, values=new_values)
+        for layer, pool_keys, pool_values in zip(self.layers, pages.keys, pages.values,
+                                                strict=True):
+            x, pool_keys, pool_values = layer(x, positions, page_table, inv_freq,
+                                              pool_keys, pool_values)
+            new_keys.append(pool_keys)
+            new_values.append(pool_values)
+        return self.norm(x), KVPages(keys=new_keys, values=new_values)
 
     def logits(self, hidden: jax.Array) -> jax.Array:
         """[..., d] → float32 [..., v]."""

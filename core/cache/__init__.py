@@ -1,0 +1,1 @@
+"""KV memory of the engine: the page pool (device arrays + allocator) and the radix prefix cache."""
