@@ -33,9 +33,21 @@ def _add_core_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-model-len", type=int, default=2048,
                         help="prompt + completion tokens per request (capped by the model)")
     parser.add_argument("--max-num-seqs", type=int, default=8,
-                        help="sequences decoding together")
+                        help="sequences running together (rows of a decode batch)")
     parser.add_argument("--max-waiting", type=int, default=256,
                         help="queued requests before the core answers RESOURCE_EXHAUSTED")
+    parser.add_argument("--max-num-batched-tokens", type=int, default=512,
+                        help="token budget of one engine step (decodes + prefill chunks)")
+    parser.add_argument("--page-size", type=int, default=16, help="tokens per KV page")
+    parser.add_argument("--kv-pages", type=int, default=None,
+                        help="KV pool size in pages (default: --kv-cache-mib, else enough for "
+                             "max-num-seqs sequences of max-model-len)")
+    parser.add_argument("--kv-cache-mib", type=int, default=None,
+                        help="KV pool memory budget in MiB (used when --kv-pages is not given)")
+    parser.add_argument("--prefix-cache", action=argparse.BooleanOptionalAction, default=True,
+                        help="reuse the KV pages of shared prompt prefixes")
+    parser.add_argument("--metrics-port", type=int, default=None,
+                        help="serve Prometheus metrics on this port (same host as gRPC)")
     parser.add_argument("--drain-timeout-s", type=float, default=30.0)
     parser.add_argument("--trust-request-chat-template", action="store_true",
                         help="let requests bring their own chat template (Jinja runs in the "
@@ -79,11 +91,15 @@ def run_core(args: argparse.Namespace) -> None:
         log.warning("no --model given: serving the built-in DEMO model '%s' from %s — RANDOM "
                     "weights made locally, its text is gibberish", name, model_dir)
     _enable_compilation_cache(args.compilation_cache_dir)
-    engine = EngineConfig(max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs,
-                          max_waiting=args.max_waiting,
-                          dtype=args.dtype)
+    engine = EngineConfig(
+        max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs,
+        max_waiting=args.max_waiting, max_num_batched_tokens=args.max_num_batched_tokens,
+        page_size=args.page_size, num_pages=args.kv_pages,
+        kv_cache_bytes=args.kv_cache_mib * 2**20 if args.kv_cache_mib else None,
+        enable_prefix_cache=args.prefix_cache, dtype=args.dtype)
     config = ServerConfig(model_dir=Path(model_dir), model_name=name or Path(model_dir).name,
                           host=args.grpc_host, grpc_port=args.grpc_port, engine=engine,
+                          metrics_port=args.metrics_port,
                           drain_timeout_s=args.drain_timeout_s,
                           trust_request_chat_template=args.trust_request_chat_template)
     asyncio.run(run(config))
@@ -142,21 +158,20 @@ def run_serve(args: argparse.Namespace) -> int:
 
 
 def _core_args(args: argparse.Namespace) -> list[str]:
-    """The parsed `serve` flags, passed on to `tandem core`."""
-    result = ["--grpc-host", args.grpc_host, "--grpc-port", str(args.grpc_port),
-              "--max-model-len", str(args.max_model_len), "--max-num-seqs", str(args.max_num_seqs),
-              "--max-waiting", str(args.max_waiting),
-              "--drain-timeout-s", str(args.drain_timeout_s)]
-    if args.model is not None:
-        result += ["--model", str(args.model)]
-    if args.served_model_name:
-        result += ["--served-model-name", args.served_model_name]
-    if args.dtype:
-        result += ["--dtype", args.dtype]
-    if args.trust_request_chat_template:
-        result.append("--trust-request-chat-template")
-    if args.compilation_cache_dir is not None:
-        result += ["--compilation-cache-dir", args.compilation_cache_dir]
+    """The parsed `serve` flags that belong to the core, passed on to `tandem core`."""
+    core_flags = argparse.ArgumentParser(add_help=False)
+    _add_core_flags(core_flags)
+    result: list[str] = []
+    for action in core_flags._actions:
+        value, flag = getattr(args, action.dest), action.option_strings[0]
+        if value is None or value == action.default:
+            continue
+        if isinstance(action, argparse.BooleanOptionalAction):
+            result.append(flag if value else f"--no-{flag[2:]}")
+        elif action.nargs == 0:  # store_true
+            result.append(flag)
+        else:
+            result += [flag, str(value)]
     return result
 
 

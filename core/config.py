@@ -185,8 +185,9 @@ class EngineConfig:
         return default_buckets(largest, min(self.min_prefill_bucket, largest))
 
     def decode_buckets(self) -> tuple[int, ...]:
-        """Padded row counts of a decode batch (one token per row)."""
-        return default_buckets(self.max_num_seqs, 1)
+        """Padded row counts of a decode batch (one token per row). At least 2 rows: XLA turns a
+        one-element scatter into a dynamic-update-slice that copies the whole KV pool."""
+        return default_buckets(max(2, self.max_num_seqs), 2)
 
     def page_buckets(self) -> tuple[int, ...]:
         """Padded page-table widths of a decode batch (prefill chunks use the widest)."""
@@ -204,4 +205,5 @@ class ServerConfig:
     grpc_port: int = 50051
     engine: EngineConfig = field(default_factory=EngineConfig)
     drain_timeout_s: float = 30.0  # graceful shutdown grace period
+    metrics_port: int | None = None  # Prometheus endpoint of the core; None: off
     trust_request_chat_template: bool = False  # let requests bring their own Jinja template

@@ -50,7 +50,8 @@ class ModelRunner:
         self.page_size = engine_config.page_size
         self.num_pages = engine_config.resolved_num_pages(
             kv_bytes_per_token(config, jnp.dtype(dtype).itemsize))
-        self._pages = KVPages.create(config, self.num_pages, self.page_size, dtype)
+        # one extra page: the model's scratch page for padding writes (never allocated)
+        self._pages = KVPages.create(config, self.num_pages + 1, self.page_size, dtype)
         self._prefill_buckets = engine_config.prefill_buckets()
         self._decode_buckets = engine_config.decode_buckets()
         self._page_buckets = engine_config.page_buckets()

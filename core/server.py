@@ -237,6 +237,7 @@ class CoreServer:
             [SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
              reflection.SERVICE_NAME], self.server)
         self.port: int | None = None
+        self.metrics_port: int | None = None
 
     async def start(self) -> int:
         """Bind and serve: live at once, not ready until `load()` finishes."""
@@ -257,6 +258,9 @@ class CoreServer:
         started = time.perf_counter()
         engine = await asyncio.to_thread(create_engine, self.config.model_dir, self.config.engine)
         self.servicer.attach(engine)
+        if self.config.metrics_port is not None:
+            self.metrics_port = engine.metrics.serve(self.config.metrics_port, self.config.host)
+            log.info("metrics on http://%s:%d/metrics", self.config.host, self.metrics_port)
         await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
         log.info("core ready: model '%s' loaded and warmed up in %.1f s",
                  self.servicer.model_name, time.perf_counter() - started)

@@ -52,6 +52,7 @@ class RequestTiming:
     ttft_s: float = 0.0  # send → first token-bearing chunk
     latency_s: float = 0.0  # send → last token-bearing chunk
     output_tokens: int = 0  # generated tokens (gRPC: counted ids; HTTP: usage)
+    cached_tokens: int = 0  # prompt tokens the server's prefix cache served (its usage)
     itl_s: list[float] = field(default_factory=list)  # gaps between token-bearing chunks
     error: str = ""  # why it failed
 
@@ -92,6 +93,8 @@ async def _grpc_request(stub, prompt: list[int], output_len: int, model: str | N
         if num_tokens:
             clock.tick()
             timing.output_tokens += num_tokens
+        if chunk.HasField("usage"):
+            timing.cached_tokens = chunk.usage.cached_tokens
 
 
 async def _http_request(client, base_url: str, prompt: list[int], output_len: int,
@@ -117,6 +120,8 @@ async def _http_request(client, base_url: str, prompt: list[int], output_len: in
                 clock.tick()  # like vLLM: every chunk with a choice counts, even empty text
             elif data.get("usage"):
                 timing.output_tokens = int(data["usage"]["completion_tokens"])
+                details = data["usage"].get("prompt_tokens_details") or {}
+                timing.cached_tokens = int(details.get("cached_tokens") or 0)
 
 
 async def _timed(send, prompt: list[int]) -> RequestTiming:
@@ -155,6 +160,7 @@ def compute_metrics(timings: list[RequestTiming], duration_s: float) -> dict:
         "duration_s": duration_s,
         "total_input_tokens": sum(timing.prompt_len for timing in done),
         "total_output_tokens": output_tokens,
+        "total_cached_tokens": sum(timing.cached_tokens for timing in done),
         "request_throughput_rps": len(done) / duration_s,
         "output_throughput_tok_s": output_tokens / duration_s,
         **_stats_ms([timing.ttft_s for timing in done], "ttft"),
@@ -236,6 +242,7 @@ def format_table(metrics: dict) -> str:
             ("Benchmark duration (s)", metrics["duration_s"]),
             ("Total input tokens", metrics["total_input_tokens"]),
             ("Total generated tokens", metrics["total_output_tokens"]),
+            ("Total prefix-cached prompt tokens", metrics["total_cached_tokens"]),
             ("Request throughput (req/s)", metrics["request_throughput_rps"]),
             ("Output token throughput (tok/s)", metrics["output_throughput_tok_s"])]
     for name, title in (("ttft", "Time to First Token"), ("tpot", "Time per Output Token"),

@@ -17,7 +17,18 @@ def tandem_home(tmp_path_factory) -> Path:
     """Keep the demo model and compilation cache of test runs out of the user's ~/.cache."""
     home = tmp_path_factory.mktemp("tandem-home")
     os.environ["TANDEM_HOME"] = str(home)
+    _share_compilations(home / "jax-cache")
     return home
+
+
+def _share_compilations(cache_dir: Path) -> None:
+    """Engines of the same shapes in one test session compile once (XLA's persistent cache)."""
+    try:
+        import jax
+    except ImportError:  # the facade-only environment
+        return
+    jax.config.update("jax_compilation_cache_dir", str(cache_dir))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
 @pytest.fixture(scope="session")

@@ -9,11 +9,11 @@ torch = pytest.importorskip("torch")
 import jax.numpy as jnp  # noqa: E402
 from transformers import AutoModelForCausalLM  # noqa: E402
 
+from core.cache.pages import KVPages  # noqa: E402
 from core.config import EngineConfig  # noqa: E402
-from core.models.llama import KVCache  # noqa: E402
 from core.models.loader import load_model  # noqa: E402
 from core.models.tiny import write_tiny_model  # noqa: E402
-from core.request import BatchRow, SamplingParams, ScheduledBatch  # noqa: E402
+from core.request import SamplingParams, SchedulerOutput, SequenceChunk  # noqa: E402
 from core.runner import ModelRunner  # noqa: E402
 
 SEQ_LEN = 80  # longer than Mistral's sliding window (32) and llama3's original context (64)
@@ -22,9 +22,12 @@ SEQ_LEN = 80  # longer than Mistral's sliding window (32) and llama3's original 
 def jax_logits(model_dir, dtype=None) -> tuple[np.ndarray, np.ndarray]:
     model, config = load_model(model_dir, dtype)
     ids = np.random.RandomState(0).randint(5, config.vocab_size, size=(2, SEQ_LEN)).astype(np.int32)
-    cache = KVCache.create(config, 2, SEQ_LEN + 16, model.embed_tokens.get_value().dtype)
+    pages_per_row, page_size = -(-SEQ_LEN // 16), 16
+    pages = KVPages.create(config, 2 * pages_per_row, page_size,
+                           model.embed_tokens.get_value().dtype)
+    page_table = np.arange(2 * pages_per_row, dtype=np.int32).reshape(2, pages_per_row)[:, ::-1]
     positions = np.tile(np.arange(SEQ_LEN, dtype=np.int32), (2, 1))
-    hidden, _ = model(jnp.asarray(ids), jnp.asarray(positions), jnp.arange(2), cache)
+    hidden, _ = model(jnp.asarray(ids), jnp.asarray(positions), jnp.asarray(page_table), pages)
     return ids, np.asarray(model.logits(hidden))
 
 
@@ -65,12 +68,13 @@ def test_greedy_tokens_match_transformers_generate(tiny_models, variant):
     runner = ModelRunner(model, config, EngineConfig(max_model_len=128, max_num_seqs=2))
     prompt = list(np.random.RandomState(1).randint(5, config.vocab_size, size=40))
     greedy = SamplingParams(temperature=0.0)
-    tokens = []
-    step = ScheduledBatch((BatchRow(1, tuple(prompt), 0, greedy),), is_prefill=True)
+    tokens, page_ids = [], (9, 3, 12, 5, 0, 7, 1, 2)  # any pages, in any order
+    chunk = SequenceChunk("r", tuple(prompt), 0, page_ids[:3], greedy, wants_sample=True)
     for _ in range(24):
-        tokens.append(int(runner.execute(step).token_ids[0]))
+        tokens.append(int(runner.execute(SchedulerOutput((chunk,))).token_ids[0]))
         position = len(prompt) + len(tokens) - 1
-        step = ScheduledBatch((BatchRow(1, (tokens[-1],), position, greedy),), is_prefill=False)
+        chunk = SequenceChunk("r", (tokens[-1],), position, page_ids[:position // 16 + 1],
+                              greedy, wants_sample=True)
     hf = AutoModelForCausalLM.from_pretrained(tiny_models[variant], dtype=torch.float32).eval()
     expected = hf.generate(torch.tensor([prompt]), max_new_tokens=24, do_sample=False,
                            eos_token_id=None, pad_token_id=0)[0, len(prompt):].tolist()

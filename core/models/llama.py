@@ -11,6 +11,9 @@ per layer of shape [pages, page_size, k, h] (`core.cache.pages.KVPages`). Each b
 page table [p] of page ids in position order: token position `i` lives in page
 `table[i // page_size]` at offset `i % page_size`. A row writes its new tokens' keys and values
 into its pages, then attends to the pages of its table (p·page_size keys, masked by position).
+The pool's last page is scratch: padding tokens write there (an in-bounds scatter updates the
+donated pool in place; an out-of-bounds "drop" made XLA copy the pool for single-row batches),
+and no page table ever lists it.
 """
 
 from __future__ import annotations
@@ -115,12 +118,12 @@ class Attention(nnx.Module):
         page_index = jnp.where(valid, positions, 0) // page_size  # [b, t]
         page_ids = jnp.take_along_axis(page_table, page_index, axis=1)
         write_at = page_ids * page_size + jnp.where(valid, positions, 0) % page_size
-        write_at = jnp.where(valid, write_at, num_pages * page_size)  # padding: out of range
+        write_at = jnp.where(valid, write_at, (num_pages - 1) * page_size)  # padding: scratch
         flat_shape = (num_pages * page_size, k, h)
         pool_keys = pool_keys.reshape(flat_shape).at[write_at].set(
-            key.astype(pool_keys.dtype), mode="drop").reshape(pool_keys.shape)
+            key.astype(pool_keys.dtype), mode="promise_in_bounds").reshape(pool_keys.shape)
         pool_values = pool_values.reshape(flat_shape).at[write_at].set(
-            value.astype(pool_values.dtype), mode="drop").reshape(pool_values.shape)
+            value.astype(pool_values.dtype), mode="promise_in_bounds").reshape(pool_values.shape)
         b, p = page_table.shape
         keys = pool_keys[page_table].reshape(b, p * page_size, k, h)  # [b, s, k, h]
         values = pool_values[page_table].reshape(b, p * page_size, k, h)
