@@ -1,6 +1,6 @@
 """The paged KV cache: device arrays of fixed-size pages and the pure-Python page allocator.
 
-Owns: `KVPages`, the pytree of per-layer key/value pools ([num_pages, page_size, k, h] each)
+Owns: `KVPages`, the pytree of per-layer key/value pools (page-major, see `KVPages`)
 that the jitted step takes, updates in place and returns (it is donated), and `PageAllocator`,
 which hands out page ids and counts who holds each page. A page is held by requests (a count:
 several requests share prefix pages) and optionally by the prefix cache (a flag). It returns to
@@ -20,16 +20,19 @@ from core.config import ModelConfig
 @jax.tree_util.register_dataclass
 @dataclass
 class KVPages:
-    """Per-layer key and value pools, each [num_pages, page_size, k, h]."""
+    """Per-layer pools: keys [num_pages, k, h, page_size], values [num_pages, k, page_size, h]
+    (the layouts attention reads without transposing; see core/models/llama.py)."""
 
     keys: list[jax.Array]
     values: list[jax.Array]
 
     @classmethod
     def create(cls, config: ModelConfig, num_pages: int, page_size: int, dtype) -> KVPages:
-        shape = (num_pages, page_size, config.num_kv_heads, config.head_dim)
-        return cls(keys=[jnp.zeros(shape, dtype) for _ in range(config.num_layers)],
-                   values=[jnp.zeros(shape, dtype) for _ in range(config.num_layers)])
+        k, h = config.num_kv_heads, config.head_dim
+        return cls(keys=[jnp.zeros((num_pages, k, h, page_size), dtype)
+                         for _ in range(config.num_layers)],
+                   values=[jnp.zeros((num_pages, k, page_size, h), dtype)
+                           for _ in range(config.num_layers)])
 
 
 def kv_bytes_per_token(config: ModelConfig, dtype_bytes: int) -> int:

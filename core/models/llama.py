@@ -7,7 +7,8 @@ paged KV pool. Reads top-down: config → helpers → layers → model.
 Einsum letters: b batch, t new tokens, s cached positions, d model width, n query heads,
 k key/value heads, g query heads per kv head, h head width, f MLP width, v vocabulary.
 The KV cache is a plain pytree passed in and returned (donated by the caller's jit): one pool
-per layer of shape [pages, page_size, k, h] (`core.cache.pages.KVPages`). Each batch row has a
+per layer: keys [pages, k, h, page_size] and values [pages, k, page_size, h]
+(`core.cache.pages.KVPages`). Each batch row has a
 page table [p] of page ids in position order: token position `i` lives in page
 `table[i // page_size]` at offset `i % page_size`. A row writes its new tokens' keys and values
 into its pages, then attends to the pages of its table (p·page_size keys, masked by position).
@@ -106,45 +107,81 @@ class Attention(nnx.Module):
 
     def __call__(self, x, positions, page_table, inv_freq, pool_keys, pool_values):
         """x [b, t, d], positions [b, t], page_table [b, p] → (out [b, t, d], updated pools)."""
-        q = jnp.einsum("btd,dnh->btnh", x, self.q_proj[...])
-        key = jnp.einsum("btd,dkh->btkh", x, self.k_proj[...])
-        value = jnp.einsum("btd,dkh->btkh", x, self.v_proj[...])
+        b, t, d = x.shape
+        n, k, h = self.q_proj.shape[1], self.k_proj.shape[1], self.k_proj.shape[2]
+        # 2-D matmuls on reshaped (bitcast) weights: a 3-operand einsum made XLA relayout them
+        q = (x @ self.q_proj[...].reshape(d, n * h)).reshape(b, t, n, h)
+        key = (x @ self.k_proj[...].reshape(d, k * h)).reshape(b, t, k, h)
+        value = (x @ self.v_proj[...].reshape(d, k * h)).reshape(b, t, k, h)
         if self.qkv_bias:
             q, key, value = q + self.q_bias[...], key + self.k_bias[...], value + self.v_bias[...]
         q, key = apply_rope(q, positions, inv_freq), apply_rope(key, positions, inv_freq)
-
-        num_pages, page_size, k, h = pool_keys.shape
-        valid = positions >= 0
-        page_index = jnp.where(valid, positions, 0) // page_size  # [b, t]
-        page_ids = jnp.take_along_axis(page_table, page_index, axis=1)
-        write_at = page_ids * page_size + jnp.where(valid, positions, 0) % page_size
-        write_at = jnp.where(valid, write_at, (num_pages - 1) * page_size)  # padding: scratch
-        flat_shape = (num_pages * page_size, k, h)
-        pool_keys = pool_keys.reshape(flat_shape).at[write_at].set(
-            key.astype(pool_keys.dtype), mode="promise_in_bounds").reshape(pool_keys.shape)
-        pool_values = pool_values.reshape(flat_shape).at[write_at].set(
-            value.astype(pool_values.dtype), mode="promise_in_bounds").reshape(pool_values.shape)
-        b, p = page_table.shape
-        keys = pool_keys[page_table].reshape(b, p * page_size, k, h)  # [b, s, k, h]
-        values = pool_values[page_table].reshape(b, p * page_size, k, h)
-        max_len = p * page_size
-
-        b, t, n, h = q.shape
-        q = q.reshape(b, t, n // self.num_groups, self.num_groups, h)
-        scores = jnp.einsum("btkgh,bskh->bkgts", q, keys, preferred_element_type=jnp.float32)
-        scores = scores * self.scale
-        key_positions = jnp.arange(max_len)[None, None, :]  # [1, 1, s]
-        query_positions = positions[:, :, None]  # [b, t, 1]
-        visible = (key_positions <= query_positions) & (query_positions >= 0)
-        if self.sliding_window is not None:
-            visible &= query_positions - key_positions < self.sliding_window
-        scores = jnp.where(visible[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
-        weights = jax.nn.softmax(scores, axis=-1).astype(values.dtype)
-        out = jnp.einsum("bkgts,bskh->btkgh", weights, values).reshape(b, t, n, h)
-        out = jnp.einsum("btnh,nhd->btd", out, self.o_proj[...])
+        pool_keys, pool_values = _write(pool_keys, pool_values, positions, page_table, key, value)
+        q = q.reshape(b, t, k, self.num_groups, h) * self.scale
+        if t == 1:
+            out = self._decode_attention(q, positions, page_table, pool_keys, pool_values)
+        else:
+            out = self._prefill_attention(q, positions, page_table, pool_keys, pool_values)
+        out = out.reshape(b, t, n * h) @ self.o_proj[...].reshape(n * h, d)
         if self.o_bias is not None:
             out = out + self.o_bias[...]
         return out, pool_keys, pool_values
+
+    def _visible(self, key_positions, query_positions):
+        visible = (key_positions <= query_positions) & (query_positions >= 0)
+        if self.sliding_window is not None:
+            visible &= query_positions - key_positions < self.sliding_window
+        return visible
+
+    def _decode_attention(self, q, positions, page_table, pool_keys, pool_values):
+        """One query per row, attending page by page: the gathered pages are used as they lie
+        (pages as a batch axis of the dots), with no transposed copy of the keys."""
+        keys, values = pool_keys[page_table], pool_values[page_table]  # [b, p, k, h|c, c|h]
+        # float32 math (a no-op for float32 pools; XLA:CPU has no bf16×bf16→f32 batched dot)
+        keys, values = keys.astype(jnp.float32), values.astype(jnp.float32)
+        page_size = pool_keys.shape[-1]
+        scores = jnp.einsum("bkgh,bpkhc->bpkgc", q[:, 0].astype(jnp.float32), keys)
+        key_positions = (jnp.arange(page_table.shape[1])[:, None] * page_size
+                         + jnp.arange(page_size)[None, :])  # [p, c]
+        visible = self._visible(key_positions[None], positions[:, :1, None])  # [b, p, c]
+        scores = jnp.where(visible[:, :, None, None, :], scores, jnp.finfo(jnp.float32).min)
+        peak = jnp.max(scores, axis=(1, 4), keepdims=True)
+        weights = jnp.exp(scores - peak)
+        total = jnp.sum(weights, axis=(1, 4))  # [b, k, g]
+        out = jnp.einsum("bpkgc,bpkch->bkgh", weights, values)
+        return (out / total[..., None]).astype(q.dtype)[:, None]  # [b, 1, k, g, h]
+
+    def _prefill_attention(self, q, positions, page_table, pool_keys, pool_values):
+        """Many queries of one sequence: its pages are laid out contiguously once."""
+        b, p = page_table.shape
+        k, h, page_size = pool_keys.shape[1:]
+        keys = pool_keys[page_table].transpose(0, 2, 3, 1, 4).reshape(b, k, h, p * page_size)
+        values = pool_values[page_table].transpose(0, 2, 1, 3, 4).reshape(b, k, p * page_size, h)
+        keys, values = keys.astype(jnp.float32), values.astype(jnp.float32)
+        scores = jnp.einsum("btkgh,bkhs->bkgts", q.astype(jnp.float32), keys)
+        visible = self._visible(jnp.arange(p * page_size)[None, None, :], positions[:, :, None])
+        scores = jnp.where(visible[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
+        weights = jax.nn.softmax(scores, axis=-1)
+        return jnp.einsum("bkgts,bksh->btkgh", weights, values).astype(q.dtype)
+
+
+def _write(pool_keys, pool_values, positions, page_table, key, value):
+    """Scatter new keys/values [b, t, k, h] into the pools at their positions' page slots.
+
+    Keys lie [pages, k, h, page_size] and values [pages, k, page_size, h]: the layouts the
+    decode dots read without transposing. Padding writes go to the scratch (last) page, so the
+    scatter stays in bounds and XLA updates the donated pools in place."""
+    num_pages, page_size = pool_keys.shape[0], pool_keys.shape[-1]
+    valid = positions >= 0
+    clamped = jnp.where(valid, positions, 0)
+    page_ids = jnp.take_along_axis(page_table, clamped // page_size, axis=1)  # [b, t]
+    page_ids = jnp.where(valid, page_ids, num_pages - 1)
+    offsets = jnp.where(valid, clamped % page_size, 0)
+    pool_keys = pool_keys.at[page_ids, :, :, offsets].set(
+        key.astype(pool_keys.dtype), mode="promise_in_bounds")
+    pool_values = pool_values.at[page_ids, :, offsets, :].set(
+        value.astype(pool_values.dtype), mode="promise_in_bounds")
+    return pool_keys, pool_values
 
 
 class MLP(nnx.Module):
