@@ -62,6 +62,7 @@ async def wait_until_idle(engine, timeout_s: float = 5.0) -> None:
         await asyncio.sleep(0.02)
     assert engine.num_unfinished == 0
     assert not engine.scheduler.running and not engine.scheduler.waiting
+    assert engine.scheduler.allocator.num_in_use == 0  # every KV page came back
 
 
 async def collect(stub, request: pb.GenerateRequest, **kwargs) -> list[pb.GenerateResponse]:
@@ -205,6 +206,18 @@ async def test_cancelling_a_stream_stops_its_generation(core):
     assert engine.num_unfinished == 1
     call.cancel()
     await wait_until_idle(engine)
+
+
+async def test_a_repeated_prompt_reports_cached_tokens_in_usage(core):
+    _, stub, _ = core
+    request = pb.GenerateRequest(
+        tokens=pb.TokenIds(ids=list(range(5, 45))), cache_salt="usage-test",
+        sampling=pb.SamplingParams(temperature=0.0), stopping=pb.StoppingCriteria(max_tokens=2, ignore_eos=True))
+    cold = [response async for response in stub.Generate(request)]
+    warm = [response async for response in stub.Generate(request)]
+    assert cold[-1].usage.cached_tokens == 0
+    assert warm[-1].usage.cached_tokens == 32  # whole pages of the first 39 tokens
+    assert [r.choices[0].token_ids for r in warm] == [r.choices[0].token_ids for r in cold]
 
 
 async def test_models_and_unimplemented_rpcs(core):

@@ -28,6 +28,7 @@ MODEL = "tiny-llama"
 class Served:
     base: str  # the facade's URL
     grpc_target: str  # the core's address
+    metrics_url: str  # the core's Prometheus endpoint
 
     def count_tokens(self, **tokenize_request) -> int:
         """Prompt tokens as the core's own Tokenize RPC counts them."""
@@ -39,13 +40,13 @@ class Served:
 @pytest.fixture(scope="module")
 def server(tiny_models, tmp_path_factory):
     """`tandem serve` on free ports; yields the base URL once /ready says the core is ready."""
-    http_port, grpc_port = free_port(), free_port()
+    http_port, grpc_port, metrics_port = free_port(), free_port(), free_port()
     log_path = tmp_path_factory.mktemp("serve") / "serve.log"
     log_file = open(log_path, "w")
     process = subprocess.Popen(
         [sys.executable, "-m", "core.cli", "serve", "--model", str(tiny_models["llama"]),
          "--served-model-name", MODEL, "--port", str(http_port), "--grpc-port", str(grpc_port),
-         "--max-model-len", "256", "--max-num-seqs", "4"],
+         "--max-model-len", "256", "--max-num-seqs", "4", "--metrics-port", str(metrics_port)],
         stdout=log_file, stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parents[1],
         env={**os.environ, "JAX_PLATFORMS": "cpu"})
     base = f"http://127.0.0.1:{http_port}"
@@ -60,7 +61,7 @@ def server(tiny_models, tmp_path_factory):
         time.sleep(0.5)
     else:
         pytest.fail(f"server not ready in time:\n{log_path.read_text()}")
-    yield Served(base, f"127.0.0.1:{grpc_port}")
+    yield Served(base, f"127.0.0.1:{grpc_port}", f"http://127.0.0.1:{metrics_port}/metrics")
     process.send_signal(signal.SIGTERM)
     process.wait(timeout=60)
     log_file.close()
@@ -182,3 +183,35 @@ def test_n_choices_and_logprobs(client):
         extra_body={"ignore_eos": True})
     assert [c.message.content for c in again.choices] == [c.message.content
                                                           for c in result.choices]
+
+
+def test_second_turn_reports_the_first_turn_as_cached_tokens(client):
+    """Multi-turn chat: the second request's prompt starts with the first turn, whose KV pages
+    the core's prefix cache kept (usage.prompt_tokens_details.cached_tokens)."""
+    turn = [{"role": "system", "content": "You are terse and talk about caches a lot."},
+            {"role": "user", "content": "Tell me about prefix caching in two sentences."}]
+    first = client.chat.completions.create(model=MODEL, messages=turn, max_tokens=12,
+                                           temperature=0, extra_body={"cache_salt": "multi"})
+    assert first.usage.prompt_tokens_details.cached_tokens == 0
+    second_turn = turn + [{"role": "assistant", "content": first.choices[0].message.content},
+                          {"role": "user", "content": "And once more, shorter?"}]
+    second = client.chat.completions.create(model=MODEL, messages=second_turn, max_tokens=4,
+                                            temperature=0, extra_body={"cache_salt": "multi"})
+    cached = second.usage.prompt_tokens_details.cached_tokens
+    page_size = 16
+    assert cached >= first.usage.prompt_tokens // page_size * page_size
+    assert cached < second.usage.prompt_tokens
+
+
+def test_core_metrics_endpoint_speaks_prometheus(server, client):
+    client.completions.create(model=MODEL, prompt="metrics please", max_tokens=3)
+    body = httpx.get(server.metrics_url, timeout=5).text
+    for name in ("tandem:num_requests_waiting", "tandem:num_requests_running",
+                 "tandem:kv_cache_usage_perc", "tandem:prefix_cache_queries_total",
+                 "tandem:prefix_cache_hits_total", "tandem:time_to_first_token_seconds_bucket",
+                 "tandem:inter_token_latency_seconds_bucket", "tandem:num_preemptions_total",
+                 "tandem:compilations_after_warmup"):
+        assert name in body, name
+    assert re.search(r"^tandem:compilations_after_warmup 0\.0$", body, re.M)
+    generated = re.search(r"^tandem:generation_tokens_total (\S+)$", body, re.M)
+    assert generated and float(generated.group(1)) >= 3
