@@ -214,14 +214,14 @@ class LlmEngine(Engine):
             request.finish_reason = FinishReason.LENGTH
         if request.finish_reason is not None and stop_string is None:
             text += tracked.detokenizer.flush()
+        if request.finish_reason is not None:  # released before the receiver hears of it
+            self.metrics.e2e_request_latency_s.observe(time.monotonic() - tracked.arrival_s)
+            self._release(request)
         self._send(tracked, RequestOutput(
             request_id=request.request_id, new_token_ids=(token_id,), text_delta=text,
             logprobs=logprobs, finish_reason=request.finish_reason, stop_string=stop_string,
             stop_token_id=stop_token_id, completion_tokens=len(request.output_token_ids),
             cached_tokens=request.num_cached_tokens))
-        if request.finish_reason is not None:
-            self.metrics.e2e_request_latency_s.observe(time.monotonic() - tracked.arrival_s)
-            self._release(request)
 
     def _fail_requests(self, batch: SchedulerOutput | None, message: str) -> None:
         """Fail the batch's requests (every request when the failure was outside a step)."""
@@ -235,9 +235,9 @@ class LlmEngine(Engine):
                 continue  # already finished in this step
             request = tracked.request
             request.finish_reason = FinishReason.ABORT
+            self._release(request)
             self._send(tracked, RequestOutput(request.request_id, (), "", error=message,
                                               finish_reason=FinishReason.ABORT))
-            self._release(request)
 
     def _send(self, tracked: _Tracked, output: RequestOutput) -> None:
         try:
