@@ -151,7 +151,22 @@ async def tandem_scenarios(target: str, args: argparse.Namespace, prompts: dict)
     for name in ("a", "b"):
         if name in results and results[name]["metrics"]["failed"]:
             raise RuntimeError(f"scenario {name} failed: {results[name]['metrics']['errors']}")
+    results["compilations_after_warmup"] = await _compilations_after_warmup(target)
     return results
+
+
+async def _compilations_after_warmup(target: str) -> int:
+    """The core's XLA compilations since warm-up (GetModelInfo): a slow scenario with a
+    non-zero count was compiling, not serving."""
+    import grpc
+
+    from tandem.v1 import inference_pb2 as pb
+    from tandem.v1 import inference_pb2_grpc as pb_grpc
+
+    async with grpc.aio.insecure_channel(target) as channel:
+        info = await pb_grpc.InferenceStub(channel).GetModelInfo(pb.GetModelInfoRequest(),
+                                                                 timeout=30)
+    return int(info.compilations_after_warmup)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -230,6 +245,11 @@ def matmul_roofline(size: int = 2048, repeats: int = 7) -> dict:
             "flop_s": max(flop / jax_s, flop / torch_s)}
 
 
+def _safetensors_header(path: Path) -> dict:
+    with open(path, "rb") as file:
+        return json.loads(file.read(int.from_bytes(file.read(8), "little")))
+
+
 def count_params(model_dir: Path) -> dict:
     """Parameters a decode step multiplies by: the layers, the final norm and the lm_head (the
     input embedding table is only gathered from). From config.json, checked against the
@@ -250,19 +270,14 @@ def count_params(model_dir: Path) -> dict:
     params = config["num_hidden_layers"] * layer + hidden + lm_head
     result = {"params_without_input_embedding": params, "lm_head_params": lm_head,
               "tied_embeddings": bool(config.get("tie_word_embeddings"))}
-    stored = 0
-    for path in model_dir.glob("*.safetensors"):
-        with open(path, "rb") as file:
-            header = json.loads(file.read(int.from_bytes(file.read(8), "little")))
-        for name, entry in header.items():
-            if name != "__metadata__" and not name.endswith("embed_tokens.weight"):
-                stored += math.prod(entry["shape"])
+    stored = sum(math.prod(entry["shape"]) for path in model_dir.glob("*.safetensors")
+                 for name, entry in _safetensors_header(path).items()
+                 if name != "__metadata__" and not name.endswith("embed_tokens.weight"))
     if stored:
-        stored += lm_head if result["tied_embeddings"] else 0
-        result["params_from_safetensors"] = stored
-        if stored != params:
-            print(f"warning: config.json says {params:,} parameters, the safetensors files "
-                  f"{stored:,}", file=sys.stderr)
+        result["params_from_safetensors"] = stored + (lm_head if result["tied_embeddings"] else 0)
+        if result["params_from_safetensors"] != params:
+            print(f"warning: config.json gives {params:,} parameters, the safetensors files "
+                  f"{result['params_from_safetensors']:,}", file=sys.stderr)
     return result
 
 
@@ -380,18 +395,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--core-log", default="/tmp/tandem-bench-core.log")
     parser.add_argument("--startup-timeout-s", type=float, default=900.0)
     parser.add_argument("--scenarios", default="a,b,c")
-    parser.add_argument("--skip-hf", action="store_true")
-    parser.add_argument("--skip-tandem", action="store_true")
-    parser.add_argument("--skip-roofline", action="store_true")
-    parser.add_argument("--num-streams", type=int, default=32)
-    parser.add_argument("--prompt-len", type=int, default=128)
-    parser.add_argument("--output-len", type=int, default=128)
-    parser.add_argument("--prefix-len", type=int, default=1024)
-    parser.add_argument("--suffix-len", type=int, default=16)
-    parser.add_argument("--prefix-output-len", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--vocab-limit", type=int, default=DEFAULT_VOCAB_LIMIT)
+    for part in ("hf", "tandem", "roofline"):
+        parser.add_argument(f"--skip-{part}", action="store_true")
+    for flag, default in (("--num-streams", 32), ("--prompt-len", 128), ("--output-len", 128),
+                          ("--prefix-len", 1024), ("--suffix-len", 16), ("--prefix-output-len", 2),
+                          ("--repeats", 3), ("--seed", 0), ("--vocab-limit", DEFAULT_VOCAB_LIMIT)):
+        parser.add_argument(flag, type=int, default=default)
     parser.add_argument("--json", type=Path, default=REPO_ROOT / "docs/bench/engine.json")
     parser.add_argument("--plot", type=Path, default=REPO_ROOT / "docs/bench/engine.png")
     args = parser.parse_args(argv)
@@ -422,9 +431,10 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
         with tandem_core(args) as target:
             report["tandem"] = asyncio.run(tandem_scenarios(target, args, prompts))
-        print("tandem:", json.dumps({name: {key: value for key, value in result.items()
-                                            if key != "metrics"}
-                                     for name, result in report["tandem"].items()}), flush=True)
+        brief = {name: {key: value for key, value in result.items() if key != "metrics"}
+                 if isinstance(result, dict) else result
+                 for name, result in report["tandem"].items()}
+        print("tandem:", json.dumps(brief), flush=True)
     if not args.skip_hf:
         report["hf"] = hf_baseline(args, prompts)
         print("hf:", json.dumps(report["hf"]), flush=True)
