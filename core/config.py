@@ -129,6 +129,9 @@ def _eos_ids(raw: dict, generation: dict) -> tuple[int, ...]:
     return tuple(ids)
 
 
+MAX_PREFILL_ROWS = 8  # chunks packed into one prefill call at most (each gathers a full table)
+
+
 def default_buckets(max_value: int, smallest: int) -> tuple[int, ...]:
     """Powers of two from `smallest` up to and including `max_value`."""
     buckets, size = [], smallest
@@ -183,6 +186,20 @@ class EngineConfig:
         """Padded lengths of one prefill chunk (a chunk never exceeds the step's token budget)."""
         largest = min(self.max_num_batched_tokens, self.max_model_len)
         return default_buckets(largest, min(self.min_prefill_bucket, largest))
+
+    def prefill_shapes(self) -> tuple[tuple[int, int], ...]:
+        """(rows, chunk length) of packed prefill calls: several sequences' chunks share one
+        call (one read of the weights) while rows × length stays within the token budget."""
+        shapes = []
+        for num_tokens in self.prefill_buckets():
+            num_rows = 1
+            while True:
+                shapes.append((num_rows, num_tokens))
+                num_rows *= 2
+                if (num_rows > min(MAX_PREFILL_ROWS, self.max_num_seqs)
+                        or num_rows * num_tokens > self.max_num_batched_tokens):
+                    break
+        return tuple(shapes)
 
     def decode_buckets(self) -> tuple[int, ...]:
         """Padded row counts of a decode batch (one token per row). At least 2 rows: XLA turns a

@@ -4,10 +4,11 @@ Owns: the model's parameters and the KV page pool on device, the jitted step (fo
 pages, last-token logits, on-device sampling) with the pool donated, padding work to the shape
 buckets, compiling every bucket at warm-up, and counting compilations.
 
-One engine step runs at most two kinds of call, both the same jitted function at different
-shapes: all single-token rows (decodes) together as [rows bucket, 1] with page tables padded to
-a width bucket, and each prefill chunk as [1, length bucket] with the widest page table.
-Keeping the two apart makes the number of shapes the sum, not the product, of the bucket lists.
+One engine step runs two kinds of call, both the same jitted function at different shapes: all
+single-token rows (decodes) together as [rows bucket, 1] with page tables padded to a width
+bucket, and the prefill chunks packed longest first into [rows, length bucket] calls with the
+widest page table (`EngineConfig.prefill_shapes`). Keeping the two apart makes the number of
+shapes the sum, not the product, of the two families.
 """
 
 from __future__ import annotations
@@ -53,6 +54,9 @@ class ModelRunner:
         # one extra page: the model's scratch page for padding writes (never allocated)
         self._pages = KVPages.create(config, self.num_pages + 1, self.page_size, dtype)
         self._prefill_buckets = engine_config.prefill_buckets()
+        self._prefill_rows: dict[int, tuple[int, ...]] = {}  # chunk length → row buckets
+        for num_rows, num_tokens in engine_config.prefill_shapes():
+            self._prefill_rows[num_tokens] = (*self._prefill_rows.get(num_tokens, ()), num_rows)
         self._decode_buckets = engine_config.decode_buckets()
         self._page_buckets = engine_config.page_buckets()
         self.num_compilations = 0  # traces of the step function (one per new shape)
@@ -85,11 +89,9 @@ class ModelRunner:
             shape = (_bucket(self._decode_buckets, len(chunks)), 1,
                      _bucket(self._page_buckets, widest))
             calls.append((decodes, self._call(chunks, shape, output.wants_logprobs)))
-        for i in prefills:
-            chunk = output.chunks[i]
-            shape = (1, _bucket(self._prefill_buckets, len(chunk.token_ids)),
-                     self._page_buckets[-1])
-            calls.append(([i], self._call([chunk], shape, output.wants_logprobs)))
+        for group, shape in self._pack_prefills(output.chunks, prefills):
+            chunks = [output.chunks[i] for i in group]
+            calls.append((group, self._call(chunks, shape, output.wants_logprobs)))
         num_chunks = len(output.chunks)
         host = jax.device_get([result for _, result in calls])
         first = host[0]
@@ -104,6 +106,15 @@ class ModelRunner:
             step.top_ids[indices] = result.top_ids[:count]
             step.top_logprobs[indices] = result.top_logprobs[:count]
         return step
+
+    def _pack_prefills(self, chunks: tuple[SequenceChunk, ...], indices: list[int]):
+        """Groups of prefill chunk indices with their call shape, longest chunks first."""
+        order = sorted(indices, key=lambda i: -len(chunks[i].token_ids))
+        while order:
+            num_tokens = _bucket(self._prefill_buckets, len(chunks[order[0]].token_ids))
+            row_buckets = self._prefill_rows[num_tokens]
+            group, order = order[:row_buckets[-1]], order[row_buckets[-1]:]
+            yield group, (_bucket(row_buckets, len(group)), num_tokens, self._page_buckets[-1])
 
     def _call(self, chunks: list[SequenceChunk], shape: tuple[int, int, int],
               wants_logprobs: bool) -> SampleResult:
@@ -128,7 +139,8 @@ class ModelRunner:
     def warmup(self) -> None:
         """Compile every shape once; the compilation counter starts after this."""
         shapes = [(b, 1, p) for b in self._decode_buckets for p in self._page_buckets]
-        shapes += [(1, t, self._page_buckets[-1]) for t in self._prefill_buckets]
+        shapes += [(rows, tokens, self._page_buckets[-1])
+                   for rows, tokens in self.engine_config.prefill_shapes()]
         for index, shape in enumerate(shapes, start=1):
             started = time.perf_counter()
             # no real chunk: every position is padding, so nothing is written to the pool

@@ -76,6 +76,19 @@ def _filtered_logits(logits: jax.Array, params: SamplingArrays) -> jax.Array:
     return jnp.where(scaled >= threshold, scaled, -jnp.inf)
 
 
+def argmax_last(logits: jax.Array, block_size: int = 128) -> jax.Array:
+    """jnp.argmax over the last axis (first maximum wins), in two levels: the block holding the
+    maximum, then the index inside it — several times faster than XLA:CPU's one-pass argmax
+    over a 32k vocabulary."""
+    rows, vocab_size = logits.shape
+    padded_size = -(-vocab_size // block_size) * block_size
+    padded = jnp.pad(logits, ((0, 0), (0, padded_size - vocab_size)), constant_values=-jnp.inf)
+    blocks = padded.reshape(rows, padded_size // block_size, block_size)
+    best_block = jnp.argmax(jnp.max(blocks, axis=-1), axis=-1)  # [b]
+    inside = jnp.take_along_axis(blocks, best_block[:, None, None], axis=1)[:, 0]  # [b, block]
+    return best_block * block_size + jnp.argmax(inside, axis=-1)
+
+
 def sample(logits: jax.Array, params: SamplingArrays, positions: jax.Array,
            wants_logprobs: jax.Array | bool = True) -> SampleResult:
     """logits [b, v] float32, positions [b] (of the token being produced) → one token per row.
@@ -91,7 +104,7 @@ def sample(logits: jax.Array, params: SamplingArrays, positions: jax.Array,
         filtered = _filtered_logits(logits, params)
         return jax.vmap(lambda key, row: jax.random.categorical(key, row))(keys, filtered)
 
-    greedy = jnp.argmax(logits, axis=-1)
+    greedy = argmax_last(logits)
     is_sampled = params.temperature > 0
     drawn = jax.lax.cond(jnp.any(is_sampled), draw, lambda _: greedy, logits)
     token_ids = jnp.where(is_sampled, drawn, greedy).astype(jnp.int32)

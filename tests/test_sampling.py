@@ -67,3 +67,17 @@ def test_seeded_rows_do_not_depend_on_their_batch():
     assert draw(crowd, positions=positions)[9] == alone[0]
     per_position = draw([SamplingParams(seed=123)] * 20, positions=np.arange(20, dtype=np.int32))
     assert len(set(per_position.tolist())) > 1  # the draw moves on with the position
+
+
+def test_two_level_argmax_matches_numpy_including_ties_and_odd_vocab():
+    import jax.numpy as jnp
+
+    from core.sampling import argmax_last
+
+    rng = np.random.default_rng(0)
+    for vocab_size in (7, 128, 300, 32000):
+        logits = rng.standard_normal((5, vocab_size)).astype(np.float32)
+        logits[0, :] = 1.0  # all tied: the first index wins
+        logits[1, [3, vocab_size - 1]] = 50.0  # a tie across blocks
+        np.testing.assert_array_equal(np.asarray(argmax_last(jnp.asarray(logits))),
+                                      np.argmax(logits, axis=-1))
