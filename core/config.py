@@ -1,7 +1,8 @@
 """Frozen configuration dataclasses of the core: the model's shape, the engine's limits, the server.
 
 Owns: `ModelConfig` (read from a Hugging Face `config.json`), `EngineConfig` (lengths, pages,
-budgets, buckets) and `ServerConfig` (addresses, paths). No JAX here, so the CLI can parse flags cheaply.
+budgets, buckets) and `ServerConfig` (addresses, paths). No JAX here, so the CLI parses flags
+cheaply.
 """
 
 from __future__ import annotations
@@ -129,7 +130,7 @@ def _eos_ids(raw: dict, generation: dict) -> tuple[int, ...]:
     return tuple(ids)
 
 
-MAX_PREFILL_ROWS = 8  # chunks packed into one prefill call at most (each gathers a full table)
+MAX_PREFILL_ROWS = 4  # chunks packed into one prefill call at most
 
 
 def default_buckets(max_value: int, smallest: int) -> tuple[int, ...]:
@@ -207,9 +208,17 @@ class EngineConfig:
         return default_buckets(max(2, self.max_num_seqs), 2)
 
     def page_buckets(self) -> tuple[int, ...]:
-        """Padded page-table widths of a decode batch (prefill chunks use the widest)."""
+        """Padded page-table widths of a decode batch."""
         return default_buckets(self.max_pages_per_seq,
                                min(self.min_decode_pages, self.max_pages_per_seq))
+
+    def prefill_page_buckets(self) -> tuple[int, ...]:
+        """Padded page-table widths of a prefill call: a quarter of the widest and the widest
+        (two, so short prompts do not attend over max_model_len keys, at twice the shapes)."""
+        quarter = self.max_pages_per_seq // 4
+        if quarter * self.page_size < self.prefill_buckets()[-1]:
+            return (self.max_pages_per_seq,)
+        return (quarter, self.max_pages_per_seq)
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,8 @@ buckets, compiling every bucket at warm-up, and counting compilations.
 
 One engine step runs two kinds of call, both the same jitted function at different shapes: all
 single-token rows (decodes) together as [rows bucket, 1] with page tables padded to a width
-bucket, and the prefill chunks packed longest first into [rows, length bucket] calls with the
-widest page table (`EngineConfig.prefill_shapes`). Keeping the two apart makes the number of
+bucket, and the prefill chunks packed longest first into [rows, length bucket] calls with one
+of two page-table widths (`EngineConfig.prefill_shapes`, `prefill_page_buckets`). Keeping the two apart makes the number of
 shapes the sum, not the product, of the two families.
 """
 
@@ -59,6 +59,7 @@ class ModelRunner:
             self._prefill_rows[num_tokens] = (*self._prefill_rows.get(num_tokens, ()), num_rows)
         self._decode_buckets = engine_config.decode_buckets()
         self._page_buckets = engine_config.page_buckets()
+        self._prefill_page_buckets = engine_config.prefill_page_buckets()
         self.num_compilations = 0  # traces of the step function (one per new shape)
         self.compilations_at_warmup = 0
         self._step = jax.jit(self._step_fn, donate_argnames=("pages",))
@@ -114,7 +115,9 @@ class ModelRunner:
             num_tokens = _bucket(self._prefill_buckets, len(chunks[order[0]].token_ids))
             row_buckets = self._prefill_rows[num_tokens]
             group, order = order[:row_buckets[-1]], order[row_buckets[-1]:]
-            yield group, (_bucket(row_buckets, len(group)), num_tokens, self._page_buckets[-1])
+            widest = max(len(chunks[i].page_ids) for i in group)
+            yield group, (_bucket(row_buckets, len(group)), num_tokens,
+                          _bucket(self._prefill_page_buckets, widest))
 
     def _call(self, chunks: list[SequenceChunk], shape: tuple[int, int, int],
               wants_logprobs: bool) -> SampleResult:
@@ -139,8 +142,8 @@ class ModelRunner:
     def warmup(self) -> None:
         """Compile every shape once; the compilation counter starts after this."""
         shapes = [(b, 1, p) for b in self._decode_buckets for p in self._page_buckets]
-        shapes += [(rows, tokens, self._page_buckets[-1])
-                   for rows, tokens in self.engine_config.prefill_shapes()]
+        shapes += [(rows, tokens, pages) for rows, tokens in self.engine_config.prefill_shapes()
+                   for pages in self._prefill_page_buckets]
         for index, shape in enumerate(shapes, start=1):
             started = time.perf_counter()
             # no real chunk: every position is padding, so nothing is written to the pool

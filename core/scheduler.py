@@ -61,7 +61,8 @@ class Scheduler:
         chunks: list[SequenceChunk] = []
         scheduled: set[str] = set()
         preempted = False
-        decoding_first = sorted(self.running, key=lambda r: r.num_tokens - r.num_computed_tokens > 1)
+        decoding_first = sorted(self.running,
+                                key=lambda r: r.num_tokens - r.num_computed_tokens > 1)
         for request in decoding_first:
             if budget == 0:
                 break
@@ -133,7 +134,8 @@ class Scheduler:
             if page_ids is not None:
                 request.page_ids.extend(page_ids)
                 break
-            victims = [r for r in self.running if r.request_id not in scheduled and r is not request]
+            victims = [r for r in self.running
+                       if r.request_id not in scheduled and r is not request]
             victim = victims[-1] if victims else request
             self._preempt(victim)
             preempted = True

@@ -212,7 +212,8 @@ async def test_a_repeated_prompt_reports_cached_tokens_in_usage(core):
     _, stub, _ = core
     request = pb.GenerateRequest(
         tokens=pb.TokenIds(ids=list(range(5, 45))), cache_salt="usage-test",
-        sampling=pb.SamplingParams(temperature=0.0), stopping=pb.StoppingCriteria(max_tokens=2, ignore_eos=True))
+        sampling=pb.SamplingParams(temperature=0.0),
+        stopping=pb.StoppingCriteria(max_tokens=2, ignore_eos=True))
     cold = [response async for response in stub.Generate(request)]
     warm = [response async for response in stub.Generate(request)]
     assert cold[-1].usage.cached_tokens == 0

@@ -20,6 +20,7 @@ and no page table ever lists it.
 from __future__ import annotations
 
 import math
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
