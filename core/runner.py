@@ -7,8 +7,8 @@ buckets, compiling every bucket at warm-up, and counting compilations.
 One engine step runs two kinds of call, both the same jitted function at different shapes: all
 single-token rows (decodes) together as [rows bucket, 1] with page tables padded to a width
 bucket, and the prefill chunks packed longest first into [rows, length bucket] calls with one
-of two page-table widths (`EngineConfig.prefill_shapes`, `prefill_page_buckets`). Keeping the two apart makes the number of
-shapes the sum, not the product, of the two families.
+of two page-table widths (`EngineConfig.prefill_shapes`, `prefill_page_buckets`). Keeping the
+two apart makes the number of shapes the sum, not the product, of the two families.
 """
 
 from __future__ import annotations

@@ -215,3 +215,20 @@ def test_core_metrics_endpoint_speaks_prometheus(server, client):
     assert re.search(r"^tandem:compilations_after_warmup 0\.0$", body, re.M)
     generated = re.search(r"^tandem:generation_tokens_total (\S+)$", body, re.M)
     assert generated and float(generated.group(1)) >= 3
+
+
+@pytest.mark.parametrize("backend", ["grpc", "http"])
+async def test_the_serving_benchmark_drives_the_real_server(server, backend):
+    """scripts/bench_serving.py against the real core (gRPC) and facade (HTTP): every request
+    completes with all its tokens, and the vLLM-style metrics come out consistent."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    from bench_prompts import make_prompts
+    from bench_serving import run_benchmark
+
+    prompts = make_prompts(num_prompts=4, prompt_len=24, seed=3, vocab_limit=500)
+    target = server.grpc_target if backend == "grpc" else f"{server.base}/v1"
+    metrics = await run_benchmark(backend, target, prompts, output_len=6, model=MODEL)
+    assert metrics["completed"] == 4 and metrics["failed"] == 0
+    assert metrics["total_output_tokens"] == 24
+    assert 0 < metrics["median_ttft_ms"] <= metrics["median_e2el_ms"]
+    assert metrics["output_throughput_tok_s"] > 0
