@@ -20,6 +20,7 @@ from facade.protocol import (
     ChoiceLogprobs,
     CompletionLogprobs,
     CompletionRequest,
+    FunctionDefinition,
     PromptTokensDetails,
     SamplingFields,
     TokenLogprob,
@@ -35,6 +36,10 @@ _FINISH_REASONS: dict[int, str] = {
     pb.FINISH_REASON_TOOL_CALLS: "tool_calls",
     pb.FINISH_REASON_ABORT: "abort",
 }
+
+# OpenAI roles sent to the core under the role chat templates know (the HF templates of
+# Llama/Qwen/Mistral have no "developer" and no legacy "function" role).
+_TEMPLATE_ROLES: dict[str, str] = {"developer": "system", "function": "tool"}
 
 _RESPONSE_FORMATS: dict[str, int] = {
     "text": pb.ResponseFormat.TYPE_TEXT,
@@ -104,7 +109,7 @@ def _common(request: SamplingFields, model: str, max_tokens: int | None) -> pb.G
 
 def _message(message: ChatMessage) -> pb.ChatMessage:
     """One OpenAI chat message → proto (a string content becomes one text part)."""
-    proto = pb.ChatMessage(role=message.role)
+    proto = pb.ChatMessage(role=_TEMPLATE_ROLES.get(message.role, message.role))
     if isinstance(message.content, str):
         proto.content.append(pb.ContentPart(text=message.content))
     for part in message.content if isinstance(message.content, list) else []:
@@ -126,22 +131,31 @@ def _message(message: ChatMessage) -> pb.ChatMessage:
     return proto
 
 
+def _tool_definitions(request: ChatCompletionRequest) -> list[FunctionDefinition]:
+    """The tools the chat template sees (none when tool_choice is "none"); the deprecated
+    `functions` / `function_call` pair counts as `tools` / `tool_choice`."""
+    definitions = [tool.function for tool in request.tools or []]
+    definitions += list(request.functions or [])
+    param, choice = "tool_choice", request.tool_choice
+    if choice is None and request.function_call is not None:
+        param, choice = "function_call", request.function_call
+    if choice not in (None, "none", "auto"):
+        raise unsupported(
+            param,
+            f"{param} 'required' or a named function is not supported; use 'auto' or 'none'.",
+        )
+    return [] if choice == "none" else definitions
+
+
 def _chat_input(request: ChatCompletionRequest) -> pb.ChatInput:
     chat = pb.ChatInput(messages=[_message(message) for message in request.messages])
-    if request.tool_choice not in (None, "none", "auto"):
-        raise unsupported(
-            "tool_choice",
-            "tool_choice 'required' or a named function is not supported; use 'auto' or 'none'.",
-        )
-    if request.tool_choice != "none":
-        for tool in request.tools or []:
-            definition = tool.function
-            chat.tools.append(pb.Tool(
-                type=tool.type,
-                name=definition.name,
-                description=definition.description or "",
-                parameters_json=json.dumps(definition.parameters or {}),
-            ))  # fmt: skip
+    for definition in _tool_definitions(request):
+        chat.tools.append(pb.Tool(
+            type="function",
+            name=definition.name,
+            description=definition.description or "",
+            parameters_json=json.dumps(definition.parameters or {}),
+        ))  # fmt: skip
     if request.add_generation_prompt is not None:
         chat.add_generation_prompt = request.add_generation_prompt
     if request.continue_final_message is not None:
@@ -166,8 +180,6 @@ def chat_to_generate(request: ChatCompletionRequest, model: str) -> pb.GenerateR
 
 def completion_to_generates(request: CompletionRequest, model: str) -> list[pb.GenerateRequest]:
     """A completions request → one GenerateRequest per prompt, in prompt order."""
-    if request.suffix:
-        raise unsupported("suffix", "suffix (fill-in-the-middle) is not supported.")
     if request.best_of is not None and request.best_of != (request.n or 1):
         raise unsupported("best_of", "best_of greater than n is not supported.")
     if request.echo and request.logprobs is not None:
@@ -289,6 +301,17 @@ class UsageTotal:
         if response.HasField("usage"):
             self.by_call[call_index] = response.usage
 
+    def prompt_only(self) -> Usage:
+        """Usage before any completion token (vLLM's continuous usage on the role chunk)."""
+        prompt_tokens = sum(usage.prompt_tokens for usage in self.by_call.values())
+        cached_tokens = sum(usage.cached_tokens for usage in self.by_call.values())
+        return Usage(
+            prompt_tokens=prompt_tokens,
+            completion_tokens=0,
+            total_tokens=prompt_tokens,
+            prompt_tokens_details=PromptTokensDetails(cached_tokens=cached_tokens),
+        )
+
     def total(self) -> Usage:
         prompt_tokens = sum(usage.prompt_tokens for usage in self.by_call.values())
         completion_tokens = sum(usage.completion_tokens for usage in self.by_call.values())
@@ -328,14 +351,14 @@ class GenerationRun:
         if unfinished:
             raise unfinished_error(unfinished)
 
-    def sse_chunk(self, chunk_type: type, choices: list, with_usage: bool = False) -> bytes:
+    def sse_chunk(self, chunk_type: type, choices: list, usage: Usage | None = None) -> bytes:
         """One SSE event of `chunk_type` (a chat or completions chunk model)."""
         chunk = chunk_type(
             id=self.completion_id,
             created=self.created,
             model=self.model,
             choices=choices,
-            usage=self.usage.total() if with_usage else None,
+            usage=usage,
         )
         usage_shown = self.request.include_usage or self.request.continuous_usage
         return sse_event(chunk, exclude=None if usage_shown else {"usage"})

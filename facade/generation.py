@@ -97,6 +97,11 @@ class Generation:
         """The model the core reports in its first responses ("" when it named none)."""
         return next((first.model for first in self._firsts if first and first.model), "")
 
+    @property
+    def first_responses(self) -> list[pb.GenerateResponse | None]:
+        """Each call's first response, read at admission (None: the call sent nothing)."""
+        return list(self._firsts)
+
     def cancel(self) -> None:
         """Cancel every call still running (the core aborts the request)."""
         for call in self._calls:

@@ -151,7 +151,7 @@ class SamplingFields(RequestModel):
     model: str | None = None  # None/empty: FacadeSettings.default_model, then the core's default
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, gt=0, le=1)
-    n: int | None = Field(default=None, ge=1, le=128)
+    n: int | None = Field(default=None, ge=1, le=MAX_UINT32)  # cap: LimitSettings.max_n
     stop: str | list[str] | None = None
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
@@ -171,6 +171,12 @@ class SamplingFields(RequestModel):
     skip_special_tokens: bool | None = None
     include_stop_str_in_output: bool | None = None
     cache_salt: str | None = None  # namespaces the core's prefix cache
+    # accepted, not acted on (listed in x-tandem-ignored-params; see protocol_policy.py)
+    priority: int | None = None
+    request_id: str | None = None
+    spaces_between_special_tokens: bool | None = None
+    # refused unless null (see protocol_policy.py)
+    truncate_prompt_tokens: int | None = Field(default=None, ge=-1)
 
     @field_validator("logit_bias")
     @classmethod
@@ -219,6 +225,21 @@ class ChatCompletionRequest(SamplingFields):
     tools: list[ChatTool] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
+    functions: list[FunctionDefinition] | None = None  # deprecated by OpenAI: sent as tools
+    function_call: Literal["none", "auto"] | NamedFunction | None = None  # → tool_choice
+    # OpenAI fields accepted but not acted on (x-tandem-ignored-params)
+    metadata: dict[str, str] | None = None
+    store: bool | None = None
+    service_tier: str | None = None
+    prompt_cache_key: str | None = None
+    safety_identifier: str | None = None
+    reasoning_effort: str | None = None
+    verbosity: str | None = None
+    modalities: list[str] | None = None  # ["text"] accepted; anything else refused
+    # OpenAI fields refused unless null (they would change the output)
+    audio: dict[str, Any] | None = None
+    prediction: dict[str, Any] | None = None
+    web_search_options: dict[str, Any] | None = None
     # vLLM chat extras
     chat_template: str | None = None
     chat_template_kwargs: dict[str, Any] | None = None
@@ -271,7 +292,7 @@ class CompletionRequest(SamplingFields):
     max_tokens: int | None = Field(default=16, ge=1, le=MAX_UINT32)  # OpenAI's default: 16
     echo: bool = False
     suffix: str | None = None
-    best_of: int | None = Field(default=None, ge=1, le=128)
+    best_of: int | None = Field(default=None, ge=1, le=MAX_UINT32)  # cap: LimitSettings.max_n
     logprobs: int | None = Field(default=None, ge=0, le=20)  # top alternatives per token
     add_special_tokens: bool | None = None  # vLLM: prepend BOS etc. (core default: true)
 

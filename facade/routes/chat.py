@@ -29,6 +29,7 @@ from facade.dependencies import (
     resolve_model,
 )
 from facade.generation import Generation
+from facade.limits import Limits, check_chat_limits
 from facade.protocol import (
     AssistantMessage,
     ChatChoice,
@@ -37,7 +38,9 @@ from facade.protocol import (
     ChatCompletionChunk,
     ChatCompletionRequest,
     DeltaMessage,
+    Usage,
 )
+from facade.protocol_policy import apply_field_policy, ignored_header
 from facade.sse import (
     STREAM_HEADERS,
     EventStreamResponse,
@@ -60,8 +63,8 @@ class ChatRun(GenerationRun):
         for choice in response.choices:
             self.state(choice.index).add(choice)
 
-    def chunk(self, choices: list[ChatChunkChoice], with_usage: bool = False) -> bytes:
-        return self.sse_chunk(ChatCompletionChunk, choices, with_usage)
+    def chunk(self, choices: list[ChatChunkChoice], usage: Usage | None = None) -> bytes:
+        return self.sse_chunk(ChatCompletionChunk, choices, usage)
 
 
 def _chunk_choice(run: ChatRun, choice: pb.ChoiceDelta) -> ChatChunkChoice | None:
@@ -80,19 +83,27 @@ def _chunk_choice(run: ChatRun, choice: pb.ChoiceDelta) -> ChatChunkChoice | Non
 
 
 async def stream_chat(run: ChatRun, generation: Generation) -> AsyncIterator[bytes]:
-    """The SSE events: a role chunk per choice, the deltas, the optional usage chunk."""
+    """The SSE events: a role chunk per choice, the deltas, the optional usage chunk.
+
+    With `continuous_usage_stats` every chunk carries the usage so far (the role chunks: the
+    prompt's tokens, read from the core's first response)."""
+    continuous = run.request.continuous_usage
+    for call_index, first in enumerate(generation.first_responses):
+        if first is not None:
+            run.usage.update(call_index, first)
     for index in range(run.num_choices):
         delta = DeltaMessage(role="assistant", content="")
-        yield run.chunk([ChatChunkChoice(index=index, delta=delta)])
+        usage = run.usage.prompt_only() if continuous else None
+        yield run.chunk([ChatChunkChoice(index=index, delta=delta)], usage)
     async with aclosing(generation.responses()) as responses:
         async for _, response in responses:
             run.add(response)
             choices = [c for delta in response.choices if (c := _chunk_choice(run, delta))]
             if choices:
-                yield run.chunk(choices, with_usage=run.request.continuous_usage)
+                yield run.chunk(choices, run.usage.total() if continuous else None)
     run.check_finished()
     if run.request.include_usage:
-        yield run.chunk([], with_usage=True)
+        yield run.chunk([], run.usage.total())
 
 
 def _completion(run: ChatRun) -> ChatCompletion:
@@ -130,8 +141,11 @@ async def create_chat_completion(
     stub: CoreStub,
     options: CoreCallOptions,
     settings: Settings,
+    limits: Limits,
 ) -> Response:
     """OpenAI chat completions (streaming and not)."""
+    ignored = ignored_header(apply_field_policy(body, "chat"))
+    check_chat_limits(body, limits)
     model = resolve_model(body.model, settings)
     generate = chat_to_generate(body, model)
     generation = await cancel_on_disconnect(request, Generation.open(stub, [generate], options))
@@ -143,9 +157,9 @@ async def create_chat_completion(
     )
     if body.stream:
         events = guarded_stream(stream_chat(run, generation), generation.cancel, run.completion_id)
-        return EventStreamResponse(events, headers=STREAM_HEADERS)
+        return EventStreamResponse(events, headers={**STREAM_HEADERS, **ignored})
     try:
         completion = await cancel_on_disconnect(request, _complete(run, generation))
     finally:
         generation.cancel()
-    return JSONResponse(completion.model_dump(mode="json"))
+    return JSONResponse(completion.model_dump(mode="json"), headers=ignored)

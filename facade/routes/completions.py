@@ -33,7 +33,15 @@ from facade.dependencies import (
 )
 from facade.errors import api_error_from_grpc
 from facade.generation import CallOptions, Generation
-from facade.protocol import Completion, CompletionChoice, CompletionChunk, CompletionRequest
+from facade.limits import Limits, check_completion_limits
+from facade.protocol import (
+    Completion,
+    CompletionChoice,
+    CompletionChunk,
+    CompletionRequest,
+    Usage,
+)
+from facade.protocol_policy import apply_field_policy, ignored_header
 from facade.sse import (
     STREAM_HEADERS,
     EventStreamResponse,
@@ -84,8 +92,8 @@ class CompletionRun(GenerationRun):
             ))  # fmt: skip
         return shown
 
-    def chunk(self, choices: list[CompletionChoice], with_usage: bool = False) -> bytes:
-        return self.sse_chunk(CompletionChunk, choices, with_usage)
+    def chunk(self, choices: list[CompletionChoice], usage: Usage | None = None) -> bytes:
+        return self.sse_chunk(CompletionChunk, choices, usage)
 
 
 async def prompt_texts(
@@ -123,16 +131,21 @@ async def stream_completion(
     run: CompletionRun, generation: Generation, echo_texts: list[str] | None
 ) -> AsyncIterator[bytes]:
     """The SSE events: echoed prompts, the deltas, the optional usage chunk."""
+    continuous = run.request.continuous_usage
     if echo_texts is not None:
-        yield run.chunk(_echo(run, echo_texts))
+        for call_index, first in enumerate(generation.first_responses):
+            if first is not None:
+                run.usage.update(call_index, first)
+        echoed = _echo(run, echo_texts)
+        yield run.chunk(echoed, run.usage.prompt_only() if continuous else None)
     async with aclosing(generation.responses()) as responses:
         async for call_index, response in responses:
             choices = run.add(call_index, response)
             if choices:
-                yield run.chunk(choices, with_usage=run.request.continuous_usage)
+                yield run.chunk(choices, run.usage.total() if continuous else None)
     run.check_finished()
     if run.request.include_usage:
-        yield run.chunk([], with_usage=True)
+        yield run.chunk([], run.usage.total())
 
 
 async def _complete(
@@ -172,8 +185,11 @@ async def create_completion(
     stub: CoreStub,
     options: CoreCallOptions,
     settings: Settings,
+    limits: Limits,
 ) -> Response:
     """OpenAI (legacy) completions, streaming and not; several prompts run concurrently."""
+    ignored = ignored_header(apply_field_policy(body, "completions"))
+    check_completion_limits(body, limits)
     model = resolve_model(body.model, settings)
     generates = completion_to_generates(body, model)
     echo_texts = None
@@ -191,9 +207,9 @@ async def create_completion(
         events = guarded_stream(
             stream_completion(run, generation, echo_texts), generation.cancel, run.completion_id
         )
-        return EventStreamResponse(events, headers=STREAM_HEADERS)
+        return EventStreamResponse(events, headers={**STREAM_HEADERS, **ignored})
     try:
         completion = await cancel_on_disconnect(request, _complete(run, generation, echo_texts))
     finally:
         generation.cancel()
-    return JSONResponse(completion.model_dump(mode="json"))
+    return JSONResponse(completion.model_dump(mode="json"), headers=ignored)

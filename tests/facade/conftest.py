@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import pytest
 import uvicorn
+from fastapi import FastAPI
 
 from facade.app import create_app
 from facade.settings import FacadeSettings
@@ -45,11 +46,13 @@ class FacadeServer:
     base_url: str  # "http://127.0.0.1:<port>"
 
 
-async def start_facade(settings: FacadeSettings) -> FacadeServer:
+async def start_facade(settings: FacadeSettings, app: FastAPI | None = None) -> FacadeServer:
+    """Serve `app` (default: `create_app(settings)`) with uvicorn on a free loopback port."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(create_app(settings), log_level="warning", lifespan="on")
+    app = app if app is not None else create_app(settings)
+    config = uvicorn.Config(app, log_level="warning", lifespan="on")
     server = uvicorn.Server(config)
     task = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
     while not server.started:

@@ -70,7 +70,8 @@ def test_chat_input_parts_tools_and_template_options():
         "m",
     )
     chat_input = generate.chat
-    assert [m.role for m in chat_input.messages] == ["developer", "user", "assistant", "tool"]
+    # "developer" reaches the chat template as "system" (HF templates lack it)
+    assert [m.role for m in chat_input.messages] == ["system", "user", "assistant", "tool"]
     assert chat_input.messages[1].content[1].image_url.detail == "low"
     assert chat_input.messages[2].tool_calls[0].function.name == "f"
     assert chat_input.messages[3].tool_call_id == "call_1"
@@ -89,6 +90,28 @@ def test_tool_choice_none_drops_tools_and_required_is_unsupported():
     with pytest.raises(ApiError) as raised:
         chat(tools=tools, tool_choice="required")
     assert (raised.value.param, raised.value.code) == ("tool_choice", "unsupported_parameter")
+
+
+def test_legacy_function_role_and_functions_become_tool_and_tools():
+    messages = [*USER, {"role": "function", "name": "f", "content": "42"}]
+    generate = chat(messages=messages, functions=[{"name": "f"}], function_call="auto")
+    assert [(m.role, m.name) for m in generate.chat.messages] == [("user", ""), ("tool", "f")]
+    assert [tool.name for tool in generate.chat.tools] == ["f"]
+    assert len(chat(functions=[{"name": "f"}], function_call="none").chat.tools) == 0
+    with pytest.raises(ApiError) as raised:
+        chat(functions=[{"name": "f"}], function_call={"name": "f"})
+    assert (raised.value.param, raised.value.code) == ("function_call", "unsupported_parameter")
+
+
+def test_text_parts_are_sent_in_order():
+    parts = [{"type": "text", "text": "a "}, {"type": "text", "text": "b"}]
+    message = chat(messages=[{"role": "user", "content": parts}]).chat.messages[0]
+    assert [part.text for part in message.content] == ["a ", "b"]
+
+
+def test_max_completion_tokens_wins_over_max_tokens():
+    assert chat(max_tokens=5, max_completion_tokens=7).stopping.max_tokens == 7
+    assert chat(max_tokens=5).stopping.max_tokens == 5
 
 
 def test_completions_one_request_per_prompt():

@@ -1,0 +1,125 @@
+"""The request-field policy: which OpenAI / vLLM fields Tandem honours, ignores or refuses.
+
+Every request field falls into one of three kinds:
+
+- honoured: passed to the core (sampling, stopping, logprobs, tools, chat-template options...).
+  Sampling features the core cannot do yet (penalties other than neutral, `logit_bias`,
+  `min_tokens`, JSON `response_format`, image/audio content) are refused by the core itself
+  (INVALID_ARGUMENT + UNSUPPORTED → 400 `unsupported_parameter`), so that there is one source
+  of truth for what a model can do.
+- accepted but ignored: cannot change the generated text (`user`, `store`, `metadata`, ...),
+  and unknown fields. The names a request set are listed, sorted, in the response header
+  `x-tandem-ignored-params` — never dropped silently.
+- refused: would change the output and has no way to reach the core (`audio`, `prediction`,
+  `web_search_options`, beam search, guided decoding, ...): 400 `unsupported_parameter` naming
+  the field — unless the value is neutral (null, false, empty, 1.0 for `length_penalty`).
+
+This module owns only the tables and `apply_field_policy`; the routes set the header.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from pydantic import BaseModel
+
+from facade.errors import unsupported
+
+# Response header listing the ignored fields a request set ("store, user").
+IGNORED_PARAMS_HEADER = "x-tandem-ignored-params"
+
+# Fields that never change the generated text; accepted and reported in the header.
+IGNORED_FIELDS: frozenset[str] = frozenset({
+    # OpenAI
+    "user", "store", "metadata", "service_tier", "prompt_cache_key", "safety_identifier",
+    "parallel_tool_calls", "verbosity", "reasoning_effort", "modalities",
+    # vLLM
+    "priority", "request_id", "spaces_between_special_tokens", "kv_transfer_params",
+    "mm_processor_kwargs", "vllm_xargs", "return_token_ids", "guided_decoding_backend",
+})  # fmt: skip
+
+
+def _is_null(value: Any) -> bool:
+    return value is None
+
+
+def _is_falsy(value: Any) -> bool:
+    return not value
+
+
+def _is_text_only(value: Any) -> bool:
+    return value is None or value == ["text"]
+
+
+# Fields that would change the output and cannot be honoured; each with "is this value
+# neutral?" (a neutral value is honoured trivially and lands in the ignored header).
+_REFUSED_COMMON: dict[str, Callable[[Any], bool]] = {
+    "use_beam_search": _is_falsy,
+    "length_penalty": lambda value: value is None or value == 1,
+    "prompt_logprobs": _is_null,
+    "truncate_prompt_tokens": _is_null,
+    "guided_json": _is_null,
+    "guided_regex": _is_null,
+    "guided_choice": _is_null,
+    "guided_grammar": _is_null,
+    "structural_tag": _is_null,
+    "structured_outputs": _is_null,
+    "bad_words": _is_falsy,
+    "allowed_token_ids": _is_null,
+    "logits_processors": _is_falsy,
+    "return_tokens_as_token_ids": _is_falsy,
+}
+_REFUSED_CHAT: dict[str, Callable[[Any], bool]] = {
+    **_REFUSED_COMMON,
+    "audio": _is_null,
+    "prediction": _is_null,
+    "web_search_options": _is_null,
+    "modalities": _is_text_only,
+    "echo": _is_falsy,  # vLLM chat echo of the last message
+    "documents": _is_falsy,  # vLLM: documents for RAG chat templates
+    "best_of": lambda value: value is None or value == 1,
+}
+_REFUSED_COMPLETIONS: dict[str, Callable[[Any], bool]] = {
+    **_REFUSED_COMMON,
+    "suffix": _is_falsy,  # fill-in-the-middle
+}
+
+_WHY = {
+    "audio": "audio output is not supported by this text-only server.",
+    "modalities": "only the 'text' modality is supported.",
+    "suffix": "suffix (fill-in-the-middle) is not supported.",
+}
+
+
+def _refused_message(name: str) -> str:
+    return _WHY.get(name, f"'{name}' is not supported by Tandem; leave it unset.")
+
+
+def apply_field_policy(request: BaseModel, kind: str) -> list[str]:
+    """Refuse a field that cannot be honoured (400); return the sorted ignored fields set.
+
+    `kind` is "chat" or "completions". A field counts as set when the client sent it with a
+    non-null value; unknown fields (in neither OpenAI's nor vLLM's API) count as ignored.
+    """
+    refused = _REFUSED_CHAT if kind == "chat" else _REFUSED_COMPLETIONS
+    extra = request.model_extra or {}
+    declared = type(request).model_fields
+    ignored = []
+    for name in sorted(set(request.model_fields_set) | set(extra)):
+        value = extra[name] if name in extra else getattr(request, name, None)
+        if value is None:
+            continue
+        if name in refused:
+            if not refused[name](value):
+                raise unsupported(name, _refused_message(name))
+            if name in IGNORED_FIELDS or name not in declared:
+                ignored.append(name)  # a neutral value of a field Tandem has no use for
+        elif name in IGNORED_FIELDS or name not in declared:
+            ignored.append(name)
+    return sorted(set(ignored))
+
+
+def ignored_header(names: list[str]) -> dict[str, str]:
+    """The response header for the ignored fields (empty dict when there are none)."""
+    return {IGNORED_PARAMS_HEADER: ", ".join(names)} if names else {}
