@@ -232,3 +232,56 @@ async def test_the_serving_benchmark_drives_the_real_server(server, backend):
     assert metrics["total_output_tokens"] == 24
     assert 0 < metrics["median_ttft_ms"] <= metrics["median_e2el_ms"]
     assert metrics["output_throughput_tok_s"] > 0
+
+
+def test_request_contract_through_the_sdk(client):
+    """Ignored fields come back in x-tandem-ignored-params; vLLM extras ride in extra_body;
+    neutral penalties pass; developer messages reach the real chat template."""
+    messages = [{"role": "developer", "content": "Be terse."}, MESSAGES[1]]
+    raw = client.chat.completions.with_raw_response.create(
+        model=MODEL, messages=messages, max_completion_tokens=3, temperature=0, user="u-1",
+        store=False, metadata={"team": "a"}, presence_penalty=0, frequency_penalty=0,
+        extra_body={"ignore_eos": True, "top_k": 5, "repetition_penalty": 1.0, "priority": 2})
+    assert raw.headers["x-tandem-ignored-params"] == "metadata, priority, store, user"
+    assert raw.parse().usage.completion_tokens == 3
+    raw_stream = client.chat.completions.with_raw_response.create(
+        model=MODEL, messages=MESSAGES, max_tokens=2, stream=True, user="u-1",
+        extra_body={"ignore_eos": True})
+    assert raw_stream.headers["x-tandem-ignored-params"] == "user"
+    assert [c.choices[0].finish_reason for c in raw_stream.parse() if c.choices][-1] == "length"
+
+
+def test_out_of_range_and_unsupported_values_are_bad_requests(client):
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.chat.completions.create(model=MODEL, messages=MESSAGES,
+                                       extra_body={"top_k": -2})
+    assert bad.value.body["param"] == "top_k"
+    with pytest.raises(openai.BadRequestError) as refused:  # the core refuses penalties
+        client.chat.completions.create(model=MODEL, messages=MESSAGES, presence_penalty=0.5)
+    assert (refused.value.body["code"], refused.value.body["param"]) == (
+        "unsupported_parameter", "presence_penalty")
+    image = [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AA"}}]
+    with pytest.raises(openai.BadRequestError) as multimodal:
+        client.chat.completions.create(model=MODEL,
+                                       messages=[{"role": "user", "content": image}])
+    assert multimodal.value.body["code"] == "unsupported_parameter"
+    with pytest.raises(openai.BadRequestError) as too_long:
+        client.completions.create(model=MODEL, prompt="word " * 300, max_tokens=4)
+    message = too_long.value.body["message"]
+    assert "maximum context length is 256 tokens" in message and "in the prompt" in message
+
+
+async def test_async_sdk_continuous_usage_and_raw_headers(async_client):
+    stream = await async_client.chat.completions.create(
+        model=MODEL, messages=MESSAGES, max_tokens=3, temperature=0, stream=True,
+        stream_options={"include_usage": True, "continuous_usage_stats": True},
+        extra_body={"ignore_eos": True, "min_p": 0.0})
+    chunks = [chunk async for chunk in stream]
+    assert all(chunk.usage is not None for chunk in chunks)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert chunks[0].usage.completion_tokens == 0 and chunks[-1].usage.completion_tokens == 3
+    raw = await async_client.completions.with_raw_response.create(
+        model=MODEL, prompt="hello", max_tokens=2, user="u",
+        extra_body={"ignore_eos": True, "spaces_between_special_tokens": True})
+    assert raw.headers["x-tandem-ignored-params"] == "spaces_between_special_tokens, user"
+    assert raw.parse().choices[0].finish_reason == "length"
