@@ -60,6 +60,9 @@ def _add_core_flags(parser: argparse.ArgumentParser) -> None:
 def _add_facade_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="HTTP bind address")
     parser.add_argument("--port", type=int, default=8000, help="HTTP port")
+    parser.add_argument("--api-key-file", type=Path, default=None,
+                        help="file of accepted API keys, one per line, '#' comments "
+                             "(else TANDEM_API_KEYS_FILE; adds to TANDEM_API_KEYS)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -123,7 +126,9 @@ def run_facade(args: argparse.Namespace, core_address: str) -> None:
     from facade.main import run
     from facade.settings import FacadeSettings
 
-    run(FacadeSettings(core_address=core_address), host=args.host, port=args.port)
+    overrides = {"api_keys_file": args.api_key_file} if args.api_key_file else {}
+    settings = FacadeSettings(core_address=core_address, log_level=args.log_level, **overrides)
+    run(settings, host=args.host, port=args.port)
 
 
 def run_serve(args: argparse.Namespace) -> int:

@@ -2,7 +2,8 @@
 
 `CoreStub` and `CoreChannel` come from the app's lifespan (one gRPC channel per process),
 `RequestId` from the request-id middleware, `Settings` from `create_app()`, and
-`require_api_key` checks `Authorization: Bearer` on each route that lists it.
+`require_api_key` checks `Authorization: Bearer` on each route that lists it
+(`require_metrics_auth` on GET /metrics, when `metrics_require_auth` asks for it).
 """
 
 from __future__ import annotations
@@ -42,8 +43,14 @@ def get_stub(request: Request) -> InferenceStub:
 
 
 def require_api_key(request: Request) -> None:
-    """401 unless the request carries one of the configured keys (no keys: open)."""
-    keys = request.app.state.settings.api_keys
+    """401 unless the request carries one of the accepted keys (no keys: open).
+
+    The accepted keys are `TANDEM_API_KEYS` plus the lines of `TANDEM_API_KEYS_FILE`, read once
+    by `create_app()` into `app.state.api_keys`.
+    """
+    keys = getattr(request.app.state, "api_keys", None)
+    if keys is None:
+        keys = request.app.state.settings.api_keys
     if not keys:
         return
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
@@ -63,6 +70,12 @@ def require_api_key(request: Request) -> None:
 
 # `dependencies=` of every route that needs a key (health probes stay open).
 API_KEY_REQUIRED = [Depends(require_api_key)]
+
+
+def require_metrics_auth(request: Request) -> None:
+    """GET /metrics: open unless `metrics_require_auth`, then the same keys as the API."""
+    if request.app.state.settings.metrics_require_auth:
+        require_api_key(request)
 
 
 def get_request_id(request: Request) -> str:

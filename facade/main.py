@@ -2,6 +2,9 @@
 
     python -m facade --host 0.0.0.0 --port 8000 --core-address dns:///tandem-core:50051
 
+`run()` also sets up the process's logging (`facade.logs`: JSON lines by default, uvicorn's
+loggers included; uvicorn's own access line is off, the facade writes a richer one).
+
 On SIGTERM uvicorn shuts down gracefully and then re-raises the signal; with the default
 handler that would kill the process before the caller's `finally` blocks run (e.g. `tandem serve`
 stopping its core child). `run()` therefore turns that SIGTERM into `SystemExit(143)`.
@@ -12,11 +15,13 @@ from __future__ import annotations
 import argparse
 import signal
 import threading
+from pathlib import Path
 from types import FrameType
 
 import uvicorn
 
 from facade.app import create_app
+from facade.logs import configure_logging
 from facade.settings import FacadeSettings
 
 # Seconds in-flight requests get to finish after SIGTERM/SIGINT.
@@ -33,12 +38,21 @@ def run(settings: FacadeSettings | None = None, host: str = "127.0.0.1", port: i
     Ends by raising KeyboardInterrupt (SIGINT) or SystemExit(143) (SIGTERM), in both cases after
     a graceful shutdown, so that the caller's cleanup still runs.
     """
-    app = create_app(settings or FacadeSettings())
+    settings = settings or FacadeSettings()
+    configure_logging(settings.log_format, settings.log_level)
+    app = create_app(settings)
     previous_handler = None
     if threading.current_thread() is threading.main_thread():
         previous_handler = signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
-        uvicorn.run(app, host=host, port=port, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
+        uvicorn.run(
+            app,
+            host=host,
+            port=port,
+            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+            log_config=None,  # keep configure_logging()'s handler
+            access_log=False,  # the metrics middleware writes the access line
+        )
     finally:
         if previous_handler is not None:
             signal.signal(signal.SIGTERM, previous_handler)
@@ -51,8 +65,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--core-address", default=None, help="gRPC target of the core (else TANDEM_CORE_ADDRESS)"
     )
+    parser.add_argument(
+        "--api-key-file", type=Path, default=None,
+        help="file of accepted API keys, one per line (else TANDEM_API_KEYS_FILE)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
-    overrides = {"core_address": args.core_address} if args.core_address else {}
+    overrides: dict[str, object] = {"core_address": args.core_address} if args.core_address else {}
+    if args.api_key_file is not None:
+        overrides["api_keys_file"] = args.api_key_file
     run(FacadeSettings(**overrides), host=args.host, port=args.port)
 
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -27,12 +28,32 @@ class FacadeSettings(BaseSettings):
     max_grpc_message_bytes: int = Field(default=64 * 1024 * 1024, ge=1)
     # Accepted bearer API keys; empty means no authentication. Env: JSON list or "k1,k2".
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # A file of further accepted keys: one per line, blank lines and `#` comments ignored.
+    api_keys_file: Path | None = None
+    # Whether GET /metrics needs an API key too (it is open by default, like the health probes).
+    metrics_require_auth: bool = False
+    # Origins browsers may call the API from (CORS); empty turns CORS off. JSON list or "a,b".
+    cors_allow_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Log lines as one JSON object each ("json") or as plain text ("text").
+    log_format: Literal["json", "text"] = "json"
+    # Level of the facade process's logs (the same TANDEM_LOG_LEVEL `tandem` reads).
+    log_level: str = "INFO"
     # Model sent to the core when a request names none; None lets the core pick its default.
     default_model: str | None = None
 
-    @field_validator("api_keys", mode="before")
+    def accepted_api_keys(self) -> tuple[str, ...]:
+        """`api_keys` plus the keys of `api_keys_file` (read now; a missing file raises)."""
+        keys = list(self.api_keys)
+        if self.api_keys_file is not None:
+            file_keys = read_api_keys_file(self.api_keys_file)
+            if not file_keys:
+                raise ValueError(f"API key file {self.api_keys_file} holds no keys")
+            keys += file_keys
+        return tuple(dict.fromkeys(keys))
+
+    @field_validator("api_keys", "cors_allow_origins", mode="before")
     @classmethod
-    def _split_api_keys(cls, value: object) -> object:
+    def _split_list(cls, value: object) -> object:
         """Accept a JSON list or a comma-separated string from the environment."""
         if isinstance(value, str):
             text = value.strip()
@@ -40,3 +61,13 @@ class FacadeSettings(BaseSettings):
                 return json.loads(text)
             return [key.strip() for key in text.split(",") if key.strip()]
         return value
+
+
+def read_api_keys_file(path: Path) -> list[str]:
+    """The keys of a key file: one per line; blank lines and lines starting with `#` skipped."""
+    keys = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        key = line.strip()
+        if key and not key.startswith("#"):
+            keys.append(key)
+    return keys
