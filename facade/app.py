@@ -2,7 +2,9 @@
 
 `create_app()` wires one FastAPI app: a lifespan that owns the process's single gRPC channel to
 the core (round-robin over every address `core_address` resolves to) and its `InferenceStub`,
-the request-id middleware, the routers, and the exception handlers that render every error —
+the accepted API keys (read once, the key file included), the middleware (request ids, metrics
+and the access log, CORS when origins are configured, the body limit), the routers (GET
+/metrics included), and the exception handlers that render every error —
 Tandem's own, FastAPI's validation errors (422 → 400) and Starlette's HTTP errors (404, 405,
 413) — as the OpenAI envelope.
 """
@@ -17,6 +19,7 @@ import grpc
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import JSONResponse
 
 from facade.errors import (
@@ -25,7 +28,9 @@ from facade.errors import (
     api_error_from_validation,
     error_response,
 )
-from facade.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
+from facade.metrics import FacadeMetrics, MetricsMiddleware
+from facade.metrics import router as metrics_router
+from facade.middleware import REQUEST_ID_HEADER, BodySizeLimitMiddleware, RequestIdMiddleware
 from facade.routes import chat, completions, health, models
 from facade.settings import FacadeSettings
 from tandem.v1.inference_pb2_grpc import InferenceStub
@@ -34,6 +39,10 @@ logger = logging.getLogger(__name__)
 
 # Seconds in-flight RPCs get to finish when the facade shuts down.
 CHANNEL_CLOSE_GRACE_S = 5.0
+# What browsers may send and read cross-origin when CORS is on.
+CORS_ALLOW_METHODS = ["GET", "POST"]
+CORS_ALLOW_HEADERS = ["Authorization", "Content-Type", REQUEST_ID_HEADER]
+CORS_EXPOSE_HEADERS = [REQUEST_ID_HEADER]
 
 
 def open_channel(settings: FacadeSettings) -> grpc.aio.Channel:
@@ -97,12 +106,27 @@ def create_app(settings: FacadeSettings | None = None) -> FastAPI:
         lifespan=_lifespan(settings),
     )
     app.state.settings = settings
-    # The last added runs first: request ids are assigned before the body limit can answer.
+    app.state.api_keys = settings.accepted_api_keys()
+    if settings.metrics_require_auth and not app.state.api_keys:
+        raise ValueError("TANDEM_METRICS_REQUIRE_AUTH is set but no API keys are configured")
+    app.state.metrics = FacadeMetrics()
+    # The last added runs first: request id → metrics/access log → CORS → body limit → routes,
+    # so every response (a CORS preflight, a 413) is measured and carries x-request-id.
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    if settings.cors_allow_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_allow_origins,
+            allow_methods=CORS_ALLOW_METHODS,
+            allow_headers=CORS_ALLOW_HEADERS,
+            expose_headers=CORS_EXPOSE_HEADERS,
+        )
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     app.add_middleware(RequestIdMiddleware)
     app.add_exception_handler(ApiError, _on_api_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
     for module in (chat, completions, models, health):
         app.include_router(module.router)
+    app.include_router(metrics_router)
     return app

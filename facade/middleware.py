@@ -2,8 +2,10 @@
 
 Owns `x-request-id`: taken from the incoming header when it is sane (printable ASCII, at most
 128 characters, so it is also valid gRPC metadata) or a fresh uuid4 hex; stored on
-`request.state.request_id`; added to every response, errors and unknown routes included. An
-exception nothing else handled becomes the 500 envelope here, so even that carries the id.
+`request.state.request_id` and in `facade.logs.request_id_var` (so every log line written while
+the request is handled, its stream included, carries it); added to every response, errors and
+unknown routes included. An exception nothing else handled becomes the 500 envelope here, so
+even that carries the id.
 
 Body size: a declared `Content-Length` over the limit is answered 413 at once; a chunked body
 that grows past it raises a 413 `HTTPException` from `receive`, which FastAPI re-raises and the
@@ -21,6 +23,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from facade.errors import ApiError, error_response, internal_error
+from facade.logs import request_id_var
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +60,7 @@ class RequestIdMiddleware:
                 MutableHeaders(scope=message)[REQUEST_ID_HEADER] = request_id
             await send(message)
 
+        token = request_id_var.set(request_id)
         try:
             await self.app(scope, receive, send_with_id)
         except Exception:
@@ -64,6 +68,8 @@ class RequestIdMiddleware:
             if response_started:
                 raise
             await error_response(internal_error())(scope, receive, send_with_id)
+        finally:
+            request_id_var.reset(token)
 
 
 def _too_large(max_body_bytes: int) -> ApiError:
