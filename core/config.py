@@ -161,10 +161,12 @@ class EngineConfig:
     retry_after_s: int = 1  # RetryInfo sent with RESOURCE_EXHAUSTED
 
     def __post_init__(self):
+        for name in ("max_num_seqs", "max_num_batched_tokens", "min_prefill_bucket",
+                     "min_decode_pages", "page_size", "max_model_len"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1")
         if self.max_num_batched_tokens < self.max_num_seqs:
             raise ConfigError("max_num_batched_tokens must be at least max_num_seqs")
-        if self.page_size < 1 or self.max_model_len < 1:
-            raise ConfigError("page_size and max_model_len must be positive")
 
     @property
     def max_pages_per_seq(self) -> int:

@@ -138,7 +138,19 @@ class LlmEngine(Engine):
                 self.update_from_output(batch, step)
             except Exception as exc:  # a bug: fail the requests involved, keep serving others
                 log.exception("engine step failed")
-                self._fail_requests(batch, f"engine step failed: {exc}")
+                try:
+                    self._fail_requests(batch, f"engine step failed: {exc}")
+                except Exception:  # the engine's own state is broken: refuse new work
+                    log.critical("engine state is inconsistent: no longer admitting requests",
+                                 exc_info=True)
+                    self._accepting = False
+                    for tracked in list(self._tracked.values()):
+                        self._send(tracked.sink, RequestOutput(
+                            tracked.request.request_id, (), "", error="the engine failed",
+                            finish_reason=FinishReason.ABORT))
+                    self._tracked.clear()
+                    with self._lock:
+                        self._num_pending = 0
 
     def _drain_inbox(self, block: bool) -> None:
         try:
@@ -148,10 +160,11 @@ class LlmEngine(Engine):
         while True:
             kind, payload, sink = item
             if kind == "add" and payload.request_id in self._tracked:
-                sink(RequestOutput(payload.request_id, (), "", finish_reason=FinishReason.ABORT,
-                                   error=f"duplicate request id {payload.request_id}"))
                 with self._lock:
                     self._num_pending -= 1
+                self._send(sink, RequestOutput(
+                    payload.request_id, (), "", finish_reason=FinishReason.ABORT,
+                    error=f"duplicate request id {payload.request_id}"))
             elif kind == "add":
                 detokenizer = IncrementalDetokenizer(
                     self.tokenizer, payload.prompt_token_ids,
@@ -217,7 +230,7 @@ class LlmEngine(Engine):
         if request.finish_reason is not None:  # released before the receiver hears of it
             self.metrics.e2e_request_latency_s.observe(time.monotonic() - tracked.arrival_s)
             self._release(request)
-        self._send(tracked, RequestOutput(
+        self._send(tracked.sink, RequestOutput(
             request_id=request.request_id, new_token_ids=(token_id,), text_delta=text,
             logprobs=logprobs, finish_reason=request.finish_reason, stop_string=stop_string,
             stop_token_id=stop_token_id, completion_tokens=len(request.output_token_ids),
@@ -236,12 +249,12 @@ class LlmEngine(Engine):
             request = tracked.request
             request.finish_reason = FinishReason.ABORT
             self._release(request)
-            self._send(tracked, RequestOutput(request.request_id, (), "", error=message,
+            self._send(tracked.sink, RequestOutput(request.request_id, (), "", error=message,
                                               finish_reason=FinishReason.ABORT))
 
-    def _send(self, tracked: _Tracked, output: RequestOutput) -> None:
+    def _send(self, sink: OutputSink, output: RequestOutput) -> None:
         try:
-            tracked.sink(output)
+            sink(output)
         except Exception:  # the receiver is gone (its event loop closed); drop the output
             log.warning("dropping output of %s: sink failed", output.request_id)
 

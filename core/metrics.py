@@ -52,7 +52,8 @@ class _EngineCollector(Collector):
              stats.hit_tokens),
             ("num_preemptions", "Requests preempted (pages taken back, recomputed later).",
              scheduler.num_preemptions),
-            ("prompt_tokens", "Prompt tokens of admitted requests.", engine.num_prompt_tokens),
+            ("prompt_tokens", "Prompt tokens of requests the engine took in.",
+             engine.num_prompt_tokens),
             ("generation_tokens", "Tokens generated.", engine.num_generated_tokens),
         )
         for name, documentation, value in counters:

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from core.cache.pages import KVPages, kv_bytes_per_token
+from core.cache.kv_pool import KVPages, kv_bytes_per_token
 from core.config import EngineConfig, ModelConfig
 from core.models.llama import PADDING_POSITION, LlamaModel
 from core.request import SchedulerOutput, SequenceChunk

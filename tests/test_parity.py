@@ -9,7 +9,7 @@ torch = pytest.importorskip("torch")
 import jax.numpy as jnp  # noqa: E402
 from transformers import AutoModelForCausalLM  # noqa: E402
 
-from core.cache.pages import KVPages  # noqa: E402
+from core.cache.kv_pool import KVPages  # noqa: E402
 from core.config import EngineConfig  # noqa: E402
 from core.models.loader import load_model  # noqa: E402
 from core.models.tiny import write_tiny_model  # noqa: E402

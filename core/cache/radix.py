@@ -111,6 +111,8 @@ class RadixCache:
             if (parent.parent is not None and not parent.children
                     and self.allocator.is_evictable(parent.page_id)):
                 heapq.heappush(leaves, (parent.last_used, id(parent), parent))
+        for salt in [salt for salt, root in self._roots.items() if not root.children]:
+            del self._roots[salt]  # per-user salts must not pile up empty roots
         self.stats.evicted_pages += evicted
         return evicted
 

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from core.cache.pages import KVPages
+from core.cache.kv_pool import KVPages
 from core.config import ModelConfig, RopeScaling
 
 PADDING_POSITION = -1  # position of padding tokens: never written to the cache, never attended

@@ -155,3 +155,29 @@ def test_a_cached_prefix_is_matched_at_admission_but_the_last_token_is_computed(
 def test_config_rejects_a_pool_smaller_than_one_sequence():
     with pytest.raises(ConfigError):
         config(num_pages=3).resolved_num_pages(kv_bytes_per_token=1)
+
+
+def test_evicting_a_salt_s_last_page_drops_its_root():
+    allocator = PageAllocator(8)
+    cache = RadixCache(allocator, PAGE)
+    for index in range(4):  # e.g. one salt per user
+        pages = allocator.allocate(1)
+        cache.insert([index] * PAGE, pages, salt=f"user-{index}")
+        allocator.release(pages)
+    assert len(cache._roots) == 4
+    assert cache.evict(8) == 4 and cache._roots == {}
+
+
+@pytest.mark.parametrize("field", ["max_num_seqs", "min_prefill_bucket", "min_decode_pages",
+                                   "page_size", "max_num_batched_tokens"])
+def test_config_rejects_non_positive_limits(field):
+    with pytest.raises(ConfigError, match=field):
+        config(**{field: 0})
+
+
+def test_the_scheduler_does_not_import_jax():
+    import subprocess
+    import sys
+
+    code = "import sys, core.scheduler, core.engine; sys.exit('jax' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
