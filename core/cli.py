@@ -183,8 +183,13 @@ def _core_args(args: argparse.Namespace) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command == "core":  # JSON lines tagged with the request id, as the facade's
+        from facade.logs import configure_logging  # stdlib only: no web stack in the core
+
+        configure_logging(os.environ.get("TANDEM_LOG_FORMAT", "json"), args.log_level)
+    else:
+        logging.basicConfig(level=args.log_level.upper(),
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "core":
         run_core(args)
     elif args.command == "facade":

@@ -27,6 +27,7 @@ from core.engine import Engine
 from core.errors import ModelNotFound, NotImplementedYet, TandemError, Unavailable
 from core.request import FinishReason, Request, RequestOutput
 from core.tokenizer import Tokenizer
+from facade.logs import request_id_var  # stdlib only (the core shares the facade's log format)
 from tandem.v1 import inference_pb2 as pb
 from tandem.v1 import inference_pb2_grpc as pb_grpc
 
@@ -96,6 +97,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
     async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext):
         request_id = dict(context.invocation_metadata() or ()).get("x-request-id") \
             or uuid.uuid4().hex
+        request_id_var.set(request_id)  # this RPC's task: every log line it writes carries it
         stream = None
         try:
             engine = self._engine_for(request.model)

@@ -1,7 +1,9 @@
-"""`tandem core` without --model: the built-in demo model is made locally and says what it is."""
+"""`tandem core` without --model: the built-in demo model is made locally and says what it is;
+its log lines are JSON, tagged with the request id of the RPC that wrote them."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -42,10 +44,16 @@ def test_core_without_model_serves_the_demo_model(tmp_path):
                 assert demo.id == "tandem-demo" and demo.is_demo
                 assert "RANDOM weights" in demo.description
                 chunks = list(stub.Generate(pb.GenerateRequest(
-                    text="hello", stopping=pb.StoppingCriteria(max_tokens=4, ignore_eos=True))))
+                    text="hello", stopping=pb.StoppingCriteria(max_tokens=4, ignore_eos=True)),
+                    metadata=[("x-request-id", "req-cli-42")]))
                 assert chunks[-1].usage.completion_tokens == 4
         finally:
             process.send_signal(signal.SIGTERM)
             assert process.wait(timeout=60) == 0
     assert (tmp_path / "home" / "demo-model" / "config.json").exists()
     assert "DEMO model" in log_path.read_text()
+    lines = [json.loads(line) for line in log_path.read_text().splitlines()
+             if line.startswith("{")]
+    assert lines and all({"ts", "level", "logger", "message"} <= set(line) for line in lines)
+    tagged = [line for line in lines if line.get("request_id") == "req-cli-42"]
+    assert tagged and "req-cli-42" in tagged[0]["message"]
