@@ -2,7 +2,8 @@
 
 `create_app()` wires one FastAPI app: a lifespan that owns the process's single gRPC channel to
 the core (round-robin over every address `core_address` resolves to) and its `InferenceStub`,
-the accepted API keys (read once, the key file included), the middleware (request ids, metrics
+the accepted API keys (read once, the key file included), /openapi.json with every route's
+error responses (facade/openapi.py), the middleware (request ids, metrics
 and the access log, CORS when origins are configured, the body limit), the routers (GET
 /metrics included), and the exception handlers that render every error —
 Tandem's own, FastAPI's validation errors (422 → 400) and Starlette's HTTP errors (404, 405,
@@ -31,6 +32,7 @@ from facade.errors import (
 from facade.metrics import FacadeMetrics, MetricsMiddleware
 from facade.metrics import router as metrics_router
 from facade.middleware import REQUEST_ID_HEADER, BodySizeLimitMiddleware, RequestIdMiddleware
+from facade.openapi import install_openapi
 from facade.routes import chat, completions, health, models
 from facade.settings import FacadeSettings
 from tandem.v1.inference_pb2_grpc import InferenceStub
@@ -129,4 +131,5 @@ def create_app(settings: FacadeSettings | None = None) -> FastAPI:
     for module in (chat, completions, models, health):
         app.include_router(module.router)
     app.include_router(metrics_router)
+    install_openapi(app)
     return app

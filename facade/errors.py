@@ -1,7 +1,8 @@
 """The facade's half of Tandem's one error table.
 
 Owns `ApiError` (what handlers raise), the OpenAI error envelope
-`{"error": {"message", "type", "param", "code"}}`, and the mapping of the core's gRPC status +
+`{"error": {"message", "type", "param", "code"}}` (and its pydantic model `ErrorResponse`, which
+/openapi.json documents), and the mapping of the core's gRPC status +
 `google.rpc` details (`ErrorInfo.reason`, `BadRequest.FieldViolation`, `RetryInfo`) to an HTTP
 status, OpenAI `type` and `code`. Also turns FastAPI validation errors and Starlette HTTP errors
 into the same envelope.
@@ -37,6 +38,7 @@ from typing import Any
 
 import grpc
 from google.rpc import error_details_pb2, status_pb2
+from pydantic import BaseModel, Field
 from starlette.responses import JSONResponse
 
 logger = logging.getLogger(__name__)
@@ -47,6 +49,22 @@ STATUS_DETAILS_KEY = "grpc-status-details-bin"
 MAX_RETRY_AFTER_S = 120
 # Retry-After of a 429 whose status carries no RetryInfo.
 DEFAULT_RETRY_AFTER_S = 1
+
+
+class ErrorDetail(BaseModel):
+    """The inside of the OpenAI error envelope; every key is always present (maybe null)."""
+
+    message: str = Field(description="Human-readable; safe to show to the client.")
+    type: str = Field(description='OpenAI error type, e.g. "invalid_request_error".')
+    param: str | None = Field(description='The offending request field, e.g. "temperature".')
+    code: str | None = Field(description='Machine-readable code, e.g. "model_not_found".')
+
+
+class ErrorResponse(BaseModel):
+    """The OpenAI error envelope `{"error": {...}}`: the body of every error response and the
+    payload of an in-stream error event."""
+
+    error: ErrorDetail
 
 
 class ApiError(Exception):

@@ -10,6 +10,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass
+from urllib.parse import quote
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
@@ -30,6 +31,7 @@ from facade.dependencies import (
 )
 from facade.generation import Generation
 from facade.limits import Limits, check_chat_limits
+from facade.openapi import CHAT_RESPONSES
 from facade.protocol import (
     AssistantMessage,
     ChatChoice,
@@ -134,7 +136,12 @@ async def _complete(run: ChatRun, generation: Generation) -> ChatCompletion:
     return _completion(run)
 
 
-@router.post("/v1/chat/completions", response_model=None, dependencies=API_KEY_REQUIRED)
+@router.post(
+    "/v1/chat/completions",
+    response_model=None,
+    responses=CHAT_RESPONSES,
+    dependencies=API_KEY_REQUIRED,
+)
 async def create_chat_completion(
     body: ChatCompletionRequest,
     request: Request,
@@ -144,7 +151,8 @@ async def create_chat_completion(
     limits: Limits,
 ) -> Response:
     """OpenAI chat completions (streaming and not)."""
-    ignored = ignored_header(apply_field_policy(body, "chat"))
+    # Unknown field names are the client's: percent-encoded, any of them fits in a header.
+    ignored = ignored_header([quote(name) for name in apply_field_policy(body, "chat")])
     check_chat_limits(body, limits)
     model = resolve_model(body.model, settings)
     generate = chat_to_generate(body, model)

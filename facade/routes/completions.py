@@ -12,6 +12,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass
+from urllib.parse import quote
 
 import grpc
 from fastapi import APIRouter, Request
@@ -34,6 +35,7 @@ from facade.dependencies import (
 from facade.errors import api_error_from_grpc
 from facade.generation import CallOptions, Generation
 from facade.limits import Limits, check_completion_limits
+from facade.openapi import COMPLETION_RESPONSES
 from facade.protocol import (
     Completion,
     CompletionChoice,
@@ -178,7 +180,12 @@ async def _complete(
     )
 
 
-@router.post("/v1/completions", response_model=None, dependencies=API_KEY_REQUIRED)
+@router.post(
+    "/v1/completions",
+    response_model=None,
+    responses=COMPLETION_RESPONSES,
+    dependencies=API_KEY_REQUIRED,
+)
 async def create_completion(
     body: CompletionRequest,
     request: Request,
@@ -188,7 +195,8 @@ async def create_completion(
     limits: Limits,
 ) -> Response:
     """OpenAI (legacy) completions, streaming and not; several prompts run concurrently."""
-    ignored = ignored_header(apply_field_policy(body, "completions"))
+    # Unknown field names are the client's: percent-encoded, any of them fits in a header.
+    ignored = ignored_header([quote(name) for name in apply_field_policy(body, "completions")])
     check_completion_limits(body, limits)
     model = resolve_model(body.model, settings)
     generates = completion_to_generates(body, model)

@@ -16,6 +16,7 @@ from google.protobuf import wrappers_pb2
 
 from facade.dependencies import CoreChannel, RequestId, Settings
 from facade.errors import ApiError, service_unavailable
+from facade.openapi import READY_RESPONSES, ProbeStatus
 
 router = APIRouter(tags=["health"])
 
@@ -46,13 +47,13 @@ async def core_serving_status(channel: grpc.aio.Channel, timeout_s: float, reque
     return response.value
 
 
-@router.get("/health")
+@router.get("/health", response_model=ProbeStatus)
 async def health() -> dict[str, str]:
     """Liveness: the facade answers; says nothing about the core."""
     return {"status": "ok"}
 
 
-@router.get("/ready")
+@router.get("/ready", response_model=ProbeStatus, responses=READY_RESPONSES)
 async def ready(channel: CoreChannel, settings: Settings, request_id: RequestId) -> dict[str, str]:
     """Readiness: 200 when the core reports SERVING, else 503."""
     try:

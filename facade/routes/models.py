@@ -12,6 +12,7 @@ from fastapi import APIRouter
 from facade.dependencies import API_KEY_REQUIRED, CoreCallOptions, CoreStub
 from facade.errors import ApiError, api_error_from_grpc
 from facade.generation import CallOptions
+from facade.openapi import MODEL_LIST_RESPONSES, MODEL_RESPONSES
 from facade.protocol import ModelCard, ModelList
 from tandem.v1 import inference_pb2 as pb
 from tandem.v1.inference_pb2_grpc import InferenceStub
@@ -40,13 +41,13 @@ async def list_model_cards(stub: InferenceStub, options: CallOptions) -> list[Mo
     return [model_card(info) for info in response.models]
 
 
-@router.get("/v1/models", dependencies=API_KEY_REQUIRED)
+@router.get("/v1/models", responses=MODEL_LIST_RESPONSES, dependencies=API_KEY_REQUIRED)
 async def list_models(stub: CoreStub, options: CoreCallOptions) -> ModelList:
     """Every model the core serves."""
     return ModelList(data=await list_model_cards(stub, options))
 
 
-@router.get("/v1/models/{model_id:path}", dependencies=API_KEY_REQUIRED)
+@router.get("/v1/models/{model_id:path}", responses=MODEL_RESPONSES, dependencies=API_KEY_REQUIRED)
 async def retrieve_model(model_id: str, stub: CoreStub, options: CoreCallOptions) -> ModelCard:
     """One model by id; 404 model_not_found when the core does not serve it."""
     for card in await list_model_cards(stub, options):

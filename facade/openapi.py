@@ -1,0 +1,199 @@
+"""What /openapi.json says about each route's responses, built in one place.
+
+Owns the `responses=` dicts the routes declare — the OpenAI error envelope (`ErrorResponse`) for
+every status a route can answer with (DESIGN.md "One error table"), the `text/event-stream`
+form of a streamed 200 — and `install_openapi()`, which finishes FastAPI's generated document:
+
+- FastAPI's default 422 is dropped (the app answers validation errors with a 400 envelope);
+- the streamed chunk models are added to `components/schemas` (the per-event schema refers to
+  them);
+- GET /metrics (a Prometheus text page, hidden from FastAPI's generator) is described.
+
+A `text/event-stream` schema describes one event (OpenAPI < 3.2; Schemathesis reads it so):
+its `data` is `[DONE]` or a JSON chunk or, after the stream started, an error envelope.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import FastAPI
+from pydantic import BaseModel, Field
+from pydantic.json_schema import models_json_schema
+
+from facade.errors import ErrorResponse
+from facade.protocol import (
+    ChatCompletion,
+    ChatCompletionChunk,
+    Completion,
+    CompletionChunk,
+    ModelCard,
+    ModelList,
+)
+
+REF_PREFIX = "#/components/schemas/"
+
+# One response description per status the facade can answer with an error envelope.
+_ERROR_DESCRIPTIONS: dict[int, str] = {
+    400: "Invalid request: malformed JSON, a missing, bad or unsupported parameter, or prompt + "
+    "max_tokens over the model's context (code invalid_json, missing_required_parameter, "
+    "invalid_value, unsupported_parameter or context_length_exceeded).",
+    401: "Missing or wrong API key (only when the facade has keys configured; code "
+    "invalid_api_key).",
+    404: "The model does not exist (code model_not_found).",
+    413: "The request body is larger than the facade accepts (code request_too_large).",
+    429: "The core is overloaded; retry after `Retry-After` seconds (code overloaded).",
+    499: "The request was cancelled: the client went away (logged; type cancelled).",
+    500: "A bug in the facade or the core (code internal_error).",
+    501: "The core does not implement what was asked (code not_implemented); do not retry.",
+    503: "No core is reachable or ready (code service_unavailable); retry.",
+    504: "The core did not finish within the request deadline (code timeout).",
+}
+
+
+def _header(description: str, schema: dict[str, Any], required: bool) -> dict[str, Any]:
+    return {"description": description, "required": required, "schema": schema}
+
+
+_SHOULD_RETRY = "Tells OpenAI SDKs whether to retry."
+_ERROR_HEADERS: dict[int, dict[str, Any]] = {
+    401: {"WWW-Authenticate": _header("`Bearer`.", {"type": "string"}, True)},
+    429: {"Retry-After": _header("Seconds to wait.", {"type": "integer"}, True)},
+    501: {"x-should-retry": _header(_SHOULD_RETRY, {"type": "string", "enum": ["false"]}, True)},
+    503: {
+        "x-should-retry": _header(_SHOULD_RETRY, {"type": "string", "enum": ["true"]}, True),
+        "Retry-After": _header("Seconds to wait, when the core said.", {"type": "integer"}, False),
+    },
+}
+
+# The statuses any call to the core can end in, whatever the request.
+_CORE_FAILURES = (429, 500, 501, 503, 504)
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """`responses=` entries: the error envelope for each of `statuses`."""
+    responses: dict[int | str, dict[str, Any]] = {}
+    for status in sorted(statuses):
+        response: dict[str, Any] = {
+            "model": ErrorResponse,
+            "description": _ERROR_DESCRIPTIONS[status],
+        }
+        if status in _ERROR_HEADERS:
+            response["headers"] = _ERROR_HEADERS[status]
+        responses[status] = response
+    return responses
+
+
+def _event_stream(chunk: type[BaseModel]) -> dict[str, Any]:
+    """The `text/event-stream` media type of a streamed 200 whose events carry `chunk`."""
+    payload = {
+        "anyOf": [{"$ref": REF_PREFIX + chunk.__name__}, {"$ref": REF_PREFIX + "ErrorResponse"}]
+    }
+    event = {
+        "type": "object",
+        "required": ["data"],
+        "properties": {
+            "data": {
+                "type": "string",
+                "if": {"const": "[DONE]"},
+                "else": {"contentMediaType": "application/json", "contentSchema": payload},
+            }
+        },
+    }
+    return {"schema": event}
+
+
+def generation_responses(
+    result: type[BaseModel], chunk: type[BaseModel]
+) -> dict[int | str, dict[str, Any]]:
+    """A generation route: JSON `result` or a stream of `chunk`s, and every error it can end in."""
+    ok = {
+        "model": result,
+        "description": f"`{result.__name__}`; with `stream: true`, server-sent events "
+        f"`data: <{chunk.__name__}>`, an error after the first event as "
+        "`data: <ErrorResponse>`, and last `data: [DONE]` (the event-stream schema describes "
+        "one event).",
+        "content": {"text/event-stream": _event_stream(chunk)},
+    }
+    return {200: ok, **error_responses(400, 401, 404, 413, 499, *_CORE_FAILURES)}
+
+
+class ProbeStatus(BaseModel):
+    """The body of a successful health probe."""
+
+    status: str = Field(description='"ok" (GET /health) or "ready" (GET /ready).')
+
+
+CHAT_RESPONSES = generation_responses(ChatCompletion, ChatCompletionChunk)
+COMPLETION_RESPONSES = generation_responses(Completion, CompletionChunk)
+MODEL_LIST_RESPONSES = {
+    200: {"model": ModelList, "description": "Every model the core serves."},
+    **error_responses(401, *_CORE_FAILURES),
+}
+MODEL_RESPONSES = {
+    200: {"model": ModelCard, "description": "The model."},
+    **error_responses(401, 404, *_CORE_FAILURES),
+}
+READY_RESPONSES = {
+    200: {"description": "The core reports SERVING."},  # body: ProbeStatus
+    **error_responses(503),
+}
+
+# Models only the event streams refer to: FastAPI's generator never sees them.
+_STREAM_MODELS: tuple[type[BaseModel], ...] = (ChatCompletionChunk, CompletionChunk)
+
+_METRICS_PATH = {
+    "get": {
+        "tags": ["metrics"],
+        "summary": "Metrics",
+        "description": "The facade's Prometheus metrics (text exposition format). Needs an API "
+        "key only when TANDEM_METRICS_REQUIRE_AUTH is set.",
+        "operationId": "metrics_metrics_get",
+        "responses": {
+            "200": {
+                "description": "Prometheus text exposition format.",
+                "content": {"text/plain": {"schema": {"type": "string"}}},
+            },
+            "401": {
+                "description": _ERROR_DESCRIPTIONS[401],
+                "headers": _ERROR_HEADERS[401],
+                "content": {"application/json": {"schema": {"$ref": REF_PREFIX + "ErrorResponse"}}},
+            },
+            "500": {
+                "description": _ERROR_DESCRIPTIONS[500],
+                "content": {"application/json": {"schema": {"$ref": REF_PREFIX + "ErrorResponse"}}},
+            },
+        },
+    }
+}
+
+
+def finish_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """Finish FastAPI's generated document in place (see the module docstring)."""
+    for path_item in schema.get("paths", {}).values():
+        for operation in path_item.values():
+            operation.get("responses", {}).pop("422", None)
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    _, stream_schemas = models_json_schema(
+        [(model, "serialization") for model in _STREAM_MODELS],
+        ref_template=REF_PREFIX + "{model}",
+    )
+    for name, definition in stream_schemas.get("$defs", {}).items():
+        components.setdefault(name, definition)
+    schema["paths"].setdefault("/metrics", _METRICS_PATH)
+    for unused in ("HTTPValidationError", "ValidationError"):
+        if f'"{REF_PREFIX}{unused}"' not in json.dumps(schema):
+            components.pop(unused, None)
+    return schema
+
+
+def install_openapi(app: FastAPI) -> None:
+    """Have `app` serve the finished document at /openapi.json (built once, then cached)."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = finish_schema(FastAPI.openapi(app))
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
