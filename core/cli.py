@@ -46,6 +46,8 @@ def _add_core_flags(parser: argparse.ArgumentParser) -> None:
                         help="KV pool memory budget in MiB (used when --kv-pages is not given)")
     parser.add_argument("--prefix-cache", action=argparse.BooleanOptionalAction, default=True,
                         help="reuse the KV pages of shared prompt prefixes")
+    parser.add_argument("--tensor-parallel", type=int, default=1,
+                        help="split the model and KV pages over this many local devices")
     parser.add_argument("--metrics-port", type=int, default=None,
                         help="serve Prometheus metrics on this port (same host as gRPC)")
     parser.add_argument("--drain-timeout-s", type=float, default=30.0)
@@ -99,7 +101,8 @@ def run_core(args: argparse.Namespace) -> None:
         max_waiting=args.max_waiting, max_num_batched_tokens=args.max_num_batched_tokens,
         page_size=args.page_size, num_pages=args.kv_pages,
         kv_cache_bytes=args.kv_cache_mib * 2**20 if args.kv_cache_mib else None,
-        enable_prefix_cache=args.prefix_cache, dtype=args.dtype)
+        enable_prefix_cache=args.prefix_cache, dtype=args.dtype,
+        tensor_parallel=args.tensor_parallel)
     config = ServerConfig(model_dir=Path(model_dir), model_name=name or Path(model_dir).name,
                           host=args.grpc_host, grpc_port=args.grpc_port, engine=engine,
                           metrics_port=args.metrics_port,

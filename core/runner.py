@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from core import sharding
 from core.cache.kv_pool import KVPages, kv_bytes_per_token
 from core.config import EngineConfig, ModelConfig
 from core.models.llama import PADDING_POSITION, LlamaModel
@@ -47,6 +48,11 @@ class ModelRunner:
         self.config = config
         self.engine_config = engine_config
         self._graphdef, state = nnx.split(model)
+        tensor_parallel = engine_config.tensor_parallel
+        if tensor_parallel > 1:  # parameters and KV pages split over a mesh (core/sharding.py)
+            mesh = sharding.make_mesh(tensor_parallel)
+            rules = sharding.logical_rules(config, tensor_parallel)
+            state = sharding.shard_params(state, mesh, rules)
         # the parameters as a flat list: flattening an nnx.State on every call cost ~0.5 ms
         self._param_leaves, self._param_treedef = jax.tree.flatten(state)
         dtype = jnp.bfloat16 if engine_config.dtype == "bfloat16" else jnp.float32
@@ -55,6 +61,12 @@ class ModelRunner:
             kv_bytes_per_token(config, jnp.dtype(dtype).itemsize))
         # one extra page: the model's scratch page for padding writes (never allocated)
         self._pages = KVPages.create(config, self.num_pages + 1, self.page_size, dtype)
+        out_shardings = None
+        if tensor_parallel > 1:
+            pool = sharding.pool_sharding(mesh, rules)
+            self._pages = jax.device_put(self._pages, pool)
+            out_shardings = (sharding.replicated(mesh),
+                             jax.tree.map(lambda _: pool, self._pages))
         self._prefill_buckets = engine_config.prefill_buckets()
         self._prefill_rows: dict[int, tuple[int, ...]] = {}  # chunk length → row buckets
         for num_rows, num_tokens in engine_config.prefill_shapes():
@@ -64,7 +76,8 @@ class ModelRunner:
         self._prefill_page_buckets = engine_config.prefill_page_buckets()
         self.num_compilations = 0  # traces of the step function (one per new shape)
         self.compilations_at_warmup = 0
-        self._step = jax.jit(self._step_fn, donate_argnames=("pages",))
+        self._step = jax.jit(self._step_fn, donate_argnames=("pages",),
+                             out_shardings=out_shardings)
         log.info("KV pool: %d pages × %d tokens", self.num_pages, self.page_size)
 
     @property
