@@ -3,68 +3,16 @@ official `openai` SDK — sync and async, streaming and not, chat and completion
 
 from __future__ import annotations
 
-import os
 import re
-import signal
-import subprocess
 import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
 import httpx
 import openai
 import pytest
 
 from tandem.v1 import inference_pb2 as pb
-from tandem.v1 import inference_pb2_grpc as pb_grpc
-from tests.conftest import free_port
-
-MODEL = "tiny-llama"
-
-
-@dataclass(frozen=True)
-class Served:
-    base: str  # the facade's URL
-    grpc_target: str  # the core's address
-    metrics_url: str  # the core's Prometheus endpoint
-
-    def count_tokens(self, **tokenize_request) -> int:
-        """Prompt tokens as the core's own Tokenize RPC counts them."""
-        with grpc.insecure_channel(self.grpc_target) as channel:
-            stub = pb_grpc.InferenceStub(channel)
-            return len(stub.Tokenize(pb.TokenizeRequest(**tokenize_request)).token_ids)
-
-
-@pytest.fixture(scope="module")
-def server(tiny_models, tmp_path_factory):
-    """`tandem serve` on free ports; yields the base URL once /ready says the core is ready."""
-    http_port, grpc_port, metrics_port = free_port(), free_port(), free_port()
-    log_path = tmp_path_factory.mktemp("serve") / "serve.log"
-    log_file = open(log_path, "w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "core.cli", "serve", "--model", str(tiny_models["llama"]),
-         "--served-model-name", MODEL, "--port", str(http_port), "--grpc-port", str(grpc_port),
-         "--max-model-len", "256", "--max-num-seqs", "4", "--metrics-port", str(metrics_port)],
-        stdout=log_file, stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parents[1],
-        env={**os.environ, "JAX_PLATFORMS": "cpu"})
-    base = f"http://127.0.0.1:{http_port}"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        assert process.poll() is None, log_path.read_text()
-        try:
-            if httpx.get(f"{base}/ready", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    else:
-        pytest.fail(f"server not ready in time:\n{log_path.read_text()}")
-    yield Served(base, f"127.0.0.1:{grpc_port}", f"http://127.0.0.1:{metrics_port}/metrics")
-    process.send_signal(signal.SIGTERM)
-    process.wait(timeout=60)
-    log_file.close()
+from tests.conftest import MODEL
 
 
 @pytest.fixture

@@ -82,11 +82,7 @@ import httpx
 import openai
 import pytest
 
-try:
-    from tests.test_e2e_openai import MODEL, server  # noqa: F401
-except ImportError:  # the fixture may move to tests/conftest.py
-    from tests.conftest import MODEL, server  # noqa: F401
-from tests.conftest import free_port
+from tests.conftest import MODEL, free_port  # `server` is conftest's session fixture
 
 ROOT = Path(__file__).resolve().parents[1]
 API_KEYS = ("seed-key-1", "seed-key-2")

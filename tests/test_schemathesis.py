@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode, checks
 
 from facade.app import create_app
-from tests.test_e2e_openai import MODEL, server  # noqa: F401  (the real-stack fixture)
+from tests.conftest import MODEL  # `server` is conftest's session fixture
 
 pytestmark = pytest.mark.slow
 

@@ -24,11 +24,6 @@ from pathlib import Path
 
 import pytest
 
-try:  # the module-scoped `tandem serve` fixture (conftest.py provides it if it moved there)
-    from tests.test_e2e_openai import server  # noqa: F401
-except ImportError:  # pragma: no cover
-    pass
-
 ROOT = Path(__file__).resolve().parents[1]
 SCENARIO = Path(__file__).with_name("sdk_scenario.py")
 OLDEST_DIR = ROOT / ".sdk" / "openai-oldest"
