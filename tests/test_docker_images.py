@@ -265,9 +265,6 @@ def test_dockerignore_keeps_the_context_small_but_complete():
         assert not ignored(needed, patterns), needed
 
 
-@pytest.mark.xfail(strict=True, reason="pyproject.toml's [tool.setuptools] packages lacks "
-                   "core.cache: the non-editable install of the images has no core.cache, and "
-                   "`import core.server` fails there. Remove this marker once it is listed.")
 def test_images_install_every_package():
     """The images `pip install .` (not -e): every package directory must be in the wheel."""
     import tomllib
