@@ -37,6 +37,8 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Inference"].full_name
 FINISH_REASONS = {FinishReason.STOP: pb.FINISH_REASON_STOP,
                   FinishReason.LENGTH: pb.FINISH_REASON_LENGTH,
                   FinishReason.ABORT: pb.FINISH_REASON_ABORT}
+# Least grace `drain_and_stop` gives RPCs to send what the engine has already produced.
+STOP_FLUSH_S = 1.0
 DEMO_DESCRIPTION = ("Tandem's built-in demo model: a small Llama with RANDOM weights made "
                     "locally on first run; its text is gibberish. Pass --model DIR to serve a "
                     "real model.")
@@ -268,15 +270,22 @@ class CoreServer:
                  self.servicer.model_name, time.perf_counter() - started)
 
     async def drain_and_stop(self) -> None:
-        """Stop admitting, let in-flight requests finish within the grace period, then stop."""
+        """Drain, then stop: readiness turns NOT_SERVING (balancers and the facade's channel
+        stop picking this core), new Generate calls get UNAVAILABLE at once (the facade retries
+        another core), and in-flight requests finish with all their tokens for up to
+        `drain_timeout_s`; then the server stops, cancelling whatever is still running."""
         await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
         engine = self.servicer.engine
         deadline = time.monotonic() + self.config.drain_timeout_s
         if engine is not None:
             engine.stop_admitting()
+            log.info("draining: %d requests in flight", engine.num_unfinished)
             while engine.num_unfinished and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
-        await self.server.stop(grace=max(0.0, deadline - time.monotonic()))
+        # `stop` returns as soon as the last RPC ends: the grace only bounds RPCs still sending
+        # their final chunks (the engine is done with them) or still tokenizing (they will get
+        # UNAVAILABLE), so it never goes below STOP_FLUSH_S.
+        await self.server.stop(grace=max(STOP_FLUSH_S, deadline - time.monotonic()))
         if engine is not None:
             engine.stop()
         log.info("core stopped")

@@ -12,6 +12,7 @@ Tandem's own, FastAPI's validation errors (422 → 400) and Starlette's HTTP err
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -45,12 +46,30 @@ CHANNEL_CLOSE_GRACE_S = 5.0
 CORS_ALLOW_METHODS = ["GET", "POST"]
 CORS_ALLOW_HEADERS = ["Authorization", "Content-Type", REQUEST_ID_HEADER]
 CORS_EXPOSE_HEADERS = [REQUEST_ID_HEADER]
+# gRPC retries of Inference RPCs that fail UNAVAILABLE before the core answered anything (a core
+# draining, killed or not reachable): round_robin sends each attempt to the next core. gRPC only
+# retries calls that have received no response headers, so no streamed byte is ever repeated.
+RETRY_SERVICE_CONFIG = {
+    "methodConfig": [{
+        "name": [{"service": "tandem.v1.Inference"}],
+        "retryPolicy": {
+            "maxAttempts": 3,
+            "initialBackoff": "0.05s",
+            "maxBackoff": "0.5s",
+            "backoffMultiplier": 2,
+            "retryableStatusCodes": ["UNAVAILABLE"],
+        },
+    }],
+}
 
 
 def open_channel(settings: FacadeSettings) -> grpc.aio.Channel:
-    """The one channel to the core(s); `dns:///svc:port` balances per RPC over all replicas."""
+    """The one channel to the core(s); `dns:///svc:port` (or `ipv4:host:p1,host:p2`) balances
+    per RPC over all replicas, and retries another one on UNAVAILABLE (RETRY_SERVICE_CONFIG)."""
     options = [
         ("grpc.lb_policy_name", "round_robin"),
+        ("grpc.enable_retries", 1),
+        ("grpc.service_config", json.dumps(RETRY_SERVICE_CONFIG)),
         ("grpc.max_send_message_length", settings.max_grpc_message_bytes),
         ("grpc.max_receive_message_length", settings.max_grpc_message_bytes),
         # No client keepalive pings: a gRPC server with default settings answers pings more

@@ -5,12 +5,20 @@ that admission errors (unknown model, overload, bad parameter) become real HTTP 
 errors inside a 200 stream. Also merges several calls (one per completions prompt) into one
 stream of `(call_index, GenerateResponse)` in arrival order, and cancels every call when the
 consumer stops early (client disconnect) so the core frees the request's pages.
+
+Failover: a call that fails UNAVAILABLE before its first response (its core is draining, was
+killed, or went away) is opened again, up to OPEN_ATTEMPTS times; with the channel's
+round_robin the new call goes to another core. This happens only at admission, before the
+facade has sent the client anything; a call cut after that ends the stream with an error event
+(facade/sse.py), never with a silent truncation. (The channel's gRPC retry policy covers the
+same case below this one; this layer also covers calls gRPC has already committed.)
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -19,8 +27,13 @@ from facade.errors import api_error_from_grpc
 from tandem.v1 import inference_pb2 as pb
 from tandem.v1.inference_pb2_grpc import InferenceStub
 
+logger = logging.getLogger(__name__)
+
 # Responses buffered per call between the gRPC reader and the HTTP writer.
 QUEUE_SLOTS_PER_CALL = 8
+# Times one call is opened before its UNAVAILABLE becomes a 503, and the pause between tries.
+OPEN_ATTEMPTS = 3
+OPEN_RETRY_BACKOFF_S = 0.05
 
 
 @dataclass(frozen=True)
@@ -57,27 +70,41 @@ def _first_rpc_error(error: BaseException) -> grpc.aio.AioRpcError | None:
 class Generation:
     """The Generate calls of one HTTP request, opened and admitted (first responses read)."""
 
-    def __init__(self, calls: list[grpc.aio.UnaryStreamCall]) -> None:
+    def __init__(
+        self,
+        calls: list[grpc.aio.UnaryStreamCall],
+        reopen: Callable[[int], grpc.aio.UnaryStreamCall | None] | None = None,
+    ) -> None:
         self._calls = calls
         self._firsts: list[pb.GenerateResponse | None] = [None] * len(calls)
+        self._reopen = reopen  # a fresh call for index i, None once out of time
 
     @classmethod
     async def open(
         cls, stub: InferenceStub, requests: Sequence[pb.GenerateRequest], options: CallOptions
     ) -> Generation:
         """Start every call and await each one's first response; raise ApiError if any fails."""
-        calls = [
-            stub.Generate(
-                request,
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + options.timeout_s
+
+        def start(index: int, timeout_s: float) -> grpc.aio.UnaryStreamCall:
+            return stub.Generate(
+                requests[index],
                 metadata=options.call_metadata(index, len(requests)),
-                timeout=options.timeout_s,
+                timeout=timeout_s,
             )
-            for index, request in enumerate(requests)
-        ]
-        generation = cls(calls)
+
+        def reopen(index: int) -> grpc.aio.UnaryStreamCall | None:
+            left_s = deadline - loop.time()
+            return start(index, left_s) if left_s > 0 else None
+
+        generation = cls([start(i, options.timeout_s) for i in range(len(requests))], reopen)
         try:
             async with asyncio.TaskGroup() as group:
-                tasks = [group.create_task(generation._read(index)) for index in range(len(calls))]
+                tasks = [
+                    group.create_task(generation._read_first(index))
+                    for index in range(len(requests))
+                ]
         except BaseException as error:
             generation.cancel()
             rpc_error = _first_rpc_error(error)
@@ -86,6 +113,26 @@ class Generation:
             raise
         generation._firsts = [task.result() for task in tasks]
         return generation
+
+    async def _read_first(self, index: int) -> pb.GenerateResponse | None:
+        """One call's first response; on UNAVAILABLE (nothing was received yet) the call is
+        opened again, round_robin picking the next core, up to OPEN_ATTEMPTS times in all."""
+        for attempt in range(1, OPEN_ATTEMPTS + 1):
+            try:
+                return await self._read(index)
+            except grpc.aio.AioRpcError as error:
+                if error.code() != grpc.StatusCode.UNAVAILABLE or attempt == OPEN_ATTEMPTS:
+                    raise
+                if self._reopen is None:
+                    raise
+                await asyncio.sleep(OPEN_RETRY_BACKOFF_S * attempt)
+                call = self._reopen(index)
+                if call is None:  # the request's deadline has passed
+                    raise
+                logger.info("core unavailable before the first response (%s); retrying "
+                            "(attempt %d of %d)", error.details(), attempt + 1, OPEN_ATTEMPTS)
+                self._calls[index] = call
+        raise AssertionError("unreachable")
 
     async def _read(self, index: int) -> pb.GenerateResponse | None:
         """The next response of one call; None at the end of its stream."""

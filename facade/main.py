@@ -5,9 +5,11 @@
 `run()` also sets up the process's logging (`facade.logs`: JSON lines by default, uvicorn's
 loggers included; uvicorn's own access line is off, the facade writes a richer one).
 
-On SIGTERM uvicorn shuts down gracefully and then re-raises the signal; with the default
-handler that would kill the process before the caller's `finally` blocks run (e.g. `tandem serve`
-stopping its core child). `run()` therefore turns that SIGTERM into `SystemExit(143)`.
+On SIGTERM uvicorn stops accepting connections, lets in-flight requests (SSE streams included)
+finish for up to `TANDEM_DRAIN_TIMEOUT_S` seconds, cancels what is left, and then re-raises
+the signal; with the default handler that would kill the process before the caller's `finally`
+blocks run (e.g. `tandem serve` stopping its core child). `run()` therefore turns that SIGTERM
+into `SystemExit(143)`.
 """
 
 from __future__ import annotations
@@ -23,9 +25,6 @@ import uvicorn
 from facade.app import create_app
 from facade.logs import configure_logging
 from facade.settings import FacadeSettings
-
-# Seconds in-flight requests get to finish after SIGTERM/SIGINT.
-GRACEFUL_SHUTDOWN_S = 30
 
 
 def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
@@ -49,7 +48,7 @@ def run(settings: FacadeSettings | None = None, host: str = "127.0.0.1", port: i
             app,
             host=host,
             port=port,
-            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+            timeout_graceful_shutdown=settings.drain_timeout_s,  # type: ignore[arg-type]
             log_config=None,  # keep configure_logging()'s handler
             access_log=False,  # the metrics middleware writes the access line
         )

@@ -40,6 +40,9 @@ class FacadeSettings(BaseSettings):
     log_level: str = "INFO"
     # Model sent to the core when a request names none; None lets the core pick its default.
     default_model: str | None = None
+    # Seconds in-flight HTTP requests (streams included) get to finish after SIGTERM; keep it
+    # below the pod's terminationGracePeriodSeconds.
+    drain_timeout_s: float = Field(default=30.0, ge=0)
 
     def accepted_api_keys(self) -> tuple[str, ...]:
         """`api_keys` plus the keys of `api_keys_file` (read now; a missing file raises)."""
