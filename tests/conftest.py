@@ -75,8 +75,6 @@ class Served:
 @pytest.fixture(scope="session")
 def server(tiny_models, tmp_path_factory):
     """`tandem serve` on free ports, once per session; ready once /ready says the core is."""
-    import httpx
-
     http_port, grpc_port, metrics_port = free_port(), free_port(), free_port()
     log_path = tmp_path_factory.mktemp("serve") / "serve.log"
     log_file = open(log_path, "w")
@@ -87,18 +85,25 @@ def server(tiny_models, tmp_path_factory):
         stdout=log_file, stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parents[1],
         env={**os.environ, "JAX_PLATFORMS": "cpu"})
     base = f"http://127.0.0.1:{http_port}"
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
-        assert process.poll() is None, log_path.read_text()
-        try:
-            if httpx.get(f"{base}/ready", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    else:
-        pytest.fail(f"server not ready in time:\n{log_path.read_text()}")
+    wait_for_http(f"{base}/ready", process, log_path, timeout_s=240)
     yield Served(base, f"127.0.0.1:{grpc_port}", f"http://127.0.0.1:{metrics_port}/metrics")
     process.send_signal(signal.SIGTERM)
     process.wait(timeout=60)
     log_file.close()
+
+
+def wait_for_http(url: str, process: subprocess.Popen, log_path: Path,
+                  timeout_s: float = 30.0) -> None:
+    """Poll `url` until it answers 200; fail with the process's log if it dies or times out."""
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert process.poll() is None, log_path.read_text()
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    pytest.fail(f"{url} not answering in time:\n{log_path.read_text()}")

@@ -29,7 +29,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tandem.v1 import inference_pb2 as pb
 from tandem.v1 import inference_pb2_grpc as pb_grpc
-from tests.conftest import free_port
+from tests.conftest import free_port, wait_for_http
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "tiny-llama"
@@ -98,16 +98,8 @@ def _start_facade(core_target: str, logs: Path, name: str, **env: str):
         stdout=open(log_path, "w"), stderr=subprocess.STDOUT, cwd=ROOT,
         env={**clean, "TANDEM_LOG_FORMAT": "text", **env})
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        assert process.poll() is None, log_path.read_text()
-        try:
-            if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                return base, process, log_path
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    pytest.fail(f"facade not up in time:\n{log_path.read_text()}")
+    wait_for_http(f"{base}/health", process, log_path)
+    return base, process, log_path
 
 
 def _stop(process: subprocess.Popen) -> None:

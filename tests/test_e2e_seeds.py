@@ -82,7 +82,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import MODEL, free_port  # `server` is conftest's session fixture
+from tests.conftest import MODEL, free_port, wait_for_http  # `server`: conftest session fixture
 
 ROOT = Path(__file__).resolve().parents[1]
 API_KEYS = ("seed-key-1", "seed-key-2")
@@ -103,16 +103,7 @@ class Facades:
 
 
 def _wait_healthy(base: str, process: subprocess.Popen, log_path: Path) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        assert process.poll() is None, log_path.read_text()
-        try:
-            if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    pytest.fail(f"facade not up in time:\n{log_path.read_text()}")
+    wait_for_http(f"{base}/health", process, log_path)
 
 
 @pytest.fixture(scope="module")
