@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import quote
 
 from pydantic import BaseModel
 
@@ -121,5 +122,6 @@ def apply_field_policy(request: BaseModel, kind: str) -> list[str]:
 
 
 def ignored_header(names: list[str]) -> dict[str, str]:
-    """The response header for the ignored fields (empty dict when there are none)."""
-    return {IGNORED_PARAMS_HEADER: ", ".join(names)} if names else {}
+    """The response header for the ignored fields (empty dict when there are none). Unknown
+    field names are the client's: percent-encoded, so any of them fits in a header."""
+    return {IGNORED_PARAMS_HEADER: ", ".join(quote(name) for name in names)} if names else {}

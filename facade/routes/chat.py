@@ -10,7 +10,6 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass
-from urllib.parse import quote
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
@@ -151,8 +150,7 @@ async def create_chat_completion(
     limits: Limits,
 ) -> Response:
     """OpenAI chat completions (streaming and not)."""
-    # Unknown field names are the client's: percent-encoded, any of them fits in a header.
-    ignored = ignored_header([quote(name) for name in apply_field_policy(body, "chat")])
+    ignored = ignored_header(apply_field_policy(body, "chat"))
     check_chat_limits(body, limits)
     model = resolve_model(body.model, settings)
     generate = chat_to_generate(body, model)

@@ -12,7 +12,6 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass
-from urllib.parse import quote
 
 import grpc
 from fastapi import APIRouter, Request
@@ -195,8 +194,7 @@ async def create_completion(
     limits: Limits,
 ) -> Response:
     """OpenAI (legacy) completions, streaming and not; several prompts run concurrently."""
-    # Unknown field names are the client's: percent-encoded, any of them fits in a header.
-    ignored = ignored_header([quote(name) for name in apply_field_policy(body, "completions")])
+    ignored = ignored_header(apply_field_policy(body, "completions"))
     check_completion_limits(body, limits)
     model = resolve_model(body.model, settings)
     generates = completion_to_generates(body, model)
