@@ -80,14 +80,16 @@ class Scheduler:
             budget = self._admit(budget, chunks)
         if not chunks:
             return None
+        running = self._running_by_id()
         wants_logprobs = any(
-            chunk.wants_sample and self._by_id(chunk.request_id).want_logprobs for chunk in chunks)
+            chunk.wants_sample and running[chunk.request_id].want_logprobs for chunk in chunks)
         return SchedulerOutput(chunks=tuple(chunks), wants_logprobs=wants_logprobs)
 
     def update_after_step(self, output: SchedulerOutput) -> None:
         """The chunks' KV is computed: advance each sequence and cache its whole blocks."""
+        running = self._running_by_id()
         for chunk in output.chunks:
-            request = self._by_id(chunk.request_id)
+            request = running[chunk.request_id]
             before = request.num_computed_tokens // self.page_size
             request.num_computed_tokens += len(chunk.token_ids)
             full_blocks = request.num_computed_tokens // self.page_size
@@ -97,11 +99,8 @@ class Scheduler:
 
     # -- helpers ---------------------------------------------------------------------------
 
-    def _by_id(self, request_id: str) -> Request:
-        for request in self.running:
-            if request.request_id == request_id:
-                return request
-        raise KeyError(request_id)
+    def _running_by_id(self) -> dict[str, Request]:
+        return {request.request_id: request for request in self.running}
 
     def _chunk(self, request: Request, num_new: int) -> SequenceChunk:
         start = request.num_computed_tokens
