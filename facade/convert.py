@@ -2,14 +2,19 @@
 
 Requests: a chat request becomes one `GenerateRequest` with `ChatInput` (messages, content parts,
 tools as JSON strings); a completions request becomes one `GenerateRequest` per prompt (`text` or
-`tokens`). Optional proto fields are set only when the client gave a value, so the core can tell
-0 from "unset". Responses: finish reasons, stop reasons, logprobs and usage out of
-`GenerateResponse` chunks. Text never gets tokenized here.
+`tokens`); an embeddings request one `EmbedRequest`, a score request one `ScoreRequest`. Optional
+proto fields are set only when the client gave a value, so the core can tell 0 from "unset".
+Responses: finish reasons, stop reasons, logprobs and usage out of `GenerateResponse` chunks;
+embedding vectors as float lists or base64, scores as float lists. Text never gets tokenized
+here.
 """
 
 from __future__ import annotations
 
+import base64
 import json
+import math
+import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -27,6 +32,7 @@ from facade.protocol import (
     TopLogprob,
     Usage,
 )
+from facade.protocol_extra import EmbeddingRequest, ScoringRequest
 from facade.sse import sse_event
 from tandem.v1 import inference_pb2 as pb
 
@@ -200,8 +206,48 @@ def completion_to_generates(request: CompletionRequest, model: str) -> list[pb.G
     return generates
 
 
+def score_input(value: str | list[int]) -> pb.ScoreInput:
+    """One text or token-id list as the proto's `ScoreInput`."""
+    if isinstance(value, str):
+        return pb.ScoreInput(text=value)
+    return pb.ScoreInput(tokens=pb.TokenIds(ids=value))
+
+
+def embeddings_to_embed(request: EmbeddingRequest, model: str) -> pb.EmbedRequest:
+    """An embeddings request → one EmbedRequest (every input, in order)."""
+    embed = pb.EmbedRequest(model=model, inputs=[score_input(value) for value in request.inputs])
+    if request.dimensions is not None:
+        embed.dimensions = request.dimensions
+    return embed
+
+
+def scoring_to_score(request: ScoringRequest, model: str) -> pb.ScoreRequest:
+    """A score request → one ScoreRequest (every item, in order)."""
+    return pb.ScoreRequest(
+        model=model,
+        query=score_input(request.query),
+        items=[score_input(item) for item in request.items],
+        label_token_ids=request.label_token_ids,
+        apply_softmax=bool(request.apply_softmax),
+        item_first=bool(request.item_first),
+    )
+
+
 # ---------------------------------------------------------------------------------------------
-# GenerateResponse → OpenAI pieces
+# Core responses → OpenAI pieces
+
+
+def finite_floats(values: Iterable[float], what: str) -> list[float]:
+    """The core's numbers as a list; a NaN or infinity (not JSON) is a core bug → 500."""
+    numbers = list(values)
+    if not all(math.isfinite(number) for number in numbers):
+        raise internal_error(f"The core returned a non-finite {what}.")
+    return numbers
+
+
+def base64_float32(values: Sequence[float]) -> str:
+    """A vector as OpenAI's `encoding_format: "base64"`: little-endian float32 bytes, base64."""
+    return base64.b64encode(struct.pack(f"<{len(values)}f", *values)).decode("ascii")
 
 
 def finish_reason(choice: pb.ChoiceDelta) -> str | None:

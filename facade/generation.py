@@ -1,10 +1,15 @@
-"""Running `Generate` calls against the core for one HTTP request.
+"""Running core calls for one HTTP request: `CallOptions` (metadata and deadline), `call_core`
+for unary RPCs (Score, Embed, Tokenize, Detokenize, ListModels), and `Generation` for `Generate`.
 
-Owns the admission rule: every call's first response is awaited before the facade answers, so
-that admission errors (unknown model, overload, bad parameter) become real HTTP statuses and not
-errors inside a 200 stream. Also merges several calls (one per completions prompt) into one
-stream of `(call_index, GenerateResponse)` in arrival order, and cancels every call when the
-consumer stops early (client disconnect) so the core frees the request's pages.
+`call_core` maps a failed call to the error table (facade/errors.py); a unary call that fails
+UNAVAILABLE before the core answered is retried on another core by the channel's retry policy
+(facade/app.py).
+
+`Generation` owns the admission rule: every call's first response is awaited before the facade
+answers, so that admission errors (unknown model, overload, bad parameter) become real HTTP
+statuses and not errors inside a 200 stream. Also merges several calls (one per completions
+prompt) into one stream of `(call_index, GenerateResponse)` in arrival order, and cancels every
+call when the consumer stops early (client disconnect) so the core frees the request's pages.
 
 Failover: a call that fails UNAVAILABLE before its first response (its core is draining, was
 killed, or went away) is opened again, up to OPEN_ATTEMPTS times; with the channel's
@@ -18,8 +23,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import grpc
 
@@ -28,6 +34,8 @@ from tandem.v1 import inference_pb2 as pb
 from tandem.v1.inference_pb2_grpc import InferenceStub
 
 logger = logging.getLogger(__name__)
+
+Reply = TypeVar("Reply")
 
 # Responses buffered per call between the gRPC reader and the HTTP writer.
 QUEUE_SLOTS_PER_CALL = 8
@@ -53,6 +61,17 @@ class CallOptions:
         if num_calls == 1:
             return self.metadata
         return (("x-request-id", f"{self.request_id}-p{call_index}"),)
+
+
+async def call_core(
+    method: Callable[..., Awaitable[Reply]], request: Any, options: CallOptions
+) -> Reply:
+    """One unary core call (`stub.Score`, `stub.Embed`, ...) with the request's metadata and
+    deadline; a gRPC failure becomes the ApiError of the error table."""
+    try:
+        return await method(request, metadata=options.metadata, timeout=options.timeout_s)
+    except grpc.aio.AioRpcError as error:
+        raise api_error_from_grpc(error) from None
 
 
 def _first_rpc_error(error: BaseException) -> grpc.aio.AioRpcError | None:

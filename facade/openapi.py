@@ -31,6 +31,7 @@ from facade.protocol import (
     ModelCard,
     ModelList,
 )
+from facade.protocol_extra import EmbeddingResponse, ScoringResponse
 
 REF_PREFIX = "#/components/schemas/"
 
@@ -127,6 +128,23 @@ class ProbeStatus(BaseModel):
 
 CHAT_RESPONSES = generation_responses(ChatCompletion, ChatCompletionChunk)
 COMPLETION_RESPONSES = generation_responses(Completion, CompletionChunk)
+# Unary routes that run one core call with the request's body: every error a body or a core can
+# cause.
+EMBEDDING_RESPONSES = {
+    200: {
+        "model": EmbeddingResponse,
+        "description": "One embedding per input, in input order: float lists, or base64 strings "
+        "of little-endian float32 with `encoding_format: base64`.",
+    },
+    **error_responses(400, 401, 404, 413, 499, *_CORE_FAILURES),
+}
+SCORE_RESPONSES = {
+    200: {
+        "model": ScoringResponse,
+        "description": "Per item, one score per label token id (request order).",
+    },
+    **error_responses(400, 401, 404, 413, 499, *_CORE_FAILURES),
+}
 MODEL_LIST_RESPONSES = {
     200: {"model": ModelList, "description": "Every model the core serves."},
     **error_responses(401, *_CORE_FAILURES),

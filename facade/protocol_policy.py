@@ -85,6 +85,17 @@ _REFUSED_COMPLETIONS: dict[str, Callable[[Any], bool]] = {
     **_REFUSED_COMMON,
     "suffix": _is_falsy,  # fill-in-the-middle
 }
+# /v1/embeddings and /v1/score: vLLM's prompt truncation would change the result.
+_REFUSED_POOLING: dict[str, Callable[[Any], bool]] = {
+    "truncate_prompt_tokens": _is_null,
+}
+# The refused table of each kind of request.
+_REFUSED_BY_KIND: dict[str, dict[str, Callable[[Any], bool]]] = {
+    "chat": _REFUSED_CHAT,
+    "completions": _REFUSED_COMPLETIONS,
+    "embeddings": _REFUSED_POOLING,
+    "score": _REFUSED_POOLING,
+}
 
 _WHY = {
     "audio": "audio output is not supported by this text-only server.",
@@ -100,10 +111,11 @@ def _refused_message(name: str) -> str:
 def apply_field_policy(request: BaseModel, kind: str) -> list[str]:
     """Refuse a field that cannot be honoured (400); return the sorted ignored fields set.
 
-    `kind` is "chat" or "completions". A field counts as set when the client sent it with a
-    non-null value; unknown fields (in neither OpenAI's nor vLLM's API) count as ignored.
+    `kind` is "chat", "completions", "embeddings" or "score". A field counts as set when the
+    client sent it with a non-null value; unknown fields (in neither OpenAI's nor vLLM's API)
+    count as ignored.
     """
-    refused = _REFUSED_CHAT if kind == "chat" else _REFUSED_COMPLETIONS
+    refused = _REFUSED_BY_KIND[kind]
     extra = request.model_extra or {}
     declared = type(request).model_fields
     ignored = []

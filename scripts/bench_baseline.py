@@ -96,7 +96,8 @@ def tandem_core(args: argparse.Namespace) -> Iterator[str]:
     target = f"127.0.0.1:{_free_port()}"
     command = [sys.executable, "-m", "core.cli", "core", "--model", str(args.model),
                "--grpc-port", target.rsplit(":", 1)[1], "--max-model-len",
-               str(args.max_model_len), "--max-num-seqs", str(args.max_num_seqs), *args.core_arg]
+               str(args.max_model_len), "--max-num-seqs", str(args.max_num_seqs),
+               *getattr(args, "extra_core_args", ("--embedding-model", "none")), *args.core_arg]
     print(f"starting core: {' '.join(command)}  (log: {args.core_log})", flush=True)
     with open(args.core_log, "w") as log_file:
         process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT,

@@ -17,6 +17,7 @@ import asyncio
 import json
 import sys
 import uuid
+from typing import Any
 
 import openai
 
@@ -53,7 +54,10 @@ def error_body(exc: openai.APIStatusError) -> dict:
 
 def sync_part(base: str, model: str, salt: str) -> None:
     client = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0, timeout=60)
-    check("models.list", [m.id for m in client.models.list().data] == [model])
+    models = [m.id for m in client.models.list().data]
+    check("models.list", models[0] == model and len(models) == 2, models)
+    embedding_part(client, models[1])
+    score_part(client, model)
 
     messages = [{"role": "system", "content": "You are terse."},
                 {"role": "user", "content": "Say hello in three languages."}]
@@ -168,6 +172,47 @@ async def async_part(base: str, model: str) -> None:
               error_body(exc).get("code") == "context_length_exceeded", error_body(exc))
     else:
         check("async BadRequestError", False, "no error raised")
+
+
+def embedding_part(client: openai.OpenAI, embedding_model: str) -> None:
+    """Embeddings as floats and as base64 (which newer SDKs request and decode themselves)."""
+    import base64
+    import struct
+
+    as_float = client.embeddings.create(model=embedding_model, input=["a cat", "a dog"],
+                                        encoding_format="float")
+    vectors = [item.embedding for item in as_float.data]
+    check("embeddings float", len(vectors) == 2 and len(vectors[0]) == 384
+          and abs(sum(v * v for v in vectors[0]) - 1) < 1e-4, len(vectors))
+    as_base64 = client.embeddings.create(model=embedding_model, input=["a cat", "a dog"],
+                                         encoding_format="base64")
+    for item, vector in zip(as_base64.data, vectors, strict=True):
+        value = item.embedding
+        if isinstance(value, str):  # SDKs that hand base64 back as it came
+            value = list(struct.unpack(f"<{len(vector)}f", base64.b64decode(value)))
+        check("embeddings base64", value == vector)
+    short = client.embeddings.create(model=embedding_model, input="hi", encoding_format="float",
+                                     extra_body={"dimensions": 16})  # typed only since 1.10
+    check("embeddings dimensions", len(short.data[0].embedding) == 16)
+
+
+def score_part(client: openai.OpenAI, model: str) -> None:
+    """SGLang's /v1/score through the SDK's generic post (seed 000)."""
+    body = {"model": model, "query": "The capital of France is", "items": [" Paris", " London"],
+            "label_token_ids": [5, 6, 7], "apply_softmax": True}
+    try:
+        reply = client.post("/score", cast_to=dict, body=body)
+    except ValueError:  # openai 1.0.0 cannot cast to a bare `dict` (an SDK bug, fixed later)
+        reply = client.post("/score", cast_to=dict[str, Any], body=body)
+    check("score", reply["object"] == "scoring" and len(reply["scores"]) == 2
+          and all(abs(sum(scores) - 1) < 1e-6 for scores in reply["scores"]), reply)
+    try:
+        client.post("/score", cast_to=dict[str, Any], body={
+            "model": model, "query": "Test", "items": [], "label_token_ids": [5]})
+    except openai.BadRequestError as exc:
+        check("score BadRequestError", error_body(exc).get("param") == "items", error_body(exc))
+    else:
+        check("score BadRequestError", False, "no error raised")
 
 
 def main() -> None:

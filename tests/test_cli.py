@@ -40,8 +40,10 @@ def test_core_without_model_serves_the_demo_model(tmp_path):
                         assert error.code() == grpc.StatusCode.UNAVAILABLE  # still loading
                         assert time.monotonic() < deadline, log_path.read_text()
                         time.sleep(0.5)
-                [demo] = models
+                demo, minilm = models  # the demo decoder and the bundled embedding model
                 assert demo.id == "tandem-demo" and demo.is_demo
+                assert minilm.id == "all-MiniLM-L6-v2" and minilm.embedding_dimensions == 384
+                assert list(minilm.capabilities) == [pb.CAPABILITY_EMBED]
                 assert "RANDOM weights" in demo.description
                 chunks = list(stub.Generate(pb.GenerateRequest(
                     text="hello", stopping=pb.StoppingCriteria(max_tokens=4, ignore_eos=True)),

@@ -221,15 +221,17 @@ async def test_a_repeated_prompt_reports_cached_tokens_in_usage(core):
     assert [r.choices[0].token_ids for r in warm] == [r.choices[0].token_ids for r in cold]
 
 
-async def test_models_and_unimplemented_rpcs(core):
+async def test_models_and_capabilities(core):
     _, stub, _ = core
     models = await stub.ListModels(pb.ListModelsRequest())
     assert [m.id for m in models.models] == ["tiny-llama"]
     info = await stub.GetModelInfo(pb.GetModelInfoRequest())
     assert info.max_model_len == 128 and info.compilations_after_warmup == 0
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await stub.Score(pb.ScoreRequest())
-    assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert list(info.capabilities) == [pb.CAPABILITY_GENERATE, pb.CAPABILITY_SCORE]
+    with pytest.raises(grpc.aio.AioRpcError) as caught:  # no embedding model on this core
+        await stub.Embed(pb.EmbedRequest(inputs=[pb.ScoreInput(text="hi")]))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error_info(caught.value) == ("UNSUPPORTED", "model")
 
 
 async def test_logprobs_carry_token_text_and_exact_bytes(core):

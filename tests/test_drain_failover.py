@@ -69,7 +69,8 @@ def _start_core(model: Path, logs: Path, name: str) -> Core:
     port, metrics_port, log_path = free_port(), free_port(), logs / f"core-{name}.log"
     process = subprocess.Popen(
         [sys.executable, "-m", "core.cli", "core", "--model", str(model),
-         "--served-model-name", MODEL, "--grpc-port", str(port), "--max-model-len", "256",
+         "--embedding-model", "none", "--served-model-name", MODEL, "--grpc-port", str(port),
+         "--max-model-len", "256",
          "--max-num-seqs", str(MAX_NUM_SEQS), "--drain-timeout-s", str(DRAIN_TIMEOUT_S),
          "--metrics-port", str(metrics_port)],
         stdout=open(log_path, "w"), stderr=subprocess.STDOUT, cwd=ROOT,

@@ -30,7 +30,8 @@ MESSAGES = [{"role": "system", "content": "You are terse."},
 
 
 def test_models_lists_the_served_model(client):
-    assert [m.id for m in client.models.list().data] == [MODEL]
+    # the generative model first, then the bundled embedding model
+    assert [m.id for m in client.models.list().data] == [MODEL, "all-MiniLM-L6-v2"]
 
 
 def test_chat_non_streaming_and_streaming_agree(client, server):

@@ -16,8 +16,9 @@ gRPC core, existed), S = this file (real stack, added).
     S test_best_of_and_echo (sync, streaming)
 001 response_format json_object / json_schema, streaming too (Tandem refuses: not implemented)
     S test_json_response_format_is_refused_not_ignored (sync + async, streaming + not)
-001 embeddings encoding_format=base64; 004 embeddings dimensions (route planned, not served)
-    S test_embeddings_route_is_an_openai_404 (pins today's answer)
+001 embeddings encoding_format=base64; 004 embeddings dimensions
+    tests/test_e2e_score_embed.py (real stack): base64 == float, dimensions; 000 (/v1/score)
+    there too
 001 vLLM extras accepted, never 422 (top_k, min_p, use_beam_search, repetition_penalty, …)
     E test_request_contract_through_the_sdk, test_async_sdk_continuous_usage_and_raw_headers
     F test_request_contract::test_vllm_extras_reach_the_core, ::test_neutral_values_…
@@ -267,15 +268,6 @@ async def test_json_response_format_is_refused_not_ignored(client, async_client,
         assert bad.value.body["param"] == "response_format"
 
 
-def test_embeddings_route_is_an_openai_404(client):
-    """/v1/embeddings (base64, dimensions) is planned; today it is a 404 in the envelope."""
-    with pytest.raises(openai.NotFoundError) as missing:
-        client.embeddings.create(model=MODEL, input="hi", encoding_format="base64",
-                                 dimensions=8)
-    assert set(missing.value.body) == {"message", "type", "param", "code"}
-    assert missing.value.request_id
-
-
 VLLM_EXTRAS = {"top_k": 5, "min_p": 0.05, "use_beam_search": False, "repetition_penalty": 1.0,
                "length_penalty": 1.0, "min_tokens": 0, "ignore_eos": True,
                "skip_special_tokens": True, "include_stop_str_in_output": False,
@@ -460,7 +452,7 @@ def test_missing_or_wrong_key_is_401_bearer(facades):
     with pytest.raises(openai.AuthenticationError):
         sdk(facades.keyed, "wrong-key").models.list()
     allowed = sdk(facades.keyed, API_KEYS[1])
-    assert [m.id for m in allowed.models.list().data] == [MODEL]
+    assert [m.id for m in allowed.models.list().data][0] == MODEL
     chunks = list(allowed.chat.completions.create(model=MODEL, messages=USER, max_tokens=2,
                                                   stream=True,
                                                   extra_body={"ignore_eos": True}))

@@ -66,4 +66,4 @@ def test_sdk_scenario(request, which):
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["version"] == version
     assert Path(report["file"]).resolve().is_relative_to(location.resolve()), report["file"]
-    assert len(report["checks"]) == 21, report["checks"]  # every step of the scenario ran
+    assert len(report["checks"]) == 27, report["checks"]  # every step of the scenario ran

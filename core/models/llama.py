@@ -261,3 +261,27 @@ class LlamaModel(nnx.Module):
                               preferred_element_type=jnp.float32)
         return jnp.einsum("...d,dv->...v", hidden, self.lm_head[...],
                           preferred_element_type=jnp.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# Embeddings from a decoder
+
+
+def pooled_hidden_states(model: LlamaModel, token_ids: jax.Array, attention_mask: jax.Array,
+                         pooling: str, page_size: int = 16) -> jax.Array:
+    """Right-padded rows token_ids, attention_mask [b, t] → unit-length embeddings [b, d]:
+    the same forward as generation, over a throwaway KV pool of the rows' own pages, with the
+    final-normed hidden states pooled: "last" (the last real token) or "mean" (the average over
+    real tokens)."""
+    from core.models.pooling import pool
+
+    b, t = token_ids.shape
+    pages_per_row = -(-t // page_size)
+    pages = KVPages.create(model.config, b * pages_per_row + 1, page_size,
+                           model.embed_tokens[...].dtype)  # + the scratch page
+    page_table = jnp.arange(b * pages_per_row, dtype=jnp.int32).reshape(b, pages_per_row)
+    positions = jnp.where(attention_mask > 0, jnp.arange(t, dtype=jnp.int32)[None, :],
+                          PADDING_POSITION)
+    hidden, _ = model(token_ids, positions, page_table, pages)  # [b, t, d]
+    mode = "lasttoken" if pooling == "last" else "mean"
+    return pool(hidden.astype(jnp.float32), attention_mask, mode, normalize=True)

@@ -13,7 +13,6 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass
 
-import grpc
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
@@ -31,8 +30,7 @@ from facade.dependencies import (
     Settings,
     resolve_model,
 )
-from facade.errors import api_error_from_grpc
-from facade.generation import CallOptions, Generation
+from facade.generation import CallOptions, Generation, call_core
 from facade.limits import Limits, check_completion_limits
 from facade.openapi import COMPLETION_RESPONSES
 from facade.protocol import (
@@ -106,12 +104,7 @@ async def prompt_texts(
         if isinstance(prompt, str):
             return prompt
         detokenize = pb.DetokenizeRequest(model=model, token_ids=prompt)
-        try:
-            response = await stub.Detokenize(
-                detokenize, metadata=options.metadata, timeout=options.timeout_s
-            )
-        except grpc.aio.AioRpcError as error:
-            raise api_error_from_grpc(error) from None
+        response = await call_core(stub.Detokenize, detokenize, options)
         return response.text
 
     return list(await asyncio.gather(*(spell(prompt) for prompt in request.prompts)))

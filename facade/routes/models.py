@@ -6,12 +6,11 @@ Model objects carry OpenAI's `id`, `object`, `created`, `owned_by` plus the core
 
 from __future__ import annotations
 
-import grpc
 from fastapi import APIRouter
 
 from facade.dependencies import API_KEY_REQUIRED, CoreCallOptions, CoreStub
-from facade.errors import ApiError, api_error_from_grpc
-from facade.generation import CallOptions
+from facade.errors import ApiError
+from facade.generation import CallOptions, call_core
 from facade.openapi import MODEL_LIST_RESPONSES, MODEL_RESPONSES
 from facade.protocol import ModelCard, ModelList
 from tandem.v1 import inference_pb2 as pb
@@ -32,12 +31,7 @@ def model_card(info: pb.ModelInfo) -> ModelCard:
 
 
 async def list_model_cards(stub: InferenceStub, options: CallOptions) -> list[ModelCard]:
-    try:
-        response = await stub.ListModels(
-            pb.ListModelsRequest(), metadata=options.metadata, timeout=options.timeout_s
-        )
-    except grpc.aio.AioRpcError as error:
-        raise api_error_from_grpc(error) from None
+    response = await call_core(stub.ListModels, pb.ListModelsRequest(), options)
     return [model_card(info) for info in response.models]
 
 

@@ -14,12 +14,28 @@ Behaviour is chosen by the request's `model`:
 | "unfinished" | one word, then ends without a finish reason                                    |
 | "slow"       | a word every 20 ms for ~10 s; records the request id when cancelled            |
 
+`Score` and `Embed` (unary) share the error models above ("missing", "overloaded", "bad-param",
+"too-long", "draining") and add:
+
+| model           | Score / Embed do                                                           |
+|-----------------|----------------------------------------------------------------------------|
+| "" / other      | Score: `fake_scores` per item; Embed: `fake_embedding` per input            |
+| "generate-only" | Embed: INVALID_ARGUMENT + UNSUPPORTED + field "model" (Score works)        |
+| "embed-only"    | Score: INVALID_ARGUMENT + UNSUPPORTED + field "model" (Embed works)        |
+| "broken"        | Score: a NaN score; Embed: one embedding too few (both facade 500s)        |
+
+A label id ≥ VOCAB_SIZE is INVALID_ARGUMENT + INVALID_PARAMETER + field "label_token_ids";
+`dimensions` > EMBEDDING_DIMENSIONS the same with field "dimensions". Their usage counts words of
+a text (`input_length`) or token ids; Score reports the query's length as cached for every item
+after the first (the shared prefix), as a real prefix cache would.
+
 Everything it sees is recorded (thread-safe) for assertions from the test thread.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 
 import grpc
@@ -33,6 +49,9 @@ from tandem.v1 import inference_pb2_grpc
 
 DEMO_MODEL = "tiny-demo"
 MAX_MODEL_LEN = 512
+# The fake models' vocabulary (label ids at or above it are refused) and embedding size.
+VOCAB_SIZE = 1000
+EMBEDDING_DIMENSIONS = 8
 
 
 def _pack(message) -> any_pb2.Any:
@@ -75,6 +94,56 @@ ERRORS = {
     ),
     "draining": rich_status(code_pb2.UNAVAILABLE, "core is draining"),
 }
+EMBED_ERRORS = {
+    **ERRORS,
+    "generate-only": rich_status(
+        code_pb2.INVALID_ARGUMENT,
+        "model 'generate-only' cannot embed",
+        "UNSUPPORTED",
+        field="model",
+    ),
+}
+SCORE_ERRORS = {
+    **ERRORS,
+    "embed-only": rich_status(
+        code_pb2.INVALID_ARGUMENT,
+        "model 'embed-only' cannot score",
+        "UNSUPPORTED",
+        field="model",
+    ),
+}
+
+
+def input_length(value: pb.ScoreInput) -> int:
+    """The fake tokenizer: words of a text, or the number of token ids."""
+    if value.WhichOneof("input") == "tokens":
+        return len(value.tokens.ids)
+    return len(value.text.split())
+
+
+def _input_seed(value: pb.ScoreInput) -> int:
+    if value.WhichOneof("input") == "tokens":
+        return sum(value.tokens.ids)
+    return sum(ord(character) for character in value.text)
+
+
+def fake_embedding(value: pb.ScoreInput, num_dimensions: int = EMBEDDING_DIMENSIONS) -> list[float]:
+    """The input's vector: EMBEDDING_DIMENSIONS numbers from its content, cut to
+    `num_dimensions` and L2-normalized (what the proto's `dimensions` asks for)."""
+    seed = _input_seed(value)
+    raw = [((seed + position) % 13 - 6) / 8 for position in range(EMBEDDING_DIMENSIONS)]
+    raw = raw[:num_dimensions]
+    norm = math.sqrt(sum(number * number for number in raw)) or 1.0
+    return [number / norm for number in raw]
+
+
+def fake_scores(item_index: int, label_token_ids: list[int], apply_softmax: bool) -> list[float]:
+    """Item `item_index`'s scores: the probability 1 / (label + 2 + item_index) per label, or the
+    softmax over the logits label / 10 (the same for every item)."""
+    if not apply_softmax:
+        return [1 / (label + 2 + item_index) for label in label_token_ids]
+    exps = [math.exp(label / 10) for label in label_token_ids]
+    return [number / sum(exps) for number in exps]
 
 
 def prompt_words(request: pb.GenerateRequest) -> list[str]:
@@ -95,10 +164,21 @@ class FakeCore(inference_pb2_grpc.InferenceServicer):
         self.requests: list[tuple[str | None, pb.GenerateRequest]] = []  # (x-request-id, request)
         self.cancelled_request_ids: list[str | None] = []
         self.cancelled = threading.Event()
+        # Score and Embed requests: (x-request-id, request).
+        self.unary_requests: list[tuple[str | None, pb.ScoreRequest | pb.EmbedRequest]] = []
 
     def last_request(self) -> tuple[str | None, pb.GenerateRequest]:
         with self._lock:
             return self.requests[-1]
+
+    def last_unary_request(self) -> tuple[str | None, pb.ScoreRequest | pb.EmbedRequest]:
+        with self._lock:
+            return self.unary_requests[-1]
+
+    def _record_unary(self, request, context) -> None:
+        request_id = dict(context.invocation_metadata()).get("x-request-id")
+        with self._lock:
+            self.unary_requests.append((request_id, request))
 
     def request_ids(self) -> list[str | None]:
         with self._lock:
@@ -165,6 +245,50 @@ class FakeCore(inference_pb2_grpc.InferenceServicer):
                                       model=model)  # fmt: skip
             if model == "unfinished":
                 return
+
+    async def Score(self, request, context):
+        self._record_unary(request, context)
+        model = request.model or DEMO_MODEL
+        if model in SCORE_ERRORS:
+            await context.abort_with_status(SCORE_ERRORS[model])
+        labels = list(request.label_token_ids)
+        if any(label >= VOCAB_SIZE for label in labels):
+            await context.abort_with_status(rich_status(
+                code_pb2.INVALID_ARGUMENT, f"label token ids must be below {VOCAB_SIZE}",
+                "INVALID_PARAMETER", field="label_token_ids",
+            ))  # fmt: skip
+        items = [
+            pb.ItemScores(scores=fake_scores(index, labels, request.apply_softmax))
+            for index in range(len(request.items))
+        ]
+        if model == "broken":
+            items[0].scores[0] = math.nan
+        query_length = input_length(request.query)
+        prompt_tokens = sum(query_length + input_length(item) for item in request.items)
+        cached_tokens = query_length * max(0, len(request.items) - 1)
+        usage = pb.Usage(prompt_tokens=prompt_tokens, cached_tokens=cached_tokens)
+        return pb.ScoreResponse(items=items, usage=usage, model=model)
+
+    async def Embed(self, request, context):
+        self._record_unary(request, context)
+        model = request.model or "embed-demo"
+        if model in EMBED_ERRORS:
+            await context.abort_with_status(EMBED_ERRORS[model])
+        size = request.dimensions if request.HasField("dimensions") else EMBEDDING_DIMENSIONS
+        if size > EMBEDDING_DIMENSIONS:
+            await context.abort_with_status(rich_status(
+                code_pb2.INVALID_ARGUMENT,
+                f"dimensions must be at most {EMBEDDING_DIMENSIONS} for this model",
+                "INVALID_PARAMETER", field="dimensions",
+            ))  # fmt: skip
+        embeddings = [
+            pb.Embedding(index=index, values=fake_embedding(value, size))
+            for index, value in enumerate(request.inputs)
+        ]
+        if model == "broken":
+            del embeddings[-1]
+        usage = pb.Usage(prompt_tokens=sum(input_length(value) for value in request.inputs))
+        return pb.EmbedResponse(embeddings=embeddings, usage=usage, model=model)
 
     async def ListModels(self, request, context):
         demo = pb.ModelInfo(

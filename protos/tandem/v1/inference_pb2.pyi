@@ -913,6 +913,7 @@ class ScoreRequest(_message.Message):
     APPLY_SOFTMAX_FIELD_NUMBER: _builtins.int
     ITEM_FIRST_FIELD_NUMBER: _builtins.int
     model: _builtins.str
+    """Empty: the core's default (generative) model."""
     apply_softmax: _builtins.bool
     """Softmax over the label ids' logits (sums to 1) instead of full-vocabulary probabilities."""
     item_first: _builtins.bool
@@ -1010,6 +1011,7 @@ class EmbedRequest(_message.Message):
     INPUTS_FIELD_NUMBER: _builtins.int
     DIMENSIONS_FIELD_NUMBER: _builtins.int
     model: _builtins.str
+    """Empty: the core's embedding model (else its default model, when that one can embed)."""
     dimensions: _builtins.int
     """Truncate to this many dimensions and re-normalize (unset: the model's size)."""
     @_builtins.property
