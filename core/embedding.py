@@ -1,8 +1,9 @@
 """Embed: pooled sentence embeddings, batched across requests in bucketed shapes.
 
 Owns: validating an `EmbedRequest`'s inputs into token ids, `EmbeddingEngine` (its own thread
-that gathers the inputs of every waiting RPC, sorts them by length and runs them as
-[batch bucket, length bucket] calls of one jitted forward, compiled at warm-up), and `dimensions`
+that gathers the inputs of every waiting RPC and runs them as [batch bucket, length bucket]
+calls of one jitted forward, compiled at warm-up; inputs of different RPCs share calls, the
+oldest first; too many queued inputs → OVERLOADED), and `dimensions`
 (truncate, then re-normalize to unit length, as OpenAI's text-embedding-3 models do).
 
 The forward is model-agnostic: `forward(params, token_ids [b, t], attention_mask [b, t]
@@ -26,7 +27,7 @@ import jax
 import numpy as np
 
 from core.convert import PromptPolicy, check_token_ids
-from core.errors import ContextLengthExceeded, InvalidParameter, Unavailable
+from core.errors import ContextLengthExceeded, InvalidParameter, Overloaded, Unavailable
 from core.tokenizer import Tokenizer
 from tandem.v1 import inference_pb2 as pb
 
@@ -149,7 +150,7 @@ class EmbeddingEngine:
     """Embeds token-id lists for every RPC on one thread, in bucketed batched calls."""
 
     def __init__(self, forward: Callable, params, dimensions: int, buckets: EmbeddingBuckets,
-                 pad_token_id: int = 0):
+                 pad_token_id: int = 0, max_pending_inputs: int = 4 * MAX_INPUTS):
         self.dimensions = dimensions  # the model's embedding size
         self.buckets = buckets
         self._params = params
@@ -165,6 +166,9 @@ class EmbeddingEngine:
 
         self._forward = jax.jit(traced, static_argnames=("num_packed_tokens",))
         self._inbox: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self.max_pending_inputs = max_pending_inputs  # queued inputs before OVERLOADED
+        self._num_pending_inputs = 0  # submitted, not yet embedded nor dropped (under _lock)
+        self._lock = threading.Lock()
         self._accepting = True
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="tandem-embed", daemon=True)
@@ -197,56 +201,85 @@ class EmbeddingEngine:
         self._accepting = False
 
     def submit(self, token_ids: list[list[int]]) -> concurrent.futures.Future:
-        """A future of float32 [inputs, dimensions]; cancel it to drop the unstarted work."""
+        """A future of float32 [inputs, dimensions]; cancel it to drop the unstarted work.
+        Raises Unavailable when shutting down, Overloaded when too many inputs wait."""
         if not self._accepting:
             raise Unavailable("the core is shutting down")
+        with self._lock:
+            if self._num_pending_inputs + len(token_ids) > self.max_pending_inputs:
+                raise Overloaded("too many embedding inputs queued; retry later",
+                                 retry_after_s=1)
+            self._num_pending_inputs += len(token_ids)
         job = _Job(token_ids, concurrent.futures.Future(), [None] * len(token_ids))
         self._inbox.put(job)
         return job.future
 
     def _loop(self) -> None:
+        pending: list[tuple[_Job, int]] = []  # (job, input index) not embedded yet, in order
         while not self._stopped.is_set():
-            try:
-                first = self._inbox.get(timeout=IDLE_WAIT_S)
-            except queue.Empty:
+            pending += self._new_work(block=not pending)
+            kept = [(job, index) for job, index in pending if not job.future.done()]
+            self._forget(len(pending) - len(kept))  # inputs of cancelled (or failed) RPCs
+            if not kept:
+                pending = []
                 continue
-            jobs = [first]
-            while True:  # every RPC waiting now shares the batches
-                try:
-                    jobs.append(self._inbox.get_nowait())
-                except queue.Empty:
-                    break
-            jobs = [job for job in jobs if job is not None and not job.future.cancelled()]
+            batch, pending = self._next_call(kept)
             try:
-                self._embed(jobs)
+                self._embed(batch)
             except Exception as exc:  # a bug: fail these RPCs, keep serving
                 log.exception("embedding step failed")
-                for job in jobs:
+                for job in {id(job): job for job, _ in batch}.values():
                     _resolve(job.future, exc)
+            finally:
+                self._forget(len(batch))
 
-    def _embed(self, jobs: list[_Job]) -> None:
-        work = sorted(((job, index) for job in jobs for index in range(len(job.token_ids))),
-                      key=lambda entry: -len(entry[0].token_ids[entry[1]]))
-        while work:
-            length = _bucket(self.buckets.lengths, len(work[0][0].token_ids[work[0][1]]))
-            batch, work = work[:self.buckets.max_rows(length)], work[self.buckets.max_rows(length):]
-            batch = [(job, index) for job, index in batch if not job.future.done()]
-            if not batch:
-                continue
-            rows = _bucket(self.buckets.batch_sizes, len(batch))
-            token_ids = np.full((rows, length), self._pad_token_id, np.int32)
-            mask = np.zeros((rows, length), np.int32)
-            for row, (job, index) in enumerate(batch):
-                ids = job.token_ids[index]
-                token_ids[row, :len(ids)] = ids
-                mask[row, :len(ids)] = 1
-            packed = self.buckets.packed_tokens(rows, length, int(mask.sum()))
-            vectors = self._run(token_ids, mask, packed)
-            for row, (job, index) in enumerate(batch):
-                job.vectors[index] = vectors[row]
-                job.num_done += 1
-                if job.num_done == len(job.token_ids):
-                    _resolve(job.future, np.stack(job.vectors))
+    def _new_work(self, block: bool) -> list[tuple[_Job, int]]:
+        """Every job waiting in the inbox, as (job, index) entries, longest input first."""
+        try:
+            jobs = [self._inbox.get(timeout=IDLE_WAIT_S) if block else self._inbox.get_nowait()]
+        except queue.Empty:
+            return []
+        while True:
+            try:
+                jobs.append(self._inbox.get_nowait())
+            except queue.Empty:
+                break
+        return [(job, index) for job in jobs if job is not None
+                for index in sorted(range(len(job.token_ids)),
+                                    key=lambda i, job=job: -len(job.token_ids[i]))]
+
+    def _next_call(self, pending: list[tuple[_Job, int]]):
+        """The next call's inputs and what stays pending: the oldest input sets the length
+        bucket, then inputs that fit it fill the call's rows, earlier RPCs first (so RPCs share
+        calls, and a small RPC behind a huge one waits for one call, not for all of it)."""
+        length = _bucket(self.buckets.lengths, len(pending[0][0].token_ids[pending[0][1]]))
+        max_rows = self.buckets.max_rows(length)
+        batch, rest = [], []
+        for job, index in pending:
+            fits = len(batch) < max_rows and len(job.token_ids[index]) <= length
+            (batch if fits else rest).append((job, index))
+        return batch, rest
+
+    def _embed(self, batch: list[tuple[_Job, int]]) -> None:
+        length = _bucket(self.buckets.lengths, max(len(job.token_ids[i]) for job, i in batch))
+        rows = _bucket(self.buckets.batch_sizes, len(batch))
+        token_ids = np.full((rows, length), self._pad_token_id, np.int32)
+        mask = np.zeros((rows, length), np.int32)
+        for row, (job, index) in enumerate(batch):
+            ids = job.token_ids[index]
+            token_ids[row, :len(ids)] = ids
+            mask[row, :len(ids)] = 1
+        packed = self.buckets.packed_tokens(rows, length, int(mask.sum()))
+        vectors = self._run(token_ids, mask, packed)
+        for row, (job, index) in enumerate(batch):
+            job.vectors[index] = vectors[row]
+            job.num_done += 1
+            if job.num_done == len(job.token_ids):
+                _resolve(job.future, np.stack(job.vectors))
+
+    def _forget(self, num_inputs: int) -> None:
+        with self._lock:
+            self._num_pending_inputs -= num_inputs
 
     def _run(self, token_ids: np.ndarray, mask: np.ndarray, packed: int | None) -> np.ndarray:
         return np.asarray(jax.device_get(self._forward(

@@ -207,7 +207,7 @@ class LlmEngine(Engine):
         """A prefill-only request is done: report its labels' log-probabilities."""
         request = tracked.request
         labels = request.score_label_ids
-        label_logprobs = tuple(float(logprobs[i]) for i in labels) if labels else ()
+        label_logprobs = tuple(logprobs[list(labels)].tolist()) if labels else ()
         request.finish_reason = FinishReason.STOP
         self.metrics.e2e_request_latency_s.observe(time.monotonic() - tracked.arrival_s)
         self._release(request)

@@ -121,8 +121,11 @@ class ModelRunner:
 
     def execute(self, output: SchedulerOutput) -> StepOutput:
         """Run every chunk of the step; rows of chunks that sample nothing hold junk."""
-        decodes = [i for i, chunk in enumerate(output.chunks) if len(chunk.token_ids) == 1]
-        prefills = [i for i, chunk in enumerate(output.chunks) if len(chunk.token_ids) > 1]
+        # a Score's last token goes with the prefills: its call then copies ≤ 4 rows of logits
+        decodes = [i for i, chunk in enumerate(output.chunks)
+                   if len(chunk.token_ids) == 1 and not chunk.wants_scores]
+        prefills = [i for i, chunk in enumerate(output.chunks)
+                    if len(chunk.token_ids) > 1 or chunk.wants_scores]
         groups = []  # (chunk indices, call shape)
         if decodes:
             widest = max(len(output.chunks[i].page_ids) for i in decodes)

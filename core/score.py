@@ -29,6 +29,8 @@ from core.tokenizer import Tokenizer
 from tandem.v1 import inference_pb2 as pb
 
 GREEDY = SamplingParams(temperature=0.0)
+MAX_LABELS = 1024  # label ids per request: each item reports one number per label
+MAX_ITEMS = 2048  # items per request (as OpenAI's inputs per embeddings request)
 
 
 def score_prompts(tokenizer: Tokenizer, policy: PromptPolicy,
@@ -39,8 +41,12 @@ def score_prompts(tokenizer: Tokenizer, policy: PromptPolicy,
         raise InvalidParameter("query is required (text or token ids)", param="query")
     if not request.items:
         raise InvalidParameter("items must not be empty", param="items")
+    if len(request.items) > MAX_ITEMS:
+        raise InvalidParameter(f"at most {MAX_ITEMS} items per request", param="items")
     if not request.label_token_ids:
         raise InvalidParameter("label_token_ids must not be empty", param="label_token_ids")
+    if len(request.label_token_ids) > MAX_LABELS:
+        raise InvalidParameter(f"at most {MAX_LABELS} label_token_ids", param="label_token_ids")
     check_token_ids(request.label_token_ids, policy.vocab_size, "label_token_ids")
     if any(item.WhichOneof("input") != kind for item in request.items):
         raise InvalidParameter("the query and every item must be of the same kind: all text "
@@ -101,10 +107,6 @@ async def run_score(engine: Engine, prompts: list[list[int]], request: pb.ScoreR
                     rpc_id: str) -> pb.ScoreResponse:
     """Prefill the shared prefix once, then every item in one go; scores in item order."""
     config = engine.engine_config
-    capacity = config.max_waiting + config.max_num_seqs
-    if len(prompts) + 1 > capacity:
-        raise InvalidParameter(f"at most {capacity - 1} items per request on this server",
-                               param="items")
     labels = tuple(request.label_token_ids)
     prefix = shared_prefix(prompts)
     if len(prompts) > 1 and config.enable_prefix_cache and len(prefix) >= config.page_size:
@@ -127,10 +129,14 @@ def _prefill_request(request_id: str, prompt: list[int], labels: tuple[int, ...]
 
 
 async def prefill_all(engine: Engine, requests: list[Request]) -> dict[str, RequestOutput]:
-    """Run prefill-only requests to completion; whatever is unfinished when this is cancelled
-    (the RPC went away) or fails is aborted, so its pages come back within one step."""
+    """Run prefill-only requests to completion, at most `max_num_seqs` in the engine at a time
+    (a big Score never fills the admission queue: other RPCs keep their room, and it is never
+    half-admitted); whatever is unfinished when this is cancelled (the RPC went away) or fails
+    is aborted, so its pages come back within one step."""
     loop = asyncio.get_running_loop()
     outputs: asyncio.Queue[RequestOutput] = asyncio.Queue()
+    window = max(1, engine.engine_config.max_num_seqs)
+    waiting = list(reversed(requests))  # popped from the end: request order
     unfinished: set[str] = set()
     results: dict[str, RequestOutput] = {}
 
@@ -138,10 +144,11 @@ async def prefill_all(engine: Engine, requests: list[Request]) -> dict[str, Requ
         loop.call_soon_threadsafe(outputs.put_nowait, output)
 
     try:
-        for request in requests:  # Overloaded / Unavailable: the added ones are aborted below
-            engine.add_request(request, sink)
-            unfinished.add(request.request_id)
-        while unfinished:
+        while waiting or unfinished:
+            while waiting and len(unfinished) < window:  # Overloaded / Unavailable: raised
+                request = waiting.pop()
+                engine.add_request(request, sink)
+                unfinished.add(request.request_id)
             output = await outputs.get()
             if output.error:
                 raise TandemError(output.error)

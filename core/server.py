@@ -22,7 +22,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from core import convert
-from core.config import ServerConfig
+from core.config import ConfigError, ServerConfig
 from core.embedding import check_dimensions, embed_inputs, truncate_dimensions
 from core.engine import Engine
 from core.errors import ModelNotFound, TandemError, Unavailable, Unsupported
@@ -173,13 +173,18 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         token_ids = await asyncio.to_thread(embed_inputs, model.tokenizer, model.policy, request)
         log.info("embed %s: %d inputs, %d tokens", request_id, len(token_ids),
                  sum(len(ids) for ids in token_ids))
-        vectors = truncate_dimensions(
-            await asyncio.wrap_future(model.embedder.submit(token_ids)), dimensions)
-        num_tokens = sum(len(ids) for ids in token_ids)
-        return pb.EmbedResponse(
-            embeddings=[pb.Embedding(index=index, values=vector.tolist())
-                        for index, vector in enumerate(vectors)],
-            usage=pb.Usage(prompt_tokens=num_tokens), model=model.name)
+        vectors = await asyncio.wrap_future(model.embedder.submit(token_ids))
+        return await asyncio.to_thread(_embed_response, vectors, dimensions, token_ids,
+                                       model.name)  # big replies: off the event loop
+
+
+def _embed_response(vectors, dimensions: int | None, token_ids: list[list[int]],
+                    model: str) -> pb.EmbedResponse:
+    vectors = truncate_dimensions(vectors, dimensions)
+    return pb.EmbedResponse(
+        embeddings=[pb.Embedding(index=index, values=vector.tolist())
+                    for index, vector in enumerate(vectors)],
+        usage=pb.Usage(prompt_tokens=sum(len(ids) for ids in token_ids)), model=model)
 
 
 def _request_id(context: grpc.aio.ServicerContext) -> str:
@@ -269,6 +274,9 @@ class CoreServer:
         names = [config.model_name or Path(config.model_dir).name]
         if config.embedding_model_dir is not None:
             names.append(config.embedding_model_name or Path(config.embedding_model_dir).name)
+            if names[1] == names[0]:
+                raise ConfigError(f"both models are named '{names[0]}': give one another id "
+                                  "(--served-model-name or --embedding-model-name)")
         self.servicer = InferenceServicer(names, names[1] if len(names) > 1 else None)
         self.health = health.aio.HealthServicer()
         self.server = grpc.aio.server(options=[

@@ -146,3 +146,12 @@ async def test_a_cancelled_score_frees_its_pages(core):
     while engine.num_unfinished or engine.scheduler.allocator.num_in_use:
         assert asyncio.get_running_loop().time() < deadline, "pages not freed after cancel"
         await asyncio.sleep(0.05)
+
+
+def test_two_models_with_one_name_are_refused(tiny_models):
+    from core.config import ConfigError
+
+    with pytest.raises(ConfigError, match="both models are named"):
+        CoreServer(ServerConfig(model_dir=Path(tiny_models["llama"]), model_name=MINILM,
+                                embedding_model_dir=default_embedding_model_dir(),
+                                embedding_model_name=MINILM))

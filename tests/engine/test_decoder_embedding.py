@@ -76,3 +76,19 @@ def test_cancelled_jobs_are_dropped_and_the_engine_keeps_serving(engine, referen
         assert big.cancelled()
     finally:
         embedder.stop()
+
+
+def test_too_many_queued_inputs_is_overloaded(engine):
+    from core.errors import Overloaded
+    from core.served_models import _decoder_embedder
+
+    embedder = _decoder_embedder(engine, "mean")
+    try:
+        embedder.max_pending_inputs = 8
+        first = embedder.submit(token_lists()[:5])
+        with pytest.raises(Overloaded):
+            embedder.submit(token_lists()[:5])  # 10 > 8 waiting inputs
+        first.result(timeout=60)
+        embedder.submit(token_lists()[:5]).result(timeout=60)  # room again once embedded
+    finally:
+        embedder.stop()

@@ -123,6 +123,7 @@ def test_query_is_computed_once_and_items_branch_from_it(engine):
     ({"label_token_ids": [10**6]}, "label_token_ids"),
     ({"items": [pb.ScoreInput(tokens=pb.TokenIds(ids=[1, 2]))]}, "items"),
     ({"query": pb.ScoreInput()}, "query"),
+    ({"label_token_ids": [5] * 1025}, "label_token_ids"),
 ])
 def test_bad_requests_name_the_parameter(engine, fields, param):
     request = text_request()
@@ -144,3 +145,15 @@ def test_over_long_prompt_is_refused(engine):
     with pytest.raises(ContextLengthExceeded) as error:
         score_prompts(engine.tokenizer, policy_of(engine), request)
     assert error.value.param == "items"
+
+
+def test_more_items_than_the_admission_queue_holds(engine):
+    """300 items > max_waiting + max_num_seqs (264): they enter the engine max_num_seqs at a
+    time, so a big Score neither fails nor crowds other requests out of the queue."""
+    query = list(range(10, 30))
+    request = pb.ScoreRequest(query=pb.ScoreInput(tokens=pb.TokenIds(ids=query)),
+                              items=[pb.ScoreInput(tokens=pb.TokenIds(ids=[5 + i % 400]))
+                                     for i in range(300)], label_token_ids=LABELS)
+    _, response = score(engine, request)
+    assert len(response.items) == 300
+    assert engine.num_unfinished == 0 and engine.scheduler.allocator.num_in_use == 0
