@@ -2,7 +2,9 @@
 
 Owns: the model's parameters and the KV page pool on device, the jitted step (forward over
 pages, last-token logits, on-device sampling) with the pool donated, padding work to the shape
-buckets, compiling every bucket at warm-up, and counting compilations.
+buckets, compiling every bucket at warm-up, and counting compilations. The step also returns
+its logits; they stay on device unless a Score chunk is in the call (its labels' log-softmax
+is computed on the host, in float64, from the copied row).
 
 One engine step runs two kinds of call, both the same jitted function at different shapes: all
 single-token rows (decodes) together as [rows bucket, 1] with page tables padded to a width
@@ -41,7 +43,7 @@ class StepOutput:
     logprobs: np.ndarray  # [chunks] float, of the chosen tokens
     top_ids: np.ndarray  # [chunks, MAX_TOP_LOGPROBS]
     top_logprobs: np.ndarray  # [chunks, MAX_TOP_LOGPROBS]
-    # chunk index → float32 [vocab] next-token log-softmax, for chunks with `wants_scores`
+    # chunk index → float64 [vocab] next-token log-softmax, for chunks with `wants_scores`
     score_logprobs: dict[int, np.ndarray]
 
 
@@ -80,7 +82,6 @@ class ModelRunner:
         self.compilations_at_warmup = 0
         self._step = jax.jit(self._step_fn, donate_argnames=("pages",),
                              out_shardings=out_shardings)
-        self._score_head = jax.jit(self._score_fn)
         log.info("KV pool: %d pages × %d tokens", self.num_pages, self.page_size)
 
     @property
@@ -107,17 +108,9 @@ class ModelRunner:
         model = nnx.merge(self._graphdef, jax.tree.unflatten(self._param_treedef, param_leaves))
         hidden, pages = model(token_ids, positions, page_table, pages)  # [b, t, d]
         rows = jnp.arange(token_ids.shape[0])
-        last_hidden = hidden[rows, last_index]  # [b, d]
-        logits = model.logits(last_hidden)  # [b, v]
+        logits = model.logits(hidden[rows, last_index])  # [b, v]
         result = sample(logits, sampling, positions[rows, last_index] + 1, wants_logprobs)
-        return result, pages, last_hidden
-
-    def _score_fn(self, param_leaves, last_hidden):
-        """[b, d] final-normed hidden states → float32 [b, v] next-token log-softmax (Score).
-        Kept out of the step so that only calls with a scoring row pay for it."""
-        self.num_compilations += 1  # runs only while tracing
-        model = nnx.merge(self._graphdef, jax.tree.unflatten(self._param_treedef, param_leaves))
-        return jax.nn.log_softmax(model.logits(last_hidden), axis=-1)
+        return result, pages, logits  # the logits stay on device unless a Score reads them
 
     def execute(self, output: SchedulerOutput) -> StepOutput:
         """Run every chunk of the step; rows of chunks that sample nothing hold junk."""
@@ -135,9 +128,8 @@ class ModelRunner:
         calls = []  # (chunk indices, device result, device scores): dispatched first
         for group, shape in groups:
             chunks = [output.chunks[i] for i in group]
-            result, last_hidden = self._call(chunks, shape, output.wants_logprobs)
-            scores = (self._score_head(self._param_leaves, last_hidden)
-                      if any(chunk.wants_scores for chunk in chunks) else None)
+            result, logits = self._call(chunks, shape, output.wants_logprobs)
+            scores = logits if any(chunk.wants_scores for chunk in chunks) else None
             calls.append((group, result, scores))
         # one transfer for everything; the top-k arrays only when someone asked for them
         wanted = [(r.token_ids, r.logprobs, *((r.top_ids, r.top_logprobs)
@@ -158,7 +150,7 @@ class ModelRunner:
             if arrays[-1] is not None:
                 for row, index in enumerate(indices):
                     if output.chunks[index].wants_scores:
-                        step.score_logprobs[index] = arrays[-1][row]
+                        step.score_logprobs[index] = _log_softmax(arrays[-1][row])
         return step
 
     def _pack_prefills(self, chunks: tuple[SequenceChunk, ...], indices: list[int]):
@@ -187,27 +179,29 @@ class ModelRunner:
             page_table[row, :len(chunk.page_ids)] = chunk.page_ids
             last_index[row] = length - 1
         sampling = SamplingArrays.from_params([chunk.sampling for chunk in chunks], num_rows)
-        result, self._pages, last_hidden = self._step(
+        result, self._pages, logits = self._step(
             self._param_leaves, self._pages, token_ids, positions, page_table, last_index,
             sampling, np.bool_(wants_logprobs))
-        return result, last_hidden
+        return result, logits
 
     def warmup(self) -> None:
         """Compile every shape once; the compilation counter starts after this."""
         shapes = [(b, 1, p) for b in self._decode_buckets for p in self._page_buckets]
         shapes += [(rows, tokens, pages) for rows, tokens in self.engine_config.prefill_shapes()
                    for pages in self._prefill_page_buckets]
-        hidden_by_rows = {}  # one step output per row count: the Score head's inputs
         for index, shape in enumerate(shapes, start=1):
             started = time.perf_counter()
             # no real chunk: every position is padding, so nothing is written to the pool
-            _, hidden_by_rows[shape[0]] = jax.block_until_ready(self._call([], shape, False))
+            jax.block_until_ready(self._call([], shape, False))
             log.info("warm-up %d/%d: %d rows × %d tokens, %d pages compiled in %.2f s", index,
                      len(shapes), *shape, time.perf_counter() - started)
-        for last_hidden in hidden_by_rows.values():
-            jax.block_until_ready(self._score_head(self._param_leaves, last_hidden))
-        log.info("warm-up: the Score head compiled for row counts %s", sorted(hidden_by_rows))
         self.compilations_at_warmup = self.num_compilations
+
+
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    """float32 logits [v] → float64 log-probabilities [v] (a Score's labels read them)."""
+    shifted = logits.astype(np.float64) - logits.max()
+    return shifted - np.log(np.exp(shifted).sum())
 
 
 def _bucket(buckets: tuple[int, ...], size: int) -> int:
