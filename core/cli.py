@@ -95,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_core(args: argparse.Namespace) -> None:
+    from core.xla_flags import apply_defaults
+
+    apply_defaults()  # before anything starts JAX's backend
     from core.config import EngineConfig, ServerConfig
     from core.server import run
 

@@ -14,8 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from core.xla_flags import apply_defaults  # stdlib only
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+apply_defaults()  # in-process engines run with the XLA flags `tandem core` sets
 
 
 @pytest.fixture(scope="session", autouse=True)
