@@ -108,21 +108,33 @@ def _decoder_embedder(engine: LlmEngine, pooling: str) -> EmbeddingEngine:
     from core.models.llama import pooled_hidden_states
 
     runner = engine.runner
-    graphdef, treedef = runner.graphdef, runner.param_treedef
 
-    def forward(param_leaves, token_ids, attention_mask):
-        import jax
-        from flax import nnx
-
-        model = nnx.merge(graphdef, jax.tree.unflatten(treedef, param_leaves))
+    def forward(model, token_ids, attention_mask):
         return pooled_hidden_states(model, token_ids, attention_mask, pooling)
 
     buckets = EmbeddingBuckets(max_batch_tokens=4096).for_max_len(
         engine.engine_config.max_model_len)
-    embedder = EmbeddingEngine(forward, runner.param_leaves, engine.model_config.hidden_size,
-                               buckets)
+    return _started_embedder(forward, runner.graphdef, runner.param_treedef,
+                             runner.param_leaves, engine.model_config.hidden_size, buckets)
+
+
+def _started_embedder(forward, graphdef, treedef, leaves: list, dimensions: int,
+                      buckets: EmbeddingBuckets, pad_token_id: int = 0) -> EmbeddingEngine:
+    """An EmbeddingEngine over `forward(model, token_ids, attention_mask[, packed])`, with the
+    model rebuilt from its flat parameter leaves inside the jit; compiled and started."""
+    import jax
+    from flax import nnx
+
+    def forward_leaves(param_leaves, *arrays):
+        return forward(nnx.merge(graphdef, jax.tree.unflatten(treedef, param_leaves)), *arrays)
+
+    embedder = EmbeddingEngine(forward_leaves, leaves, dimensions, buckets,
+                               pad_token_id=pad_token_id)
+    started = time.perf_counter()
     embedder.warmup()
     embedder.start()
+    log.info("embedding engine ready in %.1f s (%d shapes)", time.perf_counter() - started,
+             len(buckets.shapes()))
     return embedder
 
 
@@ -137,19 +149,13 @@ def load_embedding(model_dir: Path, name: str) -> ServedModel:
     graphdef, state = nnx.split(model)
     leaves, treedef = jax.tree.flatten(state)
 
-    def forward(param_leaves, token_ids, attention_mask, num_packed_tokens=None):
-        encoder = nnx.merge(graphdef, jax.tree.unflatten(treedef, param_leaves))
+    def forward(encoder, token_ids, attention_mask, num_packed_tokens=None):
         return encode(encoder, token_ids, attention_mask, pooling, num_packed_tokens)
 
     tokenizer = Tokenizer(Path(model_dir))
     buckets = EmbeddingBuckets(packed_fractions=PACKED_FRACTIONS).for_max_len(max_seq_len_tokens)
-    embedder = EmbeddingEngine(forward, leaves, config.hidden_size, buckets,
-                               pad_token_id=config.pad_token_id)
-    started = time.perf_counter()
-    embedder.warmup()
-    embedder.start()
-    log.info("embedding model '%s' ready in %.1f s (%d shapes)", name,
-             time.perf_counter() - started, len(buckets.shapes()))
+    embedder = _started_embedder(forward, graphdef, treedef, leaves, config.hidden_size, buckets,
+                                 pad_token_id=config.pad_token_id)
     policy = PromptPolicy(vocab_size=config.vocab_size, max_model_len=max_seq_len_tokens,
                           max_token_chars=tokenizer.max_token_chars)
     info = pb.ModelInfo(

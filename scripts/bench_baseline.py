@@ -97,7 +97,7 @@ def tandem_core(args: argparse.Namespace) -> Iterator[str]:
     command = [sys.executable, "-m", "core.cli", "core", "--model", str(args.model),
                "--grpc-port", target.rsplit(":", 1)[1], "--max-model-len",
                str(args.max_model_len), "--max-num-seqs", str(args.max_num_seqs),
-               *getattr(args, "extra_core_args", ("--embedding-model", "none")), *args.core_arg]
+               *args.extra_core_args, *args.core_arg]
     print(f"starting core: {' '.join(command)}  (log: {args.core_log})", flush=True)
     with open(args.core_log, "w") as log_file:
         process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT,
@@ -387,6 +387,7 @@ def build_prompts(args: argparse.Namespace, vocab_limit: int) -> dict:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.set_defaults(extra_core_args=("--embedding-model", "none"))  # no second model here
     parser.add_argument("--model", type=Path, required=True, help="benchmark checkpoint dir")
     parser.add_argument("--target", default=None, help="attach to a running core HOST:PORT")
     parser.add_argument("--max-model-len", type=int, default=2048)

@@ -121,7 +121,7 @@ def test_embeddings_match_sentence_transformers_and_base64_equals_float(client):
     from sentence_transformers import SentenceTransformer
 
     as_float = client.embeddings.create(model=MINILM, input=SENTENCES, encoding_format="float")
-    as_base64 = client.with_options().post(
+    as_base64 = client.post(
         "/embeddings", body={"model": MINILM, "input": SENTENCES, "encoding_format": "base64"},
         cast_to=dict)
     by_sdk_default = client.embeddings.create(model=MINILM, input=SENTENCES)  # base64 inside
