@@ -562,7 +562,10 @@ Global___StoppingCriteria: _TypeAlias = StoppingCriteria  # noqa: Y015
 
 @_typing.final
 class ResponseFormat(_message.Message):
-    """Next ID: 3"""
+    """Next ID: 3
+    OpenAI's `response_format`. JSON types constrain the output with a grammar (llguidance).
+    Next ID: 5
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -585,26 +588,106 @@ class ResponseFormat(_message.Message):
 
     TYPE_FIELD_NUMBER: _builtins.int
     JSON_SCHEMA_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    STRICT_FIELD_NUMBER: _builtins.int
     type: Global___ResponseFormat.Type.ValueType
     json_schema: _builtins.str
     """JSON Schema, JSON-encoded (TYPE_JSON_SCHEMA only)."""
+    name: _builtins.str
+    """The schema's name (TYPE_JSON_SCHEMA; informational)."""
+    strict: _builtins.bool
+    """Strict (true): a schema keyword the core cannot enforce is an error. Not strict (unset or
+    false): such keywords are ignored and the rest is still enforced.
+    """
     def __init__(
         self,
         *,
         type: Global___ResponseFormat.Type.ValueType = ...,
         json_schema: _builtins.str = ...,
+        name: _builtins.str = ...,
+        strict: _builtins.bool | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_strict", b"_strict", "strict", b"strict"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["json_schema", b"json_schema", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_strict", b"_strict", "json_schema", b"json_schema", "name", b"name", "strict", b"strict", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__strict: _TypeAlias = _typing.Literal["strict"]  # noqa: Y015
+    _WhichOneofArgType__strict: _TypeAlias = _typing.Literal["_strict", b"_strict"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__strict) -> _WhichOneofReturnType__strict | None: ...
 
 Global___ResponseFormat: _TypeAlias = ResponseFormat  # noqa: Y015
 
 @_typing.final
+class ChoiceList(_message.Message):
+    """A list of strings, one of which is the whole output (`structured_outputs.choice`).
+    Next ID: 2
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHOICES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def choices(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        choices: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["choices", b"choices"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChoiceList: _TypeAlias = ChoiceList  # noqa: Y015
+
+@_typing.final
+class StructuredOutputs(_message.Message):
+    """vLLM's `structured_outputs` (and the older `guided_*` fields): exactly one constraint.
+    Next ID: 6
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JSON_FIELD_NUMBER: _builtins.int
+    REGEX_FIELD_NUMBER: _builtins.int
+    CHOICE_FIELD_NUMBER: _builtins.int
+    GRAMMAR_FIELD_NUMBER: _builtins.int
+    JSON_OBJECT_FIELD_NUMBER: _builtins.int
+    json: _builtins.str
+    """A JSON Schema, JSON-encoded."""
+    regex: _builtins.str
+    """A regular expression the whole output matches (Rust `regex` syntax, no look-around)."""
+    grammar: _builtins.str
+    """A context-free grammar: llguidance's Lark syntax or llama.cpp's GBNF."""
+    json_object: _builtins.bool
+    """Any JSON object (`json_object: true`)."""
+    @_builtins.property
+    def choice(self) -> Global___ChoiceList:
+        """The output is exactly one of these strings."""
+
+    def __init__(
+        self,
+        *,
+        json: _builtins.str = ...,
+        regex: _builtins.str = ...,
+        choice: Global___ChoiceList | None = ...,
+        grammar: _builtins.str = ...,
+        json_object: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["choice", b"choice", "constraint", b"constraint", "grammar", b"grammar", "json", b"json", "json_object", b"json_object", "regex", b"regex"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["choice", b"choice", "constraint", b"constraint", "grammar", b"grammar", "json", b"json", "json_object", b"json_object", "regex", b"regex"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_constraint: _TypeAlias = _typing.Literal["json", "regex", "choice", "grammar", "json_object"]  # noqa: Y015
+    _WhichOneofArgType_constraint: _TypeAlias = _typing.Literal["constraint", b"constraint"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_constraint) -> _WhichOneofReturnType_constraint | None: ...
+
+Global___StructuredOutputs: _TypeAlias = StructuredOutputs  # noqa: Y015
+
+@_typing.final
 class GenerateRequest(_message.Message):
-    """Next ID: 13"""
+    """Next ID: 14"""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -620,6 +703,7 @@ class GenerateRequest(_message.Message):
     RESPONSE_FORMAT_FIELD_NUMBER: _builtins.int
     CACHE_SALT_FIELD_NUMBER: _builtins.int
     ADD_SPECIAL_TOKENS_FIELD_NUMBER: _builtins.int
+    STRUCTURED_OUTPUTS_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """Empty: the core's default generative model."""
     text: _builtins.str
@@ -643,6 +727,12 @@ class GenerateRequest(_message.Message):
     def stopping(self) -> Global___StoppingCriteria: ...
     @_builtins.property
     def response_format(self) -> Global___ResponseFormat: ...
+    @_builtins.property
+    def structured_outputs(self) -> Global___StructuredOutputs:
+        """Constrain the output (vLLM's structured outputs); not together with a JSON
+        `response_format`.
+        """
+
     def __init__(
         self,
         *,
@@ -658,10 +748,11 @@ class GenerateRequest(_message.Message):
         response_format: Global___ResponseFormat | None = ...,
         cache_salt: _builtins.str = ...,
         add_special_tokens: _builtins.bool | None = ...,
+        structured_outputs: Global___StructuredOutputs | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_add_special_tokens", b"_add_special_tokens", "_logprobs", b"_logprobs", "_n", b"_n", "_top_logprobs", b"_top_logprobs", "add_special_tokens", b"add_special_tokens", "chat", b"chat", "input", b"input", "logprobs", b"logprobs", "n", b"n", "response_format", b"response_format", "sampling", b"sampling", "stopping", b"stopping", "text", b"text", "tokens", b"tokens", "top_logprobs", b"top_logprobs"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_add_special_tokens", b"_add_special_tokens", "_logprobs", b"_logprobs", "_n", b"_n", "_top_logprobs", b"_top_logprobs", "add_special_tokens", b"add_special_tokens", "chat", b"chat", "input", b"input", "logprobs", b"logprobs", "n", b"n", "response_format", b"response_format", "sampling", b"sampling", "stopping", b"stopping", "structured_outputs", b"structured_outputs", "text", b"text", "tokens", b"tokens", "top_logprobs", b"top_logprobs"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_add_special_tokens", b"_add_special_tokens", "_logprobs", b"_logprobs", "_n", b"_n", "_top_logprobs", b"_top_logprobs", "add_special_tokens", b"add_special_tokens", "cache_salt", b"cache_salt", "chat", b"chat", "input", b"input", "logprobs", b"logprobs", "model", b"model", "n", b"n", "response_format", b"response_format", "sampling", b"sampling", "stopping", b"stopping", "text", b"text", "tokens", b"tokens", "top_logprobs", b"top_logprobs"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_add_special_tokens", b"_add_special_tokens", "_logprobs", b"_logprobs", "_n", b"_n", "_top_logprobs", b"_top_logprobs", "add_special_tokens", b"add_special_tokens", "cache_salt", b"cache_salt", "chat", b"chat", "input", b"input", "logprobs", b"logprobs", "model", b"model", "n", b"n", "response_format", b"response_format", "sampling", b"sampling", "stopping", b"stopping", "structured_outputs", b"structured_outputs", "text", b"text", "tokens", b"tokens", "top_logprobs", b"top_logprobs"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__add_special_tokens: _TypeAlias = _typing.Literal["add_special_tokens"]  # noqa: Y015
     _WhichOneofArgType__add_special_tokens: _TypeAlias = _typing.Literal["_add_special_tokens", b"_add_special_tokens"]  # noqa: Y015
