@@ -720,16 +720,19 @@ Global___ChoiceList: _TypeAlias = ChoiceList  # noqa: Y015
 @_typing.final
 class StructuredOutputs(_message.Message):
     """vLLM's `structured_outputs` (and the older `guided_*` fields): exactly one constraint.
-    Next ID: 6
+    Next ID: 7
     """
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    PARAM_FIELD_NUMBER: _builtins.int
     JSON_FIELD_NUMBER: _builtins.int
     REGEX_FIELD_NUMBER: _builtins.int
     CHOICE_FIELD_NUMBER: _builtins.int
     GRAMMAR_FIELD_NUMBER: _builtins.int
     JSON_OBJECT_FIELD_NUMBER: _builtins.int
+    param: _builtins.str
+    """The request field it came from, named in errors (empty: "structured_outputs")."""
     json: _builtins.str
     """A JSON Schema, JSON-encoded."""
     regex: _builtins.str
@@ -745,6 +748,7 @@ class StructuredOutputs(_message.Message):
     def __init__(
         self,
         *,
+        param: _builtins.str = ...,
         json: _builtins.str = ...,
         regex: _builtins.str = ...,
         choice: Global___ChoiceList | None = ...,
@@ -753,7 +757,7 @@ class StructuredOutputs(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["choice", b"choice", "constraint", b"constraint", "grammar", b"grammar", "json", b"json", "json_object", b"json_object", "regex", b"regex"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["choice", b"choice", "constraint", b"constraint", "grammar", b"grammar", "json", b"json", "json_object", b"json_object", "regex", b"regex"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["choice", b"choice", "constraint", b"constraint", "grammar", b"grammar", "json", b"json", "json_object", b"json_object", "param", b"param", "regex", b"regex"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_constraint: _TypeAlias = _typing.Literal["json", "regex", "choice", "grammar", "json_object"]  # noqa: Y015
     _WhichOneofArgType_constraint: _TypeAlias = _typing.Literal["constraint", b"constraint"]  # noqa: Y015
