@@ -26,7 +26,7 @@ from core import convert
 from core.config import ConfigError, ServerConfig
 from core.embedding import check_dimensions, embed_inputs, truncate_dimensions
 from core.engine import Engine
-from core.errors import ModelNotFound, TandemError, Unavailable, Unsupported
+from core.errors import InvalidParameter, ModelNotFound, TandemError, Unavailable, Unsupported
 from core.request import FinishReason, Request, RequestOutput
 from core.score import run_score, score_prompts
 from core.served_models import (
@@ -254,8 +254,9 @@ class _ChoiceStream:
                 batch.append(self._outputs.get_nowait())
             deltas: dict[int, pb.ChoiceDelta] = {}
             for output in batch:
-                if output.error:
-                    raise TandemError(output.error)
+                if output.error:  # the request's own constraint, or an engine failure
+                    raise (InvalidParameter(output.error, param=output.error_param)
+                           if output.error_param else TandemError(output.error))
                 index = self._choice_of[output.request_id]
                 delta = deltas.setdefault(index, pb.ChoiceDelta(index=index))
                 _merge_output(delta, output, self._engine.tokenizer,
