@@ -39,7 +39,7 @@ from core.served_models import (
 from core.tokenizer import Tokenizer, parse_json_object
 from core.tools import ToolCallParser
 from core.tools.plan import tool_plan
-from facade.logs import request_id_var  # stdlib only (the core shares the facade's log format)
+from tandem.logs import request_id_var  # the shared log format (stdlib only)
 from tandem.v1 import inference_pb2 as pb
 from tandem.v1 import inference_pb2_grpc as pb_grpc
 

@@ -1,4 +1,5 @@
-"""The facade's logs: one JSON object per line (or plain text), each tagged with its request id.
+"""Tandem's log format, shared by the core and the facade (stdlib only): one JSON object per
+line (or plain text), each tagged with its request id.
 
 Owns `request_id_var` (the `ContextVar` the request-id middleware sets for the life of a request,
 streams included), the `RequestIdFilter` that copies it onto every record, `JsonFormatter`, and
