@@ -196,18 +196,20 @@ def _embed_response(vectors, dimensions: int | None, token_ids: list[list[int]],
 def _apply_tool_plan(request: pb.GenerateRequest, model: ServedModel,
                      requests: list[Request]) -> list[ToolCallParser] | None:
     """Give the choices of a chat request that offers tools their call grammar ("required" or a
-    named function) and return one tool-call parser per choice (None: no parsing). Under
-    "auto", output constrained by a response format is that format, not parsed for calls."""
+    named function, or "auto" with strict tools) and return one tool-call parser per choice
+    (None: no parsing). Under "auto", output constrained by a response format is that format,
+    not parsed for calls."""
     if request.WhichOneof("input") != "chat":
         return None
     chat, tokenizer = request.chat, model.tokenizer
-    tools = [{"name": tool.name, "parameters": parse_json_object(tool.parameters_json, "tools")}
-             for tool in chat.tools]
+    tools = [{"name": tool.name, "parameters": parse_json_object(tool.parameters_json, "tools"),
+              "strict": tool.strict} for tool in chat.tools]
     plan = tool_plan(chat, tools, chat.chat_template or tokenizer.chat_template,
                      tokenizer.renders_tools(chat.chat_template or None),
                      model.policy.tool_call_parser, tokenizer.special_ids_by_text)
-    if plan is None or (plan.grammar is None and any(r.grammar for r in requests)):
-        return None
+    forced = chat.tool_choice.mode in (pb.ToolChoice.MODE_REQUIRED, pb.ToolChoice.MODE_FUNCTION)
+    if plan is None or (not forced and any(r.grammar for r in requests)):
+        return None  # "auto" with a response format: the output is that format
     for choice in requests:
         if plan.grammar is not None:
             choice.grammar = plan.grammar  # forced calls take the place of a response format
