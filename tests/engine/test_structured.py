@@ -19,6 +19,7 @@ from core.models.tiny import VARIANTS
 from core.request import FinishReason, Request, RequestOutput, SamplingParams, StoppingParams
 from core.structured import GrammarSpec
 from tandem.v1 import inference_pb2 as pb
+from tests.engine.test_engine import run, tokens
 
 SCHEMA = {
     "type": "object",
@@ -51,28 +52,8 @@ def constrained(request_id: str, prompt: list[int], spec: GrammarSpec = JSON_SPE
                    want_logprobs=top_logprobs > 0, top_logprobs=top_logprobs, grammar=spec)
 
 
-def run(engine, requests: list[Request], timeout_s: float = 300) -> dict[str, list[RequestOutput]]:
-    outputs: queue.Queue[RequestOutput] = queue.Queue()
-    for request in requests:
-        engine.add_request(request, outputs.put)
-    collected: dict[str, list[RequestOutput]] = {r.request_id: [] for r in requests}
-    unfinished = set(collected)
-    deadline = time.monotonic() + timeout_s
-    while unfinished:
-        output = outputs.get(timeout=max(0.1, deadline - time.monotonic()))
-        assert output.error is None, output.error
-        collected[output.request_id].append(output)
-        if output.finish_reason is not None:
-            unfinished.discard(output.request_id)
-    return collected
-
-
 def text(outputs: list[RequestOutput]) -> str:
     return "".join(output.text_delta for output in outputs)
-
-
-def tokens(outputs: list[RequestOutput]) -> list[int]:
-    return [token for output in outputs for token in output.new_token_ids]
 
 
 def test_complete_grammar_stops_and_truncation_is_length(engine):
@@ -93,11 +74,18 @@ def test_preempted_and_batched_seeded_requests_match_each_alone(engine):
         alone.update(run(engine, [constrained(f"alone-{i}", prompt, seed=100 + i)]))
     preemptions_before = engine.scheduler.num_preemptions
     together = run(engine, [constrained(f"together-{i}", prompt, seed=100 + i)
-                            for i, prompt in enumerate(prompts)])
+                            for i, prompt in enumerate(prompts)], timeout_s=600)
     assert engine.scheduler.num_preemptions > preemptions_before
     for i in range(8):
         assert tokens(together[f"together-{i}"]) == tokens(alone[f"alone-{i}"])
         jsonschema.validate(json.loads(text(together[f"together-{i}"])), SCHEMA)
+
+
+def test_a_prefix_cache_hit_gives_the_same_constrained_output(engine):
+    prompt = list(range(50, 90))
+    first = run(engine, [constrained("cold", prompt, seed=5)])["cold"]
+    second = run(engine, [constrained("warm", prompt, seed=5)])["warm"]
+    assert second[-1].cached_tokens >= 32 and tokens(second) == tokens(first)
 
 
 def test_n_choices_each_get_their_own_matcher(engine):
