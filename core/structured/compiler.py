@@ -68,8 +68,17 @@ class GrammarCompiler:
 
     def check(self, spec: GrammarSpec) -> None:
         """Compile `spec` (or find it cached) within the time bound; raises InvalidParameter."""
-        if self._cached(spec) is not None:
-            return
+        self._template(spec)
+
+    def new_matcher(self, spec: GrammarSpec) -> llguidance.LLMatcher:
+        """A fresh matcher of `spec` for one choice (compiled here when not cached)."""
+        return self._template(spec).deep_copy()
+
+    def _template(self, spec: GrammarSpec) -> llguidance.LLMatcher:
+        """The compiled, never advanced matcher of `spec`: cached, or compiled now."""
+        matcher = self._cached(spec)
+        if matcher is not None:
+            return matcher
         future = self._pool.submit(self._compile, spec)
         try:
             matcher = future.result(timeout=self.limits.compile_timeout_s)
@@ -83,14 +92,7 @@ class GrammarCompiler:
             self._cache[spec] = matcher
             while len(self._cache) > self.limits.max_cached_grammars:
                 self._cache.popitem(last=False)
-
-    def new_matcher(self, spec: GrammarSpec) -> llguidance.LLMatcher:
-        """A fresh matcher of `spec` for one choice (compiled here when not cached)."""
-        template = self._cached(spec)
-        if template is None:
-            self.check(spec)
-            template = self._cached(spec)
-        return template.deep_copy()
+        return matcher
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -176,5 +178,6 @@ def _describe(spec: GrammarSpec) -> str:
 
 def _one_line(message: str, max_chars: int = 400) -> str:
     """llguidance's multi-line error as one line of bounded length."""
+    message = message.replace("<non-verbose/>", "")  # llguidance's mark of elided details
     text = " ".join(line.strip() for line in message.splitlines() if line.strip())
     return (text or "rejected by llguidance")[:max_chars]
