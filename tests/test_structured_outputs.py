@@ -195,3 +195,25 @@ def test_constrained_and_free_requests_mixed_compile_nothing(server, client):
         thread.join(timeout=120)
     body = httpx.get(server.metrics_url, timeout=5).text
     assert re.search(r"^tandem:compilations_after_warmup 0\.0$", body, re.M)
+
+
+def test_grpc_clients_get_structured_outputs_too(server):
+    import grpc
+
+    from tandem.v1 import inference_pb2 as pb
+    from tandem.v1 import inference_pb2_grpc as pb_grpc
+
+    with grpc.insecure_channel(server.grpc_target) as channel:
+        stub = pb_grpc.InferenceStub(channel)
+        request = pb.GenerateRequest(
+            text="Pick:", stopping=pb.StoppingCriteria(max_tokens=MAX_TOKENS),
+            structured_outputs=pb.StructuredOutputs(regex=r"(red|green) [0-9]{1,3}"))
+        chunks = list(stub.Generate(request, timeout=120))
+        text = "".join(choice.text for chunk in chunks for choice in chunk.choices)
+        assert re.fullmatch(r"(red|green) [0-9]{1,3}", text), text
+        assert chunks[-1].choices[-1].finish_reason == pb.FINISH_REASON_STOP
+        bad = pb.GenerateRequest(text="x", structured_outputs=pb.StructuredOutputs(regex="a(b"))
+        with pytest.raises(grpc.RpcError) as error:
+            list(stub.Generate(bad, timeout=60))
+        assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "structured_outputs" in error.value.details()
