@@ -19,7 +19,7 @@ from core.models.tiny import VARIANTS
 from core.request import FinishReason, Request, RequestOutput, SamplingParams, StoppingParams
 from core.structured import GrammarSpec
 from tandem.v1 import inference_pb2 as pb
-from tests.engine.test_engine import run, tokens
+from tests.engine.test_engine import run, small_pool_engine, tokens  # noqa: F401
 
 SCHEMA = {
     "type": "object",
@@ -33,14 +33,9 @@ NEVER_DONE = GrammarSpec("json_schema", '{"type": "string", "minLength": 400}', 
 
 
 @pytest.fixture(scope="module")
-def engine(tiny_models):
-    """A pool of 20 pages (320 tokens) for sequences of up to 256 tokens: preemption."""
-    from core.engine import create_engine
-
-    engine = create_engine(tiny_models["llama"], EngineConfig(
-        max_model_len=256, max_num_seqs=8, num_pages=20, max_num_batched_tokens=64))
-    yield engine
-    engine.stop()
+def engine(small_pool_engine):
+    """test_engine's small pool (20 pages, sequences of up to 256 tokens): preemption."""
+    return small_pool_engine
 
 
 def constrained(request_id: str, prompt: list[int], spec: GrammarSpec = JSON_SPEC,
