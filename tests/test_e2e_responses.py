@@ -127,9 +127,11 @@ def test_previous_response_id_continues_the_conversation(client, server):
                                     instructions=INSTRUCTIONS, extra_body={"ignore_eos": True})
     second = client.responses.create(model=MODEL, input="Which was the third word?",
                                      previous_response_id=first.id, max_output_tokens=6,
-                                     extra_body={"ignore_eos": True})
-    # the earlier input and output come before the new input (instructions are not carried over)
-    messages = [{"role": "user", "content": first_input},
+                                     instructions=INSTRUCTIONS, extra_body={"ignore_eos": True})
+    # the earlier input and output come before the new input (instructions are not carried
+    # over: each request gives its own, here the same ones)
+    messages = [{"role": "system", "content": INSTRUCTIONS},
+                {"role": "user", "content": first_input},
                 {"role": "assistant", "content": first.output_text},
                 {"role": "user", "content": "Which was the third word?"}]
     tokenized = httpx.post(f"{server.base}/tokenize", json={"model": MODEL, "messages": messages})
