@@ -65,6 +65,11 @@ def _add_core_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trust-request-chat-template", action="store_true",
                         help="let requests bring their own chat template (Jinja runs in the "
                              "core: only for trusted clients)")
+    parser.add_argument("--tool-call-parser", default="auto",
+                        choices=("auto", "hermes", "llama3_json", "mistral"),
+                        help="how the model writes tool calls: hermes (<tool_call>, Qwen2.5), "
+                             "llama3_json (Llama 3.x JSON), mistral ([TOOL_CALLS]); auto: read "
+                             "off the chat template")
     parser.add_argument("--compilation-cache-dir", default=None,
                         help="persistent XLA compilation cache, reused across restarts "
                              "(default: $TANDEM_HOME/jax-cache; '' turns it off)")
@@ -125,7 +130,8 @@ def run_core(args: argparse.Namespace) -> None:
                           host=args.grpc_host, grpc_port=args.grpc_port, engine=engine,
                           metrics_port=args.metrics_port,
                           drain_timeout_s=args.drain_timeout_s,
-                          trust_request_chat_template=args.trust_request_chat_template)
+                          trust_request_chat_template=args.trust_request_chat_template,
+                          tool_call_parser=args.tool_call_parser)
     asyncio.run(run(config))
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from core.structured import GrammarSpec
+
 MAX_TOP_LOGPROBS = 20  # the sampler always computes this many alternatives
 
 
@@ -58,6 +60,7 @@ class Request:
     # Set: a prefill-only request (Score). Instead of sampling, it reports the next-token
     # log-probabilities of these ids after its prompt and finishes; () only fills the cache.
     score_label_ids: tuple[int, ...] | None = None
+    grammar: GrammarSpec | None = None  # constrain the output (llguidance); None: free text
     output_token_ids: list[int] = field(default_factory=list)
     finish_reason: FinishReason | None = None
     # Scheduler state (engine thread only)

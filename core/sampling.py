@@ -1,4 +1,4 @@
-"""On-device sampler: temperature, top-k, top-p, min-p, greedy, logprobs.
+"""On-device sampler: grammar bitmask, temperature, top-k, top-p, min-p, greedy, logprobs.
 
 Owns: picking one token per batch row from float32 logits inside the jitted step. Each row's
 randomness is `fold_in(key(seed), choice index, position)`, so a seeded request draws the same
@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from core.request import MAX_TOP_LOGPROBS, SamplingParams
+from core.structured.bitmask import apply_token_bitmask
 
 
 @jax.tree_util.register_dataclass
@@ -90,11 +91,20 @@ def argmax_last(logits: jax.Array, block_size: int = 128) -> jax.Array:
 
 
 def sample(logits: jax.Array, params: SamplingArrays, positions: jax.Array,
-           wants_logprobs: jax.Array | bool = True) -> SampleResult:
+           wants_logprobs: jax.Array | bool = True, token_bitmask: jax.Array | None = None,
+           has_bitmask: jax.Array | bool = False) -> SampleResult:
     """logits [b, v] float32, positions [b] (of the token being produced) → one token per row.
 
-    The costly parts are skipped at run time (`lax.cond`, no recompiling): all-greedy batches
-    never sort or draw, and batches nobody asked logprobs for never run top-k."""
+    The pipeline, in order: grammar bitmask (`token_bitmask` [b, ceil(v / 32)] int32 from
+    llguidance; applied only when `has_bitmask`) → temperature → top-k → top-p → min-p →
+    sample. The costly parts are skipped at run time (`lax.cond`, no recompiling): calls without
+    a constrained row never unpack a mask, all-greedy batches never sort or draw, and batches
+    nobody asked logprobs for never run top-k. Logprobs are those of the raw `logits`."""
+    raw_logits = logits
+    if token_bitmask is not None:
+        logits = jax.lax.cond(has_bitmask, apply_token_bitmask, lambda rows, _: rows,
+                              logits, token_bitmask)
+
     def row_key(seed, seed_high, choice_index, position):
         key = jax.random.fold_in(jax.random.key(seed), seed_high)
         return jax.random.fold_in(jax.random.fold_in(key, choice_index), position)
@@ -108,7 +118,7 @@ def sample(logits: jax.Array, params: SamplingArrays, positions: jax.Array,
     is_sampled = params.temperature > 0
     drawn = jax.lax.cond(jnp.any(is_sampled), draw, lambda _: greedy, logits)
     token_ids = jnp.where(is_sampled, drawn, greedy).astype(jnp.int32)
-    logprobs_all = jax.nn.log_softmax(logits, axis=-1)
+    logprobs_all = jax.nn.log_softmax(raw_logits, axis=-1)
     chosen = jnp.take_along_axis(logprobs_all, token_ids[:, None], axis=-1)[:, 0]
     num_top = min(MAX_TOP_LOGPROBS, logits.shape[-1])
 

@@ -15,6 +15,7 @@ import signal
 import time
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
 import grpc
@@ -35,7 +36,9 @@ from core.served_models import (
     load_embedding,
     load_generative,
 )
-from core.tokenizer import Tokenizer
+from core.tokenizer import Tokenizer, parse_json_object
+from core.tools import ToolCallParser
+from core.tools.plan import tool_plan
 from facade.logs import request_id_var  # stdlib only (the core shares the facade's log format)
 from tandem.v1 import inference_pb2 as pb
 from tandem.v1 import inference_pb2_grpc as pb_grpc
@@ -43,7 +46,7 @@ from tandem.v1 import inference_pb2_grpc as pb_grpc
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Inference"].full_name
-FINISH_REASONS = {FinishReason.STOP: pb.FINISH_REASON_STOP,
+FINISH_REASONS = {FinishReason.STOP: pb.FINISH_REASON_STOP,  # (STOP after calls: TOOL_CALLS)
                   FinishReason.LENGTH: pb.FINISH_REASON_LENGTH,
                   FinishReason.ABORT: pb.FINISH_REASON_ABORT}
 # Least grace `drain_and_stop` gives RPCs to send what the engine has already produced.
@@ -116,9 +119,12 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             requests = convert.generation_requests(  # engine keys are unique per RPC
                 request, prompt_ids, uuid.uuid4().hex, model.policy,
                 max_choices=min(convert.MAX_CHOICES, capacity))
+            parsers = _apply_tool_plan(request, model, requests)
+            for spec in {r.grammar for r in requests if r.grammar is not None}:
+                await asyncio.to_thread(engine.check_grammar, spec)  # compiles: off the loop
             log.info("generate %s: %d prompt tokens, n=%d", request_id, len(prompt_ids),
                      len(requests))
-            stream = _ChoiceStream(engine, requests, asyncio.get_running_loop())
+            stream = _ChoiceStream(engine, requests, asyncio.get_running_loop(), parsers)
             async for response in stream.responses():
                 response.request_id, response.model = request_id, model.name
                 yield response
@@ -187,6 +193,29 @@ def _embed_response(vectors, dimensions: int | None, token_ids: list[list[int]],
         usage=pb.Usage(prompt_tokens=sum(len(ids) for ids in token_ids)), model=model)
 
 
+def _apply_tool_plan(request: pb.GenerateRequest, model: ServedModel,
+                     requests: list[Request]) -> list[ToolCallParser] | None:
+    """Give the choices of a chat request that offers tools their call grammar ("required" or a
+    named function) and return one tool-call parser per choice (None: no parsing). Under
+    "auto", output constrained by a response format is that format, not parsed for calls."""
+    if request.WhichOneof("input") != "chat":
+        return None
+    chat, tokenizer = request.chat, model.tokenizer
+    tools = [{"name": tool.name, "parameters": parse_json_object(tool.parameters_json, "tools")}
+             for tool in chat.tools]
+    plan = tool_plan(chat, tools, chat.chat_template or tokenizer.chat_template,
+                     tokenizer.renders_tools(chat.chat_template or None),
+                     model.policy.tool_call_parser, tokenizer.special_ids_by_text)
+    if plan is None or (plan.grammar is None and any(r.grammar for r in requests)):
+        return None
+    for choice in requests:
+        if plan.grammar is not None:
+            choice.grammar = plan.grammar  # forced calls take the place of a response format
+        if plan.keep_special_tokens:
+            choice.stopping = replace(choice.stopping, skip_special_tokens=False)
+    return [ToolCallParser(plan.syntax) for _ in requests]
+
+
 def _request_id(context: grpc.aio.ServicerContext) -> str:
     """The caller's x-request-id (or a fresh one), set for this RPC's log lines."""
     request_id = dict(context.invocation_metadata() or ()).get("x-request-id") \
@@ -199,8 +228,10 @@ class _ChoiceStream:
     """The engine requests of one Generate call (one per choice), merged into response chunks
     that carry every choice's delta since the last chunk and the cumulative usage."""
 
-    def __init__(self, engine: Engine, requests: list[Request], loop: asyncio.AbstractEventLoop):
+    def __init__(self, engine: Engine, requests: list[Request], loop: asyncio.AbstractEventLoop,
+                 parsers: list[ToolCallParser] | None = None):
         self._engine = engine
+        self._parsers = parsers  # one tool-call parser per choice, or None
         self._requests = requests
         self._loop = loop
         self._outputs: asyncio.Queue[RequestOutput] = asyncio.Queue()
@@ -227,7 +258,8 @@ class _ChoiceStream:
                     raise TandemError(output.error)
                 index = self._choice_of[output.request_id]
                 delta = deltas.setdefault(index, pb.ChoiceDelta(index=index))
-                _merge_output(delta, output, self._engine.tokenizer)
+                _merge_output(delta, output, self._engine.tokenizer,
+                              self._parsers[index] if self._parsers else None)
                 self._completion_tokens[output.request_id] = output.completion_tokens
                 self._cached_tokens = max(self._cached_tokens, output.cached_tokens)
                 if output.finish_reason is not None:
@@ -246,9 +278,13 @@ class _ChoiceStream:
         return aborted
 
 
-def _merge_output(delta: pb.ChoiceDelta, output: RequestOutput, tokenizer: Tokenizer) -> None:
+def _merge_output(delta: pb.ChoiceDelta, output: RequestOutput, tokenizer: Tokenizer,
+                  parser: ToolCallParser | None = None) -> None:
     delta.token_ids.extend(output.new_token_ids)
-    delta.text += output.text_delta
+    if parser is None:
+        delta.text += output.text_delta
+    else:
+        _merge_parsed(delta, parser, output)
     for logprob in output.logprobs:
         text, data = tokenizer.token_piece(logprob.token_id)
         entry = delta.logprobs.add(token_id=logprob.token_id, logprob=logprob.logprob,
@@ -259,10 +295,27 @@ def _merge_output(delta: pb.ChoiceDelta, output: RequestOutput, tokenizer: Token
                                    token_bytes=top_data)
     if output.finish_reason is not None:
         delta.finish_reason = FINISH_REASONS[output.finish_reason]
+        if output.finish_reason == FinishReason.STOP and parser is not None and parser.made_calls:
+            delta.finish_reason = pb.FINISH_REASON_TOOL_CALLS
         if output.stop_string is not None:
             delta.stop_string = output.stop_string
         elif output.stop_token_id is not None:
             delta.stop_token_id = output.stop_token_id
+
+
+def _merge_parsed(delta: pb.ChoiceDelta, parser: ToolCallParser, output: RequestOutput) -> None:
+    """A choice's text through its tool-call parser: content into `text`, calls into
+    `tool_calls` (everything held back comes out when the choice finishes)."""
+    parsed = [parser.feed(output.text_delta)]
+    if output.finish_reason is not None:
+        parsed.append(parser.finish())
+    for part in parsed:
+        delta.text += part.content
+        for call in part.tool_calls:
+            delta.tool_calls.add(index=call.index, id=call.id,
+                                 type="function" if call.id else "",
+                                 function=pb.FunctionCall(name=call.name,
+                                                          arguments=call.arguments))
 
 
 class CoreServer:
@@ -311,7 +364,8 @@ class CoreServer:
         else:
             main = await asyncio.to_thread(
                 load_generative, config.model_dir, names[0], config.engine, DEMO_DESCRIPTION,
-                config.decoder_pooling, config.trust_request_chat_template)
+                config.decoder_pooling, config.trust_request_chat_template,
+                config.tool_call_parser)
         if config.embedding_model_dir is not None:
             self.servicer.attach(await asyncio.to_thread(
                 load_embedding, config.embedding_model_dir, names[1]))

@@ -2,16 +2,17 @@
 
 Every request field falls into one of three kinds:
 
-- honoured: passed to the core (sampling, stopping, logprobs, tools, chat-template options...).
-  Sampling features the core cannot do yet (penalties other than neutral, `logit_bias`,
-  `min_tokens`, JSON `response_format`, image/audio content) are refused by the core itself
+- honoured: passed to the core (sampling, stopping, logprobs, tools, chat-template options,
+  `response_format`, `structured_outputs` / `guided_*`...). Sampling features the core cannot
+  do yet (penalties other than neutral, `logit_bias`, `min_tokens`, image/audio content, a
+  schema or grammar it cannot compile) are refused by the core itself
   (INVALID_ARGUMENT + UNSUPPORTED → 400 `unsupported_parameter`), so that there is one source
   of truth for what a model can do.
 - accepted but ignored: cannot change the generated text (`user`, `store`, `metadata`, ...),
   and unknown fields. The names a request set are listed, sorted, in the response header
   `x-tandem-ignored-params` — never dropped silently.
 - refused: would change the output and has no way to reach the core (`audio`, `prediction`,
-  `web_search_options`, beam search, guided decoding, ...): 400 `unsupported_parameter` naming
+  `web_search_options`, beam search, `structural_tag`, ...): 400 `unsupported_parameter` naming
   the field — unless the value is neutral (null, false, empty, 1.0 for `length_penalty`).
 
 This module owns only the tables and `apply_field_policy`; the routes set the header.
@@ -34,7 +35,7 @@ IGNORED_PARAMS_HEADER = "x-tandem-ignored-params"
 IGNORED_FIELDS: frozenset[str] = frozenset({
     # OpenAI
     "user", "store", "metadata", "service_tier", "prompt_cache_key", "safety_identifier",
-    "parallel_tool_calls", "verbosity", "reasoning_effort", "modalities",
+    "verbosity", "reasoning_effort", "modalities",
     # vLLM
     "priority", "request_id", "spaces_between_special_tokens", "kv_transfer_params",
     "mm_processor_kwargs", "vllm_xargs", "return_token_ids", "guided_decoding_backend",
@@ -60,12 +61,8 @@ _REFUSED_COMMON: dict[str, Callable[[Any], bool]] = {
     "length_penalty": lambda value: value is None or value == 1,
     "prompt_logprobs": _is_null,
     "truncate_prompt_tokens": _is_null,
-    "guided_json": _is_null,
-    "guided_regex": _is_null,
-    "guided_choice": _is_null,
-    "guided_grammar": _is_null,
+    "guided_whitespace_pattern": _is_null,
     "structural_tag": _is_null,
-    "structured_outputs": _is_null,
     "bad_words": _is_falsy,
     "allowed_token_ids": _is_null,
     "logits_processors": _is_falsy,

@@ -55,6 +55,8 @@ def free_port() -> int:
 
 
 MODEL = "tiny-llama"  # the served model id of the `server` fixture
+# Its context: room for a tool-calling prompt (the tools in the system prompt) and its answer.
+SERVER_MAX_MODEL_LEN = 1024
 
 
 @dataclass(frozen=True)
@@ -84,7 +86,7 @@ def server(tiny_models, tmp_path_factory):
     process = subprocess.Popen(
         [sys.executable, "-m", "core.cli", "serve", "--model", str(tiny_models["llama"]),
          "--served-model-name", MODEL, "--port", str(http_port), "--grpc-port", str(grpc_port),
-         "--max-model-len", "256", "--max-num-seqs", "4", "--metrics-port", str(metrics_port)],
+         "--max-model-len", str(SERVER_MAX_MODEL_LEN), "--max-num-seqs", "4", "--metrics-port", str(metrics_port)],
         stdout=log_file, stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parents[1],
         env={**os.environ, "JAX_PLATFORMS": "cpu"})
     base = f"http://127.0.0.1:{http_port}"

@@ -15,7 +15,7 @@ import openai
 import pytest
 
 from tandem.v1 import inference_pb2 as pb
-from tests.conftest import MODEL
+from tests.conftest import MODEL, SERVER_MAX_MODEL_LEN
 
 # Issue 11 (structured output and tool calling in the core) is what tools and text.format run
 # on; the contract carries parsed tool calls once it has landed.
@@ -246,7 +246,7 @@ def test_tokenize_and_detokenize_round_trip_text(server):
     text = "Hello tokenizer, round trip!"
     tokens = httpx.post(f"{server.base}/tokenize", json={"prompt": text, "model": MODEL}).json()
     assert tokens["count"] == len(tokens["tokens"]) == server.count_tokens(text=text)
-    assert tokens["max_model_len"] == 256 and tokens["token_strs"] is None
+    assert tokens["max_model_len"] == SERVER_MAX_MODEL_LEN and tokens["token_strs"] is None
     back = httpx.post(f"{server.base}/detokenize", json={"tokens": tokens["tokens"]}).json()
     assert back == {"prompt": text}
     plain = httpx.post(f"{server.base}/tokenize",

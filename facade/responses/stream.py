@@ -134,20 +134,13 @@ def response_object(run: ResponseRun, completion: ChatCompletion) -> dict[str, A
     return run.final()[1]
 
 
-def _field(value: Any, name: str) -> Any:
-    """`value.name` or `value[name]` (a tool-call delta as a model or as a dict)."""
-    return value.get(name) if isinstance(value, dict) else getattr(value, name, None)
-
-
 def _delta_events(run: ResponseRun, choice: ChatChunkChoice) -> list[dict[str, Any]]:
     """The events one chat chunk choice adds: text, then tool-call fragments."""
     events = run.assembler.text(choice.delta.content or "")
-    for call in _field(choice.delta, "tool_calls") or []:
-        function = _field(call, "function") or {}
+    for call in choice.delta.tool_calls or []:
         events += run.assembler.tool_call(
-            _field(call, "index") or 0, _field(call, "id"), _field(function, "name"),
-            _field(function, "arguments"),
-        )  # fmt: skip
+            call.index, call.id, call.function.name, call.function.arguments
+        )
     return events
 
 

@@ -15,6 +15,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from facade.convert import (
+    ChoiceState,
     GenerationRun,
     chat_logprobs,
     chat_to_generate,
@@ -38,7 +39,11 @@ from facade.protocol import (
     ChatCompletion,
     ChatCompletionChunk,
     ChatCompletionRequest,
+    DeltaFunction,
     DeltaMessage,
+    DeltaToolCall,
+    FunctionCall,
+    ResponseToolCall,
     Usage,
 )
 from facade.protocol_policy import apply_field_policy, ignored_header
@@ -72,15 +77,36 @@ def chunk_choice(run: ChatRun, choice: pb.ChoiceDelta) -> ChatChunkChoice | None
     """The chunk choice of one core delta; None when it carries nothing for the client."""
     wants_logprobs = bool(run.request.logprobs)
     reason = finish_reason(choice)
-    if not choice.text and reason is None and not (wants_logprobs and choice.logprobs):
+    if not (choice.text or choice.tool_calls or reason is not None
+            or (wants_logprobs and choice.logprobs)):
         return None
     return ChatChunkChoice(
         index=choice.index,
-        delta=DeltaMessage(content=choice.text or None),
+        delta=DeltaMessage(content=choice.text or None,
+                           tool_calls=_delta_tool_calls(choice) or None),
         logprobs=chat_logprobs(choice.logprobs) if wants_logprobs else None,
         finish_reason=reason,
         stop_reason=stop_reason(choice),
     )
+
+
+def _delta_tool_calls(choice: pb.ChoiceDelta) -> list[DeltaToolCall]:
+    """The core's tool-call deltas in OpenAI's streaming shape (id, type and name on a call's
+    first delta only)."""
+    return [DeltaToolCall(index=call.index, id=call.id or None,
+                          type="function" if call.id else None,
+                          function=DeltaFunction(name=call.function.name or None,
+                                                 arguments=call.function.arguments))
+            for call in choice.tool_calls]
+
+
+def _message(state: ChoiceState) -> AssistantMessage:
+    """A finished choice's message: its calls, and content null when it is only calls."""
+    calls = [ResponseToolCall(id=call_id, function=FunctionCall(name=name, arguments=arguments))
+             for call_id, name, arguments in (state.tool_calls[i] for i in sorted(state.tool_calls))]
+    if not calls:
+        return AssistantMessage(content=state.text)
+    return AssistantMessage(content=state.text or None, tool_calls=calls)
 
 
 async def stream_chat(run: ChatRun, generation: Generation) -> AsyncIterator[bytes]:
@@ -113,7 +139,7 @@ def _completion(run: ChatRun) -> ChatCompletion:
         state = run.choices[index]
         choices.append(ChatChoice(
             index=index,
-            message=AssistantMessage(content=state.text),
+            message=_message(state),
             logprobs=chat_logprobs(state.logprobs) if run.request.logprobs else None,
             finish_reason=state.finish_reason,
             stop_reason=state.stop_reason,

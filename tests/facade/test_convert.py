@@ -84,12 +84,22 @@ def test_chat_input_parts_tools_and_template_options():
     assert (generate.cache_salt, generate.n, generate.top_logprobs) == ("tenant-a", 2, 3)
 
 
-def test_tool_choice_none_drops_tools_and_required_is_unsupported():
-    tools = [{"type": "function", "function": {"name": "f"}}]
-    assert len(chat(tools=tools, tool_choice="none").chat.tools) == 0
+def test_tools_and_tool_choice_go_to_the_core_and_empty_tools_are_refused():
+    tools = [{"type": "function", "function": {"name": "f", "strict": True}}]
+    none = chat(tools=tools, tool_choice="none").chat
+    assert len(none.tools) == 1 and none.tool_choice.mode == pb.ToolChoice.MODE_NONE
+    required = chat(tools=tools, tool_choice="required", parallel_tool_calls=False).chat
+    assert required.tool_choice.mode == pb.ToolChoice.MODE_REQUIRED
+    assert required.parallel_tool_calls is False and required.tools[0].strict is True
+    named = chat(tools=tools, tool_choice={"type": "function", "function": {"name": "f"}}).chat
+    assert (named.tool_choice.mode, named.tool_choice.function_name) == (
+        pb.ToolChoice.MODE_FUNCTION, "f")
+    legacy = chat(functions=[{"name": "g"}], function_call={"name": "g"}).chat
+    assert legacy.tool_choice.function_name == "g" and legacy.tools[0].name == "g"
+    assert not chat(tools=tools).chat.HasField("tool_choice")
     with pytest.raises(ApiError) as raised:
-        chat(tools=tools, tool_choice="required")
-    assert (raised.value.param, raised.value.code) == ("tool_choice", "unsupported_parameter")
+        chat(tools=[], tool_choice="auto")
+    assert raised.value.param == "tools" and raised.value.status_code == 400
 
 
 def test_legacy_function_role_and_functions_become_tool_and_tools():
@@ -97,10 +107,8 @@ def test_legacy_function_role_and_functions_become_tool_and_tools():
     generate = chat(messages=messages, functions=[{"name": "f"}], function_call="auto")
     assert [(m.role, m.name) for m in generate.chat.messages] == [("user", ""), ("tool", "f")]
     assert [tool.name for tool in generate.chat.tools] == ["f"]
-    assert len(chat(functions=[{"name": "f"}], function_call="none").chat.tools) == 0
-    with pytest.raises(ApiError) as raised:
-        chat(functions=[{"name": "f"}], function_call={"name": "f"})
-    assert (raised.value.param, raised.value.code) == ("function_call", "unsupported_parameter")
+    legacy_none = chat(functions=[{"name": "f"}], function_call="none").chat
+    assert legacy_none.tool_choice.mode == pb.ToolChoice.MODE_NONE
 
 
 def test_text_parts_are_sent_in_order():
