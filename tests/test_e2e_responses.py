@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Literal
 
 import httpx
 import jsonschema
@@ -181,7 +182,7 @@ def test_input_items_and_field_policy(server):
 def test_forced_tool_choice_gives_function_calls_whose_arguments_validate(client, stream):
     kwargs = dict(model=MODEL, input="What is the weather in Paris?", tools=[WEATHER_TOOL],
                   tool_choice={"type": "function", "name": "get_weather"},
-                  max_output_tokens=64, temperature=0)
+                  max_output_tokens=200, temperature=0)
     if stream:
         with client.responses.stream(**kwargs) as events_stream:
             events = list(events_stream)
@@ -207,7 +208,7 @@ def test_text_format_json_schema_output_validates(client):
                                                "mood": {"type": "string", "enum": ["a", "b"]}},
               "required": ["ok", "mood"], "additionalProperties": False}
     response = client.responses.create(
-        model=MODEL, input="Answer in JSON.", max_output_tokens=64, temperature=1.0,
+        model=MODEL, input="Answer in JSON.", max_output_tokens=200, temperature=1.0,
         extra_body={"seed": 3},
         text={"format": {"type": "json_schema", "name": "answer", "schema": schema,
                          "strict": True}})  # fmt: skip
@@ -223,23 +224,26 @@ def test_agents_sdk_default_model_runs_an_agent_with_a_function_tool(server):
     calls: list[str] = []
 
     @function_tool
-    def get_weather(city: str) -> str:
+    def get_weather(city: Literal["Paris", "Lima"]) -> str:  # bounded: the model is random
         """The weather in a city."""
         calls.append(city)
         return f"It is sunny in {city}."
 
     client = openai.AsyncOpenAI(base_url=f"{server.base}/v1", api_key="unused", max_retries=0)
-    agent = Agent(name="weather", instructions=INSTRUCTIONS, tools=[get_weather],
-                  model_settings=ModelSettings(tool_choice="get_weather", max_tokens=48,
+    # The model is random: its call is forced, and the run ends with the tool's result (the SDK
+    # raises on an `incomplete` response, which free text past max_tokens would be).
+    agent = Agent(name="weather", model=MODEL, instructions=INSTRUCTIONS, tools=[get_weather],
+                  tool_use_behavior="stop_on_first_tool",
+                  model_settings=ModelSettings(tool_choice="get_weather", max_tokens=200,
                                                temperature=0))  # fmt: skip
     # the provider's default model type: the Responses API
     config = RunConfig(model_provider=OpenAIProvider(openai_client=client),
                        tracing_disabled=True)  # fmt: skip
     result = asyncio.run(Runner.run(agent, "Weather in Paris?", run_config=config,
                                     max_turns=4))  # fmt: skip
-    assert calls, "the agent never called its tool"
-    assert isinstance(result.final_output, str)
-    assert any(item.type == "tool_call_output_item" for item in result.new_items)
+    assert len(calls) == 1, "the agent should call its tool once"
+    assert result.final_output == f"It is sunny in {calls[0]}."
+    assert [item.type for item in result.new_items] == ["tool_call_item", "tool_call_output_item"]
 
 
 def test_tokenize_and_detokenize_round_trip_text(server):
