@@ -152,6 +152,7 @@ OutputItem = OutputMessage | FunctionCallOutput
 
 class InputTokensDetails(ResponseModel):
     cached_tokens: int = 0  # input tokens served from the core's prefix cache
+    cache_write_tokens: int = 0  # OpenAI's field; Tandem bills no cache writes
 
 
 class OutputTokensDetails(ResponseModel):
