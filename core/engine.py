@@ -307,8 +307,9 @@ class LlmEngine(Engine):
         log.warning("%s: %s", request.request_id, message)
         request.finish_reason = FinishReason.ABORT
         self._release(request)
-        self._send(tracked.sink, RequestOutput(request.request_id, (), "", error=message,
-                                               finish_reason=FinishReason.ABORT))
+        self._send(tracked.sink, RequestOutput(
+            request.request_id, (), "", error=message, error_param=request.grammar.param,
+            finish_reason=FinishReason.ABORT))
 
     def _fail_requests(self, batch: SchedulerOutput | None, message: str) -> None:
         """Fail the batch's requests (every request when the failure was outside a step)."""

@@ -100,7 +100,8 @@ class RequestOutput:
     completion_tokens: int = 0  # cumulative
     cached_tokens: int = 0  # prompt tokens served from the prefix cache
     label_logprobs: tuple[float, ...] = ()  # Score: log p(label | prompt), per label id
-    error: str | None = None  # the engine failed this request (an internal error)
+    error: str | None = None  # the engine failed this request (an internal error)...
+    error_param: str | None = None  # ...unless set: the request's own constraint failed
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from core import convert
 from core.config import ConfigError, ServerConfig
 from core.embedding import check_dimensions, embed_inputs, truncate_dimensions
 from core.engine import Engine
-from core.errors import ModelNotFound, TandemError, Unavailable, Unsupported
+from core.errors import InvalidParameter, ModelNotFound, TandemError, Unavailable, Unsupported
 from core.request import FinishReason, Request, RequestOutput
 from core.score import run_score, score_prompts
 from core.served_models import (
@@ -39,7 +39,7 @@ from core.served_models import (
 from core.tokenizer import Tokenizer, parse_json_object
 from core.tools import ToolCallParser
 from core.tools.plan import tool_plan
-from facade.logs import request_id_var  # stdlib only (the core shares the facade's log format)
+from tandem.logs import request_id_var  # the shared log format (stdlib only)
 from tandem.v1 import inference_pb2 as pb
 from tandem.v1 import inference_pb2_grpc as pb_grpc
 
@@ -196,18 +196,20 @@ def _embed_response(vectors, dimensions: int | None, token_ids: list[list[int]],
 def _apply_tool_plan(request: pb.GenerateRequest, model: ServedModel,
                      requests: list[Request]) -> list[ToolCallParser] | None:
     """Give the choices of a chat request that offers tools their call grammar ("required" or a
-    named function) and return one tool-call parser per choice (None: no parsing). Under
-    "auto", output constrained by a response format is that format, not parsed for calls."""
+    named function, or "auto" with strict tools) and return one tool-call parser per choice
+    (None: no parsing). Under "auto", output constrained by a response format is that format,
+    not parsed for calls."""
     if request.WhichOneof("input") != "chat":
         return None
     chat, tokenizer = request.chat, model.tokenizer
-    tools = [{"name": tool.name, "parameters": parse_json_object(tool.parameters_json, "tools")}
-             for tool in chat.tools]
+    tools = [{"name": tool.name, "parameters": parse_json_object(tool.parameters_json, "tools"),
+              "strict": tool.strict} for tool in chat.tools]
     plan = tool_plan(chat, tools, chat.chat_template or tokenizer.chat_template,
                      tokenizer.renders_tools(chat.chat_template or None),
                      model.policy.tool_call_parser, tokenizer.special_ids_by_text)
-    if plan is None or (plan.grammar is None and any(r.grammar for r in requests)):
-        return None
+    forced = chat.tool_choice.mode in (pb.ToolChoice.MODE_REQUIRED, pb.ToolChoice.MODE_FUNCTION)
+    if plan is None or (not forced and any(r.grammar for r in requests)):
+        return None  # "auto" with a response format: the output is that format
     for choice in requests:
         if plan.grammar is not None:
             choice.grammar = plan.grammar  # forced calls take the place of a response format
@@ -254,8 +256,9 @@ class _ChoiceStream:
                 batch.append(self._outputs.get_nowait())
             deltas: dict[int, pb.ChoiceDelta] = {}
             for output in batch:
-                if output.error:
-                    raise TandemError(output.error)
+                if output.error:  # the request's own constraint, or an engine failure
+                    raise (InvalidParameter(output.error, param=output.error_param)
+                           if output.error_param else TandemError(output.error))
                 index = self._choice_of[output.request_id]
                 delta = deltas.setdefault(index, pb.ChoiceDelta(index=index))
                 _merge_output(delta, output, self._engine.tokenizer,

@@ -31,7 +31,8 @@ _TEXT_MACRO = (
     "{%- endif -%}"
     "{%- endmacro -%}"
 )
-_PLAIN_TURN = "{{- '<|im_start|>' + message['role'] + '\\n' + text(message['content']) + '<|im_end|>\\n' -}}"
+_PLAIN_TURN = ("{{- '<|im_start|>' + message['role'] + '\\n' + text(message['content']) "
+               "+ '<|im_end|>\\n' -}}")
 _GENERATION_PROMPT = (
     "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}")
 
@@ -40,7 +41,8 @@ _HERMES_SYSTEM = (
     "{{- '<|im_start|>system\\n' -}}"
     "{%- if messages[0]['role'] == 'system' -%}{{- text(messages[0]['content']) -}}"
     "{%- else -%}{{- 'You are a helpful assistant.' -}}{%- endif -%}"
-    "{{- '\\n\\n# Tools\\n\\nYou may call one or more functions to assist with the user query.\\n\\n"
+    "{{- '\\n\\n# Tools\\n\\nYou may call one or more functions to assist with the user "
+    "query.\\n\\n"
     "You are provided with function signatures within <tools></tools> XML tags:\\n<tools>' -}}"
     "{%- for tool in tools -%}{{- '\\n' + (tool | tojson) -}}{%- endfor -%}"
     "{{- '\\n</tools>\\n\\nFor each function call, return a json object with function name and "

@@ -6,9 +6,11 @@ matcher under llguidance's parser limits, the byte cap and a wall-clock bound, a
 cache of compiled matchers from which every constrained choice gets its own copy.
 
 A spec is checked at admission, off the engine thread (`GrammarCompiler.check`): it is compiled
-and its first token mask computed (a hostile regex's cost shows up there) in a worker thread
-that the caller waits on for at most `GrammarLimits.compile_timeout_s`. Any failure is an
-`InvalidParameter` naming the spec's `param`, before a token is generated.
+and a copy walked through a few random allowed tokens, computing each mask (a hostile regex's
+lexer blows up there, within llguidance's limits), in a worker thread that the caller waits on
+for at most `GrammarLimits.compile_timeout_s`. Any failure is an `InvalidParameter` naming the
+spec's `param`, before a token is generated. Per-step limits still bound what a grammar can
+cost later; a matcher failing mid-generation fails only its request.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from dataclasses import dataclass
 import llguidance
 import llguidance.hf
 import llguidance.numpy
-from llguidance.gbnf_to_lark import any_to_lark
+import numpy as np
+from llguidance.gbnf_to_lark import GbnfToLarkError, any_to_lark
 
 from core.errors import InvalidParameter
 from core.structured import GrammarSpec
@@ -30,6 +33,7 @@ from core.structured import GrammarSpec
 # JSON output without free whitespace: a model cannot pad forever between tokens, and the
 # text is compact (`{"a":1,"b":[true]}`). A schema may ask otherwise through `x-guidance`.
 JSON_DEFAULTS = {"whitespace_flexible": False}
+PROBE_STEPS = 16  # tokens a new grammar is walked through at admission
 
 
 @dataclass(frozen=True)
@@ -102,13 +106,28 @@ class GrammarCompiler:
         grammar = grammar_text(spec, self.limits.max_source_bytes)
         matcher = llguidance.LLMatcher(self.tokenizer, grammar, log_level=0,
                                        limits=self._parser_limits)
-        if not matcher.is_error():  # the first mask: where a hostile regex's cost shows
-            mask = llguidance.numpy.allocate_token_bitmask(1, self.vocab_size)
-            llguidance.numpy.fill_next_token_bitmask(matcher, mask)
-        if matcher.is_error():
+        error = matcher.get_error() if matcher.is_error() else _probe(matcher.deep_copy(),
+                                                                       self.vocab_size)
+        if error:
             raise InvalidParameter(f"{spec.param}: invalid {_describe(spec)}: "
-                                   f"{_one_line(matcher.get_error())}", param=spec.param)
+                                   f"{_one_line(error)}", param=spec.param)
         return matcher
+
+
+def _probe(matcher: llguidance.LLMatcher, vocab_size: int, num_steps: int = PROBE_STEPS) -> str:
+    """Walk a copy of a new matcher through a few random allowed tokens, computing each mask:
+    a hostile pattern's lexer blows up there (inside llguidance's limits), before any
+    request runs it. Returns the matcher's error, or "" when none showed."""
+    rng = np.random.default_rng(0)
+    mask = llguidance.numpy.allocate_token_bitmask(1, vocab_size)
+    for _ in range(num_steps):
+        llguidance.numpy.fill_next_token_bitmask(matcher, mask)
+        if matcher.is_error() or matcher.is_stopped():
+            break
+        allowed = np.flatnonzero(np.unpackbits(mask[0].view(np.uint8), bitorder="little"))
+        if allowed.size == 0 or not matcher.consume_token(int(rng.choice(allowed))):
+            break
+    return matcher.get_error() if matcher.is_error() else ""
 
 
 def grammar_text(spec: GrammarSpec, max_source_bytes: int) -> str:
@@ -134,7 +153,7 @@ def grammar_text(spec: GrammarSpec, max_source_bytes: int) -> str:
             return llguidance.LLMatcher.grammar_from_lark(spec.source)
         if spec.kind == "grammar":
             return llguidance.LLMatcher.grammar_from_lark(any_to_lark(spec.source))
-    except (ValueError, TypeError) as exc:  # includes json.JSONDecodeError and GBNF errors
+    except (ValueError, TypeError, GbnfToLarkError) as exc:  # incl. json.JSONDecodeError
         raise InvalidParameter(f"{spec.param}: invalid {_describe(spec)}: {exc}",
                                param=spec.param) from exc
     raise InvalidParameter(f"{spec.param}: unknown grammar kind {spec.kind!r}",

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from core.errors import InvalidParameter, Unsupported
 from core.structured import GrammarSpec
-from core.tools.grammar import tool_call_grammar
+from core.tools.grammar import auto_tool_grammar, tool_call_grammar
 from core.tools.syntax import ToolSyntax, detect_syntax, syntax_named
 from tandem.v1 import inference_pb2 as pb
 
@@ -58,8 +58,8 @@ def tool_plan(chat: pb.ChatInput, tools: list[dict], chat_template: str | None,
         ToolPlan | None:
     """The plan of a request whose template shows tools (None when it shows none).
 
-    `tools` are the parsed {"name", "parameters"} definitions; `renders_tools` says whether the
-    template in use changes the prompt when given tools; `parser_name` is the core's
+    `tools` are the parsed {"name", "parameters", "strict"} definitions; `renders_tools` says
+    whether the template in use changes the prompt when given tools; `parser_name` is the core's
     --tool-call-parser ("auto": read off the template); `special_ids` maps the special tokens'
     text to their ids."""
     if not tools_shown(chat):
@@ -75,11 +75,13 @@ def tool_plan(chat: pb.ChatInput, tools: list[dict], chat_template: str | None,
     markers = [*syntax.start_markers, "<tool_call>", "</tool_call>"]
     marker_ids = {marker: special_ids[marker] for marker in markers if marker in special_ids}
     mode = chat.tool_choice.mode
-    grammar = None
+    parallel = chat.parallel_tool_calls if chat.HasField("parallel_tool_calls") else True
+    source = None
     if mode in (_MODE.MODE_REQUIRED, _MODE.MODE_FUNCTION):
         function_name = chat.tool_choice.function_name if mode == _MODE.MODE_FUNCTION else None
-        parallel = chat.parallel_tool_calls if chat.HasField("parallel_tool_calls") else True
         source = tool_call_grammar(syntax, tools, function_name=function_name,
                                    parallel=parallel, special_ids=marker_ids)
-        grammar = GrammarSpec(kind="lark", source=source, param="tools")
+    elif any(tool.get("strict") for tool in tools):  # "auto": constrain only opened calls
+        source = auto_tool_grammar(syntax, tools, parallel=parallel, special_ids=marker_ids)
+    grammar = GrammarSpec(kind="lark", source=source, param="tools") if source else None
     return ToolPlan(syntax=syntax, grammar=grammar, keep_special_tokens=bool(marker_ids))

@@ -103,7 +103,7 @@ def _delta_tool_calls(choice: pb.ChoiceDelta) -> list[DeltaToolCall]:
 def _message(state: ChoiceState) -> AssistantMessage:
     """A finished choice's message: its calls, and content null when it is only calls."""
     calls = [ResponseToolCall(id=call_id, function=FunctionCall(name=name, arguments=arguments))
-             for call_id, name, arguments in (state.tool_calls[i] for i in sorted(state.tool_calls))]
+             for call_id, name, arguments in map(state.tool_calls.get, sorted(state.tool_calls))]
     if not calls:
         return AssistantMessage(content=state.text)
     return AssistantMessage(content=state.text or None, tool_calls=calls)

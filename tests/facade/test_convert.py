@@ -130,3 +130,49 @@ def test_completions_one_request_per_prompt():
     assert generates[0].stopping.max_tokens == 16  # OpenAI's default for completions
     text = completion_to_generates(CompletionRequest.model_validate({"prompt": "hey"}), "m")
     assert [g.text for g in text] == ["hey"]
+
+
+def test_structured_outputs_and_guided_fields_reach_the_core():
+    schema = {"type": "object", "properties": {"a": {"type": "boolean"}}}
+    strict = chat(response_format={"type": "json_schema", "json_schema": {
+        "name": "thing", "schema": schema, "strict": True}}).response_format
+    assert (strict.name, strict.strict, json.loads(strict.json_schema)) == ("thing", True, schema)
+    assert not chat(response_format={"type": "json_schema", "json_schema": {
+        "schema": schema}}).response_format.HasField("strict")
+    cases = [
+        ({"structured_outputs": {"json": schema}}, "structured_outputs", "json", schema),
+        ({"structured_outputs": {"json": json.dumps(schema)}}, "structured_outputs", "json",
+         schema),
+        ({"structured_outputs": {"regex": "a+"}}, "structured_outputs", "regex", "a+"),
+        ({"structured_outputs": {"choice": ["x", "y"]}}, "structured_outputs", "choice",
+         ["x", "y"]),
+        ({"structured_outputs": {"grammar": "root ::= \"a\""}}, "structured_outputs", "grammar",
+         "root ::= \"a\""),
+        ({"structured_outputs": {"json_object": True}}, "structured_outputs", "json_object",
+         True),
+        ({"guided_json": schema}, "guided_json", "json", schema),
+        ({"guided_regex": "b*"}, "guided_regex", "regex", "b*"),
+        ({"guided_choice": ["p"]}, "guided_choice", "choice", ["p"]),
+        ({"guided_grammar": "start: \"a\""}, "guided_grammar", "grammar", "start: \"a\""),
+    ]
+    for fields, param, key, value in cases:
+        structured = chat(**fields).structured_outputs
+        assert (structured.param, structured.WhichOneof("constraint")) == (param, key), fields
+        got = getattr(structured, key)
+        got = (json.loads(got) if key == "json" else list(got.choices) if key == "choice"
+               else got)
+        assert got == value, fields
+    completion = completion_to_generates(CompletionRequest.model_validate(
+        {"prompt": "x", "guided_regex": "c"}), "m")[0]
+    assert completion.structured_outputs.regex == "c"
+    assert not chat().HasField("structured_outputs")
+
+
+@pytest.mark.parametrize(("fields", "param"), [
+    ({"guided_regex": "a", "guided_choice": ["b"]}, "guided_choice"),
+    ({"structured_outputs": {"regex": "a"}, "guided_json": {}}, "guided_json"),
+])
+def test_two_constraints_are_refused_naming_the_second(fields, param):
+    with pytest.raises(ApiError) as raised:
+        chat(**fields)
+    assert raised.value.status_code == 400 and raised.value.param == param

@@ -15,6 +15,7 @@ from transformers import AutoTokenizer
 
 from core.models.tiny import TOOL_STYLE
 from core.tools import ToolCallParser, detect_syntax, syntax_named, tool_call_grammar
+from core.tools.grammar import auto_tool_grammar
 
 WEATHER = {"type": "object", "properties": {
     "city": {"type": "string", "maxLength": 20},
@@ -155,3 +156,27 @@ def test_call_grammars_accept_the_template_text_and_only_allowed_calls(tokenizer
         two = [one[0], ("get_time", {"zone": "UTC"})]
         assert accepts(required, assistant_turn(tokenizer, two))
         assert not accepts(single, assistant_turn(tokenizer, two))
+
+
+@pytest.mark.parametrize("variant", ["qwen2", "llama3", "mistral"])
+def test_auto_with_strict_tools_leaves_text_free_and_constrains_opened_calls(tokenizers,
+                                                                             variant):
+    tokenizer = tokenizers[variant]
+    syntax = detect_syntax(tokenizer.chat_template)
+    ll_tokenizer = llguidance.hf.from_tokenizer(tokenizer)
+    tools = [{"name": "get_weather", "parameters": WEATHER, "strict": True},
+             {"name": "get_time", "parameters": TIME, "strict": False}]
+    grammar = llguidance.grammar_from("lark", auto_tool_grammar(syntax, tools))
+    assert llguidance.LLMatcher.validate_grammar(grammar, ll_tokenizer) == ""
+
+    def accepts(text: str) -> bool:
+        text = re.sub(r', "id": "call\d"', "", text)
+        matcher = llguidance.LLMatcher(ll_tokenizer, grammar)
+        ok = matcher.consume_tokens(tokenizer.encode(text, add_special_tokens=False))
+        return ok and matcher.is_accepting()
+
+    assert accepts("It is sunny in Paris, no tool needed.")
+    assert accepts(assistant_turn(tokenizer, [("get_weather", {"city": "Lyon", "unit": "c"})]))
+    assert accepts(assistant_turn(tokenizer, [("get_time", {"zone": "UTC", "extra": 1})]))
+    assert not accepts(assistant_turn(tokenizer, [("get_weather", {"city": "Lyon"})]))
+    assert not accepts(assistant_turn(tokenizer, [("no_such_tool", {})]))

@@ -143,3 +143,20 @@ async def test_bad_tool_requests_are_refused_naming_the_parameter(family):
         # tool_choice "none": the tools are not shown, so nothing is dropped silently
         plain = await calls_of(stub, generate(pb.ToolChoice(mode=MODE.MODE_NONE)))
         assert plain[0]["finish"] in (pb.FINISH_REASON_STOP, pb.FINISH_REASON_LENGTH)
+
+
+async def test_auto_with_a_strict_tool_is_text_or_a_valid_call(family):
+    """Under "auto" a strict tool's calls are constrained once opened (a lazy grammar); text
+    stays free. Whatever the random model picks, a call it makes is valid."""
+    variant, stub = family
+    if variant == "none":
+        pytest.skip("this template cannot show tools")
+    strict = [pb.Tool(type="function", name="get_weather", parameters_json=json.dumps(WEATHER),
+                      strict=True)]
+    for seed in (1, 2):
+        result = (await calls_of(stub, generate(pb.ToolChoice(mode=MODE.MODE_AUTO),
+                                                tools=strict, seed=seed)))[0]
+        if result["calls"]:
+            check_calls(result, {"get_weather"})
+        else:
+            assert result["finish"] in (pb.FINISH_REASON_STOP, pb.FINISH_REASON_LENGTH)
