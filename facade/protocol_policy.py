@@ -130,9 +130,9 @@ def _refused_message(name: str) -> str:
 def apply_field_policy(request: BaseModel, kind: str) -> list[str]:
     """Refuse a field that cannot be honoured (400); return the sorted ignored fields set.
 
-    `kind` is "chat", "completions", "embeddings", "score", "responses" or "tokenize". A field counts as set when the
-    client sent it with a non-null value; unknown fields (in neither OpenAI's nor vLLM's API)
-    count as ignored.
+    `kind` is "chat", "completions", "embeddings", "score", "responses" or "tokenize". A field
+    counts as set when the client sent it with a non-null value; unknown fields (in neither
+    OpenAI's nor vLLM's API) count as ignored.
     """
     refused = _REFUSED_BY_KIND[kind]
     ignored_fields = _IGNORED_BY_KIND.get(kind, IGNORED_FIELDS)

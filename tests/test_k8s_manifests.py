@@ -381,7 +381,8 @@ def test_responses_redis_component_points_every_facade_at_one_redis():
     assert port["targetPort"] in {p["name"] for p in main["ports"]}
     assert flag(main["args"], "--maxmemory-policy") == "allkeys-lru"
     policy = find(objects, "NetworkPolicy", "tandem-responses-redis")
-    assert labels_match(policy["spec"]["podSelector"]["matchLabels"], template["metadata"]["labels"])
+    selector = policy["spec"]["podSelector"]["matchLabels"]
+    assert labels_match(selector, template["metadata"]["labels"])
     sources = [source["podSelector"]["matchLabels"] for rule in policy["spec"]["ingress"]
                for source in rule["from"]]
     assert sources == [{"app.kubernetes.io/name": "tandem-facade"}]

@@ -91,7 +91,8 @@ def facades(server, redis_server, tmp_path_factory):
             process = subprocess.Popen(
                 [sys.executable, "-m", "facade", "--core-address", server.grpc_target,
                  "--port", str(port)],
-                stdout=open(log_path, "w"), stderr=subprocess.STDOUT, cwd=ROOT, env=env)  # fmt: skip
+                stdout=open(log_path, "w"), stderr=subprocess.STDOUT, cwd=ROOT,
+                env=env)  # fmt: skip
             started.append(process)
             wait_for_http(f"http://127.0.0.1:{port}/ready", process, log_path, timeout_s=60)
             bases.append(f"http://127.0.0.1:{port}")

@@ -96,7 +96,8 @@ class MemoryResponseStore(ResponseStore):
         self.max_bytes = max_bytes
         self.max_entry_bytes = min(max_entry_bytes, max_bytes)
         self.ttl_s = ttl_s
-        self._entries: OrderedDict[str, tuple[float, bytes]] = OrderedDict()  # id → (expiry, json)
+        # response id → (expiry on the monotonic clock, the entry as JSON), oldest use first
+        self._entries: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
         self._num_bytes = 0
 
     @property

@@ -32,12 +32,9 @@ from facade.responses.protocol import (
 from facade.responses.translate import OutputAssembler
 from facade.routes.chat import ChatRun, chunk_choice
 
-# Chat finish reason → (Responses status, incomplete reason).
-_STATUS: dict[str | None, tuple[str, str | None]] = {
-    "stop": ("completed", None),
-    "tool_calls": ("completed", None),
-    "length": ("incomplete", "max_output_tokens"),
-}
+# Chat finish reason → Responses status ("length": the max_output_tokens were reached).
+_STATUS: dict[str | None, str] = {"stop": "completed", "tool_calls": "completed",
+                                  "length": "incomplete"}  # fmt: skip
 
 
 @dataclass(kw_only=True)
@@ -89,7 +86,7 @@ class ResponseRun:
         """Close the output: the final status, the response object (usage included) and the
         events that closed the last output item."""
         reason = self.chat.state(0).finish_reason
-        status, incomplete = _STATUS.get(reason, ("failed", None))
+        status = _STATUS.get(reason, "failed")  # "abort": the core gave up on it
         closing = self.assembler.finish("incomplete" if status == "incomplete" else "completed")
         usage = self.chat.usage.total()
         cached = usage.prompt_tokens_details.cached_tokens if usage.prompt_tokens_details else 0
@@ -101,8 +98,8 @@ class ResponseRun:
                 total_tokens=usage.total_tokens,
             )
         }
-        if incomplete is not None:
-            fields["incomplete_details"] = IncompleteDetails(reason=incomplete)  # type: ignore[arg-type]
+        if status == "incomplete":
+            fields["incomplete_details"] = IncompleteDetails(reason="max_output_tokens")
         if status == "failed":
             fields["error"] = ResponseError(
                 code="server_error", message=f"The core ended the response ({reason})."

@@ -145,8 +145,11 @@ def _tools(request: ResponsesRequest) -> dict[str, Any]:
     """tools / tool_choice / parallel_tool_calls in the chat request's nested shape."""
     fields: dict[str, Any] = {}
     if request.tools is not None:
-        fields["tools"] = [{"type": "function", "function": tool.model_dump(
-            exclude={"type"}, exclude_none=True, by_alias=True)} for tool in request.tools]  # fmt: skip
+        fields["tools"] = [
+            {"type": "function",
+             "function": tool.model_dump(exclude={"type"}, exclude_none=True, by_alias=True)}
+            for tool in request.tools
+        ]  # fmt: skip
     choice = request.tool_choice
     if choice is not None:
         fields["tool_choice"] = (
@@ -237,7 +240,9 @@ class OutputAssembler:
     def text(self, delta: str) -> list[dict[str, Any]]:
         if not delta:
             return []
-        events = [] if isinstance(self._open, OutputMessage) else self.close() + self._open_message()
+        events = []
+        if not isinstance(self._open, OutputMessage):
+            events = self.close() + self._open_message()
         message = self._open
         assert isinstance(message, OutputMessage)
         message.content[0].text += delta
@@ -254,8 +259,10 @@ class OutputAssembler:
         events: list[dict[str, Any]] = []
         if index not in self._call_indexes:
             events += self.close()
-            call = FunctionCallOutput(id=new_id("fc"), call_id=call_id or new_id("call"),
-                                      name=name or "", arguments="", status="in_progress")  # fmt: skip
+            call = FunctionCallOutput(
+                id=new_id("fc"), call_id=call_id or new_id("call"), name=name or "",
+                arguments="", status="in_progress",
+            )  # fmt: skip
             self.items.append(call)
             self._open = call
             self._call_indexes[index] = self.output_index
@@ -277,7 +284,8 @@ class OutputAssembler:
         index = self.items.index(item)
         if isinstance(item, FunctionCallOutput):
             done = {"type": "response.function_call_arguments.done", "item_id": item.id,
-                    "output_index": index, "name": item.name, "arguments": item.arguments}  # fmt: skip
+                    "output_index": index, "name": item.name,
+                    "arguments": item.arguments}  # fmt: skip
             return [done, self._item_event("done", item)]
         text_done = {"type": "response.output_text.done", "item_id": item.id,
                      "output_index": index, "content_index": 0, "text": item.content[0].text,

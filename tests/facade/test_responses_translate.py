@@ -70,7 +70,8 @@ def test_errors_name_the_responses_parameter():
 def test_assembler_events_and_the_stored_assistant_message():
     assembler = OutputAssembler()
     events = assembler.text("Hel") + assembler.text("lo")
-    events += assembler.tool_call(0, "call_1", "f", '{"a"') + assembler.tool_call(0, None, None, ":1}")
+    events += assembler.tool_call(0, "call_1", "f", '{"a"')
+    events += assembler.tool_call(0, None, None, ":1}")
     events += assembler.finish("completed")
     assert [event["type"] for event in events] == [
         "response.output_item.added", "response.content_part.added",
