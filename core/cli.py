@@ -19,6 +19,8 @@ import sys
 import threading
 from pathlib import Path
 
+from core.tools.syntax import PARSER_NAMES  # stdlib only
+
 log = logging.getLogger("tandem")
 DEMO_MODEL_NAME = "tandem-demo"
 BUNDLED_EMBEDDING_MODEL_NAME = "all-MiniLM-L6-v2"
@@ -68,7 +70,7 @@ def _add_core_flags(parser: argparse.ArgumentParser) -> None:
                         help="let requests bring their own chat template (Jinja runs in the "
                              "core: only for trusted clients)")
     parser.add_argument("--tool-call-parser", default="auto",
-                        choices=("auto", "hermes", "llama3_json", "mistral"),
+                        choices=("auto", *PARSER_NAMES),
                         help="how the model writes tool calls: hermes (<tool_call>, Qwen2.5), "
                              "llama3_json (Llama 3.x JSON), mistral ([TOOL_CALLS]); auto: read "
                              "off the chat template")

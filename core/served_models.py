@@ -85,7 +85,11 @@ def load_generative(model_dir: Path, name: str, engine_config: EngineConfig, des
     """A decoder: the generation engine (compiled, started) and, with `decoder_pooling`, an
     embedding engine over its hidden states."""
     from core.engine import create_engine
+    from core.tools import PARSER_NAMES
 
+    if tool_call_parser not in ("auto", *PARSER_NAMES):
+        raise ConfigError(f"unknown tool-call parser {tool_call_parser!r}; expected auto or "
+                          f"one of {', '.join(PARSER_NAMES)}")
     engine = create_engine(model_dir, engine_config)
     config, engine_config = engine.model_config, engine.engine_config
     policy = PromptPolicy(vocab_size=config.vocab_size, max_model_len=engine_config.max_model_len,

@@ -41,7 +41,8 @@ gRPC core, existed), S = this file (real stack, added).
     S test_every_role_and_content_parts (sync, async streaming; parts == the joined string)
 004 tools / tool_choice / logprobs / seed / stream_options / response_format text / user …
     E test_n_choices_and_logprobs, test_async_sdk_continuous_usage_and_raw_headers
-    F test_convert::test_tool_choice_none_drops_tools_and_required_is_unsupported
+    F test_convert::test_tools_and_tool_choice_go_to_the_core_and_empty_tools_are_refused
+    S tests/test_tools_clients.py (required / named calls, LangChain, Instructor, Agents SDK)
     S test_gateway_request_fields_are_accepted (streaming + not)
 004 x-request-id on every response and error (SDK `_request_id`, `APIStatusError.request_id`)
     E test_errors_come_back_as_openai_errors
@@ -401,7 +402,7 @@ def test_gateway_request_fields_are_accepted(client):
                   top_logprobs=2, response_format={"type": "text"}, user="u-7", store=False,
                   metadata={"k": "v"}, extra_body={"ignore_eos": True})
     raw = client.chat.completions.with_raw_response.create(**kwargs)
-    assert raw.headers["x-tandem-ignored-params"] == "metadata, parallel_tool_calls, store, user"
+    assert raw.headers["x-tandem-ignored-params"] == "metadata, store, user"
     first = raw.parse()
     assert len(first.choices[0].logprobs.content) == 3
     stream = client.chat.completions.create(**kwargs, stream=True,
@@ -410,9 +411,9 @@ def test_gateway_request_fields_are_accepted(client):
     assert chunks[-1].usage.completion_tokens == 3
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == first.choices[0].message.content  # same seed, same tokens
-    with pytest.raises(openai.BadRequestError) as refused:
-        client.chat.completions.create(model=MODEL, messages=USER, tools=[TOOL],
-                                       tool_choice="required")
+    with pytest.raises(openai.BadRequestError) as refused:  # a function that is not a tool
+        client.chat.completions.create(model=MODEL, messages=USER, tools=[TOOL], tool_choice={
+            "type": "function", "function": {"name": "not_a_tool"}})
     assert refused.value.body["param"] == "tool_choice"
 
 
