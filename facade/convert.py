@@ -32,7 +32,12 @@ from facade.protocol import (
     TopLogprob,
     Usage,
 )
-from facade.protocol_extra import EmbeddingRequest, ScoringRequest
+from facade.protocol_extra import (
+    DetokenizeRequest,
+    EmbeddingRequest,
+    ScoringRequest,
+    TokenizeRequest,
+)
 from facade.sse import sse_event
 from tandem.v1 import inference_pb2 as pb
 
@@ -264,6 +269,27 @@ def completion_to_generates(request: CompletionRequest, model: str) -> list[pb.G
             generate.add_special_tokens = request.add_special_tokens
         generates.append(generate)
     return generates
+
+
+def tokenize_request(request: TokenizeRequest, model: str) -> pb.TokenizeRequest:
+    """POST /tokenize → TokenizeRequest: text, or chat input built as the chat route builds it."""
+    tokenize = pb.TokenizeRequest(model=model)
+    if request.messages is not None:
+        chat_fields = request.model_dump(
+            include={"messages", "tools", "add_generation_prompt", "continue_final_message",
+                     "chat_template", "chat_template_kwargs"},
+        )  # fmt: skip
+        chat = ChatCompletionRequest.model_validate(chat_fields)
+        tokenize.chat.CopyFrom(_chat_input(chat))
+    else:
+        tokenize.text = request.prompt or ""
+    if request.add_special_tokens is not None:
+        tokenize.add_special_tokens = request.add_special_tokens
+    return tokenize
+
+
+def detokenize_request(request: DetokenizeRequest, model: str) -> pb.DetokenizeRequest:
+    return pb.DetokenizeRequest(model=model, token_ids=request.tokens)
 
 
 def score_input(value: str | list[int]) -> pb.ScoreInput:

@@ -86,18 +86,40 @@ _REFUSED_COMPLETIONS: dict[str, Callable[[Any], bool]] = {
 _REFUSED_POOLING: dict[str, Callable[[Any], bool]] = {
     "truncate_prompt_tokens": _is_null,
 }
+# /v1/responses: the chat table (it runs through the chat pipeline) plus its own fields.
+_REFUSED_RESPONSES: dict[str, Callable[[Any], bool]] = {
+    **_REFUSED_CHAT,
+    "truncation": lambda value: value is None or value == "disabled",
+    "response_format": _is_null,  # Responses' own field is text.format
+    "n": lambda value: value is None or value == 1,
+    "background": _is_falsy,
+    "conversation": _is_null,
+    "prompt": _is_null,
+    "max_tool_calls": _is_null,
+    "top_logprobs": _is_falsy,
+}
 # The refused table of each kind of request.
 _REFUSED_BY_KIND: dict[str, dict[str, Callable[[Any], bool]]] = {
     "chat": _REFUSED_CHAT,
     "completions": _REFUSED_COMPLETIONS,
     "embeddings": _REFUSED_POOLING,
     "score": _REFUSED_POOLING,
+    "responses": _REFUSED_RESPONSES,
+    "tokenize": {},
+}
+# /v1/responses honours `metadata` and `store` (kept with the response) and ignores
+# `reasoning` (no reasoning models) and `include` (nothing extra to include).
+_IGNORED_BY_KIND: dict[str, frozenset[str]] = {
+    "responses": (IGNORED_FIELDS - {"metadata", "store"}) | {"reasoning", "include"},
 }
 
 _WHY = {
     "audio": "audio output is not supported by this text-only server.",
     "modalities": "only the 'text' modality is supported.",
     "suffix": "suffix (fill-in-the-middle) is not supported.",
+    "truncation": "only truncation 'disabled' is supported: an input over the context is a 400.",
+    "response_format": "use text.format on /v1/responses.",
+    "background": "background responses are not supported.",
 }
 
 
@@ -108,11 +130,12 @@ def _refused_message(name: str) -> str:
 def apply_field_policy(request: BaseModel, kind: str) -> list[str]:
     """Refuse a field that cannot be honoured (400); return the sorted ignored fields set.
 
-    `kind` is "chat", "completions", "embeddings" or "score". A field counts as set when the
-    client sent it with a non-null value; unknown fields (in neither OpenAI's nor vLLM's API)
-    count as ignored.
+    `kind` is "chat", "completions", "embeddings", "score", "responses" or "tokenize". A field
+    counts as set when the client sent it with a non-null value; unknown fields (in neither
+    OpenAI's nor vLLM's API) count as ignored.
     """
     refused = _REFUSED_BY_KIND[kind]
+    ignored_fields = _IGNORED_BY_KIND.get(kind, IGNORED_FIELDS)
     extra = request.model_extra or {}
     declared = type(request).model_fields
     ignored = []
@@ -123,9 +146,9 @@ def apply_field_policy(request: BaseModel, kind: str) -> list[str]:
         if name in refused:
             if not refused[name](value):
                 raise unsupported(name, _refused_message(name))
-            if name in IGNORED_FIELDS or name not in declared:
+            if name in ignored_fields or name not in declared:
                 ignored.append(name)  # a neutral value of a field Tandem has no use for
-        elif name in IGNORED_FIELDS or name not in declared:
+        elif name in ignored_fields or name not in declared:
             ignored.append(name)
     return sorted(set(ignored))
 

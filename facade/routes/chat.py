@@ -73,7 +73,7 @@ class ChatRun(GenerationRun):
         return self.sse_chunk(ChatCompletionChunk, choices, usage)
 
 
-def _chunk_choice(run: ChatRun, choice: pb.ChoiceDelta) -> ChatChunkChoice | None:
+def chunk_choice(run: ChatRun, choice: pb.ChoiceDelta) -> ChatChunkChoice | None:
     """The chunk choice of one core delta; None when it carries nothing for the client."""
     wants_logprobs = bool(run.request.logprobs)
     reason = finish_reason(choice)
@@ -125,7 +125,7 @@ async def stream_chat(run: ChatRun, generation: Generation) -> AsyncIterator[byt
     async with aclosing(generation.responses()) as responses:
         async for _, response in responses:
             run.add(response)
-            choices = [c for delta in response.choices if (c := _chunk_choice(run, delta))]
+            choices = [c for delta in response.choices if (c := chunk_choice(run, delta))]
             if choices:
                 yield run.chunk(choices, run.usage.total() if continuous else None)
     run.check_finished()
@@ -153,12 +153,34 @@ def _completion(run: ChatRun) -> ChatCompletion:
     )
 
 
-async def _complete(run: ChatRun, generation: Generation) -> ChatCompletion:
+async def complete_chat(run: ChatRun, generation: Generation) -> ChatCompletion:
+    """Read the whole answer (every core response) and build the chat completion."""
     async with aclosing(generation.responses()) as responses:
         async for _, response in responses:
             run.add(response)
     run.check_finished()
     return _completion(run)
+
+
+async def open_chat(
+    body: ChatCompletionRequest,
+    request: Request,
+    stub: CoreStub,
+    options: CoreCallOptions,
+    settings: Settings,
+) -> tuple[ChatRun, Generation]:
+    """Send a (checked) chat request to the core and await admission: the run and its calls.
+    /v1/responses serves its requests through here too."""
+    model = resolve_model(body.model, settings)
+    generate = chat_to_generate(body, model)
+    generation = await cancel_on_disconnect(request, Generation.open(stub, [generate], options))
+    run = ChatRun(
+        request=body,
+        completion_id=f"chatcmpl-{options.request_id}",
+        created=int(time.time()),
+        model=generation.model or model,
+    )
+    return run, generation
 
 
 @router.post(
@@ -178,20 +200,12 @@ async def create_chat_completion(
     """OpenAI chat completions (streaming and not)."""
     ignored = ignored_header(apply_field_policy(body, "chat"))
     check_chat_limits(body, limits)
-    model = resolve_model(body.model, settings)
-    generate = chat_to_generate(body, model)
-    generation = await cancel_on_disconnect(request, Generation.open(stub, [generate], options))
-    run = ChatRun(
-        request=body,
-        completion_id=f"chatcmpl-{options.request_id}",
-        created=int(time.time()),
-        model=generation.model or model,
-    )
+    run, generation = await open_chat(body, request, stub, options, settings)
     if body.stream:
         events = guarded_stream(stream_chat(run, generation), generation.cancel, run.completion_id)
         return EventStreamResponse(events, headers={**STREAM_HEADERS, **ignored})
     try:
-        completion = await cancel_on_disconnect(request, _complete(run, generation))
+        completion = await cancel_on_disconnect(request, complete_chat(run, generation))
     finally:
         generation.cancel()
     return JSONResponse(completion.model_dump(mode="json"), headers=ignored)
