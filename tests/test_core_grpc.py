@@ -15,6 +15,7 @@ from core.config import EngineConfig, ServerConfig
 from core.server import CoreServer
 from tandem.v1 import inference_pb2 as pb
 from tandem.v1 import inference_pb2_grpc as pb_grpc
+from tests.waiting import StepsHeldUntilAbort, async_wait_until
 
 READY_SERVICE = "tandem.v1.Inference"
 
@@ -55,12 +56,9 @@ def error_info(err: grpc.aio.AioRpcError) -> tuple[str, str]:
     return reason, field
 
 
-async def wait_until_idle(engine, timeout_s: float = 5.0) -> None:
+async def wait_until_idle(engine, timeout_s: float = 60.0) -> None:
     """Wait for the engine to hold no request (aborts land within a step); fail otherwise."""
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while engine.num_unfinished and asyncio.get_running_loop().time() < deadline:
-        await asyncio.sleep(0.02)
-    assert engine.num_unfinished == 0
+    await async_wait_until(lambda: engine.num_unfinished == 0, "the engine idle", timeout_s)
     assert not engine.scheduler.running and not engine.scheduler.waiting
     assert engine.scheduler.allocator.num_in_use == 0  # every KV page came back
 
@@ -197,15 +195,23 @@ async def test_bad_requests_get_typed_errors(core, request_kwargs, code, reason,
     assert error_info(caught.value) == (reason, field)
 
 
-async def test_cancelling_a_stream_stops_its_generation(core):
+async def test_cancelling_a_stream_stops_its_generation(core, monkeypatch):
+    """The engine is held after its first step until the cancel reaches it as an abort: a
+    no-op cancel would let all 100 tokens be generated; a real one stops after a step or two."""
     server, stub, _ = core
     engine = server.servicer.engine
+    held = StepsHeldUntilAbort(engine, monkeypatch)
+    generated_before = engine.num_generated_tokens
+    max_tokens = 100
     call = stub.Generate(pb.GenerateRequest(
-        text="long", stopping=pb.StoppingCriteria(max_tokens=100, ignore_eos=True)))
+        text="long", stopping=pb.StoppingCriteria(max_tokens=max_tokens, ignore_eos=True)))
     await call.read()  # generation has started
     assert engine.num_unfinished == 1
     call.cancel()
+    await async_wait_until(held.aborted.is_set, "the cancel reaching the engine as an abort")
     await wait_until_idle(engine)
+    generated = engine.num_generated_tokens - generated_before
+    assert generated <= 3 < max_tokens, generated  # the held step, and at most one more
 
 
 async def test_a_repeated_prompt_reports_cached_tokens_in_usage(core):

@@ -16,6 +16,7 @@ from core.server import CoreServer
 from tandem.v1 import inference_pb2 as pb
 from tandem.v1 import inference_pb2_grpc as pb_grpc
 from tests.test_core_grpc import error_info
+from tests.waiting import StepsHeldUntilAbort, async_wait_until
 
 MINILM = "all-MiniLM-L6-v2"
 SENTENCES = ["A man is eating food.", "A man is eating a piece of bread.",
@@ -130,22 +131,34 @@ async def test_score_over_grpc_routes_to_the_decoder(core):
     assert error_info(caught.value) == ("UNSUPPORTED", "model")
 
 
-async def test_a_cancelled_score_frees_its_pages(core):
+async def test_a_cancelled_score_stops_and_frees_its_pages(core, monkeypatch):
+    """The engine is held after its first step until the cancel reaches it as an abort: a
+    no-op cancel would let all 64 items be admitted and scored; a real one stops the rest."""
     server, stub = core
     engine = server.servicer.engine
+    held = StepsHeldUntilAbort(engine, monkeypatch)
+    admitted: list[str] = []
+    add_request = engine.add_request
+    monkeypatch.setattr(engine, "add_request",
+                        lambda request, sink: admitted.append(request.request_id)
+                        or add_request(request, sink))
+    num_items = 64
     call = stub.Score(pb.ScoreRequest(
         query=pb.ScoreInput(tokens=pb.TokenIds(ids=list(range(10, 110)))),
-        items=[pb.ScoreInput(tokens=pb.TokenIds(ids=[i] * 20)) for i in range(200, 264)],
+        items=[pb.ScoreInput(tokens=pb.TokenIds(ids=[i] * 20))
+               for i in range(200, 200 + num_items)],
         label_token_ids=[5]))
-    while engine.scheduler.allocator.num_in_use == 0:  # scoring has started
-        await asyncio.sleep(0.005)
+    await async_wait_until(lambda: engine.scheduler.allocator.num_in_use > 0,
+                           "scoring started", interval_s=0.005)
     assert call.cancel()
     with pytest.raises(asyncio.CancelledError):
         await call
-    deadline = asyncio.get_running_loop().time() + 10
-    while engine.num_unfinished or engine.scheduler.allocator.num_in_use:
-        assert asyncio.get_running_loop().time() < deadline, "pages not freed after cancel"
-        await asyncio.sleep(0.05)
+    await async_wait_until(held.aborted.is_set, "the cancel reaching the engine as an abort")
+    await async_wait_until(
+        lambda: engine.num_unfinished == 0 and engine.scheduler.allocator.num_in_use == 0,
+        "every page back after the cancel")
+    window = engine.engine_config.max_num_seqs  # items in the engine at a time
+    assert len(admitted) <= 2 * window < num_items, admitted
 
 
 def test_two_models_with_one_name_are_refused(tiny_models):

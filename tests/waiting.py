@@ -45,3 +45,30 @@ async def async_wait_until(condition: Callable[[], T | Awaitable[T]], what: str,
         if time.monotonic() > deadline:
             raise AssertionError(f"not within {timeout_s} s: {what} (last: {value!r})")
         await asyncio.sleep(interval_s)
+
+
+class StepsHeldUntilAbort:
+    """Holds a real engine's step loop after its first `free_steps` steps until something calls
+    `engine.abort`, so that a cancel test can prove the cancel *stopped* work: without the
+    abort the request would run to its end (the hold lasts at most `hold_s`), with it the work
+    done stays far below what was asked whatever the machine's speed."""
+
+    def __init__(self, engine, monkeypatch, free_steps: int = 1, hold_s: float = 120.0) -> None:
+        import threading
+
+        self.aborted = threading.Event()
+        self.num_steps = 0
+        execute, abort = engine.runner.execute, engine.abort
+
+        def held_execute(batch):
+            self.num_steps += 1
+            if self.num_steps > free_steps:
+                self.aborted.wait(timeout=hold_s)
+            return execute(batch)
+
+        def recorded_abort(request_id: str) -> None:
+            abort(request_id)
+            self.aborted.set()
+
+        monkeypatch.setattr(engine.runner, "execute", held_execute)
+        monkeypatch.setattr(engine, "abort", recorded_abort)
