@@ -59,3 +59,26 @@ def test_core_without_model_serves_the_demo_model(tmp_path):
     assert lines and all({"ts", "level", "logger", "message"} <= set(line) for line in lines)
     tagged = [line for line in lines if line.get("request_id") == "req-cli-42"]
     assert tagged and "req-cli-42" in tagged[0]["message"]
+
+
+def test_every_flag_has_help_and_shows_its_default():
+    """`tandem serve|core|facade --help`: each flag explains itself and says its default."""
+    import argparse
+
+    from core.cli import build_parser
+
+    parser = build_parser()
+    subcommands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name in ("serve", "core", "facade"):
+        subparser = subcommands.choices[name]
+        formatter = subparser._get_formatter()
+        for action in subparser._actions:
+            if isinstance(action, argparse._HelpAction):
+                continue
+            shown = formatter._get_help_string(action) % vars(action)
+            assert action.help, f"tandem {name} {action.option_strings[0]} has no help"
+            assert "(default: " in shown, f"tandem {name} {action.option_strings[0]}: {shown}"
+        text = subparser.format_help()
+        if name != "facade":
+            assert "core gRPC port (default: 50051)" in text
+            assert "--drain-timeout-s" in text and "(default: 30.0)" in text
