@@ -119,6 +119,7 @@ def run_core(args: argparse.Namespace) -> None:
     from core.xla_flags import apply_defaults
 
     apply_defaults()  # before anything starts JAX's backend
+    quiet_backend_probing(args.log_level)
     from core.config import EngineConfig, ServerConfig
     from core.server import run
 
@@ -148,6 +149,14 @@ def run_core(args: argparse.Namespace) -> None:
                           drain_timeout_s=args.drain_timeout_s,
                           trust_request_chat_template=args.trust_request_chat_template)
     asyncio.run(run(config))
+
+
+def quiet_backend_probing(log_level: str) -> None:
+    """JAX logs at INFO each accelerator backend it tried and could not start ("Unable to
+    initialize backend 'tpu': ... libtpu.so" on every CPU-only machine): expected, not news.
+    Those lines stay visible with --log-level DEBUG; a backend that does start is unaffected."""
+    if logging.getLevelName(log_level.upper()) != logging.DEBUG:
+        logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
 
 
 def _embedding_model(args: argparse.Namespace) -> tuple[Path | None, str]:
@@ -243,15 +252,17 @@ def _core_args(args: argparse.Namespace) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    if args.command == "core":  # JSON lines tagged with the request id, as the facade's
-        from facade.logs import configure_logging  # stdlib only: no web stack in the core
+    # Every command logs in one format from its first line: JSON lines tagged with the request
+    # id (or TANDEM_LOG_FORMAT=text), the same handler the facade and the core use.
+    from facade.logs import configure_logging  # stdlib only: no web stack in the core
 
-        configure_logging(os.environ.get("TANDEM_LOG_FORMAT", "json"), args.log_level)
-    else:
-        logging.basicConfig(level=args.log_level.upper(),
-                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(os.environ.get("TANDEM_LOG_FORMAT", "json"), args.log_level)
     if args.command == "core":
-        run_core(args)
+        try:
+            run_core(args)
+        except Exception:  # a fatal error is a log line in the same format, not a bare traceback
+            log.critical("the core failed", exc_info=True)
+            return 1
     elif args.command == "facade":
         run_facade(args, args.core)
     else:

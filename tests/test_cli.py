@@ -54,6 +54,7 @@ def test_core_without_model_serves_the_demo_model(tmp_path):
             assert process.wait(timeout=60) == 0
     assert (tmp_path / "home" / "demo-model" / "config.json").exists()
     assert "DEMO model" in log_path.read_text()
+    assert "Unable to initialize backend" not in log_path.read_text()  # JAX's probing, quiet
     lines = [json.loads(line) for line in log_path.read_text().splitlines()
              if line.startswith("{")]
     assert lines and all({"ts", "level", "logger", "message"} <= set(line) for line in lines)
@@ -82,3 +83,19 @@ def test_every_flag_has_help_and_shows_its_default():
         if name != "facade":
             assert "core gRPC port (default: 50051)" in text
             assert "--drain-timeout-s" in text and "(default: 30.0)" in text
+
+
+def test_serve_logs_one_format_from_the_first_line(tmp_path):
+    """The launcher's own lines, the facade's, the core's and a fatal error all come as JSON
+    lines (a core that cannot load its model stops `tandem serve` within seconds)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "core.cli", "serve", "--model", str(tmp_path / "missing"),
+         "--embedding-model", "none", "--port", str(free_port()), "--grpc-port", str(free_port())],
+        capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[1],
+        env={**os.environ, "TANDEM_HOME": str(tmp_path / "home"), "TANDEM_LOG_FORMAT": "json"})
+    assert result.returncode != 0
+    lines = [json.loads(line) for line in result.stderr.splitlines() + result.stdout.splitlines()
+             if line.strip()]  # a plain-text line would fail here
+    assert lines[0]["message"].startswith("started core")
+    failed = next(line for line in lines if line["message"] == "the core failed")
+    assert "config.json" in failed["exception"]
