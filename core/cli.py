@@ -58,7 +58,9 @@ def _add_core_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-num-seqs", type=int, default=8,
                         help="sequences running together (rows of a decode batch)")
     parser.add_argument("--max-waiting", type=int, default=256,
-                        help="queued requests before the core answers RESOURCE_EXHAUSTED")
+                        help="queue room beyond a full batch: the core holds max-num-seqs + "
+                             "max-waiting requests (running and queued) and answers "
+                             "RESOURCE_EXHAUSTED to more")
     parser.add_argument("--max-num-batched-tokens", type=int, default=512,
                         help="token budget of one engine step (decodes + prefill chunks)")
     parser.add_argument("--page-size", type=int, default=16, help="tokens per KV page")

@@ -112,8 +112,7 @@ class LlmEngine(Engine):
         if not self._accepting:
             raise Unavailable("the core is shutting down")
         with self._lock:
-            capacity = self.engine_config.max_waiting + self.engine_config.max_num_seqs
-            if self._num_pending >= capacity:
+            if self._num_pending >= self.engine_config.max_unfinished:
                 raise Overloaded("too many requests queued; retry later",
                                  retry_after_s=self.engine_config.retry_after_s)
             self._num_pending += 1

@@ -77,7 +77,3 @@ class Overloaded(TandemError):
 
 class Unavailable(TandemError):
     code = grpc.StatusCode.UNAVAILABLE
-
-
-class NotImplementedYet(TandemError):
-    code = grpc.StatusCode.UNIMPLEMENTED

@@ -112,10 +112,9 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             engine = model.generator
             prompt_ids = await asyncio.to_thread(  # templates and tokenizing: off the loop
                 convert.prompt_token_ids, engine.tokenizer, model.policy, request)
-            capacity = engine.engine_config.max_waiting + engine.engine_config.max_num_seqs
             requests = convert.generation_requests(  # engine keys are unique per RPC
                 request, prompt_ids, uuid.uuid4().hex, model.policy,
-                max_choices=min(convert.MAX_CHOICES, capacity))
+                max_choices=min(convert.MAX_CHOICES, engine.engine_config.max_unfinished))
             log.info("generate %s: %d prompt tokens, n=%d", request_id, len(prompt_ids),
                      len(requests))
             stream = _ChoiceStream(engine, requests, asyncio.get_running_loop())
