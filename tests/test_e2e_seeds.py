@@ -1,7 +1,7 @@
 """The seed documents' concrete cases, end to end: the official `openai` SDK (sync and async,
 streaming and not) against a real `tandem serve` (real core + real facade), plus extra real
 `tandem facade` processes pointed at that core (API keys + body limit, a tiny deadline) or at a
-dead port. Also: a client disconnect frees the core's KV pages within a second.
+dead port. Also: a client disconnect aborts the request and frees the core's KV pages.
 
 Seed case → tests. E = tests/test_e2e_openai.py (real stack, existed), F = tests/facade/ (fake
 gRPC core, existed), S = this file (real stack, added).
