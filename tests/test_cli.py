@@ -24,7 +24,9 @@ def test_core_without_model_serves_the_demo_model(tmp_path):
     with open(log_path, "w") as log_file:
         process = subprocess.Popen(
             [sys.executable, "-m", "core.cli", "core", "--grpc-port", str(port),
-             "--max-model-len", "64", "--max-num-seqs", "2"],
+             "--max-model-len", "64", "--max-num-seqs", "2",
+             # the session's XLA cache: the bundled MiniLM's buckets are the `server` fixture's
+             "--compilation-cache-dir", str(Path(os.environ["TANDEM_HOME"]) / "jax-cache")],
             stdout=log_file, stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parents[1],
             env={**os.environ, "TANDEM_HOME": str(tmp_path / "home")})
         try:
