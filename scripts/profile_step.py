@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -54,15 +55,23 @@ from core.runner import ModelRunner  # noqa: E402
 from core.sampling import SamplingArrays, sample  # noqa: E402
 
 
-def median_ms(run: Callable[[], object], repeats: int) -> float:
-    """Median wall time of `run()` (its result blocked on) after one untimed call."""
-    jax.block_until_ready(run())
-    walls_s = []
-    for _ in range(repeats):
-        started = time.perf_counter()
+class Timer:
+    """Times callables: medians (what the docs quote) and minima (the least disturbed run, worth
+    a look on a shared machine) of --repeats calls, after one untimed call each."""
+
+    def __init__(self, repeats: int) -> None:
+        self.repeats = repeats
+        self.min_ms: dict[str, float] = {}
+
+    def median_ms(self, name: str, run: Callable[[], object]) -> float:
         jax.block_until_ready(run())
-        walls_s.append(time.perf_counter() - started)
-    return statistics.median(walls_s) * 1000
+        walls_s = []
+        for _ in range(self.repeats):
+            started = time.perf_counter()
+            jax.block_until_ready(run())
+            walls_s.append(time.perf_counter() - started)
+        self.min_ms[name] = min(walls_s) * 1000
+        return statistics.median(walls_s) * 1000
 
 
 def decode_chunks(num_rows: int, num_pages: int, page_size: int,
@@ -75,42 +84,38 @@ def decode_chunks(num_rows: int, num_pages: int, page_size: int,
                  for row in range(num_rows))
 
 
-def profile_shape(runner: ModelRunner, num_rows: int, num_pages: int, repeats: int) -> dict:
-    """Every part of one decode step at [num_rows, 1] tokens and a num_pages-wide table."""
-    config, page_size = runner.config, runner.page_size
-    leaves = runner.param_leaves
+def step_timings(runner: ModelRunner, chunks: tuple[SequenceChunk, ...], timer: Timer) -> dict:
+    """The whole decode step: on device alone, through `_call`, through `execute`."""
+    num_rows, num_pages = len(chunks), len(chunks[0].page_ids)
+    token_ids = np.array([[chunk.token_ids[0]] for chunk in chunks], np.int32)
+    positions = np.array([[chunk.start_position] for chunk in chunks], np.int32)
+    table = np.array([chunk.page_ids for chunk in chunks], np.int32)
+    last_index = np.zeros((num_rows,), np.int32)
+    sampling = SamplingArrays.from_params([chunk.sampling for chunk in chunks], num_rows)
+
+    def device_step():  # the arrays are ready: only the jitted step itself
+        result, runner._pages, logits = runner._step(
+            runner.param_leaves, runner._pages, token_ids, positions, table, last_index,
+            sampling, np.bool_(False))
+        return result.token_ids, logits
+
+    shape = (num_rows, 1, num_pages)
+    return {
+        "step": timer.median_ms("step", device_step),
+        "call": timer.median_ms("call", lambda: runner._call(list(chunks), shape, False)),
+        "execute": timer.median_ms(
+            "execute", lambda: runner.execute(SchedulerOutput(chunks)).token_ids),
+    }
+
+
+def part_timings(runner: ModelRunner, chunks: tuple[SequenceChunk, ...], timer: Timer) -> dict:
+    """Each part of the step as its own jitted function on the step's shapes."""
+    config, pages = runner.config, runner._pages  # the pool is only read (nothing donated)
+    num_rows, leaves = len(chunks), runner.param_leaves
 
     def merged(param_leaves):  # inside a jit: the weights are arguments, not constants
         return nnx.merge(runner.graphdef, jax.tree.unflatten(runner.param_treedef,
                                                              param_leaves))
-
-    model = merged(leaves)
-    greedy = SamplingParams(temperature=0.0, seed=1)
-    chunks = decode_chunks(num_rows, num_pages, page_size, greedy)
-    shape = (num_rows, 1, num_pages)
-    token_ids = np.array([[chunk.token_ids[0]] for chunk in chunks], np.int32)
-    step_positions = np.array([[chunk.start_position] for chunk in chunks], np.int32)
-    step_table = np.array([chunk.page_ids for chunk in chunks], np.int32)
-    last_index = np.zeros((num_rows,), np.int32)
-    step_sampling = SamplingArrays.from_params([greedy] * num_rows, num_rows)
-
-    def device_step():  # the arrays are ready: only the jitted step itself
-        result, runner._pages, logits = runner._step(
-            runner.param_leaves, runner._pages, token_ids, step_positions, step_table,
-            last_index, step_sampling, np.bool_(False))
-        return result.token_ids, logits
-
-    results = {
-        "step": median_ms(device_step, repeats),
-        "call": median_ms(lambda: runner._call(list(chunks), shape, False), repeats),
-        "execute": median_ms(lambda: runner.execute(SchedulerOutput(chunks)).token_ids,
-                             repeats),
-    }
-    pages = runner._pages  # read-only below (nothing is donated)
-    table = jnp.asarray(np.array([chunk.page_ids for chunk in chunks], np.int32))
-    positions = jnp.full((num_rows, 1), num_pages * page_size - 1, jnp.int32)
-    k, g, h = config.num_kv_heads, config.num_heads // config.num_kv_heads, config.head_dim
-    q = jax.random.normal(jax.random.key(0), (num_rows, 1, k, g, h), jnp.float32)
 
     @jax.jit
     def page_gather(pool_keys, pool_values, page_table):
@@ -119,48 +124,59 @@ def profile_shape(runner: ModelRunner, num_rows: int, num_pages: int, repeats: i
 
     @jax.jit
     def attention(param_leaves, pool_keys, pool_values, page_table, query, query_positions):
-        layers = merged(param_leaves).layers
         return [layer.self_attn._decode_attention(query, query_positions, page_table, keys,
                                                   values)
-                for layer, keys, values in zip(layers, pool_keys, pool_values, strict=True)]
-
-    x = jax.random.normal(jax.random.key(1), (num_rows, 1, config.hidden_size), jnp.float32)
-    x = x.astype(model.embed_tokens[...].dtype)
+                for layer, keys, values in zip(merged(param_leaves).layers, pool_keys,
+                                               pool_values, strict=True)]
 
     @jax.jit
-    def matmuls(param_leaves, hidden):
-        inner, outs = merged(param_leaves), []
-        for layer in inner.layers:
-            attn, d = layer.self_attn, config.hidden_size
+    def matmuls(param_leaves, hidden):  # q/k/v/o projections, MLP, lm_head
+        model, outs, d = merged(param_leaves), [], config.hidden_size
+        for layer in model.layers:
+            attn = layer.self_attn
             for weight in (attn.q_proj, attn.k_proj, attn.v_proj):
                 outs.append(hidden @ weight[...].reshape(d, -1))
             outs.append(outs[-3] @ attn.o_proj[...].reshape(-1, d))
             outs.append(layer.mlp(hidden))
-        outs.append(inner.logits(hidden[:, 0]))
+        outs.append(model.logits(hidden[:, 0]))
         return outs
 
+    table = jnp.asarray([chunk.page_ids for chunk in chunks], jnp.int32)
+    positions = jnp.asarray([[chunk.start_position] for chunk in chunks], jnp.int32)
+    k, g, h = config.num_kv_heads, config.num_heads // config.num_kv_heads, config.head_dim
+    query = jax.random.normal(jax.random.key(0), (num_rows, 1, k, g, h), jnp.float32)
+    hidden = jax.random.normal(jax.random.key(1), (num_rows, 1, config.hidden_size),
+                               jnp.float32).astype(leaves[0].dtype)
     logits = jax.random.normal(jax.random.key(2), (num_rows, config.vocab_size), jnp.float32)
-    sample_positions = jnp.full((num_rows,), num_pages * page_size, jnp.int32)
-    drawn = SamplingParams(temperature=0.8, top_p=0.9, seed=3)
-    greedy_arrays = SamplingArrays.from_params([greedy] * num_rows, num_rows)
-    drawn_arrays = SamplingArrays.from_params([drawn] * num_rows, num_rows)
-    sampler = jax.jit(sample)
-    results.update({
-        "page_gather": median_ms(lambda: page_gather(pages.keys, pages.values, table), repeats),
-        "attention": median_ms(lambda: attention(leaves, pages.keys, pages.values, table, q,
-                                                 positions),
-                               repeats),
-        "matmuls": median_ms(lambda: matmuls(leaves, x), repeats),
-        "sampler_greedy": median_ms(lambda: sampler(logits, greedy_arrays, sample_positions,
-                                                    False), repeats),
-        "sampler_top_p": median_ms(lambda: sampler(logits, drawn_arrays, sample_positions,
-                                                   False), repeats),
-    })
-    results["host"] = results["execute"] - results["step"]
-    return {"rows": num_rows, "pages": num_pages, "median_ms": results,
-            "fraction_of_step": {name: results[name] / results["step"]
+    sampler, next_positions = jax.jit(sample), positions[:, 0] + 1
+    greedy = SamplingArrays.from_params([chunks[0].sampling] * num_rows, num_rows)
+    drawn = SamplingArrays.from_params(
+        [SamplingParams(temperature=0.8, top_p=0.9, seed=3)] * num_rows, num_rows)
+    return {
+        "page_gather": timer.median_ms(
+            "page_gather", lambda: page_gather(pages.keys, pages.values, table)),
+        "attention": timer.median_ms("attention", lambda: attention(
+            leaves, pages.keys, pages.values, table, query, positions)),
+        "matmuls": timer.median_ms("matmuls", lambda: matmuls(leaves, hidden)),
+        "sampler_greedy": timer.median_ms(
+            "sampler_greedy", lambda: sampler(logits, greedy, next_positions, False)),
+        "sampler_top_p": timer.median_ms(
+            "sampler_top_p", lambda: sampler(logits, drawn, next_positions, False)),
+    }
+
+
+def profile_shape(runner: ModelRunner, num_rows: int, num_pages: int, repeats: int) -> dict:
+    """Every figure of one decode step at [num_rows, 1] tokens and a num_pages-wide table."""
+    chunks = decode_chunks(num_rows, num_pages, runner.page_size,
+                           SamplingParams(temperature=0.0, seed=1))
+    timer = Timer(repeats)
+    medians = step_timings(runner, chunks, timer)
+    medians.update(part_timings(runner, chunks, timer))
+    medians["host"] = medians["execute"] - medians["step"]
+    return {"rows": num_rows, "pages": num_pages, "median_ms": medians, "min_ms": timer.min_ms,
+            "fraction_of_step": {name: medians[name] / medians["step"]
                                  for name in ("page_gather", "attention", "matmuls",
-                                              "sampler_greedy")}}
+                                              "sampler_greedy", "host")}}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -192,7 +208,9 @@ def main(argv: list[str] | None = None) -> int:
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {"python": platform.python_version(), "jax": jax.__version__,
                     "devices": [str(device) for device in jax.devices()],
-                    "cpu_count": __import__("os").cpu_count()},
+                    "cpu_count": os.cpu_count(),
+                    # other processes' load: a shared machine's figures are only as good as it
+                    "load_average_1m_at_end": os.getloadavg()[0]},
         "model": {"dir": str(args.model), "layers": model_config.num_layers,
                   "hidden": model_config.hidden_size, "vocab": model_config.vocab_size,
                   "dtype": model_config.dtype},
