@@ -50,6 +50,45 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
     return {variant: write_tiny_model(root / variant, variant, seed=0) for variant in VARIANTS}
 
 
+@dataclass
+class InProcessCore:
+    server: object  # core.server.CoreServer, running in this process (its engine is reachable)
+    port: int  # its gRPC port on 127.0.0.1
+    # (readiness, liveness) health statuses seen after start() and before load()
+    health_before_load: tuple[int, int]
+
+
+GRPC_CORE_MODEL = "tiny-llama"  # the generative model id of `grpc_core`
+GRPC_CORE_EMBEDDING_MODEL = "all-MiniLM-L6-v2"  # its embedding model id
+
+
+@pytest.fixture(scope="session")
+async def grpc_core(tiny_models):
+    """One in-process core for every module that drives the core over gRPC and reaches into its
+    engine: the tiny Llama (max_model_len 128, 4 rows: few buckets) and the bundled MiniLM.
+    Loaded once per session; health is read between start() and load() for the readiness test."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from core.config import EngineConfig, ServerConfig
+    from core.models.bundled import default_embedding_model_dir
+    from core.server import CoreServer
+
+    config = ServerConfig(model_dir=Path(tiny_models["llama"]), model_name=GRPC_CORE_MODEL,
+                          grpc_port=0, engine=EngineConfig(max_model_len=128, max_num_seqs=4),
+                          embedding_model_dir=default_embedding_model_dir(),
+                          embedding_model_name=GRPC_CORE_EMBEDDING_MODEL)
+    server = CoreServer(config)
+    port = await server.start()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        ready = await health.Check(health_pb2.HealthCheckRequest(service="tandem.v1.Inference"))
+        live = await health.Check(health_pb2.HealthCheckRequest(service=""))
+    await server.load()
+    yield InProcessCore(server, port, (ready.status, live.status))
+    await server.drain_and_stop()
+
+
 def free_port() -> int:
     """A loopback port free now. A child process binds it later, so another process may take it
     meanwhile: start servers with `retry_on_taken_port`, which picks new ports when that happens."""
@@ -91,8 +130,11 @@ def retry_on_taken_port(start: Callable[[], T]) -> T:
 
 
 MODEL = "tiny-llama"  # the served model id of the `server` fixture
-# The `server` fixture's engine: small limits, so that warm-up compiles few shape buckets.
-SERVER_ENGINE_FLAGS = ("--max-model-len", "256", "--max-num-seqs", "4")
+# The `server` fixture's engine: small limits, so that warm-up compiles few shape buckets (13:
+# 4 decode shapes, 9 prefill ones); other modules' cores use the same flags, so they find every
+# bucket in the session's XLA compilation cache.
+SERVER_ENGINE_FLAGS = ("--max-model-len", "256", "--max-num-seqs", "4",
+                       "--max-num-batched-tokens", "128")
 
 
 @dataclass(frozen=True)

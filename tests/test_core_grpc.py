@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 import grpc
 import pytest
@@ -11,8 +10,6 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from core.config import EngineConfig, ServerConfig
-from core.server import CoreServer
 from tandem.v1 import inference_pb2 as pb
 from tandem.v1 import inference_pb2_grpc as pb_grpc
 from tests.waiting import StepsHeldUntilAbort, async_wait_until
@@ -21,22 +18,12 @@ READY_SERVICE = "tandem.v1.Inference"
 
 
 @pytest.fixture(scope="module")
-async def core(tiny_models):
-    """A core on a free port: yields (server, stub, channel) once health said NOT_SERVING and
-    then, after load(), SERVING (the test of readiness is in the fixture's asserts)."""
-    config = ServerConfig(model_dir=Path(tiny_models["llama"]), model_name="tiny-llama",
-                          grpc_port=0, engine=EngineConfig(max_model_len=128, max_num_seqs=4))
-    server = CoreServer(config)
-    port = await server.start()
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-    health = health_pb2_grpc.HealthStub(channel)
-    before = await health.Check(health_pb2.HealthCheckRequest(service=READY_SERVICE))
-    live = await health.Check(health_pb2.HealthCheckRequest(service=""))
-    server.readiness_before_load = (before.status, live.status)
-    await server.load()
-    yield server, pb_grpc.InferenceStub(channel), channel
+async def core(grpc_core):
+    """The session's in-process core (conftest `grpc_core`): (server, stub, channel)."""
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{grpc_core.port}")
+    grpc_core.server.readiness_before_load = grpc_core.health_before_load
+    yield grpc_core.server, pb_grpc.InferenceStub(channel), channel
     await channel.close()
-    await server.drain_and_stop()
 
 
 def error_info(err: grpc.aio.AioRpcError) -> tuple[str, str]:
@@ -230,12 +217,14 @@ async def test_a_repeated_prompt_reports_cached_tokens_in_usage(core):
 async def test_models_and_capabilities(core):
     _, stub, _ = core
     models = await stub.ListModels(pb.ListModelsRequest())
-    assert [m.id for m in models.models] == ["tiny-llama"]
-    info = await stub.GetModelInfo(pb.GetModelInfoRequest())
+    assert [m.id for m in models.models] == ["tiny-llama", "all-MiniLM-L6-v2"]
+    info = await stub.GetModelInfo(pb.GetModelInfoRequest())  # the default: the first model
+    assert info.id == "tiny-llama"
     assert info.max_model_len == 128 and info.compilations_after_warmup == 0
     assert list(info.capabilities) == [pb.CAPABILITY_GENERATE, pb.CAPABILITY_SCORE]
-    with pytest.raises(grpc.aio.AioRpcError) as caught:  # no embedding model on this core
-        await stub.Embed(pb.EmbedRequest(inputs=[pb.ScoreInput(text="hi")]))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:  # the decoder cannot embed
+        await stub.Embed(pb.EmbedRequest(model="tiny-llama",
+                                         inputs=[pb.ScoreInput(text="hi")]))
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert error_info(caught.value) == ("UNSUPPORTED", "model")
 

@@ -29,12 +29,18 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tandem.v1 import inference_pb2 as pb
 from tandem.v1 import inference_pb2_grpc as pb_grpc
-from tests.conftest import check_running, free_port, retry_on_taken_port, wait_for_http
+from tests.conftest import (
+    SERVER_ENGINE_FLAGS,
+    check_running,
+    free_port,
+    retry_on_taken_port,
+    wait_for_http,
+)
 from tests.waiting import async_wait_until, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "tiny-llama"
-MAX_NUM_SEQS = 4
+MAX_NUM_SEQS = 4  # as SERVER_ENGINE_FLAGS
 TOKENS = 200  # per stream, ignore_eos
 DRAIN_TIMEOUT_S = 10
 INFERENCE = "tandem.v1.Inference"
@@ -76,8 +82,8 @@ def _start_core(model: Path, logs: Path, name: str) -> Core:
             process = subprocess.Popen(
                 [sys.executable, "-m", "core.cli", "core", "--model", str(model),
                  "--embedding-model", "none", "--served-model-name", MODEL,
-                 "--grpc-port", str(port), "--max-model-len", "256",
-                 "--max-num-seqs", str(MAX_NUM_SEQS), "--drain-timeout-s", str(DRAIN_TIMEOUT_S),
+                 "--grpc-port", str(port), *SERVER_ENGINE_FLAGS,
+                 "--drain-timeout-s", str(DRAIN_TIMEOUT_S),
                  "--metrics-port", str(metrics_port)],
                 stdout=log_file, stderr=subprocess.STDOUT, cwd=ROOT,
                 env={**os.environ, "JAX_PLATFORMS": "cpu", "TANDEM_LOG_FORMAT": "text"})
@@ -282,8 +288,11 @@ def test_requests_spread_over_both_cores(cores, facade):
         return [a - b for a, b in zip(after, before, strict=True)]
 
     # The cores count a request's tokens as it finishes, which may be after its last byte.
-    spread = wait_until(lambda: (tokens := generated()) if sum(tokens) == 6 * 5 else None,
-                        "the cores counting 6 requests of 5 tokens")
+    def counted() -> list[float] | None:
+        tokens = generated()
+        return tokens if sum(tokens) == 6 * 5 else None
+
+    spread = wait_until(counted, "the cores counting 6 requests of 5 tokens")
     assert all(tokens > 0 for tokens in spread), spread
 
 

@@ -10,7 +10,7 @@ import grpc
 import numpy as np
 import pytest
 
-from core.config import EngineConfig, ServerConfig
+from core.config import ServerConfig
 from core.models.bundled import default_embedding_model_dir
 from core.server import CoreServer
 from tandem.v1 import inference_pb2 as pb
@@ -24,18 +24,11 @@ SENTENCES = ["A man is eating food.", "A man is eating a piece of bread.",
 
 
 @pytest.fixture(scope="module")
-async def core(tiny_models):
-    config = ServerConfig(model_dir=Path(tiny_models["llama"]), model_name="tiny-llama",
-                          grpc_port=0, engine=EngineConfig(max_model_len=128, max_num_seqs=4),
-                          embedding_model_dir=default_embedding_model_dir(),
-                          embedding_model_name=MINILM)
-    server = CoreServer(config)
-    port = await server.start()
-    await server.load()
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-    yield server, pb_grpc.InferenceStub(channel)
+async def core(grpc_core):
+    """The session's in-process core (conftest `grpc_core`: tiny Llama + MiniLM)."""
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{grpc_core.port}")
+    yield grpc_core.server, pb_grpc.InferenceStub(channel)
     await channel.close()
-    await server.drain_and_stop()
 
 
 def texts(*values: str) -> list[pb.ScoreInput]:
