@@ -173,7 +173,7 @@ def server(tiny_models, tmp_path_factory):
                 env={**os.environ, "JAX_PLATFORMS": "cpu"})
         base = f"http://127.0.0.1:{http_port}"
         try:
-            wait_for_http(f"{base}/ready", process, log_path, timeout_s=240)
+            wait_for_http(f"{base}/ready", process, log_path, timeout_s=480)
         except BaseException:
             stop_process(process)
             raise
@@ -198,7 +198,7 @@ def stop_process(process: subprocess.Popen, timeout_s: float = 30) -> None:
 
 
 def wait_for_http(url: str, process: subprocess.Popen, log_path: Path,
-                  timeout_s: float = 30.0) -> None:
+                  timeout_s: float = 60.0) -> None:
     """Poll `url` until it answers 200; fail with the process's log if it dies (PortTaken if it
     could not bind) or times out."""
     import httpx

@@ -98,7 +98,7 @@ def _start_core(model: Path, logs: Path, name: str) -> Core:
     return retry_on_taken_port(start)
 
 
-def _wait_ready(core: Core, within_s: float = 240) -> None:
+def _wait_ready(core: Core, within_s: float = 480) -> None:
     deadline = time.monotonic() + within_s
     while time.monotonic() < deadline:
         check_running(core.process, core.log_path)
