@@ -26,6 +26,17 @@ DEMO_MODEL_NAME = "tandem-demo"
 BUNDLED_EMBEDDING_MODEL_NAME = "all-MiniLM-L6-v2"
 
 
+class HelpWithDefaults(argparse.ArgumentDefaultsHelpFormatter):
+    """`--help` shows every flag's default: "(default: X)" is appended unless the help text
+    already says the default in words (those whose default is None or '' must)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        help_text = action.help or ""
+        if "default" in help_text or action.default in (None, "", argparse.SUPPRESS):
+            return help_text
+        return super()._get_help_string(action)
+
+
 def _add_core_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", type=Path, default=None,
                         help="Hugging Face model directory (default: the built-in demo model)")
@@ -40,9 +51,10 @@ def _add_core_flags(parser: argparse.ArgumentParser) -> None:
                              "else the directory name)")
     parser.add_argument("--decoder-pooling", choices=("last", "mean"), default=None,
                         help="let the main (decoder) model embed too: its final hidden states "
-                             "pooled at the last token or averaged, then normalized")
+                             "pooled at the last token or averaged, then normalized (default: "
+                             "off)")
     parser.add_argument("--grpc-host", default="127.0.0.1", help="core bind address")
-    parser.add_argument("--grpc-port", type=int, default=50051)
+    parser.add_argument("--grpc-port", type=int, default=50051, help="core gRPC port")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
                         help="compute dtype (default: the checkpoint's)")
     parser.add_argument("--max-model-len", type=int, default=2048,
@@ -50,7 +62,9 @@ def _add_core_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-num-seqs", type=int, default=8,
                         help="sequences running together (rows of a decode batch)")
     parser.add_argument("--max-waiting", type=int, default=256,
-                        help="queued requests before the core answers RESOURCE_EXHAUSTED")
+                        help="queue room beyond a full batch: the core holds max-num-seqs + "
+                             "max-waiting requests (running and queued) and answers "
+                             "RESOURCE_EXHAUSTED to more")
     parser.add_argument("--max-num-batched-tokens", type=int, default=512,
                         help="token budget of one engine step (decodes + prefill chunks)")
     parser.add_argument("--page-size", type=int, default=16, help="tokens per KV page")
@@ -58,14 +72,18 @@ def _add_core_flags(parser: argparse.ArgumentParser) -> None:
                         help="KV pool size in pages (default: --kv-cache-mib, else enough for "
                              "max-num-seqs sequences of max-model-len)")
     parser.add_argument("--kv-cache-mib", type=int, default=None,
-                        help="KV pool memory budget in MiB (used when --kv-pages is not given)")
+                        help="KV pool memory budget in MiB, used when --kv-pages is not given "
+                             "(default: unset)")
     parser.add_argument("--prefix-cache", action=argparse.BooleanOptionalAction, default=True,
                         help="reuse the KV pages of shared prompt prefixes")
     parser.add_argument("--tensor-parallel", type=int, default=1,
                         help="split the model and KV pages over this many local devices")
     parser.add_argument("--metrics-port", type=int, default=None,
-                        help="serve Prometheus metrics on this port (same host as gRPC)")
-    parser.add_argument("--drain-timeout-s", type=float, default=30.0)
+                        help="serve Prometheus metrics on this port, same host as gRPC "
+                             "(default: off)")
+    parser.add_argument("--drain-timeout-s", type=float, default=30.0,
+                        help="on SIGTERM, seconds admitted requests may take to finish before "
+                             "the server stops")
     parser.add_argument("--trust-request-chat-template", action="store_true",
                         help="let requests bring their own chat template (Jinja runs in the "
                              "core: only for trusted clients)")
@@ -83,20 +101,25 @@ def _add_facade_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="HTTP bind address")
     parser.add_argument("--port", type=int, default=8000, help="HTTP port")
     parser.add_argument("--api-key-file", type=Path, default=None,
-                        help="file of accepted API keys, one per line, '#' comments "
-                             "(else TANDEM_API_KEYS_FILE; adds to TANDEM_API_KEYS)")
+                        help="file of accepted API keys, one per line, '#' comments; adds to "
+                             "TANDEM_API_KEYS (default: $TANDEM_API_KEYS_FILE, else none)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tandem", description="Tandem LLM serving")
-    parser.add_argument("--log-level", default=os.environ.get("TANDEM_LOG_LEVEL", "INFO"))
+    parser = argparse.ArgumentParser(prog="tandem", description="Tandem LLM serving",
+                                     formatter_class=HelpWithDefaults)
+    parser.add_argument("--log-level", default=os.environ.get("TANDEM_LOG_LEVEL", "INFO"),
+                        help="DEBUG, INFO, WARNING or ERROR ($TANDEM_LOG_LEVEL sets the default)")
     commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="run core and OpenAI facade together")
+    serve = commands.add_parser("serve", help="run core and OpenAI facade together",
+                                formatter_class=HelpWithDefaults)
     _add_core_flags(serve)
     _add_facade_flags(serve)
-    core = commands.add_parser("core", help="run the gRPC model core")
+    core = commands.add_parser("core", help="run the gRPC model core",
+                               formatter_class=HelpWithDefaults)
     _add_core_flags(core)
-    facade = commands.add_parser("facade", help="run the OpenAI HTTP facade")
+    facade = commands.add_parser("facade", help="run the OpenAI HTTP facade",
+                                 formatter_class=HelpWithDefaults)
     _add_facade_flags(facade)
     facade.add_argument("--core", default=os.environ.get("TANDEM_CORE_ADDRESS", "127.0.0.1:50051"),
                         help="core address HOST:PORT or dns:///HOST:PORT")
@@ -107,6 +130,7 @@ def run_core(args: argparse.Namespace) -> None:
     from core.xla_flags import apply_defaults
 
     apply_defaults()  # before anything starts JAX's backend
+    quiet_backend_probing(args.log_level)
     from core.config import EngineConfig, ServerConfig
     from core.server import run
 
@@ -137,6 +161,14 @@ def run_core(args: argparse.Namespace) -> None:
                           trust_request_chat_template=args.trust_request_chat_template,
                           tool_call_parser=args.tool_call_parser)
     asyncio.run(run(config))
+
+
+def quiet_backend_probing(log_level: str) -> None:
+    """JAX logs at INFO each accelerator backend it tried and could not start ("Unable to
+    initialize backend 'tpu': ... libtpu.so" on every CPU-only machine): expected, not news.
+    Those lines stay visible with --log-level DEBUG; a backend that does start is unaffected."""
+    if logging.getLevelName(log_level.upper()) != logging.DEBUG:
+        logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
 
 
 def _embedding_model(args: argparse.Namespace) -> tuple[Path | None, str]:
@@ -243,15 +275,17 @@ def _core_args(args: argparse.Namespace) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    if args.command == "core":  # JSON lines tagged with the request id, as the facade's
-        from tandem.logs import configure_logging  # the shared log format (stdlib only)
+    # Every command logs in one format from its first line: JSON lines tagged with the request
+    # id (or TANDEM_LOG_FORMAT=text), the same handler the facade and the core use.
+    from tandem.logs import configure_logging  # the shared log format (stdlib only)
 
-        configure_logging(os.environ.get("TANDEM_LOG_FORMAT", "json"), args.log_level)
-    else:
-        logging.basicConfig(level=args.log_level.upper(),
-                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(os.environ.get("TANDEM_LOG_FORMAT", "json"), args.log_level)
     if args.command == "core":
-        run_core(args)
+        try:
+            run_core(args)
+        except Exception:  # a fatal error is a log line in the same format, not a bare traceback
+            log.critical("the core failed", exc_info=True)
+            return 1
     elif args.command == "facade":
         run_facade(args, args.core)
     else:

@@ -149,7 +149,7 @@ class EngineConfig:
 
     max_model_len: int = 2048  # prompt + completion tokens per sequence (≤ the model's)
     max_num_seqs: int = 8  # sequences running together (rows of a decode batch)
-    max_waiting: int = 256  # queued requests before RESOURCE_EXHAUSTED
+    max_waiting: int = 256  # queue room beyond a full batch (see max_unfinished)
     max_num_batched_tokens: int = 512  # tokens per engine step (decodes + prefill chunks)
     min_prefill_bucket: int = 16  # smallest padded prefill chunk
     page_size: int = 16  # tokens per KV page
@@ -168,6 +168,12 @@ class EngineConfig:
                 raise ConfigError(f"{name} must be at least 1")
         if self.max_num_batched_tokens < self.max_num_seqs:
             raise ConfigError("max_num_batched_tokens must be at least max_num_seqs")
+
+    @property
+    def max_unfinished(self) -> int:
+        """Requests an engine holds at once, running and queued together; one more is refused
+        with RESOURCE_EXHAUSTED. With every row running, `max_waiting` more may queue."""
+        return self.max_num_seqs + self.max_waiting
 
     @property
     def max_pages_per_seq(self) -> int:

@@ -135,8 +135,7 @@ class LlmEngine(Engine):
                 super().check_grammar(request.grammar)
             matcher = self.grammars.new_matcher(request.grammar)
         with self._lock:
-            capacity = self.engine_config.max_waiting + self.engine_config.max_num_seqs
-            if self._num_pending >= capacity:
+            if self._num_pending >= self.engine_config.max_unfinished:
                 raise Overloaded("too many requests queued; retry later",
                                  retry_after_s=self.engine_config.retry_after_s)
             self._num_pending += 1

@@ -1,6 +1,6 @@
 """Typed errors of the core and their gRPC form (status code + google.rpc details).
 
-Owns: the core's half of DESIGN.md's error table. Code raises a `TandemError` subclass; the
+Owns: the core's half of the error table (docs/architecture.md). Code raises a `TandemError` subclass; the
 servicer turns it into `grpc.Status` with `ErrorInfo{domain: "tandem.v1", reason}`,
 `BadRequest.FieldViolation` naming the parameter and `RetryInfo` for back-pressure.
 """
@@ -77,7 +77,3 @@ class Overloaded(TandemError):
 
 class Unavailable(TandemError):
     code = grpc.StatusCode.UNAVAILABLE
-
-
-class NotImplementedYet(TandemError):
-    code = grpc.StatusCode.UNIMPLEMENTED

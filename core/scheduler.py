@@ -6,7 +6,9 @@ chunk of each sequence still prefilling, then new admissions (after a prefix-cac
 Pages come from the free list, then from evicting unheld cached prefixes; when none are left a
 later-admitted sequence is preempted — its pages are released and it goes back to the front of
 the queue to recompute them (its generated tokens are kept), so nothing is dropped or corrupted.
-Admission beyond `max_waiting` queued requests is refused earlier, by the engine (OVERLOADED).
+The scheduler itself refuses nothing: the engine admits at most `EngineConfig.max_unfinished`
+requests (`max_num_seqs` + `max_waiting`, running and queued together) and answers OVERLOADED
+beyond that, before a request reaches this queue.
 """
 
 from __future__ import annotations

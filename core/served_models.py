@@ -13,6 +13,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from core.config import ConfigError, EngineConfig
 from core.convert import PromptPolicy
@@ -20,6 +21,9 @@ from core.embedding import EmbeddingBuckets, EmbeddingEngine
 from core.engine import LlmEngine
 from core.tokenizer import Tokenizer
 from tandem.v1 import inference_pb2 as pb
+
+if TYPE_CHECKING:
+    from core.models.pooling import PoolingConfig
 
 log = logging.getLogger(__name__)
 
@@ -167,5 +171,20 @@ def load_embedding(model_dir: Path, name: str) -> ServedModel:
     info = pb.ModelInfo(
         id=name, owned_by="tandem", created=int(time.time()),
         architecture=config.architecture, dtype="float32", max_model_len=max_seq_len_tokens,
-        vocab_size=config.vocab_size, embedding_dimensions=config.hidden_size)
+        vocab_size=config.vocab_size, embedding_dimensions=config.hidden_size,
+        description=embedding_description(Path(model_dir), config.num_layers,
+                                          config.hidden_size, pooling))
     return ServedModel(name, tokenizer, policy, info, embedder=embedder)
+
+
+def embedding_description(model_dir: Path, num_layers: int, dimensions: int,
+                          pooling: PoolingConfig) -> str:
+    """What /v1/models says of an embedding model: where it comes from and what it gives."""
+    from core.models.bundled import BUNDLED_EMBEDDING_SOURCE, is_bundled_embedding_model
+
+    source = (BUNDLED_EMBEDDING_SOURCE if is_bundled_embedding_model(model_dir)
+              else f"read from {model_dir.name}")
+    normalized = ", normalized" if pooling.normalize else ""
+    return (f"Sentence-embedding model ({source}): a {num_layers}-layer BERT encoder, "
+            f"{dimensions}-dimensional {pooling.mode}-pooled vectors{normalized}. Serves "
+            "embeddings only.")

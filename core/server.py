@@ -115,10 +115,9 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             engine = model.generator
             prompt_ids = await asyncio.to_thread(  # templates and tokenizing: off the loop
                 convert.prompt_token_ids, engine.tokenizer, model.policy, request)
-            capacity = engine.engine_config.max_waiting + engine.engine_config.max_num_seqs
             requests = convert.generation_requests(  # engine keys are unique per RPC
                 request, prompt_ids, uuid.uuid4().hex, model.policy,
-                max_choices=min(convert.MAX_CHOICES, capacity))
+                max_choices=min(convert.MAX_CHOICES, engine.engine_config.max_unfinished))
             parsers = _apply_tool_plan(request, model, requests)
             for spec in {r.grammar for r in requests if r.grammar is not None}:
                 await asyncio.to_thread(engine.check_grammar, spec)  # compiles: off the loop

@@ -7,7 +7,7 @@ Owns `ApiError` (what handlers raise), the OpenAI error envelope
 status, OpenAI `type` and `code`. Also turns FastAPI validation errors and Starlette HTTP errors
 into the same envelope.
 
-The table as implemented (DESIGN.md "One error table"):
+The table as implemented (docs/architecture.md, "One error table"):
 
   gRPC status + ErrorInfo.reason                HTTP type / code
   INVALID_ARGUMENT + INVALID_PARAMETER (none)   400 invalid_request_error / invalid_value

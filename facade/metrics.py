@@ -12,6 +12,9 @@ writes the one access-log line per request (logger `facade.access`).
   tandem_facade_streams_in_flight                          gauge (text/event-stream responses)
   tandem_facade_errors_total{code}                         counter (OpenAI error `code`)
 
+Probe answers are requests, not errors: a `/ready` 503 while the core warms up (or drains) is
+the state the probe exists to report, so `PROBE_PATHS` count in `requests_total` only.
+
 `route` is the matched route's template (`/v1/chat/completions`), or `UNMATCHED_ROUTE` for paths
 no route knows, so that no label grows with what clients send. `code` is read from the error
 envelope of a 4xx/5xx JSON body, or from an in-stream `data: {"error": ...}` event.
@@ -45,6 +48,8 @@ _SANE_CODE = re.compile(r"[a-z0-9_]{1,48}")
 MAX_ERROR_BODY_BYTES = 64 * 1024
 # Paths whose access lines are DEBUG, not INFO (probes and scrapes would drown the log).
 QUIET_PATHS = frozenset({"/health", "/ready", "/metrics"})
+# Liveness and readiness probes: their 503 is an answer, never counted in errors_total.
+PROBE_PATHS = frozenset({"/health", "/ready"})
 # An in-stream error event, as facade/sse.py writes it.
 _SSE_ERROR_PREFIX = b'data: {"error":'
 
@@ -153,7 +158,8 @@ class MetricsMiddleware:
             if content_type.startswith("text/event-stream"):
                 exchange.is_stream = True
                 self.metrics.streams_in_flight.inc()
-            elif exchange.status >= 400 and content_type.startswith("application/json"):
+            elif (exchange.status >= 400 and content_type.startswith("application/json")
+                  and scope["path"] not in PROBE_PATHS):
                 exchange.error_body = bytearray()
             return
         if message["type"] != "http.response.body":

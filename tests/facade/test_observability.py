@@ -7,7 +7,6 @@ import io
 import json
 import logging
 import sys
-import time
 from collections.abc import Iterator
 
 import httpx
@@ -18,6 +17,7 @@ from facade.app import create_app
 from facade.logs import JsonFormatter, make_handler, request_id_var
 from facade.settings import FacadeSettings, read_api_keys_file
 from tests.facade.conftest import start_facade, stop_facade
+from tests.waiting import wait_until
 
 USER = [{"role": "user", "content": "one two three"}]
 KEY_FILE_TEXT = "# production keys\n\nkey-one\n  key-two  \n# key-retired\n"
@@ -214,9 +214,14 @@ def test_access_line_is_json_with_the_request_id(client, log_lines):
         "/v1/chat/completions", json={"messages": USER}, headers={"x-request-id": "log-me-1"}
     )
     assert response.status_code == 200
-    lines = [line for line in parsed(log_lines) if line.get("request_id") == "log-me-1"]
-    access = [line for line in lines if line["logger"] == "facade.access"]
-    assert len(access) == 1, lines
+
+    def access_lines() -> list[dict]:
+        lines = [line for line in parsed(log_lines) if line.get("request_id") == "log-me-1"]
+        return [line for line in lines if line["logger"] == "facade.access"]
+
+    # The middleware writes the access line after the last byte went out: wait for it.
+    access = wait_until(access_lines, "the access line of request log-me-1")
+    assert len(access) == 1, access
     assert access[0]["level"] == "INFO" and access[0]["ts"].endswith("+00:00")
     assert access[0]["message"] == "POST /v1/chat/completions 200"
     assert (access[0]["method"], access[0]["path"], access[0]["status"]) == (
@@ -298,7 +303,19 @@ def test_json_sse_and_error_requests_move_the_metrics(client):
     midstream = client.post(route, json={"model": "midstream", "messages": USER, "stream": True})
     assert '"error"' in midstream.text
     assert client.get("/v1/no/such/path/1234").status_code == 404
-    after = client.get("/metrics").text
+    counted = "tandem_facade_request_duration_seconds_count"
+
+    def scrape_once_all_are_counted() -> str | None:
+        """A scrape once the middleware finished all six requests (it counts a request after
+        its last byte went out, so the client can see a response before it is counted)."""
+        text = client.get("/metrics").text
+        finished = sample(text, counted, route=route) - sample(before, counted, route=route)
+        unmatched = sample(text, "tandem_facade_requests_total", route="unmatched", method="GET",
+                           status="404") - sample(before, "tandem_facade_requests_total",
+                                                  route="unmatched", method="GET", status="404")
+        return text if (finished, unmatched) == (5, 1) else None
+
+    after = wait_until(scrape_once_all_are_counted, "the middleware counting six requests")
 
     def moved(name: str, **labels: str) -> float:
         return sample(after, name, **labels) - sample(before, name, **labels)
@@ -330,15 +347,36 @@ def test_stream_in_flight_and_first_byte_before_the_end(client):
     durations = "tandem_facade_request_duration_seconds_count"
     assert sample(during, first_bytes, route=route) == sample(before, first_bytes, route=route) + 1
     assert sample(during, durations, route=route) == sample(before, durations, route=route)
-    deadline = time.monotonic() + 5
-    while sample(client.get("/metrics").text, "tandem_facade_streams_in_flight") != 0:
-        assert time.monotonic() < deadline, "the stream never left the gauge"
-        time.sleep(0.02)
-    after = client.get("/metrics").text
-    assert sample(after, durations, route=route) == sample(before, durations, route=route) + 1
+    wait_until(lambda: sample(client.get("/metrics").text, "tandem_facade_streams_in_flight")
+               == 0, "the stream leaving the gauge")  # fmt: skip
+    wait_until(lambda: sample(client.get("/metrics").text, durations, route=route)
+               == sample(before, durations, route=route) + 1, "the stream's duration")
 
 
 def test_each_app_has_its_own_registry():
     first = create_app(FacadeSettings(core_address="127.0.0.1:1"))
     second = create_app(FacadeSettings(core_address="127.0.0.1:1"))
     assert first.state.metrics.registry is not second.state.metrics.registry
+
+
+def test_readiness_probes_are_requests_not_errors(dead_facade_url):
+    """A 503 from /ready (core down, warming up or draining) is what the probe reports: it is
+    counted as a request with its status, never in errors_total; a /v1 503 still is an error."""
+    with httpx.Client(base_url=dead_facade_url, timeout=30) as client:
+        before = client.get("/metrics").text
+        for _ in range(3):
+            assert client.get("/ready").status_code == 503
+        refused = client.post("/v1/completions", json={"prompt": "a b"})
+        assert refused.status_code == 503, refused.text
+        probes = {"route": "/ready", "method": "GET", "status": "503"}
+        requests = "tandem_facade_requests_total"
+
+        def scrape_once_counted() -> str | None:
+            text = client.get("/metrics").text
+            counted = sample(text, requests, **probes) - sample(before, requests, **probes)
+            return text if counted == 3 else None
+
+        after = wait_until(scrape_once_counted, "three /ready answers counted")
+    errors = "tandem_facade_errors_total"
+    assert sample(after, errors, code="service_unavailable") - sample(
+        before, errors, code="service_unavailable") == 1  # the /v1 request only

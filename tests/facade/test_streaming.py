@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
-import time
 
 import httpx
 import pytest
+
+from tests.waiting import wait_until
 
 USER = [{"role": "user", "content": "one two three four"}]
 
@@ -73,13 +74,9 @@ def test_stream_without_finish_reason_ends_with_error(client):
     assert payloads[-1] == "[DONE]" and "error" in json.loads(payloads[-2])
 
 
-def wait_for_cancel(fake_core, request_id: str, timeout_s: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if request_id in fake_core.cancelled_request_ids:
-            return True
-        time.sleep(0.02)
-    return False
+def wait_for_cancel(fake_core, request_id: str) -> bool:
+    return wait_until(lambda: request_id in fake_core.cancelled_request_ids,
+                      f"the fake core seeing {request_id} cancelled")
 
 
 def test_client_disconnect_cancels_the_core_call(facade_url, fake_core):
