@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from core.cache.kv_pool import KVPages
+from core.cache.kv_pool import KVPages, to_float32, to_storage
 from core.config import ModelConfig, RopeScaling
 
 PADDING_POSITION = -1  # position of padding tokens: never written to the cache, never attended
@@ -72,6 +72,24 @@ def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: jax.Array) -> jax.A
     return rotated.astype(x.dtype)
 
 
+def dense(x: jax.Array, weight: jax.Array) -> jax.Array:
+    """x [..., d] · weight [d, f] → [..., f] in x's dtype, as one 2-D dot with a float32 result:
+    the form XLA:CPU runs bf16 on its fast path (f32 result, row-major right operand, M > 1 —
+    callers never pass a single row in bf16; a float32 dot is unchanged by it)."""
+    rows = x.reshape(-1, x.shape[-1])
+    out = jnp.dot(rows, weight.reshape(weight.shape[0], -1), preferred_element_type=jnp.float32)
+    return out.astype(x.dtype).reshape(*x.shape[:-1], -1)
+
+
+def embed(table: jax.Array, token_ids: jax.Array) -> jax.Array:
+    """Rows of the embedding table. A bf16 table is gathered as its uint16 bits: XLA:CPU
+    gathers bf16 from a float32 copy of the whole table (65 MB a step for a 32000×512 table)."""
+    if table.dtype != jnp.bfloat16:
+        return table[token_ids]
+    bits = jax.lax.bitcast_convert_type(table, jnp.uint16)[token_ids]
+    return jax.lax.bitcast_convert_type(bits, jnp.bfloat16)
+
+
 def _param(rngs: nnx.Rngs, shape: tuple[int, ...], dtype, scale: float = 0.02) -> nnx.Param:
     return nnx.Param(scale * jax.random.normal(rngs.params(), shape, dtype))
 
@@ -111,9 +129,9 @@ class Attention(nnx.Module):
         b, t, d = x.shape
         n, k, h = self.q_proj.shape[1], self.k_proj.shape[1], self.k_proj.shape[2]
         # 2-D matmuls on reshaped (bitcast) weights: a 3-operand einsum made XLA relayout them
-        q = (x @ self.q_proj[...].reshape(d, n * h)).reshape(b, t, n, h)
-        key = (x @ self.k_proj[...].reshape(d, k * h)).reshape(b, t, k, h)
-        value = (x @ self.v_proj[...].reshape(d, k * h)).reshape(b, t, k, h)
+        q = dense(x, self.q_proj[...].reshape(d, n * h)).reshape(b, t, n, h)
+        key = dense(x, self.k_proj[...].reshape(d, k * h)).reshape(b, t, k, h)
+        value = dense(x, self.v_proj[...].reshape(d, k * h)).reshape(b, t, k, h)
         if self.qkv_bias:
             q, key, value = q + self.q_bias[...], key + self.k_bias[...], value + self.v_bias[...]
         q, key = apply_rope(q, positions, inv_freq), apply_rope(key, positions, inv_freq)
@@ -123,7 +141,7 @@ class Attention(nnx.Module):
             out = self._decode_attention(q, positions, page_table, pool_keys, pool_values)
         else:
             out = self._prefill_attention(q, positions, page_table, pool_keys, pool_values)
-        out = out.reshape(b, t, n * h) @ self.o_proj[...].reshape(n * h, d)
+        out = dense(out.reshape(b, t, n * h), self.o_proj[...].reshape(n * h, d))
         if self.o_bias is not None:
             out = out + self.o_bias[...]
         return out, pool_keys, pool_values
@@ -139,7 +157,7 @@ class Attention(nnx.Module):
         (pages as a batch axis of the dots), with no transposed copy of the keys."""
         keys, values = pool_keys[page_table], pool_values[page_table]  # [b, p, k, h|c, c|h]
         # float32 math (a no-op for float32 pools; XLA:CPU has no bf16×bf16→f32 batched dot)
-        keys, values = keys.astype(jnp.float32), values.astype(jnp.float32)
+        keys, values = to_float32(keys), to_float32(values)
         page_size = pool_keys.shape[-1]
         scores = jnp.einsum("bkgh,bpkhc->bpkgc", q[:, 0].astype(jnp.float32), keys)
         key_positions = (jnp.arange(page_table.shape[1])[:, None] * page_size
@@ -158,7 +176,7 @@ class Attention(nnx.Module):
         k, h, page_size = pool_keys.shape[1:]
         keys = pool_keys[page_table].transpose(0, 2, 3, 1, 4).reshape(b, k, h, p * page_size)
         values = pool_values[page_table].transpose(0, 2, 1, 3, 4).reshape(b, k, p * page_size, h)
-        keys, values = keys.astype(jnp.float32), values.astype(jnp.float32)
+        keys, values = to_float32(keys), to_float32(values)
         scores = jnp.einsum("btkgh,bkhs->bkgts", q.astype(jnp.float32), keys)
         visible = self._visible(jnp.arange(p * page_size)[None, None, :], positions[:, :, None])
         scores = jnp.where(visible[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
@@ -179,10 +197,11 @@ def _write(pool_keys, pool_values, positions, page_table, key, value):
     page_ids = jnp.where(valid, page_ids, num_pages - 1)
     offsets = jnp.where(valid, clamped % page_size, 0)
     pool_keys = pool_keys.at[page_ids, :, :, offsets].set(
-        key.astype(pool_keys.dtype), mode="promise_in_bounds")
+        to_storage(key, pool_keys), mode="promise_in_bounds")
     pool_values = pool_values.at[page_ids, :, offsets, :].set(
-        value.astype(pool_values.dtype), mode="promise_in_bounds")
+        to_storage(value, pool_values), mode="promise_in_bounds")
     return pool_keys, pool_values
+
 
 
 class MLP(nnx.Module):
@@ -198,11 +217,11 @@ class MLP(nnx.Module):
         self.mlp_bias = config.mlp_bias
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        gate = jnp.einsum("btd,df->btf", x, self.gate_proj[...])
-        up = jnp.einsum("btd,df->btf", x, self.up_proj[...])
+        gate = dense(x, self.gate_proj[...])
+        up = dense(x, self.up_proj[...])
         if self.mlp_bias:
             gate, up = gate + self.gate_bias[...], up + self.up_bias[...]
-        out = jnp.einsum("btf,fd->btd", jax.nn.silu(gate) * up, self.down_proj[...])
+        out = dense(jax.nn.silu(gate) * up, self.down_proj[...])
         return out + self.down_bias[...] if self.mlp_bias else out
 
 
@@ -235,8 +254,20 @@ class LlamaModel(nnx.Module):
         self.layers = nnx.List([DecoderLayer(config, dtype, rngs)
                                 for _ in range(config.num_layers)])
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
-        self.lm_head = (None if config.tie_word_embeddings
-                        else _param(rngs, (config.hidden_size, config.vocab_size), dtype))
+        # the output projection [d, v], row-major. Tied embeddings in float32 read the table
+        # itself; in bf16 they get a transposed copy, the right operand XLA:CPU's bf16 fast
+        # path needs (`tie_lm_head` refills it after the table is loaded)
+        lm_head = None
+        if not config.tie_word_embeddings:
+            lm_head = _param(rngs, (config.hidden_size, config.vocab_size), dtype)
+        elif jnp.dtype(dtype) != jnp.float32:
+            lm_head = nnx.Param(self.embed_tokens[...].T)
+        self.lm_head = lm_head
+
+    def tie_lm_head(self) -> None:
+        """Refresh the transposed copy of a tied embedding table (after loading the table)."""
+        if self.config.tie_word_embeddings and self.lm_head is not None:
+            self.lm_head.set_value(self.embed_tokens[...].T)
 
     def __call__(self, token_ids: jax.Array, positions: jax.Array, page_table: jax.Array,
                  pages: KVPages) -> tuple[jax.Array, KVPages]:
@@ -244,7 +275,7 @@ class LlamaModel(nnx.Module):
         (final-normed hidden states [b, t, d], updated pages)."""
         inv_freq = rope_inverse_frequencies(self.config.head_dim, self.config.rope_theta,
                                             self.config.rope_scaling)
-        x = self.embed_tokens[...][token_ids]
+        x = embed(self.embed_tokens[...], token_ids)
         new_keys, new_values = [], []
         for layer, pool_keys, pool_values in zip(self.layers, pages.keys, pages.values,
                                                 strict=True):
@@ -259,8 +290,12 @@ class LlamaModel(nnx.Module):
         if self.lm_head is None:
             return jnp.einsum("...d,vd->...v", hidden, self.embed_tokens[...],
                               preferred_element_type=jnp.float32)
-        return jnp.einsum("...d,dv->...v", hidden, self.lm_head[...],
-                          preferred_element_type=jnp.float32)
+        rows = hidden.reshape(-1, hidden.shape[-1])
+        num_rows = rows.shape[0]
+        if num_rows == 1 and rows.dtype != jnp.float32:  # an M = 1 bf16 dot is pathological
+            rows = jnp.concatenate([rows, rows])
+        logits = jnp.dot(rows, self.lm_head[...], preferred_element_type=jnp.float32)
+        return logits[:num_rows].reshape(*hidden.shape[:-1], -1)
 
 
 # ---------------------------------------------------------------------------------------------
