@@ -39,12 +39,20 @@ def _add_core_flags(parser: argparse.ArgumentParser) -> None:
                              "pooled at the last token or averaged, then normalized")
     parser.add_argument("--grpc-host", default="127.0.0.1", help="core bind address")
     parser.add_argument("--grpc-port", type=int, default=50051)
-    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
-                        help="compute dtype (default: the checkpoint's)")
+    parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "checkpoint"),
+                        default="auto",
+                        help="compute dtype of weights and KV cache (default auto: bfloat16 on "
+                             "accelerators and on CPUs with AVX512-BF16/AMX, else float32; "
+                             "checkpoint: the checkpoint's)")
     parser.add_argument("--max-model-len", type=int, default=2048,
                         help="prompt + completion tokens per request (capped by the model)")
-    parser.add_argument("--max-num-seqs", type=int, default=8,
-                        help="sequences running together (rows of a decode batch)")
+    parser.add_argument("--max-num-seqs", type=int, default=None,
+                        help="sequences running together (rows of a decode batch; default: as "
+                             "many full-length sequences as --memory-fraction holds, at most "
+                             "64)")
+    parser.add_argument("--memory-fraction", type=float, default=0.4,
+                        help="fraction of the memory available at start that weights + KV pool "
+                             "may take, when --max-num-seqs / --kv-pages are not given")
     parser.add_argument("--max-waiting", type=int, default=256,
                         help="queued requests before the core answers RESOURCE_EXHAUSTED")
     parser.add_argument("--max-num-batched-tokens", type=int, default=512,
@@ -98,7 +106,7 @@ def run_core(args: argparse.Namespace) -> None:
     from core.xla_flags import apply_defaults
 
     apply_defaults()  # before anything starts JAX's backend
-    from core.config import EngineConfig, ServerConfig
+    from core.config import ServerConfig
     from core.server import run
 
     model_dir, name = args.model, args.served_model_name
@@ -110,13 +118,7 @@ def run_core(args: argparse.Namespace) -> None:
         log.warning("no --model given: serving the built-in DEMO model '%s' from %s — RANDOM "
                     "weights made locally, its text is gibberish", name, model_dir)
     _enable_compilation_cache(args.compilation_cache_dir)
-    engine = EngineConfig(
-        max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs,
-        max_waiting=args.max_waiting, max_num_batched_tokens=args.max_num_batched_tokens,
-        page_size=args.page_size, num_pages=args.kv_pages,
-        kv_cache_bytes=args.kv_cache_mib * 2**20 if args.kv_cache_mib else None,
-        enable_prefix_cache=args.prefix_cache, dtype=args.dtype,
-        tensor_parallel=args.tensor_parallel)
+    engine = _engine_config(args, Path(model_dir))
     embedding_dir, embedding_name = _embedding_model(args)
     config = ServerConfig(model_dir=Path(model_dir), model_name=name or Path(model_dir).name,
                           embedding_model_dir=embedding_dir,
@@ -127,6 +129,44 @@ def run_core(args: argparse.Namespace) -> None:
                           drain_timeout_s=args.drain_timeout_s,
                           trust_request_chat_template=args.trust_request_chat_template)
     asyncio.run(run(config))
+
+
+def _engine_config(args: argparse.Namespace, model_dir: Path):
+    """Flags → EngineConfig: the dtype resolved ("auto"), and the running sequences and KV pages
+    sized from the memory budget where the flags leave them open."""
+    import jax
+
+    from core.config import (EngineConfig, ModelConfig, available_memory_bytes, resolve_dtype,
+                             size_from_memory)
+    from core.cache.kv_pool import kv_bytes_per_token
+    from core.models.loader import checkpoint_files
+
+    model_config = ModelConfig.from_hf_dir(model_dir)
+    requested = None if args.dtype == "checkpoint" else args.dtype
+    dtype = resolve_dtype(requested, model_config.dtype, jax.default_backend())
+    max_num_seqs, num_pages = args.max_num_seqs, args.kv_pages
+    if max_num_seqs is None:
+        dtype_bytes = 2 if (dtype or model_config.dtype) == "bfloat16" else 4
+        checkpoint_bytes = 2 if model_config.dtype == "bfloat16" else 4
+        weights_bytes = sum(path.stat().st_size for path in checkpoint_files(model_dir))
+        sized = size_from_memory(
+            kv_bytes_per_token(model_config, dtype_bytes),
+            weights_bytes * dtype_bytes // checkpoint_bytes,
+            min(args.max_model_len, model_config.max_position_embeddings), args.page_size,
+            available_memory_bytes(), args.memory_fraction)
+        max_num_seqs = sized.max_num_seqs
+        if num_pages is None and not args.kv_cache_mib:
+            num_pages = sized.num_pages
+        log.info("sized from %.0f%% of the available memory: %d running sequences, %d KV pages "
+                 "(%s)", 100 * args.memory_fraction, max_num_seqs, num_pages or 0,
+                 dtype or model_config.dtype)
+    return EngineConfig(
+        max_model_len=args.max_model_len, max_num_seqs=max_num_seqs,
+        max_waiting=args.max_waiting, max_num_batched_tokens=args.max_num_batched_tokens,
+        page_size=args.page_size, num_pages=num_pages,
+        kv_cache_bytes=args.kv_cache_mib * 2**20 if args.kv_cache_mib else None,
+        enable_prefix_cache=args.prefix_cache, dtype=dtype,
+        tensor_parallel=args.tensor_parallel)
 
 
 def _embedding_model(args: argparse.Namespace) -> tuple[Path | None, str]:

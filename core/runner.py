@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import bisect
 import logging
+import os
 import time
 from dataclasses import dataclass
 
@@ -80,8 +81,13 @@ class ModelRunner:
         self._prefill_page_buckets = engine_config.prefill_page_buckets()
         self.num_compilations = 0  # traces of the step function (one per new shape)
         self.compilations_at_warmup = 0
-        self._step = jax.jit(self._step_fn, donate_argnames=("pages",),
-                             out_shardings=out_shardings)
+        # --- issue 14: the step is two jitted calls, the forward (one per shape) and the
+        # sampler (one per row count): the sampler's compile was ~70% of a shape's, so warm-up
+        # compiles it ~6 times instead of once per (rows, tokens, pages) shape
+        self._forward = jax.jit(self._forward_fn, donate_argnames=("pages",),
+                                out_shardings=out_shardings)
+        self._sample = jax.jit(self._sample_fn)
+        # --- end issue 14
         log.info("KV pool: %d pages × %d tokens", self.num_pages, self.page_size)
 
     @property
@@ -102,15 +108,17 @@ class ModelRunner:
     def param_treedef(self):
         return self._param_treedef
 
-    def _step_fn(self, param_leaves, pages, token_ids, positions, page_table, last_index, sampling,
-                 wants_logprobs):
+    def _forward_fn(self, param_leaves, pages, token_ids, positions, page_table, last_index):
         self.num_compilations += 1  # runs only while tracing
         model = nnx.merge(self._graphdef, jax.tree.unflatten(self._param_treedef, param_leaves))
         hidden, pages = model(token_ids, positions, page_table, pages)  # [b, t, d]
         rows = jnp.arange(token_ids.shape[0])
         logits = model.logits(hidden[rows, last_index])  # [b, v]
-        result = sample(logits, sampling, positions[rows, last_index] + 1, wants_logprobs)
-        return result, pages, logits  # the logits stay on device unless a Score reads them
+        return logits, pages, positions[rows, last_index] + 1  # + the sampled tokens' positions
+
+    def _sample_fn(self, logits, sampling, next_positions, wants_logprobs):
+        self.num_compilations += 1  # runs only while tracing
+        return sample(logits, sampling, next_positions, wants_logprobs)
 
     def execute(self, output: SchedulerOutput) -> StepOutput:
         """Run every chunk of the step; rows of chunks that sample nothing hold junk."""
@@ -179,24 +187,45 @@ class ModelRunner:
             page_table[row, :len(chunk.page_ids)] = chunk.page_ids
             last_index[row] = length - 1
         sampling = SamplingArrays.from_params([chunk.sampling for chunk in chunks], num_rows)
-        result, self._pages, logits = self._step(
-            self._param_leaves, self._pages, token_ids, positions, page_table, last_index,
-            sampling, np.bool_(wants_logprobs))
-        return result, logits
+        logits, self._pages, next_positions = self._forward(
+            self._param_leaves, self._pages, token_ids, positions, page_table, last_index)
+        result = self._sample(logits, sampling, next_positions, np.bool_(wants_logprobs))
+        return result, logits  # the logits stay on device unless a Score reads them
 
     def warmup(self) -> None:
         """Compile every shape once; the compilation counter starts after this."""
         shapes = [(b, 1, p) for b in self._decode_buckets for p in self._page_buckets]
         shapes += [(rows, tokens, pages) for rows, tokens in self.engine_config.prefill_shapes()
                    for pages in self._prefill_page_buckets]
+        self._compile_in_parallel(shapes)
         for index, shape in enumerate(shapes, start=1):
             started = time.perf_counter()
             # no real chunk: every position is padding, so nothing is written to the pool
             jax.block_until_ready(self._call([], shape, False))
-            log.info("warm-up %d/%d: %d rows × %d tokens, %d pages compiled in %.2f s", index,
+            log.info("warm-up %d/%d: %d rows × %d tokens, %d pages ready in %.2f s", index,
                      len(shapes), *shape, time.perf_counter() - started)
         self.compilations_at_warmup = self.num_compilations
 
+    # --- issue 14: XLA compiles one shape on one core; compiling the forward shapes ahead on
+    # every core (the jit's caches then hold them) cuts a cold warm-up on an idle machine
+    def _compile_in_parallel(self, shapes: list[tuple[int, int, int]]) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        def compile_forward(shape: tuple[int, int, int]) -> None:
+            num_rows, num_tokens, num_table_pages = shape
+            self._forward.lower(
+                self._param_leaves, self._pages,
+                jax.ShapeDtypeStruct((num_rows, num_tokens), jnp.int32),
+                jax.ShapeDtypeStruct((num_rows, num_tokens), jnp.int32),
+                jax.ShapeDtypeStruct((num_rows, num_table_pages), jnp.int32),
+                jax.ShapeDtypeStruct((num_rows,), jnp.int32)).compile()
+
+        started = time.perf_counter()
+        with ThreadPoolExecutor(max(1, os.cpu_count() or 1)) as pool:
+            list(pool.map(compile_forward, shapes))
+        log.info("warm-up: %d forward shapes compiled in %.1f s", len(shapes),
+                 time.perf_counter() - started)
+    # --- end issue 14
 
 def _log_softmax(logits: np.ndarray) -> np.ndarray:
     """float32 logits [v] → float64 log-probabilities [v] (a Score's labels read them)."""

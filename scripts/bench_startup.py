@@ -69,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", default="cold,warm")
     args = parser.parse_args(own)
     home = args.home or Path(tempfile.mkdtemp(prefix="tandem-startup-"))
+    home.mkdir(parents=True, exist_ok=True)
     results = {}
     for run in args.runs.split(","):
         log_path = home / f"serve-{run}.log"
