@@ -68,7 +68,7 @@ class ModelRunner:
         self._pages = KVPages.create(config, self.num_pages + 1, self.page_size, dtype)
         out_shardings = None
         if tensor_parallel > 1:
-            pool = sharding.pool_sharding(mesh, rules)
+            pool = sharding.pool_sharding(mesh, rules, self._pages.kind)
             self._pages = jax.device_put(self._pages, pool)
             out_shardings = (sharding.replicated(mesh),
                              jax.tree.map(lambda _: pool, self._pages), sharding.replicated(mesh))

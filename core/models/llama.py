@@ -12,6 +12,8 @@ per layer: keys [pages, k, h, page_size] and values [pages, k, page_size, h]
 page table [p] of page ids in position order: token position `i` lives in page
 `table[i // page_size]` at offset `i % page_size`. A row writes its new tokens' keys and values
 into its pages, then attends to the pages of its table (p·page_size keys, masked by position).
+On GPU/TPU (`core.cache.kv_pool.paged_attention_kind`) both pools are [k, pages, page_size, h]
+and decode attends with JAX's Pallas paged-attention kernel instead of gathering pages.
 The pool's last page is scratch: padding tokens write there (an in-bounds scatter updates the
 donated pool in place; an out-of-bounds "drop" made XLA copy the pool for single-row batches),
 and no page table ever lists it.
@@ -124,8 +126,9 @@ class Attention(nnx.Module):
         self.sliding_window = config.sliding_window
         self.scale = h ** -0.5
 
-    def __call__(self, x, positions, page_table, inv_freq, pool_keys, pool_values):
-        """x [b, t, d], positions [b, t], page_table [b, p] → (out [b, t, d], updated pools)."""
+    def __call__(self, x, positions, page_table, inv_freq, pool_keys, pool_values, kind="gather"):
+        """x [b, t, d], positions [b, t], page_table [b, p] → (out [b, t, d], updated pools);
+        `kind` is the pool's layout and decode path (`core.cache.kv_pool.paged_attention_kind`)."""
         b, t, d = x.shape
         n, k, h = self.q_proj.shape[1], self.k_proj.shape[1], self.k_proj.shape[2]
         # 2-D matmuls on reshaped (bitcast) weights: a 3-operand einsum made XLA relayout them
@@ -135,9 +138,16 @@ class Attention(nnx.Module):
         if self.qkv_bias:
             q, key, value = q + self.q_bias[...], key + self.k_bias[...], value + self.v_bias[...]
         q, key = apply_rope(q, positions, inv_freq), apply_rope(key, positions, inv_freq)
-        pool_keys, pool_values = _write(pool_keys, pool_values, positions, page_table, key, value)
+        pool_keys, pool_values = _write(pool_keys, pool_values, positions, page_table, key, value,
+                                        kind)
         q = q.reshape(b, t, k, self.num_groups, h) * self.scale
-        if t == 1:
+        if kind != "gather":
+            if t == 1 and self.sliding_window is None:
+                out = _pallas_decode(q, positions, page_table, pool_keys, pool_values, kind)
+            else:
+                out = self._prefill_attention(q, positions, page_table, pool_keys, pool_values,
+                                              kind)
+        elif t == 1:
             out = self._decode_attention(q, positions, page_table, pool_keys, pool_values)
         else:
             out = self._prefill_attention(q, positions, page_table, pool_keys, pool_values)
@@ -170,12 +180,21 @@ class Attention(nnx.Module):
         out = jnp.einsum("bpkgc,bpkch->bkgh", weights, values)
         return (out / total[..., None]).astype(q.dtype)[:, None]  # [b, 1, k, g, h]
 
-    def _prefill_attention(self, q, positions, page_table, pool_keys, pool_values):
+    def _prefill_attention(self, q, positions, page_table, pool_keys, pool_values,
+                           kind="gather"):
         """Many queries of one sequence: its pages are laid out contiguously once."""
         b, p = page_table.shape
-        k, h, page_size = pool_keys.shape[1:]
-        keys = pool_keys[page_table].transpose(0, 2, 3, 1, 4).reshape(b, k, h, p * page_size)
-        values = pool_values[page_table].transpose(0, 2, 1, 3, 4).reshape(b, k, p * page_size, h)
+        if kind == "gather":
+            k, h, page_size = pool_keys.shape[1:]
+            keys = pool_keys[page_table].transpose(0, 2, 3, 1, 4).reshape(b, k, h, p * page_size)
+            values = pool_values[page_table].transpose(0, 2, 1, 3, 4).reshape(
+                b, k, p * page_size, h)
+        else:  # [k, pages, c, h] pools: [k, b, p, c, h] gathered
+            k, _, page_size, h = pool_keys.shape
+            keys = pool_keys[:, page_table].transpose(1, 0, 4, 2, 3).reshape(
+                b, k, h, p * page_size)
+            values = pool_values[:, page_table].transpose(1, 0, 2, 3, 4).reshape(
+                b, k, p * page_size, h)
         keys, values = to_float32(keys), to_float32(values)
         scores = jnp.einsum("btkgh,bkhs->bkgts", q.astype(jnp.float32), keys)
         visible = self._visible(jnp.arange(p * page_size)[None, None, :], positions[:, :, None])
@@ -184,24 +203,56 @@ class Attention(nnx.Module):
         return jnp.einsum("bkgts,bksh->btkgh", weights, values).astype(q.dtype)
 
 
-def _write(pool_keys, pool_values, positions, page_table, key, value):
+def _write(pool_keys, pool_values, positions, page_table, key, value, kind="gather"):
     """Scatter new keys/values [b, t, k, h] into the pools at their positions' page slots.
 
     Keys lie [pages, k, h, page_size] and values [pages, k, page_size, h]: the layouts the
-    decode dots read without transposing. Padding writes go to the scratch (last) page, so the
-    scatter stays in bounds and XLA updates the donated pools in place."""
-    num_pages, page_size = pool_keys.shape[0], pool_keys.shape[-1]
+    decode dots read without transposing (the Pallas kinds: both [k, pages, page_size, h]).
+    Padding writes go to the scratch (last) page, so the scatter stays in bounds and XLA
+    updates the donated pools in place."""
+    if kind == "gather":
+        num_pages, page_size = pool_keys.shape[0], pool_keys.shape[-1]
+    else:
+        num_pages, page_size = pool_keys.shape[1], pool_keys.shape[2]
     valid = positions >= 0
     clamped = jnp.where(valid, positions, 0)
     page_ids = jnp.take_along_axis(page_table, clamped // page_size, axis=1)  # [b, t]
     page_ids = jnp.where(valid, page_ids, num_pages - 1)
     offsets = jnp.where(valid, clamped % page_size, 0)
+    if kind != "gather":
+        return (pool_keys.at[:, page_ids, offsets].set(
+                    to_storage(key, pool_keys).transpose(2, 0, 1, 3), mode="promise_in_bounds"),
+                pool_values.at[:, page_ids, offsets].set(
+                    to_storage(value, pool_values).transpose(2, 0, 1, 3),
+                    mode="promise_in_bounds"))
     pool_keys = pool_keys.at[page_ids, :, :, offsets].set(
         to_storage(key, pool_keys), mode="promise_in_bounds")
     pool_values = pool_values.at[page_ids, :, offsets, :].set(
         to_storage(value, pool_values), mode="promise_in_bounds")
     return pool_keys, pool_values
 
+
+def _pallas_decode(q, positions, page_table, pool_keys, pool_values, kind):
+    """Decode attention with JAX's Pallas paged-attention kernel (GPU: Triton; TPU: Mosaic),
+    which reads each row's pages in place: q [b, 1, k, g, h] (scaled) → [b, 1, k, g, h]."""
+    b, _, k, g, h = q.shape
+    num_table_pages = page_table.shape[1]
+    lengths = jnp.maximum(positions[:, 0] + 1, 1).astype(jnp.int32)  # padding rows: junk
+    queries = q[:, 0].reshape(b, k * g, h).astype(pool_keys.dtype)
+    splits = math.gcd(num_table_pages, 16)  # partitions of the table (must divide it)
+    if jax.default_backend() == "tpu":
+        from jax.experimental.pallas.ops.tpu.paged_attention import paged_attention
+
+        out = paged_attention(queries, pool_keys, pool_values, lengths, page_table,
+                              pages_per_compute_block=math.gcd(num_table_pages, 8))
+    else:
+        from jax.experimental.pallas.ops.gpu.paged_attention import paged_attention
+
+        out = paged_attention(queries, pool_keys, pool_values, page_table, lengths,
+                              k_splits=splits,
+                              pages_per_compute_block=math.gcd(num_table_pages // splits, 8),
+                              interpret=kind == "pallas-interpret")
+    return out.reshape(b, 1, k, g, h).astype(q.dtype)
 
 
 class MLP(nnx.Module):
@@ -232,9 +283,10 @@ class DecoderLayer(nnx.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
         self.mlp = MLP(config, dtype, rngs)
 
-    def __call__(self, x, positions, page_table, inv_freq, pool_keys, pool_values):
+    def __call__(self, x, positions, page_table, inv_freq, pool_keys, pool_values, kind="gather"):
         attn_out, pool_keys, pool_values = self.self_attn(
-            self.input_layernorm(x), positions, page_table, inv_freq, pool_keys, pool_values)
+            self.input_layernorm(x), positions, page_table, inv_freq, pool_keys, pool_values,
+            kind)
         x = x + attn_out
         x = x + self.mlp(self.post_attention_layernorm(x))
         return x, pool_keys, pool_values
@@ -280,10 +332,10 @@ class LlamaModel(nnx.Module):
         for layer, pool_keys, pool_values in zip(self.layers, pages.keys, pages.values,
                                                 strict=True):
             x, pool_keys, pool_values = layer(x, positions, page_table, inv_freq,
-                                              pool_keys, pool_values)
+                                              pool_keys, pool_values, pages.kind)
             new_keys.append(pool_keys)
             new_values.append(pool_values)
-        return self.norm(x), KVPages(keys=new_keys, values=new_values)
+        return self.norm(x), KVPages(keys=new_keys, values=new_values, kind=pages.kind)
 
     def logits(self, hidden: jax.Array) -> jax.Array:
         """[..., d] → float32 [..., v]."""
