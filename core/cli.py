@@ -136,8 +136,7 @@ def _engine_config(args: argparse.Namespace, model_dir: Path):
     sized from the memory budget where the flags leave them open."""
     import jax
 
-    from core.config import (EngineConfig, ModelConfig, available_memory_bytes, resolve_dtype,
-                             size_from_memory)
+    from core.config import EngineConfig, ModelConfig, resolve_dtype, size_from_memory
     from core.cache.kv_pool import kv_bytes_per_token
     from core.models.loader import checkpoint_files
 
@@ -149,11 +148,12 @@ def _engine_config(args: argparse.Namespace, model_dir: Path):
         dtype_bytes = 2 if (dtype or model_config.dtype) == "bfloat16" else 4
         checkpoint_bytes = 2 if model_config.dtype == "bfloat16" else 4
         weights_bytes = sum(path.stat().st_size for path in checkpoint_files(model_dir))
+        available_bytes, max_num_seqs_cap = _memory_and_cap(jax)
         sized = size_from_memory(
             kv_bytes_per_token(model_config, dtype_bytes),
             weights_bytes * dtype_bytes // checkpoint_bytes,
             min(args.max_model_len, model_config.max_position_embeddings), args.page_size,
-            available_memory_bytes(), args.memory_fraction)
+            available_bytes, args.memory_fraction, max_num_seqs_cap)
         max_num_seqs = sized.max_num_seqs
         if num_pages is None and not args.kv_cache_mib:
             num_pages = sized.num_pages
@@ -167,6 +167,18 @@ def _engine_config(args: argparse.Namespace, model_dir: Path):
         kv_cache_bytes=args.kv_cache_mib * 2**20 if args.kv_cache_mib else None,
         enable_prefix_cache=args.prefix_cache, dtype=dtype,
         tensor_parallel=args.tensor_parallel)
+
+
+def _memory_and_cap(jax) -> tuple[int, int]:
+    """(bytes available to weights + KV pool, running-sequence cap) on this backend: host
+    memory on CPU, the first device's allocator limit on an accelerator."""
+    from core.config import AUTO_MAX_NUM_SEQS, AUTO_MAX_NUM_SEQS_ACCELERATOR, available_memory_bytes
+
+    if jax.default_backend() == "cpu":
+        return available_memory_bytes(), AUTO_MAX_NUM_SEQS
+    stats = jax.devices()[0].memory_stats() or {}
+    free = stats.get("bytes_limit", 16 * 2**30) - stats.get("bytes_in_use", 0)
+    return free, AUTO_MAX_NUM_SEQS_ACCELERATOR
 
 
 def _embedding_model(args: argparse.Namespace) -> tuple[Path | None, str]:

@@ -132,6 +132,7 @@ def _eos_ids(raw: dict, generation: dict) -> tuple[int, ...]:
 
 MAX_PREFILL_ROWS = 4  # chunks packed into one prefill call at most
 AUTO_MAX_NUM_SEQS = 64  # running sequences when sized from memory (CPU compute saturates below)
+AUTO_MAX_NUM_SEQS_ACCELERATOR = 256  # the same on a GPU/TPU
 DEFAULT_MEMORY_FRACTION = 0.4  # of the memory available at start, for weights + KV pool
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of fast bf16 dot units
 
