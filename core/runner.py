@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import bisect
 import logging
-import os
 import time
 from dataclasses import dataclass
 
@@ -197,35 +196,14 @@ class ModelRunner:
         shapes = [(b, 1, p) for b in self._decode_buckets for p in self._page_buckets]
         shapes += [(rows, tokens, pages) for rows, tokens in self.engine_config.prefill_shapes()
                    for pages in self._prefill_page_buckets]
-        self._compile_in_parallel(shapes)
         for index, shape in enumerate(shapes, start=1):
             started = time.perf_counter()
             # no real chunk: every position is padding, so nothing is written to the pool
             jax.block_until_ready(self._call([], shape, False))
-            log.info("warm-up %d/%d: %d rows × %d tokens, %d pages ready in %.2f s", index,
+            log.info("warm-up %d/%d: %d rows × %d tokens, %d pages compiled in %.2f s", index,
                      len(shapes), *shape, time.perf_counter() - started)
         self.compilations_at_warmup = self.num_compilations
 
-    # --- issue 14: XLA compiles one shape on one core; compiling the forward shapes ahead on
-    # every core (the jit's caches then hold them) cuts a cold warm-up on an idle machine
-    def _compile_in_parallel(self, shapes: list[tuple[int, int, int]]) -> None:
-        from concurrent.futures import ThreadPoolExecutor
-
-        def compile_forward(shape: tuple[int, int, int]) -> None:
-            num_rows, num_tokens, num_table_pages = shape
-            self._forward.lower(
-                self._param_leaves, self._pages,
-                jax.ShapeDtypeStruct((num_rows, num_tokens), jnp.int32),
-                jax.ShapeDtypeStruct((num_rows, num_tokens), jnp.int32),
-                jax.ShapeDtypeStruct((num_rows, num_table_pages), jnp.int32),
-                jax.ShapeDtypeStruct((num_rows,), jnp.int32)).compile()
-
-        started = time.perf_counter()
-        with ThreadPoolExecutor(max(1, os.cpu_count() or 1)) as pool:
-            list(pool.map(compile_forward, shapes))
-        log.info("warm-up: %d forward shapes compiled in %.1f s", len(shapes),
-                 time.perf_counter() - started)
-    # --- end issue 14
 
 def _log_softmax(logits: np.ndarray) -> np.ndarray:
     """float32 logits [v] → float64 log-probabilities [v] (a Score's labels read them)."""

@@ -81,10 +81,12 @@ async def serve_and_measure(args, model_dir: Path, home: Path) -> dict:
             results["cold_start_s"] = time.monotonic() - started
             print(f"cold start (launch → ready, empty compilation cache): "
                   f"{results['cold_start_s']:.1f} s", flush=True)
+            vocab_limit = min(args.vocab_limit, json.loads(
+                (model_dir / "config.json").read_text())["vocab_size"])
             for streams in args.streams:
                 count = max(streams, 4)
                 prompts = make_prompts(count, args.prompt_len, args.seed + streams, 0,
-                                       args.vocab_limit)
+                                       vocab_limit)
                 metrics = await run_benchmark("grpc", target, prompts, args.output_len, streams,
                                               warmup_prompts=prompts[:1])
                 if metrics["failed"]:
