@@ -55,12 +55,20 @@ def _add_core_flags(parser: argparse.ArgumentParser) -> None:
                              "off)")
     parser.add_argument("--grpc-host", default="127.0.0.1", help="core bind address")
     parser.add_argument("--grpc-port", type=int, default=50051, help="core gRPC port")
-    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
-                        help="compute dtype (default: the checkpoint's)")
+    parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "checkpoint"),
+                        default="auto",
+                        help="compute dtype of weights and KV cache (default auto: bfloat16 on "
+                             "accelerators and on CPUs with AVX512-BF16/AMX, else float32; "
+                             "checkpoint: the checkpoint's)")
     parser.add_argument("--max-model-len", type=int, default=2048,
                         help="prompt + completion tokens per request (capped by the model)")
-    parser.add_argument("--max-num-seqs", type=int, default=8,
-                        help="sequences running together (rows of a decode batch)")
+    parser.add_argument("--max-num-seqs", type=int, default=None,
+                        help="sequences running together (rows of a decode batch; default: as "
+                             "many full-length sequences as --memory-fraction holds, at most "
+                             "64)")
+    parser.add_argument("--memory-fraction", type=float, default=0.4,
+                        help="fraction of the memory available at start that weights + KV pool "
+                             "may take, when --max-num-seqs / --kv-pages are not given")
     parser.add_argument("--max-waiting", type=int, default=256,
                         help="queue room beyond a full batch: the core holds max-num-seqs + "
                              "max-waiting requests (running and queued) and answers "
@@ -131,7 +139,7 @@ def run_core(args: argparse.Namespace) -> None:
 
     apply_defaults()  # before anything starts JAX's backend
     quiet_backend_probing(args.log_level)
-    from core.config import EngineConfig, ServerConfig
+    from core.config import ServerConfig
     from core.server import run
 
     model_dir, name = args.model, args.served_model_name
@@ -143,13 +151,7 @@ def run_core(args: argparse.Namespace) -> None:
         log.warning("no --model given: serving the built-in DEMO model '%s' from %s — RANDOM "
                     "weights made locally, its text is gibberish", name, model_dir)
     _enable_compilation_cache(args.compilation_cache_dir)
-    engine = EngineConfig(
-        max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs,
-        max_waiting=args.max_waiting, max_num_batched_tokens=args.max_num_batched_tokens,
-        page_size=args.page_size, num_pages=args.kv_pages,
-        kv_cache_bytes=args.kv_cache_mib * 2**20 if args.kv_cache_mib else None,
-        enable_prefix_cache=args.prefix_cache, dtype=args.dtype,
-        tensor_parallel=args.tensor_parallel)
+    engine = _engine_config(args, Path(model_dir))
     embedding_dir, embedding_name = _embedding_model(args)
     config = ServerConfig(model_dir=Path(model_dir), model_name=name or Path(model_dir).name,
                           embedding_model_dir=embedding_dir,
@@ -169,6 +171,56 @@ def quiet_backend_probing(log_level: str) -> None:
     Those lines stay visible with --log-level DEBUG; a backend that does start is unaffected."""
     if logging.getLevelName(log_level.upper()) != logging.DEBUG:
         logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
+
+
+def _engine_config(args: argparse.Namespace, model_dir: Path):
+    """Flags → EngineConfig: the dtype resolved ("auto"), and the running sequences and KV pages
+    sized from the memory budget where the flags leave them open."""
+    import jax
+
+    from core.config import EngineConfig, ModelConfig, resolve_dtype, size_from_memory
+    from core.cache.kv_pool import kv_bytes_per_token
+    from core.models.loader import checkpoint_files
+
+    model_config = ModelConfig.from_hf_dir(model_dir)
+    requested = None if args.dtype == "checkpoint" else args.dtype
+    dtype = resolve_dtype(requested, model_config.dtype, jax.default_backend())
+    max_num_seqs, num_pages = args.max_num_seqs, args.kv_pages
+    if max_num_seqs is None:
+        dtype_bytes = 2 if (dtype or model_config.dtype) == "bfloat16" else 4
+        checkpoint_bytes = 2 if model_config.dtype == "bfloat16" else 4
+        weights_bytes = sum(path.stat().st_size for path in checkpoint_files(model_dir))
+        available_bytes, max_num_seqs_cap = _memory_and_cap(jax)
+        sized = size_from_memory(
+            kv_bytes_per_token(model_config, dtype_bytes),
+            weights_bytes * dtype_bytes // checkpoint_bytes,
+            min(args.max_model_len, model_config.max_position_embeddings), args.page_size,
+            available_bytes, args.memory_fraction, max_num_seqs_cap)
+        max_num_seqs = sized.max_num_seqs
+        if num_pages is None and not args.kv_cache_mib:
+            num_pages = sized.num_pages
+        log.info("sized from %.0f%% of the available memory: %d running sequences, %d KV pages "
+                 "(%s)", 100 * args.memory_fraction, max_num_seqs, num_pages or 0,
+                 dtype or model_config.dtype)
+    return EngineConfig(
+        max_model_len=args.max_model_len, max_num_seqs=max_num_seqs,
+        max_waiting=args.max_waiting, max_num_batched_tokens=args.max_num_batched_tokens,
+        page_size=args.page_size, num_pages=num_pages,
+        kv_cache_bytes=args.kv_cache_mib * 2**20 if args.kv_cache_mib else None,
+        enable_prefix_cache=args.prefix_cache, dtype=dtype,
+        tensor_parallel=args.tensor_parallel)
+
+
+def _memory_and_cap(jax) -> tuple[int, int]:
+    """(bytes available to weights + KV pool, running-sequence cap) on this backend: host
+    memory on CPU, the first device's allocator limit on an accelerator."""
+    from core.config import AUTO_MAX_NUM_SEQS, AUTO_MAX_NUM_SEQS_ACCELERATOR, available_memory_bytes
+
+    if jax.default_backend() == "cpu":
+        return available_memory_bytes(), AUTO_MAX_NUM_SEQS
+    stats = jax.devices()[0].memory_stats() or {}
+    free = stats.get("bytes_limit", 16 * 2**30) - stats.get("bytes_in_use", 0)
+    return free, AUTO_MAX_NUM_SEQS_ACCELERATOR
 
 
 def _embedding_model(args: argparse.Namespace) -> tuple[Path | None, str]:

@@ -131,6 +131,79 @@ def _eos_ids(raw: dict, generation: dict) -> tuple[int, ...]:
 
 
 MAX_PREFILL_ROWS = 4  # chunks packed into one prefill call at most
+AUTO_MAX_NUM_SEQS = 64  # running sequences when sized from memory (CPU compute saturates below)
+AUTO_MAX_NUM_SEQS_ACCELERATOR = 256  # the same on a GPU/TPU
+DEFAULT_MEMORY_FRACTION = 0.4  # of the memory available at start, for weights + KV pool
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of fast bf16 dot units
+
+
+def resolve_dtype(requested: str | None, checkpoint_dtype: str, backend: str,
+                  cpu_flags: frozenset[str] | None = None) -> str | None:
+    """The compute dtype for a --dtype value: "auto" picks bfloat16 on accelerators and on CPUs
+    with bf16 dot units (AVX512-BF16 / AMX), else float32; None keeps the checkpoint's (None)."""
+    if requested != "auto":
+        return requested
+    if backend != "cpu":
+        return "bfloat16"
+    flags = cpu_flags if cpu_flags is not None else _cpu_flags()
+    return "bfloat16" if flags & set(BF16_CPU_FLAGS) else "float32"
+
+
+def _cpu_flags() -> frozenset[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def available_memory_bytes() -> int:
+    """Memory this process may still use: MemAvailable, capped by a cgroup v2 limit."""
+    available = 8 * 2**30  # fallback where /proc/meminfo is missing
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                available = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            used = int(Path("/sys/fs/cgroup/memory.current").read_text())
+            available = min(available, int(limit) - used)
+    except (OSError, ValueError):
+        pass
+    return available
+
+
+@dataclass(frozen=True)
+class MemorySizing:
+    """Running sequences and KV pages sized from a memory budget (see `size_from_memory`)."""
+
+    max_num_seqs: int
+    num_pages: int
+    budget_bytes: int  # memory_fraction × available − weights: what the KV pool may take
+
+
+def size_from_memory(kv_bytes_per_token: int, weights_bytes: int, max_model_len: int,
+                     page_size: int, available_bytes: int,
+                     memory_fraction: float = DEFAULT_MEMORY_FRACTION,
+                     max_num_seqs_cap: int = AUTO_MAX_NUM_SEQS) -> MemorySizing:
+    """As vLLM's gpu_memory_utilization / SGLang's mem_fraction_static: a fraction of the
+    memory goes to weights + KV pool; the pool holds as many full-length sequences as fit (up
+    to the cap), and that many run together, so none is ever preempted for lack of pages."""
+    budget = int(memory_fraction * available_bytes) - weights_bytes
+    pages_per_seq = -(-max_model_len // page_size)
+    seq_bytes = kv_bytes_per_token * page_size * pages_per_seq
+    fitting = budget // seq_bytes if budget > 0 else 0
+    if fitting < 1:
+        raise ConfigError(f"a {memory_fraction:.0%} memory budget of {available_bytes / 2**30:.1f}"
+                          f" GiB cannot hold the weights and one sequence of max_model_len "
+                          f"{max_model_len}: lower --max-model-len or raise --memory-fraction")
+    max_num_seqs = min(max_num_seqs_cap, fitting)
+    return MemorySizing(max_num_seqs, max_num_seqs * pages_per_seq, budget)
 
 
 def default_buckets(max_value: int, smallest: int) -> tuple[int, ...]:
@@ -205,16 +278,25 @@ class EngineConfig:
             num_rows = 1
             while True:
                 shapes.append((num_rows, num_tokens))
-                num_rows *= 2
-                if (num_rows > min(MAX_PREFILL_ROWS, self.max_num_seqs)
-                        or num_rows * num_tokens > self.max_num_batched_tokens):
+                num_rows *= 4  # rows 1 and 4 (and 2 where 4 does not fit): fewer shapes
+                largest = min(MAX_PREFILL_ROWS, self.max_num_seqs,
+                              self.max_num_batched_tokens // num_tokens)
+                if num_rows > largest:
+                    if num_rows // 4 < largest:
+                        shapes.append((largest, num_tokens))
                     break
         return tuple(shapes)
 
     def decode_buckets(self) -> tuple[int, ...]:
         """Padded row counts of a decode batch (one token per row). At least 2 rows: XLA turns a
-        one-element scatter into a dynamic-update-slice that copies the whole KV pool."""
-        return default_buckets(max(2, self.max_num_seqs), 2)
+        one-element scatter into a dynamic-update-slice that copies the whole KV pool (and an
+        M = 1 bf16 dot is slow). Steps of 4× keep warm-up bounded as
+        max_num_seqs grows (a row of a small batch costs little: decode reads the weights)."""
+        largest, buckets, rows = max(2, self.max_num_seqs), [2, 8], 8
+        while rows * 4 < largest:
+            rows *= 4
+            buckets.append(rows)
+        return tuple(sorted({min(size, largest) for size in (*buckets, largest)}))
 
     def page_buckets(self) -> tuple[int, ...]:
         """Padded page-table widths of a decode batch."""

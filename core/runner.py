@@ -70,7 +70,7 @@ class ModelRunner:
         self._pages = KVPages.create(config, self.num_pages + 1, self.page_size, dtype)
         out_shardings, self._replicated = None, None
         if tensor_parallel > 1:
-            pool = sharding.pool_sharding(mesh, rules)
+            pool = sharding.pool_sharding(mesh, rules, self._pages.kind)
             self._pages = jax.device_put(self._pages, pool)
             self._replicated = sharding.replicated(mesh)
             out_shardings = (self._replicated, jax.tree.map(lambda _: pool, self._pages))

@@ -72,9 +72,12 @@ def shard_params(state, mesh: Mesh, rules: dict[str, str | None]):
     return jax.tree_util.tree_map_with_path(place, state)
 
 
-def pool_sharding(mesh: Mesh, rules: dict[str, str | None]) -> NamedSharding:
-    """Where each KV pool array lives: split with the key/value heads."""
-    return NamedSharding(mesh, _spec(POOL_AXES, rules))
+def pool_sharding(mesh: Mesh, rules: dict[str, str | None], kind: str = "gather"
+                  ) -> NamedSharding:
+    """Where each KV pool array lives: split with the key/value heads (axis 1 of the CPU
+    layouts, axis 0 of the Pallas kernels' [k, pages, page_size, h])."""
+    axes = POOL_AXES if kind == "gather" else ("kv_heads", None, None, None)
+    return NamedSharding(mesh, _spec(axes, rules))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

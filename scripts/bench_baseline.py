@@ -52,8 +52,10 @@ from bench_serving import run_benchmark  # noqa: E402
 REPO_ROOT = Path(__file__).resolve().parents[1]
 READY_SERVICE = "tandem.v1.Inference"
 # (what, comparison, threshold): the engine targets the ratios are judged against.
-TARGETS = {"throughput_vs_hf": (">=", 2.5), "throughput_vs_roofline": (">=", 0.40),
-           "decode_vs_hf": (">=", 1.2), "ttft_hit_over_miss": ("<=", 0.10)}
+TARGETS = {"best_vs_hf_float32": (">=", 2.0), "best_vs_hf_best": (">=", 1.0),
+           "decode_vs_hf": (">=", 1.2), "ttft_hit_over_miss": ("<=", 0.10),
+           "throughput_vs_hf": (None, None), "decode_vs_bandwidth_roofline": (None, None),
+           "throughput_vs_bf16_roofline": (None, None)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -88,7 +90,7 @@ async def _wait_ready(target: str, process: subprocess.Popen | None, timeout_s: 
 
 
 @contextlib.contextmanager
-def tandem_core(args: argparse.Namespace) -> Iterator[str]:
+def tandem_core(args: argparse.Namespace, dtype: str | None = None) -> Iterator[str]:
     """Yield the address of a ready core: --target as is, or a `tandem core` child that is
     stopped (SIGTERM, then SIGKILL) on the way out, errors included."""
     if args.target:
@@ -98,8 +100,13 @@ def tandem_core(args: argparse.Namespace) -> Iterator[str]:
     target = f"127.0.0.1:{_free_port()}"
     command = [sys.executable, "-m", "core.cli", "core", "--model", str(args.model),
                "--grpc-port", target.rsplit(":", 1)[1], "--max-model-len",
-               str(args.max_model_len), "--max-num-seqs", str(args.max_num_seqs),
-               *args.extra_core_args, *args.core_arg]
+               str(args.max_model_len), *args.extra_core_args, *args.core_arg]
+    # --- issue 14: Tandem at its defaults (sized from memory) unless told; one dtype per core
+    if args.max_num_seqs is not None:
+        command += ["--max-num-seqs", str(args.max_num_seqs)]
+    if dtype is not None:
+        command += ["--dtype", dtype]
+    # --- end issue 14
     print(f"starting core: {' '.join(command)}  (log: {args.core_log})", flush=True)
     with open(args.core_log, "w") as log_file:
         process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT,
@@ -180,13 +187,13 @@ async def _compilations_after_warmup(target: str) -> int:
 # Baselines: Hugging Face transformers, matmul roofline
 
 
-def hf_baseline(args: argparse.Namespace, prompts: dict) -> dict:
-    """Static-batch and batch-1 greedy generate with torch on the CPU, float32."""
+def hf_baseline(args: argparse.Namespace, prompts: dict, dtype: str = "float32") -> dict:
+    """Static-batch and batch-1 greedy generate with torch on the CPU, in `dtype`."""
     import torch
     from transformers import AutoModelForCausalLM
 
     torch.set_num_threads(os.cpu_count() or 1)
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=getattr(torch, dtype)).eval()
     pad_token_id = model.config.pad_token_id if model.config.pad_token_id is not None else 0
 
     def generate_s(batch: list[list[int]], new_tokens: int) -> float:
@@ -247,9 +254,23 @@ def matmul_roofline(size: int = 2048, repeats: int = 7) -> dict:
     torch.set_num_threads(os.cpu_count() or 1)
     torch_left, torch_right = torch.from_numpy(left), torch.from_numpy(right)
     torch_s = median_s(lambda: torch.matmul(torch_left, torch_right))
+    # --- issue 14: the bf16 compute roofline (torch/oneDNN; XLA's f32-result bf16 dot) and
+    # the streaming-read bandwidth (a 512 MiB float32 sum, numpy) for the 1-stream roofline
+    bf16_matmul = jax.jit(lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32))
+    jax_bf16_left, jax_bf16_right = jax_left.astype(jnp.bfloat16), jax_right.astype(jnp.bfloat16)
+    jax_bf16_s = median_s(lambda: bf16_matmul(jax_bf16_left, jax_bf16_right).block_until_ready())
+    torch_bf16_left, torch_bf16_right = torch_left.bfloat16(), torch_right.bfloat16()
+    torch_bf16_s = median_s(lambda: torch.matmul(torch_bf16_left, torch_bf16_right))
+    stream = np.ones(2**27, dtype=np.float32)
+    stream_s = median_s(stream.sum)
     return {"matrix_size": size, "jax_backend": jax.default_backend(),
             "jax_gflop_s": flop / jax_s / 1e9, "torch_gflop_s": flop / torch_s / 1e9,
-            "flop_s": max(flop / jax_s, flop / torch_s)}
+            "flop_s": max(flop / jax_s, flop / torch_s),
+            "jax_bf16_gflop_s": flop / jax_bf16_s / 1e9,
+            "torch_bf16_gflop_s": flop / torch_bf16_s / 1e9,
+            "bf16_flop_s": max(flop / jax_bf16_s, flop / torch_bf16_s),
+            "read_bandwidth_bytes_s": stream.nbytes / stream_s}
+    # --- end issue 14
 
 
 def _safetensors_header(path: Path) -> dict:
@@ -298,37 +319,65 @@ def _get(report: dict, *keys: str) -> float | None:
     return report
 
 
+# --- issue 14: every ratio, per dtype and best against best
 def comparisons(report: dict, args: argparse.Namespace) -> list[dict]:
-    """One row per target: (Tandem, baseline, ratio, target, passed); None where skipped."""
-    streams = f"{args.num_streams}-stream output tok/s"
-    rows = [("throughput_vs_hf", f"{streams} vs HF batch {args.num_streams}",
-             ("tandem", "a", "output_throughput_tok_s"), ("hf", "a", "output_throughput_tok_s")),
-            ("throughput_vs_roofline", f"{streams} vs matmul roofline tok/s",
-             ("tandem", "a", "output_throughput_tok_s"), ("roofline", "tokens_per_s")),
-            ("decode_vs_hf", "1-stream decode tok/s vs HF batch 1",
-             ("tandem", "b", "decode_tok_s"), ("hf", "b", "decode_tok_s")),
-            ("ttft_hit_over_miss", f"TTFT ms, {args.prefix_len}-token prefix: hit vs miss",
-             ("tandem", "c", "ttft_hit_ms"), ("tandem", "c", "ttft_miss_ms"))]
+    """One row per ratio: (Tandem, baseline, ratio, target, passed); None where skipped.
+    Tandem runs at its defaults in each dtype; the 32-stream targets compare Tandem's best
+    dtype with HF float32 and with HF's best dtype; 1 stream compares the same dtype."""
+    streams, dtypes = args.num_streams, args.dtypes
+    tandem, hf, roofline = (report.get(key) or {} for key in ("tandem", "hf", "roofline"))
+
+    def at(tree: dict, dtype: str, *keys: str) -> float | None:
+        return _get(tree, dtype, *keys)
+
+    def best(tree: dict) -> tuple[str | None, float | None]:
+        found = [(at(tree, d, "a", "output_throughput_tok_s"), d) for d in dtypes]
+        found = [(value, d) for value, d in found if value is not None]
+        return (max(found)[1], max(found)[0]) if found else (None, None)
+
+    (ours_dtype, ours_best), (hf_dtype, hf_best) = best(tandem), best(hf)
+    rows = [("best_vs_hf_float32", f"{streams} streams tok/s: Tandem best ({ours_dtype}) vs HF "
+             f"float32 batch {streams}", ours_best, at(hf, "float32", "a", "output_throughput_tok_s")),
+            ("best_vs_hf_best", f"{streams} streams tok/s: Tandem best ({ours_dtype}) vs HF best "
+             f"({hf_dtype})", ours_best, hf_best)]
+    weights = report["model"]["params_without_input_embedding"]
+    for dtype in dtypes:
+        dtype_bytes = 2 if dtype == "bfloat16" else 4
+        rows += [
+            ("throughput_vs_hf", f"{streams} streams tok/s, {dtype}: Tandem vs HF batch {streams}",
+             at(tandem, dtype, "a", "output_throughput_tok_s"),
+             at(hf, dtype, "a", "output_throughput_tok_s")),
+            ("decode_vs_hf", f"1-stream decode tok/s, {dtype}: Tandem vs HF batch 1",
+             at(tandem, dtype, "b", "decode_tok_s"), at(hf, dtype, "b", "decode_tok_s")),
+            ("decode_vs_bandwidth_roofline", f"1-stream decode tok/s, {dtype}: Tandem vs "
+             "bandwidth roofline", at(tandem, dtype, "b", "decode_tok_s"),
+             roofline.get("read_bandwidth_bytes_s", 0) / (weights * dtype_bytes) or None),
+            ("throughput_vs_bf16_roofline", f"{streams} streams tok/s, {dtype}: Tandem vs bf16 "
+             "compute roofline", at(tandem, dtype, "a", "output_throughput_tok_s"),
+             roofline.get("bf16_flop_s", 0) / (2 * weights) or None),
+            ("ttft_hit_over_miss", f"TTFT ms, {args.prefix_len}-token prefix, {dtype}: hit vs "
+             "miss", at(tandem, dtype, "c", "ttft_hit_ms"), at(tandem, dtype, "c", "ttft_miss_ms"))]
     result = []
-    for key, label, ours_at, baseline_at in rows:
-        ours, baseline = _get(report, *ours_at), _get(report, *baseline_at)
+    for key, label, ours, baseline in rows:
         op, threshold = TARGETS[key]
         ratio = ours / baseline if ours is not None and baseline else None
-        passed = None if ratio is None else (ratio >= threshold if op == ">=" else
-                                             ratio <= threshold)
+        passed = None if ratio is None or op is None else (
+            ratio >= threshold if op == ">=" else ratio <= threshold)
         result.append({"key": key, "metric": label, "tandem": ours, "baseline": baseline,
-                       "ratio": ratio, "target": f"{op} {threshold}", "passed": passed})
+                       "ratio": ratio, "target": f"{op} {threshold}" if op else "",
+                       "passed": passed})
     return result
+# --- end issue 14
 
 
 def format_table(rows: list[dict]) -> str:
     def cell(value: float | None) -> str:
         return "n/a" if value is None else f"{value:.3f}" if abs(value) < 10 else f"{value:.1f}"
 
-    lines = [f"{'metric':<48}{'Tandem':>10}{'baseline':>10}{'ratio':>8}{'target':>9}  result"]
+    lines = [f"{'metric':<72}{'Tandem':>10}{'baseline':>10}{'ratio':>8}{'target':>9}  result"]
     for row in rows:
         verdict = {None: "n/a", True: "PASS", False: "FAIL"}[row["passed"]]
-        lines.append(f"{row['metric']:<48}{cell(row['tandem']):>10}{cell(row['baseline']):>10}"
+        lines.append(f"{row['metric']:<72}{cell(row['tandem']):>10}{cell(row['baseline']):>10}"
                      f"{cell(row['ratio']):>8}{row['target']:>9}  {verdict}")
     return "\n".join(lines)
 
@@ -341,19 +390,16 @@ def write_plot(report: dict, args: argparse.Namespace, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = {row["key"]: row for row in report["comparisons"]}
-    panels = [(f"a. {args.num_streams} streams: output tok/s", "throughput_vs_hf",
-               {"Tandem": rows["throughput_vs_hf"]["tandem"],
-                f"HF batch {args.num_streams}": rows["throughput_vs_hf"]["baseline"],
-                "matmul roofline": rows["throughput_vs_roofline"]["baseline"]}),
-              ("b. 1 stream: decode tok/s", "decode_vs_hf",
-               {"Tandem": rows["decode_vs_hf"]["tandem"],
-                "HF batch 1": rows["decode_vs_hf"]["baseline"]}),
-              (f"c. {args.prefix_len}-token shared prefix: TTFT ms", "ttft_hit_over_miss",
-               {"miss": rows["ttft_hit_over_miss"]["baseline"],
-                "hit": rows["ttft_hit_over_miss"]["tandem"]})]
-    figure, axes = plt.subplots(1, len(panels), figsize=(14, 4.5))
-    for axis, (title, key, bars) in zip(axes, panels, strict=True):
+    rows = {row["metric"]: row for row in report["comparisons"]}  # issue 14: by label
+    panels = [(label.split(":")[0], label, {"Tandem": row["tandem"], "baseline": row["baseline"]})
+              for label, row in rows.items() if row["key"] != "decode_vs_bandwidth_roofline"]
+    columns = 4
+    figure, axes = plt.subplots(-(-len(panels) // columns), columns,
+                                figsize=(18, 4 * -(-len(panels) // columns)), squeeze=False)
+    axes = list(axes.flat)
+    for axis in axes[len(panels):]:
+        axis.set_visible(False)
+    for axis, (title, key, bars) in zip(axes, panels, strict=False):
         names = [name for name, value in bars.items() if value is not None]
         values = [bars[name] for name in names]
         drawn = axis.bar(names, values, color=["tab:blue", "tab:orange", "tab:gray"][:len(names)])
@@ -363,7 +409,7 @@ def write_plot(report: dict, args: argparse.Namespace, path: Path) -> None:
         axis.margins(y=0.15)
         ratio = rows[key]["ratio"]
         axis.set_title(title + ("" if ratio is None else
-                                f"\nratio {ratio:.2f} (target {rows[key]['target']})"))
+                                f"\nratio {ratio:.2f} (target {rows[key]['target']})"), fontsize=8)
     figure.suptitle(f"Tandem vs baselines: {report['model']['dir']}, "
                     f"{report['machine']['cpu_count']} CPUs")
     figure.tight_layout()
@@ -401,7 +447,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--model", type=Path, required=True, help="benchmark checkpoint dir")
     parser.add_argument("--target", default=None, help="attach to a running core HOST:PORT")
     parser.add_argument("--max-model-len", type=int, default=2048)
-    parser.add_argument("--max-num-seqs", type=int, default=32)
+    parser.add_argument("--max-num-seqs", type=int, default=None,
+                        help="pass --max-num-seqs to the core (default: the core's default)")
+    parser.add_argument("--dtypes", default="float32,bfloat16",
+                        help="compute dtypes, each run on Tandem and HF (comma-separated)")
     parser.add_argument("--core-arg", action="append", default=[],
                         help="extra `tandem core` flag, repeatable: --core-arg=--flag=value")
     parser.add_argument("--core-log", default="/tmp/tandem-bench-core.log")
@@ -417,6 +466,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--plot", type=Path, default=REPO_ROOT / "docs/bench/engine.png")
     args = parser.parse_args(argv)
     args.scenarios = {name.strip() for name in args.scenarios.split(",") if name.strip()}
+    args.dtypes = [name.strip() for name in args.dtypes.split(",") if name.strip()]
     if not args.scenarios <= {"a", "b", "c"}:
         parser.error("--scenarios takes a comma-separated subset of a,b,c")
     return args
@@ -437,24 +487,28 @@ def main(argv: list[str] | None = None) -> int:
                                  for key, value in vars(args).items()}}
     print(f"params without the input embedding: {params['params_without_input_embedding']:,} "
           f"(layers + final norm + lm_head)", flush=True)
+    # --- issue 14: one core per dtype at its defaults, HF in each dtype, then the rooflines
     if not args.skip_tandem:
         if args.target:
             print(f"warning: attached to {args.target}; it shares this machine's CPU",
                   file=sys.stderr)
-        with tandem_core(args) as target:
-            report["tandem"] = asyncio.run(tandem_scenarios(target, args, prompts))
-        brief = {name: {key: value for key, value in result.items() if key != "metrics"}
-                 if isinstance(result, dict) else result
-                 for name, result in report["tandem"].items()}
-        print("tandem:", json.dumps(brief), flush=True)
+        report["tandem"] = {}
+        for dtype in args.dtypes:
+            with tandem_core(args, None if args.target else dtype) as target:
+                report["tandem"][dtype] = asyncio.run(tandem_scenarios(target, args, prompts))
+            brief = {name: {key: value for key, value in result.items() if key != "metrics"}
+                     if isinstance(result, dict) else result
+                     for name, result in report["tandem"][dtype].items()}
+            print(f"tandem {dtype}:", json.dumps(brief), flush=True)
     if not args.skip_hf:
-        report["hf"] = hf_baseline(args, prompts)
+        report["hf"] = {dtype: hf_baseline(args, prompts, dtype) for dtype in args.dtypes}
         print("hf:", json.dumps(report["hf"]), flush=True)
     if not args.skip_roofline:
         report["roofline"] = matmul_roofline()
         report["roofline"]["tokens_per_s"] = (report["roofline"]["flop_s"] /
                                               (2 * params["params_without_input_embedding"]))
         print("roofline:", json.dumps(report["roofline"]), flush=True)
+    # --- end issue 14
     report["comparisons"] = comparisons(report, args)
     print(format_table(report["comparisons"]))
     args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -2,12 +2,14 @@
 out, plus one scratch page).
 
 Owns: `KVPages`, the pytree the jitted step takes, updates in place and returns (it is donated),
-and the pool's size arithmetic.
+the pool's layout (`paged_attention_kind`: the gather path on CPU, JAX's Pallas paged-attention
+kernel on GPU/TPU) and its element type, and the pool's size arithmetic.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 
 import jax
 import jax.numpy as jnp
@@ -19,18 +21,65 @@ from core.config import ModelConfig
 @dataclass
 class KVPages:
     """Per-layer pools: keys [num_pages, k, h, page_size], values [num_pages, k, page_size, h]
-    (the layouts attention reads without transposing; see core/models/llama.py)."""
+    (the layouts attention reads without transposing; see core/models/llama.py). A bfloat16
+    pool is stored as its uint16 bits (`storage_dtype`): XLA:CPU scatters bf16 through a float32
+    copy of the whole pool (~100 ms a layer), uint16 in place."""
 
     keys: list[jax.Array]
     values: list[jax.Array]
+    # "gather" (the CPU layouts above) or "pallas"/"pallas-interpret": keys and values both
+    # [k, num_pages, page_size, h], the layout of JAX's Pallas paged-attention kernels
+    kind: str = field(default="gather", metadata={"static": True})
 
     @classmethod
-    def create(cls, config: ModelConfig, num_pages: int, page_size: int, dtype) -> KVPages:
-        k, h = config.num_kv_heads, config.head_dim
-        return cls(keys=[jnp.zeros((num_pages, k, h, page_size), dtype)
-                         for _ in range(config.num_layers)],
-                   values=[jnp.zeros((num_pages, k, page_size, h), dtype)
-                           for _ in range(config.num_layers)])
+    def create(cls, config: ModelConfig, num_pages: int, page_size: int, dtype,
+               kind: str | None = None) -> KVPages:
+        k, h, kind = config.num_kv_heads, config.head_dim, kind or paged_attention_kind()
+        dtype = storage_dtype(dtype, kind)
+        if kind == "gather":
+            key_shape, value_shape = (num_pages, k, h, page_size), (num_pages, k, page_size, h)
+        else:
+            key_shape = value_shape = (k, num_pages, page_size, h)
+        return cls(keys=[jnp.zeros(key_shape, dtype) for _ in range(config.num_layers)],
+                   values=[jnp.zeros(value_shape, dtype) for _ in range(config.num_layers)],
+                   kind=kind)
+
+
+PAGED_ATTENTION_KINDS = ("gather", "pallas", "pallas-interpret")
+
+
+def paged_attention_kind(backend: str | None = None) -> str:
+    """How decode attends to the pool: "pallas" (JAX's Pallas paged-attention kernel) on GPU
+    and TPU, "gather" (pages gathered, then dots; XLA:CPU has no such kernel) on CPU.
+    TANDEM_PAGED_ATTENTION overrides it ("pallas-interpret" runs the kernel's Pallas
+    interpreter on CPU, for tests)."""
+    chosen = os.environ.get("TANDEM_PAGED_ATTENTION", "")
+    if chosen:
+        if chosen not in PAGED_ATTENTION_KINDS:
+            raise ValueError(f"TANDEM_PAGED_ATTENTION={chosen!r}: one of {PAGED_ATTENTION_KINDS}")
+        return chosen
+    return "gather" if (backend or jax.default_backend()) == "cpu" else "pallas"
+
+
+def storage_dtype(dtype, kind: str = "gather") -> jnp.dtype:
+    """The element type a pool of `dtype` values is stored in (bf16 → its uint16 bits on the
+    CPU path; the Pallas kernels read bf16 itself)."""
+    bits = jnp.dtype(dtype) == jnp.bfloat16 and kind == "gather"
+    return jnp.dtype(jnp.uint16) if bits else jnp.dtype(dtype)
+
+
+def to_storage(values: jax.Array, pool: jax.Array) -> jax.Array:
+    """New keys/values → the pool's element type (bf16 bits for a uint16 pool)."""
+    if pool.dtype == jnp.uint16:
+        return jax.lax.bitcast_convert_type(values.astype(jnp.bfloat16), jnp.uint16)
+    return values.astype(pool.dtype)
+
+
+def to_float32(stored: jax.Array) -> jax.Array:
+    """Pool elements (e.g. gathered pages) → float32; bf16 bits widen exactly by a shift."""
+    if stored.dtype == jnp.uint16:
+        return jax.lax.bitcast_convert_type(stored.astype(jnp.uint32) << 16, jnp.float32)
+    return stored.astype(jnp.float32)
 
 
 def kv_bytes_per_token(config: ModelConfig, dtype_bytes: int) -> int:

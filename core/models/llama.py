@@ -12,6 +12,8 @@ per layer: keys [pages, k, h, page_size] and values [pages, k, page_size, h]
 page table [p] of page ids in position order: token position `i` lives in page
 `table[i // page_size]` at offset `i % page_size`. A row writes its new tokens' keys and values
 into its pages, then attends to the pages of its table (p·page_size keys, masked by position).
+On GPU/TPU (`core.cache.kv_pool.paged_attention_kind`) both pools are [k, pages, page_size, h]
+and decode attends with JAX's Pallas paged-attention kernel instead of gathering pages.
 The pool's last page is scratch: padding tokens write there (an in-bounds scatter updates the
 donated pool in place; an out-of-bounds "drop" made XLA copy the pool for single-row batches),
 and no page table ever lists it.
@@ -25,7 +27,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from core.cache.kv_pool import KVPages
+from core.cache.kv_pool import KVPages, to_float32, to_storage
 from core.config import ModelConfig, RopeScaling
 
 PADDING_POSITION = -1  # position of padding tokens: never written to the cache, never attended
@@ -72,6 +74,24 @@ def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: jax.Array) -> jax.A
     return rotated.astype(x.dtype)
 
 
+def dense(x: jax.Array, weight: jax.Array) -> jax.Array:
+    """x [..., d] · weight [d, f] → [..., f] in x's dtype, as one 2-D dot with a float32 result:
+    the form XLA:CPU runs bf16 on its fast path (f32 result, row-major right operand, M > 1 —
+    callers never pass a single row in bf16; a float32 dot is unchanged by it)."""
+    rows = x.reshape(-1, x.shape[-1])
+    out = jnp.dot(rows, weight.reshape(weight.shape[0], -1), preferred_element_type=jnp.float32)
+    return out.astype(x.dtype).reshape(*x.shape[:-1], -1)
+
+
+def embed(table: jax.Array, token_ids: jax.Array) -> jax.Array:
+    """Rows of the embedding table. A bf16 table is gathered as its uint16 bits: XLA:CPU
+    gathers bf16 from a float32 copy of the whole table (65 MB a step for a 32000×512 table)."""
+    if table.dtype != jnp.bfloat16:
+        return table[token_ids]
+    bits = jax.lax.bitcast_convert_type(table, jnp.uint16)[token_ids]
+    return jax.lax.bitcast_convert_type(bits, jnp.bfloat16)
+
+
 def _param(rngs: nnx.Rngs, shape: tuple[int, ...], dtype, scale: float = 0.02) -> nnx.Param:
     return nnx.Param(scale * jax.random.normal(rngs.params(), shape, dtype))
 
@@ -106,24 +126,32 @@ class Attention(nnx.Module):
         self.sliding_window = config.sliding_window
         self.scale = h ** -0.5
 
-    def __call__(self, x, positions, page_table, inv_freq, pool_keys, pool_values):
-        """x [b, t, d], positions [b, t], page_table [b, p] → (out [b, t, d], updated pools)."""
+    def __call__(self, x, positions, page_table, inv_freq, pool_keys, pool_values, kind="gather"):
+        """x [b, t, d], positions [b, t], page_table [b, p] → (out [b, t, d], updated pools);
+        `kind` is the pool's layout and decode path (`core.cache.kv_pool.paged_attention_kind`)."""
         b, t, d = x.shape
         n, k, h = self.q_proj.shape[1], self.k_proj.shape[1], self.k_proj.shape[2]
         # 2-D matmuls on reshaped (bitcast) weights: a 3-operand einsum made XLA relayout them
-        q = (x @ self.q_proj[...].reshape(d, n * h)).reshape(b, t, n, h)
-        key = (x @ self.k_proj[...].reshape(d, k * h)).reshape(b, t, k, h)
-        value = (x @ self.v_proj[...].reshape(d, k * h)).reshape(b, t, k, h)
+        q = dense(x, self.q_proj[...].reshape(d, n * h)).reshape(b, t, n, h)
+        key = dense(x, self.k_proj[...].reshape(d, k * h)).reshape(b, t, k, h)
+        value = dense(x, self.v_proj[...].reshape(d, k * h)).reshape(b, t, k, h)
         if self.qkv_bias:
             q, key, value = q + self.q_bias[...], key + self.k_bias[...], value + self.v_bias[...]
         q, key = apply_rope(q, positions, inv_freq), apply_rope(key, positions, inv_freq)
-        pool_keys, pool_values = _write(pool_keys, pool_values, positions, page_table, key, value)
+        pool_keys, pool_values = _write(pool_keys, pool_values, positions, page_table, key, value,
+                                        kind)
         q = q.reshape(b, t, k, self.num_groups, h) * self.scale
-        if t == 1:
+        if kind != "gather":
+            if t == 1 and self.sliding_window is None:
+                out = _pallas_decode(q, positions, page_table, pool_keys, pool_values, kind)
+            else:
+                out = self._prefill_attention(q, positions, page_table, pool_keys, pool_values,
+                                              kind)
+        elif t == 1:
             out = self._decode_attention(q, positions, page_table, pool_keys, pool_values)
         else:
             out = self._prefill_attention(q, positions, page_table, pool_keys, pool_values)
-        out = out.reshape(b, t, n * h) @ self.o_proj[...].reshape(n * h, d)
+        out = dense(out.reshape(b, t, n * h), self.o_proj[...].reshape(n * h, d))
         if self.o_bias is not None:
             out = out + self.o_bias[...]
         return out, pool_keys, pool_values
@@ -139,7 +167,7 @@ class Attention(nnx.Module):
         (pages as a batch axis of the dots), with no transposed copy of the keys."""
         keys, values = pool_keys[page_table], pool_values[page_table]  # [b, p, k, h|c, c|h]
         # float32 math (a no-op for float32 pools; XLA:CPU has no bf16×bf16→f32 batched dot)
-        keys, values = keys.astype(jnp.float32), values.astype(jnp.float32)
+        keys, values = to_float32(keys), to_float32(values)
         page_size = pool_keys.shape[-1]
         scores = jnp.einsum("bkgh,bpkhc->bpkgc", q[:, 0].astype(jnp.float32), keys)
         key_positions = (jnp.arange(page_table.shape[1])[:, None] * page_size
@@ -152,13 +180,22 @@ class Attention(nnx.Module):
         out = jnp.einsum("bpkgc,bpkch->bkgh", weights, values)
         return (out / total[..., None]).astype(q.dtype)[:, None]  # [b, 1, k, g, h]
 
-    def _prefill_attention(self, q, positions, page_table, pool_keys, pool_values):
+    def _prefill_attention(self, q, positions, page_table, pool_keys, pool_values,
+                           kind="gather"):
         """Many queries of one sequence: its pages are laid out contiguously once."""
         b, p = page_table.shape
-        k, h, page_size = pool_keys.shape[1:]
-        keys = pool_keys[page_table].transpose(0, 2, 3, 1, 4).reshape(b, k, h, p * page_size)
-        values = pool_values[page_table].transpose(0, 2, 1, 3, 4).reshape(b, k, p * page_size, h)
-        keys, values = keys.astype(jnp.float32), values.astype(jnp.float32)
+        if kind == "gather":
+            k, h, page_size = pool_keys.shape[1:]
+            keys = pool_keys[page_table].transpose(0, 2, 3, 1, 4).reshape(b, k, h, p * page_size)
+            values = pool_values[page_table].transpose(0, 2, 1, 3, 4).reshape(
+                b, k, p * page_size, h)
+        else:  # [k, pages, c, h] pools: [k, b, p, c, h] gathered
+            k, _, page_size, h = pool_keys.shape
+            keys = pool_keys[:, page_table].transpose(1, 0, 4, 2, 3).reshape(
+                b, k, h, p * page_size)
+            values = pool_values[:, page_table].transpose(1, 0, 2, 3, 4).reshape(
+                b, k, p * page_size, h)
+        keys, values = to_float32(keys), to_float32(values)
         scores = jnp.einsum("btkgh,bkhs->bkgts", q.astype(jnp.float32), keys)
         visible = self._visible(jnp.arange(p * page_size)[None, None, :], positions[:, :, None])
         scores = jnp.where(visible[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
@@ -166,23 +203,56 @@ class Attention(nnx.Module):
         return jnp.einsum("bkgts,bksh->btkgh", weights, values).astype(q.dtype)
 
 
-def _write(pool_keys, pool_values, positions, page_table, key, value):
+def _write(pool_keys, pool_values, positions, page_table, key, value, kind="gather"):
     """Scatter new keys/values [b, t, k, h] into the pools at their positions' page slots.
 
     Keys lie [pages, k, h, page_size] and values [pages, k, page_size, h]: the layouts the
-    decode dots read without transposing. Padding writes go to the scratch (last) page, so the
-    scatter stays in bounds and XLA updates the donated pools in place."""
-    num_pages, page_size = pool_keys.shape[0], pool_keys.shape[-1]
+    decode dots read without transposing (the Pallas kinds: both [k, pages, page_size, h]).
+    Padding writes go to the scratch (last) page, so the scatter stays in bounds and XLA
+    updates the donated pools in place."""
+    if kind == "gather":
+        num_pages, page_size = pool_keys.shape[0], pool_keys.shape[-1]
+    else:
+        num_pages, page_size = pool_keys.shape[1], pool_keys.shape[2]
     valid = positions >= 0
     clamped = jnp.where(valid, positions, 0)
     page_ids = jnp.take_along_axis(page_table, clamped // page_size, axis=1)  # [b, t]
     page_ids = jnp.where(valid, page_ids, num_pages - 1)
     offsets = jnp.where(valid, clamped % page_size, 0)
+    if kind != "gather":
+        return (pool_keys.at[:, page_ids, offsets].set(
+                    to_storage(key, pool_keys).transpose(2, 0, 1, 3), mode="promise_in_bounds"),
+                pool_values.at[:, page_ids, offsets].set(
+                    to_storage(value, pool_values).transpose(2, 0, 1, 3),
+                    mode="promise_in_bounds"))
     pool_keys = pool_keys.at[page_ids, :, :, offsets].set(
-        key.astype(pool_keys.dtype), mode="promise_in_bounds")
+        to_storage(key, pool_keys), mode="promise_in_bounds")
     pool_values = pool_values.at[page_ids, :, offsets, :].set(
-        value.astype(pool_values.dtype), mode="promise_in_bounds")
+        to_storage(value, pool_values), mode="promise_in_bounds")
     return pool_keys, pool_values
+
+
+def _pallas_decode(q, positions, page_table, pool_keys, pool_values, kind):
+    """Decode attention with JAX's Pallas paged-attention kernel (GPU: Triton; TPU: Mosaic),
+    which reads each row's pages in place: q [b, 1, k, g, h] (scaled) → [b, 1, k, g, h]."""
+    b, _, k, g, h = q.shape
+    num_table_pages = page_table.shape[1]
+    lengths = jnp.maximum(positions[:, 0] + 1, 1).astype(jnp.int32)  # padding rows: junk
+    queries = q[:, 0].reshape(b, k * g, h).astype(pool_keys.dtype)
+    splits = math.gcd(num_table_pages, 16)  # partitions of the table (must divide it)
+    if jax.default_backend() == "tpu":
+        from jax.experimental.pallas.ops.tpu.paged_attention import paged_attention
+
+        out = paged_attention(queries, pool_keys, pool_values, lengths, page_table,
+                              pages_per_compute_block=math.gcd(num_table_pages, 8))
+    else:
+        from jax.experimental.pallas.ops.gpu.paged_attention import paged_attention
+
+        out = paged_attention(queries, pool_keys, pool_values, page_table, lengths,
+                              k_splits=splits,
+                              pages_per_compute_block=math.gcd(num_table_pages // splits, 8),
+                              interpret=kind == "pallas-interpret")
+    return out.reshape(b, 1, k, g, h).astype(q.dtype)
 
 
 class MLP(nnx.Module):
@@ -198,11 +268,11 @@ class MLP(nnx.Module):
         self.mlp_bias = config.mlp_bias
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        gate = jnp.einsum("btd,df->btf", x, self.gate_proj[...])
-        up = jnp.einsum("btd,df->btf", x, self.up_proj[...])
+        gate = dense(x, self.gate_proj[...])
+        up = dense(x, self.up_proj[...])
         if self.mlp_bias:
             gate, up = gate + self.gate_bias[...], up + self.up_bias[...]
-        out = jnp.einsum("btf,fd->btd", jax.nn.silu(gate) * up, self.down_proj[...])
+        out = dense(jax.nn.silu(gate) * up, self.down_proj[...])
         return out + self.down_bias[...] if self.mlp_bias else out
 
 
@@ -213,9 +283,10 @@ class DecoderLayer(nnx.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
         self.mlp = MLP(config, dtype, rngs)
 
-    def __call__(self, x, positions, page_table, inv_freq, pool_keys, pool_values):
+    def __call__(self, x, positions, page_table, inv_freq, pool_keys, pool_values, kind="gather"):
         attn_out, pool_keys, pool_values = self.self_attn(
-            self.input_layernorm(x), positions, page_table, inv_freq, pool_keys, pool_values)
+            self.input_layernorm(x), positions, page_table, inv_freq, pool_keys, pool_values,
+            kind)
         x = x + attn_out
         x = x + self.mlp(self.post_attention_layernorm(x))
         return x, pool_keys, pool_values
@@ -235,8 +306,20 @@ class LlamaModel(nnx.Module):
         self.layers = nnx.List([DecoderLayer(config, dtype, rngs)
                                 for _ in range(config.num_layers)])
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
-        self.lm_head = (None if config.tie_word_embeddings
-                        else _param(rngs, (config.hidden_size, config.vocab_size), dtype))
+        # the output projection [d, v], row-major. Tied embeddings in float32 read the table
+        # itself; in bf16 they get a transposed copy, the right operand XLA:CPU's bf16 fast
+        # path needs (`tie_lm_head` refills it after the table is loaded)
+        lm_head = None
+        if not config.tie_word_embeddings:
+            lm_head = _param(rngs, (config.hidden_size, config.vocab_size), dtype)
+        elif jnp.dtype(dtype) != jnp.float32:
+            lm_head = nnx.Param(self.embed_tokens[...].T)
+        self.lm_head = lm_head
+
+    def tie_lm_head(self) -> None:
+        """Refresh the transposed copy of a tied embedding table (after loading the table)."""
+        if self.config.tie_word_embeddings and self.lm_head is not None:
+            self.lm_head.set_value(self.embed_tokens[...].T)
 
     def __call__(self, token_ids: jax.Array, positions: jax.Array, page_table: jax.Array,
                  pages: KVPages) -> tuple[jax.Array, KVPages]:
@@ -244,23 +327,27 @@ class LlamaModel(nnx.Module):
         (final-normed hidden states [b, t, d], updated pages)."""
         inv_freq = rope_inverse_frequencies(self.config.head_dim, self.config.rope_theta,
                                             self.config.rope_scaling)
-        x = self.embed_tokens[...][token_ids]
+        x = embed(self.embed_tokens[...], token_ids)
         new_keys, new_values = [], []
         for layer, pool_keys, pool_values in zip(self.layers, pages.keys, pages.values,
                                                 strict=True):
             x, pool_keys, pool_values = layer(x, positions, page_table, inv_freq,
-                                              pool_keys, pool_values)
+                                              pool_keys, pool_values, pages.kind)
             new_keys.append(pool_keys)
             new_values.append(pool_values)
-        return self.norm(x), KVPages(keys=new_keys, values=new_values)
+        return self.norm(x), KVPages(keys=new_keys, values=new_values, kind=pages.kind)
 
     def logits(self, hidden: jax.Array) -> jax.Array:
         """[..., d] → float32 [..., v]."""
         if self.lm_head is None:
             return jnp.einsum("...d,vd->...v", hidden, self.embed_tokens[...],
                               preferred_element_type=jnp.float32)
-        return jnp.einsum("...d,dv->...v", hidden, self.lm_head[...],
-                          preferred_element_type=jnp.float32)
+        rows = hidden.reshape(-1, hidden.shape[-1])
+        num_rows = rows.shape[0]
+        if num_rows == 1 and rows.dtype != jnp.float32:  # an M = 1 bf16 dot is pathological
+            rows = jnp.concatenate([rows, rows])
+        logits = jnp.dot(rows, self.lm_head[...], preferred_element_type=jnp.float32)
+        return logits[:num_rows].reshape(*hidden.shape[:-1], -1)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from safetensors.numpy import save_file
 from core.models.chat_templates import TOOL_STYLES, chat_template
 
 VARIANTS = ("llama", "llama3", "mistral", "qwen2")
-SIZES = ("tiny", "demo", "bench")
+SIZES = ("tiny", "demo", "bench", "1b")
 DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}
 
 BOS, EOS, IM_START, IM_END, PAD = (
@@ -63,9 +63,13 @@ _DEMO_DIMS = dict(hidden_size=256, intermediate_size=688, num_hidden_layers=4,
 _BENCH_DIMS = dict(hidden_size=512, intermediate_size=1408, num_hidden_layers=8,
                    num_attention_heads=8, num_key_value_heads=4, head_dim=64,
                    max_position_embeddings=4096)
-_DIMS = {"tiny": _TINY_DIMS, "demo": _DEMO_DIMS, "bench": _BENCH_DIMS}
-_VOCAB_TARGET = {"tiny": 512, "demo": 2048, "bench": 2048}
-_MODEL_VOCAB_SIZE = {"bench": 32000}  # embedding rows beyond the tokenizer's (never produced by it)
+# ~1.1B parameters (TinyLlama-1.1B's shape): the accelerator benchmark (scripts/bench_device.sh)
+_1B_DIMS = dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
+                num_attention_heads=32, num_key_value_heads=4, head_dim=64,
+                max_position_embeddings=4096)
+_DIMS = {"tiny": _TINY_DIMS, "demo": _DEMO_DIMS, "bench": _BENCH_DIMS, "1b": _1B_DIMS}
+_VOCAB_TARGET = {"tiny": 512, "demo": 2048, "bench": 2048, "1b": 2048}
+_MODEL_VOCAB_SIZE = {"bench": 32000, "1b": 32000}  # embedding rows beyond the tokenizer's (never produced by it)
 _LLAMA3_SCALING = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
                    "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
 _QWEN2_SPLIT = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"""
