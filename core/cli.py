@@ -57,13 +57,13 @@ def _add_core_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--grpc-port", type=int, default=50051, help="core gRPC port")
     parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "checkpoint"),
                         default="auto",
-                        help="compute dtype of weights and KV cache (default auto: bfloat16 on "
+                        help="compute dtype of weights and KV cache; auto: bfloat16 on "
                              "accelerators and on CPUs with AVX512-BF16/AMX, else float32; "
-                             "checkpoint: the checkpoint's)")
+                             "checkpoint: the checkpoint's")
     parser.add_argument("--max-model-len", type=int, default=2048,
                         help="prompt + completion tokens per request (capped by the model)")
     parser.add_argument("--max-num-seqs", type=int, default=None,
-                        help="sequences running together (rows of a decode batch; default: as "
+                        help="sequences running together (rows of a decode batch) (default: as "
                              "many full-length sequences as --memory-fraction holds, at most "
                              "64)")
     parser.add_argument("--memory-fraction", type=float, default=0.4,

@@ -76,7 +76,7 @@ def test_the_breaking_check_catches_a_renumbered_field(tool_env, against, tmp_pa
               "  // Empty: the core's default generative model.\n"
               "  string model = 1;")
     assert marker in source
-    proto.write_text(source.replace(marker, marker.replace("model = 1;", "model = 13;")))
+    proto.write_text(source.replace(marker, marker.replace("model = 1;", "model = 99;")))
     result = run(["buf", "breaking", str(tmp_path / "protos"), "--against", against], tool_env)
     assert result.returncode != 0
     assert "GenerateRequest" in result.stdout + result.stderr

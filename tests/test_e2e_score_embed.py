@@ -18,7 +18,7 @@ import openai
 import pytest
 
 from core.models.bundled import default_embedding_model_dir
-from tests.conftest import MODEL
+from tests.conftest import MODEL, SERVER_MAX_MODEL_LEN
 
 MINILM = "all-MiniLM-L6-v2"
 SENTENCES = ["The cat sits on the mat.", "Une phrase en français.", "日本語 🙂", "42"]
@@ -86,7 +86,7 @@ def test_score_error_handling(client):
         score(client, query="Test", items=[[1, 2]], label_token_ids=[5])
     assert mixed.value.body["param"].startswith("items")
     with pytest.raises(openai.BadRequestError) as too_long:
-        score(client, query=list(range(10, 260)), items=[[5] * 20], label_token_ids=[5])
+        score(client, query=[7] * SERVER_MAX_MODEL_LEN, items=[[5] * 20], label_token_ids=[5])
     assert too_long.value.body["code"] == "context_length_exceeded"
     with pytest.raises(openai.BadRequestError) as wrong_model:
         client.post("/score", body={"model": MINILM, "query": "q", "items": ["a"],

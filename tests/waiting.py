@@ -60,11 +60,11 @@ class StepsHeldUntilAbort:
         self.num_steps = 0
         execute, abort = engine.runner.execute, engine.abort
 
-        def held_execute(batch):
+        def held_execute(batch, *args, **kwargs):
             self.num_steps += 1
             if self.num_steps > free_steps:
                 self.aborted.wait(timeout=hold_s)
-            return execute(batch)
+            return execute(batch, *args, **kwargs)
 
         def recorded_abort(request_id: str) -> None:
             abort(request_id)
