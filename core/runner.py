@@ -18,7 +18,7 @@ from __future__ import annotations
 import bisect
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import jax
 import jax.numpy as jnp
@@ -27,12 +27,24 @@ from flax import nnx
 
 from core import sharding
 from core.cache.kv_pool import KVPages, kv_bytes_per_token
+from core import logits_processors as processors
 from core.config import EngineConfig, ModelConfig
 from core.models.llama import PADDING_POSITION, LlamaModel
-from core.request import SchedulerOutput, SequenceChunk
+from core.request import SamplingParams, SchedulerOutput, SequenceChunk, TokenLogprob
 from core.sampling import SampleResult, SamplingArrays, sample
 
 log = logging.getLogger(__name__)
+_NEUTRAL = SamplingParams()
+
+
+@jax.tree_util.register_dataclass
+@dataclass
+class PromptScores:
+    """Logprobs at every position of a call (zeros unless prompt logprobs were asked for)."""
+
+    logprobs: jax.Array  # [b, t] float32: of the prompt token each position predicts
+    top_ids: jax.Array  # [b, t, MAX_TOP_LOGPROBS] int32
+    top_logprobs: jax.Array  # [b, t, MAX_TOP_LOGPROBS] float32
 
 
 @dataclass(frozen=True)
@@ -45,6 +57,8 @@ class StepOutput:
     top_logprobs: np.ndarray  # [chunks, MAX_TOP_LOGPROBS]
     # chunk index → float64 [vocab] next-token log-softmax, for chunks with `wants_scores`
     score_logprobs: dict[int, np.ndarray]
+    # chunk index → TokenLogprob of each of its prompt_targets (chunks that want them)
+    prompt_logprobs: dict[int, list[TokenLogprob]] = field(default_factory=dict)
 
 
 class ModelRunner:
@@ -80,8 +94,14 @@ class ModelRunner:
         self._prefill_page_buckets = engine_config.prefill_page_buckets()
         self.num_compilations = 0  # traces of the step function (one per new shape)
         self.compilations_at_warmup = 0
-        self._step = jax.jit(self._step_fn, donate_argnames=("pages",),
+        # per-sequence logits state (penalty counts, bias rows): one slot per running sequence
+        self.num_row_slots = engine_config.max_num_seqs
+        self._row_state = processors.RowState.create(self.num_row_slots, config.vocab_size)
+        if out_shardings is not None:
+            out_shardings = (*out_shardings, sharding.replicated(mesh))
+        self._step = jax.jit(self._step_fn, donate_argnames=("pages", "row_state"),
                              out_shardings=out_shardings)
+        self._init_row = jax.jit(self._init_row_fn, donate_argnames=("state",))
         log.info("KV pool: %d pages × %d tokens", self.num_pages, self.page_size)
 
     @property
@@ -103,17 +123,40 @@ class ModelRunner:
         return self._param_treedef
 
     def _step_fn(self, param_leaves, pages, token_ids, positions, page_table, last_index, sampling,
-                 wants_logprobs):
+                 wants_logprobs, row_inputs, row_state, prompt_targets, wants_prompt_logprobs):
         self.num_compilations += 1  # runs only while tracing
         model = nnx.merge(self._graphdef, jax.tree.unflatten(self._param_treedef, param_leaves))
         hidden, pages = model(token_ids, positions, page_table, pages)  # [b, t, d]
         rows = jnp.arange(token_ids.shape[0])
         logits = model.logits(hidden[rows, last_index])  # [b, v]
-        result = sample(logits, sampling, positions[rows, last_index] + 1, wants_logprobs)
-        return result, pages, logits  # the logits stay on device unless a Score reads them
+        result = sample(logits, sampling, positions[rows, last_index] + 1, wants_logprobs,
+                        row_inputs, row_state)
+        row_state = processors.count_sampled(row_state, row_inputs, result.token_ids)
+        num_top = result.top_ids.shape[-1]
+
+        def score_prompt(hidden):  # every position's log-softmax: only when someone asked
+            logprobs = jax.nn.log_softmax(model.logits(hidden), axis=-1)  # [b, t, v]
+            chosen = jnp.take_along_axis(logprobs, prompt_targets[..., None], axis=-1)[..., 0]
+            top_logprobs, top_ids = jax.lax.top_k(logprobs, num_top)
+            return PromptScores(chosen, top_ids.astype(jnp.int32), top_logprobs)
+
+        def no_scores(hidden):
+            shape = hidden.shape[:2]
+            return PromptScores(jnp.zeros(shape, jnp.float32),
+                                jnp.zeros((*shape, num_top), jnp.int32),
+                                jnp.zeros((*shape, num_top), jnp.float32))
+
+        prompt_scores = jax.lax.cond(wants_prompt_logprobs, score_prompt, no_scores, hidden)
+        # the logits stay on device unless a Score reads them
+        return result, pages, logits, row_state, prompt_scores
+
+    def _init_row_fn(self, state, slot, bias, token_ids, num_prompt_tokens, num_tokens):
+        self.num_compilations += 1  # runs only while tracing
+        return processors.init_row(state, slot, bias, token_ids, num_prompt_tokens, num_tokens)
 
     def execute(self, output: SchedulerOutput) -> StepOutput:
         """Run every chunk of the step; rows of chunks that sample nothing hold junk."""
+        self._init_rows(output.chunks)
         # a Score's last token goes with the prefills: its call then copies ≤ 4 rows of logits
         decodes = [i for i, chunk in enumerate(output.chunks)
                    if len(chunk.token_ids) == 1 and not chunk.wants_scores]
@@ -125,32 +168,40 @@ class ModelRunner:
             groups.append((decodes, (_bucket(self._decode_buckets, len(decodes)), 1,
                                      _bucket(self._page_buckets, widest))))
         groups += self._pack_prefills(output.chunks, prefills)
-        calls = []  # (chunk indices, device result, device scores): dispatched first
+        calls = []  # (chunk indices, device result, scores, prompt scores): dispatched first
         for group, shape in groups:
             chunks = [output.chunks[i] for i in group]
-            result, logits = self._call(chunks, shape, output.wants_logprobs)
+            result, logits, prompt_scores = self._call(chunks, shape, output.wants_logprobs)
             scores = logits if any(chunk.wants_scores for chunk in chunks) else None
-            calls.append((group, result, scores))
+            if not any(chunk.wants_prompt_logprobs for chunk in chunks):
+                prompt_scores = None
+            calls.append((group, result, scores, prompt_scores))
         # one transfer for everything; the top-k arrays only when someone asked for them
         wanted = [(r.token_ids, r.logprobs, *((r.top_ids, r.top_logprobs)
-                                              if output.wants_logprobs else ()), scores)
-                  for _, r, scores in calls]
-        host = jax.device_get(wanted)
+                                              if output.wants_logprobs else ()), scores, prompt)
+                  for _, r, scores, prompt in calls]
+        return self._step_output(output, calls, jax.device_get(wanted))
+
+    def _step_output(self, output: SchedulerOutput, calls, host) -> StepOutput:
+        """Scatter the host copies of each call's rows back into chunk order."""
         num_chunks, num_top = len(output.chunks), calls[0][1].top_ids.shape[1]
         step = StepOutput(np.zeros(num_chunks, np.int32), np.zeros(num_chunks, np.float32),
                           np.zeros((num_chunks, num_top), np.int32),
                           np.zeros((num_chunks, num_top), np.float32), {})
-        for (indices, _, _), arrays in zip(calls, host, strict=True):
+        for (indices, *_), arrays in zip(calls, host, strict=True):
             count = len(indices)
             step.token_ids[indices] = arrays[0][:count]
             step.logprobs[indices] = arrays[1][:count]
             if output.wants_logprobs:
                 step.top_ids[indices] = arrays[2][:count]
                 step.top_logprobs[indices] = arrays[3][:count]
-            if arrays[-1] is not None:
-                for row, index in enumerate(indices):
-                    if output.chunks[index].wants_scores:
-                        step.score_logprobs[index] = _log_softmax(arrays[-1][row])
+            scores, prompt = arrays[-2], arrays[-1]
+            for row, index in enumerate(indices):
+                chunk = output.chunks[index]
+                if scores is not None and chunk.wants_scores:
+                    step.score_logprobs[index] = _log_softmax(scores[row])
+                if prompt is not None and chunk.wants_prompt_logprobs:
+                    step.prompt_logprobs[index] = _prompt_entries(chunk, prompt, row)
         return step
 
     def _pack_prefills(self, chunks: tuple[SequenceChunk, ...], indices: list[int]):
@@ -179,10 +230,30 @@ class ModelRunner:
             page_table[row, :len(chunk.page_ids)] = chunk.page_ids
             last_index[row] = length - 1
         sampling = SamplingArrays.from_params([chunk.sampling for chunk in chunks], num_rows)
-        result, self._pages, logits = self._step(
+        row_inputs = processors.RowInputs.from_chunks(chunks, num_rows, self.num_row_slots,
+                                                      self.config.vocab_size)
+        prompt_targets = np.zeros((num_rows, num_tokens), np.int32)
+        for row, chunk in enumerate(chunks):
+            prompt_targets[row, :len(chunk.prompt_targets)] = chunk.prompt_targets
+        result, self._pages, logits, self._row_state, scores = self._step(
             self._param_leaves, self._pages, token_ids, positions, page_table, last_index,
-            sampling, np.bool_(wants_logprobs))
-        return result, logits
+            sampling, np.bool_(wants_logprobs), row_inputs, self._row_state, prompt_targets,
+            np.bool_(any(chunk.wants_prompt_logprobs for chunk in chunks)))
+        return result, logits, scores
+
+    def _init_rows(self, chunks: tuple[SequenceChunk, ...]) -> None:
+        """Rebuild the row state of sequences (re)admitted in this step."""
+        max_len = self.engine_config.max_model_len
+        for chunk in chunks:
+            if chunk.row_init is None:
+                continue
+            token_ids, num_prompt_tokens = chunk.row_init
+            padded = np.zeros(max_len, np.int32)
+            padded[:len(token_ids)] = token_ids
+            self._row_state = self._init_row(
+                self._row_state, np.int32(chunk.row_slot),
+                processors.bias_row(chunk.sampling, self.config.vocab_size), padded,
+                np.int32(num_prompt_tokens), np.int32(len(token_ids)))
 
     def warmup(self) -> None:
         """Compile every shape once; the compilation counter starts after this."""
@@ -195,7 +266,17 @@ class ModelRunner:
             jax.block_until_ready(self._call([], shape, False))
             log.info("warm-up %d/%d: %d rows × %d tokens, %d pages compiled in %.2f s", index,
                      len(shapes), *shape, time.perf_counter() - started)
+        scratch = self.num_row_slots  # the row-state rebuild: written to the scratch slot
+        self._init_rows((SequenceChunk("warmup", (0,), 0, (), _NEUTRAL, False,
+                                       row_slot=scratch, row_init=((), 0)),))
         self.compilations_at_warmup = self.num_compilations
+
+
+def _prompt_entries(chunk: SequenceChunk, prompt: PromptScores, row: int) -> list[TokenLogprob]:
+    return [TokenLogprob(token_id, float(prompt.logprobs[row, i]),
+                         tuple(zip(prompt.top_ids[row, i].tolist(),
+                                   prompt.top_logprobs[row, i].tolist(), strict=True)))
+            for i, token_id in enumerate(chunk.prompt_targets)]
 
 
 def _log_softmax(logits: np.ndarray) -> np.ndarray:

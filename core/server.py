@@ -115,7 +115,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             capacity = engine.engine_config.max_waiting + engine.engine_config.max_num_seqs
             requests = convert.generation_requests(  # engine keys are unique per RPC
                 request, prompt_ids, uuid.uuid4().hex, model.policy,
-                max_choices=min(convert.MAX_CHOICES, capacity))
+                max_choices=min(convert.MAX_CHOICES, capacity), tokenizer=engine.tokenizer)
             log.info("generate %s: %d prompt tokens, n=%d", request_id, len(prompt_ids),
                      len(requests))
             stream = _ChoiceStream(engine, requests, asyncio.get_running_loop())
@@ -249,20 +249,26 @@ class _ChoiceStream:
 def _merge_output(delta: pb.ChoiceDelta, output: RequestOutput, tokenizer: Tokenizer) -> None:
     delta.token_ids.extend(output.new_token_ids)
     delta.text += output.text_delta
-    for logprob in output.logprobs:
-        text, data = tokenizer.token_piece(logprob.token_id)
-        entry = delta.logprobs.add(token_id=logprob.token_id, logprob=logprob.logprob,
-                                   token=text, token_bytes=data)
-        for token_id, value in logprob.top:
-            top_text, top_data = tokenizer.token_piece(token_id)
-            entry.top_logprobs.add(token_id=token_id, logprob=value, token=top_text,
-                                   token_bytes=top_data)
+    _add_logprobs(delta.logprobs, output.logprobs, tokenizer)
+    _add_logprobs(delta.prompt_logprobs, output.prompt_logprobs, tokenizer)
+    delta.cumulative_logprob = output.cumulative_logprob
     if output.finish_reason is not None:
         delta.finish_reason = FINISH_REASONS[output.finish_reason]
         if output.stop_string is not None:
             delta.stop_string = output.stop_string
         elif output.stop_token_id is not None:
             delta.stop_token_id = output.stop_token_id
+
+
+def _add_logprobs(entries, logprobs, tokenizer: Tokenizer) -> None:
+    for logprob in logprobs:
+        text, data = tokenizer.token_piece(logprob.token_id)
+        entry = entries.add(token_id=logprob.token_id, logprob=logprob.logprob, token=text,
+                            token_bytes=data)
+        for token_id, value in logprob.top:
+            top_text, top_data = tokenizer.token_piece(token_id)
+            entry.top_logprobs.add(token_id=token_id, logprob=value, token=top_text,
+                                   token_bytes=top_data)
 
 
 class CoreServer:
