@@ -97,8 +97,9 @@ class ModelRunner:
         # per-sequence logits state (penalty counts, bias rows): one slot per running sequence
         self.num_row_slots = engine_config.max_num_seqs
         self._row_state = processors.RowState.create(self.num_row_slots, config.vocab_size)
-        if out_shardings is not None:
-            out_shardings = (*out_shardings, sharding.replicated(mesh))
+        if out_shardings is not None:  # ... the row state and the prompt scores: replicated
+            self._row_state = jax.device_put(self._row_state, sharding.replicated(mesh))
+            out_shardings = (*out_shardings, sharding.replicated(mesh), sharding.replicated(mesh))
         self._step = jax.jit(self._step_fn, donate_argnames=("pages", "row_state"),
                              out_shardings=out_shardings)
         self._init_row = jax.jit(self._init_row_fn, donate_argnames=("state",))
@@ -146,7 +147,10 @@ class ModelRunner:
                                 jnp.zeros((*shape, num_top), jnp.int32),
                                 jnp.zeros((*shape, num_top), jnp.float32))
 
-        prompt_scores = jax.lax.cond(wants_prompt_logprobs, score_prompt, no_scores, hidden)
+        if token_ids.shape[1] == 1:  # decode calls never score a prompt (execute routes them)
+            prompt_scores = no_scores(hidden)
+        else:
+            prompt_scores = jax.lax.cond(wants_prompt_logprobs, score_prompt, no_scores, hidden)
         # the logits stay on device unless a Score reads them
         return result, pages, logits, row_state, prompt_scores
 
@@ -158,10 +162,11 @@ class ModelRunner:
         """Run every chunk of the step; rows of chunks that sample nothing hold junk."""
         self._init_rows(output.chunks)
         # a Score's last token goes with the prefills: its call then copies ≤ 4 rows of logits
-        decodes = [i for i, chunk in enumerate(output.chunks)
-                   if len(chunk.token_ids) == 1 and not chunk.wants_scores]
+        # ... and so does a prompt chunk whose logprobs are reported
         prefills = [i for i, chunk in enumerate(output.chunks)
-                    if len(chunk.token_ids) > 1 or chunk.wants_scores]
+                    if len(chunk.token_ids) > 1 or chunk.wants_scores
+                    or chunk.wants_prompt_logprobs]
+        decodes = sorted(set(range(len(output.chunks))) - set(prefills))
         groups = []  # (chunk indices, call shape)
         if decodes:
             widest = max(len(output.chunks[i].page_ids) for i in decodes)
