@@ -205,7 +205,8 @@ class Scheduler:
         return budget
 
     def _sibling_prefilling(self, request: Request) -> bool:
-        if not request.group_id or not self.prefix_cache.enabled:
+        if (not request.group_id or not self.prefix_cache.enabled
+                or len(request.prompt_token_ids) <= self.page_size):  # no whole page to share
             return False
         return any(other.group_id == request.group_id
                    and other.num_computed_tokens < len(other.prompt_token_ids)
