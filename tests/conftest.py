@@ -88,7 +88,7 @@ def server(tiny_models, tmp_path_factory):
         stdout=log_file, stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parents[1],
         env={**os.environ, "JAX_PLATFORMS": "cpu"})
     base = f"http://127.0.0.1:{http_port}"
-    wait_for_http(f"{base}/ready", process, log_path, timeout_s=240)
+    wait_for_http(f"{base}/ready", process, log_path, timeout_s=600)  # warm-up on a busy machine
     yield Served(base, f"127.0.0.1:{grpc_port}", f"http://127.0.0.1:{metrics_port}/metrics")
     process.send_signal(signal.SIGTERM)
     process.wait(timeout=60)
