@@ -1,8 +1,10 @@
 """The `tandem` command: `serve` (core + facade on one machine), `core`, `facade`.
 
 Owns: flags → configs, logging set-up, picking the built-in demo model when no `--model` is
-given, and supervising the core subprocess under `serve`. Imports nothing heavy at module
-level: `tandem facade` runs where JAX, torch and transformers are not installed.
+given, and supervising the core and facade subprocesses under `serve`. Imports nothing heavy at
+module level and never imports the facade: `tandem facade` hands its process over to
+`python -m facade` (which runs where JAX, torch and transformers are not installed), and `serve`
+starts that same command as a second child next to the core.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+
+from core.tools.syntax import PARSER_NAMES  # stdlib only
 
 log = logging.getLogger("tandem")
 DEMO_MODEL_NAME = "tandem-demo"
@@ -65,6 +69,11 @@ def _add_core_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trust-request-chat-template", action="store_true",
                         help="let requests bring their own chat template (Jinja runs in the "
                              "core: only for trusted clients)")
+    parser.add_argument("--tool-call-parser", default="auto",
+                        choices=("auto", *PARSER_NAMES),
+                        help="how the model writes tool calls: hermes (<tool_call>, Qwen2.5), "
+                             "llama3_json (Llama 3.x JSON), mistral ([TOOL_CALLS]); auto: read "
+                             "off the chat template")
     parser.add_argument("--compilation-cache-dir", default=None,
                         help="persistent XLA compilation cache, reused across restarts "
                              "(default: $TANDEM_HOME/jax-cache; '' turns it off)")
@@ -125,7 +134,8 @@ def run_core(args: argparse.Namespace) -> None:
                           host=args.grpc_host, grpc_port=args.grpc_port, engine=engine,
                           metrics_port=args.metrics_port,
                           drain_timeout_s=args.drain_timeout_s,
-                          trust_request_chat_template=args.trust_request_chat_template)
+                          trust_request_chat_template=args.trust_request_chat_template,
+                          tool_call_parser=args.tool_call_parser)
     asyncio.run(run(config))
 
 
@@ -161,44 +171,55 @@ def _enable_compilation_cache(cache_dir: str | None) -> None:
     log.info("XLA compilation cache: %s", path)
 
 
-def run_facade(args: argparse.Namespace, core_address: str) -> None:
-    from facade.main import run
-    from facade.settings import FacadeSettings
+def facade_command(args: argparse.Namespace, core_address: str) -> tuple[list[str], dict]:
+    """The `python -m facade` command line and environment for these flags."""
+    argv = [sys.executable, "-m", "facade", "--host", args.host, "--port", str(args.port),
+            "--core-address", core_address]
+    if args.api_key_file:
+        argv += ["--api-key-file", str(args.api_key_file)]
+    return argv, {**os.environ, "TANDEM_LOG_LEVEL": args.log_level}
 
-    overrides = {"api_keys_file": args.api_key_file} if args.api_key_file else {}
-    settings = FacadeSettings(core_address=core_address, log_level=args.log_level, **overrides)
-    run(settings, host=args.host, port=args.port)
+
+def run_facade(args: argparse.Namespace, core_address: str) -> None:
+    """Become the facade process (exec: signals reach uvicorn directly)."""
+    argv, env = facade_command(args, core_address)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, argv, env)
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    """Start the core as a child process, run the facade here; when either stops, so does the
-    other (the exit status is the core's when it failed)."""
-    core_argv = [sys.executable, "-m", "core.cli", "--log-level", args.log_level, "core",
-                 *_core_args(args)]
-    child = subprocess.Popen(core_argv)
-    log.info("started core (pid %d) on %s:%d", child.pid, args.grpc_host, args.grpc_port)
-    facade_stopping = threading.Event()
+    """Start the core and the facade as child processes; when either stops, so does the other,
+    and SIGTERM/SIGINT stop the facade first (it drains its streams), then the core. The exit
+    status is the core's when it failed, else the facade's."""
+    core = subprocess.Popen([sys.executable, "-m", "core.cli", "--log-level", args.log_level,
+                             "core", *_core_args(args)])
+    log.info("started core (pid %d) on %s:%d", core.pid, args.grpc_host, args.grpc_port)
+    facade_argv, facade_env = facade_command(args, f"{args.grpc_host}:{args.grpc_port}")
+    facade = subprocess.Popen(facade_argv, env=facade_env)
+    log.info("started facade (pid %d) on http://%s:%d", facade.pid, args.host, args.port)
+    stopping = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stopping.set())
+    while not stopping.is_set() and core.poll() is None and facade.poll() is None:
+        stopping.wait(0.2)
+    if core.poll() is not None and not stopping.is_set():
+        log.error("the core exited (status %s): stopping the facade", core.returncode)
+    facade_failed = facade.poll()  # the facade ended on its own (e.g. its port was taken)
+    _stop(facade, args.drain_timeout_s + 5)
+    _stop(core, args.drain_timeout_s + 5)
+    return core.returncode or facade_failed or 0
 
-    def supervise() -> None:
-        child.wait()
-        if not facade_stopping.is_set():
-            log.error("the core exited (status %s): stopping the facade", child.returncode)
-            os.kill(os.getpid(), signal.SIGTERM)  # uvicorn shuts down gracefully
 
-    threading.Thread(target=supervise, name="core-supervisor", daemon=True).start()
+def _stop(child: subprocess.Popen, timeout_s: float) -> None:
+    """SIGTERM a child and wait for it (SIGKILL after `timeout_s`)."""
+    if child.poll() is None:
+        child.send_signal(signal.SIGTERM)
     try:
-        run_facade(args, f"{args.grpc_host}:{args.grpc_port}")
-    except SystemExit:
-        pass  # the facade's graceful exit on SIGTERM
-    finally:
-        facade_stopping.set()
-        if child.poll() is None:
-            child.send_signal(signal.SIGTERM)
-            try:
-                child.wait(timeout=args.drain_timeout_s + 5)
-            except subprocess.TimeoutExpired:
-                child.kill()
-    return child.returncode or 0
+        child.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.wait()
 
 
 def _core_args(args: argparse.Namespace) -> list[str]:
@@ -223,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     if args.command == "core":  # JSON lines tagged with the request id, as the facade's
-        from facade.logs import configure_logging  # stdlib only: no web stack in the core
+        from tandem.logs import configure_logging  # the shared log format (stdlib only)
 
         configure_logging(os.environ.get("TANDEM_LOG_FORMAT", "json"), args.log_level)
     else:

@@ -239,3 +239,4 @@ class ServerConfig:
     embedding_model_dir: Path | None = None  # a second model served for Embed; None: none
     embedding_model_name: str = ""  # its id; empty: the directory's name
     decoder_pooling: str | None = None  # "last" or "mean": the main decoder embeds too
+    tool_call_parser: str = "auto"  # tool-call syntax of the main model ("auto": its template)

@@ -14,7 +14,9 @@ from dataclasses import dataclass, replace
 from core.errors import ContextLengthExceeded, InvalidParameter, Unsupported
 from core.request import (MAX_MIN_TOKENS_IDS, MAX_TOP_LOGPROBS, Request, SamplingParams,
                           StoppingParams)
+from core.structured import GrammarSpec
 from core.tokenizer import ChatPrompt, Tokenizer, parse_json_object
+from core.tools.plan import check_tool_choice, tools_shown
 from tandem.v1 import inference_pb2 as pb
 
 MAX_CHOICES = 16  # n at most
@@ -32,6 +34,7 @@ class PromptPolicy:
     max_model_len: int  # prompt tokens must be below this
     max_token_chars: int  # the longest token's length: bounds characters per token
     allow_request_chat_template: bool = False  # may a request bring its own Jinja template?
+    tool_call_parser: str = "auto"  # the tool-call syntax ("auto": read off the chat template)
 
     @property
     def max_prompt_chars(self) -> int:
@@ -41,9 +44,11 @@ class PromptPolicy:
 
 def chat_prompt(chat: pb.ChatInput, policy: PromptPolicy) -> ChatPrompt:
     messages = [_chat_message(message, index) for index, message in enumerate(chat.messages)]
+    check_tool_choice(chat)
     tools = [{"type": tool.type or "function", "function": {
         "name": tool.name, "description": tool.description,
-        "parameters": parse_json_object(tool.parameters_json, "tools")}} for tool in chat.tools]
+        "parameters": parse_json_object(tool.parameters_json, "tools")}}
+        for tool in chat.tools] if tools_shown(chat) else []
     return ChatPrompt(
         messages=messages, tools=tools or None,
         add_generation_prompt=(chat.add_generation_prompt
@@ -224,9 +229,7 @@ def generation_requests(request: pb.GenerateRequest, prompt_ids: list[int], requ
     if prompt_logprobs is not None and prompt_logprobs > MAX_TOP_LOGPROBS:
         raise InvalidParameter(f"prompt_logprobs must be at most {MAX_TOP_LOGPROBS}",
                                param="prompt_logprobs")
-    if request.response_format.type in (pb.ResponseFormat.TYPE_JSON_OBJECT,
-                                        pb.ResponseFormat.TYPE_JSON_SCHEMA):
-        raise Unsupported("response_format json is not supported yet", param="response_format")
+    grammar = output_constraint(request)
     if len(stopping.stop) > MAX_STOP_STRINGS:
         raise InvalidParameter(f"at most {MAX_STOP_STRINGS} stop strings", param="stop")
     check_token_ids(stopping.stop_token_ids, vocab_size, "stop_token_ids")
@@ -260,8 +263,42 @@ def generation_requests(request: pb.GenerateRequest, prompt_ids: list[int], requ
             top_logprobs=top_logprobs, cache_salt=request.cache_salt,
             group_id=request_id if num_choices > 1 else "",
             # the prompt is scored once, by the first choice; its siblings use the cache
-            prompt_logprobs=prompt_logprobs if index == 0 else None))
+            prompt_logprobs=prompt_logprobs if index == 0 else None, grammar=grammar))
     return requests
+
+
+def output_constraint(request: pb.GenerateRequest) -> GrammarSpec | None:
+    """The grammar of `response_format` or `structured_outputs` (at most one of them); checked
+    for shape here, compiled by the engine (`Engine.check_grammar`)."""
+    response_format = request.response_format
+    structured = request.structured_outputs
+    kind = structured.WhichOneof("constraint") if request.HasField("structured_outputs") \
+        else None
+    param = structured.param or "structured_outputs"
+    if kind is not None and response_format.type in (pb.ResponseFormat.TYPE_JSON_OBJECT,
+                                                     pb.ResponseFormat.TYPE_JSON_SCHEMA):
+        raise InvalidParameter(f"{param} and a JSON response_format cannot be combined",
+                               param=param)
+    if response_format.type == pb.ResponseFormat.TYPE_JSON_OBJECT:
+        return GrammarSpec("json_object", "", "response_format")
+    if response_format.type == pb.ResponseFormat.TYPE_JSON_SCHEMA:
+        if not response_format.json_schema:
+            raise InvalidParameter("response_format json_schema needs a schema",
+                                   param="response_format")
+        return GrammarSpec("json_schema", response_format.json_schema, "response_format",
+                           strict=response_format.strict)
+    if kind == "json":
+        return GrammarSpec("json_schema", structured.json, param)
+    if kind == "json_object":
+        return GrammarSpec("json_object", "", param) if structured.json_object else None
+    if kind == "choice":
+        return GrammarSpec("choice", json.dumps(list(structured.choice.choices)), param)
+    if kind in ("regex", "grammar"):
+        source = getattr(structured, kind)
+        if not source:
+            raise InvalidParameter(f"{param}: the {kind} is empty", param=param)
+        return GrammarSpec(kind, source, param)
+    return None
 
 
 def _max_tokens(stopping: pb.StoppingCriteria, num_prompt_tokens: int, max_model_len: int,

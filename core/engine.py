@@ -20,12 +20,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
+
 from core.config import EngineConfig, ModelConfig
 from core.detokenizer import IncrementalDetokenizer
-from core.errors import Overloaded, Unavailable
+from core.errors import Overloaded, Unavailable, Unsupported
 from core.metrics import EngineMetrics
 from core.request import FinishReason, Request, RequestOutput, SchedulerOutput, TokenLogprob
 from core.scheduler import Scheduler
+from core.structured import GrammarSpec
+from core.structured.compiler import GrammarCompiler
+from core.structured.matchers import Accepted, GrammarMatchers, clear_unless_empty
 from core.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -52,6 +57,11 @@ class Engine(abc.ABC):
     @property
     @abc.abstractmethod
     def compilations_after_warmup(self) -> int: ...
+
+    def check_grammar(self, spec: GrammarSpec) -> None:
+        """Compile a request's grammar, bounded in time (blocking: call it off the event loop);
+        raises InvalidParameter naming `spec.param`, or Unsupported."""
+        raise Unsupported("this engine cannot constrain its output", param=spec.param)
 
 
 @dataclass
@@ -84,6 +94,7 @@ class LlmEngine(Engine):
         self._accepting = True
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="tandem-engine", daemon=True)
+        self.grammars = _grammar_matchers(tokenizer, model_config)  # None: cannot constrain
 
     # -- interface -------------------------------------------------------------------------
 
@@ -95,6 +106,8 @@ class LlmEngine(Engine):
         self._stopped.set()
         self._inbox.put(("wake", None, None))
         self._thread.join(timeout=10)
+        if self.grammars is not None:
+            self.grammars.compiler.close()
 
     def stop_admitting(self) -> None:
         self._accepting = False
@@ -108,9 +121,21 @@ class LlmEngine(Engine):
     def compilations_after_warmup(self) -> int:
         return self.runner.compilations_after_warmup
 
+    def check_grammar(self, spec: GrammarSpec) -> None:
+        if self.grammars is None:
+            super().check_grammar(spec)
+        self.grammars.compiler.check(spec)
+
     def add_request(self, request: Request, sink: OutputSink) -> None:
+        """Raises Overloaded or Unavailable; for a grammar not checked first (`check_grammar`),
+        it is compiled here, which may raise InvalidParameter."""
         if not self._accepting:
             raise Unavailable("the core is shutting down")
+        matcher = None
+        if request.grammar is not None:
+            if self.grammars is None:
+                super().check_grammar(request.grammar)
+            matcher = self.grammars.new_matcher(request.grammar)
         with self._lock:
             capacity = self.engine_config.max_waiting + self.engine_config.max_num_seqs
             if self._num_pending >= capacity:
@@ -119,7 +144,7 @@ class LlmEngine(Engine):
             self._num_pending += 1
         if request.sampling.seed is None:
             request.sampling = replace(request.sampling, seed=secrets.randbits(63))
-        self._inbox.put(("add", request, sink))
+        self._inbox.put(("add", (request, matcher), sink))
 
     def abort(self, request_id: str) -> None:
         self._inbox.put(("abort", request_id, None))
@@ -134,7 +159,7 @@ class LlmEngine(Engine):
                 batch = self.scheduler.schedule()
                 if batch is None:
                     continue
-                step = self.runner.execute(batch)
+                step = self.runner.execute(batch, *self._grammar_rows(batch))
                 self.update_from_output(batch, step)
             except Exception as exc:  # a bug: fail the requests involved, keep serving others
                 log.exception("engine step failed")
@@ -159,28 +184,57 @@ class LlmEngine(Engine):
             return
         while True:
             kind, payload, sink = item
-            if kind == "add" and payload.request_id in self._tracked:
-                with self._lock:
-                    self._num_pending -= 1
-                self._send(sink, RequestOutput(
-                    payload.request_id, (), "", finish_reason=FinishReason.ABORT,
-                    error=f"duplicate request id {payload.request_id}"))
-            elif kind == "add":
-                detokenizer = IncrementalDetokenizer(
-                    self.tokenizer, payload.prompt_token_ids,
-                    stop_strings=payload.stopping.stop_strings,
-                    include_stop_str_in_output=payload.stopping.include_stop_str_in_output,
-                    skip_special_tokens=payload.stopping.skip_special_tokens)
-                self._tracked[payload.request_id] = _Tracked(payload, sink, detokenizer,
-                                                             arrival_s=time.monotonic())
-                self.num_prompt_tokens += len(payload.prompt_token_ids)
-                self.scheduler.add(payload)
+            if kind == "add":
+                self._take(*payload, sink)
             elif kind == "abort" and payload in self._tracked:
                 self._release(self._tracked[payload].request)
             try:
                 item = self._inbox.get_nowait()
             except queue.Empty:
                 return
+
+    def _take(self, request: Request, matcher, sink: OutputSink) -> None:
+        """Start tracking a new request (engine thread)."""
+        if request.request_id in self._tracked:
+            with self._lock:
+                self._num_pending -= 1
+            self._send(sink, RequestOutput(
+                request.request_id, (), "", finish_reason=FinishReason.ABORT,
+                error=f"duplicate request id {request.request_id}"))
+            return
+        detokenizer = IncrementalDetokenizer(  # stop strings never cut constrained output
+            self.tokenizer, request.prompt_token_ids,
+            stop_strings=request.stopping.stop_strings if matcher is None else (),
+            include_stop_str_in_output=request.stopping.include_stop_str_in_output,
+            skip_special_tokens=request.stopping.skip_special_tokens)
+        self._tracked[request.request_id] = _Tracked(request, sink, detokenizer,
+                                                     arrival_s=time.monotonic())
+        if matcher is not None:
+            self.grammars.add(request.request_id, matcher)
+        self.num_prompt_tokens += len(request.prompt_token_ids)
+        self.scheduler.add(request)
+
+    def _grammar_rows(self, batch: SchedulerOutput):
+        """The step's constrained chunk indices and the function filling their bitmask."""
+        if not self.grammars:  # None, or no constrained request running
+            return frozenset(), None
+        rows = [(chunk.request_id, index) for index, chunk in enumerate(batch.chunks)
+                if chunk.wants_sample and chunk.request_id in self.grammars]
+        if not rows:
+            return frozenset(), None
+        return (frozenset(index for _, index in rows),
+                lambda: self._fill_bitmask(rows, len(batch.chunks)))
+
+    def _fill_bitmask(self, rows: list[tuple[str, int]], num_rows: int) -> np.ndarray:
+        """The grammar rows' bitmask. min_tokens of a constrained request is applied here, not
+        by the sampler's min_tokens stage: EOS is cleared while the request is short, unless
+        EOS is all its grammar allows (the grammar's end wins over min_tokens)."""
+        bitmask = self.grammars.fill(rows, num_rows)
+        for request_id, index in rows:
+            request = self._tracked[request_id].request
+            if len(request.output_token_ids) < request.stopping.min_tokens:
+                clear_unless_empty(bitmask[index], self.model_config.eos_token_ids)
+        return bitmask
 
     def update_from_output(self, batch: SchedulerOutput, step) -> None:
         self.scheduler.update_after_step(batch)
@@ -246,15 +300,22 @@ class LlmEngine(Engine):
     def _emit(self, tracked: _Tracked, token_id: int, logprobs: tuple) -> None:
         request, stopping = tracked.request, tracked.request.stopping
         stop_token_id, stop_string, text = None, None, ""
-        if token_id in self.model_config.eos_token_ids and not stopping.ignore_eos:
+        accepted = None  # a constrained request: its matcher's verdict on the token
+        if self.grammars and request.request_id in self.grammars:
+            accepted = self.grammars.accept(request.request_id, token_id)
+            if accepted is Accepted.FAILED:
+                self._fail_grammar(tracked)
+                return
+        if token_id in self.model_config.eos_token_ids and (
+                not stopping.ignore_eos or accepted is not None):
             request.finish_reason = FinishReason.STOP
-        elif token_id in stopping.stop_token_ids:
+        elif token_id in stopping.stop_token_ids and accepted is None:
             request.finish_reason, stop_token_id = FinishReason.STOP, token_id
         else:  # stop strings count from min_tokens on (vLLM)
             step = tracked.detokenizer.push(
                 token_id, check_stop=len(request.output_token_ids) >= stopping.min_tokens)
             text, stop_string = step.text_delta, step.stop_string
-            if stop_string is not None:
+            if stop_string is not None or accepted is Accepted.COMPLETE:
                 request.finish_reason = FinishReason.STOP
         if request.finish_reason is None and (
                 len(request.output_token_ids) >= stopping.max_tokens
@@ -272,6 +333,17 @@ class LlmEngine(Engine):
             cached_tokens=request.num_cached_tokens,
             prompt_logprobs=_take_prompt_logprobs(request),
             cumulative_logprob=request.cumulative_logprob))
+
+    def _fail_grammar(self, tracked: _Tracked) -> None:
+        """A matcher refused a token or hit a limit: fail the request, not the engine."""
+        request = tracked.request
+        message = f"the output constraint failed: {self.grammars.error(request.request_id)}"
+        log.warning("%s: %s", request.request_id, message)
+        request.finish_reason = FinishReason.ABORT
+        self._release(request)
+        self._send(tracked.sink, RequestOutput(
+            request.request_id, (), "", error=message, error_param=request.grammar.param,
+            finish_reason=FinishReason.ABORT))
 
     def _fail_requests(self, batch: SchedulerOutput | None, message: str) -> None:
         """Fail the batch's requests (every request when the failure was outside a step)."""
@@ -297,6 +369,8 @@ class LlmEngine(Engine):
 
     def _release(self, request: Request) -> None:
         self.scheduler.finish(request)
+        if self.grammars is not None:
+            self.grammars.remove(request.request_id)
         if self._tracked.pop(request.request_id, None) is not None:
             with self._lock:
                 self._num_pending -= 1
@@ -312,6 +386,17 @@ def _take_prompt_logprobs(request: Request) -> tuple[TokenLogprob, ...]:
     return (first, *(TokenLogprob(entries[position].token_id, entries[position].logprob,
                                   entries[position].top[:keep])
                      for position in range(1, len(request.prompt_token_ids))))
+
+
+def _grammar_matchers(tokenizer: Tokenizer, model_config: ModelConfig) -> GrammarMatchers | None:
+    """The model's llguidance tokenizer and matchers (None when its tokenizer cannot have one)."""
+    try:
+        compiler = GrammarCompiler(tokenizer.hf_tokenizer, model_config.vocab_size,
+                                   model_config.eos_token_ids)
+    except ValueError as exc:  # llguidance takes fast (Rust `tokenizers`) tokenizers only
+        log.warning("structured outputs are off for this model: %s", exc)
+        return None
+    return GrammarMatchers(compiler)
 
 
 def create_engine(model_dir: Path, engine_config: EngineConfig, warmup: bool = True) -> LlmEngine:

@@ -5,18 +5,27 @@ compilation numbers are read from the engine when scraped (nothing to keep in sy
 histograms are observed by the engine thread as tokens are emitted. Names follow vLLM's with
 the `tandem:` prefix (`tandem:num_requests_waiting` ↔ `vllm:num_requests_waiting`, …), so a
 KEDA trigger or the Gateway API Inference Extension can point at them by name.
+
+The engine imports this module, never the other way round: what the collector reads is the
+`WatchedEngine` protocol below.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-if TYPE_CHECKING:
-    from core.engine import LlmEngine
+
+class WatchedEngine(Protocol):
+    """What the collector reads off an engine at scrape time."""
+
+    scheduler: Any  # waiting, running, kv_cache_usage, allocator, prefix_cache, num_preemptions
+    compilations_after_warmup: int
+    num_prompt_tokens: int
+    num_generated_tokens: int
 
 PREFIX = "tandem:"
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3,
@@ -26,7 +35,7 @@ LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.
 class _EngineCollector(Collector):
     """Reads gauges and counters off the engine at scrape time."""
 
-    def __init__(self, engine: LlmEngine):
+    def __init__(self, engine: WatchedEngine):
         self._engine = engine
 
     def collect(self):
@@ -75,7 +84,7 @@ class EngineMetrics:
             PREFIX + "e2e_request_latency_seconds", "From arrival to the last token.",
             buckets=LATENCY_BUCKETS_S, registry=self.registry)
 
-    def watch(self, engine: LlmEngine) -> None:
+    def watch(self, engine: WatchedEngine) -> None:
         self.registry.register(_EngineCollector(engine))
 
     def serve(self, port: int, host: str = "0.0.0.0") -> int:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from core.structured import GrammarSpec
+
 MAX_TOP_LOGPROBS = 20  # the sampler always computes this many alternatives
 MAX_BANNED_IDS = 64  # multi-token bad words whose last token one step can ban
 MAX_MIN_TOKENS_IDS = 64  # EOS + stop_token_ids masked under min_tokens
@@ -83,6 +85,7 @@ class Request:
     # Set: report the prompt's logprobs (this many alternatives per position); the prompt is
     # then computed in full (never served from the prefix cache), its first token has none
     prompt_logprobs: int | None = None
+    grammar: GrammarSpec | None = None  # constrain the output (llguidance); None: free text
     output_token_ids: list[int] = field(default_factory=list)
     cumulative_logprob: float = 0.0  # sum of the chosen tokens' raw logprobs
     finish_reason: FinishReason | None = None
@@ -128,7 +131,8 @@ class RequestOutput:
     label_logprobs: tuple[float, ...] = ()  # Score: log p(label | prompt), per label id
     prompt_logprobs: tuple[TokenLogprob, ...] = ()  # prompt positions 1.. (first output only)
     cumulative_logprob: float = 0.0  # sum of the chosen tokens' raw logprobs so far
-    error: str | None = None  # the engine failed this request (an internal error)
+    error: str | None = None  # the engine failed this request (an internal error)...
+    error_param: str | None = None  # ...unless set: the request's own constraint failed
 
 
 @dataclass(frozen=True)

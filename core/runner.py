@@ -1,12 +1,14 @@
 """Scheduler output → bucketed arrays → jitted model steps → sampled tokens.
 
-Owns: the model's parameters and the KV page pool on device, the jitted step (forward over
-pages, last-token logits, on-device sampling) with the pool donated, padding work to the shape
-buckets, compiling every bucket at warm-up, and counting compilations. The step also returns
-its logits; they stay on device unless a Score chunk is in the call (its labels' log-softmax
+Owns: the model's parameters and the KV page pool on device, the jitted step — a forward pass
+over pages to last-token logits (the pool donated), then on-device sampling under an optional
+grammar bitmask — padding work to the shape buckets, compiling every bucket at warm-up, and
+counting compilations. The two halves are separate jitted calls so the host can fill the grammar
+bitmask while the forward pass runs (dispatch is asynchronous); the sampler compiles once per
+row count. Logits stay on device unless a Score chunk is in the call (its labels' log-softmax
 is computed on the host, in float64, from the copied row).
 
-One engine step runs two kinds of call, both the same jitted function at different shapes: all
+One engine step runs two kinds of call, both the same jitted functions at different shapes: all
 single-token rows (decodes) together as [rows bucket, 1] with page tables padded to a width
 bucket, and the prefill chunks packed longest first into [rows, length bucket] calls with one
 of two page-table widths (`EngineConfig.prefill_shapes`, `prefill_page_buckets`). Keeping the
@@ -18,6 +20,7 @@ from __future__ import annotations
 import bisect
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import jax
@@ -30,7 +33,8 @@ from core.cache.kv_pool import KVPages, kv_bytes_per_token
 from core import logits_processors as processors
 from core.config import EngineConfig, ModelConfig
 from core.models.llama import PADDING_POSITION, LlamaModel
-from core.request import SamplingParams, SchedulerOutput, SequenceChunk, TokenLogprob
+from core.request import (MAX_TOP_LOGPROBS, SamplingParams, SchedulerOutput, SequenceChunk,
+                          TokenLogprob)
 from core.sampling import SampleResult, SamplingArrays, sample
 
 log = logging.getLogger(__name__)
@@ -79,12 +83,12 @@ class ModelRunner:
             kv_bytes_per_token(config, jnp.dtype(dtype).itemsize))
         # one extra page: the model's scratch page for padding writes (never allocated)
         self._pages = KVPages.create(config, self.num_pages + 1, self.page_size, dtype)
-        out_shardings = None
+        out_shardings, self._replicated = None, None
         if tensor_parallel > 1:
             pool = sharding.pool_sharding(mesh, rules)
             self._pages = jax.device_put(self._pages, pool)
-            out_shardings = (sharding.replicated(mesh),
-                             jax.tree.map(lambda _: pool, self._pages), sharding.replicated(mesh))
+            self._replicated = sharding.replicated(mesh)
+            out_shardings = (self._replicated, jax.tree.map(lambda _: pool, self._pages))
         self._prefill_buckets = engine_config.prefill_buckets()
         self._prefill_rows: dict[int, tuple[int, ...]] = {}  # chunk length → row buckets
         for num_rows, num_tokens in engine_config.prefill_shapes():
@@ -92,17 +96,22 @@ class ModelRunner:
         self._decode_buckets = engine_config.decode_buckets()
         self._page_buckets = engine_config.page_buckets()
         self._prefill_page_buckets = engine_config.prefill_page_buckets()
-        self.num_compilations = 0  # traces of the step function (one per new shape)
+        self.num_compilations = 0  # traces of the step functions (one per new shape)
         self.compilations_at_warmup = 0
         # per-sequence logits state (penalty counts, bias rows): one slot per running sequence
         self.num_row_slots = engine_config.max_num_seqs
         self._row_state = processors.RowState.create(self.num_row_slots, config.vocab_size)
         if out_shardings is not None:  # ... the row state and the prompt scores: replicated
-            self._row_state = jax.device_put(self._row_state, sharding.replicated(mesh))
-            out_shardings = (*out_shardings, sharding.replicated(mesh), sharding.replicated(mesh))
-        self._step = jax.jit(self._step_fn, donate_argnames=("pages", "row_state"),
-                             out_shardings=out_shardings)
+            self._row_state = jax.device_put(self._row_state, self._replicated)
+            out_shardings = (*out_shardings, self._replicated)
+        self._forward = jax.jit(self._forward_fn, donate_argnames=("pages",),
+                                out_shardings=out_shardings)
+        self._sample = jax.jit(self._sample_fn, donate_argnames=("row_state",))
         self._init_row = jax.jit(self._init_row_fn, donate_argnames=("state",))
+        self.num_bitmask_words = -(-config.vocab_size // 32)  # int32 words of a grammar mask row
+        self._unconstrained: dict[int, jax.Array] = {}  # rows → an all-allowed mask on device
+        self.num_bitmask_fills = 0  # steps that filled a grammar bitmask
+        self.num_fills_hidden = 0  # ...of which the device was still computing when it ended
         log.info("KV pool: %d pages × %d tokens", self.num_pages, self.page_size)
 
     @property
@@ -123,17 +132,14 @@ class ModelRunner:
     def param_treedef(self):
         return self._param_treedef
 
-    def _step_fn(self, param_leaves, pages, token_ids, positions, page_table, last_index, sampling,
-                 wants_logprobs, row_inputs, row_state, prompt_targets, wants_prompt_logprobs):
+    def _forward_fn(self, param_leaves, pages, token_ids, positions, page_table, last_index,
+                    prompt_targets, wants_prompt_logprobs):
         self.num_compilations += 1  # runs only while tracing
         model = nnx.merge(self._graphdef, jax.tree.unflatten(self._param_treedef, param_leaves))
         hidden, pages = model(token_ids, positions, page_table, pages)  # [b, t, d]
         rows = jnp.arange(token_ids.shape[0])
         logits = model.logits(hidden[rows, last_index])  # [b, v]
-        result = sample(logits, sampling, positions[rows, last_index] + 1, wants_logprobs,
-                        row_inputs, row_state)
-        row_state = processors.count_sampled(row_state, row_inputs, result.token_ids)
-        num_top = result.top_ids.shape[-1]
+        num_top = min(MAX_TOP_LOGPROBS, logits.shape[-1])
 
         def score_prompt(hidden):  # every position's log-softmax: only when someone asked
             logprobs = jax.nn.log_softmax(model.logits(hidden), axis=-1)  # [b, t, v]
@@ -152,14 +158,27 @@ class ModelRunner:
         else:
             prompt_scores = jax.lax.cond(wants_prompt_logprobs, score_prompt, no_scores, hidden)
         # the logits stay on device unless a Score reads them
-        return result, pages, logits, row_state, prompt_scores
+        return logits, pages, prompt_scores
+
+    def _sample_fn(self, logits, sampling, positions, wants_logprobs, bitmask, has_bitmask,
+                   row_inputs, row_state):
+        self.num_compilations += 1  # runs only while tracing: once per row bucket
+        result = sample(logits, sampling, positions, wants_logprobs, row_inputs, row_state,
+                        bitmask, has_bitmask)
+        return result, processors.count_sampled(row_state, row_inputs, result.token_ids)
 
     def _init_row_fn(self, state, slot, bias, token_ids, num_prompt_tokens, num_tokens):
         self.num_compilations += 1  # runs only while tracing
         return processors.init_row(state, slot, bias, token_ids, num_prompt_tokens, num_tokens)
 
-    def execute(self, output: SchedulerOutput) -> StepOutput:
-        """Run every chunk of the step; rows of chunks that sample nothing hold junk."""
+    def execute(self, output: SchedulerOutput, constrained: frozenset[int] = frozenset(),
+                fill_bitmask: Callable[[], np.ndarray] | None = None) -> StepOutput:
+        """Run every chunk of the step; rows of chunks that sample nothing hold junk.
+
+        `constrained` are the indices of chunks whose next token a grammar restricts, and
+        `fill_bitmask()` returns the step's [chunks, words] grammar bitmask: it runs on the host
+        after every forward pass is dispatched, so it overlaps with the device's work. The
+        per-row stages' state (penalty counts) is bumped by each sampling call in turn."""
         self._init_rows(output.chunks)
         # a Score's last token goes with the prefills: its call then copies ≤ 4 rows of logits
         # ... and so does a prompt chunk whose logprobs are reported
@@ -173,10 +192,17 @@ class ModelRunner:
             groups.append((decodes, (_bucket(self._decode_buckets, len(decodes)), 1,
                                      _bucket(self._page_buckets, widest))))
         groups += self._pack_prefills(output.chunks, prefills)
-        calls = []  # (chunk indices, device result, scores, prompt scores): dispatched first
-        for group, shape in groups:
+        forwards = [(group, self._call_forward([output.chunks[i] for i in group], shape))
+                    for group, shape in groups]  # dispatched: the device works from here on
+        bitmask = self._fill(fill_bitmask, forwards) if constrained else None
+        calls = []  # (chunk indices, device result, scores, prompt scores)
+        for group, (logits, prompt_scores, sample_inputs) in forwards:
+            rows = None
+            if bitmask is not None and constrained.intersection(group):
+                rows = np.full((len(sample_inputs[1]), self.num_bitmask_words), -1, np.int32)
+                rows[:len(group)] = bitmask[group]
+            result = self._call_sample(logits, sample_inputs, output.wants_logprobs, rows)
             chunks = [output.chunks[i] for i in group]
-            result, logits, prompt_scores = self._call(chunks, shape, output.wants_logprobs)
             scores = logits if any(chunk.wants_scores for chunk in chunks) else None
             if not any(chunk.wants_prompt_logprobs for chunk in chunks):
                 prompt_scores = None
@@ -220,8 +246,17 @@ class ModelRunner:
             yield group, (_bucket(row_buckets, len(group)), num_tokens,
                           _bucket(self._prefill_page_buckets, widest))
 
-    def _call(self, chunks: list[SequenceChunk], shape: tuple[int, int, int],
-              wants_logprobs: bool) -> tuple[SampleResult, jax.Array]:
+    def _fill(self, fill_bitmask: Callable[[], np.ndarray], forwards) -> np.ndarray:
+        """The step's grammar bitmask, filled while the forward passes run; counts whether the
+        device was still busy when the fill ended (the fill was hidden behind it)."""
+        bitmask = fill_bitmask()
+        self.num_bitmask_fills += 1
+        self.num_fills_hidden += not all(logits.is_ready() for _, (logits, *_) in forwards)
+        return bitmask
+
+    def _call_forward(self, chunks: list[SequenceChunk], shape: tuple[int, int, int]):
+        """Dispatch one forward pass; returns its device logits [rows, v], its prompt scores and
+        what sampling them needs (the rows' sampling arrays, positions and per-row inputs)."""
         num_rows, num_tokens, num_table_pages = shape
         token_ids = np.zeros((num_rows, num_tokens), np.int32)
         positions = np.full((num_rows, num_tokens), PADDING_POSITION, np.int32)
@@ -240,11 +275,34 @@ class ModelRunner:
         prompt_targets = np.zeros((num_rows, num_tokens), np.int32)
         for row, chunk in enumerate(chunks):
             prompt_targets[row, :len(chunk.prompt_targets)] = chunk.prompt_targets
-        result, self._pages, logits, self._row_state, scores = self._step(
+        logits, self._pages, prompt_scores = self._forward(
             self._param_leaves, self._pages, token_ids, positions, page_table, last_index,
-            sampling, np.bool_(wants_logprobs), row_inputs, self._row_state, prompt_targets,
-            np.bool_(any(chunk.wants_prompt_logprobs for chunk in chunks)))
-        return result, logits, scores
+            prompt_targets, np.bool_(any(chunk.wants_prompt_logprobs for chunk in chunks)))
+        sample_positions = positions[np.arange(num_rows), last_index] + 1
+        return logits, prompt_scores, (sampling, sample_positions, row_inputs)
+
+    def _call_sample(self, logits: jax.Array, sample_inputs, wants_logprobs: bool,
+                     bitmask: np.ndarray | None) -> SampleResult:
+        """Dispatch sampling of one call's logits, under `bitmask` [rows, words] if given; the
+        row state (penalty counts) goes in and comes back bumped."""
+        sampling, positions, row_inputs = sample_inputs
+        num_rows, has_bitmask = len(positions), bitmask is not None
+        if bitmask is None:  # a device constant per row count: nothing to copy or unpack
+            if num_rows not in self._unconstrained:
+                self._unconstrained[num_rows] = jax.device_put(
+                    np.full((num_rows, self.num_bitmask_words), -1, np.int32), self._replicated)
+            bitmask = self._unconstrained[num_rows]
+        result, self._row_state = self._sample(
+            logits, sampling, positions, np.bool_(wants_logprobs), bitmask, np.bool_(has_bitmask),
+            row_inputs, self._row_state)
+        return result
+
+    def _call(self, chunks: list[SequenceChunk], shape: tuple[int, int, int],
+              wants_logprobs: bool) -> tuple[SampleResult, jax.Array, PromptScores]:
+        """Forward and sample one call without a grammar (warm-up)."""
+        logits, prompt_scores, sample_inputs = self._call_forward(chunks, shape)
+        result = self._call_sample(logits, sample_inputs, wants_logprobs, None)
+        return result, logits, prompt_scores
 
     def _init_rows(self, chunks: tuple[SequenceChunk, ...]) -> None:
         """Rebuild the row state of sequences (re)admitted in this step."""

@@ -1,5 +1,5 @@
-"""On-device sampler: the per-row stages of core/logits_processors.py, then temperature,
-top-k, top-p, min-p, greedy, logprobs.
+"""On-device sampler: the per-row stages of core/logits_processors.py, the grammar bitmask,
+then temperature, top-k, top-p, min-p, greedy, logprobs.
 
 Owns: picking one token per batch row from float32 logits inside the jitted step. Each row's
 randomness is `fold_in(key(seed), choice index, position)`, so a seeded request draws the same
@@ -17,6 +17,7 @@ import numpy as np
 
 from core import logits_processors as processors
 from core.request import MAX_TOP_LOGPROBS, SamplingParams
+from core.structured.bitmask import apply_token_bitmask
 
 
 @jax.tree_util.register_dataclass
@@ -58,11 +59,29 @@ class SampleResult:
     top_logprobs: jax.Array  # [b, MAX_TOP_LOGPROBS] float32
 
 
+def _scaled(logits: jax.Array, params: SamplingArrays) -> jax.Array:
+    temperature = jnp.where(params.temperature > 0, params.temperature, 1.0)
+    return logits / temperature[:, None]
+
+
+def _min_p_threshold(top: jax.Array, params: SamplingArrays) -> jax.Array:
+    """[b, 1] logit threshold of min-p given each row's top logit (-inf where min-p is off)."""
+    threshold = top + jnp.log(jnp.maximum(params.min_p[:, None], 1e-30))
+    return jnp.where(params.min_p[:, None] > 0, threshold, -jnp.inf)
+
+
+def _min_p_logits(logits: jax.Array, params: SamplingArrays) -> jax.Array:
+    """Temperature-scaled logits with min-p exclusions: all that rows without top-k / top-p
+    need, without sorting the vocabulary (equal to `_filtered_logits` for such rows)."""
+    scaled = _scaled(logits, params)
+    threshold = _min_p_threshold(jnp.max(scaled, axis=-1, keepdims=True), params)
+    return jnp.where(scaled >= threshold, scaled, -jnp.inf)
+
+
 def _filtered_logits(logits: jax.Array, params: SamplingArrays) -> jax.Array:
     """Temperature-scaled logits with top-k / top-p / min-p exclusions set to -inf."""
     vocab_size = logits.shape[-1]
-    temperature = jnp.where(params.temperature > 0, params.temperature, 1.0)
-    scaled = logits / temperature[:, None]
+    scaled = _scaled(logits, params)
     sorted_desc = jnp.sort(scaled, axis=-1)[:, ::-1]  # [b, v]
     k = jnp.where(params.top_k > 0, jnp.minimum(params.top_k, vocab_size), vocab_size)
     kth_value = jnp.take_along_axis(sorted_desc, (k - 1)[:, None], axis=-1)  # [b, 1]
@@ -70,10 +89,11 @@ def _filtered_logits(logits: jax.Array, params: SamplingArrays) -> jax.Array:
     # top-p over the top-k tokens renormalized (the order of Hugging Face's and vLLM's warpers)
     sorted_probs = jax.nn.softmax(jnp.where(in_top_k, sorted_desc, -jnp.inf), axis=-1)
     mass_before = jnp.cumsum(sorted_probs, axis=-1) - sorted_probs
-    kept_by_p = (mass_before < params.top_p[:, None]) & in_top_k  # always keeps the top token
+    # always keeps the top token; top_p = 1 keeps all (a rounded cumsum may reach 1 early)
+    kept_by_p = ((mass_before < params.top_p[:, None]) | (params.top_p[:, None] >= 1)) \
+        & in_top_k
     p_threshold = jnp.min(jnp.where(kept_by_p, sorted_desc, jnp.inf), axis=-1, keepdims=True)
-    min_p_threshold = sorted_desc[:, :1] + jnp.log(jnp.maximum(params.min_p[:, None], 1e-30))
-    min_p_threshold = jnp.where(params.min_p[:, None] > 0, min_p_threshold, -jnp.inf)
+    min_p_threshold = _min_p_threshold(sorted_desc[:, :1], params)
     threshold = jnp.maximum(jnp.maximum(kth_value, p_threshold), min_p_threshold)
     return jnp.where(scaled >= threshold, scaled, -jnp.inf)
 
@@ -94,26 +114,38 @@ def argmax_last(logits: jax.Array, block_size: int = 128) -> jax.Array:
 def sample(logits: jax.Array, params: SamplingArrays, positions: jax.Array,
            wants_logprobs: jax.Array | bool = True,
            rows: processors.RowInputs | None = None,
-           row_state: processors.RowState | None = None) -> SampleResult:
+           row_state: processors.RowState | None = None,
+           token_bitmask: jax.Array | None = None,
+           has_bitmask: jax.Array | bool = False) -> SampleResult:
     """logits [b, v] float32, positions [b] (of the token being produced) → one token per row.
 
-    The costly parts are skipped at run time (`lax.cond`, no recompiling): all-greedy batches
-    never sort or draw, and batches nobody asked logprobs for never run top-k. Logprobs are
-    those of the raw `logits`, before any stage of the pipeline."""
+    The pipeline, in order: logit_bias / allowed_token_ids / bad words → penalties →
+    min_tokens (core/logits_processors.py, from `rows` and the device `row_state`) → grammar
+    bitmask (`token_bitmask` [b, ceil(v / 32)] int32 from llguidance; applied only when
+    `has_bitmask`) → temperature → top-k → top-p → min-p → sample. Each stage is skipped at run
+    time (`lax.cond`, no recompiling) when no row uses it: calls without a constrained row never
+    unpack a mask, all-greedy batches never sort or draw, and batches nobody asked logprobs for
+    never run top-k. Logprobs are those of the raw `logits`, before any stage."""
     raw_logits = logits
     # -- the per-row stages before temperature, in the pipeline's order (logits_processors) --
     if rows is not None:
         logits = processors.apply_bias_and_bad_words(logits, rows, row_state)
         logits = processors.apply_penalties(logits, rows, row_state)
         logits = processors.apply_min_tokens(logits, rows)
+    if token_bitmask is not None:
+        logits = jax.lax.cond(has_bitmask, apply_token_bitmask, lambda x, _: x,
+                              logits, token_bitmask)
     # -- end of the per-row stages ---------------------------------------------------------
+
     def row_key(seed, seed_high, choice_index, position):
         key = jax.random.fold_in(jax.random.key(seed), seed_high)
         return jax.random.fold_in(jax.random.fold_in(key, choice_index), position)
 
     def draw(logits):
         keys = jax.vmap(row_key)(params.seed, params.seed_high, params.choice_index, positions)
-        filtered = _filtered_logits(logits, params)
+        # sorting the vocabulary is the costly part: only when a row uses top-k or top-p
+        needs_sort = jnp.any((params.top_k > 0) | (params.top_p < 1))
+        filtered = jax.lax.cond(needs_sort, _filtered_logits, _min_p_logits, logits, params)
         return jax.vmap(lambda key, row: jax.random.categorical(key, row))(keys, filtered)
 
     greedy = argmax_last(logits)

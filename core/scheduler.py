@@ -130,8 +130,8 @@ class Scheduler:
 
     def _min_tokens_ids(self, request: Request) -> tuple[int, ...]:
         stopping = request.stopping
-        if len(request.output_token_ids) >= stopping.min_tokens:
-            return ()
+        if len(request.output_token_ids) >= stopping.min_tokens or request.grammar is not None:
+            return ()  # a constrained request's min_tokens is in its grammar bitmask (engine)
         eos = () if stopping.ignore_eos else self.eos_token_ids
         ids = tuple(dict.fromkeys((*eos, *stopping.stop_token_ids)))
         return ids[:MAX_MIN_TOKENS_IDS]

@@ -80,16 +80,22 @@ def is_encoder_dir(model_dir: Path) -> bool:
 
 def load_generative(model_dir: Path, name: str, engine_config: EngineConfig, description: str,
                     decoder_pooling: str | None = None,
-                    allow_request_chat_template: bool = False) -> ServedModel:
+                    allow_request_chat_template: bool = False,
+                    tool_call_parser: str = "auto") -> ServedModel:
     """A decoder: the generation engine (compiled, started) and, with `decoder_pooling`, an
     embedding engine over its hidden states."""
     from core.engine import create_engine
+    from core.tools import PARSER_NAMES
 
+    if tool_call_parser not in ("auto", *PARSER_NAMES):
+        raise ConfigError(f"unknown tool-call parser {tool_call_parser!r}; expected auto or "
+                          f"one of {', '.join(PARSER_NAMES)}")
     engine = create_engine(model_dir, engine_config)
     config, engine_config = engine.model_config, engine.engine_config
     policy = PromptPolicy(vocab_size=config.vocab_size, max_model_len=engine_config.max_model_len,
                           max_token_chars=engine.tokenizer.max_token_chars,
-                          allow_request_chat_template=allow_request_chat_template)
+                          allow_request_chat_template=allow_request_chat_template,
+                          tool_call_parser=tool_call_parser)
     info = pb.ModelInfo(
         id=name, owned_by="tandem", created=int(time.time()), architecture=config.architecture,
         dtype=engine_config.dtype, max_model_len=engine_config.max_model_len,

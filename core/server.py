@@ -15,6 +15,7 @@ import signal
 import time
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
 import grpc
@@ -25,7 +26,7 @@ from core import convert
 from core.config import ConfigError, ServerConfig
 from core.embedding import check_dimensions, embed_inputs, truncate_dimensions
 from core.engine import Engine
-from core.errors import ModelNotFound, TandemError, Unavailable, Unsupported
+from core.errors import InvalidParameter, ModelNotFound, TandemError, Unavailable, Unsupported
 from core.request import FinishReason, Request, RequestOutput
 from core.score import run_score, score_prompts
 from core.served_models import (
@@ -35,15 +36,17 @@ from core.served_models import (
     load_embedding,
     load_generative,
 )
-from core.tokenizer import Tokenizer
-from facade.logs import request_id_var  # stdlib only (the core shares the facade's log format)
+from core.tokenizer import Tokenizer, parse_json_object
+from core.tools import ToolCallParser
+from core.tools.plan import tool_plan
+from tandem.logs import request_id_var  # the shared log format (stdlib only)
 from tandem.v1 import inference_pb2 as pb
 from tandem.v1 import inference_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Inference"].full_name
-FINISH_REASONS = {FinishReason.STOP: pb.FINISH_REASON_STOP,
+FINISH_REASONS = {FinishReason.STOP: pb.FINISH_REASON_STOP,  # (STOP after calls: TOOL_CALLS)
                   FinishReason.LENGTH: pb.FINISH_REASON_LENGTH,
                   FinishReason.ABORT: pb.FINISH_REASON_ABORT}
 # Least grace `drain_and_stop` gives RPCs to send what the engine has already produced.
@@ -116,9 +119,12 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             requests = convert.generation_requests(  # engine keys are unique per RPC
                 request, prompt_ids, uuid.uuid4().hex, model.policy,
                 max_choices=min(convert.MAX_CHOICES, capacity), tokenizer=engine.tokenizer)
+            parsers = _apply_tool_plan(request, model, requests)
+            for spec in {r.grammar for r in requests if r.grammar is not None}:
+                await asyncio.to_thread(engine.check_grammar, spec)  # compiles: off the loop
             log.info("generate %s: %d prompt tokens, n=%d", request_id, len(prompt_ids),
                      len(requests))
-            stream = _ChoiceStream(engine, requests, asyncio.get_running_loop())
+            stream = _ChoiceStream(engine, requests, asyncio.get_running_loop(), parsers)
             async for response in stream.responses():
                 response.request_id, response.model = request_id, model.name
                 yield response
@@ -187,6 +193,31 @@ def _embed_response(vectors, dimensions: int | None, token_ids: list[list[int]],
         usage=pb.Usage(prompt_tokens=sum(len(ids) for ids in token_ids)), model=model)
 
 
+def _apply_tool_plan(request: pb.GenerateRequest, model: ServedModel,
+                     requests: list[Request]) -> list[ToolCallParser] | None:
+    """Give the choices of a chat request that offers tools their call grammar ("required" or a
+    named function, or "auto" with strict tools) and return one tool-call parser per choice
+    (None: no parsing). Under "auto", output constrained by a response format is that format,
+    not parsed for calls."""
+    if request.WhichOneof("input") != "chat":
+        return None
+    chat, tokenizer = request.chat, model.tokenizer
+    tools = [{"name": tool.name, "parameters": parse_json_object(tool.parameters_json, "tools"),
+              "strict": tool.strict} for tool in chat.tools]
+    plan = tool_plan(chat, tools, chat.chat_template or tokenizer.chat_template,
+                     tokenizer.renders_tools(chat.chat_template or None),
+                     model.policy.tool_call_parser, tokenizer.special_ids_by_text)
+    forced = chat.tool_choice.mode in (pb.ToolChoice.MODE_REQUIRED, pb.ToolChoice.MODE_FUNCTION)
+    if plan is None or (not forced and any(r.grammar for r in requests)):
+        return None  # "auto" with a response format: the output is that format
+    for choice in requests:
+        if plan.grammar is not None:
+            choice.grammar = plan.grammar  # forced calls take the place of a response format
+        if plan.keep_special_tokens:
+            choice.stopping = replace(choice.stopping, skip_special_tokens=False)
+    return [ToolCallParser(plan.syntax) for _ in requests]
+
+
 def _request_id(context: grpc.aio.ServicerContext) -> str:
     """The caller's x-request-id (or a fresh one), set for this RPC's log lines."""
     request_id = dict(context.invocation_metadata() or ()).get("x-request-id") \
@@ -199,8 +230,10 @@ class _ChoiceStream:
     """The engine requests of one Generate call (one per choice), merged into response chunks
     that carry every choice's delta since the last chunk and the cumulative usage."""
 
-    def __init__(self, engine: Engine, requests: list[Request], loop: asyncio.AbstractEventLoop):
+    def __init__(self, engine: Engine, requests: list[Request], loop: asyncio.AbstractEventLoop,
+                 parsers: list[ToolCallParser] | None = None):
         self._engine = engine
+        self._parsers = parsers  # one tool-call parser per choice, or None
         self._requests = requests
         self._loop = loop
         self._outputs: asyncio.Queue[RequestOutput] = asyncio.Queue()
@@ -223,11 +256,13 @@ class _ChoiceStream:
                 batch.append(self._outputs.get_nowait())
             deltas: dict[int, pb.ChoiceDelta] = {}
             for output in batch:
-                if output.error:
-                    raise TandemError(output.error)
+                if output.error:  # the request's own constraint, or an engine failure
+                    raise (InvalidParameter(output.error, param=output.error_param)
+                           if output.error_param else TandemError(output.error))
                 index = self._choice_of[output.request_id]
                 delta = deltas.setdefault(index, pb.ChoiceDelta(index=index))
-                _merge_output(delta, output, self._engine.tokenizer)
+                _merge_output(delta, output, self._engine.tokenizer,
+                              self._parsers[index] if self._parsers else None)
                 self._completion_tokens[output.request_id] = output.completion_tokens
                 self._cached_tokens = max(self._cached_tokens, output.cached_tokens)
                 if output.finish_reason is not None:
@@ -246,14 +281,20 @@ class _ChoiceStream:
         return aborted
 
 
-def _merge_output(delta: pb.ChoiceDelta, output: RequestOutput, tokenizer: Tokenizer) -> None:
+def _merge_output(delta: pb.ChoiceDelta, output: RequestOutput, tokenizer: Tokenizer,
+                  parser: ToolCallParser | None = None) -> None:
     delta.token_ids.extend(output.new_token_ids)
-    delta.text += output.text_delta
+    if parser is None:
+        delta.text += output.text_delta
+    else:
+        _merge_parsed(delta, parser, output)
     _add_logprobs(delta.logprobs, output.logprobs, tokenizer)
     _add_logprobs(delta.prompt_logprobs, output.prompt_logprobs, tokenizer)
     delta.cumulative_logprob = output.cumulative_logprob
     if output.finish_reason is not None:
         delta.finish_reason = FINISH_REASONS[output.finish_reason]
+        if output.finish_reason == FinishReason.STOP and parser is not None and parser.made_calls:
+            delta.finish_reason = pb.FINISH_REASON_TOOL_CALLS
         if output.stop_string is not None:
             delta.stop_string = output.stop_string
         elif output.stop_token_id is not None:
@@ -269,6 +310,21 @@ def _add_logprobs(entries, logprobs, tokenizer: Tokenizer) -> None:
             top_text, top_data = tokenizer.token_piece(token_id)
             entry.top_logprobs.add(token_id=token_id, logprob=value, token=top_text,
                                    token_bytes=top_data)
+
+
+def _merge_parsed(delta: pb.ChoiceDelta, parser: ToolCallParser, output: RequestOutput) -> None:
+    """A choice's text through its tool-call parser: content into `text`, calls into
+    `tool_calls` (everything held back comes out when the choice finishes)."""
+    parsed = [parser.feed(output.text_delta)]
+    if output.finish_reason is not None:
+        parsed.append(parser.finish())
+    for part in parsed:
+        delta.text += part.content
+        for call in part.tool_calls:
+            delta.tool_calls.add(index=call.index, id=call.id,
+                                 type="function" if call.id else "",
+                                 function=pb.FunctionCall(name=call.name,
+                                                          arguments=call.arguments))
 
 
 class CoreServer:
@@ -317,7 +373,8 @@ class CoreServer:
         else:
             main = await asyncio.to_thread(
                 load_generative, config.model_dir, names[0], config.engine, DEMO_DESCRIPTION,
-                config.decoder_pooling, config.trust_request_chat_template)
+                config.decoder_pooling, config.trust_request_chat_template,
+                config.tool_call_parser)
         if config.embedding_model_dir is not None:
             self.servicer.attach(await asyncio.to_thread(
                 load_embedding, config.embedding_model_dir, names[1]))

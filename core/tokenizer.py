@@ -45,6 +45,41 @@ class Tokenizer:
         self._pieces: dict[int, tuple[str, bytes]] = {}  # token id → (text, bytes), memoized
         # the longest token's length in characters (≥ its decoded length): bounds prompt text
         self.max_token_chars = max(len(token) for token in self._tokenizer.get_vocab())
+        self._renders_tools: dict[str | None, bool] = {}  # chat template → shows tools?
+
+    @property
+    def hf_tokenizer(self):
+        """The underlying transformers tokenizer (llguidance builds its own from it)."""
+        return self._tokenizer
+
+    @property
+    def chat_template(self) -> str | None:
+        """The model's own Jinja chat template (None: it has none)."""
+        template = self._tokenizer.chat_template
+        return template if isinstance(template, str) else None
+
+    @property
+    def special_ids_by_text(self) -> dict[str, int]:
+        """Special (and added control) tokens' text → id."""
+        return {str(token): token_id for token, token_id in zip(
+            self._tokenizer.all_special_tokens, self._tokenizer.all_special_ids, strict=True)}
+
+    def renders_tools(self, chat_template: str | None = None) -> bool:
+        """Does the template (default: the model's) show tools? A probe conversation is rendered
+        with and without one tool; the same text means the template drops them. Memoized."""
+        known = self._renders_tools.get(chat_template)
+        if known is None:
+            probe = ChatPrompt(messages=[{"role": "user", "content": "hi"}],
+                               chat_template=chat_template)
+            tool = {"type": "function", "function": {
+                "name": "probe_tool", "description": "probe", "parameters": {"type": "object"}}}
+            try:
+                with_tools = self._render(ChatPrompt(**{**probe.__dict__, "tools": [tool]}))
+                known = with_tools != self._render(probe)
+            except InvalidParameter:
+                known = False
+            self._renders_tools[chat_template] = known
+        return known
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return list(self._tokenizer.encode(text, add_special_tokens=add_special_tokens))
@@ -85,15 +120,17 @@ class Tokenizer:
         if self._tokenizer.chat_template is None and chat.chat_template is None:
             raise InvalidParameter("this model has no chat template; use completions",
                                    param="messages")
+        return self.encode(self._render(chat), add_special_tokens=False)
+
+    def _render(self, chat: ChatPrompt) -> str:
         try:
-            text = self._tokenizer.apply_chat_template(
+            return self._tokenizer.apply_chat_template(
                 chat.messages, tools=chat.tools, tokenize=False,
                 add_generation_prompt=chat.add_generation_prompt,
                 continue_final_message=chat.continue_final_message,
                 chat_template=chat.chat_template, **chat.template_kwargs)
         except Exception as exc:  # the template raised on this conversation (e.g. role order)
             raise InvalidParameter(f"chat template failed: {exc}", param="messages") from exc
-        return self.encode(text, add_special_tokens=False)
 
 
 def _byte_decoder() -> dict[str, int]:

@@ -34,7 +34,8 @@ from facade.metrics import FacadeMetrics, MetricsMiddleware
 from facade.metrics import router as metrics_router
 from facade.middleware import REQUEST_ID_HEADER, BodySizeLimitMiddleware, RequestIdMiddleware
 from facade.openapi import install_openapi
-from facade.routes import chat, completions, embeddings, health, models, score
+from facade.responses.store import ResponseStore, make_store
+from facade.routes import chat, completions, embeddings, health, models, responses, score, tokenize
 from facade.settings import FacadeSettings
 from tandem.v1.inference_pb2_grpc import InferenceStub
 
@@ -43,7 +44,7 @@ logger = logging.getLogger(__name__)
 # Seconds in-flight RPCs get to finish when the facade shuts down.
 CHANNEL_CLOSE_GRACE_S = 5.0
 # What browsers may send and read cross-origin when CORS is on.
-CORS_ALLOW_METHODS = ["GET", "POST"]
+CORS_ALLOW_METHODS = ["GET", "POST", "DELETE"]
 CORS_ALLOW_HEADERS = ["Authorization", "Content-Type", REQUEST_ID_HEADER]
 CORS_EXPOSE_HEADERS = [REQUEST_ID_HEADER]
 # gRPC retries of Inference RPCs that fail UNAVAILABLE before the core answered anything (a core
@@ -78,6 +79,18 @@ def open_channel(settings: FacadeSettings) -> grpc.aio.Channel:
     return grpc.aio.insecure_channel(settings.core_address, options=options)
 
 
+def open_response_store(settings: FacadeSettings) -> ResponseStore:
+    """The store of /v1/responses (facade/responses/store.py): memory unless a Redis URL is set."""
+    return make_store(
+        settings.responses_store_url,
+        max_entries=settings.responses_store_max_entries,
+        max_bytes=settings.responses_store_max_bytes,
+        max_entry_bytes=settings.responses_store_max_entry_bytes,
+        ttl_s=settings.responses_store_ttl_s,
+        timeout_s=settings.responses_store_timeout_s,
+    )
+
+
 def _lifespan(
     settings: FacadeSettings,
 ) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
@@ -88,12 +101,14 @@ def _lifespan(
         channel = open_channel(settings)
         app.state.channel = channel
         app.state.stub = InferenceStub(channel)
+        app.state.responses_store = open_response_store(settings)
         logger.info("facade routing to core at %s", settings.core_address)
         try:
             yield
         finally:
             app.state.stub = None
             app.state.channel = None
+            await app.state.responses_store.close()
             await channel.close(grace=CHANNEL_CLOSE_GRACE_S)
 
     return lifespan
@@ -147,7 +162,7 @@ def create_app(settings: FacadeSettings | None = None) -> FastAPI:
     app.add_exception_handler(ApiError, _on_api_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
-    for module in (chat, completions, embeddings, score, models, health):
+    for module in (chat, completions, responses, embeddings, score, tokenize, models, health):
         app.include_router(module.router)
     app.include_router(metrics_router)
     install_openapi(app)

@@ -32,7 +32,12 @@ from facade.protocol import (
     TopLogprob,
     Usage,
 )
-from facade.protocol_extra import EmbeddingRequest, ScoringRequest
+from facade.protocol_extra import (
+    DetokenizeRequest,
+    EmbeddingRequest,
+    ScoringRequest,
+    TokenizeRequest,
+)
 from facade.sse import sse_event
 from tandem.v1 import inference_pb2 as pb
 
@@ -97,7 +102,42 @@ def _response_format(request: SamplingFields) -> pb.ResponseFormat | None:
     schema = request.response_format.json_schema
     if schema is not None:
         response_format.json_schema = json.dumps(schema.json_schema or {})
+        response_format.name = schema.name or ""
+        if schema.strict is not None:
+            response_format.strict = schema.strict
     return response_format
+
+
+_GUIDED_FIELDS = {"guided_json": "json", "guided_regex": "regex", "guided_choice": "choice",
+                  "guided_grammar": "grammar"}  # vLLM's older names → structured_outputs keys
+
+
+def _structured_outputs(request: SamplingFields) -> pb.StructuredOutputs | None:
+    """`structured_outputs` or one `guided_*` field (the core compiles and checks it)."""
+    given = [(name, getattr(request, name)) for name in ("structured_outputs", *_GUIDED_FIELDS)
+             if getattr(request, name) is not None]
+    if len(given) > 1:
+        raise invalid_request(f"only one of {', '.join(name for name, _ in given)} may be set",
+                              param=given[1][0])
+    if not given:
+        return None
+    param, value = given[0]
+    if param != "structured_outputs":
+        return _constraint(param, _GUIDED_FIELDS[param], value)
+    key = next(key for key in ("json_schema", "regex", "choice", "grammar", "json_object")
+               if getattr(value, key) not in (None, False))
+    return _constraint(param, "json" if key == "json_schema" else key, getattr(value, key))
+
+
+def _constraint(param: str, key: str, value) -> pb.StructuredOutputs:
+    proto = pb.StructuredOutputs(param=param)
+    if key == "json":
+        proto.json = value if isinstance(value, str) else json.dumps(value)
+    elif key == "choice":
+        proto.choice.choices.extend(value)
+    else:  # regex, grammar (text) or json_object (true)
+        setattr(proto, key, value)
+    return proto
 
 
 def _common(request: SamplingFields, model: str, max_tokens: int | None) -> pb.GenerateRequest:
@@ -115,6 +155,9 @@ def _common(request: SamplingFields, model: str, max_tokens: int | None) -> pb.G
     response_format = _response_format(request)
     if response_format is not None:
         generate.response_format.CopyFrom(response_format)
+    structured_outputs = _structured_outputs(request)
+    if structured_outputs is not None:
+        generate.structured_outputs.CopyFrom(structured_outputs)
     return generate
 
 
@@ -142,31 +185,53 @@ def _message(message: ChatMessage) -> pb.ChatMessage:
     return proto
 
 
+_TOOL_CHOICE_MODES = {
+    "none": pb.ToolChoice.MODE_NONE,
+    "auto": pb.ToolChoice.MODE_AUTO,
+    "required": pb.ToolChoice.MODE_REQUIRED,
+}
+
+
 def _tool_definitions(request: ChatCompletionRequest) -> list[FunctionDefinition]:
-    """The tools the chat template sees (none when tool_choice is "none"); the deprecated
-    `functions` / `function_call` pair counts as `tools` / `tool_choice`."""
-    definitions = [tool.function for tool in request.tools or []]
-    definitions += list(request.functions or [])
-    param, choice = "tool_choice", request.tool_choice
-    if choice is None and request.function_call is not None:
-        param, choice = "function_call", request.function_call
-    if choice not in (None, "none", "auto"):
-        raise unsupported(
-            param,
-            f"{param} 'required' or a named function is not supported; use 'auto' or 'none'.",
-        )
-    return [] if choice == "none" else definitions
+    """The tools offered; the deprecated `functions` counts as `tools`. An empty list is a 400
+    (OpenAI's own answer); "none" and the rest of tool_choice are the core's business."""
+    for param, given in (("tools", request.tools), ("functions", request.functions)):
+        if given is not None and not given:
+            raise ApiError(400, f"'{param}' must not be empty: leave it out instead.",
+                           param=param, code="invalid_value")
+    return [tool.function for tool in request.tools or []] + list(request.functions or [])
+
+
+def _tool_choice(request: ChatCompletionRequest) -> pb.ToolChoice | None:
+    """`tool_choice` (or the deprecated `function_call`) as the proto's ToolChoice."""
+    choice = request.tool_choice
+    if choice is None:
+        choice = request.function_call
+    if choice is None:
+        return None
+    if isinstance(choice, str):
+        return pb.ToolChoice(mode=_TOOL_CHOICE_MODES[choice])
+    name = choice.function.name if hasattr(choice, "function") else choice.name
+    return pb.ToolChoice(mode=pb.ToolChoice.MODE_FUNCTION, function_name=name)
 
 
 def _chat_input(request: ChatCompletionRequest) -> pb.ChatInput:
     chat = pb.ChatInput(messages=[_message(message) for message in request.messages])
     for definition in _tool_definitions(request):
-        chat.tools.append(pb.Tool(
+        tool = pb.Tool(
             type="function",
             name=definition.name,
             description=definition.description or "",
             parameters_json=json.dumps(definition.parameters or {}),
-        ))  # fmt: skip
+        )
+        if definition.strict is not None:
+            tool.strict = definition.strict
+        chat.tools.append(tool)
+    tool_choice = _tool_choice(request)
+    if tool_choice is not None:
+        chat.tool_choice.CopyFrom(tool_choice)
+    if request.parallel_tool_calls is not None:
+        chat.parallel_tool_calls = request.parallel_tool_calls
     if request.add_generation_prompt is not None:
         chat.add_generation_prompt = request.add_generation_prompt
     if request.continue_final_message is not None:
@@ -214,6 +279,27 @@ def completion_to_generates(request: CompletionRequest, model: str) -> list[pb.G
             generate.add_special_tokens = request.add_special_tokens
         generates.append(generate)
     return generates
+
+
+def tokenize_request(request: TokenizeRequest, model: str) -> pb.TokenizeRequest:
+    """POST /tokenize → TokenizeRequest: text, or chat input built as the chat route builds it."""
+    tokenize = pb.TokenizeRequest(model=model)
+    if request.messages is not None:
+        chat_fields = request.model_dump(
+            include={"messages", "tools", "add_generation_prompt", "continue_final_message",
+                     "chat_template", "chat_template_kwargs"},
+        )  # fmt: skip
+        chat = ChatCompletionRequest.model_validate(chat_fields)
+        tokenize.chat.CopyFrom(_chat_input(chat))
+    else:
+        tokenize.text = request.prompt or ""
+    if request.add_special_tokens is not None:
+        tokenize.add_special_tokens = request.add_special_tokens
+    return tokenize
+
+
+def detokenize_request(request: DetokenizeRequest, model: str) -> pb.DetokenizeRequest:
+    return pb.DetokenizeRequest(model=model, token_ids=request.tokens)
 
 
 def score_input(value: str | list[int]) -> pb.ScoreInput:
@@ -353,6 +439,7 @@ class ChoiceState:
     stop_reason: str | int | None = None
     prompt_logprobs: list[pb.TokenLogprob] = field(default_factory=list)  # every prompt token
     cumulative_logprob: float = 0.0  # of the chosen tokens (best_of ranks by it)
+    tool_calls: dict[int, list[str]] = field(default_factory=dict)  # index → [id, name, args]
 
     def add_text(self, text: str) -> None:
         self.text_parts.append(text)
@@ -367,6 +454,11 @@ class ChoiceState:
         self.logprobs.extend(choice.logprobs)
         self.text_offsets.extend([offset] * len(choice.logprobs))
         self.add_text(choice.text)
+        for call in choice.tool_calls:
+            parts = self.tool_calls.setdefault(call.index, ["", "", ""])
+            parts[0] += call.id
+            parts[1] += call.function.name
+            parts[2] += call.function.arguments
         if finish_reason(choice) is not None:
             self.finish_reason = finish_reason(choice)
             self.stop_reason = stop_reason(choice)

@@ -82,12 +82,17 @@ def _check_output_tokens(param: str, value: int | None, limits: LimitSettings) -
 def check_chat_limits(request: ChatCompletionRequest, limits: LimitSettings) -> None:
     """400 if a chat request passes a cap."""
     _check_sampling(request, limits)
-    if len(request.messages) > limits.max_messages:
-        raise _too_many("messages", len(request.messages), limits.max_messages, "messages")
+    check_message_count(len(request.messages), limits)
     if request.max_completion_tokens is not None:
         _check_output_tokens("max_completion_tokens", request.max_completion_tokens, limits)
     else:
         _check_output_tokens("max_tokens", request.max_tokens, limits)
+
+
+def check_message_count(num_messages: int, limits: LimitSettings) -> None:
+    """400 if a request carries more chat messages than allowed."""
+    if num_messages > limits.max_messages:
+        raise _too_many("messages", num_messages, limits.max_messages, "messages")
 
 
 def check_completion_limits(request: CompletionRequest, limits: LimitSettings) -> None:

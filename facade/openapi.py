@@ -31,7 +31,13 @@ from facade.protocol import (
     ModelCard,
     ModelList,
 )
-from facade.protocol_extra import EmbeddingResponse, ScoringResponse
+from facade.protocol_extra import (
+    DetokenizeResponse,
+    EmbeddingResponse,
+    ScoringResponse,
+    TokenizeResponse,
+)
+from facade.responses.protocol import DeletedResponse, ResponseObject, ResponseStreamEvent
 
 REF_PREFIX = "#/components/schemas/"
 
@@ -153,13 +159,71 @@ MODEL_RESPONSES = {
     200: {"model": ModelCard, "description": "The model."},
     **error_responses(401, 404, *_CORE_FAILURES),
 }
+# /v1/responses: JSON or a stream of named events (`event: <type>` + `data: <event>`; no
+# [DONE]); its 404 also covers an unknown previous_response_id, its 503 a response store that
+# is down.
+_RESPONSE_404 = {
+    "model": ErrorResponse,
+    "description": "The model does not exist (code model_not_found), or the response named by "
+    "the path or by previous_response_id is unknown, expired or deleted (code "
+    "response_not_found).",
+}
+_STORE_503 = {
+    **error_responses(503)[503],
+    "description": "No core is reachable or ready, or the response store (Redis) is down "
+    "(code service_unavailable); retry.",
+}
+RESPONSES_RESPONSES = {
+    200: {
+        "model": ResponseObject,
+        "description": "The response; with `stream: true`, server-sent events `event: <type>` + "
+        "`data: <ResponseStreamEvent>` from `response.created` to `response.completed`, "
+        "`response.incomplete`, or (after an `error` event) `response.failed`.",
+        "content": {"text/event-stream": {"schema": {
+            "type": "object",
+            "required": ["data"],
+            "properties": {"data": {
+                "type": "string",
+                "contentMediaType": "application/json",
+                "contentSchema": {"$ref": REF_PREFIX + "ResponseStreamEvent"},
+            }},
+        }}},
+    },
+    **error_responses(400, 401, 413, 499, *_CORE_FAILURES),
+    404: _RESPONSE_404,
+    503: _STORE_503,
+}
+RESPONSE_GET_RESPONSES = {
+    200: {"model": ResponseObject, "description": "The stored response, as it was returned."},
+    **error_responses(401),
+    404: _RESPONSE_404,
+    503: _STORE_503,
+}
+RESPONSE_DELETE_RESPONSES = {
+    200: {"model": DeletedResponse, "description": "The response was removed."},
+    **error_responses(401),
+    404: _RESPONSE_404,
+    503: _STORE_503,
+}
+TOKENIZE_RESPONSES = {
+    200: {"model": TokenizeResponse, "description": "The token ids of the prompt or messages."},
+    **error_responses(400, 401, 404, 413, 499, *_CORE_FAILURES),
+}
+DETOKENIZE_RESPONSES = {
+    200: {"model": DetokenizeResponse, "description": "The text of the token ids."},
+    **error_responses(400, 401, 404, 413, 499, *_CORE_FAILURES),
+}
 READY_RESPONSES = {
     200: {"description": "The core reports SERVING."},  # body: ProbeStatus
     **error_responses(503),
 }
 
 # Models only the event streams refer to: FastAPI's generator never sees them.
-_STREAM_MODELS: tuple[type[BaseModel], ...] = (ChatCompletionChunk, CompletionChunk)
+_STREAM_MODELS: tuple[type[BaseModel], ...] = (
+    ChatCompletionChunk,
+    CompletionChunk,
+    ResponseStreamEvent,
+)
 
 _METRICS_PATH = {
     "get": {

@@ -140,6 +140,28 @@ class ResponseFormat(RequestModel):
         return self
 
 
+class StructuredOutputs(RequestModel):
+    """vLLM's `structured_outputs`: exactly one constraint on the output."""
+
+    json_schema: str | dict[str, Any] | None = Field(default=None, alias="json")  # a JSON Schema
+    regex: str | None = Field(default=None, min_length=1)  # the whole output matches it
+    choice: list[Annotated[str, Field(min_length=1)]] | None = Field(default=None, min_length=1)
+    grammar: str | None = Field(default=None, min_length=1)  # Lark (llguidance) or GBNF
+    json_object: bool | None = None  # any JSON object
+    structural_tag: str | None = None  # refused: not supported
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> StructuredOutputs:
+        given = [name for name in ("json", "regex", "choice", "grammar", "json_object")
+                 if getattr(self, "json_schema" if name == "json" else name) not in (None, False)]
+        if self.structural_tag is not None:
+            raise ValueError("structural_tag is not supported")
+        if len(given) != 1:
+            raise ValueError("set exactly one of json, regex, choice, grammar or json_object"
+                             + (f" (got {', '.join(given)})" if given else ""))
+        return self
+
+
 class StreamOptions(RequestModel):
     include_usage: bool | None = None  # a last chunk with `choices: []` and the usage
     continuous_usage_stats: bool | None = None  # usage on every chunk (vLLM)
@@ -174,6 +196,13 @@ class SamplingFields(RequestModel):
     bad_words: list[str] | None = None  # words never generated
     allowed_token_ids: list[TokenId] | None = None  # sample only these ids
     prompt_logprobs: int | None = Field(default=None, ge=0, le=20)  # alternatives per position
+    structured_outputs: StructuredOutputs | None = None  # constrains the output (one way)
+    # vLLM's older spelling of structured_outputs (at most one of all these is set)
+    guided_json: str | dict[str, Any] | None = None
+    guided_regex: str | None = Field(default=None, min_length=1)
+    guided_choice: list[Annotated[str, Field(min_length=1)]] | None = Field(default=None,
+                                                                           min_length=1)
+    guided_grammar: str | None = Field(default=None, min_length=1)
     # accepted, not acted on (listed in x-tandem-ignored-params; see protocol_policy.py)
     priority: int | None = None
     request_id: str | None = None
@@ -360,7 +389,7 @@ class ResponseToolCall(ResponseModel):
 class AssistantMessage(ResponseModel):
     role: Literal["assistant"] = "assistant"
     content: str | None = None
-    tool_calls: list[ResponseToolCall] | None = None  # the contract carries no parsed calls yet
+    tool_calls: list[ResponseToolCall] | None = None  # parsed by the core; content then null
 
 
 class ChatChoice(ResponseModel):
@@ -393,11 +422,32 @@ class ChatCompletion(ResponseModel):
     prompt_logprobs: PromptLogprobs | None = None  # only when asked for
 
 
+class _DropNone(ResponseModel):
+    """A streamed piece whose unset (None) fields are left out of the JSON."""
+
+    @model_serializer(mode="wrap")
+    def _drop_none(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return {key: value for key, value in handler(self).items() if value is not None}
+
+
+class DeltaFunction(_DropNone):
+    name: str | None = None  # on the call's first delta
+    arguments: str | None = None  # a fragment of the JSON arguments
+
+
+class DeltaToolCall(_DropNone):
+    index: int  # the call's position in the choice
+    id: str | None = None  # "call_...": first delta only
+    type: Literal["function"] | None = None  # first delta only
+    function: DeltaFunction
+
+
 class DeltaMessage(ResponseModel):
     """What one chunk adds to a choice; unset (None) fields are left out of the JSON."""
 
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[DeltaToolCall] | None = None
 
     @model_serializer(mode="wrap")
     def _drop_none(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:

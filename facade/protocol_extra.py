@@ -1,5 +1,5 @@
-"""Request and response shapes (pydantic v2) of POST /v1/embeddings (OpenAI's) and POST /v1/score
-(SGLang's scoring extension).
+"""Request and response shapes (pydantic v2) of POST /v1/embeddings (OpenAI's), POST /v1/score
+(SGLang's scoring extension) and POST /tokenize, /detokenize (vLLM's).
 
 Like facade/protocol.py: unknown request fields are kept (`extra="allow"`, reported by the
 field policy), known ones are checked so that a bad value is a 400 naming its `param`. What
@@ -11,9 +11,18 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Discriminator, Field, Tag, ValidationInfo, field_validator
+from pydantic import Discriminator, Field, Tag, ValidationInfo, field_validator, model_validator
 
-from facade.protocol import MAX_UINT32, Prompt, RequestModel, ResponseModel, TokenId, Usage
+from facade.protocol import (
+    MAX_UINT32,
+    ChatMessage,
+    ChatTool,
+    Prompt,
+    RequestModel,
+    ResponseModel,
+    TokenId,
+    Usage,
+)
 
 # ---------------------------------------------------------------------------------------------
 # POST /v1/embeddings
@@ -129,3 +138,47 @@ class ScoringResponse(ResponseModel):
     scores: list[list[float]]  # per item, one number per label token id, in request order
     usage: Usage  # prompt tokens of every query+item prompt; completion_tokens is 0
     created: int  # unix seconds
+
+
+# ---------------------------------------------------------------------------------------------
+# POST /tokenize, POST /detokenize (vLLM's shapes)
+
+
+class TokenizeRequest(RequestModel):
+    """POST /tokenize: a `prompt`, or chat `messages` (the core applies the chat template)."""
+
+    model: str | None = None  # None/empty: the default model
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = Field(default=None, min_length=1)
+    add_special_tokens: bool | None = None  # prompt: BOS etc. (core default: true)
+    return_token_strs: bool | None = None  # also return each token's string
+    # chat options, as on /v1/chat/completions
+    add_generation_prompt: bool | None = None
+    continue_final_message: bool | None = None
+    chat_template: str | None = None
+    chat_template_kwargs: dict[str, Any] | None = None
+    tools: list[ChatTool] | None = None
+
+    @model_validator(mode="after")
+    def _prompt_or_messages(self) -> TokenizeRequest:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give exactly one of 'prompt' and 'messages'")
+        return self
+
+
+class TokenizeResponse(ResponseModel):
+    count: int  # number of tokens
+    max_model_len: int  # the model's context length
+    tokens: list[int]  # the token ids
+    token_strs: list[str] | None = None  # with return_token_strs
+
+
+class DetokenizeRequest(RequestModel):
+    """POST /detokenize: token ids back to text."""
+
+    model: str | None = None
+    tokens: list[TokenId]
+
+
+class DetokenizeResponse(ResponseModel):
+    prompt: str  # the decoded text

@@ -4,14 +4,15 @@ Every request field falls into one of three kinds:
 
 - honoured: passed to the core (sampling incl. penalties, `logit_bias`, `min_tokens`,
   `bad_words`, `allowed_token_ids`, `prompt_logprobs`; stopping, logprobs, tools,
-  chat-template options...). Features the core cannot do (JSON `response_format`, image/audio
-  content) are refused by the core itself (INVALID_ARGUMENT + UNSUPPORTED → 400
-  `unsupported_parameter`), so that there is one source of truth for what a model can do.
+  chat-template options, `response_format`, `structured_outputs` / `guided_*`...). Features
+  the core cannot do (image/audio content, a schema or grammar it cannot compile) are refused
+  by the core itself (INVALID_ARGUMENT + UNSUPPORTED → 400 `unsupported_parameter`), so that
+  there is one source of truth for what a model can do.
 - accepted but ignored: cannot change the generated text (`user`, `store`, `metadata`, ...),
   and unknown fields. The names a request set are listed, sorted, in the response header
   `x-tandem-ignored-params` — never dropped silently.
 - refused: would change the output and has no way to reach the core (`audio`, `prediction`,
-  `web_search_options`, beam search, guided decoding, ...): 400 `unsupported_parameter` naming
+  `web_search_options`, beam search, `structural_tag`, ...): 400 `unsupported_parameter` naming
   the field — unless the value is neutral (null, false, empty, 1.0 for `length_penalty`).
 
 This module owns only the tables and `apply_field_policy`; the routes set the header.
@@ -34,7 +35,7 @@ IGNORED_PARAMS_HEADER = "x-tandem-ignored-params"
 IGNORED_FIELDS: frozenset[str] = frozenset({
     # OpenAI
     "user", "store", "metadata", "service_tier", "prompt_cache_key", "safety_identifier",
-    "parallel_tool_calls", "verbosity", "reasoning_effort", "modalities",
+    "verbosity", "reasoning_effort", "modalities",
     # vLLM
     "priority", "request_id", "spaces_between_special_tokens", "kv_transfer_params",
     "mm_processor_kwargs", "vllm_xargs", "return_token_ids", "guided_decoding_backend",
@@ -59,12 +60,8 @@ _REFUSED_COMMON: dict[str, Callable[[Any], bool]] = {
     "use_beam_search": _is_falsy,
     "length_penalty": lambda value: value is None or value == 1,
     "truncate_prompt_tokens": _is_null,
-    "guided_json": _is_null,
-    "guided_regex": _is_null,
-    "guided_choice": _is_null,
-    "guided_grammar": _is_null,
+    "guided_whitespace_pattern": _is_null,
     "structural_tag": _is_null,
-    "structured_outputs": _is_null,
     "logits_processors": _is_falsy,
     "return_tokens_as_token_ids": _is_falsy,
 }
@@ -86,18 +83,40 @@ _REFUSED_COMPLETIONS: dict[str, Callable[[Any], bool]] = {
 _REFUSED_POOLING: dict[str, Callable[[Any], bool]] = {
     "truncate_prompt_tokens": _is_null,
 }
+# /v1/responses: the chat table (it runs through the chat pipeline) plus its own fields.
+_REFUSED_RESPONSES: dict[str, Callable[[Any], bool]] = {
+    **_REFUSED_CHAT,
+    "truncation": lambda value: value is None or value == "disabled",
+    "response_format": _is_null,  # Responses' own field is text.format
+    "n": lambda value: value is None or value == 1,
+    "background": _is_falsy,
+    "conversation": _is_null,
+    "prompt": _is_null,
+    "max_tool_calls": _is_null,
+    "top_logprobs": _is_falsy,
+}
 # The refused table of each kind of request.
 _REFUSED_BY_KIND: dict[str, dict[str, Callable[[Any], bool]]] = {
     "chat": _REFUSED_CHAT,
     "completions": _REFUSED_COMPLETIONS,
     "embeddings": _REFUSED_POOLING,
     "score": _REFUSED_POOLING,
+    "responses": _REFUSED_RESPONSES,
+    "tokenize": {},
+}
+# /v1/responses honours `metadata` and `store` (kept with the response) and ignores
+# `reasoning` (no reasoning models) and `include` (nothing extra to include).
+_IGNORED_BY_KIND: dict[str, frozenset[str]] = {
+    "responses": (IGNORED_FIELDS - {"metadata", "store"}) | {"reasoning", "include"},
 }
 
 _WHY = {
     "audio": "audio output is not supported by this text-only server.",
     "modalities": "only the 'text' modality is supported.",
     "suffix": "suffix (fill-in-the-middle) is not supported.",
+    "truncation": "only truncation 'disabled' is supported: an input over the context is a 400.",
+    "response_format": "use text.format on /v1/responses.",
+    "background": "background responses are not supported.",
 }
 
 
@@ -108,11 +127,12 @@ def _refused_message(name: str) -> str:
 def apply_field_policy(request: BaseModel, kind: str) -> list[str]:
     """Refuse a field that cannot be honoured (400); return the sorted ignored fields set.
 
-    `kind` is "chat", "completions", "embeddings" or "score". A field counts as set when the
-    client sent it with a non-null value; unknown fields (in neither OpenAI's nor vLLM's API)
-    count as ignored.
+    `kind` is "chat", "completions", "embeddings", "score", "responses" or "tokenize". A field
+    counts as set when the client sent it with a non-null value; unknown fields (in neither
+    OpenAI's nor vLLM's API) count as ignored.
     """
     refused = _REFUSED_BY_KIND[kind]
+    ignored_fields = _IGNORED_BY_KIND.get(kind, IGNORED_FIELDS)
     extra = request.model_extra or {}
     declared = type(request).model_fields
     ignored = []
@@ -123,9 +143,9 @@ def apply_field_policy(request: BaseModel, kind: str) -> list[str]:
         if name in refused:
             if not refused[name](value):
                 raise unsupported(name, _refused_message(name))
-            if name in IGNORED_FIELDS or name not in declared:
+            if name in ignored_fields or name not in declared:
                 ignored.append(name)  # a neutral value of a field Tandem has no use for
-        elif name in IGNORED_FIELDS or name not in declared:
+        elif name in ignored_fields or name not in declared:
             ignored.append(name)
     return sorted(set(ignored))
 

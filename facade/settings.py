@@ -43,6 +43,19 @@ class FacadeSettings(BaseSettings):
     # Seconds in-flight HTTP requests (streams included) get to finish after SIGTERM; keep it
     # below the pod's terminationGracePeriodSeconds.
     drain_timeout_s: float = Field(default=30.0, ge=0)
+    # Where /v1/responses keeps stored responses: unset = this process's memory (an LRU);
+    # "redis://host:6379/0" = a Redis every facade replica shares.
+    responses_store_url: str | None = None
+    # How long a stored response stays readable (and continuable), in seconds.
+    responses_store_ttl_s: float = Field(default=24 * 3600.0, gt=0)
+    # Largest stored entry (response + its conversation); larger ones are not stored.
+    responses_store_max_entry_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    # Memory store bounds: entries and total bytes (least recently used go first).
+    responses_store_max_entries: int = Field(default=10_000, ge=1)
+    responses_store_max_bytes: int = Field(default=256 * 1024 * 1024, ge=1024)
+    # Redis store: connect/read timeout of one command; a store that does not answer in time
+    # is a 503.
+    responses_store_timeout_s: float = Field(default=2.0, gt=0)
 
     def accepted_api_keys(self) -> tuple[str, ...]:
         """`api_keys` plus the keys of `api_keys_file` (read now; a missing file raises)."""

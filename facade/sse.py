@@ -48,22 +48,29 @@ def sse_error(error: ApiError) -> bytes:
 
 
 async def guarded_stream(
-    events: AsyncIterator[bytes], on_close: Callable[[], None], label: str
+    events: AsyncIterator[bytes],
+    on_close: Callable[[], None],
+    label: str,
+    *,
+    error_event: Callable[[ApiError], bytes] = sse_error,
+    last_event: bytes | None = DONE_EVENT,
 ) -> AsyncIterator[bytes]:
-    """Relay `events`; an error after the first byte becomes an error event; the stream always
-    ends with `[DONE]`, and `on_close` (cancel the core calls) runs however it ends."""
+    """Relay `events`; an error after the first byte becomes `error_event(error)`; the stream
+    always ends with `last_event` (`[DONE]`; None for the Responses API, which has none), and
+    `on_close` (cancel the core calls) runs however it ends."""
     try:
         async with aclosing(events) as relayed:
             async for event in relayed:
                 yield event
     except ApiError as error:
-        yield sse_error(error)
+        yield error_event(error)
     except Exception:
         logger.exception("stream %s failed", label)
-        yield sse_error(internal_error())  # a facade bug: still an error event + [DONE]
+        yield error_event(internal_error())  # a facade bug: still an error event
     finally:
         on_close()
-    yield DONE_EVENT
+    if last_event is not None:
+        yield last_event
 
 
 class EventStreamResponse(StreamingResponse):

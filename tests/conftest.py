@@ -55,6 +55,8 @@ def free_port() -> int:
 
 
 MODEL = "tiny-llama"  # the served model id of the `server` fixture
+# Its context: room for a tool-calling prompt (the tools in the system prompt) and its answer.
+SERVER_MAX_MODEL_LEN = 1024
 
 
 @dataclass(frozen=True)
@@ -84,15 +86,22 @@ def server(tiny_models, tmp_path_factory):
     process = subprocess.Popen(
         [sys.executable, "-m", "core.cli", "serve", "--model", str(tiny_models["llama"]),
          "--served-model-name", MODEL, "--port", str(http_port), "--grpc-port", str(grpc_port),
-         "--max-model-len", "256", "--max-num-seqs", "4", "--metrics-port", str(metrics_port)],
+         "--max-model-len", str(SERVER_MAX_MODEL_LEN), "--max-num-seqs", "4",
+         "--metrics-port", str(metrics_port)],
         stdout=log_file, stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parents[1],
         env={**os.environ, "JAX_PLATFORMS": "cpu"})
     base = f"http://127.0.0.1:{http_port}"
-    wait_for_http(f"{base}/ready", process, log_path, timeout_s=600)  # warm-up on a busy machine
-    yield Served(base, f"127.0.0.1:{grpc_port}", f"http://127.0.0.1:{metrics_port}/metrics")
-    process.send_signal(signal.SIGTERM)
-    process.wait(timeout=60)
-    log_file.close()
+    try:  # a start that fails or times out (pytest-timeout) must not leave the server running
+        wait_for_http(f"{base}/ready", process, log_path, timeout_s=600)  # loaded 2-core hosts
+        yield Served(base, f"127.0.0.1:{grpc_port}", f"http://127.0.0.1:{metrics_port}/metrics")
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log_file.close()
 
 
 def wait_for_http(url: str, process: subprocess.Popen, log_path: Path,

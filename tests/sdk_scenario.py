@@ -166,7 +166,7 @@ async def async_part(base: str, model: str) -> None:
         extra_body={"ignore_eos": True})
     check("async with_raw_response x-request-id", raw.headers.get("x-request-id") == "async-rid")
     try:
-        await client.completions.create(model=model, prompt="word " * 300, max_tokens=4)
+        await client.completions.create(model=model, prompt="word " * 1100, max_tokens=4)
     except openai.BadRequestError as exc:
         check("async BadRequestError",
               error_body(exc).get("code") == "context_length_exceeded", error_body(exc))

@@ -254,11 +254,11 @@ async def test_a_failing_step_fails_its_requests_and_the_core_keeps_serving(core
     runner = server.servicer.engine.runner
     real_execute, calls = runner.execute, []
 
-    def fail_once(batch):
+    def fail_once(batch, *grammar_rows):
         calls.append(batch)
         if len(calls) == 1:
             raise RuntimeError("injected failure")
-        return real_execute(batch)
+        return real_execute(batch, *grammar_rows)
 
     monkeypatch.setattr(runner, "execute", fail_once)
     request = pb.GenerateRequest(text="x", stopping=pb.StoppingCriteria(max_tokens=3,

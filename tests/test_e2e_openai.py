@@ -12,7 +12,7 @@ import openai
 import pytest
 
 from tandem.v1 import inference_pb2 as pb
-from tests.conftest import MODEL
+from tests.conftest import MODEL, SERVER_MAX_MODEL_LEN
 
 
 @pytest.fixture
@@ -107,7 +107,7 @@ def test_errors_come_back_as_openai_errors(client, server):
     assert missing.value.body["code"] == "model_not_found"
     assert missing.value.response.headers["x-request-id"]
     with pytest.raises(openai.BadRequestError) as too_long:
-        client.completions.create(model=MODEL, prompt="word " * 300, max_tokens=4)
+        client.completions.create(model=MODEL, prompt="word " * 1100, max_tokens=4)
     assert too_long.value.body["code"] == "context_length_exceeded"
     response = httpx.post(f"{server.base}/v1/chat/completions", content=b"{not json",
                           headers={"content-type": "application/json", "x-request-id": "rid-1"})
@@ -215,9 +215,11 @@ def test_out_of_range_and_unsupported_values_are_bad_requests(client):
                                        messages=[{"role": "user", "content": image}])
     assert multimodal.value.body["code"] == "unsupported_parameter"
     with pytest.raises(openai.BadRequestError) as too_long:
-        client.completions.create(model=MODEL, prompt="word " * 300, max_tokens=4)
+        client.completions.create(model=MODEL, prompt="word " * (SERVER_MAX_MODEL_LEN + 50),
+                                  max_tokens=4)
     message = too_long.value.body["message"]
-    assert "maximum context length is 256 tokens" in message and "in the prompt" in message
+    assert f"maximum context length is {SERVER_MAX_MODEL_LEN} tokens" in message
+    assert "in the prompt" in message
 
 
 async def test_async_sdk_continuous_usage_and_raw_headers(async_client):

@@ -1,12 +1,15 @@
 """/v1/score and /v1/embeddings end to end: the official `openai` SDK against the real
 `tandem serve` of conftest (the tiny Llama plus the bundled all-MiniLM-L6-v2).
 
-Seed 000 (SGLang's scoring API through `client.post("/score", body=..., cast_to=dict)`): basic,
-error handling, token input, a 20-item batch, Unicode, special characters. Seeds 001/004:
+Seed 000 (SGLang's scoring API through
+`client.post("/score", body=..., cast_to=dict[str, Any])`): basic, error handling, token input,
+a 20-item batch, Unicode, special characters. Seeds 001/004:
 embeddings as base64 (little-endian float32) decode to the float response; `dimensions`.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import base64
 
@@ -42,7 +45,7 @@ def single_token_id(tiny_models):
 
 
 def score(client, **body) -> dict:
-    return client.post("/score", body={"model": MODEL, **body}, cast_to=dict)
+    return client.post("/score", body={"model": MODEL, **body}, cast_to=dict[str, Any])
 
 
 # -- /v1/score (seed 000) -----------------------------------------------------------------------
@@ -87,7 +90,7 @@ def test_score_error_handling(client):
     assert too_long.value.body["code"] == "context_length_exceeded"
     with pytest.raises(openai.BadRequestError) as wrong_model:
         client.post("/score", body={"model": MINILM, "query": "q", "items": ["a"],
-                                    "label_token_ids": [5]}, cast_to=dict)
+                                    "label_token_ids": [5]}, cast_to=dict[str, Any])
     assert wrong_model.value.body["code"] == "unsupported_parameter"
 
 
@@ -123,7 +126,7 @@ def test_embeddings_match_sentence_transformers_and_base64_equals_float(client):
     as_float = client.embeddings.create(model=MINILM, input=SENTENCES, encoding_format="float")
     as_base64 = client.post(
         "/embeddings", body={"model": MINILM, "input": SENTENCES, "encoding_format": "base64"},
-        cast_to=dict)
+        cast_to=dict[str, Any])
     by_sdk_default = client.embeddings.create(model=MINILM, input=SENTENCES)  # base64 inside
     reference = SentenceTransformer(str(default_embedding_model_dir()), device="cpu").encode(
         SENTENCES)

@@ -14,8 +14,9 @@ gRPC core, existed), S = this file (real stack, added).
 001 best_of < n → 400; chat best_of / echo refused unless neutral
     F test_http_errors::test_completions_validation
     S test_best_of_and_echo (sync, streaming)
-001 response_format json_object / json_schema, streaming too (Tandem refuses: not implemented)
-    S test_json_response_format_is_refused_not_ignored (sync + async, streaming + not)
+001 response_format json_object / json_schema, streaming too (constrained by the core)
+    S test_json_response_format_is_honoured (sync + async, streaming + not); more in
+      tests/test_structured_outputs.py
 001 embeddings encoding_format=base64; 004 embeddings dimensions
     tests/test_e2e_score_embed.py (real stack): base64 == float, dimensions; 000 (/v1/score)
     there too
@@ -40,7 +41,8 @@ gRPC core, existed), S = this file (real stack, added).
     S test_every_role_and_content_parts (sync, async streaming; parts == the joined string)
 004 tools / tool_choice / logprobs / seed / stream_options / response_format text / user …
     E test_n_choices_and_logprobs, test_async_sdk_continuous_usage_and_raw_headers
-    F test_convert::test_tool_choice_none_drops_tools_and_required_is_unsupported
+    F test_convert::test_tools_and_tool_choice_go_to_the_core_and_empty_tools_are_refused
+    S tests/test_tools_clients.py (required / named calls, LangChain, Instructor, Agents SDK)
     S test_gateway_request_fields_are_accepted (streaming + not)
 004 x-request-id on every response and error (SDK `_request_id`, `APIStatusError.request_id`)
     E test_errors_come_back_as_openai_errors
@@ -246,26 +248,41 @@ def test_best_of_and_echo(client):
 
 JSON_FORMATS = [
     {"type": "json_object"},
-    {"type": "json_schema", "json_schema": {"name": "greeting", "schema": {
-        "type": "object", "properties": {"hello": {"type": "string"}}}}},
+    {"type": "json_schema", "json_schema": {"name": "greeting", "strict": True, "schema": {
+        "type": "object", "properties": {"hello": {"enum": ["world", "there"]}},
+        "required": ["hello"], "additionalProperties": False}}},
 ]
 
 
 @pytest.mark.parametrize("response_format", JSON_FORMATS, ids=["json_object", "json_schema"])
-async def test_json_response_format_is_refused_not_ignored(client, async_client, response_format):
-    """Structured output is not implemented: a 400 naming the field, never plain text that
-    claims to be JSON — streaming (before the first byte) and not, sync and async."""
+async def test_json_response_format_is_honoured(client, async_client, response_format):
+    """Structured output is constrained by the core: JSON, never plain text that claims to be
+    — streaming and not, sync and async, the same text for the same seed. (An open-ended
+    `json_object` may be cut by max_tokens on a random-weight model: then a JSON prefix.)"""
+    texts = []
     for stream in (False, True):
-        with pytest.raises(openai.BadRequestError) as bad:
-            client.chat.completions.create(model=MODEL, messages=USER, max_tokens=4,
-                                           response_format=response_format, stream=stream)
-        assert (bad.value.body["code"], bad.value.body["param"]) == (
-            "unsupported_parameter", "response_format")
-        with pytest.raises(openai.BadRequestError) as bad:
-            await async_client.chat.completions.create(
-                model=MODEL, messages=USER, max_tokens=4, response_format=response_format,
-                stream=stream)
-        assert bad.value.body["param"] == "response_format"
+        kwargs = dict(model=MODEL, messages=USER, max_tokens=40, response_format=response_format,
+                      temperature=1, seed=5, stream=stream)
+        if stream:
+            chunks = [c for c in client.chat.completions.create(**kwargs) if c.choices]
+            texts.append(("".join(c.choices[0].delta.content or "" for c in chunks),
+                          chunks[-1].choices[0].finish_reason))
+            async_chunks = [c async for c in await async_client.chat.completions.create(**kwargs)
+                            if c.choices]
+            texts.append(("".join(c.choices[0].delta.content or "" for c in async_chunks),
+                          async_chunks[-1].choices[0].finish_reason))
+        else:
+            for response in (client.chat.completions.create(**kwargs),
+                             await async_client.chat.completions.create(**kwargs)):
+                texts.append((response.choices[0].message.content,
+                              response.choices[0].finish_reason))
+    assert len(set(texts)) == 1, texts
+    text, finish = texts[0]
+    assert text.startswith("{")
+    if response_format["type"] == "json_schema":
+        assert finish == "stop" and json.loads(text)["hello"] in ("world", "there")
+    elif finish == "stop":
+        assert isinstance(json.loads(text), dict)
 
 
 VLLM_EXTRAS = {"top_k": 5, "min_p": 0.05, "use_beam_search": False, "repetition_penalty": 1.0,
@@ -385,7 +402,7 @@ def test_gateway_request_fields_are_accepted(client):
                   top_logprobs=2, response_format={"type": "text"}, user="u-7", store=False,
                   metadata={"k": "v"}, extra_body={"ignore_eos": True})
     raw = client.chat.completions.with_raw_response.create(**kwargs)
-    assert raw.headers["x-tandem-ignored-params"] == "metadata, parallel_tool_calls, store, user"
+    assert raw.headers["x-tandem-ignored-params"] == "metadata, store, user"
     first = raw.parse()
     assert len(first.choices[0].logprobs.content) == 3
     stream = client.chat.completions.create(**kwargs, stream=True,
@@ -394,9 +411,9 @@ def test_gateway_request_fields_are_accepted(client):
     assert chunks[-1].usage.completion_tokens == 3
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == first.choices[0].message.content  # same seed, same tokens
-    with pytest.raises(openai.BadRequestError) as refused:
-        client.chat.completions.create(model=MODEL, messages=USER, tools=[TOOL],
-                                       tool_choice="required")
+    with pytest.raises(openai.BadRequestError) as refused:  # a function that is not a tool
+        client.chat.completions.create(model=MODEL, messages=USER, tools=[TOOL], tool_choice={
+            "type": "function", "function": {"name": "not_a_tool"}})
     assert refused.value.body["param"] == "tool_choice"
 
 

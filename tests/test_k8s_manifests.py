@@ -35,6 +35,8 @@ KUBERNETES_VERSIONS = ("1.30", "1.37")
 NAMESPACE = "tandem"
 CORE_GRPC_PORT = 50051
 CORE_METRICS_PORT = 9090
+# Tandem's own images, and the pinned Redis of the responses-redis component.
+IMAGE_PATTERN = r"ghcr\.io/tandem/tandem-(core|facade):[\w.-]+|docker\.io/library/redis:[\d.]+-\w+"
 CUSTOM_KINDS = {
     ("keda.sh/v1alpha1", "ScaledObject"),
     ("monitoring.coreos.com/v1", "ServiceMonitor"),
@@ -209,7 +211,7 @@ def test_images_resolved_and_pods_non_root(target):
         assert pod["securityContext"]["runAsUser"] > 0
         assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
         for item in pod["containers"] + pod.get("initContainers", []):
-            assert re.fullmatch(r"ghcr\.io/tandem/tandem-(core|facade):[\w.-]+", item["image"]), (
+            assert re.fullmatch(IMAGE_PATTERN, item["image"]), (
                 f"{item['name']}: image {item['image']!r} not set by kustomize images:")
             context = item["securityContext"]
             assert context["allowPrivilegeEscalation"] is False
@@ -360,3 +362,29 @@ def test_optional_overlays_add_their_resources():
     environment = {e["name"]: e["value"] for e in sidecar["env"]}
     assert environment["TANDEM_CORE_ADDRESS"] == f"127.0.0.1:{CORE_GRPC_PORT}"
     assert pool["spec"]["targetPorts"] == [{"number": 8000}]
+
+
+@needs_renderer
+def test_responses_redis_component_points_every_facade_at_one_redis():
+    """The facade's TANDEM_RESPONSES_STORE_URL names a Service of the same render that selects
+    the Redis pods on the port Redis listens on, and only facade pods may reach it."""
+    objects = render("overlays/responses-redis")
+    url = find(objects, "ConfigMap", "tandem-facade")["data"]["TANDEM_RESPONSES_STORE_URL"]
+    match = re.fullmatch(r"redis://([\w-]+):(\d+)/\d+", url)
+    assert match, url
+    service = find(objects, "Service", match.group(1))
+    port = next(p for p in service["spec"]["ports"] if p["port"] == int(match.group(2)))
+    redis = find(objects, "Deployment", "tandem-responses-redis")
+    template = redis["spec"]["template"]
+    assert labels_match(service["spec"]["selector"], template["metadata"]["labels"])
+    main = container(redis, "redis")
+    assert port["targetPort"] in {p["name"] for p in main["ports"]}
+    assert flag(main["args"], "--maxmemory-policy") == "allkeys-lru"
+    policy = find(objects, "NetworkPolicy", "tandem-responses-redis")
+    selector = policy["spec"]["podSelector"]["matchLabels"]
+    assert labels_match(selector, template["metadata"]["labels"])
+    sources = [source["podSelector"]["matchLabels"] for rule in policy["spec"]["ingress"]
+               for source in rule["from"]]
+    assert sources == [{"app.kubernetes.io/name": "tandem-facade"}]
+    assert "TANDEM_RESPONSES_STORE_URL" not in find(render("overlays/cpu"), "ConfigMap",
+                                                     "tandem-facade")["data"]

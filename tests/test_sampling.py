@@ -69,6 +69,42 @@ def test_seeded_rows_do_not_depend_on_their_batch():
     assert len(set(per_position.tolist())) > 1  # the draw moves on with the position
 
 
+def test_rows_without_top_k_or_top_p_draw_alike_whether_or_not_the_batch_sorts():
+    """A batch where some row uses top-k / top-p sorts the vocabulary; one where none does
+    skips the sort. A plain row's tokens must not depend on which of the two it was in."""
+    logits = np.random.default_rng(0).normal(size=(1, 300)).astype(np.float32)
+    plain = [SamplingParams(seed=s, min_p=0.01 * (s % 3)) for s in range(64)]
+    alone = draw(plain, logits=logits)
+    with_sorting = draw(plain + [SamplingParams(seed=1, top_p=0.5, top_k=7)], logits=logits)
+    assert with_sorting[:64].tolist() == alone.tolist()
+
+
+def test_grammar_bitmask_allows_only_its_tokens_and_keeps_raw_logprobs():
+    vocab_size = 40  # two words, the second partly padding
+    logits = np.random.default_rng(1).normal(size=(3, vocab_size)).astype(np.float32)
+    allowed = [[3, 33], [0, 31, 32, 39], list(range(vocab_size))]  # row 2: unconstrained
+    bitmask = np.zeros((3, 2), np.int64)
+    for row, ids in enumerate(allowed):
+        for token in ids:
+            bitmask[row, token // 32] |= 1 << (token % 32)
+    bitmask = bitmask.astype(np.uint32).view(np.int32)  # bit 31 makes a word negative
+    for temperature in (0.0, 1.0):
+        params = [SamplingParams(temperature=temperature, seed=s) for s in range(3)]
+        result = jax.jit(sample)(logits, SamplingArrays.from_params(params, 3),
+                                 np.zeros(3, np.int32), True, token_bitmask=bitmask,
+                                 has_bitmask=True)
+        for row, ids in enumerate(allowed):
+            assert int(result.token_ids[row]) in ids
+        raw = jax.nn.log_softmax(logits, axis=-1)
+        chosen = raw[np.arange(3), np.asarray(result.token_ids)]
+        np.testing.assert_allclose(np.asarray(result.logprobs), chosen, rtol=1e-5)
+    greedy = [SamplingParams(temperature=0.0)] * 3
+    unmasked = jax.jit(sample)(logits, SamplingArrays.from_params(greedy, 3),
+                               np.zeros(3, np.int32), True, token_bitmask=bitmask,
+                               has_bitmask=False)
+    assert np.asarray(unmasked.token_ids).tolist() == logits.argmax(axis=-1).tolist()
+
+
 def test_two_level_argmax_matches_numpy_including_ties_and_odd_vocab():
     import jax.numpy as jnp
 

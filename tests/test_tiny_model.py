@@ -122,7 +122,33 @@ def test_chat_template_renders_chatml(model_dirs):
     assert no_prompt == "<|begin_of_text|><|im_start|>system\nBe brief.<|im_end|>\n"
     ids = tok.apply_chat_template(messages[:1], tokenize=True, return_dict=True)["input_ids"]
     assert ids[:2] == [BOS_ID, IM_START_ID] and ids.count(BOS_ID) == 1
-    assert (model_dirs["llama"] / "chat_template.jinja").read_text() == tiny.CHAT_TEMPLATE
+    assert (model_dirs["llama"] / "chat_template.jinja").read_text() == tiny.chat_template(
+        tiny.TOOL_STYLE["llama"])
+
+
+def test_without_tools_every_style_renders_the_same_chatml(tmp_path):
+    """Tool styles differ only where tools, tool calls or tool results are rendered."""
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"},
+                {"role": "assistant", "content": "hello"}]
+    texts = set()
+    for style in tiny.TOOL_STYLES:
+        path = tiny.write_tiny_model(tmp_path / style, "llama", tool_style=style)
+        tok = AutoTokenizer.from_pretrained(path)
+        texts.add(tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+    assert len(texts) == 1
+
+
+def test_a_cached_demo_model_gets_the_current_chat_template(tmp_path):
+    demo = tiny.ensure_demo_model(tmp_path)
+    (demo / "chat_template.jinja").write_text(tiny.CHAT_TEMPLATE)  # as an older release wrote it
+    config = json.loads((demo / "tokenizer_config.json").read_text())
+    config["chat_template"] = tiny.CHAT_TEMPLATE
+    (demo / "tokenizer_config.json").write_text(json.dumps(config))
+    assert tiny.ensure_demo_model(tmp_path) == demo
+    tok = AutoTokenizer.from_pretrained(demo)
+    assert "<tools>" in tok.apply_chat_template(
+        [{"role": "user", "content": "hi"}], tools=[{"type": "function", "function": {
+            "name": "f", "parameters": {"type": "object"}}}], tokenize=False)
 
 
 def test_two_shards_load_identically(tmp_path):

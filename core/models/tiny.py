@@ -19,6 +19,8 @@ import ml_dtypes
 import numpy as np
 from safetensors.numpy import save_file
 
+from core.models.chat_templates import TOOL_STYLES, chat_template
+
 VARIANTS = ("llama", "llama3", "mistral", "qwen2")
 SIZES = ("tiny", "demo", "bench")
 DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}
@@ -27,20 +29,10 @@ BOS, EOS, IM_START, IM_END, PAD = (
     "<|begin_of_text|>", "<|end_of_text|>", "<|im_start|>", "<|im_end|>", "<|pad|>")
 SPECIAL_TOKENS = (BOS, EOS, IM_START, IM_END, PAD)  # ids 0..4, in this order
 
-CHAT_TEMPLATE = (
-    "{{- bos_token -}}"
-    "{%- for message in messages -%}"
-    "{{- '<|im_start|>' + message['role'] + '\\n' -}}"
-    "{%- if message['content'] is string -%}{{- message['content'] -}}"
-    "{%- elif message['content'] is iterable -%}"
-    "{%- for part in message['content'] -%}"
-    "{%- if part['type'] == 'text' -%}{{- part['text'] -}}{%- endif -%}"
-    "{%- endfor -%}"
-    "{%- endif -%}"
-    "{{- '<|im_end|>\\n' -}}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
-)
+# The tool-calling style of each variant's chat template (core/models/chat_templates.py): the
+# plain Llama variant and the demo model use Hermes markup, as many Llama fine-tunes do.
+TOOL_STYLE = {"llama": "hermes", "llama3": "llama3", "mistral": "mistral", "qwen2": "hermes"}
+CHAT_TEMPLATE = chat_template("none")  # the template of a model that ignores tools
 
 _CORPUS = """\
 The quick brown fox jumps over the lazy dog. A language model reads text as tokens and predicts
@@ -139,7 +131,8 @@ def _write_json(path: Path, obj: dict) -> None:
     path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def write_tokenizer(out_dir: Path, tok, model_max_length: int) -> None:
+def write_tokenizer(out_dir: Path, tok, model_max_length: int,
+                    template: str = CHAT_TEMPLATE) -> None:
     """tokenizer.json, tokenizer_config.json, special_tokens_map.json, chat_template.jinja."""
     tok.save(str(out_dir / "tokenizer.json"))
     added = {str(tok.token_to_id(t)): {"content": t, "lstrip": False, "rstrip": False,
@@ -150,11 +143,11 @@ def write_tokenizer(out_dir: Path, tok, model_max_length: int) -> None:
         "pad_token": PAD, "unk_token": None, "add_bos_token": True, "add_eos_token": False,
         "clean_up_tokenization_spaces": False, "model_max_length": model_max_length,
         "model_input_names": ["input_ids", "attention_mask"],
-        "added_tokens_decoder": added, "chat_template": CHAT_TEMPLATE})
+        "added_tokens_decoder": added, "chat_template": template})
     _write_json(out_dir / "special_tokens_map.json", {
         "bos_token": BOS, "eos_token": EOS, "pad_token": PAD,
         "additional_special_tokens": [IM_START, IM_END]})
-    (out_dir / "chat_template.jinja").write_text(CHAT_TEMPLATE, encoding="utf-8")
+    (out_dir / "chat_template.jinja").write_text(template, encoding="utf-8")
 
 
 def model_config(variant: str, vocab_size: int, ids: dict[str, int], *,
@@ -253,12 +246,17 @@ def write_weights(out_dir: Path, weights: dict[str, np.ndarray], num_shards: int
 
 
 def write_tiny_model(out_dir: Path, variant: str = "llama", *, seed: int = 0,
-                     dtype: str = "float32", num_shards: int = 1, size: str = "tiny") -> Path:
-    """Write a complete HF model directory (config, weights, tokenizer) and return it."""
+                     dtype: str = "float32", num_shards: int = 1, size: str = "tiny",
+                     tool_style: str | None = None) -> Path:
+    """Write a complete HF model directory (config, weights, tokenizer) and return it; its chat
+    template renders tools in `tool_style` (default: the variant's family, TOOL_STYLE)."""
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; expected one of {tuple(DTYPES)}")
     if size not in SIZES or variant not in VARIANTS:
         raise ValueError(f"unknown size {size!r} or variant {variant!r}")
+    tool_style = tool_style or TOOL_STYLE[variant]
+    if tool_style not in TOOL_STYLES:
+        raise ValueError(f"unknown tool style {tool_style!r}; expected one of {TOOL_STYLES}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tok = build_tokenizer(_VOCAB_TARGET[size], variant)
@@ -271,7 +269,7 @@ def write_tiny_model(out_dir: Path, variant: str = "llama", *, seed: int = 0,
     _write_json(out_dir / "generation_config.json", {
         "bos_token_id": ids["bos"], "eos_token_id": [ids["eos"], ids["im_end"]],
         "pad_token_id": ids["pad"], "do_sample": False})
-    write_tokenizer(out_dir, tok, cfg["max_position_embeddings"])
+    write_tokenizer(out_dir, tok, cfg["max_position_embeddings"], chat_template(tool_style))
     if size == "demo":
         (out_dir / "README.md").write_text(
             "# Tandem demo model\n\nRandom weights, generated locally by `core.models.tiny` "
@@ -291,6 +289,7 @@ def ensure_demo_model(cache_dir: Path | None = None) -> Path:
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     target = root / "demo-model"
     if (target / "config.json").is_file():
+        _refresh_chat_template(target, chat_template(TOOL_STYLE["llama"]))
         return target
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".demo-model-", dir=root))
@@ -304,3 +303,18 @@ def ensure_demo_model(cache_dir: Path | None = None) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def _refresh_chat_template(model_dir: Path, template: str) -> None:
+    """Give a demo model cached by an older release the current chat template (the weights and
+    tokenizer are unchanged); each file is replaced atomically."""
+    if (model_dir / "chat_template.jinja").read_text(encoding="utf-8") == template:
+        return
+    config_path = model_dir / "tokenizer_config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    config["chat_template"] = template
+    for name, text in (("tokenizer_config.json", json.dumps(config, indent=2, ensure_ascii=False)
+                        + "\n"), ("chat_template.jinja", template)):
+        tmp = model_dir / f".{name}.{os.getpid()}.tmp"
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, model_dir / name)

@@ -15,6 +15,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from facade.convert import (
+    ChoiceState,
     GenerationRun,
     chat_logprobs,
     chat_to_generate,
@@ -39,7 +40,11 @@ from facade.protocol import (
     ChatCompletion,
     ChatCompletionChunk,
     ChatCompletionRequest,
+    DeltaFunction,
     DeltaMessage,
+    DeltaToolCall,
+    FunctionCall,
+    ResponseToolCall,
     Usage,
 )
 from facade.protocol_policy import apply_field_policy, ignored_header
@@ -69,19 +74,40 @@ class ChatRun(GenerationRun):
         return self.sse_chunk(ChatCompletionChunk, choices, usage)
 
 
-def _chunk_choice(run: ChatRun, choice: pb.ChoiceDelta) -> ChatChunkChoice | None:
+def chunk_choice(run: ChatRun, choice: pb.ChoiceDelta) -> ChatChunkChoice | None:
     """The chunk choice of one core delta; None when it carries nothing for the client."""
     wants_logprobs = bool(run.request.logprobs)
     reason = finish_reason(choice)
-    if not choice.text and reason is None and not (wants_logprobs and choice.logprobs):
+    if not (choice.text or choice.tool_calls or reason is not None
+            or (wants_logprobs and choice.logprobs)):
         return None
     return ChatChunkChoice(
         index=choice.index,
-        delta=DeltaMessage(content=choice.text or None),
+        delta=DeltaMessage(content=choice.text or None,
+                           tool_calls=_delta_tool_calls(choice) or None),
         logprobs=chat_logprobs(choice.logprobs) if wants_logprobs else None,
         finish_reason=reason,
         stop_reason=stop_reason(choice),
     )
+
+
+def _delta_tool_calls(choice: pb.ChoiceDelta) -> list[DeltaToolCall]:
+    """The core's tool-call deltas in OpenAI's streaming shape (id, type and name on a call's
+    first delta only)."""
+    return [DeltaToolCall(index=call.index, id=call.id or None,
+                          type="function" if call.id else None,
+                          function=DeltaFunction(name=call.function.name or None,
+                                                 arguments=call.function.arguments))
+            for call in choice.tool_calls]
+
+
+def _message(state: ChoiceState) -> AssistantMessage:
+    """A finished choice's message: its calls, and content null when it is only calls."""
+    calls = [ResponseToolCall(id=call_id, function=FunctionCall(name=name, arguments=arguments))
+             for call_id, name, arguments in map(state.tool_calls.get, sorted(state.tool_calls))]
+    if not calls:
+        return AssistantMessage(content=state.text)
+    return AssistantMessage(content=state.text or None, tool_calls=calls)
 
 
 async def stream_chat(run: ChatRun, generation: Generation) -> AsyncIterator[bytes]:
@@ -100,7 +126,7 @@ async def stream_chat(run: ChatRun, generation: Generation) -> AsyncIterator[byt
     async with aclosing(generation.responses()) as responses:
         async for _, response in responses:
             run.add(response)
-            choices = [c for delta in response.choices if (c := _chunk_choice(run, delta))]
+            choices = [c for delta in response.choices if (c := chunk_choice(run, delta))]
             if choices:
                 yield run.chunk(choices, run.usage.total() if continuous else None)
     run.check_finished()
@@ -114,7 +140,7 @@ def _completion(run: ChatRun) -> ChatCompletion:
         state = run.choices[index]
         choices.append(ChatChoice(
             index=index,
-            message=AssistantMessage(content=state.text),
+            message=_message(state),
             logprobs=chat_logprobs(state.logprobs) if run.request.logprobs else None,
             finish_reason=state.finish_reason,
             stop_reason=state.stop_reason,
@@ -131,12 +157,34 @@ def _completion(run: ChatRun) -> ChatCompletion:
     )
 
 
-async def _complete(run: ChatRun, generation: Generation) -> ChatCompletion:
+async def complete_chat(run: ChatRun, generation: Generation) -> ChatCompletion:
+    """Read the whole answer (every core response) and build the chat completion."""
     async with aclosing(generation.responses()) as responses:
         async for _, response in responses:
             run.add(response)
     run.check_finished()
     return _completion(run)
+
+
+async def open_chat(
+    body: ChatCompletionRequest,
+    request: Request,
+    stub: CoreStub,
+    options: CoreCallOptions,
+    settings: Settings,
+) -> tuple[ChatRun, Generation]:
+    """Send a (checked) chat request to the core and await admission: the run and its calls.
+    /v1/responses serves its requests through here too."""
+    model = resolve_model(body.model, settings)
+    generate = chat_to_generate(body, model)
+    generation = await cancel_on_disconnect(request, Generation.open(stub, [generate], options))
+    run = ChatRun(
+        request=body,
+        completion_id=f"chatcmpl-{options.request_id}",
+        created=int(time.time()),
+        model=generation.model or model,
+    )
+    return run, generation
 
 
 @router.post(
@@ -156,20 +204,12 @@ async def create_chat_completion(
     """OpenAI chat completions (streaming and not)."""
     ignored = ignored_header(apply_field_policy(body, "chat"))
     check_chat_limits(body, limits)
-    model = resolve_model(body.model, settings)
-    generate = chat_to_generate(body, model)
-    generation = await cancel_on_disconnect(request, Generation.open(stub, [generate], options))
-    run = ChatRun(
-        request=body,
-        completion_id=f"chatcmpl-{options.request_id}",
-        created=int(time.time()),
-        model=generation.model or model,
-    )
+    run, generation = await open_chat(body, request, stub, options, settings)
     if body.stream:
         events = guarded_stream(stream_chat(run, generation), generation.cancel, run.completion_id)
         return EventStreamResponse(events, headers={**STREAM_HEADERS, **ignored})
     try:
-        completion = await cancel_on_disconnect(request, _complete(run, generation))
+        completion = await cancel_on_disconnect(request, complete_chat(run, generation))
     finally:
         generation.cancel()
     return JSONResponse(completion.model_dump(mode="json"), headers=ignored)

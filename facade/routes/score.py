@@ -4,7 +4,8 @@ For each item the core builds the prompt query+item (item+query with `item_first
 per label token id in request order, its probability as the next token under the full
 next-token distribution — or, with `apply_softmax`, the softmax over the label ids' logits
 alone. Answered as `{"object": "scoring", "model", "scores", "usage", "created"}`; the openai SDK
-reaches it with `client.post("/score", body={...}, cast_to=dict)`.
+reaches it with `client.post("/score", body={...}, cast_to=dict[str, Any])` (a bare `dict`
+fails inside the SDK's own response parser in openai 1.0.0 and in 3.x).
 """
 
 from __future__ import annotations

@@ -82,7 +82,8 @@ def test_32_concurrent_greedy_requests_match_each_alone(engine, monkeypatch):
     rows_per_step = []
     execute = engine.runner.execute
     monkeypatch.setattr(engine.runner, "execute",
-                        lambda batch: rows_per_step.append(len(batch.chunks)) or execute(batch))
+                        lambda batch, *grammar_rows: rows_per_step.append(len(batch.chunks))
+                        or execute(batch, *grammar_rows))
     together = run(engine, [make_request(f"batch-{i}", p, max_tokens=16)
                             for i, p in enumerate(prompts)])
     monkeypatch.undo()
@@ -139,10 +140,10 @@ def test_cancel_frees_pages_within_one_step(engine, monkeypatch):
     aborted = False
     execute = engine.runner.execute
 
-    def counting(batch):
+    def counting(batch, *grammar_rows):
         if aborted:
             steps_after_abort.append(len(batch.chunks))
-        return execute(batch)
+        return execute(batch, *grammar_rows)
 
     monkeypatch.setattr(engine.runner, "execute", counting)
     outputs: queue.Queue[RequestOutput] = queue.Queue()

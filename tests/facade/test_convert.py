@@ -84,12 +84,22 @@ def test_chat_input_parts_tools_and_template_options():
     assert (generate.cache_salt, generate.n, generate.top_logprobs) == ("tenant-a", 2, 3)
 
 
-def test_tool_choice_none_drops_tools_and_required_is_unsupported():
-    tools = [{"type": "function", "function": {"name": "f"}}]
-    assert len(chat(tools=tools, tool_choice="none").chat.tools) == 0
+def test_tools_and_tool_choice_go_to_the_core_and_empty_tools_are_refused():
+    tools = [{"type": "function", "function": {"name": "f", "strict": True}}]
+    none = chat(tools=tools, tool_choice="none").chat
+    assert len(none.tools) == 1 and none.tool_choice.mode == pb.ToolChoice.MODE_NONE
+    required = chat(tools=tools, tool_choice="required", parallel_tool_calls=False).chat
+    assert required.tool_choice.mode == pb.ToolChoice.MODE_REQUIRED
+    assert required.parallel_tool_calls is False and required.tools[0].strict is True
+    named = chat(tools=tools, tool_choice={"type": "function", "function": {"name": "f"}}).chat
+    assert (named.tool_choice.mode, named.tool_choice.function_name) == (
+        pb.ToolChoice.MODE_FUNCTION, "f")
+    legacy = chat(functions=[{"name": "g"}], function_call={"name": "g"}).chat
+    assert legacy.tool_choice.function_name == "g" and legacy.tools[0].name == "g"
+    assert not chat(tools=tools).chat.HasField("tool_choice")
     with pytest.raises(ApiError) as raised:
-        chat(tools=tools, tool_choice="required")
-    assert (raised.value.param, raised.value.code) == ("tool_choice", "unsupported_parameter")
+        chat(tools=[], tool_choice="auto")
+    assert raised.value.param == "tools" and raised.value.status_code == 400
 
 
 def test_legacy_function_role_and_functions_become_tool_and_tools():
@@ -97,10 +107,8 @@ def test_legacy_function_role_and_functions_become_tool_and_tools():
     generate = chat(messages=messages, functions=[{"name": "f"}], function_call="auto")
     assert [(m.role, m.name) for m in generate.chat.messages] == [("user", ""), ("tool", "f")]
     assert [tool.name for tool in generate.chat.tools] == ["f"]
-    assert len(chat(functions=[{"name": "f"}], function_call="none").chat.tools) == 0
-    with pytest.raises(ApiError) as raised:
-        chat(functions=[{"name": "f"}], function_call={"name": "f"})
-    assert (raised.value.param, raised.value.code) == ("function_call", "unsupported_parameter")
+    legacy_none = chat(functions=[{"name": "f"}], function_call="none").chat
+    assert legacy_none.tool_choice.mode == pb.ToolChoice.MODE_NONE
 
 
 def test_text_parts_are_sent_in_order():
@@ -153,3 +161,49 @@ def test_echo_logprobs_and_best_of_on_completions():
     with pytest.raises(ApiError) as error:
         completion(max_tokens=0)
     assert error.value.param == "max_tokens"
+
+
+def test_structured_outputs_and_guided_fields_reach_the_core():
+    schema = {"type": "object", "properties": {"a": {"type": "boolean"}}}
+    strict = chat(response_format={"type": "json_schema", "json_schema": {
+        "name": "thing", "schema": schema, "strict": True}}).response_format
+    assert (strict.name, strict.strict, json.loads(strict.json_schema)) == ("thing", True, schema)
+    assert not chat(response_format={"type": "json_schema", "json_schema": {
+        "schema": schema}}).response_format.HasField("strict")
+    cases = [
+        ({"structured_outputs": {"json": schema}}, "structured_outputs", "json", schema),
+        ({"structured_outputs": {"json": json.dumps(schema)}}, "structured_outputs", "json",
+         schema),
+        ({"structured_outputs": {"regex": "a+"}}, "structured_outputs", "regex", "a+"),
+        ({"structured_outputs": {"choice": ["x", "y"]}}, "structured_outputs", "choice",
+         ["x", "y"]),
+        ({"structured_outputs": {"grammar": "root ::= \"a\""}}, "structured_outputs", "grammar",
+         "root ::= \"a\""),
+        ({"structured_outputs": {"json_object": True}}, "structured_outputs", "json_object",
+         True),
+        ({"guided_json": schema}, "guided_json", "json", schema),
+        ({"guided_regex": "b*"}, "guided_regex", "regex", "b*"),
+        ({"guided_choice": ["p"]}, "guided_choice", "choice", ["p"]),
+        ({"guided_grammar": "start: \"a\""}, "guided_grammar", "grammar", "start: \"a\""),
+    ]
+    for fields, param, key, value in cases:
+        structured = chat(**fields).structured_outputs
+        assert (structured.param, structured.WhichOneof("constraint")) == (param, key), fields
+        got = getattr(structured, key)
+        got = (json.loads(got) if key == "json" else list(got.choices) if key == "choice"
+               else got)
+        assert got == value, fields
+    completion = completion_to_generates(CompletionRequest.model_validate(
+        {"prompt": "x", "guided_regex": "c"}), "m")[0]
+    assert completion.structured_outputs.regex == "c"
+    assert not chat().HasField("structured_outputs")
+
+
+@pytest.mark.parametrize(("fields", "param"), [
+    ({"guided_regex": "a", "guided_choice": ["b"]}, "guided_choice"),
+    ({"structured_outputs": {"regex": "a"}, "guided_json": {}}, "guided_json"),
+])
+def test_two_constraints_are_refused_naming_the_second(fields, param):
+    with pytest.raises(ApiError) as raised:
+        chat(**fields)
+    assert raised.value.status_code == 400 and raised.value.param == param

@@ -147,13 +147,19 @@ def test_new_settings_from_environment(monkeypatch, key_file):
 
 
 def test_cli_passes_the_key_file(key_file, monkeypatch):
+    """`tandem facade --api-key-file F` becomes `python -m facade ... --api-key-file F`, whose
+    settings accept the file's keys."""
     from core import cli
+    from facade import main
 
     seen = {}
-    monkeypatch.setattr("facade.main.run", lambda settings, **_: seen.update(settings=settings))
+    monkeypatch.setattr(main, "run", lambda settings, **_: seen.update(settings=settings))
     args = cli.build_parser().parse_args(["facade", "--api-key-file", key_file])
-    cli.run_facade(args, args.core)
+    argv, _ = cli.facade_command(args, args.core)
+    assert argv[1:3] == ["-m", "facade"]
+    main.main(argv[3:])
     assert seen["settings"].accepted_api_keys() == ("key-one", "key-two")
+    assert seen["settings"].core_address == args.core
 
 
 # --- CORS -----------------------------------------------------------------------------------

@@ -54,13 +54,13 @@ def test_ignored_fields_are_listed_sorted_in_a_header(client):
     body = {
         "messages": USER, "user": "u1", "store": False, "metadata": {"k": "v"},
         "service_tier": "auto", "prompt_cache_key": "p", "safety_identifier": "s",
-        "parallel_tool_calls": True, "verbosity": "low", "priority": 3,
+        "verbosity": "low", "priority": 3,
         "spaces_between_special_tokens": True, "modalities": ["text"], "my_vendor_flag": 1,
     }  # fmt: skip
     response = client.post(CHAT, json=body)
     assert response.status_code == 200, response.text
     assert response.headers[IGNORED_PARAMS_HEADER] == (
-        "metadata, modalities, my_vendor_flag, parallel_tool_calls, priority, prompt_cache_key, "
+        "metadata, modalities, my_vendor_flag, priority, prompt_cache_key, "
         "safety_identifier, service_tier, spaces_between_special_tokens, store, user, verbosity"
     )
 
@@ -87,7 +87,8 @@ def test_ignored_header_on_streams_and_completions(client):
         (CHAT, "web_search_options", {}),
         (CHAT, "modalities", ["text", "audio"]),
         (CHAT, "use_beam_search", True),
-        (CHAT, "guided_json", {"type": "object"}),
+        (CHAT, "structural_tag", "{}"),
+        (CHAT, "guided_whitespace_pattern", " "),
         (CHAT, "truncate_prompt_tokens", 5),
         (COMPLETIONS, "suffix", "}"),
         (COMPLETIONS, "length_penalty", 0.5),

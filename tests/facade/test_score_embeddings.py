@@ -10,6 +10,8 @@ keys and request ids apply.
 
 from __future__ import annotations
 
+from typing import Any
+
 import base64
 import math
 import struct
@@ -68,7 +70,7 @@ def token_input(ids: list[int]) -> pb.ScoreInput:
 
 def score(sdk: openai.OpenAI, **body) -> dict:
     return sdk.post("/score", body={"model": "tiny-demo", "label_token_ids": LABELS, **body},
-                    cast_to=dict)  # fmt: skip
+                    cast_to=dict[str, Any])  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------

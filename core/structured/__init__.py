@@ -1,0 +1,29 @@
+"""Grammar-constrained decoding: the constraint type and (in its modules) llguidance matchers.
+
+Owns: `GrammarSpec`, the one boundary type a request carries to constrain a choice's output.
+The engine compiles it with llguidance (bounded size and time), keeps one matcher per
+constrained choice, and fills the packed token bitmask the sampler applies on device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# "grammar": Lark or llama.cpp GBNF (told apart by llguidance's converter); "lark": Lark only
+GRAMMAR_KINDS = ("json_schema", "json_object", "regex", "choice", "lark", "grammar")
+
+
+@dataclass(frozen=True)
+class GrammarSpec:
+    """A constraint on one choice's output, compiled by llguidance in the core."""
+
+    kind: str  # one of GRAMMAR_KINDS
+    # The schema JSON text, the regex, a JSON list of choices, or the grammar text
+    # (for "lark": llguidance's Lark-like syntax, which may embed `%json {...}`).
+    source: str
+    param: str  # the API parameter it came from, named in errors ("response_format", "tools", ...)
+    # json_schema only: a keyword llguidance cannot enforce is an error (False: it is ignored)
+    strict: bool = True
+
+
+__all__ = ["GRAMMAR_KINDS", "GrammarSpec"]

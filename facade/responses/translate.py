@@ -1,0 +1,298 @@
+"""Responses API ⇄ chat: a Responses request becomes the internal chat completion request, and
+what the chat pipeline produced becomes Responses output items.
+
+One path, as SGLang's gRPC router does it: `to_chat_request` builds a `ChatCompletionRequest`
+(validated by the chat route's own model, so its validators apply) that facade/routes/chat.py's
+machinery sends to the core — sampling, tools, `tool_choice`, structured output (`text.format` →
+`response_format`) and limits are the chat route's. Errors name Responses' parameters
+(`RESPONSES_PARAMS`). The other way, `OutputAssembler` turns text and tool-call deltas into
+output items and the streaming events that build them; the non-streaming path feeds it the
+whole answer at once, so both paths produce the same items.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from pydantic import ValidationError
+
+from facade.errors import ApiError, api_error_from_validation, invalid_request
+from facade.protocol import ChatCompletionRequest, SamplingFields
+from facade.responses.protocol import (
+    FunctionCallInput,
+    FunctionCallOutput,
+    FunctionCallOutputInput,
+    InputContent,
+    InputMessage,
+    OutputMessage,
+    OutputText,
+    ResponsesRequest,
+)
+
+# Chat parameter (prefix) → the Responses parameter a client sent it as.
+RESPONSES_PARAMS: dict[str, str] = {
+    "messages": "input",
+    "max_completion_tokens": "max_output_tokens",
+    "max_tokens": "max_output_tokens",
+    "response_format": "text.format",
+    "functions": "tools",
+    "function_call": "tool_choice",
+}
+
+
+def new_id(prefix: str) -> str:
+    """A fresh object id: "resp_…", "msg_…", "fc_…"."""
+    return f"{prefix}_{uuid.uuid4().hex}"
+
+
+def responses_param(param: str | None) -> str | None:
+    """A chat parameter name as the Responses request calls it ("messages[2]" → "input")."""
+    if param is None:
+        return None
+    for chat_name, name in RESPONSES_PARAMS.items():
+        if param == chat_name or param.startswith((f"{chat_name}[", f"{chat_name}.")):
+            return name
+    if param.startswith("tools[") and ".function." in param:
+        return param.replace(".function.", ".", 1)  # chat nests what Responses keeps flat
+    return param
+
+
+@contextmanager
+def responses_params() -> Iterator[None]:
+    """Errors raised inside name the Responses parameter instead of the chat one."""
+    try:
+        yield
+    except ApiError as error:
+        error.param = responses_param(error.param)
+        if error.param is not None and error.message:
+            error.message = _rename_in_message(error.message)
+        raise
+
+
+def _rename_in_message(message: str) -> str:
+    for chat_name, name in RESPONSES_PARAMS.items():
+        message = message.replace(f"'{chat_name}'", f"'{name}'")
+    return message
+
+
+# ---------------------------------------------------------------------------------------------
+# Request → chat
+
+
+def _text_of(content: str | list[InputContent]) -> str | list[dict[str, Any]]:
+    """Input content as chat content: a string, or chat parts (text and image_url)."""
+    if isinstance(content, str):
+        return content
+    parts: list[dict[str, Any]] = []
+    for part in content:
+        if part.type in ("input_text", "output_text", "text"):
+            parts.append({"type": "text", "text": part.text or ""})
+        elif part.type == "refusal":
+            parts.append({"type": "text", "text": part.refusal or ""})
+        elif part.type == "input_image" and part.image_url:
+            parts.append({"type": "image_url", "image_url": {"url": part.image_url}})
+        else:  # a file, or an image by file id: nothing the core could read
+            raise invalid_request(f"Input content of type '{part.type}' is not supported.",
+                                  "input", code="unsupported_parameter")  # fmt: skip
+    if all(part["type"] == "text" for part in parts):
+        return "".join(part["text"] for part in parts)
+    return parts
+
+
+def input_messages(request: ResponsesRequest) -> list[dict[str, Any]]:
+    """The request's `input` as chat messages (instructions not included). Consecutive
+    `function_call` items join the assistant message before them, as one turn's tool calls."""
+    if isinstance(request.input, str):
+        return [{"role": "user", "content": request.input}]
+    messages: list[dict[str, Any]] = []
+    for item in request.input:
+        if isinstance(item, InputMessage):
+            messages.append({"role": item.role, "content": _text_of(item.content)})
+        elif isinstance(item, FunctionCallInput):
+            call = {"id": item.call_id, "type": "function",
+                    "function": {"name": item.name, "arguments": item.arguments}}  # fmt: skip
+            last = messages[-1] if messages else None
+            if last is None or last["role"] != "assistant":
+                last = {"role": "assistant", "content": None}
+                messages.append(last)
+            last.setdefault("tool_calls", []).append(call)
+        elif isinstance(item, FunctionCallOutputInput):
+            output = _text_of(item.output)
+            messages.append({"role": "tool", "tool_call_id": item.call_id, "content": output})
+    return messages
+
+
+def output_message(output: list[dict[str, Any]]) -> dict[str, Any]:
+    """A response's output items as the one assistant chat message they were."""
+    text = "".join(
+        part.get("text", "")
+        for item in output if item.get("type") == "message"
+        for part in item.get("content", [])
+    )  # fmt: skip
+    calls = [{"id": item["call_id"], "type": "function",
+              "function": {"name": item["name"], "arguments": item["arguments"]}}
+             for item in output if item.get("type") == "function_call"]  # fmt: skip
+    message: dict[str, Any] = {"role": "assistant", "content": text if text or not calls else None}
+    if calls:
+        message["tool_calls"] = calls
+    return message
+
+
+def _tools(request: ResponsesRequest) -> dict[str, Any]:
+    """tools / tool_choice / parallel_tool_calls in the chat request's nested shape."""
+    fields: dict[str, Any] = {}
+    if request.tools is not None:
+        fields["tools"] = [
+            {"type": "function",
+             "function": tool.model_dump(exclude={"type"}, exclude_none=True, by_alias=True)}
+            for tool in request.tools
+        ]  # fmt: skip
+    choice = request.tool_choice
+    if choice is not None:
+        fields["tool_choice"] = (
+            choice if isinstance(choice, str)
+            else {"type": "function", "function": {"name": choice.name}}
+        )  # fmt: skip
+    if request.parallel_tool_calls is not None:
+        fields["parallel_tool_calls"] = request.parallel_tool_calls
+    return fields
+
+
+def _response_format(request: ResponsesRequest) -> dict[str, Any] | None:
+    """text.format as chat's response_format (json_schema's fields nest one level down)."""
+    text_format = request.text_format
+    if text_format is None:
+        return None
+    if text_format.type != "json_schema":
+        return {"type": text_format.type}
+    schema = text_format.model_dump(
+        include={"name", "description", "json_schema", "strict"}, exclude_none=True, by_alias=True
+    )
+    return {"type": "json_schema", "json_schema": schema}
+
+
+def to_chat_request(
+    request: ResponsesRequest, history: list[dict[str, Any]]
+) -> tuple[ChatCompletionRequest, list[dict[str, Any]]]:
+    """The chat request that serves `request`, after `history` (the stored conversation of its
+    previous response), and the conversation without instructions (what a store keeps)."""
+    conversation = history + input_messages(request)
+    messages = list(conversation)
+    if request.instructions:
+        messages.insert(0, {"role": "system", "content": request.instructions})
+    if not messages:
+        raise invalid_request("'input' must not be empty.", "input")
+    sampling = {  # the fields chat shares with Responses, as the client set them
+        name: getattr(request, name)
+        for name in request.model_fields_set & set(SamplingFields.model_fields)
+    }
+    fields: dict[str, Any] = {**sampling, "messages": messages, **_tools(request)}
+    fields.pop("response_format", None)  # refused by the field policy unless null
+    if request.max_output_tokens is not None:
+        fields["max_completion_tokens"] = request.max_output_tokens
+    response_format = _response_format(request)
+    if response_format is not None:
+        fields["response_format"] = response_format
+    try:
+        chat = ChatCompletionRequest.model_validate(fields)
+    except ValidationError as error:
+        raise api_error_from_validation(list(error.errors())) from None
+    return chat, conversation
+
+
+# ---------------------------------------------------------------------------------------------
+# Chat output → output items (and streaming events)
+
+
+class OutputAssembler:
+    """Builds the output items of one response from text and tool-call deltas, and returns for
+    each delta the streaming events (without sequence numbers) that build them."""
+
+    def __init__(self) -> None:
+        self.items: list[OutputMessage | FunctionCallOutput] = []
+        self._open: OutputMessage | FunctionCallOutput | None = None
+        self._call_indexes: dict[int, int] = {}  # chat tool-call index → output index
+
+    @property
+    def output_index(self) -> int:
+        return len(self.items) - 1
+
+    def _item_event(self, kind: str, item: OutputMessage | FunctionCallOutput) -> dict[str, Any]:
+        return {"type": f"response.output_item.{kind}", "output_index": self.items.index(item),
+                "item": item.model_dump(mode="json")}  # fmt: skip
+
+    def _part_event(self, kind: str, message: OutputMessage) -> dict[str, Any]:
+        return {"type": f"response.content_part.{kind}", "item_id": message.id,
+                "output_index": self.items.index(message), "content_index": 0,
+                "part": message.content[0].model_dump(mode="json")}  # fmt: skip
+
+    def _open_message(self) -> list[dict[str, Any]]:
+        message = OutputMessage(id=new_id("msg"), status="in_progress", content=[])
+        self.items.append(message)
+        self._open = message
+        added = self._item_event("added", message)
+        message.content.append(OutputText(text=""))
+        return [added, self._part_event("added", message)]
+
+    def text(self, delta: str) -> list[dict[str, Any]]:
+        if not delta:
+            return []
+        events = []
+        if not isinstance(self._open, OutputMessage):
+            events = self.close() + self._open_message()
+        message = self._open
+        assert isinstance(message, OutputMessage)
+        message.content[0].text += delta
+        events.append({"type": "response.output_text.delta", "item_id": message.id,
+                       "output_index": self.output_index, "content_index": 0, "delta": delta,
+                       "logprobs": []})  # fmt: skip
+        return events
+
+    def tool_call(
+        self, index: int, call_id: str | None, name: str | None, arguments: str | None
+    ) -> list[dict[str, Any]]:
+        """One delta of chat tool call `index`: its first one names it, later ones add
+        argument fragments."""
+        events: list[dict[str, Any]] = []
+        if index not in self._call_indexes:
+            events += self.close()
+            call = FunctionCallOutput(
+                id=new_id("fc"), call_id=call_id or new_id("call"), name=name or "",
+                arguments="", status="in_progress",
+            )  # fmt: skip
+            self.items.append(call)
+            self._open = call
+            self._call_indexes[index] = self.output_index
+            events.append(self._item_event("added", call))
+        call = self.items[self._call_indexes[index]]
+        assert isinstance(call, FunctionCallOutput)
+        if arguments:
+            call.arguments += arguments
+            events.append({"type": "response.function_call_arguments.delta", "item_id": call.id,
+                           "output_index": self.items.index(call), "delta": arguments})  # fmt: skip
+        return events
+
+    def close(self, status: str = "completed") -> list[dict[str, Any]]:
+        """Finish the open item (if any): its `.done` events."""
+        item, self._open = self._open, None
+        if item is None:
+            return []
+        item.status = status  # type: ignore[assignment]
+        index = self.items.index(item)
+        if isinstance(item, FunctionCallOutput):
+            done = {"type": "response.function_call_arguments.done", "item_id": item.id,
+                    "output_index": index, "name": item.name,
+                    "arguments": item.arguments}  # fmt: skip
+            return [done, self._item_event("done", item)]
+        text_done = {"type": "response.output_text.done", "item_id": item.id,
+                     "output_index": index, "content_index": 0, "text": item.content[0].text,
+                     "logprobs": []}  # fmt: skip
+        return [text_done, self._part_event("done", item), self._item_event("done", item)]
+
+    def finish(self, status: str) -> list[dict[str, Any]]:
+        """Close the last item; an answer without any item gets one (empty) message."""
+        events = self._open_message() if not self.items else []
+        return events + self.close(status)
