@@ -179,9 +179,9 @@ def test_n_choices_prefill_the_shared_prompt_once(engine):
     computed = []
     original = engine.runner.execute
 
-    def counting(batch):
+    def counting(batch, *grammar_rows):
         computed.append(sum(len(c.token_ids) for c in batch.chunks if len(c.token_ids) > 1))
-        return original(batch)
+        return original(batch, *grammar_rows)
 
     engine.runner.execute = counting
     try:
