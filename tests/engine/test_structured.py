@@ -1,7 +1,8 @@
 """Grammar-constrained decoding in the real engine (tiny random-weight models): finish reasons,
 n > 1, seeded batch invariance, preemption, raw logprobs, cancellation freeing the matcher,
-admission errors, no compilation after warm-up, and JSON schemas on a model of each family
-through the core's own request conversion (chat template included)."""
+admission errors, no compilation after warm-up, the grammar together with issue 12's stages
+(min_tokens, logit_bias, penalties, prompt logprobs of shared-prompt choices), and JSON schemas
+on a model of each family through the core's own request conversion (chat template included)."""
 
 from __future__ import annotations
 
