@@ -12,7 +12,8 @@ import math
 from dataclasses import dataclass, replace
 
 from core.errors import ContextLengthExceeded, InvalidParameter, Unsupported
-from core.request import MAX_TOP_LOGPROBS, Request, SamplingParams, StoppingParams
+from core.request import (MAX_MIN_TOKENS_IDS, MAX_TOP_LOGPROBS, Request, SamplingParams,
+                          StoppingParams)
 from core.structured import GrammarSpec
 from core.tokenizer import ChatPrompt, Tokenizer, parse_json_object
 from core.tools.plan import check_tool_choice, tools_shown
@@ -20,6 +21,9 @@ from tandem.v1 import inference_pb2 as pb
 
 MAX_CHOICES = 16  # n at most
 MAX_STOP_STRINGS = 16
+MAX_LOGIT_BIAS_ENTRIES = 300  # as the facade's default limit
+MAX_BAD_WORDS = 32  # each gives ≤ 2 sequences: ≤ MAX_BANNED_IDS bans per step
+MAX_REPETITION_PENALTY = 100.0
 
 
 @dataclass(frozen=True)
@@ -144,7 +148,7 @@ def _check_range(value: float, name: str, low: float, high: float, low_open=Fals
                                param=name)
 
 
-def sampling_params(sampling: pb.SamplingParams) -> SamplingParams:
+def sampling_params(sampling: pb.SamplingParams, vocab_size: int) -> SamplingParams:
     def get(name, default):
         return getattr(sampling, name) if sampling.HasField(name) else default
 
@@ -156,27 +160,75 @@ def sampling_params(sampling: pb.SamplingParams) -> SamplingParams:
     if top_k < -1:
         raise InvalidParameter(f"top_k must be -1, 0 (off) or positive, got {top_k}",
                                param="top_k")
-    for name, neutral in (("presence_penalty", 0.0), ("frequency_penalty", 0.0),
-                          ("repetition_penalty", 1.0)):
-        if get(name, neutral) != neutral:
-            raise Unsupported(f"{name} is not supported yet", param=name)
-    if sampling.logit_bias:
-        raise Unsupported("logit_bias is not supported yet", param="logit_bias")
+    for name in ("presence_penalty", "frequency_penalty"):
+        _check_range(get(name, 0.0), name, -2.0, 2.0)
+    repetition_penalty = get("repetition_penalty", 1.0)
+    _check_range(repetition_penalty, "repetition_penalty", 0.0, MAX_REPETITION_PENALTY,
+                 low_open=True)
     return SamplingParams(temperature=temperature, top_p=top_p, top_k=max(top_k, 0),
-                          min_p=min_p, seed=get("seed", None))
+                          min_p=min_p, seed=get("seed", None),
+                          presence_penalty=get("presence_penalty", 0.0),
+                          frequency_penalty=get("frequency_penalty", 0.0),
+                          repetition_penalty=repetition_penalty,
+                          logit_bias=_logit_bias(sampling, vocab_size),
+                          allowed_token_ids=_allowed_token_ids(sampling, vocab_size))
+
+
+def _logit_bias(sampling: pb.SamplingParams, vocab_size: int) -> tuple[tuple[int, float], ...]:
+    if len(sampling.logit_bias) > MAX_LOGIT_BIAS_ENTRIES:
+        raise InvalidParameter(f"logit_bias has {len(sampling.logit_bias)} entries, at most "
+                               f"{MAX_LOGIT_BIAS_ENTRIES}", param="logit_bias")
+    check_token_ids(sampling.logit_bias.keys(), vocab_size, "logit_bias")
+    for bias in sampling.logit_bias.values():
+        _check_range(bias, "logit_bias", -100.0, 100.0)
+    return tuple(sorted(sampling.logit_bias.items()))
+
+
+def _allowed_token_ids(sampling: pb.SamplingParams, vocab_size: int) -> tuple[int, ...] | None:
+    if not sampling.HasField("allowed_token_ids"):
+        return None
+    ids = tuple(sampling.allowed_token_ids.ids)
+    if not ids:
+        raise InvalidParameter("allowed_token_ids must not be empty", param="allowed_token_ids")
+    check_token_ids(ids, vocab_size, "allowed_token_ids")
+    return ids
+
+
+def bad_words_token_ids(tokenizer: Tokenizer, bad_words) -> tuple[tuple[int, ...], ...]:
+    """Each bad word's token ids, alone and after a space (as vLLM tokenizes them: the spaced
+    form is added when it is a different first token of the same length)."""
+    if len(bad_words) > MAX_BAD_WORDS:
+        raise InvalidParameter(f"at most {MAX_BAD_WORDS} bad_words", param="bad_words")
+    sequences: list[tuple[int, ...]] = []
+    for word in bad_words:
+        plain = tuple(tokenizer.encode(word.lstrip(), add_special_tokens=False))
+        spaced = tuple(tokenizer.encode(" " + word.lstrip(), add_special_tokens=False))
+        if not plain:
+            raise InvalidParameter("bad_words must not contain empty words", param="bad_words")
+        sequences.append(plain)
+        if spaced and spaced[0] != plain[0] and len(spaced) == len(plain):
+            sequences.append(spaced)
+    return tuple(sequences)
 
 
 def generation_requests(request: pb.GenerateRequest, prompt_ids: list[int], request_id: str,
-                        policy: PromptPolicy, max_choices: int = MAX_CHOICES) -> list[Request]:
-    """One internal Request per choice, validated; raises the contract's typed errors."""
+                        policy: PromptPolicy, max_choices: int = MAX_CHOICES,
+                        tokenizer: Tokenizer | None = None) -> list[Request]:
+    """One internal Request per choice, validated; raises the contract's typed errors.
+    `tokenizer` turns bad_words into token ids (required when the request has some)."""
     vocab_size, max_model_len = policy.vocab_size, policy.max_model_len
-    sampling = sampling_params(request.sampling)
+    sampling = sampling_params(request.sampling, vocab_size)
+    if request.sampling.bad_words:
+        sampling = replace(sampling, bad_words_token_ids=bad_words_token_ids(
+            tokenizer, request.sampling.bad_words))
     stopping = request.stopping
     num_choices = request.n if request.HasField("n") else 1
     if not 1 <= num_choices <= max_choices:
         raise InvalidParameter(f"n must be in [1, {max_choices}], got {num_choices}", param="n")
-    if stopping.HasField("min_tokens") and stopping.min_tokens > 0:
-        raise Unsupported("min_tokens is not supported yet", param="min_tokens")
+    prompt_logprobs = request.prompt_logprobs if request.HasField("prompt_logprobs") else None
+    if prompt_logprobs is not None and prompt_logprobs > MAX_TOP_LOGPROBS:
+        raise InvalidParameter(f"prompt_logprobs must be at most {MAX_TOP_LOGPROBS}",
+                               param="prompt_logprobs")
     grammar = output_constraint(request)
     if len(stopping.stop) > MAX_STOP_STRINGS:
         raise InvalidParameter(f"at most {MAX_STOP_STRINGS} stop strings", param="stop")
@@ -186,9 +238,18 @@ def generation_requests(request: pb.GenerateRequest, prompt_ids: list[int], requ
         raise InvalidParameter(f"top_logprobs must be at most {MAX_TOP_LOGPROBS}",
                                param="top_logprobs")
     prompt_param = "messages" if request.WhichOneof("input") == "chat" else "prompt"
-    max_tokens = _max_tokens(stopping, len(prompt_ids), max_model_len, prompt_param)
+    max_tokens = _max_tokens(stopping, len(prompt_ids), max_model_len, prompt_param,
+                             allow_zero=prompt_logprobs is not None)
+    min_tokens = stopping.min_tokens if stopping.HasField("min_tokens") else 0
+    if min_tokens > max_tokens:
+        raise InvalidParameter(f"min_tokens ({min_tokens}) must not exceed max_tokens "
+                               f"({max_tokens})", param="min_tokens")
+    if min_tokens and len(stopping.stop_token_ids) > MAX_MIN_TOKENS_IDS - 4:
+        raise InvalidParameter("with min_tokens, at most "
+                               f"{MAX_MIN_TOKENS_IDS - 4} stop_token_ids",
+                               param="stop_token_ids")
     stop = StoppingParams(
-        max_tokens=max_tokens, stop_strings=tuple(stopping.stop),
+        max_tokens=max_tokens, min_tokens=min_tokens, stop_strings=tuple(stopping.stop),
         stop_token_ids=tuple(stopping.stop_token_ids), ignore_eos=stopping.ignore_eos,
         include_stop_str_in_output=stopping.include_stop_str_in_output,
         skip_special_tokens=(stopping.skip_special_tokens
@@ -199,7 +260,10 @@ def generation_requests(request: pb.GenerateRequest, prompt_ids: list[int], requ
             request_id=f"{request_id}-{index}", prompt_token_ids=list(prompt_ids),
             sampling=replace(sampling, choice_index=index), stopping=stop,
             want_logprobs=request.logprobs or request.HasField("top_logprobs"),
-            top_logprobs=top_logprobs, cache_salt=request.cache_salt, grammar=grammar))
+            top_logprobs=top_logprobs, cache_salt=request.cache_salt,
+            group_id=request_id if num_choices > 1 else "",
+            # the prompt is scored once, by the first choice; its siblings use the cache
+            prompt_logprobs=prompt_logprobs if index == 0 else None, grammar=grammar))
     return requests
 
 
@@ -238,9 +302,17 @@ def output_constraint(request: pb.GenerateRequest) -> GrammarSpec | None:
 
 
 def _max_tokens(stopping: pb.StoppingCriteria, num_prompt_tokens: int, max_model_len: int,
-                prompt_param: str) -> int:
-    if stopping.HasField("max_tokens") and stopping.max_tokens < 1:
-        raise InvalidParameter("max_tokens must be at least 1", param="max_tokens")
+                prompt_param: str, allow_zero: bool = False) -> int:
+    if stopping.HasField("max_tokens") and stopping.max_tokens < 1 and not allow_zero:
+        raise InvalidParameter("max_tokens must be at least 1 (0 only with prompt_logprobs)",
+                               param="max_tokens")
+    if stopping.HasField("max_tokens") and stopping.max_tokens == 0:
+        if num_prompt_tokens > max_model_len:
+            raise ContextLengthExceeded(
+                f"This model's maximum context length is {max_model_len} tokens. However, you "
+                f"requested {num_prompt_tokens} tokens in the prompt.", param=prompt_param,
+                metadata={"max_model_len": str(max_model_len)})
+        return 0
     requested = stopping.max_tokens if stopping.HasField("max_tokens") else None
     total = num_prompt_tokens + (requested or 1)
     if total > max_model_len:

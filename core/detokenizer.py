@@ -36,10 +36,11 @@ class IncrementalDetokenizer:
         self.text = ""  # all output text decoded so far
         self._emitted_chars = 0  # how much of self.text was returned
 
-    def push(self, token_id: int) -> DetokenizerStep:
+    def push(self, token_id: int, check_stop: bool = True) -> DetokenizerStep:
+        """`check_stop` False: the text so far cannot end in a stop string (min_tokens)."""
         self._token_ids.append(token_id)
         self.text += self._decode_new()
-        if self._stop_strings:
+        if self._stop_strings and check_stop:
             search_from = max(0, self._emitted_chars - self._hold_back_chars)
             matches = [(index, -len(stop), stop) for stop in self._stop_strings
                        if (index := self.text.find(stop, search_from)) >= 0]

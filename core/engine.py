@@ -20,6 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
+
 from core.config import EngineConfig, ModelConfig
 from core.detokenizer import IncrementalDetokenizer
 from core.errors import Overloaded, Unavailable, Unsupported
@@ -28,7 +30,7 @@ from core.request import FinishReason, Request, RequestOutput, SchedulerOutput, 
 from core.scheduler import Scheduler
 from core.structured import GrammarSpec
 from core.structured.compiler import GrammarCompiler
-from core.structured.matchers import Accepted, GrammarMatchers
+from core.structured.matchers import Accepted, GrammarMatchers, clear_unless_empty
 from core.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -80,7 +82,7 @@ class LlmEngine(Engine):
         self.model_config = model_config
         self.engine_config = engine_config
         self.tokenizer = tokenizer
-        self.scheduler = Scheduler(engine_config, runner.num_pages)
+        self.scheduler = Scheduler(engine_config, runner.num_pages, model_config.eos_token_ids)
         self.metrics = EngineMetrics()
         self.metrics.watch(self)
         self.num_prompt_tokens = 0  # counters for metrics (engine thread writes)
@@ -220,20 +222,38 @@ class LlmEngine(Engine):
         if not rows:
             return frozenset(), None
         return (frozenset(index for _, index in rows),
-                lambda: self.grammars.fill(rows, len(batch.chunks)))
+                lambda: self._fill_bitmask(rows, len(batch.chunks)))
+
+    def _fill_bitmask(self, rows: list[tuple[str, int]], num_rows: int) -> np.ndarray:
+        """The grammar rows' bitmask. min_tokens of a constrained request is applied here, not
+        by the sampler's min_tokens stage: EOS is cleared while the request is short, unless
+        EOS is all its grammar allows (the grammar's end wins over min_tokens)."""
+        bitmask = self.grammars.fill(rows, num_rows)
+        for request_id, index in rows:
+            request = self._tracked[request_id].request
+            if len(request.output_token_ids) < request.stopping.min_tokens:
+                clear_unless_empty(bitmask[index], self.model_config.eos_token_ids)
+        return bitmask
 
     def update_from_output(self, batch: SchedulerOutput, step) -> None:
         self.scheduler.update_after_step(batch)
         for index, chunk in enumerate(batch.chunks):
-            if not chunk.wants_sample:
-                continue  # a prefill chunk short of the prompt's end
             tracked = self._tracked[chunk.request_id]
             request = tracked.request
+            if chunk.wants_prompt_logprobs:
+                for offset, entry in enumerate(step.prompt_logprobs[index], start=1):
+                    request.prompt_logprob_entries[chunk.start_position + offset] = entry
+            if not chunk.wants_sample:
+                continue  # a prefill chunk short of the prompt's end
             if request.score_label_ids is not None:
                 self._finish_scoring(tracked, step.score_logprobs.get(index))
                 continue
+            if request.stopping.max_tokens == 0:  # prompt logprobs only
+                self._finish_prompt_only(tracked)
+                continue
             token_id = int(step.token_ids[index])
             request.output_token_ids.append(token_id)
+            request.cumulative_logprob += float(step.logprobs[index])
             logprobs = ()
             if request.want_logprobs:
                 top = tuple((int(i), float(lp)) for i, lp in zip(
@@ -255,6 +275,17 @@ class LlmEngine(Engine):
             request_id=request.request_id, new_token_ids=(), text_delta="",
             finish_reason=FinishReason.STOP, cached_tokens=request.num_cached_tokens,
             label_logprobs=label_logprobs))
+
+    def _finish_prompt_only(self, tracked: _Tracked) -> None:
+        """max_tokens 0: the prompt's logprobs were all that was asked for."""
+        request = tracked.request
+        request.finish_reason = FinishReason.LENGTH
+        self.metrics.e2e_request_latency_s.observe(time.monotonic() - tracked.arrival_s)
+        self._release(request)
+        self._send(tracked.sink, RequestOutput(
+            request_id=request.request_id, new_token_ids=(), text_delta="",
+            finish_reason=FinishReason.LENGTH, cached_tokens=request.num_cached_tokens,
+            prompt_logprobs=_take_prompt_logprobs(request)))
 
     def _observe_latency(self, tracked: _Tracked) -> None:
         now = time.monotonic()
@@ -279,8 +310,9 @@ class LlmEngine(Engine):
             request.finish_reason = FinishReason.STOP
         elif token_id in stopping.stop_token_ids and accepted is None:
             request.finish_reason, stop_token_id = FinishReason.STOP, token_id
-        else:
-            step = tracked.detokenizer.push(token_id)
+        else:  # stop strings count from min_tokens on (vLLM)
+            step = tracked.detokenizer.push(
+                token_id, check_stop=len(request.output_token_ids) >= stopping.min_tokens)
             text, stop_string = step.text_delta, step.stop_string
             if stop_string is not None or accepted is Accepted.COMPLETE:
                 request.finish_reason = FinishReason.STOP
@@ -297,7 +329,9 @@ class LlmEngine(Engine):
             request_id=request.request_id, new_token_ids=(token_id,), text_delta=text,
             logprobs=logprobs, finish_reason=request.finish_reason, stop_string=stop_string,
             stop_token_id=stop_token_id, completion_tokens=len(request.output_token_ids),
-            cached_tokens=request.num_cached_tokens))
+            cached_tokens=request.num_cached_tokens,
+            prompt_logprobs=_take_prompt_logprobs(request),
+            cumulative_logprob=request.cumulative_logprob))
 
     def _fail_grammar(self, tracked: _Tracked) -> None:
         """A matcher refused a token or hit a limit: fail the request, not the engine."""
@@ -339,6 +373,18 @@ class LlmEngine(Engine):
         if self._tracked.pop(request.request_id, None) is not None:
             with self._lock:
                 self._num_pending -= 1
+
+
+def _take_prompt_logprobs(request: Request) -> tuple[TokenLogprob, ...]:
+    """The prompt's logprobs, once (with its first output): the first token has none."""
+    if request.prompt_logprobs is None or not request.prompt_logprob_entries:
+        return ()
+    entries, keep = request.prompt_logprob_entries, request.prompt_logprobs
+    request.prompt_logprob_entries, request.prompt_logprobs = {}, None  # sent: never again
+    first = TokenLogprob(request.prompt_token_ids[0], 0.0)
+    return (first, *(TokenLogprob(entries[position].token_id, entries[position].logprob,
+                                  entries[position].top[:keep])
+                     for position in range(1, len(request.prompt_token_ids))))
 
 
 def _grammar_matchers(tokenizer: Tokenizer, model_config: ModelConfig) -> GrammarMatchers | None:

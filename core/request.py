@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from core.structured import GrammarSpec
 
 MAX_TOP_LOGPROBS = 20  # the sampler always computes this many alternatives
+MAX_BANNED_IDS = 64  # multi-token bad words whose last token one step can ban
+MAX_MIN_TOKENS_IDS = 64  # EOS + stop_token_ids masked under min_tokens
 
 
 class FinishReason(enum.Enum):
@@ -32,6 +34,24 @@ class SamplingParams:
     min_p: float = 0.0  # drop tokens below min_p × the top probability
     seed: int | None = None  # None: the engine draws one; 0 ≤ seed < 2**64
     choice_index: int = 0  # which of the request's n choices (folded into the random key)
+    presence_penalty: float = 0.0  # OpenAI: minus this once a token was generated, [-2, 2]
+    frequency_penalty: float = 0.0  # OpenAI: minus this per time a token was generated
+    repetition_penalty: float = 1.0  # HF/vLLM: prompt and generated tokens' logits ÷ (or ×) this
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias in [-100, 100]) added
+    allowed_token_ids: tuple[int, ...] | None = None  # None: every id; else only these
+    bad_words_token_ids: tuple[tuple[int, ...], ...] = ()  # sequences never generated
+
+    @property
+    def uses_penalties(self) -> bool:
+        return (self.presence_penalty != 0.0 or self.frequency_penalty != 0.0
+                or self.repetition_penalty != 1.0)
+
+    @property
+    def uses_row_state(self) -> bool:
+        """Needs a row of per-sequence state on device (penalty counts, a bias row)."""
+        return (self.uses_penalties or bool(self.logit_bias)
+                or self.allowed_token_ids is not None
+                or any(len(word) == 1 for word in self.bad_words_token_ids))
 
 
 @dataclass(frozen=True)
@@ -39,6 +59,7 @@ class StoppingParams:
     """When a request is finished and what its text includes."""
 
     max_tokens: int  # completion tokens at most (already capped by the context length)
+    min_tokens: int = 0  # EOS, stop ids and stop strings cannot end it before this many
     stop_strings: tuple[str, ...] = ()  # end when the text contains one of these
     stop_token_ids: tuple[int, ...] = ()  # end on these token ids (besides EOS)
     ignore_eos: bool = False  # keep going past EOS
@@ -57,11 +78,16 @@ class Request:
     want_logprobs: bool = False  # report the chosen token's logprob
     top_logprobs: int = 0  # alternatives per token, ≤ MAX_TOP_LOGPROBS
     cache_salt: str = ""  # prefix-cache namespace: pages are shared only within one salt
+    group_id: str = ""  # the choices of one call share it (and their prompt): n > 1
     # Set: a prefill-only request (Score). Instead of sampling, it reports the next-token
     # log-probabilities of these ids after its prompt and finishes; () only fills the cache.
     score_label_ids: tuple[int, ...] | None = None
+    # Set: report the prompt's logprobs (this many alternatives per position); the prompt is
+    # then computed in full (never served from the prefix cache), its first token has none
+    prompt_logprobs: int | None = None
     grammar: GrammarSpec | None = None  # constrain the output (llguidance); None: free text
     output_token_ids: list[int] = field(default_factory=list)
+    cumulative_logprob: float = 0.0  # sum of the chosen tokens' raw logprobs
     finish_reason: FinishReason | None = None
     # Scheduler state (engine thread only)
     page_ids: list[int] = field(default_factory=list)  # page table: KV of positions in order
@@ -69,6 +95,9 @@ class Request:
     num_cached_tokens: int = 0  # prompt tokens served from the prefix cache at admission
     num_preemptions: int = 0  # times its pages were taken back (it recomputes them)
     admitted: bool = False  # has been admitted once (prefix-cache stats count it once)
+    row_slot: int | None = None  # its row of on-device logits state while it holds pages
+    # prompt position (≥ 1) → TokenLogprob of its token, filled by the prefill chunks
+    prompt_logprob_entries: dict = field(default_factory=dict)
 
     @property
     def num_tokens(self) -> int:
@@ -100,6 +129,8 @@ class RequestOutput:
     completion_tokens: int = 0  # cumulative
     cached_tokens: int = 0  # prompt tokens served from the prefix cache
     label_logprobs: tuple[float, ...] = ()  # Score: log p(label | prompt), per label id
+    prompt_logprobs: tuple[TokenLogprob, ...] = ()  # prompt positions 1.. (first output only)
+    cumulative_logprob: float = 0.0  # sum of the chosen tokens' raw logprobs so far
     error: str | None = None  # the engine failed this request (an internal error)...
     error_param: str | None = None  # ...unless set: the request's own constraint failed
 
@@ -115,6 +146,19 @@ class SequenceChunk:
     sampling: SamplingParams
     wants_sample: bool  # the chunk ends at the sequence's last token: sample the next one
     wants_scores: bool = False  # ...and the full next-token log-softmax is wanted (Score)
+    row_slot: int | None = None  # the sequence's row of on-device logits state, if any
+    # Set on the first chunk after (re)admission of a sequence with a row slot: its tokens so
+    # far and how many of them are the prompt — the row is rebuilt from them before the step
+    row_init: tuple[tuple[int, ...], int] | None = None
+    banned_token_ids: tuple[int, ...] = ()  # bad words' last tokens whose prefix just matched
+    min_tokens_ids: tuple[int, ...] = ()  # EOS and stop ids, masked while under min_tokens
+    # prompt_logprobs: the prompt tokens that the chunk's positions predict (scored in order:
+    # position start_position + i predicts prompt_targets[i]); () = nothing to score
+    prompt_targets: tuple[int, ...] = ()
+
+    @property
+    def wants_prompt_logprobs(self) -> bool:
+        return bool(self.prompt_targets)
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ import bisect
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import jax
 import jax.numpy as jnp
@@ -30,12 +30,25 @@ from flax import nnx
 
 from core import sharding
 from core.cache.kv_pool import KVPages, kv_bytes_per_token
+from core import logits_processors as processors
 from core.config import EngineConfig, ModelConfig
 from core.models.llama import PADDING_POSITION, LlamaModel
-from core.request import SchedulerOutput, SequenceChunk
+from core.request import (MAX_TOP_LOGPROBS, SamplingParams, SchedulerOutput, SequenceChunk,
+                          TokenLogprob)
 from core.sampling import SampleResult, SamplingArrays, sample
 
 log = logging.getLogger(__name__)
+_NEUTRAL = SamplingParams()
+
+
+@jax.tree_util.register_dataclass
+@dataclass
+class PromptScores:
+    """Logprobs at every position of a call (zeros unless prompt logprobs were asked for)."""
+
+    logprobs: jax.Array  # [b, t] float32: of the prompt token each position predicts
+    top_ids: jax.Array  # [b, t, MAX_TOP_LOGPROBS] int32
+    top_logprobs: jax.Array  # [b, t, MAX_TOP_LOGPROBS] float32
 
 
 @dataclass(frozen=True)
@@ -48,6 +61,8 @@ class StepOutput:
     top_logprobs: np.ndarray  # [chunks, MAX_TOP_LOGPROBS]
     # chunk index → float64 [vocab] next-token log-softmax, for chunks with `wants_scores`
     score_logprobs: dict[int, np.ndarray]
+    # chunk index → TokenLogprob of each of its prompt_targets (chunks that want them)
+    prompt_logprobs: dict[int, list[TokenLogprob]] = field(default_factory=dict)
 
 
 class ModelRunner:
@@ -83,9 +98,16 @@ class ModelRunner:
         self._prefill_page_buckets = engine_config.prefill_page_buckets()
         self.num_compilations = 0  # traces of the step functions (one per new shape)
         self.compilations_at_warmup = 0
+        # per-sequence logits state (penalty counts, bias rows): one slot per running sequence
+        self.num_row_slots = engine_config.max_num_seqs
+        self._row_state = processors.RowState.create(self.num_row_slots, config.vocab_size)
+        if out_shardings is not None:  # ... the row state and the prompt scores: replicated
+            self._row_state = jax.device_put(self._row_state, self._replicated)
+            out_shardings = (*out_shardings, self._replicated)
         self._forward = jax.jit(self._forward_fn, donate_argnames=("pages",),
                                 out_shardings=out_shardings)
-        self._sample = jax.jit(self._sample_fn)
+        self._sample = jax.jit(self._sample_fn, donate_argnames=("row_state",))
+        self._init_row = jax.jit(self._init_row_fn, donate_argnames=("state",))
         self.num_bitmask_words = -(-config.vocab_size // 32)  # int32 words of a grammar mask row
         self._unconstrained: dict[int, jax.Array] = {}  # rows → an all-allowed mask on device
         self.num_bitmask_fills = 0  # steps that filled a grammar bitmask
@@ -110,16 +132,44 @@ class ModelRunner:
     def param_treedef(self):
         return self._param_treedef
 
-    def _forward_fn(self, param_leaves, pages, token_ids, positions, page_table, last_index):
+    def _forward_fn(self, param_leaves, pages, token_ids, positions, page_table, last_index,
+                    prompt_targets, wants_prompt_logprobs):
         self.num_compilations += 1  # runs only while tracing
         model = nnx.merge(self._graphdef, jax.tree.unflatten(self._param_treedef, param_leaves))
         hidden, pages = model(token_ids, positions, page_table, pages)  # [b, t, d]
         rows = jnp.arange(token_ids.shape[0])
-        return model.logits(hidden[rows, last_index]), pages  # [b, v]
+        logits = model.logits(hidden[rows, last_index])  # [b, v]
+        num_top = min(MAX_TOP_LOGPROBS, logits.shape[-1])
 
-    def _sample_fn(self, logits, sampling, positions, wants_logprobs, bitmask, has_bitmask):
+        def score_prompt(hidden):  # every position's log-softmax: only when someone asked
+            logprobs = jax.nn.log_softmax(model.logits(hidden), axis=-1)  # [b, t, v]
+            chosen = jnp.take_along_axis(logprobs, prompt_targets[..., None], axis=-1)[..., 0]
+            top_logprobs, top_ids = jax.lax.top_k(logprobs, num_top)
+            return PromptScores(chosen, top_ids.astype(jnp.int32), top_logprobs)
+
+        def no_scores(hidden):
+            shape = hidden.shape[:2]
+            return PromptScores(jnp.zeros(shape, jnp.float32),
+                                jnp.zeros((*shape, num_top), jnp.int32),
+                                jnp.zeros((*shape, num_top), jnp.float32))
+
+        if token_ids.shape[1] == 1:  # decode calls never score a prompt (execute routes them)
+            prompt_scores = no_scores(hidden)
+        else:
+            prompt_scores = jax.lax.cond(wants_prompt_logprobs, score_prompt, no_scores, hidden)
+        # the logits stay on device unless a Score reads them
+        return logits, pages, prompt_scores
+
+    def _sample_fn(self, logits, sampling, positions, wants_logprobs, bitmask, has_bitmask,
+                   row_inputs, row_state):
         self.num_compilations += 1  # runs only while tracing: once per row bucket
-        return sample(logits, sampling, positions, wants_logprobs, bitmask, has_bitmask)
+        result = sample(logits, sampling, positions, wants_logprobs, row_inputs, row_state,
+                        bitmask, has_bitmask)
+        return result, processors.count_sampled(row_state, row_inputs, result.token_ids)
+
+    def _init_row_fn(self, state, slot, bias, token_ids, num_prompt_tokens, num_tokens):
+        self.num_compilations += 1  # runs only while tracing
+        return processors.init_row(state, slot, bias, token_ids, num_prompt_tokens, num_tokens)
 
     def execute(self, output: SchedulerOutput, constrained: frozenset[int] = frozenset(),
                 fill_bitmask: Callable[[], np.ndarray] | None = None) -> StepOutput:
@@ -127,12 +177,15 @@ class ModelRunner:
 
         `constrained` are the indices of chunks whose next token a grammar restricts, and
         `fill_bitmask()` returns the step's [chunks, words] grammar bitmask: it runs on the host
-        after every forward pass is dispatched, so it overlaps with the device's work."""
+        after every forward pass is dispatched, so it overlaps with the device's work. The
+        per-row stages' state (penalty counts) is bumped by each sampling call in turn."""
+        self._init_rows(output.chunks)
         # a Score's last token goes with the prefills: its call then copies ≤ 4 rows of logits
-        decodes = [i for i, chunk in enumerate(output.chunks)
-                   if len(chunk.token_ids) == 1 and not chunk.wants_scores]
+        # ... and so does a prompt chunk whose logprobs are reported
         prefills = [i for i, chunk in enumerate(output.chunks)
-                    if len(chunk.token_ids) > 1 or chunk.wants_scores]
+                    if len(chunk.token_ids) > 1 or chunk.wants_scores
+                    or chunk.wants_prompt_logprobs]
+        decodes = sorted(set(range(len(output.chunks))) - set(prefills))
         groups = []  # (chunk indices, call shape)
         if decodes:
             widest = max(len(output.chunks[i].page_ids) for i in decodes)
@@ -142,35 +195,44 @@ class ModelRunner:
         forwards = [(group, self._call_forward([output.chunks[i] for i in group], shape))
                     for group, shape in groups]  # dispatched: the device works from here on
         bitmask = self._fill(fill_bitmask, forwards) if constrained else None
-        calls = []  # (chunk indices, device result, device scores)
-        for group, (logits, sample_inputs) in forwards:
+        calls = []  # (chunk indices, device result, scores, prompt scores)
+        for group, (logits, prompt_scores, sample_inputs) in forwards:
             rows = None
             if bitmask is not None and constrained.intersection(group):
                 rows = np.full((len(sample_inputs[1]), self.num_bitmask_words), -1, np.int32)
                 rows[:len(group)] = bitmask[group]
             result = self._call_sample(logits, sample_inputs, output.wants_logprobs, rows)
-            scores = logits if any(output.chunks[i].wants_scores for i in group) else None
-            calls.append((group, result, scores))
+            chunks = [output.chunks[i] for i in group]
+            scores = logits if any(chunk.wants_scores for chunk in chunks) else None
+            if not any(chunk.wants_prompt_logprobs for chunk in chunks):
+                prompt_scores = None
+            calls.append((group, result, scores, prompt_scores))
         # one transfer for everything; the top-k arrays only when someone asked for them
         wanted = [(r.token_ids, r.logprobs, *((r.top_ids, r.top_logprobs)
-                                              if output.wants_logprobs else ()), scores)
-                  for _, r, scores in calls]
-        host = jax.device_get(wanted)
+                                              if output.wants_logprobs else ()), scores, prompt)
+                  for _, r, scores, prompt in calls]
+        return self._step_output(output, calls, jax.device_get(wanted))
+
+    def _step_output(self, output: SchedulerOutput, calls, host) -> StepOutput:
+        """Scatter the host copies of each call's rows back into chunk order."""
         num_chunks, num_top = len(output.chunks), calls[0][1].top_ids.shape[1]
         step = StepOutput(np.zeros(num_chunks, np.int32), np.zeros(num_chunks, np.float32),
                           np.zeros((num_chunks, num_top), np.int32),
                           np.zeros((num_chunks, num_top), np.float32), {})
-        for (indices, _, _), arrays in zip(calls, host, strict=True):
+        for (indices, *_), arrays in zip(calls, host, strict=True):
             count = len(indices)
             step.token_ids[indices] = arrays[0][:count]
             step.logprobs[indices] = arrays[1][:count]
             if output.wants_logprobs:
                 step.top_ids[indices] = arrays[2][:count]
                 step.top_logprobs[indices] = arrays[3][:count]
-            if arrays[-1] is not None:
-                for row, index in enumerate(indices):
-                    if output.chunks[index].wants_scores:
-                        step.score_logprobs[index] = _log_softmax(arrays[-1][row])
+            scores, prompt = arrays[-2], arrays[-1]
+            for row, index in enumerate(indices):
+                chunk = output.chunks[index]
+                if scores is not None and chunk.wants_scores:
+                    step.score_logprobs[index] = _log_softmax(scores[row])
+                if prompt is not None and chunk.wants_prompt_logprobs:
+                    step.prompt_logprobs[index] = _prompt_entries(chunk, prompt, row)
         return step
 
     def _pack_prefills(self, chunks: tuple[SequenceChunk, ...], indices: list[int]):
@@ -189,12 +251,12 @@ class ModelRunner:
         device was still busy when the fill ended (the fill was hidden behind it)."""
         bitmask = fill_bitmask()
         self.num_bitmask_fills += 1
-        self.num_fills_hidden += not all(logits.is_ready() for _, (logits, _) in forwards)
+        self.num_fills_hidden += not all(logits.is_ready() for _, (logits, *_) in forwards)
         return bitmask
 
     def _call_forward(self, chunks: list[SequenceChunk], shape: tuple[int, int, int]):
-        """Dispatch one forward pass; returns its device logits [rows, v] and what sampling
-        them needs (the rows' sampling arrays and positions)."""
+        """Dispatch one forward pass; returns its device logits [rows, v], its prompt scores and
+        what sampling them needs (the rows' sampling arrays, positions and per-row inputs)."""
         num_rows, num_tokens, num_table_pages = shape
         token_ids = np.zeros((num_rows, num_tokens), np.int32)
         positions = np.full((num_rows, num_tokens), PADDING_POSITION, np.int32)
@@ -208,29 +270,53 @@ class ModelRunner:
             page_table[row, :len(chunk.page_ids)] = chunk.page_ids
             last_index[row] = length - 1
         sampling = SamplingArrays.from_params([chunk.sampling for chunk in chunks], num_rows)
-        logits, self._pages = self._forward(
-            self._param_leaves, self._pages, token_ids, positions, page_table, last_index)
+        row_inputs = processors.RowInputs.from_chunks(chunks, num_rows, self.num_row_slots,
+                                                      self.config.vocab_size)
+        prompt_targets = np.zeros((num_rows, num_tokens), np.int32)
+        for row, chunk in enumerate(chunks):
+            prompt_targets[row, :len(chunk.prompt_targets)] = chunk.prompt_targets
+        logits, self._pages, prompt_scores = self._forward(
+            self._param_leaves, self._pages, token_ids, positions, page_table, last_index,
+            prompt_targets, np.bool_(any(chunk.wants_prompt_logprobs for chunk in chunks)))
         sample_positions = positions[np.arange(num_rows), last_index] + 1
-        return logits, (sampling, sample_positions)
+        return logits, prompt_scores, (sampling, sample_positions, row_inputs)
 
     def _call_sample(self, logits: jax.Array, sample_inputs, wants_logprobs: bool,
                      bitmask: np.ndarray | None) -> SampleResult:
-        """Dispatch sampling of one call's logits, under `bitmask` [rows, words] if given."""
-        sampling, positions = sample_inputs
+        """Dispatch sampling of one call's logits, under `bitmask` [rows, words] if given; the
+        row state (penalty counts) goes in and comes back bumped."""
+        sampling, positions, row_inputs = sample_inputs
         num_rows, has_bitmask = len(positions), bitmask is not None
         if bitmask is None:  # a device constant per row count: nothing to copy or unpack
             if num_rows not in self._unconstrained:
                 self._unconstrained[num_rows] = jax.device_put(
                     np.full((num_rows, self.num_bitmask_words), -1, np.int32), self._replicated)
             bitmask = self._unconstrained[num_rows]
-        return self._sample(logits, sampling, positions, np.bool_(wants_logprobs), bitmask,
-                            np.bool_(has_bitmask))
+        result, self._row_state = self._sample(
+            logits, sampling, positions, np.bool_(wants_logprobs), bitmask, np.bool_(has_bitmask),
+            row_inputs, self._row_state)
+        return result
 
     def _call(self, chunks: list[SequenceChunk], shape: tuple[int, int, int],
-              wants_logprobs: bool) -> tuple[SampleResult, jax.Array]:
+              wants_logprobs: bool) -> tuple[SampleResult, jax.Array, PromptScores]:
         """Forward and sample one call without a grammar (warm-up)."""
-        logits, sample_inputs = self._call_forward(chunks, shape)
-        return self._call_sample(logits, sample_inputs, wants_logprobs, None), logits
+        logits, prompt_scores, sample_inputs = self._call_forward(chunks, shape)
+        result = self._call_sample(logits, sample_inputs, wants_logprobs, None)
+        return result, logits, prompt_scores
+
+    def _init_rows(self, chunks: tuple[SequenceChunk, ...]) -> None:
+        """Rebuild the row state of sequences (re)admitted in this step."""
+        max_len = self.engine_config.max_model_len
+        for chunk in chunks:
+            if chunk.row_init is None:
+                continue
+            token_ids, num_prompt_tokens = chunk.row_init
+            padded = np.zeros(max_len, np.int32)
+            padded[:len(token_ids)] = token_ids
+            self._row_state = self._init_row(
+                self._row_state, np.int32(chunk.row_slot),
+                processors.bias_row(chunk.sampling, self.config.vocab_size), padded,
+                np.int32(num_prompt_tokens), np.int32(len(token_ids)))
 
     def warmup(self) -> None:
         """Compile every shape once; the compilation counter starts after this."""
@@ -243,7 +329,17 @@ class ModelRunner:
             jax.block_until_ready(self._call([], shape, False))
             log.info("warm-up %d/%d: %d rows × %d tokens, %d pages compiled in %.2f s", index,
                      len(shapes), *shape, time.perf_counter() - started)
+        scratch = self.num_row_slots  # the row-state rebuild: written to the scratch slot
+        self._init_rows((SequenceChunk("warmup", (0,), 0, (), _NEUTRAL, False,
+                                       row_slot=scratch, row_init=((), 0)),))
         self.compilations_at_warmup = self.num_compilations
+
+
+def _prompt_entries(chunk: SequenceChunk, prompt: PromptScores, row: int) -> list[TokenLogprob]:
+    return [TokenLogprob(token_id, float(prompt.logprobs[row, i]),
+                         tuple(zip(prompt.top_ids[row, i].tolist(),
+                                   prompt.top_logprobs[row, i].tolist(), strict=True)))
+            for i, token_id in enumerate(chunk.prompt_targets)]
 
 
 def _log_softmax(logits: np.ndarray) -> np.ndarray:

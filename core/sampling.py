@@ -1,4 +1,5 @@
-"""On-device sampler: grammar bitmask, temperature, top-k, top-p, min-p, greedy, logprobs.
+"""On-device sampler: the per-row stages of core/logits_processors.py, the grammar bitmask,
+then temperature, top-k, top-p, min-p, greedy, logprobs.
 
 Owns: picking one token per batch row from float32 logits inside the jitted step. Each row's
 randomness is `fold_in(key(seed), choice index, position)`, so a seeded request draws the same
@@ -14,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from core import logits_processors as processors
 from core.request import MAX_TOP_LOGPROBS, SamplingParams
 from core.structured.bitmask import apply_token_bitmask
 
@@ -110,19 +112,30 @@ def argmax_last(logits: jax.Array, block_size: int = 128) -> jax.Array:
 
 
 def sample(logits: jax.Array, params: SamplingArrays, positions: jax.Array,
-           wants_logprobs: jax.Array | bool = True, token_bitmask: jax.Array | None = None,
+           wants_logprobs: jax.Array | bool = True,
+           rows: processors.RowInputs | None = None,
+           row_state: processors.RowState | None = None,
+           token_bitmask: jax.Array | None = None,
            has_bitmask: jax.Array | bool = False) -> SampleResult:
     """logits [b, v] float32, positions [b] (of the token being produced) → one token per row.
 
-    The pipeline, in order: grammar bitmask (`token_bitmask` [b, ceil(v / 32)] int32 from
-    llguidance; applied only when `has_bitmask`) → temperature → top-k → top-p → min-p →
-    sample. The costly parts are skipped at run time (`lax.cond`, no recompiling): calls without
-    a constrained row never unpack a mask, all-greedy batches never sort or draw, and batches
-    nobody asked logprobs for never run top-k. Logprobs are those of the raw `logits`."""
+    The pipeline, in order: logit_bias / allowed_token_ids / bad words → penalties →
+    min_tokens (core/logits_processors.py, from `rows` and the device `row_state`) → grammar
+    bitmask (`token_bitmask` [b, ceil(v / 32)] int32 from llguidance; applied only when
+    `has_bitmask`) → temperature → top-k → top-p → min-p → sample. Each stage is skipped at run
+    time (`lax.cond`, no recompiling) when no row uses it: calls without a constrained row never
+    unpack a mask, all-greedy batches never sort or draw, and batches nobody asked logprobs for
+    never run top-k. Logprobs are those of the raw `logits`, before any stage."""
     raw_logits = logits
+    # -- the per-row stages before temperature, in the pipeline's order (logits_processors) --
+    if rows is not None:
+        logits = processors.apply_bias_and_bad_words(logits, rows, row_state)
+        logits = processors.apply_penalties(logits, rows, row_state)
+        logits = processors.apply_min_tokens(logits, rows)
     if token_bitmask is not None:
-        logits = jax.lax.cond(has_bitmask, apply_token_bitmask, lambda rows, _: rows,
+        logits = jax.lax.cond(has_bitmask, apply_token_bitmask, lambda x, _: x,
                               logits, token_bitmask)
+    # -- end of the per-row stages ---------------------------------------------------------
 
     def row_key(seed, seed_high, choice_index, position):
         key = jax.random.fold_in(jax.random.key(seed), seed_high)
@@ -141,7 +154,7 @@ def sample(logits: jax.Array, params: SamplingArrays, positions: jax.Array,
     token_ids = jnp.where(is_sampled, drawn, greedy).astype(jnp.int32)
     logprobs_all = jax.nn.log_softmax(raw_logits, axis=-1)
     chosen = jnp.take_along_axis(logprobs_all, token_ids[:, None], axis=-1)[:, 0]
-    num_top = min(MAX_TOP_LOGPROBS, logits.shape[-1])
+    num_top = min(MAX_TOP_LOGPROBS, raw_logits.shape[-1])
 
     def top(logprobs_all):
         values, ids = jax.lax.top_k(logprobs_all, num_top)

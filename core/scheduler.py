@@ -19,14 +19,17 @@ from collections import deque
 from core.cache.pages import PageAllocator
 from core.cache.radix import RadixCache
 from core.config import EngineConfig
-from core.request import Request, SchedulerOutput, SequenceChunk
+from core.request import (MAX_BANNED_IDS, MAX_MIN_TOKENS_IDS, Request, SchedulerOutput,
+                          SequenceChunk)
 
 log = logging.getLogger(__name__)
 
 
 class Scheduler:
-    def __init__(self, config: EngineConfig, num_pages: int):
+    def __init__(self, config: EngineConfig, num_pages: int, eos_token_ids: tuple[int, ...] = ()):
         self.config = config
+        self.eos_token_ids = eos_token_ids  # masked under min_tokens (unless ignore_eos)
+        self._free_row_slots = list(range(config.max_num_seqs))  # logits state rows
         self.page_size = config.page_size
         self.allocator = PageAllocator(num_pages)
         self.prefix_cache = RadixCache(self.allocator, config.page_size,
@@ -104,15 +107,36 @@ class Scheduler:
     def _running_by_id(self) -> dict[str, Request]:
         return {request.request_id: request for request in self.running}
 
-    def _chunk(self, request: Request, num_new: int) -> SequenceChunk:
+    def _chunk(self, request: Request, num_new: int, admitted_now: bool = False) -> SequenceChunk:
         start = request.num_computed_tokens
         end = start + num_new
         tokens = request.all_token_ids[start:end]
+        wants_sample = end == request.num_tokens
+        row_init = None
+        if admitted_now and request.row_slot is not None:
+            row_init = (tuple(request.all_token_ids), len(request.prompt_token_ids))
+        banned, min_tokens_ids = (), ()
+        if wants_sample:
+            banned = banned_next_ids(request.sampling.bad_words_token_ids,
+                                                request.output_token_ids)
+            min_tokens_ids = self._min_tokens_ids(request)
         return SequenceChunk(
             request_id=request.request_id, token_ids=tuple(tokens), start_position=start,
             page_ids=tuple(request.page_ids[:-(-end // self.page_size)]),
-            sampling=request.sampling, wants_sample=end == request.num_tokens,
-            wants_scores=end == request.num_tokens and bool(request.score_label_ids))
+            sampling=request.sampling, wants_sample=wants_sample,
+            wants_scores=wants_sample and bool(request.score_label_ids),
+            row_slot=request.row_slot, row_init=row_init, banned_token_ids=banned,
+            min_tokens_ids=min_tokens_ids,
+            prompt_targets=(tuple(request.prompt_token_ids[start + 1:end + 1])
+                            if request.prompt_logprobs is not None else ()))
+
+    def _min_tokens_ids(self, request: Request) -> tuple[int, ...]:
+        stopping = request.stopping
+        if len(request.output_token_ids) >= stopping.min_tokens or request.grammar is not None:
+            return ()  # a constrained request's min_tokens is in its grammar bitmask (engine)
+        eos = () if stopping.ignore_eos else self.eos_token_ids
+        ids = tuple(dict.fromkeys((*eos, *stopping.stop_token_ids)))
+        return ids[:MAX_MIN_TOKENS_IDS]
 
     def _pages_missing(self, request: Request, num_new: int) -> int:
         needed = -(-(request.num_computed_tokens + num_new) // self.page_size)
@@ -158,30 +182,69 @@ class Scheduler:
         self.allocator.release(request.page_ids)
         request.page_ids = []
         request.num_computed_tokens = 0
+        if request.row_slot is not None:  # rebuilt from its tokens when readmitted
+            self._free_row_slots.append(request.row_slot)
+            request.row_slot = None
 
     def _admit(self, budget: int, chunks: list[SequenceChunk]) -> int:
-        """Admit waiting requests while rows, budget and pages allow; returns the budget left."""
+        """Admit waiting requests while rows, budget and pages allow; returns the budget left.
+        A choice whose sibling (same prompt, n > 1) is still prefilling waits for it, then
+        finds the prompt's pages in the prefix cache: the prompt is computed once."""
+        held: list[Request] = []
         while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
-            request = self.waiting[0]
-            tokens = request.all_token_ids
-            cached_pages = self.prefix_cache.match(tokens, request.cache_salt,
-                                                   max_tokens=len(tokens) - 1)
-            self.allocator.acquire(cached_pages)
-            request.page_ids = list(cached_pages)
-            request.num_computed_tokens = len(cached_pages) * self.page_size
-            num_new = min(len(tokens) - request.num_computed_tokens, budget,
-                          self._max_chunk_tokens)
-            page_ids = self._allocate(self._pages_missing(request, num_new))
-            if page_ids is None:  # the pool is full of running work: wait for a later step
-                self._release_pages(request)
+            request = self.waiting.popleft()
+            if self._sibling_prefilling(request):
+                held.append(request)
+                continue
+            num_new = self._reserve_admission(request, budget)
+            if num_new is None:  # the pool is full of running work: wait for a later step
+                self.waiting.appendleft(request)
                 break
-            request.page_ids.extend(page_ids)
-            if not request.admitted:
-                request.admitted = True
-                request.num_cached_tokens = request.num_computed_tokens
-                self.prefix_cache.record_lookup(len(tokens), request.num_computed_tokens)
-            self.waiting.popleft()
             self.running.append(request)
-            chunks.append(self._chunk(request, num_new))
+            chunks.append(self._chunk(request, num_new, admitted_now=True))
             budget -= num_new
+        self.waiting.extendleft(reversed(held))
         return budget
+
+    def _sibling_prefilling(self, request: Request) -> bool:
+        if (not request.group_id or not self.prefix_cache.enabled
+                or len(request.prompt_token_ids) <= self.page_size):  # no whole page to share
+            return False
+        return any(other.group_id == request.group_id
+                   and other.num_computed_tokens < len(other.prompt_token_ids)
+                   for other in self.running)
+
+    def _reserve_admission(self, request: Request, budget: int) -> int | None:
+        """Cached prefix + fresh pages for the first chunk; its token count, None if no room."""
+        tokens = request.all_token_ids
+        # a request that reports prompt logprobs computes its prompt: the cache is skipped
+        match_limit = 0 if request.prompt_logprobs is not None else len(tokens) - 1
+        cached_pages = self.prefix_cache.match(tokens, request.cache_salt, max_tokens=match_limit)
+        self.allocator.acquire(cached_pages)
+        request.page_ids = list(cached_pages)
+        request.num_computed_tokens = len(cached_pages) * self.page_size
+        num_new = min(len(tokens) - request.num_computed_tokens, budget, self._max_chunk_tokens)
+        page_ids = self._allocate(self._pages_missing(request, num_new))
+        if page_ids is None:
+            self._release_pages(request)
+            return None
+        request.page_ids.extend(page_ids)
+        if request.sampling.uses_row_state:
+            request.row_slot = self._free_row_slots.pop()
+        if not request.admitted:
+            request.admitted = True
+            request.num_cached_tokens = request.num_computed_tokens
+            self.prefix_cache.record_lookup(len(tokens), request.num_computed_tokens)
+        return num_new
+
+
+def banned_next_ids(bad_words: tuple[tuple[int, ...], ...], output_ids: list[int]) -> tuple:
+    """Last tokens of multi-token bad words whose other tokens end the generated text (vLLM:
+    matched over generated tokens only)."""
+    banned = []
+    for word in bad_words:
+        prefix = word[:-1]
+        if prefix and len(output_ids) >= len(prefix) and tuple(
+                output_ids[len(output_ids) - len(prefix):]) == prefix:
+            banned.append(word[-1])
+    return tuple(dict.fromkeys(banned))[:MAX_BANNED_IDS]

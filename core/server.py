@@ -117,7 +117,8 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                 convert.prompt_token_ids, engine.tokenizer, model.policy, request)
             requests = convert.generation_requests(  # engine keys are unique per RPC
                 request, prompt_ids, uuid.uuid4().hex, model.policy,
-                max_choices=min(convert.MAX_CHOICES, engine.engine_config.max_unfinished))
+                max_choices=min(convert.MAX_CHOICES, engine.engine_config.max_unfinished),
+                tokenizer=engine.tokenizer)
             parsers = _apply_tool_plan(request, model, requests)
             for spec in {r.grammar for r in requests if r.grammar is not None}:
                 await asyncio.to_thread(engine.check_grammar, spec)  # compiles: off the loop
@@ -287,14 +288,9 @@ def _merge_output(delta: pb.ChoiceDelta, output: RequestOutput, tokenizer: Token
         delta.text += output.text_delta
     else:
         _merge_parsed(delta, parser, output)
-    for logprob in output.logprobs:
-        text, data = tokenizer.token_piece(logprob.token_id)
-        entry = delta.logprobs.add(token_id=logprob.token_id, logprob=logprob.logprob,
-                                   token=text, token_bytes=data)
-        for token_id, value in logprob.top:
-            top_text, top_data = tokenizer.token_piece(token_id)
-            entry.top_logprobs.add(token_id=token_id, logprob=value, token=top_text,
-                                   token_bytes=top_data)
+    _add_logprobs(delta.logprobs, output.logprobs, tokenizer)
+    _add_logprobs(delta.prompt_logprobs, output.prompt_logprobs, tokenizer)
+    delta.cumulative_logprob = output.cumulative_logprob
     if output.finish_reason is not None:
         delta.finish_reason = FINISH_REASONS[output.finish_reason]
         if output.finish_reason == FinishReason.STOP and parser is not None and parser.made_calls:
@@ -303,6 +299,17 @@ def _merge_output(delta: pb.ChoiceDelta, output: RequestOutput, tokenizer: Token
             delta.stop_string = output.stop_string
         elif output.stop_token_id is not None:
             delta.stop_token_id = output.stop_token_id
+
+
+def _add_logprobs(entries, logprobs, tokenizer: Tokenizer) -> None:
+    for logprob in logprobs:
+        text, data = tokenizer.token_piece(logprob.token_id)
+        entry = entries.add(token_id=logprob.token_id, logprob=logprob.logprob, token=text,
+                            token_bytes=data)
+        for token_id, value in logprob.top:
+            top_text, top_data = tokenizer.token_piece(token_id)
+            entry.top_logprobs.add(token_id=token_id, logprob=value, token=top_text,
+                                   token_bytes=top_data)
 
 
 def _merge_parsed(delta: pb.ChoiceDelta, parser: ToolCallParser, output: RequestOutput) -> None:

@@ -75,6 +75,9 @@ def _sampling(request: SamplingFields) -> pb.SamplingParams:
         sampling.top_k = max(request.top_k, 0)  # vLLM's -1 and the proto's 0 both mean "off"
     for token_id, bias in (request.logit_bias or {}).items():
         sampling.logit_bias[int(token_id)] = bias
+    if request.allowed_token_ids is not None:
+        sampling.allowed_token_ids.ids.extend(request.allowed_token_ids)
+    sampling.bad_words.extend(request.bad_words or [])
     return sampling
 
 
@@ -147,6 +150,8 @@ def _common(request: SamplingFields, model: str, max_tokens: int | None) -> pb.G
     )
     if request.n is not None:
         generate.n = request.n
+    if request.prompt_logprobs is not None:
+        generate.prompt_logprobs = request.prompt_logprobs
     response_format = _response_format(request)
     if response_format is not None:
         generate.response_format.CopyFrom(response_format)
@@ -251,10 +256,11 @@ def chat_to_generate(request: ChatCompletionRequest, model: str) -> pb.GenerateR
 
 def completion_to_generates(request: CompletionRequest, model: str) -> list[pb.GenerateRequest]:
     """A completions request → one GenerateRequest per prompt, in prompt order."""
-    if request.best_of is not None and request.best_of != (request.n or 1):
-        raise unsupported("best_of", "best_of greater than n is not supported.")
-    if request.echo and request.logprobs is not None:
-        raise unsupported("echo", "echo together with logprobs (prompt logprobs) is not supported.")
+    if request.best_of is not None and request.best_of > (request.n or 1) and request.stream:
+        raise invalid_request("best_of greater than n cannot be streamed.", param="best_of")
+    if request.max_tokens == 0 and not request.echo:
+        raise invalid_request("max_tokens 0 needs echo (the prompt is then scored only).",
+                              param="max_tokens")
     generates = []
     for prompt in request.prompts:
         generate = _common(request, model, request.max_tokens)
@@ -265,6 +271,10 @@ def completion_to_generates(request: CompletionRequest, model: str) -> list[pb.G
         if request.logprobs is not None:
             generate.logprobs = True
             generate.top_logprobs = request.logprobs
+        if request.best_of is not None:
+            generate.n = request.best_of  # the best n by cumulative logprob are kept
+        if request.echo and (request.logprobs is not None or request.max_tokens == 0):
+            generate.prompt_logprobs = max(request.logprobs or 0, request.prompt_logprobs or 0)
         if request.add_special_tokens is not None:
             generate.add_special_tokens = request.add_special_tokens
         generates.append(generate)
@@ -386,6 +396,37 @@ def completion_logprobs(
     )
 
 
+def prompt_logprobs_json(entries: Sequence[pb.TokenLogprob], num_top: int) -> list | None:
+    """vLLM's prompt_logprobs: null for the first token, then token id → {logprob,
+    decoded_token} of the prompt token and its top `num_top` alternatives."""
+    if not entries:
+        return None
+    positions: list = [None]
+    for entry in entries[1:]:
+        ranked = {str(top.token_id): {"logprob": top.logprob, "decoded_token": token_name(top)}
+                  for top in entry.top_logprobs[:num_top]}
+        ranked[str(entry.token_id)] = {"logprob": entry.logprob,
+                                       "decoded_token": token_name(entry)}
+        positions.append(ranked)
+    return positions
+
+
+def echo_logprobs(entries: Sequence[pb.TokenLogprob], num_top: int) -> CompletionLogprobs:
+    """The legacy logprobs of an echoed prompt: the first token's are null; offsets count the
+    tokens' characters from 0."""
+    offsets, offset = [], 0
+    for entry in entries:
+        offsets.append(offset)
+        offset += len(entry.token)
+    logprobs = completion_logprobs(entries, offsets)
+    if entries:
+        logprobs.token_logprobs[0] = None
+        logprobs.top_logprobs[0] = None
+    logprobs.top_logprobs = [top if top is None else dict(list(top.items())[:num_top])
+                             for top in logprobs.top_logprobs]
+    return logprobs
+
+
 @dataclass
 class ChoiceState:
     """Everything one choice produced so far (non-streaming answers are built from it)."""
@@ -396,6 +437,8 @@ class ChoiceState:
     text_offsets: list[int] = field(default_factory=list)  # character offset per logprob entry
     finish_reason: str | None = None  # set once the choice ended
     stop_reason: str | int | None = None
+    prompt_logprobs: list[pb.TokenLogprob] = field(default_factory=list)  # every prompt token
+    cumulative_logprob: float = 0.0  # of the chosen tokens (best_of ranks by it)
     tool_calls: dict[int, list[str]] = field(default_factory=dict)  # index → [id, name, args]
 
     def add_text(self, text: str) -> None:
@@ -405,6 +448,9 @@ class ChoiceState:
     def add(self, choice: pb.ChoiceDelta) -> int:
         """Record one delta; returns the character offset at which its text starts."""
         offset = self.num_chars
+        self.prompt_logprobs.extend(choice.prompt_logprobs)
+        if choice.HasField("cumulative_logprob"):
+            self.cumulative_logprob = choice.cumulative_logprob
         self.logprobs.extend(choice.logprobs)
         self.text_offsets.extend([offset] * len(choice.logprobs))
         self.add_text(choice.text)

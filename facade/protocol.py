@@ -193,6 +193,9 @@ class SamplingFields(RequestModel):
     skip_special_tokens: bool | None = None
     include_stop_str_in_output: bool | None = None
     cache_salt: str | None = None  # namespaces the core's prefix cache
+    bad_words: list[str] | None = None  # words never generated
+    allowed_token_ids: list[TokenId] | None = None  # sample only these ids
+    prompt_logprobs: int | None = Field(default=None, ge=0, le=20)  # alternatives per position
     structured_outputs: StructuredOutputs | None = None  # constrains the output (one way)
     # vLLM's older spelling of structured_outputs (at most one of all these is set)
     guided_json: str | dict[str, Any] | None = None
@@ -318,7 +321,8 @@ class CompletionRequest(SamplingFields):
     """POST /v1/completions."""
 
     prompt: Prompt
-    max_tokens: int | None = Field(default=16, ge=1, le=MAX_UINT32)  # OpenAI's default: 16
+    # OpenAI's default: 16; 0 (with echo) scores the prompt only
+    max_tokens: int | None = Field(default=16, ge=0, le=MAX_UINT32)
     echo: bool = False
     suffix: str | None = None
     best_of: int | None = Field(default=None, ge=1, le=MAX_UINT32)  # cap: LimitSettings.max_n
@@ -396,6 +400,17 @@ class ChatChoice(ResponseModel):
     stop_reason: str | int | None = None  # vLLM: the stop string or stop token id that ended it
 
 
+class PromptLogprob(ResponseModel):
+    """vLLM's prompt_logprobs entry of one token at one position."""
+
+    logprob: float
+    decoded_token: str
+
+
+# vLLM's prompt_logprobs: per prompt position, token id (a string) → entry; the first is null
+PromptLogprobs = list[dict[str, PromptLogprob] | None]
+
+
 class ChatCompletion(ResponseModel):
     id: str
     object: Literal["chat.completion"] = "chat.completion"
@@ -404,6 +419,7 @@ class ChatCompletion(ResponseModel):
     choices: list[ChatChoice]
     usage: Usage | None = None
     system_fingerprint: str | None = None
+    prompt_logprobs: PromptLogprobs | None = None  # only when asked for
 
 
 class _DropNone(ResponseModel):
@@ -468,6 +484,7 @@ class CompletionChoice(ResponseModel):
     logprobs: CompletionLogprobs | None = None
     finish_reason: str | None = None
     stop_reason: str | int | None = None
+    prompt_logprobs: PromptLogprobs | None = None  # only when asked for
 
 
 class Completion(ResponseModel):

@@ -2,12 +2,12 @@
 
 Every request field falls into one of three kinds:
 
-- honoured: passed to the core (sampling, stopping, logprobs, tools, chat-template options,
-  `response_format`, `structured_outputs` / `guided_*`...). Sampling features the core cannot
-  do yet (penalties other than neutral, `logit_bias`, `min_tokens`, image/audio content, a
-  schema or grammar it cannot compile) are refused by the core itself
-  (INVALID_ARGUMENT + UNSUPPORTED → 400 `unsupported_parameter`), so that there is one source
-  of truth for what a model can do.
+- honoured: passed to the core (sampling incl. penalties, `logit_bias`, `min_tokens`,
+  `bad_words`, `allowed_token_ids`, `prompt_logprobs`; stopping, logprobs, tools,
+  chat-template options, `response_format`, `structured_outputs` / `guided_*`...). Features
+  the core cannot do (image/audio content, a schema or grammar it cannot compile) are refused
+  by the core itself (INVALID_ARGUMENT + UNSUPPORTED → 400 `unsupported_parameter`), so that
+  there is one source of truth for what a model can do.
 - accepted but ignored: cannot change the generated text (`user`, `store`, `metadata`, ...),
   and unknown fields. The names a request set are listed, sorted, in the response header
   `x-tandem-ignored-params` — never dropped silently.
@@ -59,12 +59,9 @@ def _is_text_only(value: Any) -> bool:
 _REFUSED_COMMON: dict[str, Callable[[Any], bool]] = {
     "use_beam_search": _is_falsy,
     "length_penalty": lambda value: value is None or value == 1,
-    "prompt_logprobs": _is_null,
     "truncate_prompt_tokens": _is_null,
     "guided_whitespace_pattern": _is_null,
     "structural_tag": _is_null,
-    "bad_words": _is_falsy,
-    "allowed_token_ids": _is_null,
     "logits_processors": _is_falsy,
     "return_tokens_as_token_ids": _is_falsy,
 }

@@ -91,7 +91,8 @@ def test_grammar_bitmask_allows_only_its_tokens_and_keeps_raw_logprobs():
     for temperature in (0.0, 1.0):
         params = [SamplingParams(temperature=temperature, seed=s) for s in range(3)]
         result = jax.jit(sample)(logits, SamplingArrays.from_params(params, 3),
-                                 np.zeros(3, np.int32), True, bitmask, True)
+                                 np.zeros(3, np.int32), True, token_bitmask=bitmask,
+                                 has_bitmask=True)
         for row, ids in enumerate(allowed):
             assert int(result.token_ids[row]) in ids
         raw = jax.nn.log_softmax(logits, axis=-1)
@@ -99,7 +100,8 @@ def test_grammar_bitmask_allows_only_its_tokens_and_keeps_raw_logprobs():
         np.testing.assert_allclose(np.asarray(result.logprobs), chosen, rtol=1e-5)
     greedy = [SamplingParams(temperature=0.0)] * 3
     unmasked = jax.jit(sample)(logits, SamplingArrays.from_params(greedy, 3),
-                               np.zeros(3, np.int32), True, bitmask, False)
+                               np.zeros(3, np.int32), True, token_bitmask=bitmask,
+                               has_bitmask=False)
     assert np.asarray(unmasked.token_ids).tolist() == logits.argmax(axis=-1).tolist()
 
 

@@ -80,3 +80,13 @@ class GrammarMatchers:
     def error(self, request_id: str) -> str:
         """Why a matcher failed (its own message, or the token it refused)."""
         return self._matchers[request_id].get_error() or "the token is not allowed"
+
+
+def clear_unless_empty(bitmask_row: np.ndarray, token_ids: tuple[int, ...]) -> None:
+    """Clear `token_ids` in one packed int32 bitmask row [words], in place, unless that would
+    leave no token allowed."""
+    cleared = bitmask_row.view(np.uint32).copy()
+    for token_id in token_ids:
+        cleared[token_id // 32] &= ~np.uint32(1 << (token_id % 32))
+    if cleared.any():
+        bitmask_row[:] = cleared.view(np.int32)

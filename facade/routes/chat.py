@@ -20,6 +20,7 @@ from facade.convert import (
     chat_logprobs,
     chat_to_generate,
     finish_reason,
+    prompt_logprobs_json,
     stop_reason,
 )
 from facade.dependencies import (
@@ -144,12 +145,15 @@ def _completion(run: ChatRun) -> ChatCompletion:
             finish_reason=state.finish_reason,
             stop_reason=state.stop_reason,
         ))  # fmt: skip
+    num_top = run.request.prompt_logprobs
     return ChatCompletion(
         id=run.completion_id,
         created=run.created,
         model=run.model,
         choices=choices,
         usage=run.usage.total(),
+        prompt_logprobs=prompt_logprobs_json(run.choices[0].prompt_logprobs, num_top)
+        if num_top is not None else None,
     )
 
 

@@ -2,7 +2,10 @@
 
 Choice `prompt_index * n + choice_index` is the core's choice `choice_index` of prompt
 `prompt_index`. Every call is admitted (first response read) before the first SSE byte. `echo`
-prepends the prompt text; token-id prompts are spelled by the core's `Detokenize`.
+prepends the prompt text; token-id prompts are spelled by the core's `Detokenize`. With
+`logprobs`, the echoed prompt's logprobs come first (the core's prompt logprobs; the first
+token's are null). `best_of` > n (not streaming): the core generates best_of choices per prompt
+and the n of highest cumulative logprob are returned.
 """
 
 from __future__ import annotations
@@ -17,10 +20,13 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from facade.convert import (
+    ChoiceState,
     GenerationRun,
     completion_logprobs,
     completion_to_generates,
+    echo_logprobs,
     finish_reason,
+    prompt_logprobs_json,
     stop_reason,
 )
 from facade.dependencies import (
@@ -37,6 +43,7 @@ from facade.protocol import (
     Completion,
     CompletionChoice,
     CompletionChunk,
+    CompletionLogprobs,
     CompletionRequest,
     Usage,
 )
@@ -63,7 +70,8 @@ class CompletionRun(GenerationRun):
 
     @property
     def choices_per_prompt(self) -> int:
-        return self.request.n or 1
+        """The core's choices per prompt: best_of candidates (non-streaming), else n."""
+        return self.request.best_of or self.request.n or 1
 
     @property
     def num_choices(self) -> int:
@@ -110,14 +118,22 @@ async def prompt_texts(
     return list(await asyncio.gather(*(spell(prompt) for prompt in request.prompts)))
 
 
-def _echo(run: CompletionRun, texts: list[str]) -> list[CompletionChoice]:
-    """Put each prompt's text at the start of its choices."""
+def _echo(
+    run: CompletionRun, texts: list[str], firsts: list[pb.GenerateResponse | None] | None = None
+) -> list[CompletionChoice]:
+    """Put each prompt's text at the start of its choices; when streaming with logprobs, the
+    prompt's logprobs (from each call's first response) go with it."""
     echoed = []
     for prompt_index, text in enumerate(texts):
+        logprobs = None
+        first = firsts[prompt_index] if firsts else None
+        scored = [c for c in first.choices if c.prompt_logprobs] if first is not None else []
+        if scored and run.request.logprobs is not None:
+            logprobs = echo_logprobs(scored[0].prompt_logprobs, run.request.logprobs)
         for choice_index in range(run.choices_per_prompt):
             index = prompt_index * run.choices_per_prompt + choice_index
             run.state(index).add_text(text)
-            echoed.append(CompletionChoice(index=index, text=text))
+            echoed.append(CompletionChoice(index=index, text=text, logprobs=logprobs))
     return echoed
 
 
@@ -130,7 +146,7 @@ async def stream_completion(
         for call_index, first in enumerate(generation.first_responses):
             if first is not None:
                 run.usage.update(call_index, first)
-        echoed = _echo(run, echo_texts)
+        echoed = _echo(run, echo_texts, generation.first_responses)
         yield run.chunk(echoed, run.usage.prompt_only() if continuous else None)
     async with aclosing(generation.responses()) as responses:
         async for call_index, response in responses:
@@ -142,6 +158,34 @@ async def stream_completion(
         yield run.chunk([], run.usage.total())
 
 
+def _choice_logprobs(
+    run: CompletionRun, state: ChoiceState, prompt: ChoiceState
+) -> CompletionLogprobs | None:
+    """The legacy logprobs of a choice: the echoed prompt's first (when asked for)."""
+    request = run.request
+    if request.logprobs is None:
+        return None
+    generated = completion_logprobs(state.logprobs, state.text_offsets)
+    if not (request.echo and prompt.prompt_logprobs):
+        return generated
+    echoed = echo_logprobs(prompt.prompt_logprobs, request.logprobs)
+    return CompletionLogprobs(
+        tokens=echoed.tokens + generated.tokens,
+        token_logprobs=echoed.token_logprobs + generated.token_logprobs,
+        top_logprobs=echoed.top_logprobs + generated.top_logprobs,
+        text_offset=echoed.text_offset + generated.text_offset,
+    )
+
+
+def _best(run: CompletionRun, prompt_index: int) -> list[ChoiceState]:
+    """A prompt's choices to return: with best_of, the n of highest cumulative logprob."""
+    per_prompt = run.choices_per_prompt
+    states = [run.choices[prompt_index * per_prompt + i] for i in range(per_prompt)]
+    if per_prompt > (run.request.n or 1):
+        states = sorted(states, key=lambda state: -state.cumulative_logprob)
+    return states[: run.request.n or 1]
+
+
 async def _complete(
     run: CompletionRun, generation: Generation, echo_texts: list[str] | None
 ) -> Completion:
@@ -151,18 +195,20 @@ async def _complete(
         async for call_index, response in responses:
             run.add(call_index, response)
     run.check_finished()
-    wants_logprobs = run.request.logprobs is not None
     choices = []
-    for index in range(run.num_choices):
-        state = run.choices[index]
-        choices.append(CompletionChoice(
-            index=index,
-            text=state.text,
-            logprobs=completion_logprobs(state.logprobs, state.text_offsets)
-            if wants_logprobs else None,
-            finish_reason=state.finish_reason,
-            stop_reason=state.stop_reason,
-        ))  # fmt: skip
+    for prompt_index in range(run.num_prompts):
+        prompt = run.choices[prompt_index * run.choices_per_prompt]  # choice 0 scores the prompt
+        num_top = run.request.prompt_logprobs
+        for state in _best(run, prompt_index):
+            choices.append(CompletionChoice(
+                index=len(choices),
+                text=state.text,
+                logprobs=_choice_logprobs(run, state, prompt),
+                finish_reason=state.finish_reason,
+                stop_reason=state.stop_reason,
+                prompt_logprobs=prompt_logprobs_json(prompt.prompt_logprobs, num_top)
+                if num_top is not None else None,
+            ))  # fmt: skip
     return Completion(
         id=run.completion_id,
         created=run.created,

@@ -1,13 +1,16 @@
 """Grammar-constrained decoding in the real engine (tiny random-weight models): finish reasons,
 n > 1, seeded batch invariance, preemption, raw logprobs, cancellation freeing the matcher,
-admission errors, no compilation after warm-up, and JSON schemas on a model of each family
-through the core's own request conversion (chat template included)."""
+admission errors, no compilation after warm-up, the grammar together with issue 12's stages
+(min_tokens, logit_bias, penalties, prompt logprobs of shared-prompt choices), and JSON schemas
+on a model of each family through the core's own request conversion (chat template included)."""
 
 from __future__ import annotations
 
 import json
 import queue
+import re
 import time
+from dataclasses import replace
 
 import jsonschema
 import pytest
@@ -144,6 +147,46 @@ def test_mixed_constrained_and_free_work_compiles_nothing(engine):
     free = Request("free", [5] * 30, SamplingParams(temperature=0.8, seed=3),
                    StoppingParams(max_tokens=20, ignore_eos=True))
     run(engine, [free, constrained("c1", [6] * 3), constrained("c2", [7] * 50, temperature=0)])
+    assert engine.compilations_after_warmup == 0
+
+
+def test_min_tokens_holds_eos_back_under_a_grammar_until_it_can_only_end(engine):
+    eos = engine.model_config.eos_token_ids[0]
+    pushes_eos = SamplingParams(temperature=0.0, logit_bias=((eos, 100.0),))
+    letters = GrammarSpec("regex", "[a-z ]*", "structured_outputs")
+    only_x = GrammarSpec("choice", json.dumps(["x"]), "structured_outputs")
+
+    def request(request_id: str, spec: GrammarSpec, min_tokens: int) -> Request:
+        return Request(request_id, [5, 6, 7], pushes_eos,
+                       StoppingParams(max_tokens=40, min_tokens=min_tokens), grammar=spec)
+
+    outputs = run(engine, [request("eager", letters, 0), request("held", letters, 6),
+                           request("ends", only_x, 10)])
+    assert tokens(outputs["eager"]) == [eos]  # the bias wins where the grammar allows EOS
+    held = tokens(outputs["held"])
+    assert len(held) == 7 and held[-1] == eos and eos not in held[:-1]
+    assert re.fullmatch("[a-z ]*", text(outputs["held"]))
+    # the grammar can only end after "x": it ends before min_tokens, never an all-masked row
+    assert text(outputs["ends"]) == "x"
+    assert outputs["ends"][-1].finish_reason is FinishReason.STOP
+
+
+def test_grammar_choices_share_a_prompt_with_prompt_logprobs_and_penalties(engine):
+    prompt = list(range(5, 45))
+    sampling = SamplingParams(temperature=1.0, seed=4, presence_penalty=1.0,
+                              frequency_penalty=0.5, repetition_penalty=1.2)
+    requests = [Request(f"g-{i}", prompt, replace(sampling, choice_index=i),
+                        StoppingParams(max_tokens=100), grammar=JSON_SPEC, group_id="g",
+                        cache_salt="g", prompt_logprobs=2 if i == 0 else None)
+                for i in range(3)]
+    outputs = run(engine, requests)
+    for i in range(3):
+        jsonschema.validate(json.loads(text(outputs[f"g-{i}"])), SCHEMA)
+        assert outputs[f"g-{i}"][-1].finish_reason is FinishReason.STOP
+    entries = outputs["g-0"][0].prompt_logprobs
+    assert [entry.token_id for entry in entries] == prompt
+    assert all(len(entry.top) == 2 and entry.logprob < 0 for entry in entries[1:])
+    assert not outputs["g-1"][0].prompt_logprobs
     assert engine.compilations_after_warmup == 0
 
 

@@ -132,6 +132,37 @@ def test_completions_one_request_per_prompt():
     assert [g.text for g in text] == ["hey"]
 
 
+def completion(**fields) -> list[pb.GenerateRequest]:
+    return completion_to_generates(CompletionRequest.model_validate({"prompt": "a b", **fields}),
+                                   "m")
+
+
+def test_sampling_extras_reach_the_core():
+    generate = chat(bad_words=["x y"], allowed_token_ids=[3, 4], prompt_logprobs=2,
+                    presence_penalty=0.5, repetition_penalty=1.2, min_tokens=3)
+    assert list(generate.sampling.bad_words) == ["x y"]
+    assert list(generate.sampling.allowed_token_ids.ids) == [3, 4]
+    assert generate.prompt_logprobs == 2 and generate.stopping.min_tokens == 3
+    assert generate.sampling.presence_penalty == 0.5
+    assert not chat().sampling.HasField("allowed_token_ids")
+    assert not chat().HasField("prompt_logprobs")
+
+
+def test_echo_logprobs_and_best_of_on_completions():
+    (generate,) = completion(echo=True, logprobs=3)
+    assert generate.prompt_logprobs == 3 and generate.top_logprobs == 3
+    (generate,) = completion(echo=True, max_tokens=0)
+    assert generate.prompt_logprobs == 0 and generate.stopping.max_tokens == 0
+    (generate,) = completion(n=2, best_of=5)
+    assert generate.n == 5  # the facade keeps the best 2
+    with pytest.raises(ApiError) as error:
+        completion(n=1, best_of=2, stream=True)
+    assert error.value.param == "best_of"
+    with pytest.raises(ApiError) as error:
+        completion(max_tokens=0)
+    assert error.value.param == "max_tokens"
+
+
 def test_structured_outputs_and_guided_fields_reach_the_core():
     schema = {"type": "object", "properties": {"a": {"type": "boolean"}}}
     strict = chat(response_format={"type": "json_schema", "json_schema": {
