@@ -513,8 +513,11 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(report["comparisons"]))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2) + "\n")
-    write_plot(report, args, args.plot)
-    print(f"wrote {args.json} and {args.plot}")
+    try:  # issue 14: the plot is optional (matplotlib is not a test dependency)
+        write_plot(report, args, args.plot)
+        print(f"wrote {args.json} and {args.plot}")
+    except ImportError as error:
+        print(f"wrote {args.json}; no plot ({error})")
     return 0
 
 
