@@ -135,8 +135,10 @@ SERVER_MAX_MODEL_LEN = 1024
 # The `server` fixture's engine: small limits, so that warm-up compiles few shape buckets; other
 # modules' cores use the same flags, so they find every bucket in the session's XLA compilation
 # cache.
+# float32: the tests compare it with Hugging Face in float32 (`--dtype auto` would pick
+# bfloat16 on a CPU with AVX512-BF16).
 SERVER_ENGINE_FLAGS = ("--max-model-len", str(SERVER_MAX_MODEL_LEN), "--max-num-seqs", "4",
-                       "--max-num-batched-tokens", "128")  # fmt: skip
+                       "--max-num-batched-tokens", "128", "--dtype", "float32")  # fmt: skip
 
 
 @dataclass(frozen=True)
