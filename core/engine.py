@@ -265,27 +265,24 @@ class LlmEngine(Engine):
 
     def _finish_scoring(self, tracked: _Tracked, logprobs) -> None:
         """A prefill-only request is done: report its labels' log-probabilities."""
-        request = tracked.request
-        labels = request.score_label_ids
+        labels = tracked.request.score_label_ids
         label_logprobs = tuple(logprobs[list(labels)].tolist()) if labels else ()
-        request.finish_reason = FinishReason.STOP
-        self.metrics.e2e_request_latency_s.observe(time.monotonic() - tracked.arrival_s)
-        self._release(request)
-        self._send(tracked.sink, RequestOutput(
-            request_id=request.request_id, new_token_ids=(), text_delta="",
-            finish_reason=FinishReason.STOP, cached_tokens=request.num_cached_tokens,
-            label_logprobs=label_logprobs))
+        self._finish_without_tokens(tracked, FinishReason.STOP, label_logprobs=label_logprobs)
 
     def _finish_prompt_only(self, tracked: _Tracked) -> None:
         """max_tokens 0: the prompt's logprobs were all that was asked for."""
+        self._finish_without_tokens(tracked, FinishReason.LENGTH,
+                                    prompt_logprobs=_take_prompt_logprobs(tracked.request))
+
+    def _finish_without_tokens(self, tracked: _Tracked, reason: FinishReason, **report) -> None:
+        """End a request that generated nothing: release it, then send its one output."""
         request = tracked.request
-        request.finish_reason = FinishReason.LENGTH
+        request.finish_reason = reason
         self.metrics.e2e_request_latency_s.observe(time.monotonic() - tracked.arrival_s)
         self._release(request)
         self._send(tracked.sink, RequestOutput(
             request_id=request.request_id, new_token_ids=(), text_delta="",
-            finish_reason=FinishReason.LENGTH, cached_tokens=request.num_cached_tokens,
-            prompt_logprobs=_take_prompt_logprobs(request)))
+            finish_reason=reason, cached_tokens=request.num_cached_tokens, **report))
 
     def _observe_latency(self, tracked: _Tracked) -> None:
         now = time.monotonic()
