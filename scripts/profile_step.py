@@ -48,7 +48,9 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
+from core import logits_processors as processors  # noqa: E402
 from core.config import EngineConfig  # noqa: E402
+from core.models.llama import dense  # noqa: E402
 from core.models.loader import load_model  # noqa: E402
 from core.request import SamplingParams, SchedulerOutput, SequenceChunk  # noqa: E402
 from core.runner import ModelRunner  # noqa: E402
@@ -92,11 +94,16 @@ def step_timings(runner: ModelRunner, chunks: tuple[SequenceChunk, ...], timer: 
     table = np.array([chunk.page_ids for chunk in chunks], np.int32)
     last_index = np.zeros((num_rows,), np.int32)
     sampling = SamplingArrays.from_params([chunk.sampling for chunk in chunks], num_rows)
+    prompt_targets = np.zeros((num_rows, 1), np.int32)
+    row_inputs = processors.RowInputs.from_chunks(list(chunks), num_rows, runner.num_row_slots,
+                                                  runner.config.vocab_size)
+    sample_inputs = (sampling, positions[:, 0] + 1, row_inputs)
 
-    def device_step():  # the arrays are ready: only the jitted step itself
-        result, runner._pages, logits = runner._step(
+    def device_step():  # the arrays are ready: only the two jitted calls, forward then sampler
+        logits, runner._pages, _ = runner._forward(
             runner.param_leaves, runner._pages, token_ids, positions, table, last_index,
-            sampling, np.bool_(False))
+            prompt_targets, np.bool_(False))
+        result = runner._call_sample(logits, sample_inputs, False, None)
         return result.token_ids, logits
 
     shape = (num_rows, 1, num_pages)
@@ -134,9 +141,9 @@ def part_timings(runner: ModelRunner, chunks: tuple[SequenceChunk, ...], timer: 
         model, outs, d = merged(param_leaves), [], config.hidden_size
         for layer in model.layers:
             attn = layer.self_attn
-            for weight in (attn.q_proj, attn.k_proj, attn.v_proj):
-                outs.append(hidden @ weight[...].reshape(d, -1))
-            outs.append(outs[-3] @ attn.o_proj[...].reshape(-1, d))
+            for weight in (attn.q_proj, attn.k_proj, attn.v_proj):  # the model's dot form
+                outs.append(dense(hidden, weight[...].reshape(d, -1)))
+            outs.append(dense(outs[-3], attn.o_proj[...].reshape(-1, d)))
             outs.append(layer.mlp(hidden))
         outs.append(model.logits(hidden[:, 0]))
         return outs
@@ -187,18 +194,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--pages", type=int, nargs="+", default=[16, 64],
                         help="page-table widths (pages per row)")
     parser.add_argument("--repeats", type=int, default=20, help="timed runs per figure")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
+                        help="compute dtype (default: the checkpoint's)")
     parser.add_argument("--json", type=Path, default=None, help="write the report here")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    model, model_config = load_model(args.model)
+    model, model_config = load_model(args.model, args.dtype)
     max_rows, max_pages = max(args.rows), max(args.pages)
     page_size = EngineConfig().page_size
     engine_config = EngineConfig(
         max_model_len=max_pages * page_size, max_num_seqs=max_rows, min_decode_pages=8,
-        num_pages=max_rows * max_pages)
+        num_pages=max_rows * max_pages, dtype=args.dtype)
     runner = ModelRunner(model, model_config, engine_config)
     shapes = [profile_shape(runner, rows, pages, args.repeats)
               for rows in args.rows for pages in args.pages]
@@ -213,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
                     "load_average_1m_at_end": os.getloadavg()[0]},
         "model": {"dir": str(args.model), "layers": model_config.num_layers,
                   "hidden": model_config.hidden_size, "vocab": model_config.vocab_size,
-                  "dtype": model_config.dtype},
+                  "dtype": args.dtype or model_config.dtype},
         "repeats": args.repeats,
         "shapes": shapes,
     }

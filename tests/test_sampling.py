@@ -117,3 +117,42 @@ def test_two_level_argmax_matches_numpy_including_ties_and_odd_vocab():
         logits[1, [3, vocab_size - 1]] = 50.0  # a tie across blocks
         np.testing.assert_array_equal(np.asarray(argmax_last(jnp.asarray(logits))),
                                       np.argmax(logits, axis=-1))
+
+
+def _sorted_kept(scaled: np.ndarray, top_k: int, top_p: float, min_p: float) -> np.ndarray:
+    """The kept mask of one row by the sorted definition (the reference the bisection meets)."""
+    order = np.argsort(-scaled, kind="stable")
+    ranked = scaled[order]
+    k = top_k if top_k > 0 else len(scaled)
+    threshold = ranked[k - 1]
+    probs = np.exp(ranked[:k] - ranked[0])
+    probs /= probs.sum()
+    if top_p < 1:
+        mass_before = np.cumsum(probs) - probs
+        threshold = max(threshold, ranked[:k][mass_before < top_p].min())
+    if min_p > 0:
+        threshold = max(threshold, ranked[0] + np.log(min_p))
+    return scaled >= threshold
+
+
+def test_top_k_and_top_p_cuts_equal_the_sorted_definition_on_a_large_vocabulary():
+    """The cuts are found by bisection, not a sort: on 32k-token rows with ties (rounded
+    logits) and -inf entries they keep exactly the tokens a sort would."""
+    from core.sampling import _filtered_logits
+
+    rng = np.random.default_rng(5)
+    rows = []
+    for index in range(24):
+        logits = np.round(rng.standard_normal(32000) * 3, 1).astype(np.float32)  # many ties
+        logits[rng.integers(0, 32000, 50)] = -np.inf  # banned tokens
+        rows.append(logits)
+    params = [SamplingParams(temperature=[0.7, 1.0, 1.3][i % 3],
+                             top_k=[0, 1, 5, 40, 1000, 0][i % 6],
+                             top_p=[1.0, 0.9, 0.5, 0.99, 1e-3, 0.3][(i // 2) % 6],
+                             min_p=[0.0, 0.05][i % 2], seed=i) for i in range(24)]
+    batch = np.stack(rows)
+    filtered = np.asarray(jax.jit(_filtered_logits)(batch, SamplingArrays.from_params(params, 24)))
+    for row, (logits, p) in enumerate(zip(rows, params, strict=True)):
+        scaled = logits / np.float32(p.temperature)
+        expected = _sorted_kept(scaled, p.top_k, p.top_p, p.min_p) & np.isfinite(scaled)
+        assert np.array_equal(np.isfinite(filtered[row]), expected), (row, p)
