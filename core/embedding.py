@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import bisect
 import concurrent.futures
+import functools
 import logging
 import queue
 import threading
@@ -26,6 +27,7 @@ from dataclasses import dataclass, field, replace
 import jax
 import numpy as np
 
+from core import executables
 from core.convert import PromptPolicy, check_token_ids
 from core.errors import ContextLengthExceeded, InvalidParameter, Overloaded, Unavailable
 from core.tokenizer import Tokenizer
@@ -150,8 +152,11 @@ class EmbeddingEngine:
     """Embeds token-id lists for every RPC on one thread, in bucketed batched calls."""
 
     def __init__(self, forward: Callable, params, dimensions: int, buckets: EmbeddingBuckets,
-                 pad_token_id: int = 0, max_pending_inputs: int = 4 * MAX_INPUTS):
+                 static: str, pad_token_id: int = 0, max_pending_inputs: int = 4 * MAX_INPUTS):
+        """`static` names everything `forward` depends on besides its arguments (the model's
+        config and pooling): it keys the stored executables (core/executables.py)."""
         self.dimensions = dimensions  # the model's embedding size
+        self._static = static
         self.buckets = buckets
         self._params = params
         self._pad_token_id = pad_token_id
@@ -164,7 +169,10 @@ class EmbeddingEngine:
                 return forward(params, token_ids, attention_mask)
             return forward(params, token_ids, attention_mask, num_packed_tokens)
 
+        self._traced = traced
         self._forward = jax.jit(traced, static_argnames=("num_packed_tokens",))
+        # the warm-up's executables: (rows, length, packed tokens or None) → forward
+        self._executables: dict[tuple[int, int, int | None], Callable] = {}
         self._inbox: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self.max_pending_inputs = max_pending_inputs  # queued inputs before OVERLOADED
         self._num_pending_inputs = 0  # submitted, not yet embedded nor dropped (under _lock)
@@ -178,14 +186,23 @@ class EmbeddingEngine:
         return self.num_compilations - self.compilations_at_warmup
 
     def warmup(self) -> None:
+        """Compile every call shape (in parallel; loaded from the executable store when it has
+        them), then run the smallest once."""
         shapes = self.buckets.shapes()
-        for index, (rows, length, packed) in enumerate(shapes, start=1):
-            started = time.perf_counter()
-            self._run(np.zeros((rows, length), np.int32), np.zeros((rows, length), np.int32),
-                      packed)
-            log.info("embedding warm-up %d/%d: %d rows × %d tokens (packed: %s) compiled in "
-                     "%.2f s", index, len(shapes), rows, length, packed,
-                     time.perf_counter() - started)
+        jobs = [executables.CompileJob(
+            f"embedding {rows}×{length} packed {packed}",
+            jax.jit(functools.partial(self._traced, num_packed_tokens=packed)),
+            (self._params, np.zeros((rows, length), np.int32), np.zeros((rows, length), np.int32)),
+            self._static) for rows, length, packed in shapes]
+
+        def report(index: int, job: executables.CompileJob, seconds: float, loaded: bool):
+            log.info("embedding warm-up %d/%d: %s %s in %.2f s", index + 1, len(jobs), job.name,
+                     "loaded" if loaded else "compiled", seconds)
+
+        compiled = executables.compile_all(jobs, on_done=report)
+        self._executables = dict(zip(shapes, compiled, strict=True))
+        rows, length, packed = shapes[0]
+        self._run(np.zeros((rows, length), np.int32), np.zeros((rows, length), np.int32), packed)
         self.compilations_at_warmup = self.num_compilations
 
     def start(self) -> None:
@@ -282,8 +299,12 @@ class EmbeddingEngine:
             self._num_pending_inputs -= num_inputs
 
     def _run(self, token_ids: np.ndarray, mask: np.ndarray, packed: int | None) -> np.ndarray:
-        return np.asarray(jax.device_get(self._forward(
-            self._params, token_ids, mask, num_packed_tokens=packed)), np.float32)
+        compiled = self._executables.get((*token_ids.shape, packed))
+        if compiled is not None:
+            vectors = compiled(self._params, token_ids, mask)
+        else:  # not a warm-up shape: traced and compiled now (counted)
+            vectors = self._forward(self._params, token_ids, mask, num_packed_tokens=packed)
+        return np.asarray(jax.device_get(vectors), np.float32)
 
 
 def _resolve(future: concurrent.futures.Future, outcome) -> None:

@@ -28,8 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from core import sharding
-from core.cache.kv_pool import KVPages, kv_bytes_per_token
+from core import executables, sharding
+from core.cache.kv_pool import KVPages, kv_bytes_per_token, paged_attention_kind
 from core import logits_processors as processors
 from core.config import EngineConfig, ModelConfig
 from core.models.llama import PADDING_POSITION, LlamaModel
@@ -108,6 +108,9 @@ class ModelRunner:
                                 out_shardings=out_shardings)
         self._sample = jax.jit(self._sample_fn, donate_argnames=("row_state",))
         self._init_row = jax.jit(self._init_row_fn, donate_argnames=("state",))
+        # the warm-up's executables: call shape → forward, row count → sampler (core/executables)
+        self._forward_executables: dict[tuple[int, int, int], Callable] = {}
+        self._sample_executables: dict[int, Callable] = {}
         self.num_bitmask_words = -(-config.vocab_size // 32)  # int32 words of a grammar mask row
         self._unconstrained: dict[int, jax.Array] = {}  # rows → an all-allowed mask on device
         self.num_bitmask_fills = 0  # steps that filled a grammar bitmask
@@ -257,6 +260,14 @@ class ModelRunner:
     def _call_forward(self, chunks: list[SequenceChunk], shape: tuple[int, int, int]):
         """Dispatch one forward pass; returns its device logits [rows, v], its prompt scores and
         what sampling them needs (the rows' sampling arrays, positions and per-row inputs)."""
+        arrays, sample_inputs = self._forward_inputs(chunks, shape)
+        forward = self._forward_executables.get(shape, self._forward)
+        logits, self._pages, prompt_scores = forward(self._param_leaves, self._pages, *arrays)
+        return logits, prompt_scores, sample_inputs
+
+    def _forward_inputs(self, chunks: list[SequenceChunk], shape: tuple[int, int, int]):
+        """The padded host arrays of one forward call (after the parameters and the pool), and
+        the sampling inputs of its rows."""
         num_rows, num_tokens, num_table_pages = shape
         token_ids = np.zeros((num_rows, num_tokens), np.int32)
         positions = np.full((num_rows, num_tokens), PADDING_POSITION, np.int32)
@@ -275,11 +286,10 @@ class ModelRunner:
         prompt_targets = np.zeros((num_rows, num_tokens), np.int32)
         for row, chunk in enumerate(chunks):
             prompt_targets[row, :len(chunk.prompt_targets)] = chunk.prompt_targets
-        logits, self._pages, prompt_scores = self._forward(
-            self._param_leaves, self._pages, token_ids, positions, page_table, last_index,
-            prompt_targets, np.bool_(any(chunk.wants_prompt_logprobs for chunk in chunks)))
+        arrays = (token_ids, positions, page_table, last_index, prompt_targets,
+                  np.bool_(any(chunk.wants_prompt_logprobs for chunk in chunks)))
         sample_positions = positions[np.arange(num_rows), last_index] + 1
-        return logits, prompt_scores, (sampling, sample_positions, row_inputs)
+        return arrays, (sampling, sample_positions, row_inputs)
 
     def _call_sample(self, logits: jax.Array, sample_inputs, wants_logprobs: bool,
                      bitmask: np.ndarray | None) -> SampleResult:
@@ -288,14 +298,19 @@ class ModelRunner:
         sampling, positions, row_inputs = sample_inputs
         num_rows, has_bitmask = len(positions), bitmask is not None
         if bitmask is None:  # a device constant per row count: nothing to copy or unpack
-            if num_rows not in self._unconstrained:
-                self._unconstrained[num_rows] = jax.device_put(
-                    np.full((num_rows, self.num_bitmask_words), -1, np.int32), self._replicated)
-            bitmask = self._unconstrained[num_rows]
-        result, self._row_state = self._sample(
+            bitmask = self._all_allowed(num_rows)
+        sample = self._sample_executables.get(num_rows, self._sample)
+        result, self._row_state = sample(
             logits, sampling, positions, np.bool_(wants_logprobs), bitmask, np.bool_(has_bitmask),
             row_inputs, self._row_state)
         return result
+
+    def _all_allowed(self, num_rows: int) -> jax.Array:
+        """An all-allowed grammar bitmask [rows, words] on device (one per row count)."""
+        if num_rows not in self._unconstrained:
+            self._unconstrained[num_rows] = jax.device_put(
+                np.full((num_rows, self.num_bitmask_words), -1, np.int32), self._replicated)
+        return self._unconstrained[num_rows]
 
     def _call(self, chunks: list[SequenceChunk], shape: tuple[int, int, int],
               wants_logprobs: bool) -> tuple[SampleResult, jax.Array, PromptScores]:
@@ -319,20 +334,45 @@ class ModelRunner:
                 np.int32(num_prompt_tokens), np.int32(len(token_ids)))
 
     def warmup(self) -> None:
-        """Compile every shape once; the compilation counter starts after this."""
+        """Compile every shape once (in parallel; loaded from the executable store when it has
+        them, core/executables.py); the compilation counter starts after this."""
         shapes = [(b, 1, p) for b in self._decode_buckets for p in self._page_buckets]
         shapes += [(rows, tokens, pages) for rows, tokens in self.engine_config.prefill_shapes()
                    for pages in self._prefill_page_buckets]
-        for index, shape in enumerate(shapes, start=1):
-            started = time.perf_counter()
-            # no real chunk: every position is padding, so nothing is written to the pool
-            jax.block_until_ready(self._call([], shape, False))
-            log.info("warm-up %d/%d: %d rows × %d tokens, %d pages compiled in %.2f s", index,
-                     len(shapes), *shape, time.perf_counter() - started)
+        static = repr((self.config, self.engine_config, paged_attention_kind(),
+                       self.num_pages, self.num_row_slots))
+        jobs = []
+        for shape in shapes:
+            arrays, _ = self._forward_inputs([], shape)
+            jobs.append(executables.CompileJob(
+                "forward {}×{}×{}".format(*shape), self._forward,
+                (self._param_leaves, self._pages, *arrays), static))
+        row_counts = sorted({rows for rows, _, _ in shapes})
+        for rows in row_counts:
+            _, (sampling, positions, row_inputs) = self._forward_inputs([], (rows, 1, 1))
+            logits = jax.ShapeDtypeStruct((rows, self.config.vocab_size), jnp.float32,
+                                          sharding=self._replicated)
+            jobs.append(executables.CompileJob(
+                f"sampler {rows}", self._sample,
+                (logits, sampling, positions, np.bool_(False), self._all_allowed(rows),
+                 np.bool_(False), row_inputs, self._row_state), static))
+        started = time.perf_counter()
+
+        def report(index: int, job: executables.CompileJob, seconds: float, loaded: bool):
+            log.info("warm-up %d/%d: %s %s in %.2f s", index + 1, len(jobs), job.name,
+                     "loaded" if loaded else "compiled", seconds)
+
+        compiled = executables.compile_all(jobs, on_done=report)
+        self._forward_executables = dict(zip(shapes, compiled[:len(shapes)], strict=True))
+        self._sample_executables = dict(zip(row_counts, compiled[len(shapes):], strict=True))
+        # one real run of the smallest shape: the executables work before anyone waits on them
+        jax.block_until_ready(self._call([], shapes[0], False))
         scratch = self.num_row_slots  # the row-state rebuild: written to the scratch slot
         self._init_rows((SequenceChunk("warmup", (0,), 0, (), _NEUTRAL, False,
                                        row_slot=scratch, row_init=((), 0)),))
         self.compilations_at_warmup = self.num_compilations
+        log.info("warm-up: %d executables ready in %.1f s", len(jobs),
+                 time.perf_counter() - started)
 
 
 def _prompt_entries(chunk: SequenceChunk, prompt: PromptScores, row: int) -> list[TokenLogprob]:

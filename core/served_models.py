@@ -124,12 +124,14 @@ def _decoder_embedder(engine: LlmEngine, pooling: str) -> EmbeddingEngine:
 
     buckets = EmbeddingBuckets(max_batch_tokens=4096).for_max_len(
         engine.engine_config.max_model_len)
+    static = repr(("decoder pooling", pooling, engine.model_config, engine.engine_config.dtype))
     return _started_embedder(forward, runner.graphdef, runner.param_treedef,
-                             runner.param_leaves, engine.model_config.hidden_size, buckets)
+                             runner.param_leaves, engine.model_config.hidden_size, buckets, static)
 
 
 def _started_embedder(forward, graphdef, treedef, leaves: list, dimensions: int,
-                      buckets: EmbeddingBuckets, pad_token_id: int = 0) -> EmbeddingEngine:
+                      buckets: EmbeddingBuckets, static: str,
+                      pad_token_id: int = 0) -> EmbeddingEngine:
     """An EmbeddingEngine over `forward(model, token_ids, attention_mask[, packed])`, with the
     model rebuilt from its flat parameter leaves inside the jit; compiled and started."""
     import jax
@@ -138,7 +140,7 @@ def _started_embedder(forward, graphdef, treedef, leaves: list, dimensions: int,
     def forward_leaves(param_leaves, *arrays):
         return forward(nnx.merge(graphdef, jax.tree.unflatten(treedef, param_leaves)), *arrays)
 
-    embedder = EmbeddingEngine(forward_leaves, leaves, dimensions, buckets,
+    embedder = EmbeddingEngine(forward_leaves, leaves, dimensions, buckets, static,
                                pad_token_id=pad_token_id)
     started = time.perf_counter()
     embedder.warmup()
@@ -165,7 +167,7 @@ def load_embedding(model_dir: Path, name: str) -> ServedModel:
     tokenizer = Tokenizer(Path(model_dir))
     buckets = EmbeddingBuckets(packed_fractions=PACKED_FRACTIONS).for_max_len(max_seq_len_tokens)
     embedder = _started_embedder(forward, graphdef, treedef, leaves, config.hidden_size, buckets,
-                                 pad_token_id=config.pad_token_id)
+                                 repr(("bert", config, pooling)), pad_token_id=config.pad_token_id)
     policy = PromptPolicy(vocab_size=config.vocab_size, max_model_len=max_seq_len_tokens,
                           max_token_chars=tokenizer.max_token_chars)
     info = pb.ModelInfo(

@@ -369,15 +369,18 @@ class CoreServer:
         config, names = self.config, self.servicer.expected
         started = time.perf_counter()
         if is_encoder_dir(config.model_dir):
-            main = await asyncio.to_thread(load_embedding, config.model_dir, names[0])
+            loads = [asyncio.to_thread(load_embedding, config.model_dir, names[0])]
         else:
-            main = await asyncio.to_thread(
+            loads = [asyncio.to_thread(
                 load_generative, config.model_dir, names[0], config.engine, DEMO_DESCRIPTION,
                 config.decoder_pooling, config.trust_request_chat_template,
-                config.tool_call_parser)
-        if config.embedding_model_dir is not None:
-            self.servicer.attach(await asyncio.to_thread(
+                config.tool_call_parser)]
+        if config.embedding_model_dir is not None:  # both warm up at once (XLA compiles
+            loads.append(asyncio.to_thread(  # without the GIL)
                 load_embedding, config.embedding_model_dir, names[1]))
+        main, *others = await asyncio.gather(*loads)
+        for model in others:
+            self.servicer.attach(model)
         self.servicer.attach(main)
         if config.metrics_port is not None and main.generator is not None:
             self.metrics_port = main.generator.metrics.serve(config.metrics_port, config.host)

@@ -1,0 +1,148 @@
+"""Warm-up compilation: every bucket's executable compiled in parallel, and kept on disk.
+
+Owns: `compile_all()`, which turns a list of `CompileJob`s (a jitted function, example
+arguments — arrays or `jax.ShapeDtypeStruct`s — and a string naming everything else the traced
+function depends on) into `jax.stages.Compiled` executables, and the executable store.
+
+- **In parallel.** Jobs run on a thread pool: tracing and lowering hold the GIL, but XLA's
+  compilation releases it, so on a 2-core machine two shapes compile at once.
+- **On disk.** With a store directory configured (`configure()`, done by the CLI beside the XLA
+  compilation cache), each executable is saved serialized, under a key hashing: the job's name
+  and static description, the arguments' tree, shapes and dtypes, the jax / jaxlib / flax
+  versions, the backend and its devices, the `TANDEM_*`, `XLA_*` and `JAX_*` environment, and the
+  source of the `core` package. A restart loads it without tracing or lowering anything (JAX's
+  own persistent cache still traces and lowers every shape to find its key: about a second a
+  shape on 2 cores). A file that fails to load is recompiled and rewritten.
+
+Loading runs code from the store: it must be a directory only this service writes (it is, by
+default, `$TANDEM_HOME/executables`).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import logging
+import os
+import pickle
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jax
+
+log = logging.getLogger(__name__)
+
+_store_dir: Path | None = None
+_source_digest: str | None = None
+FORMAT_VERSION = "1"
+
+
+@dataclass(frozen=True)
+class CompileJob:
+    """One executable to have ready: `function` (a `jax.jit`) at `args`."""
+
+    name: str  # what it is, in logs ("forward 32×1×16")
+    function: Any  # a jax.jit-wrapped function
+    args: tuple  # example arguments (arrays or jax.ShapeDtypeStruct), positional
+    static: str  # everything else the traced function depends on (configs, closures)
+
+
+def configure(store_dir: Path | None) -> None:
+    """Keep executables under `store_dir` (None: compile every start, save nothing)."""
+    global _store_dir
+    _store_dir = store_dir
+    if store_dir is not None:
+        store_dir.mkdir(parents=True, exist_ok=True)
+
+
+def store_dir() -> Path | None:
+    return _store_dir
+
+
+def compile_all(jobs: list[CompileJob], workers: int | None = None,
+                on_done: Callable[[int, CompileJob, float, bool], None] | None = None
+                ) -> list[jax.stages.Compiled]:
+    """The jobs' executables, in order. `on_done(index, job, seconds, loaded)` is called as
+    each finishes (loaded: it came from the store)."""
+    workers = workers or max(1, min(len(jobs), os.cpu_count() or 1))
+
+    def run(index: int) -> jax.stages.Compiled:
+        started = time.perf_counter()
+        compiled, loaded = _compile_or_load(jobs[index])
+        if on_done is not None:
+            on_done(index, jobs[index], time.perf_counter() - started, loaded)
+        return compiled
+
+    if workers == 1:
+        return [run(index) for index in range(len(jobs))]
+    with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="compile") as pool:
+        return list(pool.map(run, range(len(jobs))))
+
+
+def _compile_or_load(job: CompileJob) -> tuple[jax.stages.Compiled, bool]:
+    path = None
+    if _store_dir is not None:
+        path = _store_dir / f"{_key(job)}.exe"
+        if path.exists():
+            try:
+                return _load(path), True
+            except Exception as exc:  # corrupt or incompatible: compile it again
+                log.warning("executable %s could not be loaded (%s): recompiling", path.name, exc)
+    compiled = job.function.lower(*job.args).compile()
+    if path is not None:
+        try:
+            _save(compiled, path)
+        except Exception as exc:  # e.g. a backend that cannot serialize: keep going
+            log.warning("executable of %s not saved: %s", job.name, exc)
+    return compiled, False
+
+
+def _load(path: Path) -> jax.stages.Compiled:
+    from jax.experimental import serialize_executable
+
+    payload, in_tree, out_tree = pickle.loads(path.read_bytes())
+    return serialize_executable.deserialize_and_load(payload, in_tree, out_tree)
+
+
+def _save(compiled: jax.stages.Compiled, path: Path) -> None:
+    from jax.experimental import serialize_executable
+
+    blob = pickle.dumps(serialize_executable.serialize(compiled))
+    partial = path.with_suffix(f".{os.getpid()}.partial")
+    partial.write_bytes(blob)
+    os.replace(partial, path)  # atomic: a concurrent reader sees all of it or nothing
+
+
+def _key(job: CompileJob) -> str:
+    leaves, tree = jax.tree.flatten(job.args)
+    avals = [(tuple(leaf.shape), str(leaf.dtype), bool(getattr(leaf, "weak_type", False)),
+              str(getattr(leaf, "sharding", None))) for leaf in leaves]
+    devices = [(device.platform, device.device_kind) for device in jax.devices()]
+    environment = sorted((name, value) for name, value in os.environ.items()
+                         if name.startswith(("TANDEM_", "XLA_", "JAX_")))
+    material = repr((FORMAT_VERSION, job.name.split(" ")[0], job.static, str(tree), avals,
+                     jax.__version__, _versions(), devices, environment, _core_source_digest()))
+    return hashlib.sha256(material.encode()).hexdigest()[:40]
+
+
+def _versions() -> tuple[str, ...]:
+    import flax
+    import jaxlib
+
+    return jaxlib.__version__, flax.__version__
+
+
+def _core_source_digest() -> str:
+    """A hash of every Python file of the `core` package (the traced code lives there)."""
+    global _source_digest
+    if _source_digest is None:
+        root = Path(__file__).resolve().parent
+        digest = hashlib.sha256()
+        for path in sorted(root.rglob("*.py")):
+            digest.update(str(path.relative_to(root)).encode())
+            digest.update(path.read_bytes())
+        _source_digest = digest.hexdigest()
+    return _source_digest
