@@ -101,9 +101,9 @@ def _add_core_flags(parser: argparse.ArgumentParser) -> None:
                              "llama3_json (Llama 3.x JSON), mistral ([TOOL_CALLS]); auto: read "
                              "off the chat template")
     parser.add_argument("--compilation-cache-dir", default=None,
-                        help="persistent XLA compilation cache, reused across restarts, with "
-                             "the warm-up's serialized executables in its executables/ "
-                             "(default: $TANDEM_HOME/jax-cache; '' turns both off)")
+                        help="where the warm-up's compiled buckets are kept (in its "
+                             "executables/), so that a restart loads them instead of compiling "
+                             "(default: $TANDEM_HOME/jax-cache; '' turns it off)")
 
 
 def _add_facade_flags(parser: argparse.ArgumentParser) -> None:
@@ -243,21 +243,18 @@ def _embedding_model(args: argparse.Namespace) -> tuple[Path | None, str]:
 
 
 def _enable_compilation_cache(cache_dir: str | None) -> None:
-    """Keep compiled buckets on disk so a restarted core warms up in a fraction of the time:
-    XLA's persistent cache, and the warm-up's executables (core/executables.py), which a restart
-    loads without tracing."""
+    """Keep the warm-up's compiled buckets on disk (core/executables.py), so a restarted core
+    loads them without tracing or compiling. JAX's own persistent cache stays off: an
+    executable it hands back cannot be serialized again (XLA:CPU loses its kernels: "Function
+    … not found" when the copy runs), and every bucket goes through the executable store."""
     if cache_dir == "":
         return
-    import jax
-
     from core import executables
     from core.models.tiny import default_cache_dir
 
     path = Path(cache_dir) if cache_dir else default_cache_dir() / "jax-cache"
-    jax.config.update("jax_compilation_cache_dir", str(path))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     executables.configure(path / "executables")
-    log.info("XLA compilation cache: %s (warm-up executables in executables/)", path)
+    log.info("compiled buckets kept in %s", path / "executables")
 
 
 def facade_command(args: argparse.Namespace, core_address: str) -> tuple[list[str], dict]:

@@ -6,8 +6,9 @@ function depends on) into `jax.stages.Compiled` executables, and the executable 
 
 - **In parallel.** Jobs run on a thread pool: tracing and lowering hold the GIL, but XLA's
   compilation releases it, so on a 2-core machine two shapes compile at once.
-- **On disk.** With a store directory configured (`configure()`, done by the CLI beside the XLA
-  compilation cache), each executable is saved serialized, under a key hashing: the job's name
+- **On disk.** With a store directory configured (`configure()`, done by the CLI, which leaves
+  JAX's persistent compilation cache off: an executable that cache hands back loses its kernels
+  when serialized again, so nothing is saved while it is on), each executable is saved serialized, under a key hashing: the job's name
   and static description, the arguments' tree, shapes and dtypes, the jax / jaxlib / flax
   versions, the backend and its devices, the `TANDEM_*`, `XLA_*` and `JAX_*` environment, and the
   source of the `core` package. A restart loads it without tracing or lowering anything (JAX's
@@ -92,7 +93,12 @@ def _compile_or_load(job: CompileJob) -> tuple[jax.stages.Compiled, bool]:
             except Exception as exc:  # corrupt or incompatible: compile it again
                 log.warning("executable %s could not be loaded (%s): recompiling", path.name, exc)
     compiled = job.function.lower(*job.args).compile()
-    if path is not None:
+    if path is not None and jax.config.jax_compilation_cache_dir:
+        # it may have come from JAX's persistent cache: such a copy serializes without its
+        # kernels on XLA:CPU ("Function … not found" when it runs after loading)
+        log.warning("executable of %s not saved: JAX's persistent compilation cache is on",
+                    job.name)
+    elif path is not None:
         try:
             _save(compiled, path)
         except Exception as exc:  # e.g. a backend that cannot serialize: keep going

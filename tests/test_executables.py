@@ -1,77 +1,133 @@
-"""The warm-up's executable store: a second start loads what the first compiled (no tracing),
-gets the same results, keys on everything the executable depends on, and survives a bad file."""
+"""The warm-up's executable store: a second process loads what the first compiled (no tracing)
+and runs it to the same results; the key covers what the executable depends on; a bad file is
+compiled again. Each start is its own process, as a restart is, with JAX's persistent cache off
+(as `tandem core` runs: an executable from that cache cannot be stored)."""
 
 from __future__ import annotations
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-import pytest
+import json
+import subprocess
+import sys
+from pathlib import Path
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+START = """
+import json, sys
+import jax, jax.numpy as jnp, numpy as np
 from core import executables
 
+store, static = sys.argv[1], sys.argv[2]
+executables.configure(__import__("pathlib").Path(store))
+traces = []
 
-@pytest.fixture
-def store(tmp_path):
-    executables.configure(tmp_path / "executables")
-    yield tmp_path / "executables"
-    executables.configure(None)
+def scaled(weights, x):
+    traces.append(x.shape[0])  # runs only while tracing
+    return {"out": x @ weights * 3.0, "doubled": x * 2}, x.sum()  # x's buffer is reused
 
-
-def _jobs(traces: list, static: str = "scale 3"):
-    def scaled(weights, x):
-        traces.append(x.shape)  # runs only while tracing
-        return {"out": x @ weights * 3.0, "doubled": x * 2}, x.sum()  # x's buffer reused
-
-    function = jax.jit(scaled, donate_argnums=(1,))
-    weights = jnp.arange(12.0).reshape(4, 3)
-    return [executables.CompileJob(f"scaled {rows}", function,
-                                   (weights, jax.ShapeDtypeStruct((rows, 4), jnp.float32)), static)
-            for rows in (2, 8)]
-
-
-def test_a_restart_loads_the_executables_without_tracing_and_gets_the_same_results(store):
-    traces, loaded = [], []
-    first = executables.compile_all(_jobs(traces))
-    assert sorted(traces) == [(2, 4), (8, 4)] and len(list(store.glob("*.exe"))) == 2
-    traces.clear()
-    second = executables.compile_all(
-        _jobs(traces), on_done=lambda index, job, seconds, was_loaded: loaded.append(was_loaded))
-    assert traces == [] and loaded == [True, True]  # nothing traced: loaded from the store
-    weights = jnp.arange(12.0).reshape(4, 3)
-    for a, b in zip(first, second, strict=True):
-        rows = a.args_info[0][1].shape[0]  # ((args), kwargs)
-        x = np.arange(rows * 4, dtype=np.float32).reshape(rows, 4)
-        donated = jnp.asarray(x)
-        (out_a, sum_a), (out_b, sum_b) = a(weights, jnp.asarray(x)), b(weights, donated)
-        np.testing.assert_array_equal(out_a["out"], out_b["out"])
-        assert float(sum_a) == float(sum_b) and donated.is_deleted()  # donation kept
+function = jax.jit(scaled, donate_argnums=(1,))
+weights = jnp.arange(12.0).reshape(4, 3)
+jobs = [executables.CompileJob(f"scaled {rows}", function,
+                               (weights, jax.ShapeDtypeStruct((rows, 4), jnp.float32)), static)
+        for rows in (2, 8)]
+loaded = []
+compiled = executables.compile_all(jobs, on_done=lambda i, job, s, was: loaded.append(was))
+outputs, donated = [], []
+for rows, executable in zip((2, 8), compiled):
+    x = jnp.arange(rows * 4, dtype=jnp.float32).reshape(rows, 4)
+    out, total = executable(weights, x)
+    outputs.append([np.asarray(out["out"]).tolist(), float(total)])
+    donated.append(x.is_deleted())
+print(json.dumps({"traces": sorted(traces), "loaded": sorted(loaded), "outputs": outputs,
+                  "donated": donated}))
+"""
 
 
-def test_what_the_function_depends_on_keys_the_store(store):
-    traces = []
-    executables.compile_all(_jobs(traces, static="scale 3"))
-    traces.clear()
-    executables.compile_all(_jobs(traces, static="scale 4"))  # another config: compiled anew
-    assert sorted(traces) == [(2, 4), (8, 4)] and len(list(store.glob("*.exe"))) == 4
+def start(store: Path, static: str = "scale 3") -> dict:
+    result = subprocess.run([sys.executable, "-c", START, str(store), static], cwd=REPO_ROOT,
+                            capture_output=True, text=True, timeout=300,
+                            env={"JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin",
+                                 "PYTHONPATH": str(REPO_ROOT)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def test_a_file_that_cannot_be_loaded_is_compiled_again(store):
-    traces = []
-    executables.compile_all(_jobs(traces))
+def test_a_restart_loads_the_executables_without_tracing_and_runs_them_alike(tmp_path):
+    store = tmp_path / "executables"
+    first = start(store)
+    assert first["traces"] == [2, 8] and first["loaded"] == [False, False]
+    assert len(list(store.glob("*.exe"))) == 2
+    second = start(store)
+    assert second["traces"] == [] and second["loaded"] == [True, True]  # nothing traced
+    assert second["outputs"] == first["outputs"]  # the loaded executables run, alike
+    assert second["donated"] == [True, True]  # donation survives the store
+
+
+def test_what_the_function_depends_on_keys_the_store(tmp_path):
+    store = tmp_path / "executables"
+    start(store, static="scale 3")
+    other = start(store, static="scale 4")  # another config: compiled anew
+    assert other["traces"] == [2, 8] and len(list(store.glob("*.exe"))) == 4
+
+
+def test_a_file_that_cannot_be_loaded_is_compiled_again(tmp_path):
+    store = tmp_path / "executables"
+    first = start(store)
     for path in store.glob("*.exe"):
         path.write_bytes(b"not an executable")
-    traces.clear()
-    compiled = executables.compile_all(_jobs(traces))
-    assert sorted(traces) == [(2, 4), (8, 4)]
-    out, _ = compiled[0](jnp.arange(12.0).reshape(4, 3), jnp.ones((2, 4)))
-    np.testing.assert_allclose(out["out"], np.ones((2, 4)) @ np.arange(12.0).reshape(4, 3) * 3)
-    executables.compile_all(_jobs(traces))  # the rewritten files load
-    assert len(traces) == 2
+    again = start(store)
+    assert again["traces"] == [2, 8] and again["outputs"] == first["outputs"]
+    assert start(store)["loaded"] == [True, True]  # the rewritten files load
 
 
-def test_without_a_store_nothing_is_written(tmp_path):
-    executables.configure(None)
-    traces = []
-    executables.compile_all(_jobs(traces), workers=1)
-    assert sorted(traces) == [(2, 4), (8, 4)] and not list(tmp_path.rglob("*.exe"))
+def _core_run(model_dir: Path, cache_dir: Path, log_path: Path) -> list[int]:
+    """Start `tandem core` on the tiny model, wait for it, generate 8 greedy tokens, stop it."""
+    import os
+    import signal
+    import time
+
+    import grpc
+
+    from tandem.v1 import inference_pb2 as pb
+    from tandem.v1 import inference_pb2_grpc as pb_grpc
+    from tests.conftest import free_port
+
+    port = free_port()
+    with open(log_path, "w") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "core.cli", "core", "--model", str(model_dir),
+             "--embedding-model", "none", "--grpc-port", str(port), "--max-model-len", "64",
+             "--max-num-seqs", "2", "--max-num-batched-tokens", "32",
+             "--compilation-cache-dir", str(cache_dir)],
+            stdout=log_file, stderr=subprocess.STDOUT, cwd=REPO_ROOT, env=dict(os.environ))
+        try:
+            with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+                stub = pb_grpc.InferenceStub(channel)
+                deadline = time.monotonic() + 480  # a cold core on a loaded machine
+                while True:
+                    assert process.poll() is None, log_path.read_text()[-3000:]
+                    try:
+                        chunks = list(stub.Generate(pb.GenerateRequest(
+                            text="hello there", sampling=pb.SamplingParams(temperature=0.0),
+                            stopping=pb.StoppingCriteria(max_tokens=8, ignore_eos=True)),
+                            timeout=60))
+                        break
+                    except grpc.RpcError as error:  # still loading
+                        assert error.code() == grpc.StatusCode.UNAVAILABLE, error
+                        assert time.monotonic() < deadline, log_path.read_text()[-3000:]
+                        time.sleep(0.5)
+        finally:
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=60) == 0
+    return [token for chunk in chunks for choice in chunk.choices for token in choice.token_ids]
+
+
+def test_a_restarted_core_loads_every_bucket_and_generates_the_same_tokens(tmp_path, tiny_models):
+    cache_dir = tmp_path / "cache"
+    first = _core_run(tiny_models["llama"], cache_dir, tmp_path / "first.log")
+    second = _core_run(tiny_models["llama"], cache_dir, tmp_path / "second.log")
+    assert len(first) == 8 and second == first
+    first_log = (tmp_path / "first.log").read_text()
+    second_log = (tmp_path / "second.log").read_text()
+    assert " compiled in " in first_log and " loaded in " not in first_log
+    assert " loaded in " in second_log and " compiled in " not in second_log
