@@ -1,7 +1,8 @@
 """Time `tandem serve` from launch to ready, cold (empty compilation cache) then warm (a restart
 that reuses it), with whatever flags are given after `--` (none: both default models).
 
-Usage: python scripts/bench_startup.py [--home DIR] [--runs cold,warm] [-- serve flags...]
+Usage: python scripts/bench_startup.py [--home DIR] [--runs cold,warm] [--json PATH]
+           [-- serve flags...]
 
 Prints one line per run (seconds to `/ready` answering 200, and the warm-up shape count from the
 log) and a JSON summary. `--home` is the TANDEM_HOME the runs share (default: a fresh temporary
@@ -67,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--home", type=Path, default=None)
     parser.add_argument("--runs", default="cold,warm")
+    parser.add_argument("--json", type=Path, default=None, help="also write the summary here")
     args = parser.parse_args(own)
     home = args.home or Path(tempfile.mkdtemp(prefix="tandem-startup-"))
     home.mkdir(parents=True, exist_ok=True)
@@ -78,9 +80,13 @@ def main(argv: list[str] | None = None) -> int:
         results[run] = {"seconds_to_ready": round(seconds, 1), "warmup_shapes_logged": shapes}
         print(f"{run}: ready in {seconds:.1f} s ({shapes} shapes compiled/loaded at warm-up)",
               flush=True)
-    load = os.getloadavg()
-    print(json.dumps({"flags": serve_flags, "home": str(home), "load_average": load,
-                      "cpus": os.cpu_count(), **results}))
+    summary = json.dumps({"command": "python scripts/bench_startup.py " + " ".join(argv),
+                          "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                          "flags": serve_flags, "home": str(home),
+                          "load_average": os.getloadavg(), "cpus": os.cpu_count(), **results})
+    print(summary)
+    if args.json is not None:
+        args.json.write_text(summary + "\n")
     return 0
 
 
