@@ -365,8 +365,11 @@ class ModelRunner:
         compiled = executables.compile_all(jobs, on_done=report)
         self._forward_executables = dict(zip(shapes, compiled[:len(shapes)], strict=True))
         self._sample_executables = dict(zip(row_counts, compiled[len(shapes):], strict=True))
-        # one real run of the smallest shape: the executables work before anyone waits on them
-        jax.block_until_ready(self._call([], shapes[0], False))
+        # one run of every shape (all padding: nothing is written to the pool): an executable's
+        # first run sets itself up (buffers, the dot library's packed operands) — a 32-stream
+        # benchmark's first round ran at ~75% speed without this
+        for shape in shapes:
+            jax.block_until_ready(self._call([], shape, False))
         scratch = self.num_row_slots  # the row-state rebuild: written to the scratch slot
         self._init_rows((SequenceChunk("warmup", (0,), 0, (), _NEUTRAL, False,
                                        row_slot=scratch, row_init=((), 0)),))

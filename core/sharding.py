@@ -23,7 +23,7 @@ TENSOR_AXIS = "tensor"
 # parameter name → the logical name of each of its axes (layouts of core/models/llama.py)
 PARAM_AXES: dict[str, tuple[str | None, ...]] = {
     "embed_tokens": ("vocab_in", "embed"),
-    "lm_head": ("vocab", "embed"),
+    "lm_head": ("embed", "vocab"),
     "q_proj": ("embed", "heads", None), "q_bias": ("heads", None),
     "k_proj": ("embed", "kv_heads", None), "k_bias": ("kv_heads", None),
     "v_proj": ("embed", "kv_heads", None), "v_bias": ("kv_heads", None),

@@ -54,7 +54,7 @@ def _tensor_plan(model: LlamaModel, config: ModelConfig) -> TensorPlan:
     plan = {"model.embed_tokens.weight": (model.embed_tokens, identity),
             "model.norm.weight": (model.norm.weight, identity)}
     if model.lm_head is not None and not config.tie_word_embeddings:
-        plan["lm_head.weight"] = (model.lm_head, identity)
+        plan["lm_head.weight"] = (model.lm_head, transpose)
     for i, layer in enumerate(model.layers):
         prefix, attn, mlp = f"model.layers.{i}.", layer.self_attn, layer.mlp
         plan.update({
@@ -111,4 +111,5 @@ def load_model(model_dir: Path, dtype: str | None = None) -> tuple[LlamaModel, M
                           f"({len(plan)} tensors missing)")
     if unused:
         raise ConfigError(f"{model_dir}: unexpected tensors {unused[:5]} ({len(unused)} in all)")
+    model.tie_lm_head()
     return model, config
