@@ -6,17 +6,19 @@ function depends on) into `jax.stages.Compiled` executables, and the executable 
 
 - **In parallel.** Jobs run on a thread pool: tracing and lowering hold the GIL, but XLA's
   compilation releases it, so on a 2-core machine two shapes compile at once.
-- **On disk.** With a store directory configured (`configure()`, done by the CLI, which leaves
-  JAX's persistent compilation cache off: an executable that cache hands back loses its kernels
-  when serialized again, so nothing is saved while it is on), each executable is saved serialized, under a key hashing: the job's name
-  and static description, the arguments' tree, shapes and dtypes, the jax / jaxlib / flax
-  versions, the backend and its devices, the `TANDEM_*`, `XLA_*` and `JAX_*` environment, and the
-  source of the `core` package. A restart loads it without tracing or lowering anything (JAX's
-  own persistent cache still traces and lowers every shape to find its key: about a second a
-  shape on 2 cores). A file that fails to load is recompiled and rewritten.
+- **On disk.** With a store directory configured (`configure()`, done by the CLI), each
+  executable is saved serialized, under a key hashing the job's name (which tells apart jobs
+  whose functions close over different constants: the jobs of one call must have distinct
+  names), its static description, the arguments' tree, shapes and dtypes, the jax / jaxlib /
+  flax versions, the backend and its devices, the `TANDEM_*`, `XLA_*` and `JAX_*` environment,
+  and the source of the `core` package. A restart loads it without tracing or lowering (JAX's
+  own persistent cache traces and lowers every shape to find its key: about a second a shape on
+  2 cores). A file that fails to load is recompiled and rewritten. Nothing is saved while JAX's
+  persistent cache is on: an executable that cache hands back loses its kernels when serialized
+  again on XLA:CPU, so the CLI leaves it off.
 
-Loading runs code from the store: it must be a directory only this service writes (it is, by
-default, `$TANDEM_HOME/executables`).
+Loading runs code from the store: it must be a directory only this service writes (by default
+`$TANDEM_HOME/jax-cache/executables`).
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ FORMAT_VERSION = "1"
 class CompileJob:
     """One executable to have ready: `function` (a `jax.jit`) at `args`."""
 
-    name: str  # what it is, in logs ("forward 32×1×16")
+    name: str  # what it is, unique among jobs of equal arguments ("embedding 64×128 packed 4096")
     function: Any  # a jax.jit-wrapped function
     args: tuple  # example arguments (arrays or jax.ShapeDtypeStruct), positional
     static: str  # everything else the traced function depends on (configs, closures)
@@ -69,6 +71,9 @@ def compile_all(jobs: list[CompileJob], workers: int | None = None,
     """The jobs' executables, in order. `on_done(index, job, seconds, loaded)` is called as
     each finishes (loaded: it came from the store)."""
     workers = workers or max(1, min(len(jobs), os.cpu_count() or 1))
+    names = [job.name for job in jobs]
+    if len(set(names)) != len(names):  # they would share a file in the store
+        raise ValueError(f"compile jobs need distinct names: {sorted(names)}")
 
     def run(index: int) -> jax.stages.Compiled:
         started = time.perf_counter()
@@ -129,7 +134,9 @@ def _key(job: CompileJob) -> str:
     devices = [(device.platform, device.device_kind) for device in jax.devices()]
     environment = sorted((name, value) for name, value in os.environ.items()
                          if name.startswith(("TANDEM_", "XLA_", "JAX_")))
-    material = repr((FORMAT_VERSION, job.name.split(" ")[0], job.static, str(tree), avals,
+    # the whole name: jobs with the same arguments may differ in what their function closes
+    # over (an embedding bucket's packed-token count), and the name says so
+    material = repr((FORMAT_VERSION, job.name, job.static, str(tree), avals,
                      jax.__version__, _versions(), devices, environment, _core_source_digest()))
     return hashlib.sha256(material.encode()).hexdigest()[:40]
 

@@ -131,3 +131,49 @@ def test_a_restarted_core_loads_every_bucket_and_generates_the_same_tokens(tmp_p
     second_log = (tmp_path / "second.log").read_text()
     assert " compiled in " in first_log and " loaded in " not in first_log
     assert " loaded in " in second_log and " compiled in " not in second_log
+
+
+CLOSURES = """
+import functools, json, sys
+import jax, jax.numpy as jnp, numpy as np
+from core import executables
+
+executables.configure(__import__("pathlib").Path(sys.argv[1]))
+
+def shifted(x, shift):  # `shift` is closed over, not an argument: only the name tells them apart
+    return x + shift
+
+jobs = [executables.CompileJob(f"shifted by {shift}", jax.jit(functools.partial(shifted, shift=shift)),
+                               (jax.ShapeDtypeStruct((4,), jnp.float32),), "same static")
+        for shift in (1.0, 2.0)]
+loaded = []
+compiled = executables.compile_all(jobs, on_done=lambda i, job, s, was: loaded.append(was))
+print(json.dumps({"loaded": loaded, "outputs": [float(c(jnp.zeros(4))[0]) for c in compiled]}))
+"""
+
+
+def test_jobs_that_differ_only_in_what_they_close_over_keep_their_own_executables(tmp_path):
+    """An embedding bucket's packed-token count is closed over, not an argument: two such jobs
+    with equal arguments must not share a stored executable."""
+    def run() -> dict:
+        result = subprocess.run([sys.executable, "-c", CLOSURES, str(tmp_path / "store")],
+                                cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+                                env={"JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin",
+                                     "PYTHONPATH": str(REPO_ROOT)})
+        assert result.returncode == 0, result.stderr[-3000:]
+        return json.loads(result.stdout.strip().splitlines()[-1])
+
+    assert run() == {"loaded": [False, False], "outputs": [1.0, 2.0]}
+    assert run() == {"loaded": [True, True], "outputs": [1.0, 2.0]}
+
+
+def test_jobs_of_one_call_need_distinct_names():
+    import jax
+    import jax.numpy as jnp
+    import pytest
+
+    from core import executables
+
+    job = executables.CompileJob("same", jax.jit(lambda x: x), (jnp.zeros(2),), "")
+    with pytest.raises(ValueError, match="distinct names"):
+        executables.compile_all([job, job])
