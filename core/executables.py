@@ -61,10 +61,6 @@ def configure(store_dir: Path | None) -> None:
         store_dir.mkdir(parents=True, exist_ok=True)
 
 
-def store_dir() -> Path | None:
-    return _store_dir
-
-
 def compile_all(jobs: list[CompileJob], workers: int | None = None,
                 on_done: Callable[[int, CompileJob, float, bool], None] | None = None
                 ) -> list[jax.stages.Compiled]:

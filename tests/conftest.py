@@ -133,8 +133,8 @@ MODEL = "tiny-llama"  # the served model id of the `server` fixture
 # Its context: room for a tool-calling prompt (the tools in the system prompt) and its answer.
 SERVER_MAX_MODEL_LEN = 1024
 # The `server` fixture's engine: small limits, so that warm-up compiles few shape buckets; other
-# modules' cores use the same flags, so they find every bucket in the session's XLA compilation
-# cache.
+# modules' cores use the same flags, so they load every bucket from the session's store of
+# compiled buckets ($TANDEM_HOME/jax-cache/executables).
 # float32: the tests compare it with Hugging Face in float32 (`--dtype auto` would pick
 # bfloat16 on a CPU with AVX512-BF16).
 SERVER_ENGINE_FLAGS = ("--max-model-len", str(SERVER_MAX_MODEL_LEN), "--max-num-seqs", "4",

@@ -25,7 +25,7 @@ def test_core_without_model_serves_the_demo_model(tmp_path):
         process = subprocess.Popen(
             [sys.executable, "-m", "core.cli", "core", "--grpc-port", str(port),
              "--max-model-len", "64", "--max-num-seqs", "2",
-             # the session's XLA cache: the bundled MiniLM's buckets are the `server` fixture's
+             # the session's compiled buckets: the bundled MiniLM's are the `server` fixture's
              "--compilation-cache-dir", str(Path(os.environ["TANDEM_HOME"]) / "jax-cache")],
             stdout=log_file, stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parents[1],
             env={**os.environ, "TANDEM_HOME": str(tmp_path / "home")})

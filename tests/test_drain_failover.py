@@ -147,7 +147,7 @@ def logs(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def cores(tiny_models, logs):
-    """Cores A and B. B starts once A is ready: A fills the session's XLA compilation cache
+    """Cores A and B. B starts once A is ready: A fills the session's store of compiled buckets
     (TANDEM_HOME, shared with conftest's `server`), so B warms up in seconds; two cold cores
     compiling in parallel on 2 CPUs take twice as long."""
     started = []

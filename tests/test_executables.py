@@ -83,42 +83,45 @@ def test_a_file_that_cannot_be_loaded_is_compiled_again(tmp_path):
 def _core_run(model_dir: Path, cache_dir: Path, log_path: Path) -> list[int]:
     """Start `tandem core` on the tiny model, wait for it, generate 8 greedy tokens, stop it."""
     import os
-    import signal
-    import time
 
     import grpc
 
     from tandem.v1 import inference_pb2 as pb
     from tandem.v1 import inference_pb2_grpc as pb_grpc
-    from tests.conftest import free_port
+    from tests.conftest import check_running, free_port, retry_on_taken_port, stop_process
+    from tests.waiting import wait_until
 
-    port = free_port()
-    with open(log_path, "w") as log_file:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "core.cli", "core", "--model", str(model_dir),
-             "--embedding-model", "none", "--grpc-port", str(port), "--max-model-len", "64",
-             "--max-num-seqs", "2", "--max-num-batched-tokens", "32",
-             "--compilation-cache-dir", str(cache_dir)],
-            stdout=log_file, stderr=subprocess.STDOUT, cwd=REPO_ROOT, env=dict(os.environ))
+    def generate(stub, process) -> list | None:
+        check_running(process, log_path)  # PortTaken if the port went to someone else
+        try:
+            return list(stub.Generate(pb.GenerateRequest(
+                text="hello there", sampling=pb.SamplingParams(temperature=0.0),
+                stopping=pb.StoppingCriteria(max_tokens=8, ignore_eos=True)), timeout=60))
+        except grpc.RpcError as error:  # still loading
+            assert error.code() == grpc.StatusCode.UNAVAILABLE, error
+            return None
+
+    def run() -> list:
+        port = free_port()
+        with open(log_path, "w") as log_file:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "core.cli", "core", "--model", str(model_dir),
+                 "--embedding-model", "none", "--grpc-port", str(port), "--max-model-len", "64",
+                 "--max-num-seqs", "2", "--max-num-batched-tokens", "32",
+                 "--compilation-cache-dir", str(cache_dir)],
+                stdout=log_file, stderr=subprocess.STDOUT, cwd=REPO_ROOT, env=dict(os.environ))
         try:
             with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
                 stub = pb_grpc.InferenceStub(channel)
-                deadline = time.monotonic() + 480  # a cold core on a loaded machine
-                while True:
-                    assert process.poll() is None, log_path.read_text()[-3000:]
-                    try:
-                        chunks = list(stub.Generate(pb.GenerateRequest(
-                            text="hello there", sampling=pb.SamplingParams(temperature=0.0),
-                            stopping=pb.StoppingCriteria(max_tokens=8, ignore_eos=True)),
-                            timeout=60))
-                        break
-                    except grpc.RpcError as error:  # still loading
-                        assert error.code() == grpc.StatusCode.UNAVAILABLE, error
-                        assert time.monotonic() < deadline, log_path.read_text()[-3000:]
-                        time.sleep(0.5)
+                # a cold core on a loaded machine
+                chunks = wait_until(lambda: generate(stub, process), "the core generating",
+                                    timeout_s=480, interval_s=0.5)
         finally:
-            process.send_signal(signal.SIGTERM)
-            assert process.wait(timeout=60) == 0
+            stop_process(process, timeout_s=60)
+        assert process.returncode == 0, log_path.read_text()[-3000:]  # a clean SIGTERM exit
+        return chunks
+
+    chunks = retry_on_taken_port(run)
     return [token for chunk in chunks for choice in chunk.choices for token in choice.token_ids]
 
 
