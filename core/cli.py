@@ -19,7 +19,7 @@ import sys
 import threading
 from pathlib import Path
 
-from core.tools.syntax import PARSER_NAMES  # stdlib only
+from core.service.tools.syntax import PARSER_NAMES  # stdlib only
 
 log = logging.getLogger("tandem")
 DEMO_MODEL_NAME = "tandem-demo"
@@ -141,7 +141,7 @@ def run_core(args: argparse.Namespace) -> None:
     apply_defaults()  # before anything starts JAX's backend
     quiet_backend_probing(args.log_level)
     from core.config import ServerConfig
-    from core.server import run
+    from core.service.server import run
 
     model_dir, name = args.model, args.served_model_name
     if model_dir is None:
@@ -243,13 +243,13 @@ def _embedding_model(args: argparse.Namespace) -> tuple[Path | None, str]:
 
 
 def _enable_compilation_cache(cache_dir: str | None) -> None:
-    """Keep the warm-up's compiled buckets on disk (core/executables.py), so a restarted core
+    """Keep the warm-up's compiled buckets on disk (core/engine/executables.py), so a restarted core
     loads them without tracing or compiling. JAX's own persistent cache stays off: an
     executable it hands back cannot be serialized again (XLA:CPU loses its kernels: "Function
     … not found" when the copy runs), and every bucket goes through the executable store."""
     if cache_dir == "":
         return
-    from core import executables
+    from core.engine import executables
     from core.models.tiny import default_cache_dir
 
     path = Path(cache_dir) if cache_dir else default_cache_dir() / "jax-cache"

@@ -232,7 +232,7 @@ class EngineConfig:
     enable_prefix_cache: bool = True  # reuse KV pages of shared prompt prefixes
     dtype: str | None = None  # compute dtype of weights and KV cache; None: the checkpoint's
     retry_after_s: int = 1  # RetryInfo sent with RESOURCE_EXHAUSTED
-    tensor_parallel: int = 1  # devices the model and KV pages are split over (core/sharding.py)
+    tensor_parallel: int = 1  # devices the model and KV pages are split over (core/engine/sharding.py)
 
     def __post_init__(self):
         for name in ("tensor_parallel", "max_num_seqs", "max_num_batched_tokens",

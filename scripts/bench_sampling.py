@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from core.config import EngineConfig
-from core.request import Request, SamplingParams, StoppingParams
+from core.engine.request import Request, SamplingParams, StoppingParams
 
 
 def penalized(params: SamplingParams, rng: np.random.Generator, vocab_size: int):
@@ -70,7 +70,7 @@ def step_trials(engine, streams: int, prompt_len: int, trials: int, steps: int,
     """Decode tokens per second of the engine's jitted step alone: `streams` decode rows at
     position prompt_len, the modes interleaved trial by trial (`steps` timed steps each), so
     that load bursts on a shared machine hit every mode alike."""
-    from core.request import SchedulerOutput, SequenceChunk
+    from core.engine.request import SchedulerOutput, SequenceChunk
 
     runner = engine.runner
     pages_per_row = prompt_len // runner.page_size + 1
@@ -119,7 +119,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
-    from core.engine import create_engine
+    from core.engine.loop import create_engine
 
     engine = create_engine(args.model, EngineConfig(  # step mode compiles only what it runs
         max_model_len=args.prompt_len + args.output_len + 16, max_num_seqs=args.streams),

@@ -31,7 +31,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core.config import EngineConfig  # noqa: E402
-from core.request import Request, SamplingParams, StoppingParams  # noqa: E402
+from core.engine.request import Request, SamplingParams, StoppingParams  # noqa: E402
 from core.structured import GrammarSpec  # noqa: E402
 
 # An array of records: keys forced, enums, integers, bounded strings; 1000 items never fit.
@@ -124,7 +124,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 
-    from core.engine import create_engine
+    from core.engine.loop import create_engine
     from core.xla_flags import apply_defaults
 
     apply_defaults()  # the XLA flags `tandem core` runs with

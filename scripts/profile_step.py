@@ -13,7 +13,7 @@ default: `python scripts/make_tiny_model.py /tmp/bench-model --size bench`) it b
                makes of each row's pages)
   attention    every layer's `_decode_attention` (the gather, the per-page dots, the softmax)
   matmuls      every layer's q/k/v/o projections and MLP, plus the lm_head, at [rows, 1]
-  sampler      `core.sampling.sample` on [rows, vocab] float32 logits (greedy, and seeded
+  sampler      `core.engine.sampling.sample` on [rows, vocab] float32 logits (greedy, and seeded
                temperature/top-p draws)
 
 The parts are timed as separate jitted functions on the same shapes, so they do not add up
@@ -48,13 +48,13 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from core import logits_processors as processors  # noqa: E402
+from core.engine import logits_processors as processors  # noqa: E402
 from core.config import EngineConfig  # noqa: E402
 from core.models.llama import dense  # noqa: E402
 from core.models.loader import load_model  # noqa: E402
-from core.request import SamplingParams, SchedulerOutput, SequenceChunk  # noqa: E402
-from core.runner import ModelRunner  # noqa: E402
-from core.sampling import SamplingArrays, sample  # noqa: E402
+from core.engine.request import SamplingParams, SchedulerOutput, SequenceChunk  # noqa: E402
+from core.engine.runner import ModelRunner  # noqa: E402
+from core.engine.sampling import SamplingArrays, sample  # noqa: E402
 
 
 class Timer:

@@ -52,7 +52,7 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
 
 @dataclass
 class InProcessCore:
-    server: object  # core.server.CoreServer, running in this process (its engine is reachable)
+    server: object  # core.service.server.CoreServer, running in this process (its engine is reachable)
     port: int  # its gRPC port on 127.0.0.1
     # (readiness, liveness) health statuses seen after start() and before load()
     health_before_load: tuple[int, int]
@@ -72,7 +72,7 @@ async def grpc_core(tiny_models):
 
     from core.config import EngineConfig, ServerConfig
     from core.models.bundled import default_embedding_model_dir
-    from core.server import CoreServer
+    from core.service.server import CoreServer
 
     config = ServerConfig(model_dir=Path(tiny_models["llama"]), model_name=GRPC_CORE_MODEL,
                           grpc_port=0, engine=EngineConfig(max_model_len=128, max_num_seqs=4),

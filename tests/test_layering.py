@@ -30,7 +30,7 @@ def test_no_core_module_imports_the_facade():
 
 
 def test_importing_the_core_server_and_cli_loads_no_facade_module():
-    code = ("import sys, core.server, core.cli; "
+    code = ("import sys, core.service.server, core.cli; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'facade'))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             cwd=ROOT, check=True)
@@ -38,4 +38,4 @@ def test_importing_the_core_server_and_cli_loads_no_facade_module():
 
 
 def test_engine_and_metrics_do_not_import_each_other():
-    assert "core.engine" not in imported_modules(ROOT / "core" / "metrics.py")
+    assert "core.engine.loop" not in imported_modules(ROOT / "core" / "metrics.py")

@@ -1,0 +1,325 @@
+"""Embed: pooled sentence embeddings, batched across requests in bucketed shapes.
+
+Owns: validating an `EmbedRequest`'s inputs into token ids, `EmbeddingEngine` (its own thread
+that gathers the inputs of every waiting RPC and runs them as [batch bucket, length bucket]
+calls of one jitted forward, compiled at warm-up; inputs of different RPCs share calls, the
+oldest first; too many queued inputs → OVERLOADED), and `dimensions`
+(truncate, then re-normalize to unit length, as OpenAI's text-embedding-3 models do).
+
+The forward is model-agnostic: `forward(params, token_ids [b, t], attention_mask [b, t]
+[, num_packed_tokens]) → [b, d]` pooled (and, if the model says so, normalized) vectors — a
+BERT-family encoder (`core/models/bert.py`) or a decoder's hidden states pooled
+(`core/models/llama.py`).
+"""
+
+from __future__ import annotations
+
+import bisect
+import concurrent.futures
+import functools
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+import jax
+import numpy as np
+
+from core.engine import executables
+from core.service.convert import PromptPolicy, check_token_ids
+from core.errors import ContextLengthExceeded, InvalidParameter, Overloaded, Unavailable
+from core.tokenizer import Tokenizer
+from tandem.v1 import inference_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+MAX_INPUTS = 2048  # inputs per request, as OpenAI
+IDLE_WAIT_S = 0.5
+
+
+@dataclass(frozen=True)
+class EmbeddingBuckets:
+    """The padded shapes of encoder calls."""
+
+    batch_sizes: tuple[int, ...] = (1, 4, 16, 64)  # rows per call
+    lengths: tuple[int, ...] = (16, 32, 64, 128, 256, 512)  # tokens per row
+    max_batch_tokens: int = 16384  # rows × length at most (bounds attention memory)
+    # Packing (models whose forward supports it): calls of at least `min_packed_rows` rows run
+    # their dense layers on only the real tokens, padded up to the first of these fractions of
+    # rows × length that holds them. () turns packing off.
+    packed_fractions: tuple[float, ...] = ()
+    min_packed_rows: int = 64
+
+    def for_max_len(self, max_input_tokens: int) -> EmbeddingBuckets:
+        """Only the lengths this model needs (the largest covers max_input_tokens)."""
+        index = bisect.bisect_left(self.lengths, max_input_tokens)
+        lengths = self.lengths[:index + 1] if index < len(self.lengths) else (
+            *self.lengths, max_input_tokens)
+        return replace(self, lengths=lengths)
+
+    def shapes(self) -> list[tuple[int, int, int | None]]:
+        """Every (rows, length, packed tokens or None) a call can have."""
+        shapes = []
+        for length in self.lengths:
+            for rows in self.batch_sizes:
+                if rows * length > max(self.max_batch_tokens, length):
+                    continue
+                shapes.append((rows, length, None))
+                if rows >= self.min_packed_rows:
+                    shapes += [(rows, length, int(rows * length * fraction))
+                               for fraction in self.packed_fractions]
+        return shapes
+
+    def packed_tokens(self, rows: int, length: int, num_real_tokens: int) -> int | None:
+        """The packed-token bucket of a call, or None: run it unpacked."""
+        if rows < self.min_packed_rows:
+            return None
+        for fraction in self.packed_fractions:
+            if num_real_tokens <= int(rows * length * fraction):
+                return int(rows * length * fraction)
+        return None
+
+    def max_rows(self, length: int) -> int:
+        fitting = [rows for rows in self.batch_sizes if rows * length <= self.max_batch_tokens]
+        return fitting[-1] if fitting else self.batch_sizes[0]
+
+
+def embed_inputs(tokenizer: Tokenizer, policy: PromptPolicy,
+                 request: pb.EmbedRequest) -> list[list[int]]:
+    """Each input's token ids, validated (CPU-bound: call it off the event loop). Text gets the
+    tokenizer's special tokens (BERT's [CLS] … [SEP]); token ids are used as given."""
+    if not request.inputs:
+        raise InvalidParameter("input must not be empty", param="input")
+    if len(request.inputs) > MAX_INPUTS:
+        raise InvalidParameter(f"at most {MAX_INPUTS} inputs per request", param="input")
+    result = []
+    for index, item in enumerate(request.inputs):
+        kind = item.WhichOneof("input")
+        if kind == "text":
+            if not item.text:
+                raise InvalidParameter(f"input[{index}] is an empty string", param="input")
+            if len(item.text) > policy.max_prompt_chars:
+                _too_long(index, None, policy)
+            ids = tokenizer.encode(item.text)
+        elif kind == "tokens":
+            ids = list(item.tokens.ids)
+            check_token_ids(ids, policy.vocab_size, "input")
+        else:
+            raise InvalidParameter(f"input[{index}] must be text or token ids", param="input")
+        if not ids:
+            raise InvalidParameter(f"input[{index}] has no tokens", param="input")
+        if len(ids) > policy.max_model_len:
+            _too_long(index, len(ids), policy)
+        result.append(ids)
+    return result
+
+
+def _too_long(index: int, num_tokens: int | None, policy: PromptPolicy) -> None:
+    size = f"{num_tokens} tokens" if num_tokens is not None else "more text than fits"
+    raise ContextLengthExceeded(
+        f"input[{index}] has {size}; this model embeds at most {policy.max_model_len} tokens "
+        "per input. Please shorten it.", param="input",
+        metadata={"max_model_len": str(policy.max_model_len)})
+
+
+def check_dimensions(dimensions: int | None, size: int) -> None:
+    if dimensions is not None and not 1 <= dimensions <= size:
+        raise InvalidParameter(f"dimensions must be between 1 and {size}, the model's size; "
+                               f"got {dimensions}", param="dimensions")
+
+
+def truncate_dimensions(vectors: np.ndarray, dimensions: int | None) -> np.ndarray:
+    """Keep the first `dimensions` values and re-normalize to unit length."""
+    if dimensions is None or dimensions == vectors.shape[1]:
+        return vectors
+    kept = vectors[:, :dimensions]
+    return kept / np.maximum(np.linalg.norm(kept, axis=1, keepdims=True), 1e-12)
+
+
+@dataclass
+class _Job:
+    """One RPC's inputs and where their vectors go."""
+
+    token_ids: list[list[int]]
+    future: concurrent.futures.Future
+    vectors: list[np.ndarray | None] = field(default_factory=list)
+    num_done: int = 0
+
+
+class EmbeddingEngine:
+    """Embeds token-id lists for every RPC on one thread, in bucketed batched calls."""
+
+    def __init__(self, forward: Callable, params, dimensions: int, buckets: EmbeddingBuckets,
+                 static: str, pad_token_id: int = 0, max_pending_inputs: int = 4 * MAX_INPUTS):
+        """`static` names everything `forward` depends on besides its arguments (the model's
+        config and pooling): it keys the stored executables (core/engine/executables.py)."""
+        self.dimensions = dimensions  # the model's embedding size
+        self._static = static
+        self.buckets = buckets
+        self._params = params
+        self._pad_token_id = pad_token_id
+        self.num_compilations = 0
+        self.compilations_at_warmup = 0
+
+        def traced(params, token_ids, attention_mask, num_packed_tokens):
+            self.num_compilations += 1  # runs only while tracing
+            if num_packed_tokens is None:
+                return forward(params, token_ids, attention_mask)
+            return forward(params, token_ids, attention_mask, num_packed_tokens)
+
+        self._traced = traced
+        self._forward = jax.jit(traced, static_argnames=("num_packed_tokens",))
+        # the warm-up's executables: (rows, length, packed tokens or None) → forward
+        self._executables: dict[tuple[int, int, int | None], Callable] = {}
+        self._inbox: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self.max_pending_inputs = max_pending_inputs  # queued inputs before OVERLOADED
+        self._num_pending_inputs = 0  # submitted, not yet embedded nor dropped (under _lock)
+        self._lock = threading.Lock()
+        self._accepting = True
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="tandem-embed", daemon=True)
+
+    @property
+    def compilations_after_warmup(self) -> int:
+        return self.num_compilations - self.compilations_at_warmup
+
+    def warmup(self) -> None:
+        """Compile every call shape (in parallel; loaded from the executable store when it has
+        them), then run the smallest once."""
+        shapes = self.buckets.shapes()
+        jobs = [executables.CompileJob(
+            f"embedding {rows}×{length} packed {packed}",
+            jax.jit(functools.partial(self._traced, num_packed_tokens=packed)),
+            (self._params, np.zeros((rows, length), np.int32), np.zeros((rows, length), np.int32)),
+            self._static) for rows, length, packed in shapes]
+
+        def report(index: int, job: executables.CompileJob, seconds: float, loaded: bool):
+            log.info("embedding warm-up %d/%d: %s %s in %.2f s", index + 1, len(jobs), job.name,
+                     "loaded" if loaded else "compiled", seconds)
+
+        compiled = executables.compile_all(jobs, on_done=report)
+        self._executables = dict(zip(shapes, compiled, strict=True))
+        rows, length, packed = shapes[0]
+        self._run(np.zeros((rows, length), np.int32), np.zeros((rows, length), np.int32), packed)
+        self.compilations_at_warmup = self.num_compilations
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._accepting = False
+        self._stopped.set()
+        self._inbox.put(None)
+        self._thread.join(timeout=10)
+
+    def stop_admitting(self) -> None:
+        self._accepting = False
+
+    def submit(self, token_ids: list[list[int]]) -> concurrent.futures.Future:
+        """A future of float32 [inputs, dimensions]; cancel it to drop the unstarted work.
+        Raises Unavailable when shutting down, Overloaded when too many inputs wait."""
+        if not self._accepting:
+            raise Unavailable("the core is shutting down")
+        with self._lock:
+            if self._num_pending_inputs + len(token_ids) > self.max_pending_inputs:
+                raise Overloaded("too many embedding inputs queued; retry later",
+                                 retry_after_s=1)
+            self._num_pending_inputs += len(token_ids)
+        job = _Job(token_ids, concurrent.futures.Future(), [None] * len(token_ids))
+        self._inbox.put(job)
+        return job.future
+
+    def _loop(self) -> None:
+        pending: list[tuple[_Job, int]] = []  # (job, input index) not embedded yet, in order
+        while not self._stopped.is_set():
+            pending += self._new_work(block=not pending)
+            kept = [(job, index) for job, index in pending if not job.future.done()]
+            self._forget(len(pending) - len(kept))  # inputs of cancelled (or failed) RPCs
+            if not kept:
+                pending = []
+                continue
+            batch, pending = self._next_call(kept)
+            try:
+                self._embed(batch)
+            except Exception as exc:  # a bug: fail these RPCs, keep serving
+                log.exception("embedding step failed")
+                for job in {id(job): job for job, _ in batch}.values():
+                    _resolve(job.future, exc)
+            finally:
+                self._forget(len(batch))
+
+    def _new_work(self, block: bool) -> list[tuple[_Job, int]]:
+        """Every job waiting in the inbox, as (job, index) entries, longest input first."""
+        try:
+            jobs = [self._inbox.get(timeout=IDLE_WAIT_S) if block else self._inbox.get_nowait()]
+        except queue.Empty:
+            return []
+        while True:
+            try:
+                jobs.append(self._inbox.get_nowait())
+            except queue.Empty:
+                break
+        return [(job, index) for job in jobs if job is not None
+                for index in sorted(range(len(job.token_ids)),
+                                    key=lambda i, job=job: -len(job.token_ids[i]))]
+
+    def _next_call(self, pending: list[tuple[_Job, int]]):
+        """The next call's inputs and what stays pending: the oldest input sets the length
+        bucket, then inputs that fit it fill the call's rows, earlier RPCs first (so RPCs share
+        calls, and a small RPC behind a huge one waits for one call, not for all of it)."""
+        length = _bucket(self.buckets.lengths, len(pending[0][0].token_ids[pending[0][1]]))
+        max_rows = self.buckets.max_rows(length)
+        batch, rest = [], []
+        for job, index in pending:
+            fits = len(batch) < max_rows and len(job.token_ids[index]) <= length
+            (batch if fits else rest).append((job, index))
+        return batch, rest
+
+    def _embed(self, batch: list[tuple[_Job, int]]) -> None:
+        length = _bucket(self.buckets.lengths, max(len(job.token_ids[i]) for job, i in batch))
+        rows = _bucket(self.buckets.batch_sizes, len(batch))
+        token_ids = np.full((rows, length), self._pad_token_id, np.int32)
+        mask = np.zeros((rows, length), np.int32)
+        for row, (job, index) in enumerate(batch):
+            ids = job.token_ids[index]
+            token_ids[row, :len(ids)] = ids
+            mask[row, :len(ids)] = 1
+        packed = self.buckets.packed_tokens(rows, length, int(mask.sum()))
+        vectors = self._run(token_ids, mask, packed)
+        for row, (job, index) in enumerate(batch):
+            job.vectors[index] = vectors[row]
+            job.num_done += 1
+            if job.num_done == len(job.token_ids):
+                _resolve(job.future, np.stack(job.vectors))
+
+    def _forget(self, num_inputs: int) -> None:
+        with self._lock:
+            self._num_pending_inputs -= num_inputs
+
+    def _run(self, token_ids: np.ndarray, mask: np.ndarray, packed: int | None) -> np.ndarray:
+        compiled = self._executables.get((*token_ids.shape, packed))
+        if compiled is not None:
+            vectors = compiled(self._params, token_ids, mask)
+        else:  # not a warm-up shape: traced and compiled now (counted)
+            vectors = self._forward(self._params, token_ids, mask, num_packed_tokens=packed)
+        return np.asarray(jax.device_get(vectors), np.float32)
+
+
+def _resolve(future: concurrent.futures.Future, outcome) -> None:
+    """Set a result or an exception unless the RPC cancelled the future meanwhile."""
+    try:
+        if isinstance(outcome, BaseException):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
+    except concurrent.futures.InvalidStateError:
+        pass  # cancelled: nobody is waiting
+
+
+def _bucket(buckets: tuple[int, ...], size: int) -> int:
+    index = bisect.bisect_left(buckets, size)
+    if index == len(buckets):
+        raise ValueError(f"{size} exceeds the largest bucket {buckets[-1]}")
+    return buckets[index]

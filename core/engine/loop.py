@@ -1,0 +1,412 @@
+"""The engine interface and the step-loop thread that runs generation.
+
+Owns: the `Engine` interface the servicer talks to (add a request with an output sink, abort
+it), and `LlmEngine`, whose thread repeats three beats — `schedule()` → `runner.execute()` →
+`update_from_output()` — turning sampled tokens into `RequestOutput`s (detokenized, stop
+conditions applied). Requests and aborts arrive through a thread-safe inbox and are applied
+before the next step, so an abort frees its pages within one step; outputs leave through each
+request's sink, which must not block. Latency histograms are observed here.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+import queue
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from core.config import EngineConfig, ModelConfig
+from core.engine.detokenizer import IncrementalDetokenizer
+from core.errors import Overloaded, Unavailable, Unsupported
+from core.engine.metrics import EngineMetrics
+from core.engine.request import FinishReason, Request, RequestOutput, SchedulerOutput, TokenLogprob
+from core.engine.scheduler import Scheduler
+from core.structured import GrammarSpec
+from core.structured.compiler import GrammarCompiler
+from core.structured.matchers import Accepted, GrammarMatchers, clear_unless_empty
+from core.tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
+
+OutputSink = Callable[[RequestOutput], None]
+IDLE_WAIT_S = 0.5  # how long the idle loop blocks on its inbox before re-checking for stop
+
+
+class Engine(abc.ABC):
+    """What the servicer needs from an engine."""
+
+    model_config: ModelConfig
+    engine_config: EngineConfig
+    tokenizer: Tokenizer
+
+    @abc.abstractmethod
+    def add_request(self, request: Request, sink: OutputSink) -> None:
+        """Queue a request; raises Overloaded or Unavailable. Outputs go to `sink`."""
+
+    @abc.abstractmethod
+    def abort(self, request_id: str) -> None:
+        """Stop a request and free its resources within one step (no-op when finished)."""
+
+    @property
+    @abc.abstractmethod
+    def compilations_after_warmup(self) -> int: ...
+
+    def check_grammar(self, spec: GrammarSpec) -> None:
+        """Compile a request's grammar, bounded in time (blocking: call it off the event loop);
+        raises InvalidParameter naming `spec.param`, or Unsupported."""
+        raise Unsupported("this engine cannot constrain its output", param=spec.param)
+
+
+@dataclass
+class _Tracked:
+    """Engine-thread state of one request."""
+
+    request: Request
+    sink: OutputSink
+    detokenizer: IncrementalDetokenizer
+    arrival_s: float  # time.monotonic() when the engine thread took it
+    last_token_s: float | None = None  # when its previous token was emitted
+
+
+class LlmEngine(Engine):
+    def __init__(self, runner, model_config: ModelConfig, engine_config: EngineConfig,
+                 tokenizer: Tokenizer):
+        self.runner = runner
+        self.model_config = model_config
+        self.engine_config = engine_config
+        self.tokenizer = tokenizer
+        self.scheduler = Scheduler(engine_config, runner.num_pages, model_config.eos_token_ids)
+        self.metrics = EngineMetrics()
+        self.metrics.watch(self)
+        self.num_prompt_tokens = 0  # counters for metrics (engine thread writes)
+        self.num_generated_tokens = 0
+        self._inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._tracked: dict[str, _Tracked] = {}
+        self._num_pending = 0  # added but not yet finished (guarded by _lock)
+        self._lock = threading.Lock()
+        self._accepting = True
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="tandem-engine", daemon=True)
+        self.grammars = _grammar_matchers(tokenizer, model_config)  # None: cannot constrain
+
+    # -- interface -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._accepting = False
+        self._stopped.set()
+        self._inbox.put(("wake", None, None))
+        self._thread.join(timeout=10)
+        if self.grammars is not None:
+            self.grammars.compiler.close()
+
+    def stop_admitting(self) -> None:
+        self._accepting = False
+
+    @property
+    def num_unfinished(self) -> int:
+        with self._lock:
+            return self._num_pending
+
+    @property
+    def compilations_after_warmup(self) -> int:
+        return self.runner.compilations_after_warmup
+
+    def check_grammar(self, spec: GrammarSpec) -> None:
+        if self.grammars is None:
+            super().check_grammar(spec)
+        self.grammars.compiler.check(spec)
+
+    def add_request(self, request: Request, sink: OutputSink) -> None:
+        """Raises Overloaded or Unavailable; for a grammar not checked first (`check_grammar`),
+        it is compiled here, which may raise InvalidParameter."""
+        if not self._accepting:
+            raise Unavailable("the core is shutting down")
+        matcher = None
+        if request.grammar is not None:
+            if self.grammars is None:
+                super().check_grammar(request.grammar)
+            matcher = self.grammars.new_matcher(request.grammar)
+        with self._lock:
+            if self._num_pending >= self.engine_config.max_unfinished:
+                raise Overloaded("too many requests queued; retry later",
+                                 retry_after_s=self.engine_config.retry_after_s)
+            self._num_pending += 1
+        if request.sampling.seed is None:
+            request.sampling = replace(request.sampling, seed=secrets.randbits(63))
+        self._inbox.put(("add", (request, matcher), sink))
+
+    def abort(self, request_id: str) -> None:
+        self._inbox.put(("abort", request_id, None))
+
+    # -- the loop --------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while not self._stopped.is_set():
+            batch = None
+            try:
+                self._drain_inbox(block=self.scheduler.num_unfinished == 0)
+                batch = self.scheduler.schedule()
+                if batch is None:
+                    continue
+                step = self.runner.execute(batch, *self._grammar_rows(batch))
+                self.update_from_output(batch, step)
+            except Exception as exc:  # a bug: fail the requests involved, keep serving others
+                log.exception("engine step failed")
+                try:
+                    self._fail_requests(batch, f"engine step failed: {exc}")
+                except Exception:  # the engine's own state is broken: refuse new work
+                    log.critical("engine state is inconsistent: no longer admitting requests",
+                                 exc_info=True)
+                    self._accepting = False
+                    for tracked in list(self._tracked.values()):
+                        self._send(tracked.sink, RequestOutput(
+                            tracked.request.request_id, (), "", error="the engine failed",
+                            finish_reason=FinishReason.ABORT))
+                    self._tracked.clear()
+                    with self._lock:
+                        self._num_pending = 0
+
+    def _drain_inbox(self, block: bool) -> None:
+        try:
+            item = self._inbox.get(timeout=IDLE_WAIT_S) if block else self._inbox.get_nowait()
+        except queue.Empty:
+            return
+        while True:
+            kind, payload, sink = item
+            if kind == "add":
+                self._take(*payload, sink)
+            elif kind == "abort" and payload in self._tracked:
+                self._release(self._tracked[payload].request)
+            try:
+                item = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+
+    def _take(self, request: Request, matcher, sink: OutputSink) -> None:
+        """Start tracking a new request (engine thread)."""
+        if request.request_id in self._tracked:
+            with self._lock:
+                self._num_pending -= 1
+            self._send(sink, RequestOutput(
+                request.request_id, (), "", finish_reason=FinishReason.ABORT,
+                error=f"duplicate request id {request.request_id}"))
+            return
+        detokenizer = IncrementalDetokenizer(  # stop strings never cut constrained output
+            self.tokenizer, request.prompt_token_ids,
+            stop_strings=request.stopping.stop_strings if matcher is None else (),
+            include_stop_str_in_output=request.stopping.include_stop_str_in_output,
+            skip_special_tokens=request.stopping.skip_special_tokens)
+        self._tracked[request.request_id] = _Tracked(request, sink, detokenizer,
+                                                     arrival_s=time.monotonic())
+        if matcher is not None:
+            self.grammars.add(request.request_id, matcher)
+        self.num_prompt_tokens += len(request.prompt_token_ids)
+        self.scheduler.add(request)
+
+    def _grammar_rows(self, batch: SchedulerOutput):
+        """The step's constrained chunk indices and the function filling their bitmask."""
+        if not self.grammars:  # None, or no constrained request running
+            return frozenset(), None
+        rows = [(chunk.request_id, index) for index, chunk in enumerate(batch.chunks)
+                if chunk.wants_sample and chunk.request_id in self.grammars]
+        if not rows:
+            return frozenset(), None
+        return (frozenset(index for _, index in rows),
+                lambda: self._fill_bitmask(rows, len(batch.chunks)))
+
+    def _fill_bitmask(self, rows: list[tuple[str, int]], num_rows: int) -> np.ndarray:
+        """The grammar rows' bitmask. min_tokens of a constrained request is applied here, not
+        by the sampler's min_tokens stage: EOS is cleared while the request is short, unless
+        EOS is all its grammar allows (the grammar's end wins over min_tokens)."""
+        bitmask = self.grammars.fill(rows, num_rows)
+        for request_id, index in rows:
+            request = self._tracked[request_id].request
+            if len(request.output_token_ids) < request.stopping.min_tokens:
+                clear_unless_empty(bitmask[index], self.model_config.eos_token_ids)
+        return bitmask
+
+    def update_from_output(self, batch: SchedulerOutput, step) -> None:
+        self.scheduler.update_after_step(batch)
+        for index, chunk in enumerate(batch.chunks):
+            tracked = self._tracked[chunk.request_id]
+            request = tracked.request
+            if chunk.wants_prompt_logprobs:
+                for offset, entry in enumerate(step.prompt_logprobs[index], start=1):
+                    request.prompt_logprob_entries[chunk.start_position + offset] = entry
+            if not chunk.wants_sample:
+                continue  # a prefill chunk short of the prompt's end
+            if request.score_label_ids is not None:
+                self._finish_scoring(tracked, step.score_logprobs.get(index))
+                continue
+            if request.stopping.max_tokens == 0:  # prompt logprobs only
+                self._finish_prompt_only(tracked)
+                continue
+            token_id = int(step.token_ids[index])
+            request.output_token_ids.append(token_id)
+            request.cumulative_logprob += float(step.logprobs[index])
+            logprobs = ()
+            if request.want_logprobs:
+                top = tuple((int(i), float(lp)) for i, lp in zip(
+                    step.top_ids[index][:request.top_logprobs],
+                    step.top_logprobs[index][:request.top_logprobs], strict=True))
+                logprobs = (TokenLogprob(token_id, float(step.logprobs[index]), top),)
+            self._observe_latency(tracked)
+            self._emit(tracked, token_id, logprobs)
+
+    def _finish_scoring(self, tracked: _Tracked, logprobs) -> None:
+        """A prefill-only request is done: report its labels' log-probabilities."""
+        labels = tracked.request.score_label_ids
+        label_logprobs = tuple(logprobs[list(labels)].tolist()) if labels else ()
+        self._finish_without_tokens(tracked, FinishReason.STOP, label_logprobs=label_logprobs)
+
+    def _finish_prompt_only(self, tracked: _Tracked) -> None:
+        """max_tokens 0: the prompt's logprobs were all that was asked for."""
+        self._finish_without_tokens(tracked, FinishReason.LENGTH,
+                                    prompt_logprobs=_take_prompt_logprobs(tracked.request))
+
+    def _finish_without_tokens(self, tracked: _Tracked, reason: FinishReason, **report) -> None:
+        """End a request that generated nothing: release it, then send its one output."""
+        request = tracked.request
+        request.finish_reason = reason
+        self.metrics.e2e_request_latency_s.observe(time.monotonic() - tracked.arrival_s)
+        self._release(request)
+        self._send(tracked.sink, RequestOutput(
+            request_id=request.request_id, new_token_ids=(), text_delta="",
+            finish_reason=reason, cached_tokens=request.num_cached_tokens, **report))
+
+    def _observe_latency(self, tracked: _Tracked) -> None:
+        now = time.monotonic()
+        if tracked.last_token_s is None:
+            self.metrics.time_to_first_token_s.observe(now - tracked.arrival_s)
+        else:
+            self.metrics.inter_token_latency_s.observe(now - tracked.last_token_s)
+        tracked.last_token_s = now
+        self.num_generated_tokens += 1
+
+    def _emit(self, tracked: _Tracked, token_id: int, logprobs: tuple) -> None:
+        request, stopping = tracked.request, tracked.request.stopping
+        stop_token_id, stop_string, text = None, None, ""
+        accepted = None  # a constrained request: its matcher's verdict on the token
+        if self.grammars and request.request_id in self.grammars:
+            accepted = self.grammars.accept(request.request_id, token_id)
+            if accepted is Accepted.FAILED:
+                self._fail_grammar(tracked)
+                return
+        if token_id in self.model_config.eos_token_ids and (
+                not stopping.ignore_eos or accepted is not None):
+            request.finish_reason = FinishReason.STOP
+        elif token_id in stopping.stop_token_ids and accepted is None:
+            request.finish_reason, stop_token_id = FinishReason.STOP, token_id
+        else:  # stop strings count from min_tokens on (vLLM)
+            step = tracked.detokenizer.push(
+                token_id, check_stop=len(request.output_token_ids) >= stopping.min_tokens)
+            text, stop_string = step.text_delta, step.stop_string
+            if stop_string is not None or accepted is Accepted.COMPLETE:
+                request.finish_reason = FinishReason.STOP
+        if request.finish_reason is None and (
+                len(request.output_token_ids) >= stopping.max_tokens
+                or request.num_tokens >= self.engine_config.max_model_len):
+            request.finish_reason = FinishReason.LENGTH
+        if request.finish_reason is not None and stop_string is None:
+            text += tracked.detokenizer.flush()
+        if request.finish_reason is not None:  # released before the receiver hears of it
+            self.metrics.e2e_request_latency_s.observe(time.monotonic() - tracked.arrival_s)
+            self._release(request)
+        self._send(tracked.sink, RequestOutput(
+            request_id=request.request_id, new_token_ids=(token_id,), text_delta=text,
+            logprobs=logprobs, finish_reason=request.finish_reason, stop_string=stop_string,
+            stop_token_id=stop_token_id, completion_tokens=len(request.output_token_ids),
+            cached_tokens=request.num_cached_tokens,
+            prompt_logprobs=_take_prompt_logprobs(request),
+            cumulative_logprob=request.cumulative_logprob))
+
+    def _fail_grammar(self, tracked: _Tracked) -> None:
+        """A matcher refused a token or hit a limit: fail the request, not the engine."""
+        request = tracked.request
+        message = f"the output constraint failed: {self.grammars.error(request.request_id)}"
+        log.warning("%s: %s", request.request_id, message)
+        request.finish_reason = FinishReason.ABORT
+        self._release(request)
+        self._send(tracked.sink, RequestOutput(
+            request.request_id, (), "", error=message, error_param=request.grammar.param,
+            finish_reason=FinishReason.ABORT))
+
+    def _fail_requests(self, batch: SchedulerOutput | None, message: str) -> None:
+        """Fail the batch's requests (every request when the failure was outside a step)."""
+        if batch is not None:
+            request_ids = [chunk.request_id for chunk in batch.chunks]
+        else:
+            request_ids = list(self._tracked)
+        for request_id in request_ids:
+            tracked = self._tracked.get(request_id)
+            if tracked is None:
+                continue  # already finished in this step
+            request = tracked.request
+            request.finish_reason = FinishReason.ABORT
+            self._release(request)
+            self._send(tracked.sink, RequestOutput(request.request_id, (), "", error=message,
+                                              finish_reason=FinishReason.ABORT))
+
+    def _send(self, sink: OutputSink, output: RequestOutput) -> None:
+        try:
+            sink(output)
+        except Exception:  # the receiver is gone (its event loop closed); drop the output
+            log.warning("dropping output of %s: sink failed", output.request_id)
+
+    def _release(self, request: Request) -> None:
+        self.scheduler.finish(request)
+        if self.grammars is not None:
+            self.grammars.remove(request.request_id)
+        if self._tracked.pop(request.request_id, None) is not None:
+            with self._lock:
+                self._num_pending -= 1
+
+
+def _take_prompt_logprobs(request: Request) -> tuple[TokenLogprob, ...]:
+    """The prompt's logprobs, once (with its first output): the first token has none."""
+    if request.prompt_logprobs is None or not request.prompt_logprob_entries:
+        return ()
+    entries, keep = request.prompt_logprob_entries, request.prompt_logprobs
+    request.prompt_logprob_entries, request.prompt_logprobs = {}, None  # sent: never again
+    first = TokenLogprob(request.prompt_token_ids[0], 0.0)
+    return (first, *(TokenLogprob(entries[position].token_id, entries[position].logprob,
+                                  entries[position].top[:keep])
+                     for position in range(1, len(request.prompt_token_ids))))
+
+
+def _grammar_matchers(tokenizer: Tokenizer, model_config: ModelConfig) -> GrammarMatchers | None:
+    """The model's llguidance tokenizer and matchers (None when its tokenizer cannot have one)."""
+    try:
+        compiler = GrammarCompiler(tokenizer.hf_tokenizer, model_config.vocab_size,
+                                   model_config.eos_token_ids)
+    except ValueError as exc:  # llguidance takes fast (Rust `tokenizers`) tokenizers only
+        log.warning("structured outputs are off for this model: %s", exc)
+        return None
+    return GrammarMatchers(compiler)
+
+
+def create_engine(model_dir: Path, engine_config: EngineConfig, warmup: bool = True) -> LlmEngine:
+    """Load weights and tokenizer, compile every bucket, start the step loop."""
+    from core.models.loader import load_model  # JAX is imported here, not at module import
+    from core.engine.runner import ModelRunner
+
+    model, model_config = load_model(model_dir, engine_config.dtype)
+    max_model_len = min(engine_config.max_model_len, model_config.max_position_embeddings)
+    engine_config = replace(engine_config, max_model_len=max_model_len,
+                            dtype=engine_config.dtype or model_config.dtype)
+    runner = ModelRunner(model, model_config, engine_config)
+    if warmup:
+        runner.warmup()
+    engine = LlmEngine(runner, model_config, engine_config, Tokenizer(model_dir))
+    engine.start()
+    return engine

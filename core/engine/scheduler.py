@@ -1,0 +1,250 @@
+"""Which tokens of which sequences the next engine step computes (pure Python, no JAX).
+
+Owns: the waiting queue and the running list, the page allocator and the radix prefix cache.
+Each step spends a token budget: first one token for every decoding sequence, then the next
+chunk of each sequence still prefilling, then new admissions (after a prefix-cache lookup).
+Pages come from the free list, then from evicting unheld cached prefixes; when none are left a
+later-admitted sequence is preempted — its pages are released and it goes back to the front of
+the queue to recompute them (its generated tokens are kept), so nothing is dropped or corrupted.
+The scheduler itself refuses nothing: the engine admits at most `EngineConfig.max_unfinished`
+requests (`max_num_seqs` + `max_waiting`, running and queued together) and answers OVERLOADED
+beyond that, before a request reaches this queue.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+
+from core.cache.pages import PageAllocator
+from core.cache.radix import RadixCache
+from core.config import EngineConfig
+from core.engine.request import (MAX_BANNED_IDS, MAX_MIN_TOKENS_IDS, Request, SchedulerOutput,
+                          SequenceChunk)
+
+log = logging.getLogger(__name__)
+
+
+class Scheduler:
+    def __init__(self, config: EngineConfig, num_pages: int, eos_token_ids: tuple[int, ...] = ()):
+        self.config = config
+        self.eos_token_ids = eos_token_ids  # masked under min_tokens (unless ignore_eos)
+        self._free_row_slots = list(range(config.max_num_seqs))  # logits state rows
+        self.page_size = config.page_size
+        self.allocator = PageAllocator(num_pages)
+        self.prefix_cache = RadixCache(self.allocator, config.page_size,
+                                       enabled=config.enable_prefix_cache)
+        self.waiting: deque[Request] = deque()
+        self.running: list[Request] = []  # in admission order
+        self.num_preemptions = 0
+        self._max_chunk_tokens = config.prefill_buckets()[-1]
+
+    @property
+    def num_unfinished(self) -> int:
+        return len(self.waiting) + len(self.running)
+
+    @property
+    def kv_cache_usage(self) -> float:
+        """Fraction of pages that running requests hold (idle cached prefixes count as free)."""
+        return self.allocator.num_in_use / self.allocator.num_pages
+
+    def add(self, request: Request) -> None:
+        self.waiting.append(request)
+
+    def finish(self, request: Request) -> None:
+        """Remove a finished or aborted request and release its pages."""
+        if request in self.running:
+            self.running.remove(request)
+        elif request in self.waiting:
+            self.waiting.remove(request)
+        self._release_pages(request)
+
+    # -- one step --------------------------------------------------------------------------
+
+    def schedule(self) -> SchedulerOutput | None:
+        budget = self.config.max_num_batched_tokens
+        chunks: list[SequenceChunk] = []
+        scheduled: set[str] = set()
+        preempted = False
+        decoding_first = sorted(self.running,
+                                key=lambda r: r.num_tokens - r.num_computed_tokens > 1)
+        for request in decoding_first:
+            if budget == 0:
+                break
+            if request not in self.running:
+                continue  # preempted earlier in this step
+            num_new = min(request.num_tokens - request.num_computed_tokens, budget,
+                          self._max_chunk_tokens)
+            fits, preempted_any = self._reserve_running(request, num_new, scheduled)
+            preempted |= preempted_any
+            if fits:
+                chunks.append(self._chunk(request, num_new))
+                scheduled.add(request.request_id)
+                budget -= num_new
+        if not preempted:
+            budget = self._admit(budget, chunks)
+        if not chunks:
+            return None
+        running = self._running_by_id()
+        wants_logprobs = any(
+            chunk.wants_sample and running[chunk.request_id].want_logprobs for chunk in chunks)
+        return SchedulerOutput(chunks=tuple(chunks), wants_logprobs=wants_logprobs)
+
+    def update_after_step(self, output: SchedulerOutput) -> None:
+        """The chunks' KV is computed: advance each sequence and cache its whole blocks."""
+        running = self._running_by_id()
+        for chunk in output.chunks:
+            request = running[chunk.request_id]
+            before = request.num_computed_tokens // self.page_size
+            request.num_computed_tokens += len(chunk.token_ids)
+            full_blocks = request.num_computed_tokens // self.page_size
+            if full_blocks > before:
+                self.prefix_cache.insert(request.all_token_ids[:full_blocks * self.page_size],
+                                         request.page_ids[:full_blocks], request.cache_salt)
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _running_by_id(self) -> dict[str, Request]:
+        return {request.request_id: request for request in self.running}
+
+    def _chunk(self, request: Request, num_new: int, admitted_now: bool = False) -> SequenceChunk:
+        start = request.num_computed_tokens
+        end = start + num_new
+        tokens = request.all_token_ids[start:end]
+        wants_sample = end == request.num_tokens
+        row_init = None
+        if admitted_now and request.row_slot is not None:
+            row_init = (tuple(request.all_token_ids), len(request.prompt_token_ids))
+        banned, min_tokens_ids = (), ()
+        if wants_sample:
+            banned = banned_next_ids(request.sampling.bad_words_token_ids,
+                                                request.output_token_ids)
+            min_tokens_ids = self._min_tokens_ids(request)
+        return SequenceChunk(
+            request_id=request.request_id, token_ids=tuple(tokens), start_position=start,
+            page_ids=tuple(request.page_ids[:-(-end // self.page_size)]),
+            sampling=request.sampling, wants_sample=wants_sample,
+            wants_scores=wants_sample and bool(request.score_label_ids),
+            row_slot=request.row_slot, row_init=row_init, banned_token_ids=banned,
+            min_tokens_ids=min_tokens_ids,
+            prompt_targets=(tuple(request.prompt_token_ids[start + 1:end + 1])
+                            if request.prompt_logprobs is not None else ()))
+
+    def _min_tokens_ids(self, request: Request) -> tuple[int, ...]:
+        stopping = request.stopping
+        if len(request.output_token_ids) >= stopping.min_tokens or request.grammar is not None:
+            return ()  # a constrained request's min_tokens is in its grammar bitmask (engine)
+        eos = () if stopping.ignore_eos else self.eos_token_ids
+        ids = tuple(dict.fromkeys((*eos, *stopping.stop_token_ids)))
+        return ids[:MAX_MIN_TOKENS_IDS]
+
+    def _pages_missing(self, request: Request, num_new: int) -> int:
+        needed = -(-(request.num_computed_tokens + num_new) // self.page_size)
+        return max(0, needed - len(request.page_ids))
+
+    def _allocate(self, count: int) -> list[int] | None:
+        """Fresh pages, evicting idle cached prefixes when the free list is short."""
+        if count > self.allocator.num_free:
+            self.prefix_cache.evict(count - self.allocator.num_free)
+        return self.allocator.allocate(count)
+
+    def _reserve_running(self, request: Request, num_new: int,
+                         scheduled: set[str]) -> tuple[bool, bool]:
+        """Pages for a running request's next tokens, preempting later-admitted requests not yet
+        scheduled in this step (or, as a last resort, the request itself).
+        Returns (request fits, something was preempted)."""
+        preempted = False
+        missing = self._pages_missing(request, num_new)
+        while missing:
+            page_ids = self._allocate(missing)
+            if page_ids is not None:
+                request.page_ids.extend(page_ids)
+                break
+            victims = [r for r in self.running
+                       if r.request_id not in scheduled and r is not request]
+            victim = victims[-1] if victims else request
+            self._preempt(victim)
+            preempted = True
+            if victim is request:
+                return False, True
+        return True, preempted
+
+    def _preempt(self, request: Request) -> None:
+        log.info("preempting %s: KV pool exhausted (%d tokens to recompute)",
+                 request.request_id, request.num_computed_tokens)
+        self.running.remove(request)
+        self._release_pages(request)
+        request.num_preemptions += 1
+        self.num_preemptions += 1
+        self.waiting.appendleft(request)
+
+    def _release_pages(self, request: Request) -> None:
+        self.allocator.release(request.page_ids)
+        request.page_ids = []
+        request.num_computed_tokens = 0
+        if request.row_slot is not None:  # rebuilt from its tokens when readmitted
+            self._free_row_slots.append(request.row_slot)
+            request.row_slot = None
+
+    def _admit(self, budget: int, chunks: list[SequenceChunk]) -> int:
+        """Admit waiting requests while rows, budget and pages allow; returns the budget left.
+        A choice whose sibling (same prompt, n > 1) is still prefilling waits for it, then
+        finds the prompt's pages in the prefix cache: the prompt is computed once."""
+        held: list[Request] = []
+        while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
+            request = self.waiting.popleft()
+            if self._sibling_prefilling(request):
+                held.append(request)
+                continue
+            num_new = self._reserve_admission(request, budget)
+            if num_new is None:  # the pool is full of running work: wait for a later step
+                self.waiting.appendleft(request)
+                break
+            self.running.append(request)
+            chunks.append(self._chunk(request, num_new, admitted_now=True))
+            budget -= num_new
+        self.waiting.extendleft(reversed(held))
+        return budget
+
+    def _sibling_prefilling(self, request: Request) -> bool:
+        if (not request.group_id or not self.prefix_cache.enabled
+                or len(request.prompt_token_ids) <= self.page_size):  # no whole page to share
+            return False
+        return any(other.group_id == request.group_id
+                   and other.num_computed_tokens < len(other.prompt_token_ids)
+                   for other in self.running)
+
+    def _reserve_admission(self, request: Request, budget: int) -> int | None:
+        """Cached prefix + fresh pages for the first chunk; its token count, None if no room."""
+        tokens = request.all_token_ids
+        # a request that reports prompt logprobs computes its prompt: the cache is skipped
+        match_limit = 0 if request.prompt_logprobs is not None else len(tokens) - 1
+        cached_pages = self.prefix_cache.match(tokens, request.cache_salt, max_tokens=match_limit)
+        self.allocator.acquire(cached_pages)
+        request.page_ids = list(cached_pages)
+        request.num_computed_tokens = len(cached_pages) * self.page_size
+        num_new = min(len(tokens) - request.num_computed_tokens, budget, self._max_chunk_tokens)
+        page_ids = self._allocate(self._pages_missing(request, num_new))
+        if page_ids is None:
+            self._release_pages(request)
+            return None
+        request.page_ids.extend(page_ids)
+        if request.sampling.uses_row_state:
+            request.row_slot = self._free_row_slots.pop()
+        if not request.admitted:
+            request.admitted = True
+            request.num_cached_tokens = request.num_computed_tokens
+            self.prefix_cache.record_lookup(len(tokens), request.num_computed_tokens)
+        return num_new
+
+
+def banned_next_ids(bad_words: tuple[tuple[int, ...], ...], output_ids: list[int]) -> tuple:
+    """Last tokens of multi-token bad words whose other tokens end the generated text (vLLM:
+    matched over generated tokens only)."""
+    banned = []
+    for word in bad_words:
+        prefix = word[:-1]
+        if prefix and len(output_ids) >= len(prefix) and tuple(
+                output_ids[len(output_ids) - len(prefix):]) == prefix:
+            banned.append(word[-1])
+    return tuple(dict.fromkeys(banned))[:MAX_BANNED_IDS]

@@ -1,0 +1,192 @@
+"""The models one core serves: loading them, what each can do, and finding the one asked for.
+
+Owns: `ServedModel` (a name, its tokenizer and prompt policy, and the engines doing its work:
+the generation engine for Generate and Score, an embedding engine for Embed), loading a
+generative model (optionally embedding too, its hidden states pooled) and an embedding model
+(a BERT-family encoder from a Hugging Face / sentence-transformers directory), and `ModelInfo`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from core.config import ConfigError, EngineConfig
+from core.service.convert import PromptPolicy
+from core.engine.embedding import EmbeddingBuckets, EmbeddingEngine
+from core.engine.loop import LlmEngine
+from core.tokenizer import Tokenizer
+from tandem.v1 import inference_pb2 as pb
+
+if TYPE_CHECKING:
+    from core.models.pooling import PoolingConfig
+
+log = logging.getLogger(__name__)
+
+CAPABILITY_NAMES = {pb.CAPABILITY_GENERATE: "generate", pb.CAPABILITY_SCORE: "score",
+                    pb.CAPABILITY_EMBED: "embed"}
+ENCODER_ARCHITECTURES = ("BertModel", "BertForMaskedLM", "BertForPreTraining")
+DECODER_POOLING = ("last", "mean")
+# Encoder calls of 64 rows run their dense layers on the real tokens only, padded up to one of
+# these fractions of the grid (see core/engine/embedding.py): ~1.4× on sentences of mixed lengths.
+PACKED_FRACTIONS = (0.375, 0.5, 0.625, 0.75)
+
+
+@dataclass
+class ServedModel:
+    """One model this core serves."""
+
+    name: str  # the id requests use
+    tokenizer: Tokenizer
+    policy: PromptPolicy  # what prompts it accepts (vocabulary, context length)
+    info: pb.ModelInfo  # its static description; counters are filled in when asked
+    generator: LlmEngine | None = None  # Generate and Score
+    embedder: EmbeddingEngine | None = None  # Embed
+
+    @property
+    def capabilities(self) -> list[int]:
+        result = [pb.CAPABILITY_GENERATE, pb.CAPABILITY_SCORE] if self.generator else []
+        return result + ([pb.CAPABILITY_EMBED] if self.embedder else [])
+
+    def model_info(self) -> pb.ModelInfo:
+        info = pb.ModelInfo()
+        info.CopyFrom(self.info)
+        info.capabilities[:] = self.capabilities
+        info.compilations_after_warmup = sum(
+            engine.compilations_after_warmup for engine in (self.generator, self.embedder)
+            if engine is not None)
+        return info
+
+    def stop_admitting(self) -> None:
+        for engine in (self.generator, self.embedder):
+            if engine is not None:
+                engine.stop_admitting()
+
+    def stop(self) -> None:
+        for engine in (self.generator, self.embedder):
+            if engine is not None:
+                engine.stop()
+
+
+def is_encoder_dir(model_dir: Path) -> bool:
+    """A BERT-family checkpoint (served for Embed only) rather than a decoder."""
+    try:
+        raw = json.loads((Path(model_dir) / "config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return bool(set(raw.get("architectures") or []) & set(ENCODER_ARCHITECTURES)) or (
+        raw.get("model_type") == "bert")
+
+
+def load_generative(model_dir: Path, name: str, engine_config: EngineConfig, description: str,
+                    decoder_pooling: str | None = None,
+                    allow_request_chat_template: bool = False,
+                    tool_call_parser: str = "auto") -> ServedModel:
+    """A decoder: the generation engine (compiled, started) and, with `decoder_pooling`, an
+    embedding engine over its hidden states."""
+    from core.engine.loop import create_engine
+    from core.service.tools import PARSER_NAMES
+
+    if tool_call_parser not in ("auto", *PARSER_NAMES):
+        raise ConfigError(f"unknown tool-call parser {tool_call_parser!r}; expected auto or "
+                          f"one of {', '.join(PARSER_NAMES)}")
+    engine = create_engine(model_dir, engine_config)
+    config, engine_config = engine.model_config, engine.engine_config
+    policy = PromptPolicy(vocab_size=config.vocab_size, max_model_len=engine_config.max_model_len,
+                          max_token_chars=engine.tokenizer.max_token_chars,
+                          allow_request_chat_template=allow_request_chat_template,
+                          tool_call_parser=tool_call_parser)
+    info = pb.ModelInfo(
+        id=name, owned_by="tandem", created=int(time.time()), architecture=config.architecture,
+        dtype=engine_config.dtype, max_model_len=engine_config.max_model_len,
+        vocab_size=config.vocab_size, is_demo=config.is_demo,
+        description=description if config.is_demo else "")
+    embedder = None
+    if decoder_pooling is not None:
+        if decoder_pooling not in DECODER_POOLING:
+            raise ConfigError(f"decoder pooling must be one of {DECODER_POOLING}")
+        embedder = _decoder_embedder(engine, decoder_pooling)
+        info.embedding_dimensions = config.hidden_size
+    return ServedModel(name, engine.tokenizer, policy, info, generator=engine, embedder=embedder)
+
+
+def _decoder_embedder(engine: LlmEngine, pooling: str) -> EmbeddingEngine:
+    from core.models.llama import pooled_hidden_states
+
+    runner = engine.runner
+
+    def forward(model, token_ids, attention_mask):
+        return pooled_hidden_states(model, token_ids, attention_mask, pooling)
+
+    buckets = EmbeddingBuckets(max_batch_tokens=4096).for_max_len(
+        engine.engine_config.max_model_len)
+    static = repr(("decoder pooling", pooling, engine.model_config, engine.engine_config.dtype))
+    return _started_embedder(forward, runner.graphdef, runner.param_treedef,
+                             runner.param_leaves, engine.model_config.hidden_size, buckets, static)
+
+
+def _started_embedder(forward, graphdef, treedef, leaves: list, dimensions: int,
+                      buckets: EmbeddingBuckets, static: str,
+                      pad_token_id: int = 0) -> EmbeddingEngine:
+    """An EmbeddingEngine over `forward(model, token_ids, attention_mask[, packed])`, with the
+    model rebuilt from its flat parameter leaves inside the jit; compiled and started."""
+    import jax
+    from flax import nnx
+
+    def forward_leaves(param_leaves, *arrays):
+        return forward(nnx.merge(graphdef, jax.tree.unflatten(treedef, param_leaves)), *arrays)
+
+    embedder = EmbeddingEngine(forward_leaves, leaves, dimensions, buckets, static,
+                               pad_token_id=pad_token_id)
+    started = time.perf_counter()
+    embedder.warmup()
+    embedder.start()
+    log.info("embedding engine ready in %.1f s (%d shapes)", time.perf_counter() - started,
+             len(buckets.shapes()))
+    return embedder
+
+
+def load_embedding(model_dir: Path, name: str) -> ServedModel:
+    """A BERT-family encoder with its sentence-transformers pooling (compiled, started)."""
+    import jax
+    from flax import nnx
+
+    from core.models.bert import encode, load_bert
+
+    model, config, pooling, max_seq_len_tokens = load_bert(Path(model_dir))
+    graphdef, state = nnx.split(model)
+    leaves, treedef = jax.tree.flatten(state)
+
+    def forward(encoder, token_ids, attention_mask, num_packed_tokens=None):
+        return encode(encoder, token_ids, attention_mask, pooling, num_packed_tokens)
+
+    tokenizer = Tokenizer(Path(model_dir))
+    buckets = EmbeddingBuckets(packed_fractions=PACKED_FRACTIONS).for_max_len(max_seq_len_tokens)
+    embedder = _started_embedder(forward, graphdef, treedef, leaves, config.hidden_size, buckets,
+                                 repr(("bert", config, pooling)), pad_token_id=config.pad_token_id)
+    policy = PromptPolicy(vocab_size=config.vocab_size, max_model_len=max_seq_len_tokens,
+                          max_token_chars=tokenizer.max_token_chars)
+    info = pb.ModelInfo(
+        id=name, owned_by="tandem", created=int(time.time()),
+        architecture=config.architecture, dtype="float32", max_model_len=max_seq_len_tokens,
+        vocab_size=config.vocab_size, embedding_dimensions=config.hidden_size,
+        description=embedding_description(Path(model_dir), config.num_layers,
+                                          config.hidden_size, pooling))
+    return ServedModel(name, tokenizer, policy, info, embedder=embedder)
+
+
+def embedding_description(model_dir: Path, num_layers: int, dimensions: int,
+                          pooling: PoolingConfig) -> str:
+    """What /v1/models says of an embedding model: where it comes from and what it gives."""
+    from core.models.bundled import BUNDLED_EMBEDDING_SOURCE, is_bundled_embedding_model
+
+    source = (BUNDLED_EMBEDDING_SOURCE if is_bundled_embedding_model(model_dir)
+              else f"read from {model_dir.name}")
+    normalized = ", normalized" if pooling.normalize else ""
+    return (f"Sentence-embedding model ({source}): a {num_layers}-layer BERT encoder, "
+            f"{dimensions}-dimensional {pooling.mode}-pooled vectors{normalized}. Serves "
+            "embeddings only.")

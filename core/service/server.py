@@ -1,0 +1,432 @@
+"""The core's gRPC server: the Inference servicer, health, reflection, start-up and drain.
+
+Owns: turning RPCs into engine work and engine outputs into `GenerateResponse` chunks; the
+`grpc.health.v1` statuses ("" = live as soon as the port is bound; "tandem.v1.Inference" =
+ready only after weights are loaded and every bucket is compiled); server reflection; aborting
+a request when its RPC is cancelled or its deadline passes; graceful drain on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import signal
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from core.service import convert
+from core.config import ConfigError, ServerConfig
+from core.engine.embedding import check_dimensions, embed_inputs, truncate_dimensions
+from core.engine.loop import Engine
+from core.errors import InvalidParameter, ModelNotFound, TandemError, Unavailable, Unsupported
+from core.engine.request import FinishReason, Request, RequestOutput
+from core.service.score import run_score, score_prompts
+from core.service.served_models import (
+    CAPABILITY_NAMES,
+    ServedModel,
+    is_encoder_dir,
+    load_embedding,
+    load_generative,
+)
+from core.tokenizer import Tokenizer, parse_json_object
+from core.service.tools import ToolCallParser
+from core.service.tools.plan import tool_plan
+from tandem.logs import request_id_var  # the shared log format (stdlib only)
+from tandem.v1 import inference_pb2 as pb
+from tandem.v1 import inference_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Inference"].full_name
+FINISH_REASONS = {FinishReason.STOP: pb.FINISH_REASON_STOP,  # (STOP after calls: TOOL_CALLS)
+                  FinishReason.LENGTH: pb.FINISH_REASON_LENGTH,
+                  FinishReason.ABORT: pb.FINISH_REASON_ABORT}
+# Least grace `drain_and_stop` gives RPCs to send what the engine has already produced.
+STOP_FLUSH_S = 1.0
+DEMO_DESCRIPTION = ("Tandem's built-in demo model: a small Llama with RANDOM weights made "
+                    "locally on first run; its text is gibberish. Pass --model DIR to serve a "
+                    "real model.")
+
+
+def _typed_errors(handler):
+    """A unary RPC whose TandemErrors become the gRPC status with google.rpc details."""
+    @functools.wraps(handler)
+    async def wrapper(self, request, context: grpc.aio.ServicerContext):
+        try:
+            return await handler(self, request, context)
+        except TandemError as exc:
+            await context.abort_with_status(exc.to_grpc_status())
+
+    return wrapper
+
+
+class InferenceServicer(pb_grpc.InferenceServicer):
+    def __init__(self, model_names: list[str], embedding_model_name: str | None = None):
+        self.expected = list(model_names)  # names it will serve once loaded (first: default)
+        self.embedding_model_name = embedding_model_name  # the default for Embed, if any
+        self.models: dict[str, ServedModel] = {}  # filled by `attach` as models finish loading
+
+    def attach(self, model: ServedModel) -> None:
+        """Start serving a loaded, warmed-up model."""
+        self.models[model.name] = model
+
+    @property
+    def engine(self) -> Engine | None:
+        """The default model's generation engine (None while loading)."""
+        model = self.models.get(self.expected[0])
+        return model.generator if model else None
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _model(self, name: str, capability: int | None = None) -> ServedModel:
+        """The model a request names ("" → the default for `capability`), or the typed error:
+        MODEL_NOT_FOUND, UNAVAILABLE while loading, UNSUPPORTED when it cannot do the work."""
+        if not name:
+            name = self.expected[0]
+            if capability == pb.CAPABILITY_EMBED and self.embedding_model_name:
+                name = self.embedding_model_name
+        if name not in self.expected:
+            raise ModelNotFound(f"The model '{name}' does not exist; this core serves "
+                                f"{', '.join(repr(n) for n in self.expected)}.", param="model")
+        model = self.models.get(name)
+        if model is None:
+            raise Unavailable(f"the model '{name}' is still loading")
+        if capability is not None and capability not in model.capabilities:
+            can = ", ".join(CAPABILITY_NAMES[c] for c in model.capabilities)
+            raise Unsupported(f"the model '{name}' cannot {CAPABILITY_NAMES[capability]}; it "
+                              f"can: {can}", param="model")
+        return model
+
+    # -- RPCs ------------------------------------------------------------------------------
+
+    async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext):
+        request_id = _request_id(context)  # this RPC's task: every log line it writes carries it
+        stream = None
+        try:
+            model = self._model(request.model, pb.CAPABILITY_GENERATE)
+            engine = model.generator
+            prompt_ids = await asyncio.to_thread(  # templates and tokenizing: off the loop
+                convert.prompt_token_ids, engine.tokenizer, model.policy, request)
+            requests = convert.generation_requests(  # engine keys are unique per RPC
+                request, prompt_ids, uuid.uuid4().hex, model.policy,
+                max_choices=min(convert.MAX_CHOICES, engine.engine_config.max_unfinished),
+                tokenizer=engine.tokenizer)
+            parsers = _apply_tool_plan(request, model, requests)
+            for spec in {r.grammar for r in requests if r.grammar is not None}:
+                await asyncio.to_thread(engine.check_grammar, spec)  # compiles: off the loop
+            log.info("generate %s: %d prompt tokens, n=%d", request_id, len(prompt_ids),
+                     len(requests))
+            stream = _ChoiceStream(engine, requests, asyncio.get_running_loop(), parsers)
+            async for response in stream.responses():
+                response.request_id, response.model = request_id, model.name
+                yield response
+        except TandemError as exc:
+            await context.abort_with_status(exc.to_grpc_status())
+        finally:
+            if stream is not None and stream.abort_unfinished():  # cancelled, deadline, failed
+                log.info("generate %s: aborted its unfinished choices", request_id)
+
+    @_typed_errors
+    async def Tokenize(self, request: pb.TokenizeRequest, context):
+        model = self._model(request.model)
+        ids = await asyncio.to_thread(convert.prompt_token_ids, model.tokenizer, model.policy,
+                                      request, allow_empty=True)
+        return pb.TokenizeResponse(token_ids=ids, tokens=model.tokenizer.token_strings(ids),
+                                   max_model_len=model.policy.max_model_len)
+
+    @_typed_errors
+    async def Detokenize(self, request: pb.DetokenizeRequest, context):
+        model = self._model(request.model)
+        convert.check_token_ids(request.token_ids, model.policy.vocab_size, "token_ids")
+        skip = request.skip_special_tokens if request.HasField("skip_special_tokens") else True
+        return pb.DetokenizeResponse(text=model.tokenizer.decode(list(request.token_ids), skip))
+
+    @_typed_errors
+    async def ListModels(self, request, context):
+        self._model("")  # UNAVAILABLE until the default model is loaded
+        return pb.ListModelsResponse(models=[self.models[name].model_info()
+                                             for name in self.expected if name in self.models])
+
+    @_typed_errors
+    async def GetModelInfo(self, request: pb.GetModelInfoRequest, context):
+        return self._model(request.model).model_info()
+
+    @_typed_errors
+    async def Score(self, request: pb.ScoreRequest, context):
+        model = self._model(request.model, pb.CAPABILITY_SCORE)
+        request_id = _request_id(context)
+        prompts = await asyncio.to_thread(score_prompts, model.tokenizer, model.policy, request)
+        log.info("score %s: %d items, %d prompt tokens", request_id, len(prompts),
+                 sum(len(prompt) for prompt in prompts))
+        response = await run_score(model.generator, prompts, request, uuid.uuid4().hex)
+        response.model = model.name
+        return response
+
+    @_typed_errors
+    async def Embed(self, request: pb.EmbedRequest, context):
+        model = self._model(request.model, pb.CAPABILITY_EMBED)
+        request_id = _request_id(context)
+        dimensions = request.dimensions if request.HasField("dimensions") else None
+        check_dimensions(dimensions, model.embedder.dimensions)
+        token_ids = await asyncio.to_thread(embed_inputs, model.tokenizer, model.policy, request)
+        log.info("embed %s: %d inputs, %d tokens", request_id, len(token_ids),
+                 sum(len(ids) for ids in token_ids))
+        vectors = await asyncio.wrap_future(model.embedder.submit(token_ids))
+        return await asyncio.to_thread(_embed_response, vectors, dimensions, token_ids,
+                                       model.name)  # big replies: off the event loop
+
+
+def _embed_response(vectors, dimensions: int | None, token_ids: list[list[int]],
+                    model: str) -> pb.EmbedResponse:
+    vectors = truncate_dimensions(vectors, dimensions)
+    return pb.EmbedResponse(
+        embeddings=[pb.Embedding(index=index, values=vector.tolist())
+                    for index, vector in enumerate(vectors)],
+        usage=pb.Usage(prompt_tokens=sum(len(ids) for ids in token_ids)), model=model)
+
+
+def _apply_tool_plan(request: pb.GenerateRequest, model: ServedModel,
+                     requests: list[Request]) -> list[ToolCallParser] | None:
+    """Give the choices of a chat request that offers tools their call grammar ("required" or a
+    named function, or "auto" with strict tools) and return one tool-call parser per choice
+    (None: no parsing). Under "auto", output constrained by a response format is that format,
+    not parsed for calls."""
+    if request.WhichOneof("input") != "chat":
+        return None
+    chat, tokenizer = request.chat, model.tokenizer
+    tools = [{"name": tool.name, "parameters": parse_json_object(tool.parameters_json, "tools"),
+              "strict": tool.strict} for tool in chat.tools]
+    plan = tool_plan(chat, tools, chat.chat_template or tokenizer.chat_template,
+                     tokenizer.renders_tools(chat.chat_template or None),
+                     model.policy.tool_call_parser, tokenizer.special_ids_by_text)
+    forced = chat.tool_choice.mode in (pb.ToolChoice.MODE_REQUIRED, pb.ToolChoice.MODE_FUNCTION)
+    if plan is None or (not forced and any(r.grammar for r in requests)):
+        return None  # "auto" with a response format: the output is that format
+    for choice in requests:
+        if plan.grammar is not None:
+            choice.grammar = plan.grammar  # forced calls take the place of a response format
+        if plan.keep_special_tokens:
+            choice.stopping = replace(choice.stopping, skip_special_tokens=False)
+    return [ToolCallParser(plan.syntax) for _ in requests]
+
+
+def _request_id(context: grpc.aio.ServicerContext) -> str:
+    """The caller's x-request-id (or a fresh one), set for this RPC's log lines."""
+    request_id = dict(context.invocation_metadata() or ()).get("x-request-id") \
+        or uuid.uuid4().hex
+    request_id_var.set(request_id)
+    return request_id
+
+
+class _ChoiceStream:
+    """The engine requests of one Generate call (one per choice), merged into response chunks
+    that carry every choice's delta since the last chunk and the cumulative usage."""
+
+    def __init__(self, engine: Engine, requests: list[Request], loop: asyncio.AbstractEventLoop,
+                 parsers: list[ToolCallParser] | None = None):
+        self._engine = engine
+        self._parsers = parsers  # one tool-call parser per choice, or None
+        self._requests = requests
+        self._loop = loop
+        self._outputs: asyncio.Queue[RequestOutput] = asyncio.Queue()
+        self._choice_of = {r.request_id: index for index, r in enumerate(requests)}
+        self._completion_tokens = dict.fromkeys(self._choice_of, 0)
+        self._cached_tokens = 0  # prompt tokens served from the prefix cache (best choice)
+        self._unfinished: set[str] = set()
+
+    def _sink(self, output: RequestOutput) -> None:  # called on the engine thread
+        self._loop.call_soon_threadsafe(self._outputs.put_nowait, output)
+
+    async def responses(self) -> AsyncIterator[pb.GenerateResponse]:
+        for request in self._requests:  # raises Overloaded / Unavailable: admission
+            self._engine.add_request(request, self._sink)
+            self._unfinished.add(request.request_id)
+        num_prompt_tokens = len(self._requests[0].prompt_token_ids)
+        while self._unfinished:
+            batch = [await self._outputs.get()]
+            while not self._outputs.empty():
+                batch.append(self._outputs.get_nowait())
+            deltas: dict[int, pb.ChoiceDelta] = {}
+            for output in batch:
+                if output.error:  # the request's own constraint, or an engine failure
+                    raise (InvalidParameter(output.error, param=output.error_param)
+                           if output.error_param else TandemError(output.error))
+                index = self._choice_of[output.request_id]
+                delta = deltas.setdefault(index, pb.ChoiceDelta(index=index))
+                _merge_output(delta, output, self._engine.tokenizer,
+                              self._parsers[index] if self._parsers else None)
+                self._completion_tokens[output.request_id] = output.completion_tokens
+                self._cached_tokens = max(self._cached_tokens, output.cached_tokens)
+                if output.finish_reason is not None:
+                    self._unfinished.discard(output.request_id)
+            yield pb.GenerateResponse(
+                choices=[deltas[i] for i in sorted(deltas)],
+                usage=pb.Usage(prompt_tokens=num_prompt_tokens,
+                               completion_tokens=sum(self._completion_tokens.values()),
+                               cached_tokens=self._cached_tokens))
+
+    def abort_unfinished(self) -> bool:
+        """Abort what has not finished; True when there was something to abort."""
+        for request_id in self._unfinished:
+            self._engine.abort(request_id)
+        aborted, self._unfinished = bool(self._unfinished), set()
+        return aborted
+
+
+def _merge_output(delta: pb.ChoiceDelta, output: RequestOutput, tokenizer: Tokenizer,
+                  parser: ToolCallParser | None = None) -> None:
+    delta.token_ids.extend(output.new_token_ids)
+    if parser is None:
+        delta.text += output.text_delta
+    else:
+        _merge_parsed(delta, parser, output)
+    _add_logprobs(delta.logprobs, output.logprobs, tokenizer)
+    _add_logprobs(delta.prompt_logprobs, output.prompt_logprobs, tokenizer)
+    delta.cumulative_logprob = output.cumulative_logprob
+    if output.finish_reason is not None:
+        delta.finish_reason = FINISH_REASONS[output.finish_reason]
+        if output.finish_reason == FinishReason.STOP and parser is not None and parser.made_calls:
+            delta.finish_reason = pb.FINISH_REASON_TOOL_CALLS
+        if output.stop_string is not None:
+            delta.stop_string = output.stop_string
+        elif output.stop_token_id is not None:
+            delta.stop_token_id = output.stop_token_id
+
+
+def _add_logprobs(entries, logprobs, tokenizer: Tokenizer) -> None:
+    for logprob in logprobs:
+        text, data = tokenizer.token_piece(logprob.token_id)
+        entry = entries.add(token_id=logprob.token_id, logprob=logprob.logprob, token=text,
+                            token_bytes=data)
+        for token_id, value in logprob.top:
+            top_text, top_data = tokenizer.token_piece(token_id)
+            entry.top_logprobs.add(token_id=token_id, logprob=value, token=top_text,
+                                   token_bytes=top_data)
+
+
+def _merge_parsed(delta: pb.ChoiceDelta, parser: ToolCallParser, output: RequestOutput) -> None:
+    """A choice's text through its tool-call parser: content into `text`, calls into
+    `tool_calls` (everything held back comes out when the choice finishes)."""
+    parsed = [parser.feed(output.text_delta)]
+    if output.finish_reason is not None:
+        parsed.append(parser.finish())
+    for part in parsed:
+        delta.text += part.content
+        for call in part.tool_calls:
+            delta.tool_calls.add(index=call.index, id=call.id,
+                                 type="function" if call.id else "",
+                                 function=pb.FunctionCall(name=call.name,
+                                                          arguments=call.arguments))
+
+
+class CoreServer:
+    """One grpc.aio server bound to a port, serving its models once `load()` has run: the main
+    model (a decoder, or an encoder that only embeds) and, optionally, an embedding model."""
+
+    def __init__(self, config: ServerConfig):
+        self.config = config
+        names = [config.model_name or Path(config.model_dir).name]
+        if config.embedding_model_dir is not None:
+            names.append(config.embedding_model_name or Path(config.embedding_model_dir).name)
+            if names[1] == names[0]:
+                raise ConfigError(f"both models are named '{names[0]}': give one another id "
+                                  "(--served-model-name or --embedding-model-name)")
+        self.servicer = InferenceServicer(names, names[1] if len(names) > 1 else None)
+        self.health = health.aio.HealthServicer()
+        self.server = grpc.aio.server(options=[
+            ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+            ("grpc.max_send_message_length", 64 * 1024 * 1024)])
+        pb_grpc.add_InferenceServicer_to_server(self.servicer, self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            [SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME], self.server)
+        self.port: int | None = None
+        self.metrics_port: int | None = None
+
+    async def start(self) -> int:
+        """Bind and serve: live at once, not ready until `load()` finishes."""
+        self.port = self.server.add_insecure_port(f"{self.config.host}:{self.config.grpc_port}")
+        if not self.port:
+            raise OSError(f"cannot bind {self.config.host}:{self.config.grpc_port}")
+        await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.server.start()
+        log.info("core listening on %s:%d (not ready: loading %s)", self.config.host, self.port,
+                 self.config.model_dir)
+        return self.port
+
+    async def load(self) -> None:
+        """Load weights, compile every bucket, then report ready."""
+        config, names = self.config, self.servicer.expected
+        started = time.perf_counter()
+        if is_encoder_dir(config.model_dir):
+            loads = [asyncio.to_thread(load_embedding, config.model_dir, names[0])]
+        else:
+            loads = [asyncio.to_thread(
+                load_generative, config.model_dir, names[0], config.engine, DEMO_DESCRIPTION,
+                config.decoder_pooling, config.trust_request_chat_template,
+                config.tool_call_parser)]
+        if config.embedding_model_dir is not None:  # both warm up at once (XLA compiles
+            loads.append(asyncio.to_thread(  # without the GIL)
+                load_embedding, config.embedding_model_dir, names[1]))
+        main, *others = await asyncio.gather(*loads)
+        for model in others:
+            self.servicer.attach(model)
+        self.servicer.attach(main)
+        if config.metrics_port is not None and main.generator is not None:
+            self.metrics_port = main.generator.metrics.serve(config.metrics_port, config.host)
+            log.info("metrics on http://%s:%d/metrics", config.host, self.metrics_port)
+        await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+        log.info("core ready: %s loaded and warmed up in %.1f s",
+                 ", ".join(repr(name) for name in names), time.perf_counter() - started)
+
+    async def drain_and_stop(self) -> None:
+        """Drain, then stop: readiness turns NOT_SERVING (balancers and the facade's channel
+        stop picking this core), new Generate calls get UNAVAILABLE at once (the facade retries
+        another core), and in-flight requests finish with all their tokens for up to
+        `drain_timeout_s`; then the server stops, cancelling whatever is still running."""
+        await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
+        engine = self.servicer.engine
+        deadline = time.monotonic() + self.config.drain_timeout_s
+        for model in self.servicer.models.values():
+            model.stop_admitting()
+        if engine is not None:
+            log.info("draining: %d requests in flight", engine.num_unfinished)
+            while engine.num_unfinished and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+        # `stop` returns as soon as the last RPC ends: the grace only bounds RPCs still sending
+        # their final chunks (the engine is done with them) or still tokenizing (they will get
+        # UNAVAILABLE), so it never goes below STOP_FLUSH_S.
+        await self.server.stop(grace=max(STOP_FLUSH_S, deadline - time.monotonic()))
+        for model in self.servicer.models.values():
+            model.stop()
+        log.info("core stopped")
+
+
+async def run(config: ServerConfig) -> None:
+    """Serve until SIGTERM or SIGINT, then drain."""
+    core = CoreServer(config)
+    await core.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    loading = asyncio.create_task(core.load())
+    stopping = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait({loading, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    if loading in done and loading.exception() is not None:
+        stopping.cancel()
+        await core.service.server.stop(grace=0)
+        raise loading.exception()
+    await stopping
+    log.info("shutdown requested: draining")
+    await core.drain_and_stop()

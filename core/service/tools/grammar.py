@@ -1,0 +1,90 @@
+"""Grammars that force tool calls, in the model family's own call syntax.
+
+Owns: `tool_call_grammar`, the llguidance Lark grammar for `tool_choice` "required" (one or more
+calls, each one of the given tools) or a named function (exactly one call of it), with each
+call's arguments a `%json` body of that tool's `parameters` schema; and, for "auto" with
+`strict` tools, a lazy grammar: free text, or text up to the family's call marker (a lexeme with
+`stop=`) followed by calls as above, so only an opened call is constrained. JSON inside a call
+is written compactly (", " and ": " separators, no free whitespace), so that a call always ends.
+A marker that is a single special token of the tokenizer is matched as that token (`<[id]>`).
+"""
+
+from __future__ import annotations
+
+import json
+
+from core.service.tools.syntax import ToolSyntax
+
+# llguidance's JSON options: fixed separators, as the families' templates write them.
+_JSON_LAYOUT = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
+
+
+def _literal(text: str, special_ids: dict[str, int]) -> str:
+    """A Lark terminal for `text`: the special token itself when `text` is one."""
+    if text in special_ids:
+        return f"<[{special_ids[text]}]>"
+    return json.dumps(text)
+
+
+def _arguments_schema(parameters: dict | None) -> dict:
+    schema = dict(parameters) if parameters else {"type": "object"}
+    schema["x-guidance"] = {**_JSON_LAYOUT, **schema.get("x-guidance", {})}
+    return schema
+
+
+def auto_tool_grammar(syntax: ToolSyntax, tools: list[dict], *, parallel: bool = True,
+                      special_ids: dict[str, int] | None = None) -> str:
+    """"auto" with strict tools: the model may write text, or open calls, which must then be
+    valid calls of the given tools (a non-strict tool's arguments: any JSON object)."""
+    loose = [{"name": tool["name"], "parameters": tool["parameters"] if tool.get("strict")
+              else {"type": "object"}} for tool in tools]
+    # the lazy lexeme consumes the marker: the calls rule continues right after it
+    forced = tool_call_grammar(syntax, loose, parallel=parallel, special_ids=special_ids,
+                               opened=not syntax.bare_object_start)
+    forced = forced.replace("start:", "calls:", 1)
+    if syntax.bare_object_start:  # Llama 3: a call is the whole output, from its first `{`
+        return 'start: TEXT | calls\nTEXT: /([^{\\s]|\\s+[^{\\s])(.|\\n)*/\n' + forced
+    head = f"text_then_call[stop={json.dumps(syntax.start_markers[0])}]: /(.|\\n)*/"
+    return "\n".join(["start: free_text | text_then_call calls", "free_text: /(.|\\n)*/",
+                      head, forced])
+
+
+def tool_call_grammar(syntax: ToolSyntax, tools: list[dict], *, function_name: str | None = None,
+                      parallel: bool = True, special_ids: dict[str, int] | None = None,
+                      opened: bool = False) -> str:
+    """The Lark grammar of the calls a request allows.
+
+    `tools` are {"name", "parameters"} dicts; `function_name` limits the output to one call of
+    that tool; `parallel` False allows one call only; `special_ids` maps marker text that is a
+    single special token to its id; `opened`: the output already holds the first marker."""
+    special_ids = special_ids or {}
+    allowed = [tool for tool in tools if function_name in (None, tool["name"])]
+    single = function_name is not None or not parallel
+    lines = []
+    for index, tool in enumerate(allowed):
+        head = '{"name": ' + json.dumps(tool["name"]) + f', "{syntax.arguments_key}": '
+        lines.append(f"fn_{index}: {json.dumps(head)} args_{index} \"}}\"")
+        lines.append(f"args_{index}: %json {json.dumps(_arguments_schema(tool['parameters']))}")
+    lines.insert(0, "body: " + " | ".join(f"fn_{index}" for index in range(len(allowed))))
+    return "\n".join([*_region_rules(syntax, single, special_ids, opened), *lines]) + "\n"
+
+
+def _region_rules(syntax: ToolSyntax, single: bool, special_ids: dict[str, int],
+                  opened: bool) -> list[str]:
+    """`start` in the family's markup: one call, or one or more (`opened`: without the first
+    call's marker)."""
+    def repeated(item: str, separator: str) -> str:
+        return item if single else f"{item} ({json.dumps(separator)} {item})*"
+
+    if syntax.name == "hermes":
+        open_call = _literal("<tool_call>", special_ids)
+        close_call = _literal("</tool_call>", special_ids)
+        rest = f'call_rest: "\\n" body "\\n" {close_call}'
+        if single:
+            return [f"start: {'' if opened else open_call} call_rest", rest]
+        return [f"start: {'' if opened else open_call} call_rest "
+                f'("\\n" {open_call} call_rest)*', rest]
+    if syntax.name == "mistral":
+        marker = "" if opened else _literal("[TOOL_CALLS]", special_ids)
+        return [f'start: {marker} " [" {repeated("body", ", ")} "]"']
+    return [f"start: {repeated('body', '; ')}"]  # llama3_json: bare JSON calls

@@ -1,0 +1,87 @@
+"""How one chat request uses tools: validation of `tools` / `tool_choice`, and the plan.
+
+Owns: the 400s of tool requests (a tool_choice without tools, a named function that is not among
+them, bad or duplicate tool names, tools for a model whose chat template cannot show them or
+whose call syntax is unknown) and `ToolPlan`: the syntax each choice's output is parsed in, and
+the grammar that forces calls for `tool_choice` "required" or a named function.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from core.errors import InvalidParameter, Unsupported
+from core.structured import GrammarSpec
+from core.service.tools.grammar import auto_tool_grammar, tool_call_grammar
+from core.service.tools.syntax import ToolSyntax, detect_syntax, syntax_named
+from tandem.v1 import inference_pb2 as pb
+
+_TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_MODE = pb.ToolChoice.Mode
+
+
+@dataclass(frozen=True)
+class ToolPlan:
+    """What the core does with one request's tools."""
+
+    syntax: ToolSyntax  # each choice's output is parsed for calls in this syntax
+    grammar: GrammarSpec | None  # forces calls ("required" / a named function), else None
+    keep_special_tokens: bool  # a call marker is a special token: the parser must see it
+
+
+def tools_shown(chat: pb.ChatInput) -> bool:
+    """Does the chat template see the tools? Not with tool_choice "none"."""
+    return bool(chat.tools) and chat.tool_choice.mode != _MODE.MODE_NONE
+
+
+def check_tool_choice(chat: pb.ChatInput) -> None:
+    """The request-only checks (no model needed): each failure a 400 naming its param."""
+    mode, names = chat.tool_choice.mode, [tool.name for tool in chat.tools]
+    for name in names:
+        if not _TOOL_NAME.fullmatch(name):
+            raise InvalidParameter(f"tool name {name!r} must be 1 to 64 letters, digits, '_' or "
+                                   "'-'", param="tools")
+    if len(set(names)) != len(names):
+        raise InvalidParameter("tool names must be unique", param="tools")
+    if mode in (_MODE.MODE_AUTO, _MODE.MODE_REQUIRED, _MODE.MODE_FUNCTION) and not names:
+        raise InvalidParameter("tool_choice needs tools: give at least one tool",
+                               param="tool_choice")
+    if mode == _MODE.MODE_FUNCTION and chat.tool_choice.function_name not in names:
+        raise InvalidParameter(f"tool_choice names the function "
+                               f"{chat.tool_choice.function_name!r}, which is not in tools",
+                               param="tool_choice")
+
+
+def tool_plan(chat: pb.ChatInput, tools: list[dict], chat_template: str | None,
+              renders_tools: bool, parser_name: str, special_ids: dict[str, int]) -> \
+        ToolPlan | None:
+    """The plan of a request whose template shows tools (None when it shows none).
+
+    `tools` are the parsed {"name", "parameters", "strict"} definitions; `renders_tools` says
+    whether the template in use changes the prompt when given tools; `parser_name` is the core's
+    --tool-call-parser ("auto": read off the template); `special_ids` maps the special tokens'
+    text to their ids."""
+    if not tools_shown(chat):
+        return None
+    if not renders_tools:
+        raise Unsupported("this model's chat template does not render tools, so it cannot be "
+                          "offered any; send the request without tools (or tool_choice "
+                          "'none')", param="tools")
+    syntax = detect_syntax(chat_template) if parser_name == "auto" else syntax_named(parser_name)
+    if syntax is None:
+        raise Unsupported("this model's tool-call syntax is unknown (start the core with "
+                          "--tool-call-parser)", param="tools")
+    markers = [*syntax.start_markers, "<tool_call>", "</tool_call>"]
+    marker_ids = {marker: special_ids[marker] for marker in markers if marker in special_ids}
+    mode = chat.tool_choice.mode
+    parallel = chat.parallel_tool_calls if chat.HasField("parallel_tool_calls") else True
+    source = None
+    if mode in (_MODE.MODE_REQUIRED, _MODE.MODE_FUNCTION):
+        function_name = chat.tool_choice.function_name if mode == _MODE.MODE_FUNCTION else None
+        source = tool_call_grammar(syntax, tools, function_name=function_name,
+                                   parallel=parallel, special_ids=marker_ids)
+    elif any(tool.get("strict") for tool in tools):  # "auto": constrain only opened calls
+        source = auto_tool_grammar(syntax, tools, parallel=parallel, special_ids=marker_ids)
+    grammar = GrammarSpec(kind="lark", source=source, param="tools") if source else None
+    return ToolPlan(syntax=syntax, grammar=grammar, keep_special_tokens=bool(marker_ids))

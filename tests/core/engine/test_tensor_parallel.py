@@ -1,0 +1,33 @@
+"""Tensor parallelism on 4 virtual CPU devices gives the tokens and logprobs of one device."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+
+def test_tensor_parallel_4_matches_one_device(tiny_models):
+    """Qwen2 (q/k/v biases); its 2 key/value heads do not split 4 ways, so they are replicated
+    while the 4 query heads, the MLP and the vocabulary are split."""
+    variant = "qwen2"
+    root = Path(__file__).resolve().parents[3]
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+           "JAX_PLATFORMS": "cpu"}
+    done = subprocess.run([sys.executable, "-m", "tests.core.engine.tp_check", str(tiny_models[variant])],
+                          cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["devices"] == 4
+    assert result["one"]["split_params"] == 0
+    assert result["four"]["split_params"] >= 2 * 6  # q, o, gate, up, down, q_bias per layer
+    for one, four in zip(result["one"]["requests"], result["four"]["requests"], strict=True):
+        assert four["tokens"] == one["tokens"] and len(one["tokens"]) == 12
+        for top_one, top_four in zip(one["top"], four["top"], strict=True):
+            assert [t for t, _ in top_four] == [t for t, _ in top_one]
+            np.testing.assert_allclose([v for _, v in top_four], [v for _, v in top_one],
+                                       atol=1e-4)

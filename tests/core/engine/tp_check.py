@@ -1,0 +1,44 @@
+"""Run by tests/core/engine/test_tensor_parallel.py in a fresh process with 4 virtual CPU devices:
+greedy generation and top logprobs with --tensor-parallel 4 against one device."""
+
+from __future__ import annotations
+
+import json
+import queue
+import sys
+from pathlib import Path
+
+from core.config import EngineConfig
+from core.engine.loop import create_engine
+from core.engine.request import Request, SamplingParams, StoppingParams
+
+
+def generate(model_dir: Path, tensor_parallel: int) -> dict:
+    engine = create_engine(model_dir, EngineConfig(
+        max_model_len=64, max_num_seqs=2, max_num_batched_tokens=32,
+        tensor_parallel=tensor_parallel))
+    split = sum(not leaf.sharding.is_fully_replicated for leaf in engine.runner._param_leaves)
+    outputs: queue.Queue = queue.Queue()
+    prompts = [[0, *range(20, 60)], [0, *range(100, 107)]]  # the first spans two chunks
+    for index, prompt in enumerate(prompts):
+        engine.add_request(Request(f"r{index}", prompt, SamplingParams(temperature=0.0),
+                                   StoppingParams(max_tokens=12, ignore_eos=True),
+                                   want_logprobs=True, top_logprobs=5), outputs.put)
+    results = {f"r{i}": {"tokens": [], "top": []} for i in range(len(prompts))}
+    finished = 0
+    while finished < len(prompts):
+        output = outputs.get(timeout=120)
+        assert output.error is None, output.error
+        results[output.request_id]["tokens"] += output.new_token_ids
+        results[output.request_id]["top"] += [list(lp.top) for lp in output.logprobs]
+        finished += output.finish_reason is not None
+    engine.stop()
+    return {"split_params": split, "requests": [results[key] for key in sorted(results)]}
+
+
+if __name__ == "__main__":
+    import jax
+
+    model_dir = Path(sys.argv[1])
+    print(json.dumps({"devices": jax.device_count(), "one": generate(model_dir, 1),
+                      "four": generate(model_dir, 4)}))

@@ -1,0 +1,182 @@
+"""Tool-call parsers on text the tiny models' own chat templates render (each family's syntax),
+fed whole, a character at a time and in uneven pieces; and the call grammars, checked by
+llguidance against the same text."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+
+import llguidance
+import llguidance.hf
+import pytest
+from transformers import AutoTokenizer
+
+from core.models.tiny import TOOL_STYLE
+from core.service.tools import ToolCallParser, detect_syntax, syntax_named, tool_call_grammar
+from core.service.tools.grammar import auto_tool_grammar
+
+WEATHER = {"type": "object", "properties": {
+    "city": {"type": "string", "maxLength": 20},
+    "unit": {"type": "string", "enum": ["c", "f"]}}, "required": ["city", "unit"],
+    "additionalProperties": False}
+TIME = {"type": "object", "properties": {"zone": {"type": "string"}}, "required": ["zone"]}
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": WEATHER}},
+         {"type": "function", "function": {"name": "get_time", "parameters": TIME}}]
+CALLS = [("get_weather", {"city": "Paris \"rive\" {gauche}", "unit": "c"}),
+         ("get_time", {"zone": "Europe/Paris"})]
+EXPECTED_PARSER = {"hermes": "hermes", "llama3": "llama3_json", "mistral": "mistral"}
+
+
+@pytest.fixture(scope="module")
+def tokenizers(tiny_models):
+    return {variant: AutoTokenizer.from_pretrained(str(path))
+            for variant, path in tiny_models.items()}
+
+
+def assistant_turn(tokenizer, calls, content: str = "") -> str:
+    """What the template writes for an assistant turn with these calls (the model's output)."""
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": content,
+                 "tool_calls": [{"id": f"call{i}", "type": "function", "function": {
+                     "name": name, "arguments": args}} for i, (name, args) in enumerate(calls)]}]
+    text = tokenizer.apply_chat_template(messages, tools=TOOLS, tokenize=False)
+    return text.rsplit("<|im_start|>assistant\n", 1)[1].split("<|im_end|>")[0]
+
+
+def pieces(text: str, how: str) -> list[str]:
+    if how == "whole":
+        return [text]
+    if how == "chars":
+        return list(text)
+    rng, out, start = random.Random(len(text)), [], 0
+    while start < len(text):
+        size = rng.randint(1, 7)
+        out.append(text[start:start + size])
+        start += size
+    return out
+
+
+def parse(syntax_name: str, chunks: list[str]):
+    """(content, calls as [id, name, arguments], the deltas) of a stream of text chunks."""
+    parser = ToolCallParser(syntax_named(syntax_name))
+    content, calls, deltas = "", {}, []
+    for result in [parser.feed(chunk) for chunk in chunks] + [parser.finish()]:
+        content += result.content
+        for delta in result.tool_calls:
+            deltas.append(delta)
+            call = calls.setdefault(delta.index, ["", "", ""])
+            call[0] += delta.id
+            call[1] += delta.name
+            call[2] += delta.arguments
+    return content, [calls[i] for i in sorted(calls)], deltas
+
+
+@pytest.mark.parametrize("how", ["whole", "chars", "uneven"])
+@pytest.mark.parametrize("variant", ["qwen2", "llama3", "mistral"])
+def test_parsers_read_the_calls_their_template_writes(tokenizers, variant, how):
+    tokenizer = tokenizers[variant]
+    syntax = detect_syntax(tokenizer.chat_template)
+    assert syntax is not None and syntax.name == EXPECTED_PARSER[TOOL_STYLE[variant]]
+    calls = CALLS if variant != "llama3" else CALLS[:1]
+    for wanted in (calls[:1], calls):
+        text = assistant_turn(tokenizer, wanted)
+        content, got, deltas = parse(syntax.name, pieces(text, how))
+        assert content == ""
+        assert [(name, json.loads(args)) for _, name, args in got] == wanted
+        for call_id, _, _ in got:
+            assert call_id.startswith("call_") and len(call_id) > 10
+        firsts = [d for d in deltas if d.id]
+        assert all(d.name for d in firsts) and len(firsts) == len(wanted)
+        # the first delta of each call comes before any of its argument fragments
+        for index in range(len(wanted)):
+            of_call = [d for d in deltas if d.index == index]
+            assert of_call[0].id and not any(d.id for d in of_call[1:])
+
+
+@pytest.mark.parametrize("how", ["whole", "chars", "uneven"])
+def test_content_before_a_call_streams_and_markup_never_leaks(tokenizers, how):
+    text = assistant_turn(tokenizers["qwen2"], CALLS[:1], content="Let me check <b>that</b>.")
+    assert text.startswith("Let me check <b>that</b>.\n<tool_call>")
+    content, got, _ = parse("hermes", pieces(text, how))
+    assert content == "Let me check <b>that</b>."
+    assert got[0][1] == "get_weather"
+
+
+@pytest.mark.parametrize("syntax_name,text", [
+    ("hermes", "plain answer, no call < tool_call >"),
+    ("hermes", "almost <tool_cal"),
+    ("hermes", "<tool_call>\nnot json</tool_call>"),
+    ("mistral", "[TOOL_CALLS] nope"),
+    ("llama3_json", '{"answer": 42}'),
+    ("llama3_json", "Sure. {\"name\": \"x\", \"parameters\": {}}"),
+])
+def test_text_that_is_not_a_call_is_content(syntax_name, text):
+    for how in ("whole", "chars"):
+        content, got, _ = parse(syntax_name, pieces(text, how))
+        assert (content, got) == (text, [])
+
+
+def test_llama3_python_tag_and_arguments_given_as_a_string():
+    text = '<|python_tag|>{"name": "get_time", "parameters": "{\\"zone\\": \\"UTC\\"}"}'
+    content, got, _ = parse("llama3_json", pieces(text, "chars"))
+    assert content == "" and got[0][1:] == ["get_time", '{"zone": "UTC"}']
+
+
+def test_a_truncated_call_keeps_what_was_streamed():
+    content, got, _ = parse("hermes", ['<tool_call>\n{"name": "get_time", "arguments": {"zo'])
+    assert content == "" and got[0][1:] == ["get_time", '{"zo']
+
+
+@pytest.mark.parametrize("variant", ["qwen2", "llama3", "mistral"])
+def test_call_grammars_accept_the_template_text_and_only_allowed_calls(tokenizers, variant):
+    tokenizer = tokenizers[variant]
+    syntax = detect_syntax(tokenizer.chat_template)
+    ll_tokenizer = llguidance.hf.from_tokenizer(tokenizer)
+    tools = [{"name": tool["function"]["name"], "parameters": tool["function"]["parameters"]}
+             for tool in TOOLS]
+    one = [("get_weather", {"city": "Lyon", "unit": "f"})]
+
+    def accepts(grammar: str, text: str) -> bool:
+        text = re.sub(r', "id": "call\d"', "", text)  # history ids: the grammar writes none
+        assert llguidance.LLMatcher.validate_grammar(
+            llguidance.grammar_from("lark", grammar), ll_tokenizer) == ""
+        matcher = llguidance.LLMatcher(ll_tokenizer, llguidance.grammar_from("lark", grammar))
+        ok = matcher.consume_tokens(tokenizer.encode(text, add_special_tokens=False))
+        return ok and matcher.is_accepting()
+
+    required = tool_call_grammar(syntax, tools)
+    named = tool_call_grammar(syntax, tools, function_name="get_weather")
+    single = tool_call_grammar(syntax, tools, parallel=False)
+    assert accepts(required, assistant_turn(tokenizer, one))
+    assert accepts(named, assistant_turn(tokenizer, one))
+    assert not accepts(named, assistant_turn(tokenizer, [("get_time", {"zone": "UTC"})]))
+    assert not accepts(required, assistant_turn(tokenizer, [("get_weather", {"city": "x"})]))
+    if variant != "llama3":  # the Llama 3.1 template writes one call per turn
+        two = [one[0], ("get_time", {"zone": "UTC"})]
+        assert accepts(required, assistant_turn(tokenizer, two))
+        assert not accepts(single, assistant_turn(tokenizer, two))
+
+
+@pytest.mark.parametrize("variant", ["qwen2", "llama3", "mistral"])
+def test_auto_with_strict_tools_leaves_text_free_and_constrains_opened_calls(tokenizers,
+                                                                             variant):
+    tokenizer = tokenizers[variant]
+    syntax = detect_syntax(tokenizer.chat_template)
+    ll_tokenizer = llguidance.hf.from_tokenizer(tokenizer)
+    tools = [{"name": "get_weather", "parameters": WEATHER, "strict": True},
+             {"name": "get_time", "parameters": TIME, "strict": False}]
+    grammar = llguidance.grammar_from("lark", auto_tool_grammar(syntax, tools))
+    assert llguidance.LLMatcher.validate_grammar(grammar, ll_tokenizer) == ""
+
+    def accepts(text: str) -> bool:
+        text = re.sub(r', "id": "call\d"', "", text)
+        matcher = llguidance.LLMatcher(ll_tokenizer, grammar)
+        ok = matcher.consume_tokens(tokenizer.encode(text, add_special_tokens=False))
+        return ok and matcher.is_accepting()
+
+    assert accepts("It is sunny in Paris, no tool needed.")
+    assert accepts(assistant_turn(tokenizer, [("get_weather", {"city": "Lyon", "unit": "c"})]))
+    assert accepts(assistant_turn(tokenizer, [("get_time", {"zone": "UTC", "extra": 1})]))
+    assert not accepts(assistant_turn(tokenizer, [("get_weather", {"city": "Lyon"})]))
+    assert not accepts(assistant_turn(tokenizer, [("no_such_tool", {})]))
