@@ -152,7 +152,7 @@ def run_core(args: argparse.Namespace) -> None:
         log.warning("no --model given: serving the built-in DEMO model '%s' from %s — RANDOM "
                     "weights made locally, its text is gibberish", name, model_dir)
     _enable_compilation_cache(args.compilation_cache_dir)
-    engine = _engine_config(args, Path(model_dir))
+    engine = engine_request(args)
     embedding_dir, embedding_name = _embedding_model(args)
     config = ServerConfig(model_dir=Path(model_dir), model_name=name or Path(model_dir).name,
                           embedding_model_dir=embedding_dir,
@@ -174,54 +174,20 @@ def quiet_backend_probing(log_level: str) -> None:
         logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
 
 
-def _engine_config(args: argparse.Namespace, model_dir: Path):
-    """Flags → EngineConfig: the dtype resolved ("auto"), and the running sequences and KV pages
-    sized from the memory budget where the flags leave them open."""
-    import jax
+def engine_request(args: argparse.Namespace):
+    """The engine flags as a requested EngineConfig: what they leave open (running sequences
+    and KV pages without --max-num-seqs / --kv-pages, the dtype "auto") is resolved once,
+    against the checkpoint and the machine, by `core.config.resolve_model` when the core loads."""
+    from core.config import EngineConfig
 
-    from core.config import EngineConfig, ModelConfig, resolve_dtype, size_from_memory
-    from core.cache.kv_pool import kv_bytes_per_token
-    from core.models.loader import checkpoint_files
-
-    model_config = ModelConfig.from_hf_dir(model_dir)
-    requested = None if args.dtype == "checkpoint" else args.dtype
-    dtype = resolve_dtype(requested, model_config.dtype, jax.default_backend())
-    max_num_seqs, num_pages = args.max_num_seqs, args.kv_pages
-    if max_num_seqs is None:
-        dtype_bytes = 2 if (dtype or model_config.dtype) == "bfloat16" else 4
-        checkpoint_bytes = 2 if model_config.dtype == "bfloat16" else 4
-        weights_bytes = sum(path.stat().st_size for path in checkpoint_files(model_dir))
-        available_bytes, max_num_seqs_cap = _memory_and_cap(jax)
-        sized = size_from_memory(
-            kv_bytes_per_token(model_config, dtype_bytes),
-            weights_bytes * dtype_bytes // checkpoint_bytes,
-            min(args.max_model_len, model_config.max_position_embeddings), args.page_size,
-            available_bytes, args.memory_fraction, max_num_seqs_cap)
-        max_num_seqs = sized.max_num_seqs
-        if num_pages is None and not args.kv_cache_mib:
-            num_pages = sized.num_pages
-        log.info("sized from %.0f%% of the available memory: %d running sequences, %d KV pages "
-                 "(%s)", 100 * args.memory_fraction, max_num_seqs, num_pages or 0,
-                 dtype or model_config.dtype)
     return EngineConfig(
-        max_model_len=args.max_model_len, max_num_seqs=max_num_seqs,
+        max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs,
         max_waiting=args.max_waiting, max_num_batched_tokens=args.max_num_batched_tokens,
-        page_size=args.page_size, num_pages=num_pages,
+        page_size=args.page_size, num_pages=args.kv_pages,
         kv_cache_bytes=args.kv_cache_mib * 2**20 if args.kv_cache_mib else None,
-        enable_prefix_cache=args.prefix_cache, dtype=dtype,
-        tensor_parallel=args.tensor_parallel)
-
-
-def _memory_and_cap(jax) -> tuple[int, int]:
-    """(bytes available to weights + KV pool, running-sequence cap) on this backend: host
-    memory on CPU, the first device's allocator limit on an accelerator."""
-    from core.config import AUTO_MAX_NUM_SEQS, AUTO_MAX_NUM_SEQS_ACCELERATOR, available_memory_bytes
-
-    if jax.default_backend() == "cpu":
-        return available_memory_bytes(), AUTO_MAX_NUM_SEQS
-    stats = jax.devices()[0].memory_stats() or {}
-    free = stats.get("bytes_limit", 16 * 2**30) - stats.get("bytes_in_use", 0)
-    return free, AUTO_MAX_NUM_SEQS_ACCELERATOR
+        enable_prefix_cache=args.prefix_cache,
+        dtype=None if args.dtype == "checkpoint" else args.dtype,
+        tensor_parallel=args.tensor_parallel, memory_fraction=args.memory_fraction)
 
 
 def _embedding_model(args: argparse.Namespace) -> tuple[Path | None, str]:

@@ -1,15 +1,23 @@
-"""Frozen configuration dataclasses of the core: the model's shape, the engine's limits, the server.
+"""Frozen configuration dataclasses of the core and their resolution, done once at start.
 
 Owns: `ModelConfig` (read from a Hugging Face `config.json`), `EngineConfig` (lengths, pages,
-budgets, buckets) and `ServerConfig` (addresses, paths). No JAX here, so the CLI parses flags
-cheaply.
+budgets, buckets) and `ServerConfig` (addresses, paths), and `resolve_model`: the one function
+that turns the operator's requested `EngineConfig` (flags, some left open) and the checkpoint's
+config into the final frozen pair — dtype chosen for the machine, max_model_len clamped to the
+model's, running sequences and KV pages sized from the memory budget — logged once and passed
+down; nothing below re-reads `config.json` or re-derives a size. No JAX at import, so the CLI
+parses flags cheaply (resolution asks JAX for the backend when it runs).
 """
 
 from __future__ import annotations
 
+import bisect
 import json
-from dataclasses import dataclass, field
+import logging
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
 SUPPORTED_DTYPES = ("float32", "bfloat16")
@@ -55,6 +63,10 @@ class ModelConfig:
     eos_token_ids: tuple[int, ...] = ()  # any of these ends generation
     dtype: str = "float32"  # checkpoint dtype ("float32" or "bfloat16")
     is_demo: bool = False  # the built-in random-weights demo model
+
+    def kv_bytes_per_token(self, dtype_bytes: int) -> int:
+        """Bytes of keys and values one token occupies across all layers."""
+        return 2 * self.num_layers * self.num_kv_heads * self.head_dim * dtype_bytes
 
     @classmethod
     def from_hf_dir(cls, model_dir: Path) -> ModelConfig:
@@ -206,6 +218,14 @@ def size_from_memory(kv_bytes_per_token: int, weights_bytes: int, max_model_len:
     return MemorySizing(max_num_seqs, max_num_seqs * pages_per_seq, budget)
 
 
+def bucket(buckets: tuple[int, ...], size: int) -> int:
+    """The smallest of the sorted `buckets` that holds `size` (ValueError past the largest)."""
+    index = bisect.bisect_left(buckets, size)
+    if index == len(buckets):
+        raise ValueError(f"{size} exceeds the largest bucket {buckets[-1]}")
+    return buckets[index]
+
+
 def default_buckets(max_value: int, smallest: int) -> tuple[int, ...]:
     """Powers of two from `smallest` up to and including `max_value`."""
     buckets, size = [], smallest
@@ -218,10 +238,13 @@ def default_buckets(max_value: int, smallest: int) -> tuple[int, ...]:
 
 @dataclass(frozen=True)
 class EngineConfig:
-    """Limits of the generation engine; every shape bucket compiles at warm-up."""
+    """Limits of the generation engine; every shape bucket compiles at warm-up. As requested
+    (flags, tests) some fields may be left open — `max_num_seqs` None, `num_pages` None, `dtype`
+    "auto" or None; `resolve_model` fills every one in, and engines take only resolved ones."""
 
     max_model_len: int = 2048  # prompt + completion tokens per sequence (≤ the model's)
-    max_num_seqs: int = 8  # sequences running together (rows of a decode batch)
+    # sequences running together (rows of a decode batch); None: sized from memory_fraction
+    max_num_seqs: int | None = 8
     max_waiting: int = 256  # queue room beyond a full batch (see max_unfinished)
     max_num_batched_tokens: int = 512  # tokens per engine step (decodes + prefill chunks)
     min_prefill_bucket: int = 16  # smallest padded prefill chunk
@@ -230,17 +253,29 @@ class EngineConfig:
     kv_cache_bytes: int | None = None  # KV pool memory budget (used when num_pages is None)
     min_decode_pages: int = 8  # smallest page-table width bucket of decode batches
     enable_prefix_cache: bool = True  # reuse KV pages of shared prompt prefixes
-    dtype: str | None = None  # compute dtype of weights and KV cache; None: the checkpoint's
+    # compute dtype of weights and KV cache: "float32" or "bfloat16"; requested also "auto"
+    # (the machine's best, `resolve_dtype`) or None (the checkpoint's)
+    dtype: str | None = None
     retry_after_s: int = 1  # RetryInfo sent with RESOURCE_EXHAUSTED
     tensor_parallel: int = 1  # devices the model and KV pages are split over (core/engine/sharding.py)
+    # fraction of the memory available at start that weights + KV pool may take, when
+    # max_num_seqs is None (vLLM's gpu_memory_utilization)
+    memory_fraction: float = DEFAULT_MEMORY_FRACTION
 
     def __post_init__(self):
         for name in ("tensor_parallel", "max_num_seqs", "max_num_batched_tokens",
                      "min_prefill_bucket", "min_decode_pages", "page_size", "max_model_len"):
-            if getattr(self, name) < 1:
+            value = getattr(self, name)
+            if value is not None and value < 1:
                 raise ConfigError(f"{name} must be at least 1")
-        if self.max_num_batched_tokens < self.max_num_seqs:
+        if self.max_num_seqs is not None and self.max_num_batched_tokens < self.max_num_seqs:
             raise ConfigError("max_num_batched_tokens must be at least max_num_seqs")
+
+    @property
+    def is_resolved(self) -> bool:
+        """Every open field filled in (`resolve_model`): what an engine requires."""
+        return (self.max_num_seqs is not None and self.num_pages is not None
+                and self.dtype in SUPPORTED_DTYPES)
 
     @property
     def max_unfinished(self) -> int:
@@ -312,6 +347,68 @@ class EngineConfig:
         return (quarter, self.max_pages_per_seq)
 
 
+def checkpoint_files(model_dir: Path) -> list[Path]:
+    """The safetensors files of a checkpoint (sharded with an index, or one file)."""
+    model_dir = Path(model_dir)
+    index = model_dir / "model.safetensors.index.json"
+    if index.exists():
+        weight_map = json.loads(index.read_text())["weight_map"]
+        return [model_dir / name for name in sorted(set(weight_map.values()))]
+    single = model_dir / "model.safetensors"
+    if single.exists():
+        return [single]
+    raise ConfigError(f"{model_dir}: no model.safetensors or model.safetensors.index.json")
+
+
+def resolve_model(model_dir: Path, requested: EngineConfig, *, backend: str | None = None,
+                  memory: tuple[int, int] | None = None) -> tuple[ModelConfig, EngineConfig]:
+    """The checkpoint's config (read here, once) and the engine configuration resolved against
+    it and this machine; logged once. `backend` (default: JAX's) and `memory` ((bytes
+    available, running-sequence cap), default: read off the backend) are for tests."""
+    model_config = ModelConfig.from_hf_dir(model_dir)
+    if backend is None:
+        import jax
+
+        backend = jax.default_backend()
+    dtype = resolve_dtype(requested.dtype, model_config.dtype, backend) or model_config.dtype
+    if dtype not in SUPPORTED_DTYPES:
+        raise ConfigError(f"dtype must be one of auto, {', '.join(SUPPORTED_DTYPES)}; got {dtype}")
+    max_model_len = min(requested.max_model_len, model_config.max_position_embeddings)
+    dtype_bytes = 2 if dtype == "bfloat16" else 4
+    kv_per_token = model_config.kv_bytes_per_token(dtype_bytes)
+    max_num_seqs, num_pages = requested.max_num_seqs, requested.num_pages
+    if max_num_seqs is None:
+        checkpoint_bytes = 2 if model_config.dtype == "bfloat16" else 4
+        weights_bytes = sum(path.stat().st_size for path in checkpoint_files(model_dir))
+        available_bytes, max_num_seqs_cap = memory or available_memory_and_cap(backend)
+        sized = size_from_memory(kv_per_token, weights_bytes * dtype_bytes // checkpoint_bytes,
+                                 max_model_len, requested.page_size, available_bytes,
+                                 requested.memory_fraction, max_num_seqs_cap)
+        max_num_seqs = sized.max_num_seqs
+        if num_pages is None and requested.kv_cache_bytes is None:
+            num_pages = sized.num_pages
+        log.info("sized from %.0f%% of the available memory: %d running sequences",
+                 100 * requested.memory_fraction, max_num_seqs)
+    engine_config = replace(requested, max_model_len=max_model_len, max_num_seqs=max_num_seqs,
+                            num_pages=num_pages, dtype=dtype)
+    engine_config = replace(engine_config,
+                            num_pages=engine_config.resolved_num_pages(kv_per_token))
+    log.info("engine for %s: %s", model_config.architecture, engine_config)
+    return model_config, engine_config
+
+
+def available_memory_and_cap(backend: str) -> tuple[int, int]:
+    """(bytes available to weights + KV pool, running-sequence cap) on this backend: host
+    memory on CPU, the first device's allocator limit on an accelerator."""
+    if backend == "cpu":
+        return available_memory_bytes(), AUTO_MAX_NUM_SEQS
+    import jax
+
+    stats = jax.devices()[0].memory_stats() or {}
+    free = stats.get("bytes_limit", 16 * 2**30) - stats.get("bytes_in_use", 0)
+    return free, AUTO_MAX_NUM_SEQS_ACCELERATOR
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     """Where the core listens and what it serves."""
@@ -320,7 +417,7 @@ class ServerConfig:
     model_name: str = ""  # served model id; empty: the directory's name
     host: str = "127.0.0.1"  # gRPC bind address (loopback unless told otherwise)
     grpc_port: int = 50051
-    engine: EngineConfig = field(default_factory=EngineConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)  # as requested (resolved at load)
     drain_timeout_s: float = 30.0  # graceful shutdown grace period
     metrics_port: int | None = None  # Prometheus endpoint of the core; None: off
     trust_request_chat_template: bool = False  # let requests bring their own Jinja template

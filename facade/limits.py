@@ -2,7 +2,8 @@
 checks that turn an over-cap request into a 400 `invalid_request_error` naming the parameter.
 
 Owns only caps on request *shape* (how many choices, stop strings, messages, prompts, inputs);
-value ranges live in the protocol models, and the context length is the core's to check.
+value ranges live in the protocol models, and the context length is the core's to check. The
+defaults are the contract's own limits (`tandem.limits`), which the core enforces too.
 Routes read the caps through the `Limits` dependency; tests override `get_limits`.
 """
 
@@ -17,6 +18,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from facade.errors import ApiError, invalid_request
 from facade.protocol import ChatCompletionRequest, CompletionRequest, SamplingFields
+from tandem.limits import MAX_CHOICES, MAX_INPUTS, MAX_LOGIT_BIAS_ENTRIES, MAX_STOP_STRINGS
 
 
 class LimitSettings(BaseSettings):
@@ -25,19 +27,19 @@ class LimitSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TANDEM_LIMIT_", extra="ignore", frozen=True)
 
     # Choices per prompt (`n`, and `best_of` of completions).
-    max_n: int = Field(default=16, ge=1)
+    max_n: int = Field(default=MAX_CHOICES, ge=1)
     # Largest `max_tokens` / `max_completion_tokens`; None: only the model's context length.
     max_output_tokens: int | None = Field(default=None, ge=1)
     # Stop strings per request.
-    max_stop_strings: int = Field(default=16, ge=0)
+    max_stop_strings: int = Field(default=MAX_STOP_STRINGS, ge=0)
     # Entries of `logit_bias`.
-    max_logit_bias_entries: int = Field(default=300, ge=0)
+    max_logit_bias_entries: int = Field(default=MAX_LOGIT_BIAS_ENTRIES, ge=0)
     # Messages of one chat request.
     max_messages: int = Field(default=2048, ge=1)
     # Prompts of one completions request (each one core call).
     max_prompts: int = Field(default=64, ge=1)
     # Inputs of one embeddings or score request (items of /v1/score).
-    max_inputs: int = Field(default=2048, ge=1)
+    max_inputs: int = Field(default=MAX_INPUTS, ge=1)
 
 
 @lru_cache(maxsize=1)

@@ -23,6 +23,8 @@ from pydantic import (
     model_validator,
 )
 
+from tandem.limits import MAX_TOP_LOGPROBS
+
 # Largest value of the proto's uint32 / int32 / uint64 fields.
 MAX_UINT32 = 2**32 - 1
 MAX_INT32 = 2**31 - 1
@@ -195,7 +197,7 @@ class SamplingFields(RequestModel):
     cache_salt: str | None = None  # namespaces the core's prefix cache
     bad_words: list[str] | None = None  # words never generated
     allowed_token_ids: list[TokenId] | None = None  # sample only these ids
-    prompt_logprobs: int | None = Field(default=None, ge=0, le=20)  # alternatives per position
+    prompt_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)  # alternatives per position
     structured_outputs: StructuredOutputs | None = None  # constrains the output (one way)
     # vLLM's older spelling of structured_outputs (at most one of all these is set)
     guided_json: str | dict[str, Any] | None = None
@@ -253,7 +255,7 @@ class ChatCompletionRequest(SamplingFields):
     max_tokens: int | None = Field(default=None, ge=1, le=MAX_UINT32)  # deprecated by OpenAI
     max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_UINT32)
     logprobs: bool | None = None
-    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
     tools: list[ChatTool] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
@@ -326,7 +328,7 @@ class CompletionRequest(SamplingFields):
     echo: bool = False
     suffix: str | None = None
     best_of: int | None = Field(default=None, ge=1, le=MAX_UINT32)  # cap: LimitSettings.max_n
-    logprobs: int | None = Field(default=None, ge=0, le=20)  # top alternatives per token
+    logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)  # top alternatives per token
     add_special_tokens: bool | None = None  # vLLM: prepend BOS etc. (core default: true)
 
     @field_validator("best_of")

@@ -27,10 +27,10 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from core.config import EngineConfig  # noqa: E402
-from core.models.loader import load_model  # noqa: E402
 from core.engine.request import SamplingParams, SchedulerOutput, SequenceChunk  # noqa: E402
 from core.engine.runner import ModelRunner  # noqa: E402
 from core.engine.sampling import SamplingArrays  # noqa: E402
+from core.models.loader import load_model  # noqa: E402
 
 
 def main() -> int:

@@ -66,8 +66,8 @@ def run_batch(engine, num_streams: int, prompt_len: int, max_tokens: int, constr
             StoppingParams(max_tokens=max_tokens, ignore_eos=True),
             grammar=SPEC if constrained else None))
     engine.grammars.fill_times_s.clear()
-    hidden_before = engine.runner.num_fills_hidden
-    total_before = engine.runner.num_bitmask_fills
+    hidden_before = engine.num_fills_hidden
+    total_before = engine.num_bitmask_fills
     for request in requests:
         engine.add_request(request, outputs.put)
     first_token_s: dict[str, float] = {}
@@ -86,8 +86,8 @@ def run_batch(engine, num_streams: int, prompt_len: int, max_tokens: int, constr
     return {
         "decode_tok_s": (num_tokens - num_streams) / (last_s - decode_start_s),
         "fill_ms": [t * 1e3 for t in engine.grammars.fill_times_s],
-        "fills": engine.runner.num_bitmask_fills - total_before,
-        "fills_hidden": engine.runner.num_fills_hidden - hidden_before,
+        "fills": engine.num_bitmask_fills - total_before,
+        "fills_hidden": engine.num_fills_hidden - hidden_before,
     }
 
 

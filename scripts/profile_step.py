@@ -48,13 +48,13 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from core.engine import logits_processors as processors  # noqa: E402
 from core.config import EngineConfig  # noqa: E402
-from core.models.llama import dense  # noqa: E402
-from core.models.loader import load_model  # noqa: E402
+from core.engine import logits_processors as processors  # noqa: E402
 from core.engine.request import SamplingParams, SchedulerOutput, SequenceChunk  # noqa: E402
 from core.engine.runner import ModelRunner  # noqa: E402
 from core.engine.sampling import SamplingArrays, sample  # noqa: E402
+from core.models.llama import dense  # noqa: E402
+from core.models.loader import load_model  # noqa: E402
 
 
 class Timer:

@@ -58,17 +58,17 @@ class StepsHeldUntilAbort:
 
         self.aborted = threading.Event()
         self.num_steps = 0
-        execute, abort = engine.runner.execute, engine.abort
+        dispatch, abort = engine.runner.dispatch, engine.abort
 
-        def held_execute(batch, *args, **kwargs):
+        def held_dispatch(batch):
             self.num_steps += 1
             if self.num_steps > free_steps:
                 self.aborted.wait(timeout=hold_s)
-            return execute(batch, *args, **kwargs)
+            return dispatch(batch)
 
         def recorded_abort(request_id: str) -> None:
             abort(request_id)
             self.aborted.set()
 
-        monkeypatch.setattr(engine.runner, "execute", held_execute)
+        monkeypatch.setattr(engine.runner, "dispatch", held_dispatch)
         monkeypatch.setattr(engine, "abort", recorded_abort)

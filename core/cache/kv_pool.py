@@ -82,8 +82,3 @@ def to_float32(stored: jax.Array) -> jax.Array:
     return stored.astype(jnp.float32)
 
 
-def kv_bytes_per_token(config: ModelConfig, dtype_bytes: int) -> int:
-    """Bytes of keys and values one token occupies across all layers."""
-    return 2 * config.num_layers * config.num_kv_heads * config.head_dim * dtype_bytes
-
-

@@ -1,10 +1,10 @@
-"""Embed: pooled sentence embeddings, batched across requests in bucketed shapes.
+"""The embedding engine: pooled sentence embeddings, batched across requests in bucketed shapes.
 
-Owns: validating an `EmbedRequest`'s inputs into token ids, `EmbeddingEngine` (its own thread
-that gathers the inputs of every waiting RPC and runs them as [batch bucket, length bucket]
-calls of one jitted forward, compiled at warm-up; inputs of different RPCs share calls, the
-oldest first; too many queued inputs → OVERLOADED), and `dimensions`
-(truncate, then re-normalize to unit length, as OpenAI's text-embedding-3 models do).
+Owns: `EmbeddingEngine` (an `EngineThread` that gathers the token ids of every waiting
+submission and runs them as [batch bucket, length bucket] calls of one jitted forward, compiled
+at warm-up; inputs of different submissions share calls, the oldest first; too many queued
+inputs → OVERLOADED) and its `EmbeddingBuckets`. Validating an Embed request and shaping its
+reply (`dimensions`) is the service's (`core/service/embed.py`).
 
 The forward is model-agnostic: `forward(params, token_ids [b, t], attention_mask [b, t]
 [, num_packed_tokens]) → [b, d]` pooled (and, if the model says so, normalized) vectors — a
@@ -18,25 +18,21 @@ import bisect
 import concurrent.futures
 import functools
 import logging
-import queue
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import jax
 import numpy as np
 
+from core.config import bucket
 from core.engine import executables
-from core.service.convert import PromptPolicy, check_token_ids
-from core.errors import ContextLengthExceeded, InvalidParameter, Overloaded, Unavailable
-from core.tokenizer import Tokenizer
-from tandem.v1 import inference_pb2 as pb
+from core.engine.base import EngineThread
+from core.engine.metrics import EngineStats
+from core.errors import Overloaded
+from tandem.limits import MAX_INPUTS
 
 log = logging.getLogger(__name__)
-
-MAX_INPUTS = 2048  # inputs per request, as OpenAI
-IDLE_WAIT_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -86,58 +82,6 @@ class EmbeddingBuckets:
         return fitting[-1] if fitting else self.batch_sizes[0]
 
 
-def embed_inputs(tokenizer: Tokenizer, policy: PromptPolicy,
-                 request: pb.EmbedRequest) -> list[list[int]]:
-    """Each input's token ids, validated (CPU-bound: call it off the event loop). Text gets the
-    tokenizer's special tokens (BERT's [CLS] … [SEP]); token ids are used as given."""
-    if not request.inputs:
-        raise InvalidParameter("input must not be empty", param="input")
-    if len(request.inputs) > MAX_INPUTS:
-        raise InvalidParameter(f"at most {MAX_INPUTS} inputs per request", param="input")
-    result = []
-    for index, item in enumerate(request.inputs):
-        kind = item.WhichOneof("input")
-        if kind == "text":
-            if not item.text:
-                raise InvalidParameter(f"input[{index}] is an empty string", param="input")
-            if len(item.text) > policy.max_prompt_chars:
-                _too_long(index, None, policy)
-            ids = tokenizer.encode(item.text)
-        elif kind == "tokens":
-            ids = list(item.tokens.ids)
-            check_token_ids(ids, policy.vocab_size, "input")
-        else:
-            raise InvalidParameter(f"input[{index}] must be text or token ids", param="input")
-        if not ids:
-            raise InvalidParameter(f"input[{index}] has no tokens", param="input")
-        if len(ids) > policy.max_model_len:
-            _too_long(index, len(ids), policy)
-        result.append(ids)
-    return result
-
-
-def _too_long(index: int, num_tokens: int | None, policy: PromptPolicy) -> None:
-    size = f"{num_tokens} tokens" if num_tokens is not None else "more text than fits"
-    raise ContextLengthExceeded(
-        f"input[{index}] has {size}; this model embeds at most {policy.max_model_len} tokens "
-        "per input. Please shorten it.", param="input",
-        metadata={"max_model_len": str(policy.max_model_len)})
-
-
-def check_dimensions(dimensions: int | None, size: int) -> None:
-    if dimensions is not None and not 1 <= dimensions <= size:
-        raise InvalidParameter(f"dimensions must be between 1 and {size}, the model's size; "
-                               f"got {dimensions}", param="dimensions")
-
-
-def truncate_dimensions(vectors: np.ndarray, dimensions: int | None) -> np.ndarray:
-    """Keep the first `dimensions` values and re-normalize to unit length."""
-    if dimensions is None or dimensions == vectors.shape[1]:
-        return vectors
-    kept = vectors[:, :dimensions]
-    return kept / np.maximum(np.linalg.norm(kept, axis=1, keepdims=True), 1e-12)
-
-
 @dataclass
 class _Job:
     """One RPC's inputs and where their vectors go."""
@@ -148,13 +92,14 @@ class _Job:
     num_done: int = 0
 
 
-class EmbeddingEngine:
-    """Embeds token-id lists for every RPC on one thread, in bucketed batched calls."""
+class EmbeddingEngine(EngineThread):
+    """Embeds token-id lists for every submission on one thread, in bucketed batched calls."""
 
     def __init__(self, forward: Callable, params, dimensions: int, buckets: EmbeddingBuckets,
                  static: str, pad_token_id: int = 0, max_pending_inputs: int = 4 * MAX_INPUTS):
         """`static` names everything `forward` depends on besides its arguments (the model's
         config and pooling): it keys the stored executables (core/engine/executables.py)."""
+        super().__init__("tandem-embed")
         self.dimensions = dimensions  # the model's embedding size
         self._static = static
         self.buckets = buckets
@@ -173,17 +118,21 @@ class EmbeddingEngine:
         self._forward = jax.jit(traced, static_argnames=("num_packed_tokens",))
         # the warm-up's executables: (rows, length, packed tokens or None) → forward
         self._executables: dict[tuple[int, int, int | None], Callable] = {}
-        self._inbox: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self.max_pending_inputs = max_pending_inputs  # queued inputs before OVERLOADED
         self._num_pending_inputs = 0  # submitted, not yet embedded nor dropped (under _lock)
         self._lock = threading.Lock()
-        self._accepting = True
-        self._stopped = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="tandem-embed", daemon=True)
+        self._pending: list[tuple[_Job, int]] = []  # (job, input index) to embed, in order
 
     @property
     def compilations_after_warmup(self) -> int:
         return self.num_compilations - self.compilations_at_warmup
+
+    def stats(self) -> EngineStats:
+        with self._lock:
+            num_waiting = self._num_pending_inputs
+        return EngineStats(num_waiting=num_waiting, num_running=0, kv_cache_usage=0.0,
+                           num_kv_pages=0,
+                           compilations_after_warmup=self.compilations_after_warmup)
 
     def warmup(self) -> None:
         """Compile every call shape (in parallel; loaded from the executable store when it has
@@ -205,71 +154,47 @@ class EmbeddingEngine:
         self._run(np.zeros((rows, length), np.int32), np.zeros((rows, length), np.int32), packed)
         self.compilations_at_warmup = self.num_compilations
 
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._accepting = False
-        self._stopped.set()
-        self._inbox.put(None)
-        self._thread.join(timeout=10)
-
-    def stop_admitting(self) -> None:
-        self._accepting = False
-
     def submit(self, token_ids: list[list[int]]) -> concurrent.futures.Future:
         """A future of float32 [inputs, dimensions]; cancel it to drop the unstarted work.
         Raises Unavailable when shutting down, Overloaded when too many inputs wait."""
-        if not self._accepting:
-            raise Unavailable("the core is shutting down")
+        self._check_admitting()
         with self._lock:
             if self._num_pending_inputs + len(token_ids) > self.max_pending_inputs:
                 raise Overloaded("too many embedding inputs queued; retry later",
                                  retry_after_s=1)
             self._num_pending_inputs += len(token_ids)
         job = _Job(token_ids, concurrent.futures.Future(), [None] * len(token_ids))
-        self._inbox.put(job)
+        self._post(job)
         return job.future
 
-    def _loop(self) -> None:
-        pending: list[tuple[_Job, int]] = []  # (job, input index) not embedded yet, in order
-        while not self._stopped.is_set():
-            pending += self._new_work(block=not pending)
-            kept = [(job, index) for job, index in pending if not job.future.done()]
-            self._forget(len(pending) - len(kept))  # inputs of cancelled (or failed) RPCs
-            if not kept:
-                pending = []
-                continue
-            batch, pending = self._next_call(kept)
-            try:
-                self._embed(batch)
-            except Exception as exc:  # a bug: fail these RPCs, keep serving
-                log.exception("embedding step failed")
-                for job in {id(job): job for job, _ in batch}.values():
-                    _resolve(job.future, exc)
-            finally:
-                self._forget(len(batch))
+    def _is_idle(self) -> bool:
+        return not self._pending
 
-    def _new_work(self, block: bool) -> list[tuple[_Job, int]]:
-        """Every job waiting in the inbox, as (job, index) entries, longest input first."""
+    def _turn(self, items: list) -> None:
+        """New jobs join the pending inputs (each job's longest first); one call runs."""
+        self._pending += [(job, index) for job in items
+                          for index in sorted(range(len(job.token_ids)),
+                                              key=lambda i, job=job: -len(job.token_ids[i]))]
+        kept = [(job, index) for job, index in self._pending if not job.future.done()]
+        self._forget(len(self._pending) - len(kept))  # inputs of cancelled (or failed) RPCs
+        if not kept:
+            self._pending = []
+            return
+        batch, self._pending = self._next_call(kept)
         try:
-            jobs = [self._inbox.get(timeout=IDLE_WAIT_S) if block else self._inbox.get_nowait()]
-        except queue.Empty:
-            return []
-        while True:
-            try:
-                jobs.append(self._inbox.get_nowait())
-            except queue.Empty:
-                break
-        return [(job, index) for job in jobs if job is not None
-                for index in sorted(range(len(job.token_ids)),
-                                    key=lambda i, job=job: -len(job.token_ids[i]))]
+            self._embed(batch)
+        except Exception as exc:  # a bug: fail these RPCs, keep serving
+            log.exception("embedding step failed")
+            for job in {id(job): job for job, _ in batch}.values():
+                _resolve(job.future, exc)
+        finally:
+            self._forget(len(batch))
 
     def _next_call(self, pending: list[tuple[_Job, int]]):
         """The next call's inputs and what stays pending: the oldest input sets the length
         bucket, then inputs that fit it fill the call's rows, earlier RPCs first (so RPCs share
         calls, and a small RPC behind a huge one waits for one call, not for all of it)."""
-        length = _bucket(self.buckets.lengths, len(pending[0][0].token_ids[pending[0][1]]))
+        length = bucket(self.buckets.lengths, len(pending[0][0].token_ids[pending[0][1]]))
         max_rows = self.buckets.max_rows(length)
         batch, rest = [], []
         for job, index in pending:
@@ -278,8 +203,8 @@ class EmbeddingEngine:
         return batch, rest
 
     def _embed(self, batch: list[tuple[_Job, int]]) -> None:
-        length = _bucket(self.buckets.lengths, max(len(job.token_ids[i]) for job, i in batch))
-        rows = _bucket(self.buckets.batch_sizes, len(batch))
+        length = bucket(self.buckets.lengths, max(len(job.token_ids[i]) for job, i in batch))
+        rows = bucket(self.buckets.batch_sizes, len(batch))
         token_ids = np.full((rows, length), self._pad_token_id, np.int32)
         mask = np.zeros((rows, length), np.int32)
         for row, (job, index) in enumerate(batch):
@@ -317,9 +242,3 @@ def _resolve(future: concurrent.futures.Future, outcome) -> None:
     except concurrent.futures.InvalidStateError:
         pass  # cancelled: nobody is waiting
 
-
-def _bucket(buckets: tuple[int, ...], size: int) -> int:
-    index = bisect.bisect_left(buckets, size)
-    if index == len(buckets):
-        raise ValueError(f"{size} exceeds the largest bucket {buckets[-1]}")
-    return buckets[index]

@@ -144,11 +144,19 @@ def _versions() -> tuple[str, ...]:
     return jaxlib.__version__, flax.__version__
 
 
+def core_package_dir() -> Path:
+    """The `core` package's folder: the whole package is hashed, wherever this module sits in it
+    (the traced code lives in core/models, core/cache, core/engine, core/structured …)."""
+    import core
+
+    return Path(core.__file__).resolve().parent
+
+
 def _core_source_digest() -> str:
     """A hash of every Python file of the `core` package (the traced code lives there)."""
     global _source_digest
     if _source_digest is None:
-        root = Path(__file__).resolve().parent
+        root = core_package_dir()
         digest = hashlib.sha256()
         for path in sorted(root.rglob("*.py")):
             digest.update(str(path.relative_to(root)).encode())

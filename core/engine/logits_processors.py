@@ -28,7 +28,6 @@ import numpy as np
 from core.engine.request import MAX_BANNED_IDS, MAX_MIN_TOKENS_IDS, SamplingParams, SequenceChunk
 
 
-
 @jax.tree_util.register_dataclass
 @dataclass
 class RowState:

@@ -1,18 +1,20 @@
-"""The engine interface and the step-loop thread that runs generation.
+"""The generation engine: its interface and the step loop that runs on its thread.
 
-Owns: the `Engine` interface the servicer talks to (add a request with an output sink, abort
-it), and `LlmEngine`, whose thread repeats three beats — `schedule()` → `runner.execute()` →
-`update_from_output()` — turning sampled tokens into `RequestOutput`s (detokenized, stop
-conditions applied). Requests and aborts arrive through a thread-safe inbox and are applied
-before the next step, so an abort frees its pages within one step; outputs leave through each
-request's sink, which must not block. Latency histograms are observed here.
+Owns: `Engine`, what the servicer needs from a generation engine (add a request with an output
+sink, abort it, check a grammar), and `LlmEngine`, whose thread (an `EngineThread`) repeats one
+step: `schedule()` → `runner.dispatch()` (the forward passes start on the device) → the grammar
+bitmask filled on the host meanwhile → `runner.sample()` → `update_from_output()`, turning
+sampled tokens into `RequestOutput`s (detokenized, stop conditions applied). The engine stays in
+charge of its step: the runner never calls back into it. Requests and aborts arrive through the
+thread's inbox and are applied before the next step, so an abort frees its pages within one
+step; outputs leave through each request's sink, which must not block. Latency histograms are
+observed here.
 """
 
 from __future__ import annotations
 
 import abc
 import logging
-import queue
 import secrets
 import threading
 import time
@@ -22,12 +24,13 @@ from pathlib import Path
 
 import numpy as np
 
-from core.config import EngineConfig, ModelConfig
+from core.config import EngineConfig, ModelConfig, resolve_model
+from core.engine.base import EngineThread
 from core.engine.detokenizer import IncrementalDetokenizer
-from core.errors import Overloaded, Unavailable, Unsupported
-from core.engine.metrics import EngineMetrics
+from core.engine.metrics import EngineStats
 from core.engine.request import FinishReason, Request, RequestOutput, SchedulerOutput, TokenLogprob
 from core.engine.scheduler import Scheduler
+from core.errors import Overloaded, Unsupported
 from core.structured import GrammarSpec
 from core.structured.compiler import GrammarCompiler
 from core.structured.matchers import Accepted, GrammarMatchers, clear_unless_empty
@@ -36,15 +39,13 @@ from core.tokenizer import Tokenizer
 log = logging.getLogger(__name__)
 
 OutputSink = Callable[[RequestOutput], None]
-IDLE_WAIT_S = 0.5  # how long the idle loop blocks on its inbox before re-checking for stop
 
 
-class Engine(abc.ABC):
-    """What the servicer needs from an engine."""
+class Engine(EngineThread):
+    """What the servicer needs from a generation engine (besides the thread's lifecycle)."""
 
     model_config: ModelConfig
-    engine_config: EngineConfig
-    tokenizer: Tokenizer
+    engine_config: EngineConfig  # resolved
 
     @abc.abstractmethod
     def add_request(self, request: Request, sink: OutputSink) -> None:
@@ -56,7 +57,8 @@ class Engine(abc.ABC):
 
     @property
     @abc.abstractmethod
-    def compilations_after_warmup(self) -> int: ...
+    def num_unfinished(self) -> int:
+        """Requests added and not yet finished."""
 
     def check_grammar(self, spec: GrammarSpec) -> None:
         """Compile a request's grammar, bounded in time (blocking: call it off the event loop);
@@ -81,36 +83,23 @@ class LlmEngine(Engine):
         self.runner = runner
         self.model_config = model_config
         self.engine_config = engine_config
-        self.tokenizer = tokenizer
+        self.tokenizer = tokenizer  # the detokenizer's and the grammars' (the service's too)
         self.scheduler = Scheduler(engine_config, runner.num_pages, model_config.eos_token_ids)
-        self.metrics = EngineMetrics()
-        self.metrics.watch(self)
         self.num_prompt_tokens = 0  # counters for metrics (engine thread writes)
         self.num_generated_tokens = 0
-        self._inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self.num_bitmask_fills = 0  # steps that filled a grammar bitmask
+        self.num_fills_hidden = 0  # ...of which the device was still computing when it ended
         self._tracked: dict[str, _Tracked] = {}
         self._num_pending = 0  # added but not yet finished (guarded by _lock)
         self._lock = threading.Lock()
-        self._accepting = True
-        self._stopped = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="tandem-engine", daemon=True)
         self.grammars = _grammar_matchers(tokenizer, model_config)  # None: cannot constrain
+        super().__init__("tandem-engine")
 
     # -- interface -------------------------------------------------------------------------
 
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._accepting = False
-        self._stopped.set()
-        self._inbox.put(("wake", None, None))
-        self._thread.join(timeout=10)
+    def _on_stopped(self) -> None:
         if self.grammars is not None:
             self.grammars.compiler.close()
-
-    def stop_admitting(self) -> None:
-        self._accepting = False
 
     @property
     def num_unfinished(self) -> int:
@@ -121,6 +110,18 @@ class LlmEngine(Engine):
     def compilations_after_warmup(self) -> int:
         return self.runner.compilations_after_warmup
 
+    def stats(self) -> EngineStats:
+        scheduler = self.scheduler
+        cache = scheduler.prefix_cache.stats
+        return EngineStats(
+            num_waiting=len(scheduler.waiting), num_running=len(scheduler.running),
+            kv_cache_usage=scheduler.kv_cache_usage, num_kv_pages=scheduler.allocator.num_pages,
+            compilations_after_warmup=self.compilations_after_warmup,
+            prefix_cache_queried_tokens=cache.queried_tokens,
+            prefix_cache_hit_tokens=cache.hit_tokens, num_preemptions=scheduler.num_preemptions,
+            num_prompt_tokens=self.num_prompt_tokens,
+            num_generation_tokens=self.num_generated_tokens)
+
     def check_grammar(self, spec: GrammarSpec) -> None:
         if self.grammars is None:
             super().check_grammar(spec)
@@ -129,8 +130,7 @@ class LlmEngine(Engine):
     def add_request(self, request: Request, sink: OutputSink) -> None:
         """Raises Overloaded or Unavailable; for a grammar not checked first (`check_grammar`),
         it is compiled here, which may raise InvalidParameter."""
-        if not self._accepting:
-            raise Unavailable("the core is shutting down")
+        self._check_admitting()
         matcher = None
         if request.grammar is not None:
             if self.grammars is None:
@@ -143,54 +143,58 @@ class LlmEngine(Engine):
             self._num_pending += 1
         if request.sampling.seed is None:
             request.sampling = replace(request.sampling, seed=secrets.randbits(63))
-        self._inbox.put(("add", (request, matcher), sink))
+        self._post(("add", (request, matcher), sink))
 
     def abort(self, request_id: str) -> None:
-        self._inbox.put(("abort", request_id, None))
+        self._post(("abort", request_id, None))
 
     # -- the loop --------------------------------------------------------------------------
 
-    def _loop(self) -> None:
-        while not self._stopped.is_set():
-            batch = None
-            try:
-                self._drain_inbox(block=self.scheduler.num_unfinished == 0)
-                batch = self.scheduler.schedule()
-                if batch is None:
-                    continue
-                step = self.runner.execute(batch, *self._grammar_rows(batch))
-                self.update_from_output(batch, step)
-            except Exception as exc:  # a bug: fail the requests involved, keep serving others
-                log.exception("engine step failed")
-                try:
-                    self._fail_requests(batch, f"engine step failed: {exc}")
-                except Exception:  # the engine's own state is broken: refuse new work
-                    log.critical("engine state is inconsistent: no longer admitting requests",
-                                 exc_info=True)
-                    self._accepting = False
-                    for tracked in list(self._tracked.values()):
-                        self._send(tracked.sink, RequestOutput(
-                            tracked.request.request_id, (), "", error="the engine failed",
-                            finish_reason=FinishReason.ABORT))
-                    self._tracked.clear()
-                    with self._lock:
-                        self._num_pending = 0
+    def _is_idle(self) -> bool:
+        return self.scheduler.num_unfinished == 0
 
-    def _drain_inbox(self, block: bool) -> None:
+    def _turn(self, items: list) -> None:
+        batch = None
         try:
-            item = self._inbox.get(timeout=IDLE_WAIT_S) if block else self._inbox.get_nowait()
-        except queue.Empty:
-            return
-        while True:
-            kind, payload, sink = item
+            self._apply(items)
+            batch = self.scheduler.schedule()
+            if batch is not None:
+                self.update_from_output(batch, self._step(batch))
+        except Exception as exc:  # a bug: fail the requests involved, keep serving others
+            log.exception("engine step failed")
+            try:
+                self._fail_requests(batch, f"engine step failed: {exc}")
+            except Exception:  # the engine's own state is broken: refuse new work
+                log.critical("engine state is inconsistent: no longer admitting requests",
+                             exc_info=True)
+                self._accepting = False
+                for tracked in list(self._tracked.values()):
+                    self._send(tracked.sink, RequestOutput(
+                        tracked.request.request_id, (), "", error="the engine failed",
+                        finish_reason=FinishReason.ABORT))
+                self._tracked.clear()
+                with self._lock:
+                    self._num_pending = 0
+
+    def _step(self, batch: SchedulerOutput):
+        """Dispatch the forward passes, fill the grammar bitmask on the host while the device
+        computes them (counting whether the fill ended first: it was hidden), then sample."""
+        dispatched = self.runner.dispatch(batch)
+        rows = self._grammar_rows(batch)
+        if not rows:
+            return self.runner.sample(dispatched)
+        bitmask = self._fill_bitmask(rows, len(batch.chunks))
+        self.num_bitmask_fills += 1
+        self.num_fills_hidden += not dispatched.is_ready()
+        return self.runner.sample(dispatched, bitmask, frozenset(index for _, index in rows))
+
+    def _apply(self, items: list) -> None:
+        """Requests added and aborted since the last step, in order."""
+        for kind, payload, sink in items:
             if kind == "add":
                 self._take(*payload, sink)
             elif kind == "abort" and payload in self._tracked:
                 self._release(self._tracked[payload].request)
-            try:
-                item = self._inbox.get_nowait()
-            except queue.Empty:
-                return
 
     def _take(self, request: Request, matcher, sink: OutputSink) -> None:
         """Start tracking a new request (engine thread)."""
@@ -213,16 +217,12 @@ class LlmEngine(Engine):
         self.num_prompt_tokens += len(request.prompt_token_ids)
         self.scheduler.add(request)
 
-    def _grammar_rows(self, batch: SchedulerOutput):
-        """The step's constrained chunk indices and the function filling their bitmask."""
+    def _grammar_rows(self, batch: SchedulerOutput) -> list[tuple[str, int]]:
+        """(request id, chunk index) of the step's chunks whose next token a grammar restricts."""
         if not self.grammars:  # None, or no constrained request running
-            return frozenset(), None
-        rows = [(chunk.request_id, index) for index, chunk in enumerate(batch.chunks)
+            return []
+        return [(chunk.request_id, index) for index, chunk in enumerate(batch.chunks)
                 if chunk.wants_sample and chunk.request_id in self.grammars]
-        if not rows:
-            return frozenset(), None
-        return (frozenset(index for _, index in rows),
-                lambda: self._fill_bitmask(rows, len(batch.chunks)))
 
     def _fill_bitmask(self, rows: list[tuple[str, int]], num_rows: int) -> np.ndarray:
         """The grammar rows' bitmask. min_tokens of a constrained request is applied here, not
@@ -395,18 +395,23 @@ def _grammar_matchers(tokenizer: Tokenizer, model_config: ModelConfig) -> Gramma
     return GrammarMatchers(compiler)
 
 
-def create_engine(model_dir: Path, engine_config: EngineConfig, warmup: bool = True) -> LlmEngine:
-    """Load weights and tokenizer, compile every bucket, start the step loop."""
-    from core.models.loader import load_model  # JAX is imported here, not at module import
-    from core.engine.runner import ModelRunner
+def create_engine(model_dir: Path, requested: EngineConfig, warmup: bool = True) -> LlmEngine:
+    """Resolve the configuration (`resolve_model`), then `start_engine` (tests and tools; the
+    servicer resolves once itself and keeps the tokenizer it makes)."""
+    model_config, engine_config = resolve_model(model_dir, requested)
+    return start_engine(model_dir, model_config, engine_config, Tokenizer(model_dir), warmup)
 
-    model, model_config = load_model(model_dir, engine_config.dtype)
-    max_model_len = min(engine_config.max_model_len, model_config.max_position_embeddings)
-    engine_config = replace(engine_config, max_model_len=max_model_len,
-                            dtype=engine_config.dtype or model_config.dtype)
+
+def start_engine(model_dir: Path, model_config: ModelConfig, engine_config: EngineConfig,
+                 tokenizer: Tokenizer, warmup: bool = True) -> LlmEngine:
+    """Load the weights, compile every bucket, start the step loop (configs resolved)."""
+    from core.engine.runner import ModelRunner  # JAX is imported here, not at module import
+    from core.models.loader import load_model
+
+    model, _ = load_model(model_dir, engine_config.dtype, model_config)
     runner = ModelRunner(model, model_config, engine_config)
     if warmup:
         runner.warmup()
-    engine = LlmEngine(runner, model_config, engine_config, Tokenizer(model_dir))
+    engine = LlmEngine(runner, model_config, engine_config, tokenizer)
     engine.start()
     return engine

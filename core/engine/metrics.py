@@ -6,26 +6,34 @@ histograms are observed by the engine thread as tokens are emitted. Names follow
 the `tandem:` prefix (`tandem:num_requests_waiting` ↔ `vllm:num_requests_waiting`, …), so a
 KEDA trigger or the Gateway API Inference Extension can point at them by name.
 
-The engine imports this module, never the other way round: what the collector reads is the
-`WatchedEngine` protocol below.
+The engines import this module, never the other way round: what the collector reads is an
+`EngineStats` snapshot, taken by a function the engine hands over (`EngineThread.stats`).
 """
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 
-class WatchedEngine(Protocol):
-    """What the collector reads off an engine at scrape time."""
+@dataclass(frozen=True)
+class EngineStats:
+    """An engine's load and counters at one moment (what gauges and counters report)."""
 
-    scheduler: Any  # waiting, running, kv_cache_usage, allocator, prefix_cache, num_preemptions
-    compilations_after_warmup: int
-    num_prompt_tokens: int
-    num_generated_tokens: int
+    num_waiting: int  # requests queued, not yet running (incl. preempted); inputs, for Embed
+    num_running: int  # requests with KV pages, prefilling or decoding
+    kv_cache_usage: float  # fraction of KV pages held by requests (0-1)
+    num_kv_pages: int  # pages in the KV pool
+    compilations_after_warmup: int  # traces since warm-up ended (stays 0)
+    prefix_cache_queried_tokens: int = 0  # prompt tokens looked up in the prefix cache
+    prefix_cache_hit_tokens: int = 0  # ... of which served from it
+    num_preemptions: int = 0  # requests whose pages were taken back (recomputed later)
+    num_prompt_tokens: int = 0  # prompt tokens of requests taken in
+    num_generation_tokens: int = 0  # tokens generated
 
 PREFIX = "tandem:"
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3,
@@ -35,45 +43,46 @@ LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.
 class _EngineCollector(Collector):
     """Reads gauges and counters off the engine at scrape time."""
 
-    def __init__(self, engine: WatchedEngine):
-        self._engine = engine
+    def __init__(self, stats: Callable[[], EngineStats]):
+        self._stats = stats
 
     def collect(self):
-        engine, scheduler = self._engine, self._engine.scheduler
-        stats = scheduler.prefix_cache.stats
+        stats = self._stats()
         gauges = (
             ("num_requests_waiting", "Requests queued, not yet running (incl. preempted).",
-             len(scheduler.waiting)),
+             stats.num_waiting),
             ("num_requests_running", "Requests with KV pages, prefilling or decoding.",
-             len(scheduler.running)),
+             stats.num_running),
             ("kv_cache_usage_perc", "Fraction of KV pages held by requests (0-1); idle "
-             "prefix-cache pages count as free.", scheduler.kv_cache_usage),
-            ("kv_cache_pages", "Pages in the KV pool.", scheduler.allocator.num_pages),
+             "prefix-cache pages count as free.", stats.kv_cache_usage),
+            ("kv_cache_pages", "Pages in the KV pool.", stats.num_kv_pages),
             ("compilations_after_warmup", "Step compilations since warm-up ended (stays 0).",
-             engine.compilations_after_warmup),
+             stats.compilations_after_warmup),
         )
         for name, documentation, value in gauges:
             yield GaugeMetricFamily(PREFIX + name, documentation, value=value)
         counters = (
             ("prefix_cache_queries", "Prompt tokens looked up in the prefix cache.",
-             stats.queried_tokens),
+             stats.prefix_cache_queried_tokens),
             ("prefix_cache_hits", "Prompt tokens served from the prefix cache.",
-             stats.hit_tokens),
+             stats.prefix_cache_hit_tokens),
             ("num_preemptions", "Requests preempted (pages taken back, recomputed later).",
-             scheduler.num_preemptions),
+             stats.num_preemptions),
             ("prompt_tokens", "Prompt tokens of requests the engine took in.",
-             engine.num_prompt_tokens),
-            ("generation_tokens", "Tokens generated.", engine.num_generated_tokens),
+             stats.num_prompt_tokens),
+            ("generation_tokens", "Tokens generated.", stats.num_generation_tokens),
         )
         for name, documentation, value in counters:
             yield CounterMetricFamily(PREFIX + name, documentation, value=value)
 
 
 class EngineMetrics:
-    """The registry of one engine; histograms are observed on its thread."""
+    """The registry of one engine; histograms are observed on its thread, the rest is read off
+    `stats()` when scraped."""
 
-    def __init__(self):
+    def __init__(self, stats: Callable[[], EngineStats]):
         self.registry = CollectorRegistry()
+        self.registry.register(_EngineCollector(stats))
         self.time_to_first_token_s = Histogram(
             PREFIX + "time_to_first_token_seconds", "From arrival at the engine to the first "
             "token.", buckets=LATENCY_BUCKETS_S, registry=self.registry)
@@ -83,9 +92,6 @@ class EngineMetrics:
         self.e2e_request_latency_s = Histogram(
             PREFIX + "e2e_request_latency_seconds", "From arrival to the last token.",
             buckets=LATENCY_BUCKETS_S, registry=self.registry)
-
-    def watch(self, engine: WatchedEngine) -> None:
-        self.registry.register(_EngineCollector(engine))
 
     def serve(self, port: int, host: str = "0.0.0.0") -> int:
         """Start the /metrics HTTP endpoint on a background thread; returns the bound port."""

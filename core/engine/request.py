@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 
 from core.structured import GrammarSpec
 
-MAX_TOP_LOGPROBS = 20  # the sampler always computes this many alternatives
 MAX_BANNED_IDS = 64  # multi-token bad words whose last token one step can ban
 MAX_MIN_TOKENS_IDS = 64  # EOS + stop_token_ids masked under min_tokens
 

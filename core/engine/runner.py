@@ -3,10 +3,13 @@
 Owns: the model's parameters and the KV page pool on device, the jitted step — a forward pass
 over pages to last-token logits (the pool donated), then on-device sampling under an optional
 grammar bitmask — padding work to the shape buckets, compiling every bucket at warm-up, and
-counting compilations. The two halves are separate jitted calls so the host can fill the grammar
-bitmask while the forward pass runs (dispatch is asynchronous); the sampler compiles once per
-row count. Logits stay on device unless a Score chunk is in the call (its labels' log-softmax
-is computed on the host, in float64, from the copied row).
+counting compilations. The two halves are two calls the engine makes in turn: `dispatch()`
+starts the forward passes and returns at once (JAX dispatch is asynchronous) with a
+`DispatchedStep`; the engine fills the grammar bitmask on the host while the device computes;
+`sample()` samples under that bitmask and copies the results back. The runner never calls into
+the engine. The sampler compiles once per row count. Logits stay on device unless a Score chunk
+is in the call (its labels' log-softmax is computed on the host, in float64, from the copied
+row).
 
 One engine step runs two kinds of call, both the same jitted functions at different shapes: all
 single-token rows (decodes) together as [rows bucket, 1] with page tables padded to a width
@@ -17,7 +20,6 @@ two apart makes the number of shapes the sum, not the product, of the two famili
 
 from __future__ import annotations
 
-import bisect
 import logging
 import time
 from collections.abc import Callable
@@ -28,14 +30,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from core.cache.kv_pool import KVPages, paged_attention_kind
+from core.config import EngineConfig, ModelConfig, bucket
 from core.engine import executables, sharding
-from core.cache.kv_pool import KVPages, kv_bytes_per_token, paged_attention_kind
 from core.engine import logits_processors as processors
-from core.config import EngineConfig, ModelConfig
-from core.models.llama import PADDING_POSITION, LlamaModel
-from core.engine.request import (MAX_TOP_LOGPROBS, SamplingParams, SchedulerOutput, SequenceChunk,
-                          TokenLogprob)
+from core.engine.request import SamplingParams, SchedulerOutput, SequenceChunk, TokenLogprob
 from core.engine.sampling import SampleResult, SamplingArrays, sample
+from core.models.llama import PADDING_POSITION, LlamaModel
+from tandem.limits import MAX_TOP_LOGPROBS
 
 log = logging.getLogger(__name__)
 _NEUTRAL = SamplingParams()
@@ -65,8 +67,23 @@ class StepOutput:
     prompt_logprobs: dict[int, list[TokenLogprob]] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class DispatchedStep:
+    """One step's forward passes, dispatched: the device computes them while the host goes on."""
+
+    output: SchedulerOutput  # the step's work
+    # per call: (chunk indices, (device logits [rows, v], prompt scores, sampling inputs))
+    forwards: list[tuple[list[int], tuple]]
+
+    def is_ready(self) -> bool:
+        """Has the device finished every forward pass (are the logits there)?"""
+        return all(logits.is_ready() for _, (logits, *_) in self.forwards)
+
+
 class ModelRunner:
     def __init__(self, model: LlamaModel, config: ModelConfig, engine_config: EngineConfig):
+        if not engine_config.is_resolved:
+            raise ValueError("the runner takes a resolved EngineConfig (core.config.resolve_model)")
         self.config = config
         self.engine_config = engine_config
         self._graphdef, state = nnx.split(model)
@@ -79,8 +96,7 @@ class ModelRunner:
         self._param_leaves, self._param_treedef = jax.tree.flatten(state)
         dtype = jnp.bfloat16 if engine_config.dtype == "bfloat16" else jnp.float32
         self.page_size = engine_config.page_size
-        self.num_pages = engine_config.resolved_num_pages(
-            kv_bytes_per_token(config, jnp.dtype(dtype).itemsize))
+        self.num_pages = engine_config.num_pages
         # one extra page: the model's scratch page for padding writes (never allocated)
         self._pages = KVPages.create(config, self.num_pages + 1, self.page_size, dtype)
         out_shardings, self._replicated = None, None
@@ -113,8 +129,6 @@ class ModelRunner:
         self._sample_executables: dict[int, Callable] = {}
         self.num_bitmask_words = -(-config.vocab_size // 32)  # int32 words of a grammar mask row
         self._unconstrained: dict[int, jax.Array] = {}  # rows → an all-allowed mask on device
-        self.num_bitmask_fills = 0  # steps that filled a grammar bitmask
-        self.num_fills_hidden = 0  # ...of which the device was still computing when it ended
         log.info("KV pool: %d pages × %d tokens", self.num_pages, self.page_size)
 
     @property
@@ -174,14 +188,9 @@ class ModelRunner:
         self.num_compilations += 1  # runs only while tracing
         return processors.init_row(state, slot, bias, token_ids, num_prompt_tokens, num_tokens)
 
-    def execute(self, output: SchedulerOutput, constrained: frozenset[int] = frozenset(),
-                fill_bitmask: Callable[[], np.ndarray] | None = None) -> StepOutput:
-        """Run every chunk of the step; rows of chunks that sample nothing hold junk.
-
-        `constrained` are the indices of chunks whose next token a grammar restricts, and
-        `fill_bitmask()` returns the step's [chunks, words] grammar bitmask: it runs on the host
-        after every forward pass is dispatched, so it overlaps with the device's work. The
-        per-row stages' state (penalty counts) is bumped by each sampling call in turn."""
+    def dispatch(self, output: SchedulerOutput) -> DispatchedStep:
+        """Start every forward pass of the step and return at once: the device works from here
+        on. The per-row stages' state is rebuilt first for sequences (re)admitted in the step."""
         self._init_rows(output.chunks)
         # a Score's last token goes with the prefills: its call then copies ≤ 4 rows of logits
         # ... and so does a prompt chunk whose logprobs are reported
@@ -192,14 +201,22 @@ class ModelRunner:
         groups = []  # (chunk indices, call shape)
         if decodes:
             widest = max(len(output.chunks[i].page_ids) for i in decodes)
-            groups.append((decodes, (_bucket(self._decode_buckets, len(decodes)), 1,
-                                     _bucket(self._page_buckets, widest))))
+            groups.append((decodes, (bucket(self._decode_buckets, len(decodes)), 1,
+                                     bucket(self._page_buckets, widest))))
         groups += self._pack_prefills(output.chunks, prefills)
-        forwards = [(group, self._call_forward([output.chunks[i] for i in group], shape))
-                    for group, shape in groups]  # dispatched: the device works from here on
-        bitmask = self._fill(fill_bitmask, forwards) if constrained else None
+        return DispatchedStep(output, [
+            (group, self._call_forward([output.chunks[i] for i in group], shape))
+            for group, shape in groups])
+
+    def sample(self, step: DispatchedStep, bitmask: np.ndarray | None = None,
+               constrained: frozenset[int] = frozenset()) -> StepOutput:
+        """Sample every call of a dispatched step and copy the results to the host; rows of
+        chunks that sample nothing hold junk. `bitmask` [chunks, words] is the step's grammar
+        bitmask and `constrained` the chunk indices it restricts (calls without one skip the
+        mask). The per-row stages' state (penalty counts) is bumped by each call in turn."""
+        output = step.output
         calls = []  # (chunk indices, device result, scores, prompt scores)
-        for group, (logits, prompt_scores, sample_inputs) in forwards:
+        for group, (logits, prompt_scores, sample_inputs) in step.forwards:
             rows = None
             if bitmask is not None and constrained.intersection(group):
                 rows = np.full((len(sample_inputs[1]), self.num_bitmask_words), -1, np.int32)
@@ -215,6 +232,10 @@ class ModelRunner:
                                               if output.wants_logprobs else ()), scores, prompt)
                   for _, r, scores, prompt in calls]
         return self._step_output(output, calls, jax.device_get(wanted))
+
+    def execute(self, output: SchedulerOutput) -> StepOutput:
+        """Dispatch and sample a step with no grammar (benchmarks, tests)."""
+        return self.sample(self.dispatch(output))
 
     def _step_output(self, output: SchedulerOutput, calls, host) -> StepOutput:
         """Scatter the host copies of each call's rows back into chunk order."""
@@ -242,20 +263,12 @@ class ModelRunner:
         """Groups of prefill chunk indices with their call shape, longest chunks first."""
         order = sorted(indices, key=lambda i: -len(chunks[i].token_ids))
         while order:
-            num_tokens = _bucket(self._prefill_buckets, len(chunks[order[0]].token_ids))
+            num_tokens = bucket(self._prefill_buckets, len(chunks[order[0]].token_ids))
             row_buckets = self._prefill_rows[num_tokens]
             group, order = order[:row_buckets[-1]], order[row_buckets[-1]:]
             widest = max(len(chunks[i].page_ids) for i in group)
-            yield group, (_bucket(row_buckets, len(group)), num_tokens,
-                          _bucket(self._prefill_page_buckets, widest))
-
-    def _fill(self, fill_bitmask: Callable[[], np.ndarray], forwards) -> np.ndarray:
-        """The step's grammar bitmask, filled while the forward passes run; counts whether the
-        device was still busy when the fill ended (the fill was hidden behind it)."""
-        bitmask = fill_bitmask()
-        self.num_bitmask_fills += 1
-        self.num_fills_hidden += not all(logits.is_ready() for _, (logits, *_) in forwards)
-        return bitmask
+            yield group, (bucket(row_buckets, len(group)), num_tokens,
+                          bucket(self._prefill_page_buckets, widest))
 
     def _call_forward(self, chunks: list[SequenceChunk], shape: tuple[int, int, int]):
         """Dispatch one forward pass; returns its device logits [rows, v], its prompt scores and
@@ -390,9 +403,3 @@ def _log_softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits.astype(np.float64) - logits.max()
     return shifted - np.log(np.exp(shifted).sum())
 
-
-def _bucket(buckets: tuple[int, ...], size: int) -> int:
-    index = bisect.bisect_left(buckets, size)
-    if index == len(buckets):
-        raise ValueError(f"{size} exceeds the largest bucket {buckets[-1]}")
-    return buckets[index]

@@ -16,8 +16,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from core.engine import logits_processors as processors
-from core.engine.request import MAX_TOP_LOGPROBS, SamplingParams
+from core.engine.request import SamplingParams
 from core.structured.bitmask import apply_token_bitmask
+from tandem.limits import MAX_TOP_LOGPROBS  # the sampler always computes this many
 
 
 @jax.tree_util.register_dataclass

@@ -19,8 +19,13 @@ from collections import deque
 from core.cache.pages import PageAllocator
 from core.cache.radix import RadixCache
 from core.config import EngineConfig
-from core.engine.request import (MAX_BANNED_IDS, MAX_MIN_TOKENS_IDS, Request, SchedulerOutput,
-                          SequenceChunk)
+from core.engine.request import (
+    MAX_BANNED_IDS,
+    MAX_MIN_TOKENS_IDS,
+    Request,
+    SchedulerOutput,
+    SequenceChunk,
+)
 
 log = logging.getLogger(__name__)
 

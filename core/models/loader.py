@@ -8,7 +8,6 @@ checking that every parameter was filled and every checkpoint tensor was used.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,22 +16,11 @@ import numpy as np
 from flax import nnx
 from safetensors import safe_open
 
-from core.config import ConfigError, ModelConfig
+from core.config import ConfigError, ModelConfig, checkpoint_files
 from core.models.llama import LlamaModel
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)  # buffers some old checkpoints carry
-
-
-def checkpoint_files(model_dir: Path) -> list[Path]:
-    index = model_dir / "model.safetensors.index.json"
-    if index.exists():
-        weight_map = json.loads(index.read_text())["weight_map"]
-        return [model_dir / name for name in sorted(set(weight_map.values()))]
-    single = model_dir / "model.safetensors"
-    if single.exists():
-        return [single]
-    raise ConfigError(f"{model_dir}: no model.safetensors or model.safetensors.index.json")
 
 
 TensorPlan = dict[str, tuple[nnx.Variable, Callable]]
@@ -81,10 +69,12 @@ def _tensor_plan(model: LlamaModel, config: ModelConfig) -> TensorPlan:
     return plan
 
 
-def load_model(model_dir: Path, dtype: str | None = None) -> tuple[LlamaModel, ModelConfig]:
-    """Build the model abstractly (no random init) and fill it from the checkpoint."""
+def load_model(model_dir: Path, dtype: str | None = None,
+               config: ModelConfig | None = None) -> tuple[LlamaModel, ModelConfig]:
+    """Build the model abstractly (no random init) and fill it from the checkpoint. `config` is
+    the checkpoint's, already read (`core.config.resolve_model`); None reads it here (tools)."""
     model_dir = Path(model_dir)
-    config = ModelConfig.from_hf_dir(model_dir)
+    config = config or ModelConfig.from_hf_dir(model_dir)
     dtype_name = dtype or config.dtype
     if dtype_name not in DTYPES:
         raise ConfigError(f"dtype {dtype_name!r} is not supported: {', '.join(DTYPES)}")

@@ -11,17 +11,14 @@ import json
 import math
 from dataclasses import dataclass, replace
 
+from core.engine.request import MAX_MIN_TOKENS_IDS, Request, SamplingParams, StoppingParams
 from core.errors import ContextLengthExceeded, InvalidParameter, Unsupported
-from core.engine.request import (MAX_MIN_TOKENS_IDS, MAX_TOP_LOGPROBS, Request, SamplingParams,
-                          StoppingParams)
+from core.service.tools.plan import check_tool_choice, tools_shown
 from core.structured import GrammarSpec
 from core.tokenizer import ChatPrompt, Tokenizer, parse_json_object
-from core.service.tools.plan import check_tool_choice, tools_shown
+from tandem.limits import MAX_CHOICES, MAX_LOGIT_BIAS_ENTRIES, MAX_STOP_STRINGS, MAX_TOP_LOGPROBS
 from tandem.v1 import inference_pb2 as pb
 
-MAX_CHOICES = 16  # n at most
-MAX_STOP_STRINGS = 16
-MAX_LOGIT_BIAS_ENTRIES = 300  # as the facade's default limit
 MAX_BAD_WORDS = 32  # each gives ≤ 2 sequences: ≤ MAX_BANNED_IDS bans per step
 MAX_REPETITION_PENALTY = 100.0
 

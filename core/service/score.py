@@ -21,16 +21,16 @@ import asyncio
 
 import numpy as np
 
-from core.service.convert import PromptPolicy, check_token_ids
 from core.engine.loop import Engine
-from core.errors import ContextLengthExceeded, InvalidParameter, TandemError
 from core.engine.request import Request, RequestOutput, SamplingParams, StoppingParams
+from core.errors import ContextLengthExceeded, InvalidParameter, TandemError
+from core.service.convert import PromptPolicy, check_token_ids
 from core.tokenizer import Tokenizer
+from tandem.limits import MAX_INPUTS as MAX_ITEMS  # items per request
 from tandem.v1 import inference_pb2 as pb
 
 GREEDY = SamplingParams(temperature=0.0)
 MAX_LABELS = 1024  # label ids per request: each item reports one number per label
-MAX_ITEMS = 2048  # items per request (as OpenAI's inputs per embeddings request)
 
 
 def score_prompts(tokenizer: Tokenizer, policy: PromptPolicy,

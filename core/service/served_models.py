@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from core.config import ConfigError, EngineConfig
-from core.service.convert import PromptPolicy
+from core.config import ConfigError, EngineConfig, ModelConfig, resolve_model
 from core.engine.embedding import EmbeddingBuckets, EmbeddingEngine
 from core.engine.loop import LlmEngine
+from core.service.convert import PromptPolicy
 from core.tokenizer import Tokenizer
 from tandem.v1 import inference_pb2 as pb
 
@@ -82,22 +82,26 @@ def is_encoder_dir(model_dir: Path) -> bool:
         raw.get("model_type") == "bert")
 
 
-def load_generative(model_dir: Path, name: str, engine_config: EngineConfig, description: str,
+def load_generative(model_dir: Path, name: str, requested: EngineConfig, description: str,
                     decoder_pooling: str | None = None,
                     allow_request_chat_template: bool = False,
                     tool_call_parser: str = "auto") -> ServedModel:
-    """A decoder: the generation engine (compiled, started) and, with `decoder_pooling`, an
-    embedding engine over its hidden states."""
-    from core.engine.loop import create_engine
+    """A decoder: its configuration resolved once (`resolve_model`), one tokenizer for the
+    engine and every RPC, the generation engine (compiled, started) and, with
+    `decoder_pooling`, an embedding engine over its hidden states."""
+    from core.engine.loop import start_engine
     from core.service.tools import PARSER_NAMES
 
     if tool_call_parser not in ("auto", *PARSER_NAMES):
         raise ConfigError(f"unknown tool-call parser {tool_call_parser!r}; expected auto or "
                           f"one of {', '.join(PARSER_NAMES)}")
-    engine = create_engine(model_dir, engine_config)
-    config, engine_config = engine.model_config, engine.engine_config
+    if decoder_pooling is not None and decoder_pooling not in DECODER_POOLING:
+        raise ConfigError(f"decoder pooling must be one of {DECODER_POOLING}")
+    config, engine_config = resolve_model(model_dir, requested)
+    tokenizer = Tokenizer(model_dir)
+    engine = start_engine(model_dir, config, engine_config, tokenizer)
     policy = PromptPolicy(vocab_size=config.vocab_size, max_model_len=engine_config.max_model_len,
-                          max_token_chars=engine.tokenizer.max_token_chars,
+                          max_token_chars=tokenizer.max_token_chars,
                           allow_request_chat_template=allow_request_chat_template,
                           tool_call_parser=tool_call_parser)
     info = pb.ModelInfo(
@@ -107,14 +111,14 @@ def load_generative(model_dir: Path, name: str, engine_config: EngineConfig, des
         description=description if config.is_demo else "")
     embedder = None
     if decoder_pooling is not None:
-        if decoder_pooling not in DECODER_POOLING:
-            raise ConfigError(f"decoder pooling must be one of {DECODER_POOLING}")
-        embedder = _decoder_embedder(engine, decoder_pooling)
+        embedder = _decoder_embedder(engine, config, engine_config, decoder_pooling)
         info.embedding_dimensions = config.hidden_size
-    return ServedModel(name, engine.tokenizer, policy, info, generator=engine, embedder=embedder)
+    return ServedModel(name, tokenizer, policy, info, generator=engine, embedder=embedder)
 
 
-def _decoder_embedder(engine: LlmEngine, pooling: str) -> EmbeddingEngine:
+def _decoder_embedder(engine: LlmEngine, config: ModelConfig, engine_config: EngineConfig,
+                      pooling: str) -> EmbeddingEngine:
+    """An embedding engine over the generation engine's own parameters (no second copy)."""
     from core.models.llama import pooled_hidden_states
 
     runner = engine.runner
@@ -122,11 +126,10 @@ def _decoder_embedder(engine: LlmEngine, pooling: str) -> EmbeddingEngine:
     def forward(model, token_ids, attention_mask):
         return pooled_hidden_states(model, token_ids, attention_mask, pooling)
 
-    buckets = EmbeddingBuckets(max_batch_tokens=4096).for_max_len(
-        engine.engine_config.max_model_len)
-    static = repr(("decoder pooling", pooling, engine.model_config, engine.engine_config.dtype))
+    buckets = EmbeddingBuckets(max_batch_tokens=4096).for_max_len(engine_config.max_model_len)
+    static = repr(("decoder pooling", pooling, config, engine_config.dtype))
     return _started_embedder(forward, runner.graphdef, runner.param_treedef,
-                             runner.param_leaves, engine.model_config.hidden_size, buckets, static)
+                             runner.param_leaves, config.hidden_size, buckets, static)
 
 
 def _started_embedder(forward, graphdef, treedef, leaves: list, dimensions: int,

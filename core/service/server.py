@@ -1,7 +1,7 @@
 """The core's gRPC server: the Inference servicer, health, reflection, start-up and drain.
 
-Owns: turning RPCs into engine work and engine outputs into `GenerateResponse` chunks; the
-`grpc.health.v1` statuses ("" = live as soon as the port is bound; "tandem.v1.Inference" =
+Owns: turning RPCs into engine work (Generate's chunks are `core/service/generate.py`'s, Score's
+and Embed's request handling `score.py`'s and `embed.py`'s); the `grpc.health.v1` statuses ("" = live as soon as the port is bound; "tandem.v1.Inference" =
 ready only after weights are loaded and every bucket is compiled); server reflection; aborting
 a request when its RPC is cancelled or its deadline passes; graceful drain on SIGTERM.
 """
@@ -14,20 +14,18 @@ import logging
 import signal
 import time
 import uuid
-from collections.abc import AsyncIterator
-from dataclasses import replace
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from core.service import convert
 from core.config import ConfigError, ServerConfig
-from core.engine.embedding import check_dimensions, embed_inputs, truncate_dimensions
 from core.engine.loop import Engine
-from core.errors import InvalidParameter, ModelNotFound, TandemError, Unavailable, Unsupported
-from core.engine.request import FinishReason, Request, RequestOutput
+from core.errors import ModelNotFound, TandemError, Unavailable, Unsupported
+from core.service import convert
+from core.service.embed import check_dimensions, embed_inputs, embed_response
+from core.service.generate import ChoiceStream, apply_tool_plan
 from core.service.score import run_score, score_prompts
 from core.service.served_models import (
     CAPABILITY_NAMES,
@@ -36,9 +34,7 @@ from core.service.served_models import (
     load_embedding,
     load_generative,
 )
-from core.tokenizer import Tokenizer, parse_json_object
-from core.service.tools import ToolCallParser
-from core.service.tools.plan import tool_plan
+from tandem.limits import MAX_CHOICES
 from tandem.logs import request_id_var  # the shared log format (stdlib only)
 from tandem.v1 import inference_pb2 as pb
 from tandem.v1 import inference_pb2_grpc as pb_grpc
@@ -46,9 +42,6 @@ from tandem.v1 import inference_pb2_grpc as pb_grpc
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Inference"].full_name
-FINISH_REASONS = {FinishReason.STOP: pb.FINISH_REASON_STOP,  # (STOP after calls: TOOL_CALLS)
-                  FinishReason.LENGTH: pb.FINISH_REASON_LENGTH,
-                  FinishReason.ABORT: pb.FINISH_REASON_ABORT}
 # Least grace `drain_and_stop` gives RPCs to send what the engine has already produced.
 STOP_FLUSH_S = 1.0
 DEMO_DESCRIPTION = ("Tandem's built-in demo model: a small Llama with RANDOM weights made "
@@ -114,17 +107,18 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             model = self._model(request.model, pb.CAPABILITY_GENERATE)
             engine = model.generator
             prompt_ids = await asyncio.to_thread(  # templates and tokenizing: off the loop
-                convert.prompt_token_ids, engine.tokenizer, model.policy, request)
+                convert.prompt_token_ids, model.tokenizer, model.policy, request)
             requests = convert.generation_requests(  # engine keys are unique per RPC
                 request, prompt_ids, uuid.uuid4().hex, model.policy,
-                max_choices=min(convert.MAX_CHOICES, engine.engine_config.max_unfinished),
-                tokenizer=engine.tokenizer)
-            parsers = _apply_tool_plan(request, model, requests)
+                max_choices=min(MAX_CHOICES, engine.engine_config.max_unfinished),
+                tokenizer=model.tokenizer)
+            parsers = apply_tool_plan(request, model, requests)
             for spec in {r.grammar for r in requests if r.grammar is not None}:
                 await asyncio.to_thread(engine.check_grammar, spec)  # compiles: off the loop
             log.info("generate %s: %d prompt tokens, n=%d", request_id, len(prompt_ids),
                      len(requests))
-            stream = _ChoiceStream(engine, requests, asyncio.get_running_loop(), parsers)
+            stream = ChoiceStream(engine, model.tokenizer, requests, asyncio.get_running_loop(),
+                                  parsers)
             async for response in stream.responses():
                 response.request_id, response.model = request_id, model.name
                 yield response
@@ -180,42 +174,8 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         log.info("embed %s: %d inputs, %d tokens", request_id, len(token_ids),
                  sum(len(ids) for ids in token_ids))
         vectors = await asyncio.wrap_future(model.embedder.submit(token_ids))
-        return await asyncio.to_thread(_embed_response, vectors, dimensions, token_ids,
+        return await asyncio.to_thread(embed_response, vectors, dimensions, token_ids,
                                        model.name)  # big replies: off the event loop
-
-
-def _embed_response(vectors, dimensions: int | None, token_ids: list[list[int]],
-                    model: str) -> pb.EmbedResponse:
-    vectors = truncate_dimensions(vectors, dimensions)
-    return pb.EmbedResponse(
-        embeddings=[pb.Embedding(index=index, values=vector.tolist())
-                    for index, vector in enumerate(vectors)],
-        usage=pb.Usage(prompt_tokens=sum(len(ids) for ids in token_ids)), model=model)
-
-
-def _apply_tool_plan(request: pb.GenerateRequest, model: ServedModel,
-                     requests: list[Request]) -> list[ToolCallParser] | None:
-    """Give the choices of a chat request that offers tools their call grammar ("required" or a
-    named function, or "auto" with strict tools) and return one tool-call parser per choice
-    (None: no parsing). Under "auto", output constrained by a response format is that format,
-    not parsed for calls."""
-    if request.WhichOneof("input") != "chat":
-        return None
-    chat, tokenizer = request.chat, model.tokenizer
-    tools = [{"name": tool.name, "parameters": parse_json_object(tool.parameters_json, "tools"),
-              "strict": tool.strict} for tool in chat.tools]
-    plan = tool_plan(chat, tools, chat.chat_template or tokenizer.chat_template,
-                     tokenizer.renders_tools(chat.chat_template or None),
-                     model.policy.tool_call_parser, tokenizer.special_ids_by_text)
-    forced = chat.tool_choice.mode in (pb.ToolChoice.MODE_REQUIRED, pb.ToolChoice.MODE_FUNCTION)
-    if plan is None or (not forced and any(r.grammar for r in requests)):
-        return None  # "auto" with a response format: the output is that format
-    for choice in requests:
-        if plan.grammar is not None:
-            choice.grammar = plan.grammar  # forced calls take the place of a response format
-        if plan.keep_special_tokens:
-            choice.stopping = replace(choice.stopping, skip_special_tokens=False)
-    return [ToolCallParser(plan.syntax) for _ in requests]
 
 
 def _request_id(context: grpc.aio.ServicerContext) -> str:
@@ -224,107 +184,6 @@ def _request_id(context: grpc.aio.ServicerContext) -> str:
         or uuid.uuid4().hex
     request_id_var.set(request_id)
     return request_id
-
-
-class _ChoiceStream:
-    """The engine requests of one Generate call (one per choice), merged into response chunks
-    that carry every choice's delta since the last chunk and the cumulative usage."""
-
-    def __init__(self, engine: Engine, requests: list[Request], loop: asyncio.AbstractEventLoop,
-                 parsers: list[ToolCallParser] | None = None):
-        self._engine = engine
-        self._parsers = parsers  # one tool-call parser per choice, or None
-        self._requests = requests
-        self._loop = loop
-        self._outputs: asyncio.Queue[RequestOutput] = asyncio.Queue()
-        self._choice_of = {r.request_id: index for index, r in enumerate(requests)}
-        self._completion_tokens = dict.fromkeys(self._choice_of, 0)
-        self._cached_tokens = 0  # prompt tokens served from the prefix cache (best choice)
-        self._unfinished: set[str] = set()
-
-    def _sink(self, output: RequestOutput) -> None:  # called on the engine thread
-        self._loop.call_soon_threadsafe(self._outputs.put_nowait, output)
-
-    async def responses(self) -> AsyncIterator[pb.GenerateResponse]:
-        for request in self._requests:  # raises Overloaded / Unavailable: admission
-            self._engine.add_request(request, self._sink)
-            self._unfinished.add(request.request_id)
-        num_prompt_tokens = len(self._requests[0].prompt_token_ids)
-        while self._unfinished:
-            batch = [await self._outputs.get()]
-            while not self._outputs.empty():
-                batch.append(self._outputs.get_nowait())
-            deltas: dict[int, pb.ChoiceDelta] = {}
-            for output in batch:
-                if output.error:  # the request's own constraint, or an engine failure
-                    raise (InvalidParameter(output.error, param=output.error_param)
-                           if output.error_param else TandemError(output.error))
-                index = self._choice_of[output.request_id]
-                delta = deltas.setdefault(index, pb.ChoiceDelta(index=index))
-                _merge_output(delta, output, self._engine.tokenizer,
-                              self._parsers[index] if self._parsers else None)
-                self._completion_tokens[output.request_id] = output.completion_tokens
-                self._cached_tokens = max(self._cached_tokens, output.cached_tokens)
-                if output.finish_reason is not None:
-                    self._unfinished.discard(output.request_id)
-            yield pb.GenerateResponse(
-                choices=[deltas[i] for i in sorted(deltas)],
-                usage=pb.Usage(prompt_tokens=num_prompt_tokens,
-                               completion_tokens=sum(self._completion_tokens.values()),
-                               cached_tokens=self._cached_tokens))
-
-    def abort_unfinished(self) -> bool:
-        """Abort what has not finished; True when there was something to abort."""
-        for request_id in self._unfinished:
-            self._engine.abort(request_id)
-        aborted, self._unfinished = bool(self._unfinished), set()
-        return aborted
-
-
-def _merge_output(delta: pb.ChoiceDelta, output: RequestOutput, tokenizer: Tokenizer,
-                  parser: ToolCallParser | None = None) -> None:
-    delta.token_ids.extend(output.new_token_ids)
-    if parser is None:
-        delta.text += output.text_delta
-    else:
-        _merge_parsed(delta, parser, output)
-    _add_logprobs(delta.logprobs, output.logprobs, tokenizer)
-    _add_logprobs(delta.prompt_logprobs, output.prompt_logprobs, tokenizer)
-    delta.cumulative_logprob = output.cumulative_logprob
-    if output.finish_reason is not None:
-        delta.finish_reason = FINISH_REASONS[output.finish_reason]
-        if output.finish_reason == FinishReason.STOP and parser is not None and parser.made_calls:
-            delta.finish_reason = pb.FINISH_REASON_TOOL_CALLS
-        if output.stop_string is not None:
-            delta.stop_string = output.stop_string
-        elif output.stop_token_id is not None:
-            delta.stop_token_id = output.stop_token_id
-
-
-def _add_logprobs(entries, logprobs, tokenizer: Tokenizer) -> None:
-    for logprob in logprobs:
-        text, data = tokenizer.token_piece(logprob.token_id)
-        entry = entries.add(token_id=logprob.token_id, logprob=logprob.logprob, token=text,
-                            token_bytes=data)
-        for token_id, value in logprob.top:
-            top_text, top_data = tokenizer.token_piece(token_id)
-            entry.top_logprobs.add(token_id=token_id, logprob=value, token=top_text,
-                                   token_bytes=top_data)
-
-
-def _merge_parsed(delta: pb.ChoiceDelta, parser: ToolCallParser, output: RequestOutput) -> None:
-    """A choice's text through its tool-call parser: content into `text`, calls into
-    `tool_calls` (everything held back comes out when the choice finishes)."""
-    parsed = [parser.feed(output.text_delta)]
-    if output.finish_reason is not None:
-        parsed.append(parser.finish())
-    for part in parsed:
-        delta.text += part.content
-        for call in part.tool_calls:
-            delta.tool_calls.add(index=call.index, id=call.id,
-                                 type="function" if call.id else "",
-                                 function=pb.FunctionCall(name=call.name,
-                                                          arguments=call.arguments))
 
 
 class CoreServer:

@@ -1,6 +1,7 @@
 """The response object and the event stream of POST /v1/responses, built from a chat run.
 
-`ResponseRun` is one Responses request in flight around its `ChatRun`. `response_object` builds
+`ResponseRun` is one Responses request in flight around its `ChatRun` (facade/pipeline/chat.py,
+whose `chunk_choice` picks what each core delta shows). `response_object` builds
 the final object (non-streaming: from the chat completion). `response_events` streams OpenAI's
 sequence — `response.created`, `response.in_progress`, per output item `output_item.added`,
 `content_part.added`, `output_text.delta`…, `output_text.done`, `content_part.done`,
@@ -20,6 +21,7 @@ from typing import Any
 
 from facade.errors import ApiError
 from facade.generation import Generation
+from facade.pipeline import ChatRun, chunk_choice
 from facade.protocol import ChatChunkChoice, ChatCompletion
 from facade.responses.protocol import (
     IncompleteDetails,
@@ -30,7 +32,6 @@ from facade.responses.protocol import (
     ResponseUsage,
 )
 from facade.responses.translate import OutputAssembler
-from facade.routes.chat import ChatRun, chunk_choice
 
 # Chat finish reason → Responses status ("length": the max_output_tokens were reached).
 _STATUS: dict[str | None, str] = {"stop": "completed", "tool_calls": "completed",
@@ -42,7 +43,7 @@ class ResponseRun:
     """One Responses request in flight: its identity, its chat run and its output so far."""
 
     request: ResponsesRequest
-    chat: ChatRun  # the chat request that serves it (facade/routes/chat.py)
+    chat: ChatRun  # the chat run that serves it (facade/pipeline/chat.py)
     response_id: str  # "resp_…"
     created_at: int  # unix seconds
     conversation: list[dict[str, Any]]  # chat messages up to this input (no instructions)

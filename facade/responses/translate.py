@@ -2,11 +2,11 @@
 what the chat pipeline produced becomes Responses output items.
 
 One path, as SGLang's gRPC router does it: `to_chat_request` builds a `ChatCompletionRequest`
-(validated by the chat route's own model, so its validators apply) that facade/routes/chat.py's
-machinery sends to the core — sampling, tools, `tool_choice`, structured output (`text.format` →
-`response_format`) and limits are the chat route's. Errors name Responses' parameters
-(`RESPONSES_PARAMS`). The other way, `OutputAssembler` turns text and tool-call deltas into
-output items and the streaming events that build them; the non-streaming path feeds it the
+(validated by the chat route's own model, so its validators apply) that the chat pipeline
+(facade/pipeline/chat.py) sends to the core — sampling, tools, `tool_choice`, structured output
+(`text.format` → `response_format`) and limits are the chat route's. Errors name Responses'
+parameters (`RESPONSES_PARAMS`). The other way, `OutputAssembler` turns text and tool-call deltas
+into output items and the streaming events that build them; the non-streaming path feeds it the
 whole answer at once, so both paths produce the same items.
 """
 

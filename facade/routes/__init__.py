@@ -1,1 +1,2 @@
-"""Thin HTTP endpoints: each one validates, calls the core over gRPC and shapes the answer."""
+"""Thin HTTP endpoints: each one validates, checks limits, calls the core over gRPC (chat and
+completions through facade/pipeline/) and shapes the answer. Only facade/app.py imports them."""

@@ -1,52 +1,25 @@
-"""POST /v1/completions: one `Generate` call per prompt, run concurrently, merged.
+"""POST /v1/completions: the endpoint; the run itself is the completions pipeline's
+(facade/pipeline/completions.py: one `Generate` call per prompt, run concurrently, merged).
 
 Choice `prompt_index * n + choice_index` is the core's choice `choice_index` of prompt
-`prompt_index`. Every call is admitted (first response read) before the first SSE byte. `echo`
-prepends the prompt text; token-id prompts are spelled by the core's `Detokenize`. With
-`logprobs`, the echoed prompt's logprobs come first (the core's prompt logprobs; the first
-token's are null). `best_of` > n (not streaming): the core generates best_of choices per prompt
-and the n of highest cumulative logprob are returned.
+`prompt_index`; `echo`, `logprobs` and `best_of` are as the pipeline's docstring says.
 """
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import AsyncIterator
-from contextlib import aclosing
-from dataclasses import dataclass
-
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from facade.convert import (
-    ChoiceState,
-    GenerationRun,
-    completion_logprobs,
-    completion_to_generates,
-    echo_logprobs,
-    finish_reason,
-    prompt_logprobs_json,
-    stop_reason,
-)
 from facade.dependencies import (
     API_KEY_REQUIRED,
     CoreCallOptions,
     CoreStub,
     Settings,
-    resolve_model,
 )
-from facade.generation import CallOptions, Generation, call_core
 from facade.limits import Limits, check_completion_limits
 from facade.openapi import COMPLETION_RESPONSES
-from facade.protocol import (
-    Completion,
-    CompletionChoice,
-    CompletionChunk,
-    CompletionLogprobs,
-    CompletionRequest,
-    Usage,
-)
+from facade.pipeline import complete_completion, open_completion, stream_completion
+from facade.protocol import CompletionRequest
 from facade.protocol_policy import apply_field_policy, ignored_header
 from facade.sse import (
     STREAM_HEADERS,
@@ -54,168 +27,8 @@ from facade.sse import (
     cancel_on_disconnect,
     guarded_stream,
 )
-from tandem.v1 import inference_pb2 as pb
-from tandem.v1.inference_pb2_grpc import InferenceStub
 
 router = APIRouter(tags=["completions"])
-
-
-@dataclass(kw_only=True)
-class CompletionRun(GenerationRun):
-    """One completions request in flight: one core call per prompt; choice indexes are global
-    (prompt index × n + the core's choice index)."""
-
-    request: CompletionRequest
-    num_prompts: int
-
-    @property
-    def choices_per_prompt(self) -> int:
-        """The core's choices per prompt: best_of candidates (non-streaming), else n."""
-        return self.request.best_of or self.request.n or 1
-
-    @property
-    def num_choices(self) -> int:
-        return self.num_prompts * self.choices_per_prompt
-
-    def add(self, call_index: int, response: pb.GenerateResponse) -> list[CompletionChoice]:
-        """Record one core response; returns its choices renumbered, for streaming."""
-        self.usage.update(call_index, response)
-        wants_logprobs = self.request.logprobs is not None
-        shown = []
-        for delta in response.choices:
-            index = call_index * self.choices_per_prompt + delta.index
-            state = self.state(index)
-            offset = state.add(delta)
-            reason = finish_reason(delta)
-            if not delta.text and reason is None and not (wants_logprobs and delta.logprobs):
-                continue
-            shown.append(CompletionChoice(
-                index=index,
-                text=delta.text,
-                logprobs=completion_logprobs(delta.logprobs, [offset] * len(delta.logprobs))
-                if wants_logprobs else None,
-                finish_reason=reason,
-                stop_reason=stop_reason(delta),
-            ))  # fmt: skip
-        return shown
-
-    def chunk(self, choices: list[CompletionChoice], usage: Usage | None = None) -> bytes:
-        return self.sse_chunk(CompletionChunk, choices, usage)
-
-
-async def prompt_texts(
-    stub: InferenceStub, request: CompletionRequest, model: str, options: CallOptions
-) -> list[str]:
-    """Each prompt as text, for `echo` (token-id prompts are detokenized by the core)."""
-
-    async def spell(prompt: str | list[int]) -> str:
-        if isinstance(prompt, str):
-            return prompt
-        detokenize = pb.DetokenizeRequest(model=model, token_ids=prompt)
-        response = await call_core(stub.Detokenize, detokenize, options)
-        return response.text
-
-    return list(await asyncio.gather(*(spell(prompt) for prompt in request.prompts)))
-
-
-def _echo(
-    run: CompletionRun, texts: list[str], firsts: list[pb.GenerateResponse | None] | None = None
-) -> list[CompletionChoice]:
-    """Put each prompt's text at the start of its choices; when streaming with logprobs, the
-    prompt's logprobs (from each call's first response) go with it."""
-    echoed = []
-    for prompt_index, text in enumerate(texts):
-        logprobs = None
-        first = firsts[prompt_index] if firsts else None
-        scored = [c for c in first.choices if c.prompt_logprobs] if first is not None else []
-        if scored and run.request.logprobs is not None:
-            logprobs = echo_logprobs(scored[0].prompt_logprobs, run.request.logprobs)
-        for choice_index in range(run.choices_per_prompt):
-            index = prompt_index * run.choices_per_prompt + choice_index
-            run.state(index).add_text(text)
-            echoed.append(CompletionChoice(index=index, text=text, logprobs=logprobs))
-    return echoed
-
-
-async def stream_completion(
-    run: CompletionRun, generation: Generation, echo_texts: list[str] | None
-) -> AsyncIterator[bytes]:
-    """The SSE events: echoed prompts, the deltas, the optional usage chunk."""
-    continuous = run.request.continuous_usage
-    if echo_texts is not None:
-        for call_index, first in enumerate(generation.first_responses):
-            if first is not None:
-                run.usage.update(call_index, first)
-        echoed = _echo(run, echo_texts, generation.first_responses)
-        yield run.chunk(echoed, run.usage.prompt_only() if continuous else None)
-    async with aclosing(generation.responses()) as responses:
-        async for call_index, response in responses:
-            choices = run.add(call_index, response)
-            if choices:
-                yield run.chunk(choices, run.usage.total() if continuous else None)
-    run.check_finished()
-    if run.request.include_usage:
-        yield run.chunk([], run.usage.total())
-
-
-def _choice_logprobs(
-    run: CompletionRun, state: ChoiceState, prompt: ChoiceState
-) -> CompletionLogprobs | None:
-    """The legacy logprobs of a choice: the echoed prompt's first (when asked for)."""
-    request = run.request
-    if request.logprobs is None:
-        return None
-    generated = completion_logprobs(state.logprobs, state.text_offsets)
-    if not (request.echo and prompt.prompt_logprobs):
-        return generated
-    echoed = echo_logprobs(prompt.prompt_logprobs, request.logprobs)
-    return CompletionLogprobs(
-        tokens=echoed.tokens + generated.tokens,
-        token_logprobs=echoed.token_logprobs + generated.token_logprobs,
-        top_logprobs=echoed.top_logprobs + generated.top_logprobs,
-        text_offset=echoed.text_offset + generated.text_offset,
-    )
-
-
-def _best(run: CompletionRun, prompt_index: int) -> list[ChoiceState]:
-    """A prompt's choices to return: with best_of, the n of highest cumulative logprob."""
-    per_prompt = run.choices_per_prompt
-    states = [run.choices[prompt_index * per_prompt + i] for i in range(per_prompt)]
-    if per_prompt > (run.request.n or 1):
-        states = sorted(states, key=lambda state: -state.cumulative_logprob)
-    return states[: run.request.n or 1]
-
-
-async def _complete(
-    run: CompletionRun, generation: Generation, echo_texts: list[str] | None
-) -> Completion:
-    if echo_texts is not None:
-        _echo(run, echo_texts)
-    async with aclosing(generation.responses()) as responses:
-        async for call_index, response in responses:
-            run.add(call_index, response)
-    run.check_finished()
-    choices = []
-    for prompt_index in range(run.num_prompts):
-        prompt = run.choices[prompt_index * run.choices_per_prompt]  # choice 0 scores the prompt
-        num_top = run.request.prompt_logprobs
-        for state in _best(run, prompt_index):
-            choices.append(CompletionChoice(
-                index=len(choices),
-                text=state.text,
-                logprobs=_choice_logprobs(run, state, prompt),
-                finish_reason=state.finish_reason,
-                stop_reason=state.stop_reason,
-                prompt_logprobs=prompt_logprobs_json(prompt.prompt_logprobs, num_top)
-                if num_top is not None else None,
-            ))  # fmt: skip
-    return Completion(
-        id=run.completion_id,
-        created=run.created,
-        model=run.model,
-        choices=choices,
-        usage=run.usage.total(),
-    )
 
 
 @router.post(
@@ -235,26 +48,14 @@ async def create_completion(
     """OpenAI (legacy) completions, streaming and not; several prompts run concurrently."""
     ignored = ignored_header(apply_field_policy(body, "completions"))
     check_completion_limits(body, limits)
-    model = resolve_model(body.model, settings)
-    generates = completion_to_generates(body, model)
-    echo_texts = None
-    if body.echo:
-        echo_texts = await cancel_on_disconnect(request, prompt_texts(stub, body, model, options))
-    generation = await cancel_on_disconnect(request, Generation.open(stub, generates, options))
-    run = CompletionRun(
-        request=body,
-        completion_id=f"cmpl-{options.request_id}",
-        created=int(time.time()),
-        model=generation.model or model,
-        num_prompts=len(generates),
-    )
+    run, generation = await open_completion(body, request, stub, options, settings)
     if body.stream:
         events = guarded_stream(
-            stream_completion(run, generation, echo_texts), generation.cancel, run.completion_id
+            stream_completion(run, generation), generation.cancel, run.completion_id
         )
         return EventStreamResponse(events, headers={**STREAM_HEADERS, **ignored})
     try:
-        completion = await cancel_on_disconnect(request, _complete(run, generation, echo_texts))
+        completion = await cancel_on_disconnect(request, complete_completion(run, generation))
     finally:
         generation.cancel()
     return JSONResponse(completion.model_dump(mode="json"), headers=ignored)

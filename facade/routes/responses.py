@@ -1,12 +1,12 @@
 """POST /v1/responses, GET and DELETE /v1/responses/{response_id}: OpenAI's Responses API.
 
 A Responses request is translated into the internal chat request (facade/responses/translate.py)
-and served by the chat route's own machinery (`open_chat`, `chunk_choice`, `complete_chat`), so
-sampling, tools, `tool_choice`, structured output and limits behave exactly as on
-/v1/chat/completions. The answer is turned back into output items; streaming emits OpenAI's
-event sequence (facade/responses/stream.py). With `store` (the default) the response and its
-conversation go into the response store (facade/responses/store.py), where
-`previous_response_id` finds them.
+and served by the chat pipeline that /v1/chat/completions uses (facade/pipeline/chat.py:
+`open_chat`, `chunk_choice`, `complete_chat`), so sampling, tools, `tool_choice`, structured
+output and limits behave exactly as on /v1/chat/completions. The answer is turned back into
+output items; streaming emits OpenAI's event sequence (facade/responses/stream.py). With `store`
+(the default) the response and its conversation go into the response store
+(facade/responses/store.py), where `previous_response_id` finds them.
 """
 
 from __future__ import annotations
@@ -22,12 +22,12 @@ from facade.dependencies import API_KEY_REQUIRED, CoreCallOptions, CoreStub, Set
 from facade.errors import ApiError, service_unavailable
 from facade.limits import Limits, check_chat_limits
 from facade.openapi import RESPONSE_DELETE_RESPONSES, RESPONSE_GET_RESPONSES, RESPONSES_RESPONSES
+from facade.pipeline import complete_chat, open_chat
 from facade.protocol_policy import apply_field_policy, ignored_header
 from facade.responses.protocol import DeletedResponse, ResponsesRequest
 from facade.responses.store import EntryTooLarge, ResponseStore, StoreUnavailable, StoredResponse
 from facade.responses.stream import ResponseRun, response_events, response_object
 from facade.responses.translate import new_id, output_message, responses_params, to_chat_request
-from facade.routes.chat import complete_chat, open_chat
 from facade.sse import STREAM_HEADERS, EventStreamResponse, cancel_on_disconnect, guarded_stream
 
 logger = logging.getLogger(__name__)

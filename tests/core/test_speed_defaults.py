@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from core import cli
-from core.config import (AUTO_MAX_NUM_SEQS, ConfigError, EngineConfig, resolve_dtype,
-                         size_from_memory)
+from core.config import (AUTO_MAX_NUM_SEQS, ConfigError, EngineConfig, ModelConfig,
+                         resolve_dtype, resolve_model, size_from_memory)
 
 
 def test_auto_dtype_follows_the_hardware():
@@ -50,10 +50,19 @@ def test_serve_without_tuning_flags_is_sized(tiny_models, monkeypatch):
     monkeypatch.setattr("core.config.available_memory_bytes", lambda: 8 * 2**30)
     model = Path(tiny_models["llama"])
     args = cli.build_parser().parse_args(["core", "--model", str(model)])
-    engine = cli._engine_config(args, model)
+    requested = cli.engine_request(args)  # the flags alone: nothing sized yet
+    assert (requested.max_num_seqs, requested.num_pages, requested.dtype) == (None, None, "auto")
+    model_config, engine = resolve_model(model, requested, backend="cpu")
+    assert model_config == ModelConfig.from_hf_dir(model)
+    assert engine.is_resolved
     assert engine.max_num_seqs == AUTO_MAX_NUM_SEQS
     assert engine.num_pages == AUTO_MAX_NUM_SEQS * engine.max_pages_per_seq
     assert engine.dtype in ("float32", "bfloat16")
-    explicit = cli._engine_config(cli.build_parser().parse_args(
-        ["core", "--model", str(model), "--max-num-seqs", "4", "--dtype", "checkpoint"]), model)
+    explicit = cli.engine_request(cli.build_parser().parse_args(
+        ["core", "--model", str(model), "--max-num-seqs", "4", "--dtype", "checkpoint"]))
     assert (explicit.max_num_seqs, explicit.num_pages, explicit.dtype) == (4, None, None)
+    _, resolved = resolve_model(model, explicit, backend="cpu")
+    # the checkpoint's dtype; a pool of 4 full-length rows; the context clamped to the model's
+    assert resolved.dtype == model_config.dtype and resolved.max_num_seqs == 4
+    assert resolved.max_model_len == min(2048, model_config.max_position_embeddings)
+    assert resolved.num_pages == 4 * resolved.max_pages_per_seq

@@ -9,9 +9,8 @@ embeddings as base64 (little-endian float32) decode to the float response; `dime
 
 from __future__ import annotations
 
-from typing import Any
-
 import base64
+from typing import Any
 
 import numpy as np
 import openai

@@ -8,9 +8,9 @@ from __future__ import annotations
 from typing import Literal
 
 import instructor
-from instructor.core.exceptions import IncompleteOutputException
 import openai
 import pytest
+from instructor.core.exceptions import IncompleteOutputException
 from langchain_openai import ChatOpenAI
 from pydantic import BaseModel, ConfigDict, Field
 

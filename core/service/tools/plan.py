@@ -12,9 +12,9 @@ import re
 from dataclasses import dataclass
 
 from core.errors import InvalidParameter, Unsupported
-from core.structured import GrammarSpec
 from core.service.tools.grammar import auto_tool_grammar, tool_call_grammar
 from core.service.tools.syntax import ToolSyntax, detect_syntax, syntax_named
+from core.structured import GrammarSpec
 from tandem.v1 import inference_pb2 as pb
 
 _TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")

@@ -82,10 +82,9 @@ def test_32_concurrent_greedy_requests_match_each_alone(engine, monkeypatch):
     lengths = np.linspace(1, 1500, 32).astype(int).tolist()
     prompts = [random_prompt(rng, n) for n in lengths]
     rows_per_step = []
-    execute = engine.runner.execute
-    monkeypatch.setattr(engine.runner, "execute",
-                        lambda batch, *grammar_rows: rows_per_step.append(len(batch.chunks))
-                        or execute(batch, *grammar_rows))
+    dispatch = engine.runner.dispatch
+    monkeypatch.setattr(engine.runner, "dispatch",
+                        lambda batch: rows_per_step.append(len(batch.chunks)) or dispatch(batch))
     together = run(engine, [make_request(f"batch-{i}", p, max_tokens=16)
                             for i, p in enumerate(prompts)])
     monkeypatch.undo()
@@ -140,14 +139,14 @@ def test_preemption_completes_every_request_with_the_right_tokens(small_pool_eng
 def test_cancel_frees_pages_within_one_step(engine, monkeypatch):
     steps_after_abort: list[int] = []
     aborted = False
-    execute = engine.runner.execute
+    dispatch = engine.runner.dispatch
 
-    def counting(batch, *grammar_rows):
+    def counting(batch):
         if aborted:
             steps_after_abort.append(len(batch.chunks))
-        return execute(batch, *grammar_rows)
+        return dispatch(batch)
 
-    monkeypatch.setattr(engine.runner, "execute", counting)
+    monkeypatch.setattr(engine.runner, "dispatch", counting)
     outputs: queue.Queue[RequestOutput] = queue.Queue()
     prompt = random_prompt(np.random.default_rng(5), 300)
     engine.add_request(make_request("long", prompt, max_tokens=1000), outputs.put)

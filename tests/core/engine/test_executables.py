@@ -6,6 +6,7 @@ compiled again. Each start is its own process, as a restart is, with JAX's persi
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -68,6 +69,32 @@ def test_what_the_function_depends_on_keys_the_store(tmp_path):
     start(store, static="scale 3")
     other = start(store, static="scale 4")  # another config: compiled anew
     assert other["traces"] == [2, 8] and len(list(store.glob("*.exe"))) == 4
+
+
+DIGEST = ("from core.engine import executables; "
+          "print(executables.core_package_dir(), executables._core_source_digest())")
+
+
+def test_a_change_anywhere_in_the_core_package_changes_the_key(tmp_path):
+    """The store's key hashes the whole `core` package, not the folder of the store's own
+    module: a change to a model file (traced code outside core/engine) is a new key."""
+    copy = tmp_path / "checkout"
+    shutil.copytree(REPO_ROOT / "core", copy / "core",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+
+    def package_and_digest() -> list[str]:
+        result = subprocess.run([sys.executable, "-c", DIGEST], cwd=copy, capture_output=True,
+                                text=True, timeout=300, check=True,
+                                env={"JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin",
+                                     "PYTHONPATH": str(copy)})
+        return result.stdout.split()
+
+    package, before = package_and_digest()
+    assert Path(package) == copy / "core"
+    model_file = copy / "core" / "models" / "llama.py"
+    model_file.write_text(model_file.read_text() + "\n# a change to the traced model code\n")
+    changed_package, after = package_and_digest()
+    assert changed_package == package and after != before
 
 
 def test_a_file_that_cannot_be_loaded_is_compiled_again(tmp_path):

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from core.config import EngineConfig
-from core.models.loader import load_model
 from core.engine.request import SamplingParams, SchedulerOutput, SequenceChunk
 from core.engine.runner import ModelRunner
+from core.models.loader import load_model
 
 
 def greedy_run(model_dir, monkeypatch, kind: str, steps: int = 6):

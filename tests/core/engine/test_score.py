@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from core.config import EngineConfig
-from core.service.convert import PromptPolicy
 from core.errors import ContextLengthExceeded, InvalidParameter
+from core.service.convert import PromptPolicy
 from core.service.score import run_score, score_prompts
 from tandem.v1 import inference_pb2 as pb
 

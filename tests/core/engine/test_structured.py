@@ -15,11 +15,11 @@ from dataclasses import replace
 import jsonschema
 import pytest
 
-from core.service import convert
 from core.config import EngineConfig
+from core.engine.request import FinishReason, Request, RequestOutput, SamplingParams, StoppingParams
 from core.errors import InvalidParameter
 from core.models.tiny import VARIANTS
-from core.engine.request import FinishReason, Request, RequestOutput, SamplingParams, StoppingParams
+from core.service import convert
 from core.structured import GrammarSpec
 from tandem.v1 import inference_pb2 as pb
 from tests.core.engine.test_engine import run, small_pool_engine, tokens  # noqa: F401

@@ -11,10 +11,10 @@ from transformers import AutoModelForCausalLM  # noqa: E402
 
 from core.cache.kv_pool import KVPages  # noqa: E402
 from core.config import EngineConfig  # noqa: E402
-from core.models.loader import load_model  # noqa: E402
-from core.models.tiny import write_tiny_model  # noqa: E402
 from core.engine.request import SamplingParams, SchedulerOutput, SequenceChunk  # noqa: E402
 from core.engine.runner import ModelRunner  # noqa: E402
+from core.models.loader import load_model  # noqa: E402
+from core.models.tiny import write_tiny_model  # noqa: E402
 
 SEQ_LEN = 80  # longer than Mistral's sliding window (32) and llama3's original context (64)
 

@@ -250,15 +250,15 @@ async def test_logprobs_carry_token_text_and_exact_bytes(core):
 async def test_a_failing_step_fails_its_requests_and_the_core_keeps_serving(core, monkeypatch):
     server, stub, _ = core
     runner = server.servicer.engine.runner
-    real_execute, calls = runner.execute, []
+    real_dispatch, calls = runner.dispatch, []
 
-    def fail_once(batch, *grammar_rows):
+    def fail_once(batch):
         calls.append(batch)
         if len(calls) == 1:
             raise RuntimeError("injected failure")
-        return real_execute(batch, *grammar_rows)
+        return real_dispatch(batch)
 
-    monkeypatch.setattr(runner, "execute", fail_once)
+    monkeypatch.setattr(runner, "dispatch", fail_once)
     request = pb.GenerateRequest(text="x", stopping=pb.StoppingCriteria(max_tokens=3,
                                                                         ignore_eos=True))
     with pytest.raises(grpc.aio.AioRpcError) as caught:

@@ -1,0 +1,154 @@
+"""Generate's streaming side: a request's tool plan, and engine outputs as response chunks.
+
+Owns: applying the tool plan of a chat request that offers tools (the call grammar for each
+choice, one tool-call parser per choice), and `ChoiceStream`, which admits one Generate call's
+engine requests (one per choice) and merges their `RequestOutput`s into `GenerateResponse`
+chunks: every choice's delta since the last chunk (token ids, text or parsed tool calls,
+logprobs, finish reason) and the cumulative usage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import replace
+
+from core.engine.loop import Engine
+from core.engine.request import FinishReason, Request, RequestOutput
+from core.errors import InvalidParameter, TandemError
+from core.service.served_models import ServedModel
+from core.service.tools import ToolCallParser
+from core.service.tools.plan import tool_plan
+from core.tokenizer import Tokenizer, parse_json_object
+from tandem.v1 import inference_pb2 as pb
+
+FINISH_REASONS = {FinishReason.STOP: pb.FINISH_REASON_STOP,  # (STOP after calls: TOOL_CALLS)
+                  FinishReason.LENGTH: pb.FINISH_REASON_LENGTH,
+                  FinishReason.ABORT: pb.FINISH_REASON_ABORT}
+
+
+def apply_tool_plan(request: pb.GenerateRequest, model: ServedModel,
+                     requests: list[Request]) -> list[ToolCallParser] | None:
+    """Give the choices of a chat request that offers tools their call grammar ("required" or a
+    named function, or "auto" with strict tools) and return one tool-call parser per choice
+    (None: no parsing). Under "auto", output constrained by a response format is that format,
+    not parsed for calls."""
+    if request.WhichOneof("input") != "chat":
+        return None
+    chat, tokenizer = request.chat, model.tokenizer
+    tools = [{"name": tool.name, "parameters": parse_json_object(tool.parameters_json, "tools"),
+              "strict": tool.strict} for tool in chat.tools]
+    plan = tool_plan(chat, tools, chat.chat_template or tokenizer.chat_template,
+                     tokenizer.renders_tools(chat.chat_template or None),
+                     model.policy.tool_call_parser, tokenizer.special_ids_by_text)
+    forced = chat.tool_choice.mode in (pb.ToolChoice.MODE_REQUIRED, pb.ToolChoice.MODE_FUNCTION)
+    if plan is None or (not forced and any(r.grammar for r in requests)):
+        return None  # "auto" with a response format: the output is that format
+    for choice in requests:
+        if plan.grammar is not None:
+            choice.grammar = plan.grammar  # forced calls take the place of a response format
+        if plan.keep_special_tokens:
+            choice.stopping = replace(choice.stopping, skip_special_tokens=False)
+    return [ToolCallParser(plan.syntax) for _ in requests]
+
+
+class ChoiceStream:
+    """The engine requests of one Generate call (one per choice), merged into response chunks
+    that carry every choice's delta since the last chunk and the cumulative usage."""
+
+    def __init__(self, engine: Engine, tokenizer: Tokenizer, requests: list[Request],
+                 loop: asyncio.AbstractEventLoop, parsers: list[ToolCallParser] | None = None):
+        self._engine = engine
+        self._tokenizer = tokenizer  # the served model's: token pieces of logprobs
+        self._parsers = parsers  # one tool-call parser per choice, or None
+        self._requests = requests
+        self._loop = loop
+        self._outputs: asyncio.Queue[RequestOutput] = asyncio.Queue()
+        self._choice_of = {r.request_id: index for index, r in enumerate(requests)}
+        self._completion_tokens = dict.fromkeys(self._choice_of, 0)
+        self._cached_tokens = 0  # prompt tokens served from the prefix cache (best choice)
+        self._unfinished: set[str] = set()
+
+    def _sink(self, output: RequestOutput) -> None:  # called on the engine thread
+        self._loop.call_soon_threadsafe(self._outputs.put_nowait, output)
+
+    async def responses(self) -> AsyncIterator[pb.GenerateResponse]:
+        for request in self._requests:  # raises Overloaded / Unavailable: admission
+            self._engine.add_request(request, self._sink)
+            self._unfinished.add(request.request_id)
+        num_prompt_tokens = len(self._requests[0].prompt_token_ids)
+        while self._unfinished:
+            batch = [await self._outputs.get()]
+            while not self._outputs.empty():
+                batch.append(self._outputs.get_nowait())
+            deltas: dict[int, pb.ChoiceDelta] = {}
+            for output in batch:
+                if output.error:  # the request's own constraint, or an engine failure
+                    raise (InvalidParameter(output.error, param=output.error_param)
+                           if output.error_param else TandemError(output.error))
+                index = self._choice_of[output.request_id]
+                delta = deltas.setdefault(index, pb.ChoiceDelta(index=index))
+                _merge_output(delta, output, self._tokenizer,
+                              self._parsers[index] if self._parsers else None)
+                self._completion_tokens[output.request_id] = output.completion_tokens
+                self._cached_tokens = max(self._cached_tokens, output.cached_tokens)
+                if output.finish_reason is not None:
+                    self._unfinished.discard(output.request_id)
+            yield pb.GenerateResponse(
+                choices=[deltas[i] for i in sorted(deltas)],
+                usage=pb.Usage(prompt_tokens=num_prompt_tokens,
+                               completion_tokens=sum(self._completion_tokens.values()),
+                               cached_tokens=self._cached_tokens))
+
+    def abort_unfinished(self) -> bool:
+        """Abort what has not finished; True when there was something to abort."""
+        for request_id in self._unfinished:
+            self._engine.abort(request_id)
+        aborted, self._unfinished = bool(self._unfinished), set()
+        return aborted
+
+
+def _merge_output(delta: pb.ChoiceDelta, output: RequestOutput, tokenizer: Tokenizer,
+                  parser: ToolCallParser | None = None) -> None:
+    delta.token_ids.extend(output.new_token_ids)
+    if parser is None:
+        delta.text += output.text_delta
+    else:
+        _merge_parsed(delta, parser, output)
+    _add_logprobs(delta.logprobs, output.logprobs, tokenizer)
+    _add_logprobs(delta.prompt_logprobs, output.prompt_logprobs, tokenizer)
+    delta.cumulative_logprob = output.cumulative_logprob
+    if output.finish_reason is not None:
+        delta.finish_reason = FINISH_REASONS[output.finish_reason]
+        if output.finish_reason == FinishReason.STOP and parser is not None and parser.made_calls:
+            delta.finish_reason = pb.FINISH_REASON_TOOL_CALLS
+        if output.stop_string is not None:
+            delta.stop_string = output.stop_string
+        elif output.stop_token_id is not None:
+            delta.stop_token_id = output.stop_token_id
+
+
+def _add_logprobs(entries, logprobs, tokenizer: Tokenizer) -> None:
+    for logprob in logprobs:
+        text, data = tokenizer.token_piece(logprob.token_id)
+        entry = entries.add(token_id=logprob.token_id, logprob=logprob.logprob, token=text,
+                            token_bytes=data)
+        for token_id, value in logprob.top:
+            top_text, top_data = tokenizer.token_piece(token_id)
+            entry.top_logprobs.add(token_id=token_id, logprob=value, token=top_text,
+                                   token_bytes=top_data)
+
+
+def _merge_parsed(delta: pb.ChoiceDelta, parser: ToolCallParser, output: RequestOutput) -> None:
+    """A choice's text through its tool-call parser: content into `text`, calls into
+    `tool_calls` (everything held back comes out when the choice finishes)."""
+    parsed = [parser.feed(output.text_delta)]
+    if output.finish_reason is not None:
+        parsed.append(parser.finish())
+    for part in parsed:
+        delta.text += part.content
+        for call in part.tool_calls:
+            delta.tool_calls.add(index=call.index, id=call.id,
+                                 type="function" if call.id else "",
+                                 function=pb.FunctionCall(name=call.name,
+                                                          arguments=call.arguments))
