@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
 SUPPORTED_DTYPES = ("float32", "bfloat16")
+ENCODER_ARCHITECTURES = ("BertModel", "BertForMaskedLM", "BertForPreTraining")
 
 
 class ConfigError(ValueError):
@@ -69,8 +70,9 @@ class ModelConfig:
         return 2 * self.num_layers * self.num_kv_heads * self.head_dim * dtype_bytes
 
     @classmethod
-    def from_hf_dir(cls, model_dir: Path) -> ModelConfig:
-        raw = json.loads((Path(model_dir) / "config.json").read_text())
+    def from_hf_dir(cls, model_dir: Path, raw: dict | None = None) -> ModelConfig:
+        """From a checkpoint directory; `raw` is its config.json when already read."""
+        raw = raw if raw is not None else read_hf_config(model_dir)
         generation_path = Path(model_dir) / "generation_config.json"
         generation = json.loads(generation_path.read_text()) if generation_path.exists() else {}
         return cls.from_hf_dict(raw, generation)
@@ -112,6 +114,21 @@ class ModelConfig:
             dtype=dtype if dtype in SUPPORTED_DTYPES else "float32",
             is_demo=bool(raw.get("tandem_demo", False)),
         )
+
+
+def read_hf_config(model_dir: Path) -> dict:
+    """A checkpoint's config.json (ConfigError when it is missing or not JSON)."""
+    path = Path(model_dir) / "config.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise ConfigError(f"{path}: cannot read the model's config ({error})") from error
+
+
+def is_encoder_config(raw: dict) -> bool:
+    """A BERT-family checkpoint (served for Embed only) rather than a decoder."""
+    return bool(set(raw.get("architectures") or []) & set(ENCODER_ARCHITECTURES)) or (
+        raw.get("model_type") == "bert")
 
 
 def _rope_settings(raw: dict) -> tuple[float, RopeScaling | None]:
@@ -257,7 +274,7 @@ class EngineConfig:
     # (the machine's best, `resolve_dtype`) or None (the checkpoint's)
     dtype: str | None = None
     retry_after_s: int = 1  # RetryInfo sent with RESOURCE_EXHAUSTED
-    tensor_parallel: int = 1  # devices the model and KV pages are split over (core/engine/sharding.py)
+    tensor_parallel: int = 1  # devices the model and KV pages are split over (engine/sharding.py)
     # fraction of the memory available at start that weights + KV pool may take, when
     # max_num_seqs is None (vLLM's gpu_memory_utilization)
     memory_fraction: float = DEFAULT_MEMORY_FRACTION
@@ -360,12 +377,14 @@ def checkpoint_files(model_dir: Path) -> list[Path]:
     raise ConfigError(f"{model_dir}: no model.safetensors or model.safetensors.index.json")
 
 
-def resolve_model(model_dir: Path, requested: EngineConfig, *, backend: str | None = None,
-                  memory: tuple[int, int] | None = None) -> tuple[ModelConfig, EngineConfig]:
-    """The checkpoint's config (read here, once) and the engine configuration resolved against
-    it and this machine; logged once. `backend` (default: JAX's) and `memory` ((bytes
-    available, running-sequence cap), default: read off the backend) are for tests."""
-    model_config = ModelConfig.from_hf_dir(model_dir)
+def resolve_model(model_dir: Path, requested: EngineConfig, *, hf_config: dict | None = None,
+                  backend: str | None = None, memory: tuple[int, int] | None = None
+                  ) -> tuple[ModelConfig, EngineConfig]:
+    """The checkpoint's config (`hf_config`, its config.json if already read, else read here)
+    and the engine configuration resolved against it and this machine; logged once. `backend`
+    (default: JAX's) and `memory` ((bytes available, running-sequence cap), default: read off
+    the backend) are for tests."""
+    model_config = ModelConfig.from_hf_dir(model_dir, hf_config)
     if backend is None:
         import jax
 

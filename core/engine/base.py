@@ -75,7 +75,7 @@ class EngineThread(abc.ABC):
     def _turn(self, items: list) -> None:
         """Apply the posted items (possibly none), then do one step of work (engine thread)."""
 
-    def _on_stopped(self) -> None:
+    def _on_stopped(self) -> None:  # noqa: B027 (a hook: most engines hold nothing more)
         """Release what the engine holds besides its thread (after the thread ended)."""
 
     # -- the thread ------------------------------------------------------------------------

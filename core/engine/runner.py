@@ -88,7 +88,7 @@ class ModelRunner:
         self.engine_config = engine_config
         self._graphdef, state = nnx.split(model)
         tensor_parallel = engine_config.tensor_parallel
-        if tensor_parallel > 1:  # parameters and KV pages split over a mesh (core/engine/sharding.py)
+        if tensor_parallel > 1:  # parameters and KV pages split over a mesh (engine/sharding.py)
             mesh = sharding.make_mesh(tensor_parallel)
             rules = sharding.logical_rules(config, tensor_parallel)
             state = sharding.shard_params(state, mesh, rules)
@@ -124,7 +124,7 @@ class ModelRunner:
                                 out_shardings=out_shardings)
         self._sample = jax.jit(self._sample_fn, donate_argnames=("row_state",))
         self._init_row = jax.jit(self._init_row_fn, donate_argnames=("state",))
-        # the warm-up's executables: call shape → forward, row count → sampler (core/engine/executables)
+        # the warm-up's executables: call shape → forward, row count → sampler (executables.py)
         self._forward_executables: dict[tuple[int, int, int], Callable] = {}
         self._sample_executables: dict[int, Callable] = {}
         self.num_bitmask_words = -(-config.vocab_size // 32)  # int32 words of a grammar mask row

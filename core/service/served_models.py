@@ -8,7 +8,6 @@ generative model (optionally embedding too, its hidden states pooled) and an emb
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -29,7 +28,6 @@ log = logging.getLogger(__name__)
 
 CAPABILITY_NAMES = {pb.CAPABILITY_GENERATE: "generate", pb.CAPABILITY_SCORE: "score",
                     pb.CAPABILITY_EMBED: "embed"}
-ENCODER_ARCHITECTURES = ("BertModel", "BertForMaskedLM", "BertForPreTraining")
 DECODER_POOLING = ("last", "mean")
 # Encoder calls of 64 rows run their dense layers on the real tokens only, padded up to one of
 # these fractions of the grid (see core/engine/embedding.py): ~1.4× on sentences of mixed lengths.
@@ -72,23 +70,14 @@ class ServedModel:
                 engine.stop()
 
 
-def is_encoder_dir(model_dir: Path) -> bool:
-    """A BERT-family checkpoint (served for Embed only) rather than a decoder."""
-    try:
-        raw = json.loads((Path(model_dir) / "config.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return False
-    return bool(set(raw.get("architectures") or []) & set(ENCODER_ARCHITECTURES)) or (
-        raw.get("model_type") == "bert")
-
-
 def load_generative(model_dir: Path, name: str, requested: EngineConfig, description: str,
                     decoder_pooling: str | None = None,
                     allow_request_chat_template: bool = False,
-                    tool_call_parser: str = "auto") -> ServedModel:
-    """A decoder: its configuration resolved once (`resolve_model`), one tokenizer for the
-    engine and every RPC, the generation engine (compiled, started) and, with
-    `decoder_pooling`, an embedding engine over its hidden states."""
+                    tool_call_parser: str = "auto", hf_config: dict | None = None) -> ServedModel:
+    """A decoder: its configuration resolved once (`resolve_model`; `hf_config` is its
+    config.json when already read), one tokenizer for the engine and every RPC, the generation
+    engine (compiled, started) and, with `decoder_pooling`, an embedding engine over its hidden
+    states."""
     from core.engine.loop import start_engine
     from core.service.tools import PARSER_NAMES
 
@@ -97,7 +86,7 @@ def load_generative(model_dir: Path, name: str, requested: EngineConfig, descrip
                           f"one of {', '.join(PARSER_NAMES)}")
     if decoder_pooling is not None and decoder_pooling not in DECODER_POOLING:
         raise ConfigError(f"decoder pooling must be one of {DECODER_POOLING}")
-    config, engine_config = resolve_model(model_dir, requested)
+    config, engine_config = resolve_model(model_dir, requested, hf_config=hf_config)
     tokenizer = Tokenizer(model_dir)
     engine = start_engine(model_dir, config, engine_config, tokenizer)
     policy = PromptPolicy(vocab_size=config.vocab_size, max_model_len=engine_config.max_model_len,

@@ -1,9 +1,10 @@
 """The core's gRPC server: the Inference servicer, health, reflection, start-up and drain.
 
 Owns: turning RPCs into engine work (Generate's chunks are `core/service/generate.py`'s, Score's
-and Embed's request handling `score.py`'s and `embed.py`'s); the `grpc.health.v1` statuses ("" = live as soon as the port is bound; "tandem.v1.Inference" =
-ready only after weights are loaded and every bucket is compiled); server reflection; aborting
-a request when its RPC is cancelled or its deadline passes; graceful drain on SIGTERM.
+and Embed's request handling `score.py`'s and `embed.py`'s); the `grpc.health.v1` statuses
+("" = live as soon as the port is bound; "tandem.v1.Inference" = ready only after weights are
+loaded and every bucket is compiled); server reflection; aborting a request when its RPC is
+cancelled or its deadline passes; graceful drain on SIGTERM.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from core.config import ConfigError, ServerConfig
+from core.config import ConfigError, ServerConfig, is_encoder_config, read_hf_config
 from core.engine.loop import Engine
 from core.errors import ModelNotFound, TandemError, Unavailable, Unsupported
 from core.service import convert
@@ -30,7 +31,6 @@ from core.service.score import run_score, score_prompts
 from core.service.served_models import (
     CAPABILITY_NAMES,
     ServedModel,
-    is_encoder_dir,
     load_embedding,
     load_generative,
 )
@@ -227,13 +227,14 @@ class CoreServer:
         """Load weights, compile every bucket, then report ready."""
         config, names = self.config, self.servicer.expected
         started = time.perf_counter()
-        if is_encoder_dir(config.model_dir):
+        hf_config = read_hf_config(config.model_dir)  # the one read of the main model's config
+        if is_encoder_config(hf_config):
             loads = [asyncio.to_thread(load_embedding, config.model_dir, names[0])]
         else:
             loads = [asyncio.to_thread(
                 load_generative, config.model_dir, names[0], config.engine, DEMO_DESCRIPTION,
                 config.decoder_pooling, config.trust_request_chat_template,
-                config.tool_call_parser)]
+                config.tool_call_parser, hf_config)]
         if config.embedding_model_dir is not None:  # both warm up at once (XLA compiles
             loads.append(asyncio.to_thread(  # without the GIL)
                 load_embedding, config.embedding_model_dir, names[1]))

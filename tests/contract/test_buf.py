@@ -109,9 +109,10 @@ def test_generated_typescript_client_calls_the_core(tool_env, tmp_path, server):
     if "protoc-gen-go-grpc" not in missing:
         assert (tmp_path / "gen/go/tandem/v1/inference_grpc.pb.go").is_file()
 
-    # An internal service's TypeScript package: the generated code plus tests/clients/ts_client.ts,
+    # An internal service's TypeScript package: the generated code plus
+    # tests/contract/clients/ts_client.ts,
     # type-checked strictly and compiled with the pinned tsc, then run with node.
-    shutil.copy(ROOT / "tests/clients/ts_client.ts", tmp_path / "ts_client.ts")
+    shutil.copy(ROOT / "tests/contract/clients/ts_client.ts", tmp_path / "ts_client.ts")
     (tmp_path / "node_modules").symlink_to(ROOT / "node_modules", target_is_directory=True)
     (tmp_path / "package.json").write_text('{"type": "module", "private": true}\n')
     compiled = run(["tsc", "--strict", "--skipLibCheck", "--target", "es2022",

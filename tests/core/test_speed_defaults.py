@@ -8,8 +8,15 @@ from pathlib import Path
 import pytest
 
 from core import cli
-from core.config import (AUTO_MAX_NUM_SEQS, ConfigError, EngineConfig, ModelConfig,
-                         resolve_dtype, resolve_model, size_from_memory)
+from core.config import (
+    AUTO_MAX_NUM_SEQS,
+    ConfigError,
+    EngineConfig,
+    ModelConfig,
+    resolve_dtype,
+    resolve_model,
+    size_from_memory,
+)
 
 
 def test_auto_dtype_follows_the_hardware():

@@ -18,7 +18,8 @@ def test_tensor_parallel_4_matches_one_device(tiny_models):
     root = Path(__file__).resolve().parents[3]
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
            "JAX_PLATFORMS": "cpu"}
-    done = subprocess.run([sys.executable, "-m", "tests.core.engine.tp_check", str(tiny_models[variant])],
+    done = subprocess.run([sys.executable, "-m", "tests.core.engine.tp_check",
+                           str(tiny_models[variant])],
                           cwd=root, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])

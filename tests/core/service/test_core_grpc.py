@@ -302,3 +302,20 @@ async def test_admission_beyond_capacity_is_resource_exhausted_with_retry_info(c
     for call in calls:
         call.cancel()
     await wait_until_idle(engine)
+
+
+async def test_one_tokenizer_and_one_resolved_configuration_serve_every_rpc(core):
+    """The served model holds the tokenizer its engine detokenizes with (Generate, Tokenize,
+    Score and the grammars read the same object), and the configuration the engine runs with
+    is the one the service validates against: resolved once, not read back or re-derived."""
+    server, stub, _ = core
+    model = server.servicer.models[server.servicer.expected[0]]
+    engine = model.generator
+    assert engine.tokenizer is model.tokenizer
+    assert engine.engine_config.is_resolved
+    assert engine.runner.engine_config is engine.engine_config
+    assert engine.runner.num_pages == engine.engine_config.num_pages
+    assert model.policy.max_model_len == engine.engine_config.max_model_len
+    info = await stub.GetModelInfo(pb.GetModelInfoRequest())
+    assert (info.max_model_len, info.dtype) == (engine.engine_config.max_model_len,
+                                                engine.engine_config.dtype)
