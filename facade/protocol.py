@@ -197,7 +197,8 @@ class SamplingFields(RequestModel):
     cache_salt: str | None = None  # namespaces the core's prefix cache
     bad_words: list[str] | None = None  # words never generated
     allowed_token_ids: list[TokenId] | None = None  # sample only these ids
-    prompt_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)  # alternatives per position
+    # alternatives per position
+    prompt_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
     structured_outputs: StructuredOutputs | None = None  # constrains the output (one way)
     # vLLM's older spelling of structured_outputs (at most one of all these is set)
     guided_json: str | dict[str, Any] | None = None
@@ -328,7 +329,7 @@ class CompletionRequest(SamplingFields):
     echo: bool = False
     suffix: str | None = None
     best_of: int | None = Field(default=None, ge=1, le=MAX_UINT32)  # cap: LimitSettings.max_n
-    logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)  # top alternatives per token
+    logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)  # top alternatives
     add_special_tokens: bool | None = None  # vLLM: prepend BOS etc. (core default: true)
 
     @field_validator("best_of")

@@ -9,8 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from core.config import (ConfigError, EngineConfig, ModelConfig, is_encoder_config,
-                         read_hf_config, resolve_model)
+from core.config import (
+    ConfigError,
+    EngineConfig,
+    ModelConfig,
+    is_encoder_config,
+    read_hf_config,
+    resolve_model,
+)
 
 
 def test_the_checkpoint_config_is_read_once_and_passed_down(tiny_models, tmp_path):
