@@ -19,7 +19,8 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
+SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM",
+                           "Qwen3ForCausalLM")
 SUPPORTED_DTYPES = ("float32", "bfloat16")
 ENCODER_ARCHITECTURES = ("BertModel", "BertForMaskedLM", "BertForPreTraining")
 
@@ -41,7 +42,8 @@ class RopeScaling:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The shape of a Llama-family decoder, as read from a Hugging Face `config.json`."""
+    """The shape of a Llama-family decoder (Llama, Mistral, Qwen2, Qwen3 dense), as read from a
+    Hugging Face `config.json`."""
 
     architecture: str  # e.g. "LlamaForCausalLM"
     vocab_size: int  # rows of the embedding table
@@ -58,6 +60,8 @@ class ModelConfig:
     qkv_bias: bool = False  # biases on q/k/v projections (Qwen2, Llama attention_bias)
     o_bias: bool = False  # bias on the output projection (Llama attention_bias)
     mlp_bias: bool = False  # biases on the MLP projections (Llama mlp_bias)
+    # RMSNorm over each head's q and k (scales of width H shared by all heads), before RoPE (Qwen3)
+    qk_norm: bool = False
     sliding_window: int | None = None  # attend to at most this many previous tokens (Mistral)
     rope_scaling: RopeScaling | None = None  # None: plain RoPE
     bos_token_id: int | None = None
@@ -85,11 +89,10 @@ class ModelConfig:
             raise ConfigError(f"architecture {architecture!r} is not supported; "
                               f"supported: {', '.join(SUPPORTED_ARCHITECTURES)}")
         is_qwen2 = architecture == "Qwen2ForCausalLM"
+        is_qwen = is_qwen2 or architecture == "Qwen3ForCausalLM"
         num_heads = raw["num_attention_heads"]
         rope = _rope_settings(raw)
-        sliding_window = raw.get("sliding_window")
-        if is_qwen2 and not raw.get("use_sliding_window", False):
-            sliding_window = None
+        sliding_window = _qwen_sliding_window(raw) if is_qwen else raw.get("sliding_window")
         dtype = str(raw.get("torch_dtype") or raw.get("dtype") or "float32")
         return cls(
             architecture=architecture,
@@ -108,12 +111,33 @@ class ModelConfig:
             qkv_bias=is_qwen2 or bool(raw.get("attention_bias", False)),
             o_bias=(not is_qwen2) and bool(raw.get("attention_bias", False)),
             mlp_bias=bool(raw.get("mlp_bias", False)),
+            qk_norm=architecture == "Qwen3ForCausalLM",
             sliding_window=sliding_window,
             bos_token_id=raw.get("bos_token_id"),
             eos_token_ids=_eos_ids(raw, generation or {}),
             dtype=dtype if dtype in SUPPORTED_DTYPES else "float32",
             is_demo=bool(raw.get("tandem_demo", False)),
         )
+
+
+def _qwen_sliding_window(raw: dict) -> int | None:
+    """Qwen2/Qwen3's window: off unless `use_sliding_window`, and then only on the layers from
+    `max_window_layers` on (or as `layer_types` lists them). One window for every layer is all
+    the model does, so a mix of sliding and full layers is refused. Missing keys take
+    transformers' defaults (window 4096, max_window_layers 28)."""
+    window = raw.get("sliding_window", 4096)
+    if not raw.get("use_sliding_window", False) or window is None:
+        return None
+    num_layers = raw["num_hidden_layers"]
+    layer_types = raw.get("layer_types") or [
+        "sliding_attention" if i >= raw.get("max_window_layers", 28) else "full_attention"
+        for i in range(num_layers)]
+    if "sliding_attention" not in layer_types:
+        return None
+    if "full_attention" in layer_types:
+        raise ConfigError("sliding-window attention on some layers only (max_window_layers "
+                          f"{raw.get('max_window_layers', 28)} of {num_layers}) is not supported")
+    return window
 
 
 def read_hf_config(model_dir: Path) -> dict:

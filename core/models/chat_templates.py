@@ -1,9 +1,10 @@
-"""Chat templates of the tiny test models and the demo model, one per tool-calling style.
+"""Chat templates of the tiny test models and the demo model: one per tool-calling style, and
+Qwen3's thinking template.
 
 Owns: the Jinja templates `core.models.tiny` writes. All share ChatML framing (`<|im_start|>role
 ... <|im_end|>`, the tiny tokenizer's special tokens), so a conversation without tools renders the
-same in every style; tools, assistant tool calls and tool results render the way each family's
-real template does:
+same in every tool style (`TOOL_STYLES`); tools, assistant tool calls and tool results render the
+way each family's real template does:
 
 - "hermes" (Qwen2.5 / Hermes): `<tools>` JSON lines in the system prompt, calls as
   `<tool_call>\\n{"name": ..., "arguments": ...}\\n</tool_call>`, results as `<tool_response>`
@@ -15,11 +16,19 @@ real template does:
   message, calls as `[TOOL_CALLS] [{"name", "arguments", "id"}]`, results as
   `[TOOL_RESULTS] {"content", "call_id"}[/TOOL_RESULTS]`.
 - "none": ignores tools entirely (like Llama 2's template): a model served with it refuses them.
+
+"qwen3" is Qwen3's own template, compacted: Hermes tool markup (no default system prompt) plus
+reasoning. Assistant turns after the last user query open with a `<think>…</think>` block (the
+message's `reasoning_content`, else the think block its content starts with); earlier turns lose
+theirs; `enable_thinking=False` ends the generation prompt with an empty think block. It is not
+one of `TOOL_STYLES`: it renders a plain conversation differently (the last assistant turn's
+empty think block).
 """
 
 from __future__ import annotations
 
-TOOL_STYLES = ("hermes", "llama3", "mistral", "none")
+TOOL_STYLES = ("hermes", "llama3", "mistral", "none")  # differ only where tools are rendered
+STYLES = (*TOOL_STYLES, "qwen3")  # every template `chat_template` writes
 
 _TEXT_MACRO = (
     "{%- macro text(content) -%}"
@@ -36,19 +45,31 @@ _PLAIN_TURN = ("{{- '<|im_start|>' + message['role'] + '\\n' + text(message['con
 _GENERATION_PROMPT = (
     "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}")
 
-_HERMES_SYSTEM = (
-    "{%- if tools -%}"
-    "{{- '<|im_start|>system\\n' -}}"
-    "{%- if messages[0]['role'] == 'system' -%}{{- text(messages[0]['content']) -}}"
-    "{%- else -%}{{- 'You are a helpful assistant.' -}}{%- endif -%}"
-    "{{- '\\n\\n# Tools\\n\\nYou may call one or more functions to assist with the user "
-    "query.\\n\\n"
+# The tool listing that ends the system turn (Qwen2.5's and Qwen3's alike). It begins inside a
+# Jinja string literal, which the including template opens ("{{- '").
+_HERMES_TOOLS = (
+    "# Tools\\n\\nYou may call one or more functions to assist with the user query.\\n\\n"
     "You are provided with function signatures within <tools></tools> XML tags:\\n<tools>' -}}"
     "{%- for tool in tools -%}{{- '\\n' + (tool | tojson) -}}{%- endfor -%}"
     "{{- '\\n</tools>\\n\\nFor each function call, return a json object with function name and "
     "arguments within <tool_call></tool_call> XML tags:\\n<tool_call>\\n{\"name\": "
     "<function-name>, \"arguments\": <args-json-object>}\\n</tool_call><|im_end|>\\n' -}}"
+)
+_HERMES_SYSTEM = (
+    "{%- if tools -%}"
+    "{{- '<|im_start|>system\\n' -}}"
+    "{%- if messages[0]['role'] == 'system' -%}{{- text(messages[0]['content']) -}}"
+    "{%- else -%}{{- 'You are a helpful assistant.' -}}{%- endif -%}"
+    "{{- '\\n\\n" + _HERMES_TOOLS +
     "{%- endif -%}"
+)
+# Consecutive tool results share one user turn of `<tool_response>` blocks
+_HERMES_TOOL_RESULT = (
+    "{%- if loop.first or messages[loop.index0 - 1]['role'] != 'tool' -%}"
+    "{{- '<|im_start|>user' -}}{%- endif -%}"
+    "{{- '\\n<tool_response>\\n' + text(message['content']) + '\\n</tool_response>' -}}"
+    "{%- if loop.last or messages[loop.index0 + 1]['role'] != 'tool' -%}"
+    "{{- '<|im_end|>\\n' -}}{%- endif -%}"
 )
 _HERMES_MESSAGES = (
     "{%- for message in messages -%}"
@@ -62,12 +83,7 @@ _HERMES_MESSAGES = (
     "+ (call['arguments'] | tojson) + '}\\n</tool_call>' -}}"
     "{%- endfor -%}"
     "{{- '<|im_end|>\\n' -}}"
-    "{%- elif message['role'] == 'tool' -%}"
-    "{%- if loop.first or messages[loop.index0 - 1]['role'] != 'tool' -%}"
-    "{{- '<|im_start|>user' -}}{%- endif -%}"
-    "{{- '\\n<tool_response>\\n' + text(message['content']) + '\\n</tool_response>' -}}"
-    "{%- if loop.last or messages[loop.index0 + 1]['role'] != 'tool' -%}"
-    "{{- '<|im_end|>\\n' -}}{%- endif -%}"
+    "{%- elif message['role'] == 'tool' -%}" + _HERMES_TOOL_RESULT +
     "{%- else -%}" + _PLAIN_TURN +
     "{%- endif -%}"
     "{%- endfor -%}"
@@ -139,12 +155,77 @@ _MISTRAL_MESSAGES = (
 
 _PLAIN_MESSAGES = "{%- for message in messages -%}" + _PLAIN_TURN + "{%- endfor -%}"
 
-_BODIES = {"hermes": _HERMES_SYSTEM + _HERMES_MESSAGES, "llama3": _LLAMA3_MESSAGES,
-           "mistral": _MISTRAL_MESSAGES, "none": _PLAIN_MESSAGES}
+# Qwen3: the system turn exists with tools only, and has no default text
+_QWEN3_SYSTEM = (
+    "{%- if tools -%}"
+    "{{- '<|im_start|>system\\n' -}}"
+    "{%- if messages[0]['role'] == 'system' -%}"
+    "{{- text(messages[0]['content']) + '\\n\\n' -}}{%- endif -%}{{- '" + _HERMES_TOOLS +
+    "{%- endif -%}"
+)
+# The last user query (a user turn that is not only tool results): later turns keep reasoning
+_QWEN3_LAST_QUERY = (
+    "{%- set ns = namespace(multi_step_tool=true, last_query_index=messages|length - 1) -%}"
+    "{%- for message in messages[::-1] -%}"
+    "{%- set content = text(message['content']) -%}"
+    "{%- if ns.multi_step_tool and message['role'] == 'user' and not ("
+    "content.startswith('<tool_response>') and content.endswith('</tool_response>')) -%}"
+    "{%- set ns.multi_step_tool = false -%}"
+    "{%- set ns.last_query_index = messages|length - 1 - loop.index0 -%}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+)
+# An assistant turn: its reasoning (the field, or split off the content), then content and calls
+_QWEN3_ASSISTANT = (
+    "{%- set content = text(message['content']) -%}"
+    "{%- set reasoning_content = '' -%}"
+    "{%- if message.get('reasoning_content') is string -%}"
+    "{%- set reasoning_content = message['reasoning_content'] -%}"
+    "{%- elif '</think>' in content -%}"
+    "{%- set reasoning_content = content.split('</think>')[0].rstrip('\\n')"
+    ".split('<think>')[-1].lstrip('\\n') -%}"
+    "{%- set content = content.split('</think>')[-1].lstrip('\\n') -%}"
+    "{%- endif -%}"
+    "{%- if loop.index0 > ns.last_query_index and (loop.last or reasoning_content) -%}"
+    "{{- '<|im_start|>assistant\\n<think>\\n' + reasoning_content.strip('\\n') "
+    "+ '\\n</think>\\n\\n' + content.lstrip('\\n') -}}"
+    "{%- else -%}{{- '<|im_start|>assistant\\n' + content -}}{%- endif -%}"
+    "{%- for call in message.get('tool_calls') or [] -%}"
+    "{%- if not loop.first or content -%}{{- '\\n' -}}{%- endif -%}"
+    "{%- set call = call['function'] if call.get('function') else call -%}"
+    "{{- '<tool_call>\\n{\"name\": \"' + call['name'] + '\", \"arguments\": ' -}}"
+    "{%- if call['arguments'] is string -%}{{- call['arguments'] -}}"
+    "{%- else -%}{{- call['arguments'] | tojson -}}{%- endif -%}"
+    "{{- '}\\n</tool_call>' -}}"
+    "{%- endfor -%}"
+    "{{- '<|im_end|>\\n' -}}"
+)
+_QWEN3_MESSAGES = (
+    _QWEN3_LAST_QUERY +
+    "{%- for message in messages -%}"
+    "{%- if tools and loop.first and message['role'] == 'system' -%}"
+    "{%- elif message['role'] == 'assistant' -%}" + _QWEN3_ASSISTANT +
+    "{%- elif message['role'] == 'tool' -%}" + _HERMES_TOOL_RESULT +
+    "{%- else -%}" + _PLAIN_TURN +
+    "{%- endif -%}"
+    "{%- endfor -%}"
+)
+_QWEN3_GENERATION_PROMPT = (
+    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}"
+    "{%- if enable_thinking is defined and enable_thinking is false -%}"
+    "{{- '<think>\\n\\n</think>\\n\\n' -}}{%- endif -%}"
+    "{%- endif -%}"
+)
+
+_BODIES = {"hermes": _HERMES_SYSTEM + _HERMES_MESSAGES + _GENERATION_PROMPT,
+           "llama3": _LLAMA3_MESSAGES + _GENERATION_PROMPT,
+           "mistral": _MISTRAL_MESSAGES + _GENERATION_PROMPT,
+           "none": _PLAIN_MESSAGES + _GENERATION_PROMPT,
+           "qwen3": _QWEN3_SYSTEM + _QWEN3_MESSAGES + _QWEN3_GENERATION_PROMPT}
 
 
-def chat_template(tool_style: str) -> str:
-    """The Jinja chat template of one tool-calling style (see the module docstring)."""
-    if tool_style not in _BODIES:
-        raise ValueError(f"unknown tool style {tool_style!r}; expected one of {TOOL_STYLES}")
-    return "{{- bos_token -}}" + _TEXT_MACRO + _BODIES[tool_style] + _GENERATION_PROMPT
+def chat_template(style: str) -> str:
+    """The Jinja chat template of one style, a tool-calling style or "qwen3" (module docstring)."""
+    if style not in _BODIES:
+        raise ValueError(f"unknown template style {style!r}; expected one of {STYLES}")
+    return "{{- bos_token -}}" + _TEXT_MACRO + _BODIES[style]

@@ -1,8 +1,8 @@
-"""Llama-family decoder (Llama 2/3, Mistral, Qwen2) in Flax NNX.
+"""Llama-family decoder (Llama 2/3, Mistral, Qwen2, Qwen3 dense) in Flax NNX.
 
 Owns: the forward pass from token ids to hidden states and logits, RoPE (plain, linear and
-llama3 scaling), GQA attention over a KV cache pytree (with Mistral's sliding window), and the
-paged KV pool. Reads top-down: config → helpers → layers → model.
+llama3 scaling), GQA attention over a KV cache pytree (with Mistral's sliding window and Qwen3's
+per-head q/k RMSNorm), and the paged KV pool. Reads top-down: config → helpers → layers → model.
 
 Einsum letters: b batch, t new tokens, s cached positions, d model width, n query heads,
 k key/value heads, g query heads per kv head, h head width, f MLP width, v vocabulary.
@@ -123,6 +123,9 @@ class Attention(nnx.Module):
             self.k_bias = nnx.Param(jnp.zeros((k, h), dtype))
             self.v_bias = nnx.Param(jnp.zeros((k, h), dtype))
         self.o_bias = nnx.Param(jnp.zeros((d,), dtype)) if config.o_bias else None
+        # Qwen3: RMSNorm over each head's width h (one [h] scale for all heads), before RoPE
+        self.q_norm = RMSNorm(h, config.rms_norm_eps, dtype) if config.qk_norm else None
+        self.k_norm = RMSNorm(h, config.rms_norm_eps, dtype) if config.qk_norm else None
         self.num_groups = n // k
         self.sliding_window = config.sliding_window
         self.scale = h ** -0.5
@@ -138,6 +141,8 @@ class Attention(nnx.Module):
         value = dense(x, self.v_proj[...].reshape(d, k * h)).reshape(b, t, k, h)
         if self.qkv_bias:
             q, key, value = q + self.q_bias[...], key + self.k_bias[...], value + self.v_bias[...]
+        if self.q_norm is not None:
+            q, key = self.q_norm(q), self.k_norm(key)  # [b, t, n, h], [b, t, k, h], over h
         q, key = apply_rope(q, positions, inv_freq), apply_rope(key, positions, inv_freq)
         pool_keys, pool_values = _write(pool_keys, pool_values, positions, page_table, key, value,
                                         kind)

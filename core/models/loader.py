@@ -63,6 +63,9 @@ def _tensor_plan(model: LlamaModel, config: ModelConfig) -> TensorPlan:
             plan[prefix + "self_attn.v_proj.bias"] = (attn.v_bias, lambda b: b.reshape(k, h))
         if config.o_bias:
             plan[prefix + "self_attn.o_proj.bias"] = (attn.o_bias, identity)
+        if config.qk_norm:  # [h] scales, one per layer for all query heads and one for keys
+            plan[prefix + "self_attn.q_norm.weight"] = (attn.q_norm.weight, identity)
+            plan[prefix + "self_attn.k_norm.weight"] = (attn.k_norm.weight, identity)
         if config.mlp_bias:
             for name in ("gate", "up", "down"):
                 plan[prefix + f"mlp.{name}_proj.bias"] = (getattr(mlp, f"{name}_bias"), identity)

@@ -1,7 +1,8 @@
 """Tiny random Hugging Face checkpoints for tests and the built-in demo model.
 
 Owns: the per-variant configs (Llama, Llama 3 with rope scaling, Mistral with a small sliding
-window, Qwen2 with qkv biases), the locally trained byte-level BPE tokenizer with its ChatML chat
+window, Qwen2 with qkv biases, Qwen3 with per-head q/k norms, a head_dim other than hidden/heads
+and a thinking chat template), the locally trained byte-level BPE tokenizer with its ChatML chat
 template, deterministic random weights written with safetensors (single file or sharded), and the
 cached demo-model directory. Nothing here downloads anything, and importing this module loads
 neither torch nor transformers: weights are numpy arrays, the tokenizer comes from `tokenizers`.
@@ -19,19 +20,25 @@ import ml_dtypes
 import numpy as np
 from safetensors.numpy import save_file
 
-from core.models.chat_templates import TOOL_STYLES, chat_template
+from core.models.chat_templates import STYLES, TOOL_STYLES, chat_template  # noqa: F401
 
-VARIANTS = ("llama", "llama3", "mistral", "qwen2")
+VARIANTS = ("llama", "llama3", "mistral", "qwen2", "qwen3")
 SIZES = ("tiny", "demo", "bench", "1b")
 DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}
 
 BOS, EOS, IM_START, IM_END, PAD = (
     "<|begin_of_text|>", "<|end_of_text|>", "<|im_start|>", "<|im_end|>", "<|pad|>")
 SPECIAL_TOKENS = (BOS, EOS, IM_START, IM_END, PAD)  # ids 0..4, in this order
+# Added tokens that are text, not control (special=False, as in Qwen3's tokenizer): one id each,
+# after the trained vocabulary
+THINK_TOKENS = ("<think>", "</think>")
+ADDED_TEXT_TOKENS = {"qwen3": THINK_TOKENS}
 
-# The tool-calling style of each variant's chat template (core/models/chat_templates.py): the
-# plain Llama variant and the demo model use Hermes markup, as many Llama fine-tunes do.
-TOOL_STYLE = {"llama": "hermes", "llama3": "llama3", "mistral": "mistral", "qwen2": "hermes"}
+# The style of each variant's chat template (core/models/chat_templates.py): the plain Llama
+# variant and the demo model use Hermes markup, as many Llama fine-tunes do; Qwen3's own template
+# writes Hermes markup and `<think>` blocks.
+TOOL_STYLE = {"llama": "hermes", "llama3": "llama3", "mistral": "mistral", "qwen2": "hermes",
+              "qwen3": "qwen3"}
 CHAT_TEMPLATE = chat_template("none")  # the template of a model that ignores tools
 
 _CORPUS = """\
@@ -69,7 +76,8 @@ _1B_DIMS = dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
                 max_position_embeddings=4096)
 _DIMS = {"tiny": _TINY_DIMS, "demo": _DEMO_DIMS, "bench": _BENCH_DIMS, "1b": _1B_DIMS}
 _VOCAB_TARGET = {"tiny": 512, "demo": 2048, "bench": 2048, "1b": 2048}
-_MODEL_VOCAB_SIZE = {"bench": 32000, "1b": 32000}  # embedding rows beyond the tokenizer's (never produced by it)
+# embedding rows beyond the tokenizer's (never produced by it)
+_MODEL_VOCAB_SIZE = {"bench": 32000, "1b": 32000}
 _LLAMA3_SCALING = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
                    "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
 _QWEN2_SPLIT = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"""
@@ -88,9 +96,11 @@ def build_tokenizer(vocab_target: int = 512, variant: str = "llama"):
     """Train the byte-level BPE tokenizer (a `tokenizers.Tokenizer`) on the built-in corpus.
 
     qwen2 gets Qwen's NFC normalizer and split regex, because transformers 5 always rebuilds a
-    qwen2 tokenizer that way; the file and what transformers loads must tokenize alike.
+    qwen2 tokenizer that way; the file and what transformers loads must tokenize alike. qwen3
+    gets them too (a real Qwen3 checkpoint names Qwen2Tokenizer), and its think tags.
     """
     from tokenizers import (
+        AddedToken,
         Regex,
         Tokenizer,
         decoders,
@@ -102,7 +112,7 @@ def build_tokenizer(vocab_target: int = 512, variant: str = "llama"):
     )
 
     tok = Tokenizer(models.BPE())
-    if variant == "qwen2":
+    if variant in ("qwen2", "qwen3"):
         tok.normalizer = normalizers.NFC()
         tok.pre_tokenizer = pre_tokenizers.Sequence([
             pre_tokenizers.Split(Regex(_QWEN2_SPLIT), behavior="isolated", invert=False),
@@ -114,6 +124,8 @@ def build_tokenizer(vocab_target: int = 512, variant: str = "llama"):
         vocab_size=vocab_target, special_tokens=list(SPECIAL_TOKENS), show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(_training_text(vocab_target), trainer=trainer)
+    tok.add_tokens([AddedToken(text, special=False, normalized=False)
+                    for text in ADDED_TEXT_TOKENS.get(variant, ())])
     bos_id = tok.token_to_id(BOS)
     tok.post_processor = processors.Sequence([
         processors.ByteLevel(trim_offsets=False),
@@ -139,9 +151,10 @@ def write_tokenizer(out_dir: Path, tok, model_max_length: int,
                     template: str = CHAT_TEMPLATE) -> None:
     """tokenizer.json, tokenizer_config.json, special_tokens_map.json, chat_template.jinja."""
     tok.save(str(out_dir / "tokenizer.json"))
-    added = {str(tok.token_to_id(t)): {"content": t, "lstrip": False, "rstrip": False,
-                                       "normalized": False, "single_word": False,
-                                       "special": True} for t in SPECIAL_TOKENS}
+    added = {str(token_id): {"content": token.content, "lstrip": token.lstrip,
+                             "rstrip": token.rstrip, "normalized": token.normalized,
+                             "single_word": token.single_word, "special": token.special}
+             for token_id, token in sorted(tok.get_added_tokens_decoder().items())}
     _write_json(out_dir / "tokenizer_config.json", {
         "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": BOS, "eos_token": EOS,
         "pad_token": PAD, "unk_token": None, "add_bos_token": True, "add_eos_token": False,
@@ -183,6 +196,14 @@ def model_config(variant: str, vocab_size: int, ids: dict[str, int], *,
                    sliding_window=None, max_window_layers=cfg["num_hidden_layers"])
         for key in ("attention_bias", "mlp_bias"):
             cfg.pop(key)  # Qwen2 always has q/k/v biases and no bias flags
+    elif variant == "qwen3":
+        # as Qwen3-0.6B: head_dim twice hidden/heads, tied embeddings, no biases (attention_bias
+        # false, no mlp_bias key), the window off
+        cfg.update(architectures=["Qwen3ForCausalLM"], model_type="qwen3", rms_norm_eps=1e-6,
+                   rope_theta=1000000.0, tie_word_embeddings=True, use_sliding_window=False,
+                   sliding_window=None, max_window_layers=cfg["num_hidden_layers"],
+                   head_dim=2 * cfg["hidden_size"] // cfg["num_attention_heads"])
+        cfg.pop("mlp_bias")
     # transformers >= 5 reads `rope_parameters` (rope_theta inside); older readers the classic keys.
     cfg["rope_parameters"] = {**(cfg.get("rope_scaling") or {"rope_type": "default"}),
                               "rope_theta": cfg["rope_theta"]}
@@ -194,15 +215,15 @@ def model_config(variant: str, vocab_size: int, ids: dict[str, int], *,
 def random_weights(cfg: dict, seed: int = 0) -> dict[str, np.ndarray]:
     """Deterministic float32 weights named exactly as the HF checkpoint for `cfg`."""
     rng = np.random.default_rng(seed)
-    hidden, inter = cfg["hidden_size"], cfg["intermediate_size"]
-    q_dim = cfg["num_attention_heads"] * cfg["head_dim"]
-    kv_dim = cfg["num_key_value_heads"] * cfg["head_dim"]
+    hidden, inter, head_dim = cfg["hidden_size"], cfg["intermediate_size"], cfg["head_dim"]
+    q_dim = cfg["num_attention_heads"] * head_dim
+    kv_dim = cfg["num_key_value_heads"] * head_dim
 
     def normal(shape, std):
         return (rng.standard_normal(shape, dtype=np.float32) * np.float32(std))
 
-    def norm():
-        return 1.0 + normal((hidden,), 0.1)
+    def norm(width=hidden):
+        return 1.0 + normal((width,), 0.1)
 
     w = {"model.embed_tokens.weight": normal((cfg["vocab_size"], hidden), 0.2)}
     for i in range(cfg["num_hidden_layers"]):
@@ -213,6 +234,9 @@ def random_weights(cfg: dict, seed: int = 0) -> dict[str, np.ndarray]:
         if cfg["model_type"] == "qwen2":
             for name, dim in (("q", q_dim), ("k", kv_dim), ("v", kv_dim)):
                 w[f"{p}self_attn.{name}_proj.bias"] = normal((dim,), 0.02)
+        if cfg["model_type"] == "qwen3":  # one [head_dim] scale for all heads' q, one for k
+            w[f"{p}self_attn.q_norm.weight"] = norm(head_dim)
+            w[f"{p}self_attn.k_norm.weight"] = norm(head_dim)
         for name, shape in (("gate", (inter, hidden)), ("up", (inter, hidden)),
                             ("down", (hidden, inter))):
             w[f"{p}mlp.{name}_proj.weight"] = normal(shape, 0.02)
@@ -253,14 +277,14 @@ def write_tiny_model(out_dir: Path, variant: str = "llama", *, seed: int = 0,
                      dtype: str = "float32", num_shards: int = 1, size: str = "tiny",
                      tool_style: str | None = None) -> Path:
     """Write a complete HF model directory (config, weights, tokenizer) and return it; its chat
-    template renders tools in `tool_style` (default: the variant's family, TOOL_STYLE)."""
+    template is of `tool_style` (default: the variant's family, TOOL_STYLE; one of STYLES)."""
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; expected one of {tuple(DTYPES)}")
     if size not in SIZES or variant not in VARIANTS:
         raise ValueError(f"unknown size {size!r} or variant {variant!r}")
     tool_style = tool_style or TOOL_STYLE[variant]
-    if tool_style not in TOOL_STYLES:
-        raise ValueError(f"unknown tool style {tool_style!r}; expected one of {TOOL_STYLES}")
+    if tool_style not in STYLES:
+        raise ValueError(f"unknown template style {tool_style!r}; expected one of {STYLES}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tok = build_tokenizer(_VOCAB_TARGET[size], variant)

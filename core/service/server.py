@@ -285,7 +285,7 @@ async def run(config: ServerConfig) -> None:
     done, _ = await asyncio.wait({loading, stopping}, return_when=asyncio.FIRST_COMPLETED)
     if loading in done and loading.exception() is not None:
         stopping.cancel()
-        await core.service.server.stop(grace=0)
+        await core.server.stop(grace=0)
         raise loading.exception()
     await stopping
     log.info("shutdown requested: draining")

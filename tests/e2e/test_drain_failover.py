@@ -277,14 +277,14 @@ def test_unavailable_before_the_first_response_is_retried(failures, opened):
 
 
 def test_requests_spread_over_both_cores(cores, facade):
-    before = [core.engine.metrics()["generation_tokens_total"] for core in cores]
+    before = [core.metrics()["generation_tokens_total"] for core in cores]
     with httpx.Client(timeout=30) as client:
         for _ in range(6):
             response = client.post(f"{facade}/v1/chat/completions", json=_chat(False, 5))
             assert response.status_code == 200, response.text
 
     def generated() -> list[float]:
-        after = [core.engine.metrics()["generation_tokens_total"] for core in cores]
+        after = [core.metrics()["generation_tokens_total"] for core in cores]
         return [a - b for a, b in zip(after, before, strict=True)]
 
     # The cores count a request's tokens as it finishes, which may be after its last byte.

@@ -13,11 +13,18 @@ from __future__ import annotations
 
 import pytest
 import schemathesis
+import schemathesis.specs.openapi.schemas  # noqa: F401  (see below)
 from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode, checks
 
 from facade.app import create_app
 from tests.conftest import MODEL  # `server` is conftest's session fixture
+
+# The schema loader's modules are imported above, at collection, not on the first `from_url`:
+# pytest rewrites a plugin's modules when they are first imported, and that `ast.parse` failed
+# with "SystemError: AST constructor recursion depth mismatch (before=189, after=242)" once,
+# deep inside a fixture's call stack in a full run of the suite (never alone): a CPython 3.11
+# bug in the AST constructor's depth accounting (python/cpython#106905).
 
 pytestmark = pytest.mark.slow
 
