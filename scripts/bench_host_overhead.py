@@ -26,7 +26,7 @@ apply_defaults()
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from core.config import EngineConfig  # noqa: E402
+from core.config import EngineConfig, resolve_model  # noqa: E402
 from core.engine.request import SamplingParams, SchedulerOutput, SequenceChunk  # noqa: E402
 from core.engine.runner import ModelRunner  # noqa: E402
 from core.engine.sampling import SamplingArrays  # noqa: E402
@@ -42,9 +42,10 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=31)
     args = parser.parse_args()
     rows_list = [int(value) for value in args.rows.split(",")]
-    model, config = load_model(args.model, args.dtype)
-    runner = ModelRunner(model, config, EngineConfig(max_num_seqs=max(rows_list),
-                                                     max_model_len=2048, dtype=args.dtype))
+    config, engine_config = resolve_model(args.model, EngineConfig(
+        max_num_seqs=max(rows_list), max_model_len=2048, dtype=args.dtype))
+    model, _ = load_model(args.model, engine_config.dtype, config)
+    runner = ModelRunner(model, config, engine_config)
     pages_per_row = -(-(args.context + 1) // runner.page_size)
     greedy = SamplingParams(temperature=0.0)
     for rows in rows_list:

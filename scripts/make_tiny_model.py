@@ -1,6 +1,6 @@
 """CLI: write tiny random Hugging Face checkpoints (see core/models/tiny.py) for tests and demos.
 
-    python scripts/make_tiny_model.py OUT_DIR [--variant llama|llama3|mistral|qwen2|all]
+    python scripts/make_tiny_model.py OUT_DIR [--variant llama|llama3|mistral|qwen2|qwen3|all]
         [--dtype float32|bfloat16] [--shards N] [--seed S] [--size tiny|demo|bench|1b]
 
 With --variant all, each variant goes to OUT_DIR/<variant>.

@@ -48,7 +48,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from core.config import EngineConfig  # noqa: E402
+from core.config import EngineConfig, resolve_model  # noqa: E402
 from core.engine import logits_processors as processors  # noqa: E402
 from core.engine.request import SamplingParams, SchedulerOutput, SequenceChunk  # noqa: E402
 from core.engine.runner import ModelRunner  # noqa: E402
@@ -202,12 +202,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    model, model_config = load_model(args.model, args.dtype)
     max_rows, max_pages = max(args.rows), max(args.pages)
     page_size = EngineConfig().page_size
-    engine_config = EngineConfig(
+    model_config, engine_config = resolve_model(args.model, EngineConfig(
         max_model_len=max_pages * page_size, max_num_seqs=max_rows, min_decode_pages=8,
-        num_pages=max_rows * max_pages, dtype=args.dtype)
+        num_pages=max_rows * max_pages, dtype=args.dtype))
+    model, _ = load_model(args.model, engine_config.dtype, model_config)
     runner = ModelRunner(model, model_config, engine_config)
     shapes = [profile_shape(runner, rows, pages, args.repeats)
               for rows in args.rows for pages in args.pages]

@@ -30,7 +30,10 @@ PARAM_AXES: dict[str, tuple[str | None, ...]] = {
     "o_proj": ("heads", None, "embed"), "o_bias": ("embed",),
     "gate_proj": ("embed", "mlp"), "up_proj": ("embed", "mlp"), "down_proj": ("mlp", "embed"),
     "gate_bias": ("mlp",), "up_bias": ("mlp",), "down_bias": ("embed",),
-    "weight": ("embed",),  # RMSNorm scales
+    "weight": ("embed",),  # RMSNorm scales [d]
+    # a parameter named within its module, where the bare name would be ambiguous: Qwen3's
+    # per-head q/k norm scales [h], shared by all heads, so replicated
+    "q_norm.weight": (None,), "k_norm.weight": (None,),
 }
 # KV pools: keys [pages, kv_heads, head_dim, page], values [pages, kv_heads, page, head_dim]
 POOL_AXES: tuple[str | None, ...] = (None, "kv_heads", None, None)
@@ -64,7 +67,8 @@ def shard_params(state, mesh: Mesh, rules: dict[str, str | None]):
     """The model state (nnx.State) with every parameter placed by its logical axes."""
     def place(path, leaf):
         names = [key.key for key in path if isinstance(key, jax.tree_util.DictKey)]
-        axes = next((PARAM_AXES[name] for name in reversed(names) if name in PARAM_AXES), None)
+        axes = PARAM_AXES.get(".".join(str(name) for name in names[-2:])) or next(
+            (PARAM_AXES[name] for name in reversed(names) if name in PARAM_AXES), None)
         if axes is None or len(axes) != leaf.ndim:
             raise ConfigError(f"no sharding rule for parameter {jax.tree_util.keystr(path)}")
         return jax.device_put(leaf, NamedSharding(mesh, _spec(axes, rules)))

@@ -225,12 +225,18 @@ def random_weights(cfg: dict, seed: int = 0) -> dict[str, np.ndarray]:
     def norm(width=hidden):
         return 1.0 + normal((width,), 0.1)
 
+    def projection(shape):  # [out, in]
+        # qwen3: 2/√in, so each layer moves the residual stream and greedy decoding follows the
+        # context; the older variants' 0.02 with a tied table mostly echoes the last token
+        std = 2 / shape[1] ** 0.5 if cfg["model_type"] == "qwen3" else 0.02
+        return normal(shape, std)
+
     w = {"model.embed_tokens.weight": normal((cfg["vocab_size"], hidden), 0.2)}
     for i in range(cfg["num_hidden_layers"]):
         p = f"model.layers.{i}."
         for name, shape in (("q", (q_dim, hidden)), ("k", (kv_dim, hidden)),
                             ("v", (kv_dim, hidden)), ("o", (hidden, q_dim))):
-            w[f"{p}self_attn.{name}_proj.weight"] = normal(shape, 0.02)
+            w[f"{p}self_attn.{name}_proj.weight"] = projection(shape)
         if cfg["model_type"] == "qwen2":
             for name, dim in (("q", q_dim), ("k", kv_dim), ("v", kv_dim)):
                 w[f"{p}self_attn.{name}_proj.bias"] = normal((dim,), 0.02)
@@ -239,7 +245,7 @@ def random_weights(cfg: dict, seed: int = 0) -> dict[str, np.ndarray]:
             w[f"{p}self_attn.k_norm.weight"] = norm(head_dim)
         for name, shape in (("gate", (inter, hidden)), ("up", (inter, hidden)),
                             ("down", (hidden, inter))):
-            w[f"{p}mlp.{name}_proj.weight"] = normal(shape, 0.02)
+            w[f"{p}mlp.{name}_proj.weight"] = projection(shape)
         w[f"{p}input_layernorm.weight"] = norm()
         w[f"{p}post_attention_layernorm.weight"] = norm()
     w["model.norm.weight"] = norm()

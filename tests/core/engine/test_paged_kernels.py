@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core.config import EngineConfig
+from core.config import EngineConfig, resolve_model
 from core.engine.request import SamplingParams, SchedulerOutput, SequenceChunk
 from core.engine.runner import ModelRunner
 from core.models.loader import load_model
@@ -14,8 +14,10 @@ from core.models.loader import load_model
 
 def greedy_run(model_dir, monkeypatch, kind: str, steps: int = 6):
     monkeypatch.setenv("TANDEM_PAGED_ATTENTION", kind)
-    model, config = load_model(model_dir)
-    runner = ModelRunner(model, config, EngineConfig(max_model_len=128, max_num_seqs=2))
+    config, engine_config = resolve_model(model_dir, EngineConfig(max_model_len=128,
+                                                                  max_num_seqs=2), backend="cpu")
+    model, _ = load_model(model_dir, engine_config.dtype, config)
+    runner = ModelRunner(model, config, engine_config)
     assert runner._pages.kind == kind
     prompt = list(np.random.RandomState(1).randint(5, config.vocab_size, size=40))
     greedy = SamplingParams(temperature=0.0)

@@ -9,12 +9,18 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
+
+# parameters split 4 ways, per layer of the 2: q, o, gate, up, down, and Qwen2's q bias; Qwen3's
+# [head_dim] q/k norm scales stay whole (as every RMSNorm scale)
+SPLIT_PARAMS = {"qwen2": 2 * 6, "qwen3": 2 * 5}
 
 
-def test_tensor_parallel_4_matches_one_device(tiny_models):
-    """Qwen2 (q/k/v biases); its 2 key/value heads do not split 4 ways, so they are replicated
-    while the 4 query heads, the MLP and the vocabulary are split."""
-    variant = "qwen2"
+@pytest.mark.parametrize("variant", ["qwen2", "qwen3"])
+def test_tensor_parallel_4_matches_one_device(tiny_models, variant):
+    """Qwen2 (q/k/v biases) and Qwen3 (per-head q/k norms, head_dim twice hidden/heads); their 2
+    key/value heads do not split 4 ways, so they are replicated while the 4 query heads, the MLP
+    and (where it divides) the vocabulary are split."""
     root = Path(__file__).resolve().parents[3]
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
            "JAX_PLATFORMS": "cpu"}
@@ -25,7 +31,7 @@ def test_tensor_parallel_4_matches_one_device(tiny_models):
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["devices"] == 4
     assert result["one"]["split_params"] == 0
-    assert result["four"]["split_params"] >= 2 * 6  # q, o, gate, up, down, q_bias per layer
+    assert result["four"]["split_params"] == SPLIT_PARAMS[variant]
     for one, four in zip(result["one"]["requests"], result["four"]["requests"], strict=True):
         assert four["tokens"] == one["tokens"] and len(one["tokens"]) == 12
         for top_one, top_four in zip(one["top"], four["top"], strict=True):

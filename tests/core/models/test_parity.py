@@ -10,7 +10,7 @@ import jax.numpy as jnp  # noqa: E402
 from transformers import AutoModelForCausalLM  # noqa: E402
 
 from core.cache.kv_pool import KVPages  # noqa: E402
-from core.config import EngineConfig  # noqa: E402
+from core.config import EngineConfig, resolve_model  # noqa: E402
 from core.engine.request import SamplingParams, SchedulerOutput, SequenceChunk  # noqa: E402
 from core.engine.runner import ModelRunner  # noqa: E402
 from core.models.loader import load_model  # noqa: E402
@@ -31,13 +31,32 @@ def jax_logits(model_dir, dtype=None) -> tuple[np.ndarray, np.ndarray]:
     return ids, np.asarray(model.logits(hidden))
 
 
+def runner_greedy(model_dir, dtype: str, num_tokens: int) -> tuple[list[int], list[int]]:
+    """(prompt, greedy tokens) of the jitted runner, its engine configuration resolved as the
+    core resolves it, on a random 40-token prompt spread over pages in any order."""
+    config, engine_config = resolve_model(
+        model_dir, EngineConfig(max_model_len=128, max_num_seqs=2, dtype=dtype), backend="cpu")
+    model, _ = load_model(model_dir, dtype, config)
+    runner = ModelRunner(model, config, engine_config)
+    prompt = [int(t) for t in np.random.RandomState(1).randint(5, config.vocab_size, size=40)]
+    greedy = SamplingParams(temperature=0.0)
+    tokens, page_ids = [], (9, 3, 12, 5, 0, 7, 1, 2)  # any pages, in any order
+    chunk = SequenceChunk("r", tuple(prompt), 0, page_ids[:3], greedy, wants_sample=True)
+    for _ in range(num_tokens):
+        tokens.append(int(runner.execute(SchedulerOutput((chunk,))).token_ids[0]))
+        position = len(prompt) + len(tokens) - 1
+        chunk = SequenceChunk("r", (tokens[-1],), position, page_ids[:position // 16 + 1],
+                              greedy, wants_sample=True)
+    return prompt, tokens
+
+
 def hf_logits(model_dir, ids: np.ndarray) -> np.ndarray:
     hf = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     with torch.no_grad():
         return hf(torch.tensor(ids, dtype=torch.long)).logits.numpy()
 
 
-@pytest.mark.parametrize("variant", ["llama", "llama3", "mistral", "qwen2"])
+@pytest.mark.parametrize("variant", ["llama", "llama3", "mistral", "qwen2", "qwen3"])
 def test_logits_match_transformers(tiny_models, variant):
     ids, ours = jax_logits(tiny_models[variant])
     reference = hf_logits(tiny_models[variant], ids)
@@ -62,23 +81,15 @@ def test_bfloat16_close_to_float32(tiny_models, tmp_path):
     assert np.abs(ours - as_float32).max() < 0.1 * np.abs(as_float32).max()
 
 
-@pytest.mark.parametrize("variant", ["llama", "llama3", "mistral", "qwen2"])
+@pytest.mark.parametrize("variant", ["llama", "llama3", "mistral", "qwen2", "qwen3"])
 def test_greedy_tokens_match_transformers_generate(tiny_models, variant):
-    model, config = load_model(tiny_models[variant])
-    runner = ModelRunner(model, config, EngineConfig(max_model_len=128, max_num_seqs=2))
-    prompt = list(np.random.RandomState(1).randint(5, config.vocab_size, size=40))
-    greedy = SamplingParams(temperature=0.0)
-    tokens, page_ids = [], (9, 3, 12, 5, 0, 7, 1, 2)  # any pages, in any order
-    chunk = SequenceChunk("r", tuple(prompt), 0, page_ids[:3], greedy, wants_sample=True)
-    for _ in range(24):
-        tokens.append(int(runner.execute(SchedulerOutput((chunk,))).token_ids[0]))
-        position = len(prompt) + len(tokens) - 1
-        chunk = SequenceChunk("r", (tokens[-1],), position, page_ids[:position // 16 + 1],
-                              greedy, wants_sample=True)
+    prompt, tokens = runner_greedy(tiny_models[variant], "float32", 24)
     hf = AutoModelForCausalLM.from_pretrained(tiny_models[variant], dtype=torch.float32).eval()
     expected = hf.generate(torch.tensor([prompt]), max_new_tokens=24, do_sample=False,
                            eos_token_id=None, pad_token_id=0)[0, len(prompt):].tolist()
     assert tokens == expected
+    if variant == "qwen3":  # its weights make greedy follow the context (core/models/tiny.py)
+        assert len(set(tokens)) > 12
 
 
 def test_bfloat16_engine_generates(tiny_models, tmp_path):
@@ -106,22 +117,11 @@ def test_bfloat16_engine_generates(tiny_models, tmp_path):
         engine.stop()
 
 
-@pytest.mark.parametrize("variant", ["llama", "qwen2"])
+@pytest.mark.parametrize("variant", ["llama", "qwen2", "qwen3"])
 def test_bfloat16_greedy_tokens_match_transformers_bfloat16(tiny_models, variant):
     """bf16 weights and KV pool (f32 accumulation, f32 attention math) against HF `generate` in
     bfloat16: the same greedy tokens on the parity prompt; logits within 5% of their range."""
-    model, config = load_model(tiny_models[variant], "bfloat16")
-    runner = ModelRunner(model, config, EngineConfig(max_model_len=128, max_num_seqs=2,
-                                                     dtype="bfloat16"))
-    prompt = list(np.random.RandomState(1).randint(5, config.vocab_size, size=40))
-    greedy = SamplingParams(temperature=0.0)
-    tokens, page_ids = [], (9, 3, 12, 5, 0, 7, 1, 2)
-    chunk = SequenceChunk("r", tuple(prompt), 0, page_ids[:3], greedy, wants_sample=True)
-    for _ in range(16):
-        tokens.append(int(runner.execute(SchedulerOutput((chunk,))).token_ids[0]))
-        position = len(prompt) + len(tokens) - 1
-        chunk = SequenceChunk("r", (tokens[-1],), position, page_ids[:position // 16 + 1],
-                              greedy, wants_sample=True)
+    prompt, tokens = runner_greedy(tiny_models[variant], "bfloat16", 16)
     hf = AutoModelForCausalLM.from_pretrained(tiny_models[variant], dtype=torch.bfloat16).eval()
     expected = hf.generate(torch.tensor([prompt]), max_new_tokens=16, do_sample=False,
                            eos_token_id=None, pad_token_id=0)[0, len(prompt):].tolist()
@@ -130,3 +130,49 @@ def test_bfloat16_greedy_tokens_match_transformers_bfloat16(tiny_models, variant
     with torch.no_grad():
         reference = hf(torch.tensor(ids, dtype=torch.long)).logits.float().numpy()
     assert np.abs(ours - reference).max() <= 0.05 * np.abs(reference).max()
+
+
+def test_qwen3_through_the_engine_matches_transformers_generate(tiny_models):
+    """Qwen3 through the whole engine (scheduler, chunked prefill, a decode batch of two, the
+    sampler) on prompts its chat template renders, thinking on and off: greedy tokens equal HF
+    `generate`, and nothing compiles after warm-up."""
+    import queue
+
+    from core.engine.loop import create_engine
+    from core.engine.request import Request, StoppingParams
+    from core.tokenizer import ChatPrompt
+
+    model_dir = tiny_models["qwen3"]
+    engine = create_engine(model_dir, EngineConfig(max_model_len=128, max_num_seqs=2,
+                                                   max_num_batched_tokens=32))
+    try:
+        messages = [{"role": "system", "content": "Answer briefly, then stop."},
+                    {"role": "user", "content": "Tell me a story about the sea, the mountains "
+                                                "and the city at night."}]
+        prompts = [engine.tokenizer.apply_chat_template(ChatPrompt(
+            messages=messages, template_kwargs={"enable_thinking": thinking}))
+            for thinking in (True, False)]
+        assert len(prompts[0]) > 32 and prompts[1][:len(prompts[0])] == prompts[0]
+        outputs: queue.Queue = queue.Queue()
+        for index, prompt in enumerate(prompts):
+            engine.add_request(Request(f"q{index}", prompt, SamplingParams(temperature=0.0),
+                                       StoppingParams(max_tokens=16, ignore_eos=True)),
+                               outputs.put)
+        tokens: dict[str, list[int]] = {"q0": [], "q1": []}
+        finished = 0
+        while finished < len(prompts):
+            output = outputs.get(timeout=120)
+            assert output.error is None, output.error
+            tokens[output.request_id] += output.new_token_ids
+            finished += output.finish_reason is not None
+        assert engine.runner.compilations_after_warmup == 0
+    finally:
+        engine.stop()
+    hf = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    for index, prompt in enumerate(prompts):
+        # the mask given: HF would infer one that hides BOS (id 0, the pad id passed)
+        mask = torch.ones(1, len(prompt), dtype=torch.long)
+        expected = hf.generate(torch.tensor([prompt]), attention_mask=mask, max_new_tokens=16,
+                               do_sample=False, eos_token_id=None,
+                               pad_token_id=0)[0, len(prompt):].tolist()
+        assert tokens[f"q{index}"] == expected

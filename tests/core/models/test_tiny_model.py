@@ -74,6 +74,13 @@ def test_variant_specifics(model_dirs):
     llama = AutoConfig.from_pretrained(model_dirs["llama"])
     assert (llama.hidden_size, llama.num_hidden_layers, llama.num_key_value_heads) == (64, 2, 2)
     assert llama.head_dim == 16 and llama.rope_parameters["rope_theta"] == 10000.0
+    qwen3, _ = _load(model_dirs["qwen3"])
+    cfg = qwen3.config
+    assert cfg.head_dim == 32 != cfg.hidden_size // cfg.num_attention_heads
+    assert cfg.tie_word_embeddings and cfg.sliding_window is None and not cfg.attention_bias
+    attention = qwen3.model.layers[0].self_attn
+    assert attention.q_proj.bias is None and attention.q_proj.weight.shape == (4 * 32, 64)
+    assert attention.q_norm.weight.shape == attention.k_norm.weight.shape == (32,)
 
 
 def test_llama3_rope_scaling_is_active(model_dirs):
@@ -91,7 +98,7 @@ def test_llama3_rope_scaling_is_active(model_dirs):
     assert raw["rope_scaling"]["rope_type"] == "llama3" and raw["rope_theta"] == 500000.0
 
 
-@pytest.mark.parametrize("variant", ["llama", "qwen2"])
+@pytest.mark.parametrize("variant", ["llama", "qwen2", "qwen3"])
 def test_tokenizer_round_trip_and_bos(model_dirs, variant):
     from tokenizers import Tokenizer
     tok = AutoTokenizer.from_pretrained(model_dirs[variant])
