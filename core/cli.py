@@ -92,6 +92,10 @@ def _add_core_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--drain-timeout-s", type=float, default=30.0,
                         help="on SIGTERM, seconds admitted requests may take to finish before "
                              "the server stops")
+    parser.add_argument("--stall-timeout-s", type=float, default=60.0,
+                        help="readiness (gRPC health, the facade's /ready) turns NOT_SERVING "
+                             "while a request has waited this long with no engine step, and "
+                             "SERVING again once the engine moves (0: off); liveness stays up")
     parser.add_argument("--trust-request-chat-template", action="store_true",
                         help="let requests bring their own chat template (Jinja runs in the "
                              "core: only for trusted clients)")
@@ -161,6 +165,7 @@ def run_core(args: argparse.Namespace) -> None:
                           host=args.grpc_host, grpc_port=args.grpc_port, engine=engine,
                           metrics_port=args.metrics_port,
                           drain_timeout_s=args.drain_timeout_s,
+                          stall_timeout_s=args.stall_timeout_s,
                           trust_request_chat_template=args.trust_request_chat_template,
                           tool_call_parser=args.tool_call_parser)
     asyncio.run(run(config))

@@ -462,6 +462,9 @@ class ServerConfig:
     grpc_port: int = 50051
     engine: EngineConfig = field(default_factory=EngineConfig)  # as requested (resolved at load)
     drain_timeout_s: float = 30.0  # graceful shutdown grace period
+    # readiness turns NOT_SERVING while an engine has held unfinished work this long without
+    # finishing a step (a stalled engine), SERVING again once it moves; 0 turns it off
+    stall_timeout_s: float = 60.0
     metrics_port: int | None = None  # Prometheus endpoint of the core; None: off
     trust_request_chat_template: bool = False  # let requests bring their own Jinja template
     embedding_model_dir: Path | None = None  # a second model served for Embed; None: none

@@ -6,7 +6,9 @@ embedding engine (`core/engine/embedding.py`). Callers hand work in with `_post(
 thread; the engine's thread takes everything that arrived since its last turn and passes it to
 `_turn(items)`, which applies it and does one step of work. The thread blocks on the inbox only
 while the engine says it has nothing to do (`_is_idle`). Each engine describes its load as an
-`EngineStats` snapshot, which its Prometheus registry (`core/engine/metrics.py`) reads.
+`EngineStats` snapshot, which its Prometheus registry (`core/engine/metrics.py`) reads, and
+says how long it has held unfinished work without finishing a step (`stalled_for_s`): what
+the service's stall detector turns into readiness.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import abc
 import queue
 import threading
+import time
 
 from core.engine.metrics import EngineMetrics, EngineStats
 from core.errors import Unavailable
@@ -31,6 +34,8 @@ class EngineThread(abc.ABC):
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=thread_name, daemon=True)
         self.metrics = EngineMetrics(self.stats)
+        # time.monotonic() of the end of the last step, or of work arriving at an idle engine
+        self._last_progress_s = time.monotonic()
 
     # -- lifecycle (any thread) ------------------------------------------------------------
 
@@ -56,12 +61,27 @@ class EngineThread(abc.ABC):
     def _post(self, item) -> None:
         self._inbox.put(item)
 
+    def stalled_for_s(self) -> float:
+        """Seconds the engine has held unfinished work without finishing a step (0: none)."""
+        if not self.num_unfinished:
+            return 0.0
+        return max(0.0, time.monotonic() - self._last_progress_s)
+
+    def _note_progress(self) -> None:
+        """A step ended, or work arrived while there was none (any thread)."""
+        self._last_progress_s = time.monotonic()
+
     # -- what each engine supplies ---------------------------------------------------------
 
     @property
     @abc.abstractmethod
     def compilations_after_warmup(self) -> int:
         """Traces of its jitted functions since warm-up ended (stays 0)."""
+
+    @property
+    @abc.abstractmethod
+    def num_unfinished(self) -> int:
+        """Work admitted and not finished yet: requests, or inputs for the embedding engine."""
 
     @abc.abstractmethod
     def stats(self) -> EngineStats:

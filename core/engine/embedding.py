@@ -127,6 +127,11 @@ class EmbeddingEngine(EngineThread):
     def compilations_after_warmup(self) -> int:
         return self.num_compilations - self.compilations_at_warmup
 
+    @property
+    def num_unfinished(self) -> int:
+        with self._lock:
+            return self._num_pending_inputs
+
     def stats(self) -> EngineStats:
         with self._lock:
             num_waiting = self._num_pending_inputs
@@ -162,6 +167,8 @@ class EmbeddingEngine(EngineThread):
             if self._num_pending_inputs + len(token_ids) > self.max_pending_inputs:
                 raise Overloaded("too many embedding inputs queued; retry later",
                                  retry_after_s=1)
+            if self._num_pending_inputs == 0:  # an idle engine's clock starts with this work
+                self._note_progress()
             self._num_pending_inputs += len(token_ids)
         job = _Job(token_ids, concurrent.futures.Future(), [None] * len(token_ids))
         self._post(job)
@@ -189,6 +196,7 @@ class EmbeddingEngine(EngineThread):
                 _resolve(job.future, exc)
         finally:
             self._forget(len(batch))
+            self._note_progress()
 
     def _next_call(self, pending: list[tuple[_Job, int]]):
         """The next call's inputs and what stays pending: the oldest input sets the length

@@ -55,11 +55,6 @@ class Engine(EngineThread):
     def abort(self, request_id: str) -> None:
         """Stop a request and free its resources within one step (no-op when finished)."""
 
-    @property
-    @abc.abstractmethod
-    def num_unfinished(self) -> int:
-        """Requests added and not yet finished."""
-
     def check_grammar(self, spec: GrammarSpec) -> None:
         """Compile a request's grammar, bounded in time (blocking: call it off the event loop);
         raises InvalidParameter naming `spec.param`, or Unsupported."""
@@ -117,6 +112,7 @@ class LlmEngine(Engine):
             num_waiting=len(scheduler.waiting), num_running=len(scheduler.running),
             kv_cache_usage=scheduler.kv_cache_usage, num_kv_pages=scheduler.allocator.num_pages,
             compilations_after_warmup=self.compilations_after_warmup,
+            page_size_tokens=self.engine_config.page_size,
             prefix_cache_queried_tokens=cache.queried_tokens,
             prefix_cache_hit_tokens=cache.hit_tokens, num_preemptions=scheduler.num_preemptions,
             num_prompt_tokens=self.num_prompt_tokens,
@@ -140,6 +136,8 @@ class LlmEngine(Engine):
             if self._num_pending >= self.engine_config.max_unfinished:
                 raise Overloaded("too many requests queued; retry later",
                                  retry_after_s=self.engine_config.retry_after_s)
+            if self._num_pending == 0:  # an idle engine's clock starts with its first request
+                self._note_progress()
             self._num_pending += 1
         if request.sampling.seed is None:
             request.sampling = replace(request.sampling, seed=secrets.randbits(63))
@@ -160,6 +158,7 @@ class LlmEngine(Engine):
             batch = self.scheduler.schedule()
             if batch is not None:
                 self.update_from_output(batch, self._step(batch))
+                self._note_progress()
         except Exception as exc:  # a bug: fail the requests involved, keep serving others
             log.exception("engine step failed")
             try:

@@ -3,7 +3,9 @@
 Owns: turning RPCs into engine work (Generate's chunks are `core/service/generate.py`'s, Score's
 and Embed's request handling `score.py`'s and `embed.py`'s); the `grpc.health.v1` statuses
 ("" = live as soon as the port is bound; "tandem.v1.Inference" = ready only after weights are
-loaded and every bucket is compiled); server reflection; aborting a request when its RPC is
+loaded and every bucket is compiled, and not while an engine is stalled: the stall detector
+turns it NOT_SERVING when unfinished work has waited `stall_timeout_s` with no engine step,
+SERVING again once the engine moves); server reflection; aborting a request when its RPC is
 cancelled or its deadline passes; graceful drain on SIGTERM.
 """
 
@@ -44,6 +46,7 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Inference"].full_name
 # Least grace `drain_and_stop` gives RPCs to send what the engine has already produced.
 STOP_FLUSH_S = 1.0
+STALL_POLL_S = 0.5  # how often the stall detector looks (at most: a quarter of its timeout)
 DEMO_DESCRIPTION = ("Tandem's built-in demo model: a small Llama with RANDOM weights made "
                     "locally on first run; its text is gibberish. Pass --model DIR to serve a "
                     "real model.")
@@ -210,6 +213,9 @@ class CoreServer:
              reflection.SERVICE_NAME], self.server)
         self.port: int | None = None
         self.metrics_port: int | None = None
+        self.stall_timeout_s = config.stall_timeout_s  # 0: no stall detector
+        self._draining = False  # once set, readiness stays NOT_SERVING
+        self._stall_watch: asyncio.Task | None = None
 
     async def start(self) -> int:
         """Bind and serve: live at once, not ready until `load()` finishes."""
@@ -243,17 +249,46 @@ class CoreServer:
             self.servicer.attach(model)
         self.servicer.attach(main)
         if config.metrics_port is not None and main.generator is not None:
-            self.metrics_port = main.generator.metrics.serve(config.metrics_port, config.host)
+            self.metrics_port = main.generator.metrics.serve(config.metrics_port, config.host,
+                                                             model_name=main.name)
             log.info("metrics on http://%s:%d/metrics", config.host, self.metrics_port)
         await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+        self._stall_watch = asyncio.create_task(self._watch_for_stalls())
         log.info("core ready: %s loaded and warmed up in %.1f s",
                  ", ".join(repr(name) for name in names), time.perf_counter() - started)
+
+    async def _watch_for_stalls(self) -> None:
+        """Readiness follows the engines: NOT_SERVING while one has held unfinished work for
+        `stall_timeout_s` without finishing a step, SERVING again once it moves. Liveness is
+        untouched (a stalled core is not restarted for a long step, only taken out of rotation)."""
+        stalled = False
+        while not self._draining:
+            timeout_s = self.stall_timeout_s
+            await asyncio.sleep(min(STALL_POLL_S, timeout_s / 4) if timeout_s > 0
+                                else STALL_POLL_S)
+            engines = [engine for model in self.servicer.models.values()
+                       for engine in (model.generator, model.embedder) if engine is not None]
+            worst_s = max((engine.stalled_for_s() for engine in engines), default=0.0)
+            now_stalled = 0 < timeout_s < worst_s
+            if now_stalled == stalled or self._draining:
+                continue
+            stalled = now_stalled
+            if stalled:
+                log.warning("engine stalled: unfinished work, no step for %.1f s (over %.1f s): "
+                            "readiness NOT_SERVING", worst_s, timeout_s)
+            else:
+                log.info("engine moving again: readiness SERVING")
+            await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING
+                                  if stalled else health_pb2.HealthCheckResponse.SERVING)
 
     async def drain_and_stop(self) -> None:
         """Drain, then stop: readiness turns NOT_SERVING (balancers and the facade's channel
         stop picking this core), new Generate calls get UNAVAILABLE at once (the facade retries
         another core), and in-flight requests finish with all their tokens for up to
         `drain_timeout_s`; then the server stops, cancelling whatever is still running."""
+        self._draining = True
+        if self._stall_watch is not None:
+            self._stall_watch.cancel()
         await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
         engine = self.servicer.engine
         deadline = time.monotonic() + self.config.drain_timeout_s

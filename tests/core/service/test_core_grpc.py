@@ -319,3 +319,47 @@ async def test_one_tokenizer_and_one_resolved_configuration_serve_every_rpc(core
     info = await stub.GetModelInfo(pb.GetModelInfoRequest())
     assert (info.max_model_len, info.dtype) == (engine.engine_config.max_model_len,
                                                 engine.engine_config.dtype)
+
+
+async def test_readiness_turns_red_while_the_engine_is_stalled_and_green_once_it_moves(
+        core, monkeypatch):
+    """The stall detector: with a request waiting and the engine's step held, readiness
+    ("tandem.v1.Inference") turns NOT_SERVING within the stall timeout while liveness ("")
+    stays SERVING; once the step goes on, readiness is SERVING again and the request finishes."""
+    import threading
+
+    server, stub, channel = core
+    health = health_pb2_grpc.HealthStub(channel)
+    engine = server.servicer.engine
+    monkeypatch.setattr(server, "stall_timeout_s", 1.0)
+    release, dispatch = threading.Event(), engine.runner.dispatch
+
+    def held_dispatch(batch):
+        release.wait(timeout=120)
+        return dispatch(batch)
+
+    async def status(service: str) -> int:
+        return (await health.Check(health_pb2.HealthCheckRequest(service=service))).status
+
+    monkeypatch.setattr(engine.runner, "dispatch", held_dispatch)
+    request = pb.GenerateRequest(text="stall", stopping=pb.StoppingCriteria(
+        max_tokens=3, ignore_eos=True))
+    call = asyncio.ensure_future(collect(stub, request))
+    try:
+        await async_wait_until(
+            lambda: _is(status("tandem.v1.Inference"), health_pb2.HealthCheckResponse.NOT_SERVING),
+            "readiness NOT_SERVING while the step is held", timeout_s=30)
+        assert await status("") == health_pb2.HealthCheckResponse.SERVING
+        assert engine.stalled_for_s() > 1.0
+    finally:
+        release.set()
+    responses = await call
+    assert sum(len(choice.token_ids) for r in responses for choice in r.choices) == 3
+    await async_wait_until(
+        lambda: _is(status("tandem.v1.Inference"), health_pb2.HealthCheckResponse.SERVING),
+        "readiness SERVING once the engine moves", timeout_s=30)
+    assert engine.stalled_for_s() == 0.0
+
+
+async def _is(status, expected: int) -> bool:
+    return await status == expected
