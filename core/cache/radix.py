@@ -73,6 +73,19 @@ class RadixCache:
                 page_ids.append(node.page_id)
         return page_ids
 
+    def cached_prefix_tokens(self, token_ids: list[int], salt: str = "",
+                             max_tokens: int | None = None) -> int:
+        """How many leading tokens `match` would find now, without touching the LRU order or
+        holding anything (a load estimate: the pages may be evicted before they are used)."""
+        limit = len(token_ids) if max_tokens is None else min(max_tokens, len(token_ids))
+        node, num_blocks = (self._roots.get(salt) if self.enabled else None), 0
+        for block in self._blocks(token_ids, limit // self.page_size):
+            node = node.children.get(block) if node is not None else None
+            if node is None:
+                break
+            num_blocks += 1
+        return num_blocks * self.page_size
+
     def record_lookup(self, num_queried_tokens: int, num_hit_tokens: int) -> None:
         """Count one admitted request's lookup (retries and recomputes are not counted)."""
         self.stats.queried_tokens += num_queried_tokens

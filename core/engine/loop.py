@@ -86,6 +86,7 @@ class LlmEngine(Engine):
         self.num_fills_hidden = 0  # ...of which the device was still computing when it ended
         self._tracked: dict[str, _Tracked] = {}
         self._num_pending = 0  # added but not yet finished (guarded by _lock)
+        self._num_inbox_tokens = 0  # prompt tokens of requests added, not yet taken (_lock)
         self._lock = threading.Lock()
         self.grammars = _grammar_matchers(tokenizer, model_config)  # None: cannot constrain
         super().__init__("tandem-engine")
@@ -108,8 +109,9 @@ class LlmEngine(Engine):
     def stats(self) -> EngineStats:
         scheduler = self.scheduler
         cache = scheduler.prefix_cache.stats
-        return EngineStats(
-            num_waiting=len(scheduler.waiting), num_running=len(scheduler.running),
+        num_running = len(scheduler.running)
+        return EngineStats(  # waiting: admitted and not running, in the inbox or the queue
+            num_waiting=max(0, self.num_unfinished - num_running), num_running=num_running,
             kv_cache_usage=scheduler.kv_cache_usage, num_kv_pages=scheduler.allocator.num_pages,
             compilations_after_warmup=self.compilations_after_warmup,
             page_size_tokens=self.engine_config.page_size,
@@ -117,6 +119,13 @@ class LlmEngine(Engine):
             prefix_cache_hit_tokens=cache.hit_tokens, num_preemptions=scheduler.num_preemptions,
             num_prompt_tokens=self.num_prompt_tokens,
             num_generation_tokens=self.num_generated_tokens)
+
+    def waiting_uncached_tokens(self) -> int:
+        """Tokens the waiting requests still have to compute: the queue's minus what the prefix
+        cache holds of them, plus the prompts not taken from the inbox yet (counted whole)."""
+        with self._lock:
+            num_inbox_tokens = self._num_inbox_tokens
+        return self.scheduler.waiting_uncached_tokens() + num_inbox_tokens
 
     def check_grammar(self, spec: GrammarSpec) -> None:
         if self.grammars is None:
@@ -139,6 +148,7 @@ class LlmEngine(Engine):
             if self._num_pending == 0:  # an idle engine's clock starts with its first request
                 self._note_progress()
             self._num_pending += 1
+            self._num_inbox_tokens += len(request.prompt_token_ids)
         if request.sampling.seed is None:
             request.sampling = replace(request.sampling, seed=secrets.randbits(63))
         self._post(("add", (request, matcher), sink))
@@ -197,6 +207,8 @@ class LlmEngine(Engine):
 
     def _take(self, request: Request, matcher, sink: OutputSink) -> None:
         """Start tracking a new request (engine thread)."""
+        with self._lock:
+            self._num_inbox_tokens -= len(request.prompt_token_ids)
         if request.request_id in self._tracked:
             with self._lock:
                 self._num_pending -= 1

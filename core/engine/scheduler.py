@@ -53,6 +53,18 @@ class Scheduler:
         """Fraction of pages that running requests hold (idle cached prefixes count as free)."""
         return self.allocator.num_in_use / self.allocator.num_pages
 
+    def waiting_uncached_tokens(self) -> int:
+        """Tokens the waiting requests would still compute if admitted now: theirs minus the
+        prefix the cache holds (as admission looks it up). Safe to call from another thread:
+        it reads a snapshot of the queue and never changes the cache."""
+        total = 0
+        for request in tuple(self.waiting):  # one C-level copy: the engine may append meanwhile
+            tokens = request.all_token_ids
+            limit = 0 if request.prompt_logprobs is not None else len(tokens) - 1
+            total += len(tokens) - self.prefix_cache.cached_prefix_tokens(
+                tokens, request.cache_salt, max_tokens=limit)
+        return total
+
     def add(self, request: Request) -> None:
         self.waiting.append(request)
 

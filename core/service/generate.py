@@ -4,7 +4,8 @@ Owns: applying the tool plan of a chat request that offers tools (the call gramm
 choice, one tool-call parser per choice), and `ChoiceStream`, which admits one Generate call's
 engine requests (one per choice) and merges their `RequestOutput`s into `GenerateResponse`
 chunks: every choice's delta since the last chunk (token ids, text or parsed tool calls,
-logprobs, finish reason) and the cumulative usage.
+logprobs, finish reason) and the cumulative usage; the first and last chunks also carry a
+snapshot of the engine's load.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import replace
 from core.engine.loop import Engine
 from core.engine.request import FinishReason, Request, RequestOutput
 from core.errors import InvalidParameter, TandemError
+from core.service.load import load_snapshot
 from core.service.served_models import ServedModel
 from core.service.tools import ToolCallParser
 from core.service.tools.plan import tool_plan
@@ -77,6 +79,7 @@ class ChoiceStream:
             self._engine.add_request(request, self._sink)
             self._unfinished.add(request.request_id)
         num_prompt_tokens = len(self._requests[0].prompt_token_ids)
+        first = True
         while self._unfinished:
             batch = [await self._outputs.get()]
             while not self._outputs.empty():
@@ -94,11 +97,15 @@ class ChoiceStream:
                 self._cached_tokens = max(self._cached_tokens, output.cached_tokens)
                 if output.finish_reason is not None:
                     self._unfinished.discard(output.request_id)
-            yield pb.GenerateResponse(
+            response = pb.GenerateResponse(
                 choices=[deltas[i] for i in sorted(deltas)],
                 usage=pb.Usage(prompt_tokens=num_prompt_tokens,
                                completion_tokens=sum(self._completion_tokens.values()),
                                cached_tokens=self._cached_tokens))
+            if first or not self._unfinished:  # the call's first and last chunks
+                response.load.CopyFrom(load_snapshot(self._engine))
+            first = False
+            yield response
 
     def abort_unfinished(self) -> bool:
         """Abort what has not finished; True when there was something to abort."""

@@ -29,6 +29,7 @@ from core.errors import ModelNotFound, TandemError, Unavailable, Unsupported
 from core.service import convert
 from core.service.embed import check_dimensions, embed_inputs, embed_response
 from core.service.generate import ChoiceStream, apply_tool_plan
+from core.service.load import engine_load
 from core.service.score import run_score, score_prompts
 from core.service.served_models import (
     CAPABILITY_NAMES,
@@ -155,6 +156,15 @@ class InferenceServicer(pb_grpc.InferenceServicer):
     @_typed_errors
     async def GetModelInfo(self, request: pb.GetModelInfoRequest, context):
         return self._model(request.model).model_info()
+
+    @_typed_errors
+    async def GetLoad(self, request: pb.GetLoadRequest, context):
+        names = [request.model] if request.model else list(self.expected)
+        for name in names:
+            self._model(name)  # MODEL_NOT_FOUND / UNAVAILABLE while loading
+        return pb.GetLoadResponse(engines=[
+            engine_load(name, engine) for name in names
+            for engine in (self.models[name].generator or self.models[name].embedder,)])
 
     @_typed_errors
     async def Score(self, request: pb.ScoreRequest, context):

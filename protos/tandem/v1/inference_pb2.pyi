@@ -1097,7 +1097,7 @@ Global___ChoiceDelta: _TypeAlias = ChoiceDelta  # noqa: Y015
 
 @_typing.final
 class GenerateResponse(_message.Message):
-    """Next ID: 5"""
+    """Next ID: 6"""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -1105,6 +1105,7 @@ class GenerateResponse(_message.Message):
     USAGE_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
+    LOAD_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     model: _builtins.str
     """The model that served the request."""
@@ -1114,6 +1115,10 @@ class GenerateResponse(_message.Message):
     def usage(self) -> Global___Usage:
         """Cumulative usage so far."""
 
+    @_builtins.property
+    def load(self) -> Global___LoadSnapshot:
+        """The serving engine's load when the chunk was made: on a call's first and last chunk only."""
+
     def __init__(
         self,
         *,
@@ -1121,14 +1126,47 @@ class GenerateResponse(_message.Message):
         usage: Global___Usage | None = ...,
         request_id: _builtins.str = ...,
         model: _builtins.str = ...,
+        load: Global___LoadSnapshot | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["load", b"load", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["choices", b"choices", "model", b"model", "request_id", b"request_id", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["choices", b"choices", "load", b"load", "model", b"model", "request_id", b"request_id", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GenerateResponse: _TypeAlias = GenerateResponse  # noqa: Y015
+
+@_typing.final
+class LoadSnapshot(_message.Message):
+    """A small reading of one engine's load (see EngineLoad for the full one).
+    Next ID: 4
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NUM_REQUESTS_RUNNING_FIELD_NUMBER: _builtins.int
+    NUM_REQUESTS_WAITING_FIELD_NUMBER: _builtins.int
+    KV_CACHE_USAGE_FIELD_NUMBER: _builtins.int
+    num_requests_running: _builtins.int
+    """Requests holding KV pages, prefilling or decoding."""
+    num_requests_waiting: _builtins.int
+    """Requests admitted and not running yet (preempted ones included)."""
+    kv_cache_usage: _builtins.float
+    """Fraction (0-1) of the KV pool's pages held by requests."""
+    def __init__(
+        self,
+        *,
+        num_requests_running: _builtins.int = ...,
+        num_requests_waiting: _builtins.int = ...,
+        kv_cache_usage: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kv_cache_usage", b"kv_cache_usage", "num_requests_running", b"num_requests_running", "num_requests_waiting", b"num_requests_waiting"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LoadSnapshot: _TypeAlias = LoadSnapshot  # noqa: Y015
 
 @_typing.final
 class ScoreInput(_message.Message):
@@ -1596,3 +1634,109 @@ class GetModelInfoRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetModelInfoRequest: _TypeAlias = GetModelInfoRequest  # noqa: Y015
+
+@_typing.final
+class GetLoadRequest(_message.Message):
+    """---------------------------------------------------------------------------------------------
+    Load
+
+    Next ID: 2
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """Empty: every model this core serves."""
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetLoadRequest: _TypeAlias = GetLoadRequest  # noqa: Y015
+
+@_typing.final
+class EngineLoad(_message.Message):
+    """The load of one engine: one data-parallel rank of one served model.
+    Next ID: 9
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    DP_RANK_FIELD_NUMBER: _builtins.int
+    NUM_REQUESTS_RUNNING_FIELD_NUMBER: _builtins.int
+    NUM_REQUESTS_WAITING_FIELD_NUMBER: _builtins.int
+    NUM_WAITING_UNCACHED_TOKENS_FIELD_NUMBER: _builtins.int
+    KV_CACHE_USAGE_FIELD_NUMBER: _builtins.int
+    PREFIX_CACHE_HIT_RATE_FIELD_NUMBER: _builtins.int
+    NUM_KV_PAGES_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """The served model id."""
+    dp_rank: _builtins.int
+    """Its data-parallel rank (a core runs one rank per model today: 0)."""
+    num_requests_running: _builtins.int
+    """Requests holding KV pages, prefilling or decoding (0 for an embedding engine)."""
+    num_requests_waiting: _builtins.int
+    """Requests admitted and not running yet, preempted ones included (for an embedding engine:
+    inputs queued).
+    """
+    num_waiting_uncached_tokens: _builtins.int
+    """Prompt tokens the waiting requests still have to compute: those the prefix cache does not
+    hold now (what admitting them would cost in prefill).
+    """
+    kv_cache_usage: _builtins.float
+    """Fraction (0-1) of the KV pool's pages held by requests; idle prefix-cache pages are free."""
+    prefix_cache_hit_rate: _builtins.float
+    """Prompt tokens served from the prefix cache over prompt tokens looked up, since the core
+    started (0 before any lookup).
+    """
+    num_kv_pages: _builtins.int
+    """Pages in the KV pool (0 for an embedding engine)."""
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        dp_rank: _builtins.int = ...,
+        num_requests_running: _builtins.int = ...,
+        num_requests_waiting: _builtins.int = ...,
+        num_waiting_uncached_tokens: _builtins.int = ...,
+        kv_cache_usage: _builtins.float = ...,
+        prefix_cache_hit_rate: _builtins.float = ...,
+        num_kv_pages: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dp_rank", b"dp_rank", "kv_cache_usage", b"kv_cache_usage", "model", b"model", "num_kv_pages", b"num_kv_pages", "num_requests_running", b"num_requests_running", "num_requests_waiting", b"num_requests_waiting", "num_waiting_uncached_tokens", b"num_waiting_uncached_tokens", "prefix_cache_hit_rate", b"prefix_cache_hit_rate"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EngineLoad: _TypeAlias = EngineLoad  # noqa: Y015
+
+@_typing.final
+class GetLoadResponse(_message.Message):
+    """Next ID: 2"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENGINES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def engines(self) -> _containers.RepeatedCompositeFieldContainer[Global___EngineLoad]: ...
+    def __init__(
+        self,
+        *,
+        engines: _abc.Iterable[Global___EngineLoad] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["engines", b"engines"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetLoadResponse: _TypeAlias = GetLoadResponse  # noqa: Y015

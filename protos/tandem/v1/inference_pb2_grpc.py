@@ -72,6 +72,11 @@ class InferenceStub:
                 request_serializer=tandem_dot_v1_dot_inference__pb2.GetModelInfoRequest.SerializeToString,
                 response_deserializer=tandem_dot_v1_dot_inference__pb2.ModelInfo.FromString,
                 _registered_method=True)
+        self.GetLoad = channel.unary_unary(
+                '/tandem.v1.Inference/GetLoad',
+                request_serializer=tandem_dot_v1_dot_inference__pb2.GetLoadRequest.SerializeToString,
+                response_deserializer=tandem_dot_v1_dot_inference__pb2.GetLoadResponse.FromString,
+                _registered_method=True)
 
 
 class InferenceServicer:
@@ -131,6 +136,14 @@ class InferenceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetLoad(self, request, context):
+        """The load of this core's engines now, one entry per served model (and data-parallel rank):
+        what a router balances on.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InferenceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -168,6 +181,11 @@ def add_InferenceServicer_to_server(servicer, server):
                     servicer.GetModelInfo,
                     request_deserializer=tandem_dot_v1_dot_inference__pb2.GetModelInfoRequest.FromString,
                     response_serializer=tandem_dot_v1_dot_inference__pb2.ModelInfo.SerializeToString,
+            ),
+            'GetLoad': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetLoad,
+                    request_deserializer=tandem_dot_v1_dot_inference__pb2.GetLoadRequest.FromString,
+                    response_serializer=tandem_dot_v1_dot_inference__pb2.GetLoadResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -362,6 +380,33 @@ class Inference:
             '/tandem.v1.Inference/GetModelInfo',
             tandem_dot_v1_dot_inference__pb2.GetModelInfoRequest.SerializeToString,
             tandem_dot_v1_dot_inference__pb2.ModelInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetLoad(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tandem.v1.Inference/GetLoad',
+            tandem_dot_v1_dot_inference__pb2.GetLoadRequest.SerializeToString,
+            tandem_dot_v1_dot_inference__pb2.GetLoadResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -70,6 +70,10 @@ class InferenceStub:
     GetModelInfoResponse wrapper; the contract shipped that way, so it stays.
     buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     """
+    GetLoad: _grpc.UnaryUnaryMultiCallable[_inference_pb2.GetLoadRequest, _inference_pb2.GetLoadResponse]
+    """The load of this core's engines now, one entry per served model (and data-parallel rank):
+    what a router balances on.
+    """
 
 @_typing.type_check_only
 class InferenceAsyncStub(InferenceStub):
@@ -95,6 +99,10 @@ class InferenceAsyncStub(InferenceStub):
     """One model's description and engine counters. Returns ModelInfo itself rather than a
     GetModelInfoResponse wrapper; the contract shipped that way, so it stays.
     buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    """
+    GetLoad: _aio.UnaryUnaryMultiCallable[_inference_pb2.GetLoadRequest, _inference_pb2.GetLoadResponse]  # type: ignore[assignment]
+    """The load of this core's engines now, one entry per served model (and data-parallel rank):
+    what a router balances on.
     """
 
 class InferenceServicer(metaclass=_abc_1.ABCMeta):
@@ -160,6 +168,16 @@ class InferenceServicer(metaclass=_abc_1.ABCMeta):
         """One model's description and engine counters. Returns ModelInfo itself rather than a
         GetModelInfoResponse wrapper; the contract shipped that way, so it stays.
         buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        """
+
+    @_abc_1.abstractmethod
+    def GetLoad(
+        self,
+        request: _inference_pb2.GetLoadRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_inference_pb2.GetLoadResponse, _abc.Awaitable[_inference_pb2.GetLoadResponse]]:
+        """The load of this core's engines now, one entry per served model (and data-parallel rank):
+        what a router balances on.
         """
 
 def add_InferenceServicer_to_server(servicer: InferenceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

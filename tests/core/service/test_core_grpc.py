@@ -363,3 +363,56 @@ async def test_readiness_turns_red_while_the_engine_is_stalled_and_green_once_it
 
 async def _is(status, expected: int) -> bool:
     return await status == expected
+
+
+async def test_get_load_reports_every_engine_and_follows_the_queue(core, monkeypatch):
+    """GetLoad: one entry per served model; with the engine's step held, every request is
+    running or waiting, and the waiting ones' prompt tokens (none cached) are the waiting-
+    uncached tokens; once they finish the engine is idle again. A Generate call's first and
+    last chunks carry a snapshot of the same load."""
+    import threading
+
+    server, stub, _ = core
+    names = server.servicer.expected
+    engine = server.servicer.engine
+    idle = {load.model: load for load in (await stub.GetLoad(pb.GetLoadRequest())).engines}
+    assert set(idle) == set(names)
+    assert (idle[names[0]].num_requests_running, idle[names[0]].num_requests_waiting) == (0, 0)
+    assert idle[names[0]].num_kv_pages == engine.engine_config.num_pages
+    assert 0.0 <= idle[names[0]].prefix_cache_hit_rate <= 1.0
+    release, dispatch = threading.Event(), engine.runner.dispatch
+
+    def held_dispatch(batch):
+        release.wait(timeout=120)
+        return dispatch(batch)
+
+    monkeypatch.setattr(engine.runner, "dispatch", held_dispatch)
+    prompt_len, rows = 40, engine.engine_config.max_num_seqs
+    requests = [pb.GenerateRequest(tokens=pb.TokenIds(ids=[(97 * i + 13 * j) % 500 + 5
+                                                           for j in range(prompt_len)]),
+                                   stopping=pb.StoppingCriteria(max_tokens=4, ignore_eos=True))
+                for i in range(rows + 2)]
+    calls = [asyncio.ensure_future(collect(stub, request)) for request in requests]
+
+    async def queued():
+        (load,) = (await stub.GetLoad(pb.GetLoadRequest(model=names[0]))).engines
+        admitted = load.num_requests_running + load.num_requests_waiting == len(requests)
+        return load if admitted and load.num_requests_running >= 1 else None
+
+    try:
+        load = await async_wait_until(queued, "every request running or waiting", timeout_s=60)
+        assert load.num_requests_waiting >= 2  # more requests than rows
+        assert load.num_waiting_uncached_tokens == load.num_requests_waiting * prompt_len
+        assert load.kv_cache_usage > 0
+    finally:
+        release.set()
+    results = await asyncio.gather(*calls)
+    for responses in results:
+        assert responses[0].HasField("load") and responses[-1].HasField("load")
+        assert not any(response.HasField("load") for response in responses[1:-1])
+    assert max(r[0].load.num_requests_running for r in results) >= 1
+    after = (await stub.GetLoad(pb.GetLoadRequest(model=names[0]))).engines[0]
+    assert (after.num_requests_running, after.num_requests_waiting) == (0, 0)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.GetLoad(pb.GetLoadRequest(model="no-such-model"))
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
