@@ -34,7 +34,8 @@ def embedders(engine):
 
     def get(pooling: str):
         if pooling not in started:
-            started[pooling] = _decoder_embedder(engine, pooling)
+            started[pooling] = _decoder_embedder(engine, engine.model_config,
+                                                 engine.engine_config, pooling)
         return started[pooling]
 
     yield get

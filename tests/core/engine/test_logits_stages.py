@@ -177,13 +177,13 @@ def test_max_tokens_zero_scores_the_prompt_only(engine, hf_model):
 def test_n_choices_prefill_the_shared_prompt_once(engine):
     prompt = (PROMPT * 6)[:100]
     computed = []
-    original = engine.runner.execute
+    original = engine.runner.dispatch
 
-    def counting(batch, *grammar_rows):
+    def counting(batch):
         computed.append(sum(len(c.token_ids) for c in batch.chunks if len(c.token_ids) > 1))
-        return original(batch, *grammar_rows)
+        return original(batch)
 
-    engine.runner.execute = counting
+    engine.runner.dispatch = counting
     try:
         sampling = replace(GREEDY, temperature=1.0, seed=5)
         requests = [Request(f"n-{i}", list(prompt), replace(sampling, choice_index=i),
@@ -192,7 +192,7 @@ def test_n_choices_prefill_the_shared_prompt_once(engine):
                     for i in range(4)]
         outputs = run(engine, requests)
     finally:
-        engine.runner.execute = original
+        engine.runner.dispatch = original
     page_size = engine.engine_config.page_size
     tail = len(prompt) - (len(prompt) - 1) // page_size * page_size
     assert sum(computed) == len(prompt) + 3 * tail  # siblings compute only the last page
