@@ -86,7 +86,8 @@ class LlmEngine(Engine):
         self.num_fills_hidden = 0  # ...of which the device was still computing when it ended
         self._tracked: dict[str, _Tracked] = {}
         self._num_pending = 0  # added but not yet finished (guarded by _lock)
-        self._num_inbox_tokens = 0  # prompt tokens of requests added, not yet taken (_lock)
+        # requests added and not taken by the engine thread yet, and their prompt tokens (_lock)
+        self._num_in_inbox, self._num_inbox_tokens = 0, 0
         self._lock = threading.Lock()
         self.grammars = _grammar_matchers(tokenizer, model_config)  # None: cannot constrain
         super().__init__("tandem-engine")
@@ -109,9 +110,14 @@ class LlmEngine(Engine):
     def stats(self) -> EngineStats:
         scheduler = self.scheduler
         cache = scheduler.prefix_cache.stats
+        # read while the engine thread moves requests on (inbox → queue → running): backwards,
+        # so a request on its way is missed for a moment, never counted twice
         num_running = len(scheduler.running)
+        num_queued = len(scheduler.waiting)
+        with self._lock:
+            num_in_inbox = self._num_in_inbox
         return EngineStats(  # waiting: admitted and not running, in the inbox or the queue
-            num_waiting=max(0, self.num_unfinished - num_running), num_running=num_running,
+            num_waiting=num_queued + num_in_inbox, num_running=num_running,
             kv_cache_usage=scheduler.kv_cache_usage, num_kv_pages=scheduler.allocator.num_pages,
             compilations_after_warmup=self.compilations_after_warmup,
             page_size_tokens=self.engine_config.page_size,
@@ -148,6 +154,7 @@ class LlmEngine(Engine):
             if self._num_pending == 0:  # an idle engine's clock starts with its first request
                 self._note_progress()
             self._num_pending += 1
+            self._num_in_inbox += 1
             self._num_inbox_tokens += len(request.prompt_token_ids)
         if request.sampling.seed is None:
             request.sampling = replace(request.sampling, seed=secrets.randbits(63))
@@ -207,7 +214,8 @@ class LlmEngine(Engine):
 
     def _take(self, request: Request, matcher, sink: OutputSink) -> None:
         """Start tracking a new request (engine thread)."""
-        with self._lock:
+        with self._lock:  # (counted nowhere until scheduler.add: never counted twice)
+            self._num_in_inbox -= 1
             self._num_inbox_tokens -= len(request.prompt_token_ids)
         if request.request_id in self._tracked:
             with self._lock:

@@ -304,12 +304,14 @@ def test_killing_a_core_mid_load_loses_no_unstarted_request(cores, facade):
 
     async def scenario():
         async with httpx.AsyncClient(timeout=60) as client:
+            tokens_before = core_b.metrics()["generation_tokens_total"]  # (earlier tests' too)
             load = [asyncio.create_task(_stream(client, facade)) for _ in range(4 * MAX_NUM_SEQS)]
 
             def loaded() -> bool:  # B has a wave running (tokens flowing) and requests queued
                 gauges = core_b.metrics()
-                return (gauges["num_requests_running"] >= 1 and gauges["generation_tokens_total"]
-                        > 0 and gauges["num_requests_waiting"] >= 1)
+                flowing = gauges["generation_tokens_total"] - tokens_before >= 2 * MAX_NUM_SEQS
+                return (gauges["num_requests_running"] >= 1 and flowing
+                        and gauges["num_requests_waiting"] >= 1)
 
             await async_wait_until(loaded, "core B running a wave with another queued",
                                    interval_s=0.01)
