@@ -3,6 +3,7 @@ and one real `tandem serve` (core process + facade) that every end-to-end module
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
@@ -21,11 +22,24 @@ from core.xla_flags import apply_defaults  # stdlib only
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 apply_defaults()  # in-process engines run with the XLA flags `tandem core` sets
+# The platform of every subprocess core (`core_env()`), here too unless told otherwise: the
+# `TANDEM_*`, `XLA_*` and `JAX_*` environment is part of the key of a stored compiled bucket
+# (core/engine/executables.py), so engines in this process load the buckets subprocess cores
+# stored only where their environments are equal.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+
+def core_env(**extra: str) -> dict[str, str]:
+    """The environment of a subprocess `tandem core` / `tandem serve`: this process's on the CPU,
+    so that it loads the buckets other cores stored, and stores buckets that they and this
+    process's engines load. Any `extra` variable named TANDEM_*, XLA_* or JAX_* gives it store
+    keys of its own: it would compile every bucket again."""
+    return {**os.environ, "JAX_PLATFORMS": "cpu", **extra}
 
 
 @pytest.fixture(scope="session", autouse=True)
 def tandem_home(tmp_path_factory) -> Path:
-    """Keep the demo model and compilation cache of test runs out of the user's ~/.cache."""
+    """Keep the demo model and compiled buckets of test runs out of the user's ~/.cache."""
     home = tmp_path_factory.mktemp("tandem-home")
     os.environ["TANDEM_HOME"] = str(home)
     _share_compilations(home / "jax-cache")
@@ -33,13 +47,31 @@ def tandem_home(tmp_path_factory) -> Path:
 
 
 def _share_compilations(cache_dir: Path) -> None:
-    """Engines of the same shapes in one test session compile once (XLA's persistent cache)."""
+    """Engines of one test session share what they compile. Subprocess cores keep their warm-up's
+    executables in the store of compiled buckets ($TANDEM_HOME/jax-cache/executables, as
+    `tandem core` does), and engines in this process load from it every bucket a core of the
+    same model shape, engine config and environment stored (core/engine/executables.py). What
+    this process compiles goes through XLA's persistent cache (in $TANDEM_HOME/jax-cache):
+    engines of equal shapes, and jitted functions outside warm-up (samplers, one-off runners),
+    compile once. (The store takes nothing from this process while that cache is on.)"""
     try:
         import jax
+
+        from core.engine import executables
     except ImportError:  # the facade-only environment
         return
     jax.config.update("jax_compilation_cache_dir", str(cache_dir))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    executables.configure(cache_dir / "executables")
+    logging.getLogger(executables.__name__).addFilter(_NotStoredHere())
+
+
+class _NotStoredHere(logging.Filter):
+    """Drops the store's warning that it keeps nothing while XLA's persistent cache is on: in
+    this process that is the plan (`_share_compilations`), not news."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "persistent compilation cache is on" not in record.getMessage()
 
 
 @pytest.fixture(scope="session")
@@ -52,7 +84,8 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
 
 @dataclass
 class InProcessCore:
-    server: object  # core.service.server.CoreServer, running in this process (its engine is reachable)
+    # core.service.server.CoreServer, running in this process (its engine is reachable)
+    server: object
     port: int  # its gRPC port on 127.0.0.1
     # (readiness, liveness) health statuses seen after start() and before load()
     health_before_load: tuple[int, int]
@@ -65,8 +98,10 @@ GRPC_CORE_EMBEDDING_MODEL = "all-MiniLM-L6-v2"  # its embedding model id
 @pytest.fixture(scope="session")
 async def grpc_core(tiny_models):
     """One in-process core for every module that drives the core over gRPC and reaches into its
-    engine: the tiny Llama (max_model_len 128, 4 rows: few buckets) and the bundled MiniLM.
-    Loaded once per session; health is read between start() and load() for the readiness test."""
+    engine: the tiny Llama (max_model_len 128, 4 rows, 128-token steps: few buckets) and the
+    bundled MiniLM (whose buckets load from the store when the `server` fixture's core has filled
+    it). Loaded once per session; health is read between start() and load() for the readiness
+    test."""
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -75,7 +110,8 @@ async def grpc_core(tiny_models):
     from core.service.server import CoreServer
 
     config = ServerConfig(model_dir=Path(tiny_models["llama"]), model_name=GRPC_CORE_MODEL,
-                          grpc_port=0, engine=EngineConfig(max_model_len=128, max_num_seqs=4),
+                          grpc_port=0, engine=EngineConfig(max_model_len=128, max_num_seqs=4,
+                                                           max_num_batched_tokens=128),
                           embedding_model_dir=default_embedding_model_dir(),
                           embedding_model_name=GRPC_CORE_EMBEDDING_MODEL)
     server = CoreServer(config)
@@ -132,13 +168,51 @@ def retry_on_taken_port(start: Callable[[], T]) -> T:
 MODEL = "tiny-llama"  # the served model id of the `server` fixture
 # Its context: room for a tool-calling prompt (the tools in the system prompt) and its answer.
 SERVER_MAX_MODEL_LEN = 1024
+SERVER_MAX_NUM_SEQS = 4
+SERVER_MAX_NUM_BATCHED_TOKENS = 128
 # The `server` fixture's engine: small limits, so that warm-up compiles few shape buckets; other
 # modules' cores use the same flags, so they load every bucket from the session's store of
 # compiled buckets ($TANDEM_HOME/jax-cache/executables).
 # float32: the tests compare it with Hugging Face in float32 (`--dtype auto` would pick
 # bfloat16 on a CPU with AVX512-BF16).
-SERVER_ENGINE_FLAGS = ("--max-model-len", str(SERVER_MAX_MODEL_LEN), "--max-num-seqs", "4",
-                       "--max-num-batched-tokens", "128", "--dtype", "float32")  # fmt: skip
+SERVER_ENGINE_FLAGS = ("--max-model-len", str(SERVER_MAX_MODEL_LEN),
+                       "--max-num-seqs", str(SERVER_MAX_NUM_SEQS),
+                       "--max-num-batched-tokens", str(SERVER_MAX_NUM_BATCHED_TOKENS),
+                       "--dtype", "float32")  # fmt: skip
+
+
+def server_engine_config():
+    """SERVER_ENGINE_FLAGS as the EngineConfig of an in-process engine (`create_engine`,
+    `CoreServer`): on the tiny Llama it loads every bucket the `server` fixture's core stored,
+    instead of compiling its own."""
+    from core.config import EngineConfig
+
+    return EngineConfig(max_model_len=SERVER_MAX_MODEL_LEN, max_num_seqs=SERVER_MAX_NUM_SEQS,
+                        max_num_batched_tokens=SERVER_MAX_NUM_BATCHED_TOKENS, dtype="float32")
+
+
+# The tiny families test_tools_grpc's cores serve (its "none" is a Llama) and the context their
+# tool prompts need: Llama 3.1's JSON tool format writes the two tools out at length (~1,050
+# tokens of the tiny tokenizer, more than SERVER_MAX_MODEL_LEN).
+TOOL_CORE_MAX_MODEL_LEN = {"llama": SERVER_MAX_MODEL_LEN, "llama3": 2048,
+                           "mistral": SERVER_MAX_MODEL_LEN, "qwen2": SERVER_MAX_MODEL_LEN}
+
+
+def family_engine_config(variant: str):
+    """The engine of a tiny model of `variant` in test_structured's `family` and, for the
+    families of TOOL_CORE_MAX_MODEL_LEN, in test_tools_grpc's cores: one config per family, so
+    that its buckets compile once a session. The Llama's is the `server` fixture's (its buckets
+    load from that core's store); the other tool families' compile in the `family` engine (2
+    rows: fewer and smaller buckets), and the cores find them in XLA's persistent cache. Other
+    families get few, small buckets (256 tokens)."""
+    from core.config import EngineConfig
+
+    if variant == "llama":
+        return server_engine_config()
+    if variant in TOOL_CORE_MAX_MODEL_LEN:
+        return EngineConfig(max_model_len=TOOL_CORE_MAX_MODEL_LEN[variant], max_num_seqs=2,
+                            max_num_batched_tokens=SERVER_MAX_NUM_BATCHED_TOKENS, dtype="float32")
+    return EngineConfig(max_model_len=256, max_num_seqs=2, max_num_batched_tokens=64)
 
 
 @dataclass(frozen=True)
@@ -159,6 +233,15 @@ class Served:
             return len(stub.Tokenize(pb.TokenizeRequest(**tokenize_request)).token_ids)
 
 
+_server_ready = False  # the `server` fixture's core is ready: its buckets are in the store
+
+
+def server_buckets_stored() -> bool:
+    """Whether the session's store of compiled buckets holds every bucket of SERVER_ENGINE_FLAGS
+    on the tiny Llama (and of the bundled MiniLM): the `server` fixture's core stored them."""
+    return _server_ready
+
+
 @pytest.fixture(scope="session")
 def server(tiny_models, tmp_path_factory):
     """`tandem serve` on free ports, once per session; ready once /ready says the core is."""
@@ -174,7 +257,7 @@ def server(tiny_models, tmp_path_factory):
                  "--grpc-port", str(grpc_port), *SERVER_ENGINE_FLAGS,
                  "--metrics-port", str(metrics_port)],
                 stdout=log_file, stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parents[1],
-                env={**os.environ, "JAX_PLATFORMS": "cpu"})
+                env=core_env())
         base = f"http://127.0.0.1:{http_port}"
         try:
             wait_for_http(f"{base}/ready", process, log_path, timeout_s=480)
@@ -184,7 +267,9 @@ def server(tiny_models, tmp_path_factory):
         return process, Served(base, f"127.0.0.1:{grpc_port}",
                                f"http://127.0.0.1:{metrics_port}/metrics")
 
+    global _server_ready
     process, served = retry_on_taken_port(start)
+    _server_ready = True
     try:
         yield served
     finally:

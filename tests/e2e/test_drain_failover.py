@@ -12,6 +12,7 @@ any process: facade/generation.py's retry of a call failing UNAVAILABLE before i
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import os
 import re
@@ -32,8 +33,10 @@ from tandem.v1 import inference_pb2_grpc as pb_grpc
 from tests.conftest import (
     SERVER_ENGINE_FLAGS,
     check_running,
+    core_env,
     free_port,
     retry_on_taken_port,
+    server_buckets_stored,
     wait_for_http,
 )
 from tests.waiting import async_wait_until, wait_until
@@ -85,8 +88,8 @@ def _start_core(model: Path, logs: Path, name: str) -> Core:
                  "--grpc-port", str(port), *SERVER_ENGINE_FLAGS,
                  "--drain-timeout-s", str(DRAIN_TIMEOUT_S),
                  "--metrics-port", str(metrics_port)],
-                stdout=log_file, stderr=subprocess.STDOUT, cwd=ROOT,
-                env={**os.environ, "JAX_PLATFORMS": "cpu", "TANDEM_LOG_FORMAT": "text"})
+                # the `server` fixture's environment (JSON logs): its stored buckets load
+                stdout=log_file, stderr=subprocess.STDOUT, cwd=ROOT, env=core_env())
         core = Core(name, port, metrics_port, process, log_path)
         try:
             _wait_ready(core)
@@ -147,17 +150,35 @@ def logs(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def cores(tiny_models, logs):
-    """Cores A and B. B starts once A is ready: A fills the session's store of compiled buckets
-    (TANDEM_HOME, shared with conftest's `server`), so B warms up in seconds; two cold cores
-    compiling in parallel on 2 CPUs take twice as long."""
-    started = []
+    """Cores A and B with the `server` fixture's engine flags and environment (`core_env()`).
+    Once that fixture's core has stored its buckets, each loads them all and warms up in
+    seconds: they start together. Otherwise (this module run without it) A compiles and stores
+    them first and B then loads them (two cold cores compiling at once on 2 CPUs take twice as
+    long)."""
+    started: list[Core] = []
     try:
-        for name in ("a", "b"):
-            started.append(_start_core(tiny_models["llama"], logs, name))
+        if server_buckets_stored():
+            started += _start_together(tiny_models["llama"], logs, ("a", "b"))
+        else:
+            for name in ("a", "b"):
+                started.append(_start_core(tiny_models["llama"], logs, name))
         yield started
     finally:
         for core in started:
             _stop(core.process)
+
+
+def _start_together(model: Path, logs: Path, names: tuple[str, ...]) -> list[Core]:
+    """`_start_core` for each name at once; if one fails, the others are stopped."""
+    with concurrent.futures.ThreadPoolExecutor(len(names)) as pool:
+        futures = [pool.submit(_start_core, model, logs, name) for name in names]
+    failures = [future.exception() for future in futures if future.exception() is not None]
+    if failures:
+        for future in futures:
+            if future.exception() is None:
+                _stop(future.result().process)
+        raise failures[0]
+    return [future.result() for future in futures]
 
 
 @pytest.fixture(scope="module")
@@ -347,6 +368,14 @@ def test_facade_drain_finishes_in_flight_streams(cores, logs):
             streams = [asyncio.create_task(_stream(client, base, first if i == 0 else None))
                        for i in range(3 * MAX_NUM_SEQS)]
             await asyncio.wait_for(first.wait(), 20)
+
+            def all_at_the_core() -> bool:  # the facade has passed on every request (running,
+                gauges = core_a.metrics()  # queued or done): none is still unread in its socket
+                done = sum(stream.done() for stream in streams)
+                return (gauges["num_requests_running"] + gauges["num_requests_waiting"] + done
+                        >= len(streams))
+
+            await async_wait_until(all_at_the_core, "every stream's request at the core")
             process.send_signal(signal.SIGTERM)
             running = core_a.metrics()["num_requests_running"]
 

@@ -15,13 +15,13 @@ from dataclasses import replace
 import jsonschema
 import pytest
 
-from core.config import EngineConfig
 from core.engine.request import FinishReason, Request, RequestOutput, SamplingParams, StoppingParams
 from core.errors import InvalidParameter
 from core.models.tiny import VARIANTS
 from core.service import convert
 from core.structured import GrammarSpec
 from tandem.v1 import inference_pb2 as pb
+from tests.conftest import family_engine_config
 from tests.core.engine.test_engine import run, small_pool_engine, tokens  # noqa: F401
 
 SCHEMA = {
@@ -195,10 +195,11 @@ def test_grammar_choices_share_a_prompt_with_prompt_logprobs_and_penalties(engin
 
 @pytest.fixture(scope="module", params=VARIANTS)
 def family(request, tiny_models):
+    """conftest's `family_engine_config`: the Llama loads the buckets the `server` fixture's
+    core stored; the others compile the buckets that test_tools_grpc's cores then reuse."""
     from core.engine.loop import create_engine
 
-    engine = create_engine(tiny_models[request.param], EngineConfig(
-        max_model_len=256, max_num_seqs=2, max_num_batched_tokens=64))
+    engine = create_engine(tiny_models[request.param], family_engine_config(request.param))
     yield request.param, engine
     engine.stop()
 

@@ -14,21 +14,31 @@ import pytest
 # parameters split 4 ways, per layer of the 2: q, o, gate, up, down, and Qwen2's q bias; Qwen3's
 # [head_dim] q/k norm scales stay whole (as every RMSNorm scale)
 SPLIT_PARAMS = {"qwen2": 2 * 6, "qwen3": 2 * 5}
+VARIANTS = tuple(SPLIT_PARAMS)
 
 
-@pytest.mark.parametrize("variant", ["qwen2", "qwen3"])
-def test_tensor_parallel_4_matches_one_device(tiny_models, variant):
-    """Qwen2 (q/k/v biases) and Qwen3 (per-head q/k norms, head_dim twice hidden/heads); their 2
-    key/value heads do not split 4 ways, so they are replicated while the 4 query heads, the MLP
-    and (where it divides) the vocabulary are split."""
+@pytest.fixture(scope="module")
+def tp_results(tiny_models) -> dict[str, dict]:
+    """tp_check's result per variant, from one process (4 virtual CPU devices) for them all."""
     root = Path(__file__).resolve().parents[3]
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
            "JAX_PLATFORMS": "cpu"}
     done = subprocess.run([sys.executable, "-m", "tests.core.engine.tp_check",
-                           str(tiny_models[variant])],
+                           *(str(tiny_models[variant]) for variant in VARIANTS)],
                           cwd=root, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    lines = [json.loads(line) for line in done.stdout.strip().splitlines()
+             if line.startswith('{"model_dir"')]
+    assert [line["model_dir"] for line in lines] == [str(tiny_models[v]) for v in VARIANTS]
+    return dict(zip(VARIANTS, lines, strict=True))
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_tensor_parallel_4_matches_one_device(tp_results, variant):
+    """Qwen2 (q/k/v biases) and Qwen3 (per-head q/k norms, head_dim twice hidden/heads); their 2
+    key/value heads do not split 4 ways, so they are replicated while the 4 query heads, the MLP
+    and (where it divides) the vocabulary are split."""
+    result = tp_results[variant]
     assert result["devices"] == 4
     assert result["one"]["split_params"] == 0
     assert result["four"]["split_params"] == SPLIT_PARAMS[variant]

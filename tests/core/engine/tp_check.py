@@ -1,5 +1,6 @@
 """Run by tests/core/engine/test_tensor_parallel.py in a fresh process with 4 virtual CPU devices:
-greedy generation and top logprobs with --tensor-parallel 4 against one device."""
+greedy generation and top logprobs with --tensor-parallel 4 against one device, for each model
+directory given (one JSON line each, in order: one process start for them all)."""
 
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ def generate(model_dir: Path, tensor_parallel: int) -> dict:
 if __name__ == "__main__":
     import jax
 
-    model_dir = Path(sys.argv[1])
-    print(json.dumps({"devices": jax.device_count(), "one": generate(model_dir, 1),
-                      "four": generate(model_dir, 4)}))
+    for model_dir in map(Path, sys.argv[1:]):
+        print(json.dumps({"model_dir": str(model_dir), "devices": jax.device_count(),
+                          "one": generate(model_dir, 1), "four": generate(model_dir, 4)}),
+              flush=True)

@@ -12,11 +12,12 @@ import grpc
 import jsonschema
 import pytest
 
-from core.config import EngineConfig, ServerConfig
+from core.config import ServerConfig
 from core.models.tiny import write_tiny_model
 from core.service.server import CoreServer
 from tandem.v1 import inference_pb2 as pb
 from tandem.v1 import inference_pb2_grpc as pb_grpc
+from tests.conftest import family_engine_config
 from tests.core.service.test_core_grpc import error_info
 
 WEATHER = {"type": "object", "properties": {
@@ -35,13 +36,16 @@ MODE = pb.ToolChoice.Mode
 @pytest.fixture(scope="module", params=["qwen2", "llama3", "mistral", "none"])
 async def family(request, tmp_path_factory):
     """(variant, stub) of a core serving a tiny model of one family ("none": a Llama whose
-    template ignores tools)."""
+    template ignores tools). conftest's `family_engine_config`: the cores reuse the buckets
+    engines of the same model shapes compiled earlier in the session (the Llama's: the `server`
+    fixture's core, from its store; the others': test_structured's `family`, through XLA's
+    persistent cache) instead of compiling their own."""
     variant = request.param
     root = tmp_path_factory.mktemp(f"tools-{variant}")
     model_dir = (write_tiny_model(root, "llama", tool_style="none") if variant == "none"
                  else write_tiny_model(root, variant))
     config = ServerConfig(model_dir=Path(model_dir), model_name=f"tiny-{variant}", grpc_port=0,
-                          engine=EngineConfig(max_model_len=2048, max_num_seqs=2))
+                          engine=family_engine_config("llama" if variant == "none" else variant))
     server = CoreServer(config)
     port = await server.start()
     await server.load()
