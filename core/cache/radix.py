@@ -6,6 +6,8 @@ prefix. One root per `cache_salt`, so salted requests share pages only with the 
 Requests `match` a prompt (the pages they may reuse), `insert` blocks as soon as their KV is
 computed, and the engine `evict`s least-recently-used leaves that no request holds when the
 page pool runs dry. Hold counts live in the `PageAllocator`; the cache only flags its pages.
+Each block stored or evicted (and a `clear` that empties the cache) is recorded as a `KvEvent`
+(`core/cache/events.py`, which defines the block hash); the engine takes them once per step.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import heapq
 import itertools
 from dataclasses import dataclass, field
 
+from core.cache.events import KvEvent, KvEventKind, block_hash, root_hash
 from core.cache.pages import PageAllocator
 
 
@@ -24,6 +27,7 @@ class _Node:
     parent: _Node | None
     children: dict[tuple[int, ...], _Node] = field(default_factory=dict)
     last_used: int = 0  # a logical clock value; larger = more recent
+    block_hash: bytes = b""  # sha256 chained from the salt's root (events.block_hash)
 
 
 @dataclass
@@ -44,11 +48,22 @@ class RadixCache:
         self._roots: dict[str, _Node] = {}
         self._clock = itertools.count(1)
         self.num_pages = 0  # pages the cache holds
+        self._events: list[KvEvent] = []  # since the last take_events()
+
+    def take_events(self) -> list[KvEvent]:
+        """The events recorded since the last call (unnumbered; the engine publishes them)."""
+        events, self._events = self._events, []
+        return events
+
+    def _event(self, kind: KvEventKind, node: _Node) -> None:
+        self._events.append(KvEvent(kind, node.block_hash, node.parent.block_hash,
+                                    node.block, self.page_size))
 
     def _root(self, salt: str) -> _Node:
         root = self._roots.get(salt)
         if root is None:
-            root = self._roots[salt] = _Node(block=(), page_id=-1, parent=None)
+            root = self._roots[salt] = _Node(block=(), page_id=-1, parent=None,
+                                             block_hash=root_hash(salt))
         return root
 
     def _blocks(self, token_ids: list[int], num_blocks: int):
@@ -102,11 +117,24 @@ class RadixCache:
         for block, page_id in zip(self._blocks(token_ids, num_blocks), page_ids, strict=False):
             child = node.children.get(block)
             if child is None:
-                child = node.children[block] = _Node(block=block, page_id=page_id, parent=node)
+                child = node.children[block] = _Node(
+                    block=block, page_id=page_id, parent=node,
+                    block_hash=block_hash(node.block_hash, block))
                 self.allocator.set_cached(page_id, True)
                 self.num_pages += 1
+                self._event(KvEventKind.STORED, child)
             child.last_used = now
             node = child
+
+    def clear(self) -> int:
+        """Evict every block no request holds; returns how many. When the cache is empty
+        afterwards, one ALL_CLEARED event stands for their REMOVED events."""
+        num_events = len(self._events)
+        evicted = self.evict(self.num_pages)
+        if self.num_pages == 0:
+            del self._events[num_events:]
+            self._events.append(KvEvent(KvEventKind.ALL_CLEARED, block_size=self.page_size))
+        return evicted
 
     def evict(self, num_pages: int) -> int:
         """Free up to `num_pages` pages from least-recently-used unheld leaves; returns how many."""
@@ -118,6 +146,7 @@ class RadixCache:
             _, _, node = heapq.heappop(leaves)
             parent = node.parent
             del parent.children[node.block]
+            self._event(KvEventKind.REMOVED, node)
             self.allocator.set_cached(node.page_id, False)
             self.num_pages -= 1
             evicted += 1

@@ -8,12 +8,13 @@ sampled tokens into `RequestOutput`s (detokenized, stop conditions applied). The
 charge of its step: the runner never calls back into it. Requests and aborts arrive through the
 thread's inbox and are applied before the next step, so an abort frees its pages within one
 step; outputs leave through each request's sink, which must not block. Latency histograms are
-observed here.
+observed here. The radix cache's events are published to `kv_events` at the end of every turn.
 """
 
 from __future__ import annotations
 
 import abc
+import concurrent.futures
 import logging
 import secrets
 import threading
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from core.cache.events import KvEventHub
 from core.config import EngineConfig, ModelConfig, resolve_model
 from core.engine.base import EngineThread
 from core.engine.detokenizer import IncrementalDetokenizer
@@ -90,6 +92,7 @@ class LlmEngine(Engine):
         self._num_in_inbox, self._num_inbox_tokens = 0, 0
         self._lock = threading.Lock()
         self.grammars = _grammar_matchers(tokenizer, model_config)  # None: cannot constrain
+        self.kv_events = KvEventHub()  # the radix cache's events, for SubscribeKvEvents
         super().__init__("tandem-engine")
 
     # -- interface -------------------------------------------------------------------------
@@ -163,6 +166,13 @@ class LlmEngine(Engine):
     def abort(self, request_id: str) -> None:
         self._post(("abort", request_id, None))
 
+    def clear_prefix_cache(self) -> concurrent.futures.Future:
+        """Evict every cached block no request holds, on the engine thread; the future gives
+        how many pages were freed."""
+        done: concurrent.futures.Future = concurrent.futures.Future()
+        self._post(("clear_cache", done, None))
+        return done
+
     # -- the loop --------------------------------------------------------------------------
 
     def _is_idle(self) -> bool:
@@ -191,6 +201,8 @@ class LlmEngine(Engine):
                 self._tracked.clear()
                 with self._lock:
                     self._num_pending = 0
+        finally:
+            self.kv_events.publish(self.scheduler.prefix_cache.take_events())
 
     def _step(self, batch: SchedulerOutput):
         """Dispatch the forward passes, fill the grammar bitmask on the host while the device
@@ -211,6 +223,8 @@ class LlmEngine(Engine):
                 self._take(*payload, sink)
             elif kind == "abort" and payload in self._tracked:
                 self._release(self._tracked[payload].request)
+            elif kind == "clear_cache":
+                payload.set_result(self.scheduler.prefix_cache.clear())
 
     def _take(self, request: Request, matcher, sink: OutputSink) -> None:
         """Start tracking a new request (engine thread)."""

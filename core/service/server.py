@@ -6,7 +6,8 @@ and Embed's request handling `score.py`'s and `embed.py`'s); the `grpc.health.v1
 loaded and every bucket is compiled, and not while an engine is stalled: the stall detector
 turns it NOT_SERVING when unfinished work has waited `stall_timeout_s` with no engine step,
 SERVING again once the engine moves); server reflection; aborting a request when its RPC is
-cancelled or its deadline passes; graceful drain on SIGTERM.
+cancelled or its deadline passes; graceful drain on SIGTERM; the prefix cache's event stream
+(SubscribeKvEvents, `core/cache/events.py`) and its reset.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from core.errors import ModelNotFound, TandemError, Unavailable, Unsupported
 from core.service import convert
 from core.service.embed import check_dimensions, embed_inputs, embed_response
 from core.service.generate import ChoiceStream, apply_tool_plan
+from core.service.kv_events import kv_event_messages
 from core.service.load import engine_load
 from core.service.score import run_score, score_prompts
 from core.service.served_models import (
@@ -165,6 +167,27 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         return pb.GetLoadResponse(engines=[
             engine_load(name, engine) for name in names
             for engine in (self.models[name].generator or self.models[name].embedder,)])
+
+    async def SubscribeKvEvents(self, request: pb.SubscribeKvEventsRequest, context):
+        try:
+            model = self._model(request.model, pb.CAPABILITY_GENERATE)
+        except TandemError as exc:
+            await context.abort_with_status(exc.to_grpc_status())
+        start_seq = request.start_seq if request.HasField("start_seq") else None
+        subscription = model.generator.kv_events.subscribe(asyncio.get_running_loop(), start_seq)
+        try:
+            while True:
+                batch = await subscription.next_batch()
+                yield pb.SubscribeKvEventsResponse(model=model.name, resync=batch.resync,
+                                                   events=kv_event_messages(batch.events))
+        finally:  # the subscriber went away (or the server stops)
+            subscription.close()
+
+    @_typed_errors
+    async def ResetPrefixCache(self, request: pb.ResetPrefixCacheRequest, context):
+        model = self._model(request.model, pb.CAPABILITY_GENERATE)
+        freed = await asyncio.wrap_future(model.generator.clear_prefix_cache())
+        return pb.ResetPrefixCacheResponse(num_pages_freed=freed)
 
     @_typed_errors
     async def Score(self, request: pb.ScoreRequest, context):

@@ -87,6 +87,31 @@ CAPABILITY_SCORE: Capability.ValueType  # 2
 CAPABILITY_EMBED: Capability.ValueType  # 3
 Global___Capability: _TypeAlias = Capability  # noqa: Y015
 
+class _KvEventType:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _KvEventTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_KvEventType.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    KV_EVENT_TYPE_UNSPECIFIED: _KvEventType.ValueType  # 0
+    KV_EVENT_TYPE_BLOCK_STORED: _KvEventType.ValueType  # 1
+    """A block's KV is now cached."""
+    KV_EVENT_TYPE_BLOCK_REMOVED: _KvEventType.ValueType  # 2
+    """A cached block was evicted."""
+    KV_EVENT_TYPE_ALL_CLEARED: _KvEventType.ValueType  # 3
+    """The cache holds no block now."""
+
+class KvEventType(_KvEventType, metaclass=_KvEventTypeEnumTypeWrapper): ...
+
+KV_EVENT_TYPE_UNSPECIFIED: KvEventType.ValueType  # 0
+KV_EVENT_TYPE_BLOCK_STORED: KvEventType.ValueType  # 1
+"""A block's KV is now cached."""
+KV_EVENT_TYPE_BLOCK_REMOVED: KvEventType.ValueType  # 2
+"""A cached block was evicted."""
+KV_EVENT_TYPE_ALL_CLEARED: KvEventType.ValueType  # 3
+"""The cache holds no block now."""
+Global___KvEventType: _TypeAlias = KvEventType  # noqa: Y015
+
 @_typing.final
 class TokenIds(_message.Message):
     """---------------------------------------------------------------------------------------------
@@ -1740,3 +1765,161 @@ class GetLoadResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetLoadResponse: _TypeAlias = GetLoadResponse  # noqa: Y015
+
+@_typing.final
+class SubscribeKvEventsRequest(_message.Message):
+    """---------------------------------------------------------------------------------------------
+    Prefix-cache events
+
+    Next ID: 3
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    START_SEQ_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """Empty: the core's default generative model."""
+    start_seq: _builtins.int
+    """Resume with the event of this sequence number (unset: from the next event). Events still in
+    the core's replay buffer are sent first; if it no longer holds this one (or the core has
+    restarted), the first message has `resync` set.
+    """
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        start_seq: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_start_seq", b"_start_seq", "start_seq", b"start_seq"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_start_seq", b"_start_seq", "model", b"model", "start_seq", b"start_seq"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__start_seq: _TypeAlias = _typing.Literal["start_seq"]  # noqa: Y015
+    _WhichOneofArgType__start_seq: _TypeAlias = _typing.Literal["_start_seq", b"_start_seq"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__start_seq) -> _WhichOneofReturnType__start_seq | None: ...
+
+Global___SubscribeKvEventsRequest: _TypeAlias = SubscribeKvEventsRequest  # noqa: Y015
+
+@_typing.final
+class KvEvent(_message.Message):
+    """One radix-cache event. Hash: a salt's root is sha256(utf8(cache_salt)) (no salt: sha256 of
+    nothing); a block's hash is sha256(parent_hash || token_ids as little-endian int32).
+    Next ID: 7
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEQ_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    BLOCK_HASH_FIELD_NUMBER: _builtins.int
+    PARENT_HASH_FIELD_NUMBER: _builtins.int
+    TOKEN_IDS_FIELD_NUMBER: _builtins.int
+    BLOCK_SIZE_FIELD_NUMBER: _builtins.int
+    seq: _builtins.int
+    """1, 2, ... per engine, in order, without gaps except where `resync` says so."""
+    type: Global___KvEventType.ValueType
+    block_hash: _builtins.bytes
+    """The block's hash (empty for ALL_CLEARED)."""
+    parent_hash: _builtins.bytes
+    """The previous block's hash, or the salt root's for a prompt's first block."""
+    block_size: _builtins.int
+    """Tokens per block: the KV page size."""
+    @_builtins.property
+    def token_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """The block's token ids (block_size of them)."""
+
+    def __init__(
+        self,
+        *,
+        seq: _builtins.int = ...,
+        type: Global___KvEventType.ValueType = ...,
+        block_hash: _builtins.bytes = ...,
+        parent_hash: _builtins.bytes = ...,
+        token_ids: _abc.Iterable[_builtins.int] | None = ...,
+        block_size: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["block_hash", b"block_hash", "block_size", b"block_size", "parent_hash", b"parent_hash", "seq", b"seq", "token_ids", b"token_ids", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___KvEvent: _TypeAlias = KvEvent  # noqa: Y015
+
+@_typing.final
+class SubscribeKvEventsResponse(_message.Message):
+    """Next ID: 4"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    RESYNC_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """The served model id."""
+    resync: _builtins.bool
+    """Events were lost to this subscriber (it fell behind, or asked for a sequence number the
+    replay buffer no longer holds): drop what it knows of this engine's cache and rebuild from
+    the events that follow.
+    """
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___KvEvent]: ...
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        resync: _builtins.bool = ...,
+        events: _abc.Iterable[Global___KvEvent] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "model", b"model", "resync", b"resync"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubscribeKvEventsResponse: _TypeAlias = SubscribeKvEventsResponse  # noqa: Y015
+
+@_typing.final
+class ResetPrefixCacheRequest(_message.Message):
+    """Next ID: 2"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """Empty: the core's default generative model."""
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResetPrefixCacheRequest: _TypeAlias = ResetPrefixCacheRequest  # noqa: Y015
+
+@_typing.final
+class ResetPrefixCacheResponse(_message.Message):
+    """Next ID: 2"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NUM_PAGES_FREED_FIELD_NUMBER: _builtins.int
+    num_pages_freed: _builtins.int
+    """Pages freed (blocks that requests hold stay cached)."""
+    def __init__(
+        self,
+        *,
+        num_pages_freed: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["num_pages_freed", b"num_pages_freed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResetPrefixCacheResponse: _TypeAlias = ResetPrefixCacheResponse  # noqa: Y015

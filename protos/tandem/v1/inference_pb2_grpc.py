@@ -77,6 +77,16 @@ class InferenceStub:
                 request_serializer=tandem_dot_v1_dot_inference__pb2.GetLoadRequest.SerializeToString,
                 response_deserializer=tandem_dot_v1_dot_inference__pb2.GetLoadResponse.FromString,
                 _registered_method=True)
+        self.SubscribeKvEvents = channel.unary_stream(
+                '/tandem.v1.Inference/SubscribeKvEvents',
+                request_serializer=tandem_dot_v1_dot_inference__pb2.SubscribeKvEventsRequest.SerializeToString,
+                response_deserializer=tandem_dot_v1_dot_inference__pb2.SubscribeKvEventsResponse.FromString,
+                _registered_method=True)
+        self.ResetPrefixCache = channel.unary_unary(
+                '/tandem.v1.Inference/ResetPrefixCache',
+                request_serializer=tandem_dot_v1_dot_inference__pb2.ResetPrefixCacheRequest.SerializeToString,
+                response_deserializer=tandem_dot_v1_dot_inference__pb2.ResetPrefixCacheResponse.FromString,
+                _registered_method=True)
 
 
 class InferenceServicer:
@@ -144,6 +154,21 @@ class InferenceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SubscribeKvEvents(self, request, context):
+        """The radix prefix cache's events (blocks stored, removed, all cleared) of one model's
+        engine, numbered so that a subscriber can resume: what a cache-aware router follows.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResetPrefixCache(self, request, context):
+        """Evict every prefix-cache block no request holds (their events follow on SubscribeKvEvents).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InferenceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -186,6 +211,16 @@ def add_InferenceServicer_to_server(servicer, server):
                     servicer.GetLoad,
                     request_deserializer=tandem_dot_v1_dot_inference__pb2.GetLoadRequest.FromString,
                     response_serializer=tandem_dot_v1_dot_inference__pb2.GetLoadResponse.SerializeToString,
+            ),
+            'SubscribeKvEvents': grpc.unary_stream_rpc_method_handler(
+                    servicer.SubscribeKvEvents,
+                    request_deserializer=tandem_dot_v1_dot_inference__pb2.SubscribeKvEventsRequest.FromString,
+                    response_serializer=tandem_dot_v1_dot_inference__pb2.SubscribeKvEventsResponse.SerializeToString,
+            ),
+            'ResetPrefixCache': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResetPrefixCache,
+                    request_deserializer=tandem_dot_v1_dot_inference__pb2.ResetPrefixCacheRequest.FromString,
+                    response_serializer=tandem_dot_v1_dot_inference__pb2.ResetPrefixCacheResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -407,6 +442,60 @@ class Inference:
             '/tandem.v1.Inference/GetLoad',
             tandem_dot_v1_dot_inference__pb2.GetLoadRequest.SerializeToString,
             tandem_dot_v1_dot_inference__pb2.GetLoadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubscribeKvEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/tandem.v1.Inference/SubscribeKvEvents',
+            tandem_dot_v1_dot_inference__pb2.SubscribeKvEventsRequest.SerializeToString,
+            tandem_dot_v1_dot_inference__pb2.SubscribeKvEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResetPrefixCache(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tandem.v1.Inference/ResetPrefixCache',
+            tandem_dot_v1_dot_inference__pb2.ResetPrefixCacheRequest.SerializeToString,
+            tandem_dot_v1_dot_inference__pb2.ResetPrefixCacheResponse.FromString,
             options,
             channel_credentials,
             insecure,

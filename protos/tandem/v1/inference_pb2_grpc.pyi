@@ -74,6 +74,12 @@ class InferenceStub:
     """The load of this core's engines now, one entry per served model (and data-parallel rank):
     what a router balances on.
     """
+    SubscribeKvEvents: _grpc.UnaryStreamMultiCallable[_inference_pb2.SubscribeKvEventsRequest, _inference_pb2.SubscribeKvEventsResponse]
+    """The radix prefix cache's events (blocks stored, removed, all cleared) of one model's
+    engine, numbered so that a subscriber can resume: what a cache-aware router follows.
+    """
+    ResetPrefixCache: _grpc.UnaryUnaryMultiCallable[_inference_pb2.ResetPrefixCacheRequest, _inference_pb2.ResetPrefixCacheResponse]
+    """Evict every prefix-cache block no request holds (their events follow on SubscribeKvEvents)."""
 
 @_typing.type_check_only
 class InferenceAsyncStub(InferenceStub):
@@ -104,6 +110,12 @@ class InferenceAsyncStub(InferenceStub):
     """The load of this core's engines now, one entry per served model (and data-parallel rank):
     what a router balances on.
     """
+    SubscribeKvEvents: _aio.UnaryStreamMultiCallable[_inference_pb2.SubscribeKvEventsRequest, _inference_pb2.SubscribeKvEventsResponse]  # type: ignore[assignment]
+    """The radix prefix cache's events (blocks stored, removed, all cleared) of one model's
+    engine, numbered so that a subscriber can resume: what a cache-aware router follows.
+    """
+    ResetPrefixCache: _aio.UnaryUnaryMultiCallable[_inference_pb2.ResetPrefixCacheRequest, _inference_pb2.ResetPrefixCacheResponse]  # type: ignore[assignment]
+    """Evict every prefix-cache block no request holds (their events follow on SubscribeKvEvents)."""
 
 class InferenceServicer(metaclass=_abc_1.ABCMeta):
     """The inference API of the model core. Its name predates the buf STANDARD lint rules and is part
@@ -179,5 +191,23 @@ class InferenceServicer(metaclass=_abc_1.ABCMeta):
         """The load of this core's engines now, one entry per served model (and data-parallel rank):
         what a router balances on.
         """
+
+    @_abc_1.abstractmethod
+    def SubscribeKvEvents(
+        self,
+        request: _inference_pb2.SubscribeKvEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_inference_pb2.SubscribeKvEventsResponse], _abc.AsyncIterator[_inference_pb2.SubscribeKvEventsResponse]]:
+        """The radix prefix cache's events (blocks stored, removed, all cleared) of one model's
+        engine, numbered so that a subscriber can resume: what a cache-aware router follows.
+        """
+
+    @_abc_1.abstractmethod
+    def ResetPrefixCache(
+        self,
+        request: _inference_pb2.ResetPrefixCacheRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_inference_pb2.ResetPrefixCacheResponse, _abc.Awaitable[_inference_pb2.ResetPrefixCacheResponse]]:
+        """Evict every prefix-cache block no request holds (their events follow on SubscribeKvEvents)."""
 
 def add_InferenceServicer_to_server(servicer: InferenceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
