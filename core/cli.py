@@ -19,6 +19,7 @@ import sys
 import threading
 from pathlib import Path
 
+from core.service.reasoning.syntax import PARSER_NAMES as REASONING_PARSERS  # stdlib only
 from core.service.tools.syntax import PARSER_NAMES  # stdlib only
 
 log = logging.getLogger("tandem")
@@ -104,6 +105,11 @@ def _add_core_flags(parser: argparse.ArgumentParser) -> None:
                         help="how the model writes tool calls: hermes (<tool_call>, Qwen2.5), "
                              "llama3_json (Llama 3.x JSON), mistral ([TOOL_CALLS]); auto: read "
                              "off the chat template")
+    parser.add_argument("--reasoning-parser", default="auto",
+                        choices=("auto", "none", *REASONING_PARSERS),
+                        help="how the model writes its reasoning: qwen3 (a <think> block the "
+                             "model or the template opens), deepseek_r1 (output starts inside "
+                             "the block); auto: read off the chat template; none: no parsing")
     parser.add_argument("--compilation-cache-dir", default=None,
                         help="where the warm-up's compiled buckets are kept (in its "
                              "executables/), so that a restart loads them instead of compiling "
@@ -167,7 +173,8 @@ def run_core(args: argparse.Namespace) -> None:
                           drain_timeout_s=args.drain_timeout_s,
                           stall_timeout_s=args.stall_timeout_s,
                           trust_request_chat_template=args.trust_request_chat_template,
-                          tool_call_parser=args.tool_call_parser)
+                          tool_call_parser=args.tool_call_parser,
+                          reasoning_parser=args.reasoning_parser)
     asyncio.run(run(config))
 
 

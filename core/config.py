@@ -471,3 +471,4 @@ class ServerConfig:
     embedding_model_name: str = ""  # its id; empty: the directory's name
     decoder_pooling: str | None = None  # "last" or "mean": the main decoder embeds too
     tool_call_parser: str = "auto"  # tool-call syntax of the main model ("auto": its template)
+    reasoning_parser: str = "auto"  # think-block syntax of the main model ("auto": its template)

@@ -6,6 +6,7 @@ token ids → text, and the special-token ids. Everything reads local files only
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -63,6 +64,14 @@ class Tokenizer:
         """Special (and added control) tokens' text → id."""
         return {str(token): token_id for token, token_id in zip(
             self._tokenizer.all_special_tokens, self._tokenizer.all_special_ids, strict=True)}
+
+    @functools.cached_property
+    def added_ids_by_text(self) -> dict[str, int]:
+        """Every added token's text → id, special or not (Qwen's `<think>`, `<tool_call>`):
+        llguidance matches these as tokens, never as their text."""
+        added = {str(token.content): token_id
+                 for token_id, token in self._tokenizer.added_tokens_decoder.items()}
+        return {**added, **self.special_ids_by_text}
 
     def renders_tools(self, chat_template: str | None = None) -> bool:
         """Does the template (default: the model's) show tools? A probe conversation is rendered
@@ -157,6 +166,8 @@ def parse_json_object(raw: str, param: str) -> dict:
         value = json.loads(raw)
     except json.JSONDecodeError as exc:
         raise InvalidParameter(f"{param} is not valid JSON: {exc}", param=param) from exc
+    except RecursionError:
+        raise InvalidParameter(f"{param} nests too deeply", param=param) from None
     if not isinstance(value, dict):
         raise InvalidParameter(f"{param} must be a JSON object", param=param)
     return value

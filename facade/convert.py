@@ -180,6 +180,9 @@ def _message(message: ChatMessage) -> pb.ChatMessage:
     for call in message.tool_calls or []:
         function = pb.FunctionCall(name=call.function.name, arguments=call.function.arguments)
         proto.tool_calls.append(pb.ToolCall(id=call.id, type=call.type, function=function))
+    reasoning = message.reasoning_content or message.reasoning
+    if reasoning and message.role == "assistant":
+        proto.reasoning_content = reasoning
     return proto
 
 
@@ -238,6 +241,8 @@ def _chat_input(request: ChatCompletionRequest) -> pb.ChatInput:
         chat.chat_template_kwargs_json = json.dumps(request.chat_template_kwargs)
     if request.chat_template is not None:
         chat.chat_template = request.chat_template
+    if request.thinking_token_budget is not None:
+        chat.thinking_token_budget = request.thinking_token_budget
     return chat
 
 

@@ -97,6 +97,9 @@ class ChatMessage(RequestModel):
     name: str | None = None
     tool_call_id: str | None = None
     tool_calls: list[ToolCall] | None = None
+    # an assistant turn's reasoning, given back to the template (vLLM's two names)
+    reasoning_content: str | None = None
+    reasoning: str | None = None
 
 
 class FunctionDefinition(RequestModel):
@@ -280,6 +283,8 @@ class ChatCompletionRequest(SamplingFields):
     chat_template_kwargs: dict[str, Any] | None = None
     add_generation_prompt: bool | None = None
     continue_final_message: bool | None = None
+    # vLLM: reasoning models close their think block after this many tokens
+    thinking_token_budget: int | None = Field(default=None, ge=0, le=MAX_UINT32)
 
     @field_validator("top_logprobs")
     @classmethod
@@ -362,11 +367,23 @@ class PromptTokensDetails(ResponseModel):
     cached_tokens: int = 0  # prompt tokens served from the core's prefix cache
 
 
+class CompletionTokensDetails(ResponseModel):
+    reasoning_tokens: int = 0  # completion tokens of the think block (markers included)
+
+
 class Usage(ResponseModel):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
     prompt_tokens_details: PromptTokensDetails | None = None
+    completion_tokens_details: CompletionTokensDetails | None = None  # reasoning models only
+
+    @model_serializer(mode="wrap")
+    def _drop_unset_details(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)
+        if data.get("completion_tokens_details") is None:
+            data.pop("completion_tokens_details", None)
+        return data
 
 
 class TopLogprob(ResponseModel):
@@ -389,10 +406,27 @@ class ResponseToolCall(ResponseModel):
     function: FunctionCall
 
 
+REASONING_FIELDS = ("reasoning_content", "reasoning")  # vLLM's older and current names
+
+
+def _drop_unset_reasoning(data: dict[str, Any]) -> dict[str, Any]:
+    for name in REASONING_FIELDS:
+        if data.get(name) is None:
+            data.pop(name, None)
+    return data
+
+
 class AssistantMessage(ResponseModel):
     role: Literal["assistant"] = "assistant"
     content: str | None = None
     tool_calls: list[ResponseToolCall] | None = None  # parsed by the core; content then null
+    # a reasoning model's think block, under both names (left out for other models)
+    reasoning_content: str | None = None
+    reasoning: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _drop_reasoning(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return _drop_unset_reasoning(handler(self))
 
 
 class ChatChoice(ResponseModel):
@@ -451,6 +485,8 @@ class DeltaMessage(ResponseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
     tool_calls: list[DeltaToolCall] | None = None
+    reasoning_content: str | None = None  # a reasoning model's think block, both names
+    reasoning: str | None = None
 
     @model_serializer(mode="wrap")
     def _drop_none(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:

@@ -238,9 +238,10 @@ class LlmEngine(Engine):
                 request.request_id, (), "", finish_reason=FinishReason.ABORT,
                 error=f"duplicate request id {request.request_id}"))
             return
+        free = matcher is None or request.grammar.kind == "text"  # ("text": a budget only)
         detokenizer = IncrementalDetokenizer(  # stop strings never cut constrained output
             self.tokenizer, request.prompt_token_ids,
-            stop_strings=request.stopping.stop_strings if matcher is None else (),
+            stop_strings=request.stopping.stop_strings if free else (),
             include_stop_str_in_output=request.stopping.include_stop_str_in_output,
             skip_special_tokens=request.stopping.skip_special_tokens)
         self._tracked[request.request_id] = _Tracked(request, sink, detokenizer,
@@ -335,6 +336,8 @@ class LlmEngine(Engine):
             if accepted is Accepted.FAILED:
                 self._fail_grammar(tracked)
                 return
+            if request.grammar.kind == "text":  # a thinking budget: the output is not bound
+                accepted = None
         if token_id in self.model_config.eos_token_ids and (
                 not stopping.ignore_eos or accepted is not None):
             request.finish_reason = FinishReason.STOP

@@ -32,6 +32,7 @@ class PromptPolicy:
     max_token_chars: int  # the longest token's length: bounds characters per token
     allow_request_chat_template: bool = False  # may a request bring its own Jinja template?
     tool_call_parser: str = "auto"  # the tool-call syntax ("auto": read off the chat template)
+    reasoning_parser: str = "auto"  # the think-block syntax ("auto": read off the template)
 
     @property
     def max_prompt_chars(self) -> int:
@@ -51,8 +52,49 @@ def chat_prompt(chat: pb.ChatInput, policy: PromptPolicy) -> ChatPrompt:
         add_generation_prompt=(chat.add_generation_prompt
                                if chat.HasField("add_generation_prompt") else True),
         continue_final_message=chat.continue_final_message,
-        template_kwargs=parse_json_object(chat.chat_template_kwargs_json, "chat_template_kwargs"),
+        template_kwargs=template_kwargs(chat.chat_template_kwargs_json),
         chat_template=_request_chat_template(chat, policy))
+
+
+# What a request's chat_template_kwargs may not set: the variables the server gives the template,
+# and apply_chat_template's own parameters (CVE-2025-62426: kwargs that reach the renderer).
+RESERVED_TEMPLATE_KWARGS = frozenset({
+    "messages", "conversation", "tools", "documents", "add_generation_prompt",
+    "continue_final_message", "chat_template", "tokenize", "padding", "truncation",
+    "max_length", "return_tensors", "return_dict", "return_assistant_tokens_mask",
+    "tokenizer_kwargs", "processor_kwargs", "bos_token", "eos_token", "unk_token", "pad_token",
+    "raise_exception", "strftime_now", "tokenizer", "self", "kwargs"})
+MAX_TEMPLATE_KWARGS_BYTES = 8 * 1024
+MAX_TEMPLATE_KWARGS_DEPTH = 8
+
+
+def template_kwargs(raw: str) -> dict:
+    """A request's chat_template_kwargs: a JSON object of plain values, bounded in size and
+    depth, whose keys are identifiers the server does not set itself."""
+    param = "chat_template_kwargs"
+    if len(raw.encode()) > MAX_TEMPLATE_KWARGS_BYTES:
+        raise InvalidParameter(f"{param} is longer than {MAX_TEMPLATE_KWARGS_BYTES} bytes",
+                               param=param)
+    kwargs = parse_json_object(raw, param)
+    for key, value in kwargs.items():
+        if not key.isidentifier():
+            raise InvalidParameter(f"{param}: {key!r} is not a template variable name",
+                                   param=param)
+        if key in RESERVED_TEMPLATE_KWARGS or key.startswith("_"):
+            raise InvalidParameter(f"{param}: {key!r} is set by the server and cannot be "
+                                   "overridden", param=param)
+        if _depth(value) > MAX_TEMPLATE_KWARGS_DEPTH:
+            raise InvalidParameter(f"{param}: {key!r} nests deeper than "
+                                   f"{MAX_TEMPLATE_KWARGS_DEPTH} levels", param=param)
+    return kwargs
+
+
+def _depth(value) -> int:
+    if isinstance(value, dict):
+        return 1 + max(map(_depth, value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max(map(_depth, value), default=0)
+    return 0
 
 
 def _request_chat_template(chat: pb.ChatInput, policy: PromptPolicy) -> str | None:
@@ -76,6 +118,8 @@ def _chat_message(message: pb.ChatMessage, index: int) -> dict:
         result["name"] = message.name
     if message.HasField("tool_call_id"):
         result["tool_call_id"] = message.tool_call_id
+    if message.reasoning_content:  # Qwen3's and DeepSeek's templates read this name
+        result["reasoning_content"] = message.reasoning_content
     if message.tool_calls:
         result["tool_calls"] = [{"id": call.id, "type": call.type or "function", "function": {
             "name": call.function.name, "arguments": _arguments(call.function.arguments)}}

@@ -1,11 +1,13 @@
-"""Generate's streaming side: a request's tool plan, and engine outputs as response chunks.
+"""Generate's streaming side: a request's tool and reasoning plans, and engine outputs as
+response chunks.
 
 Owns: applying the tool plan of a chat request that offers tools (the call grammar for each
-choice, one tool-call parser per choice), and `ChoiceStream`, which admits one Generate call's
-engine requests (one per choice) and merges their `RequestOutput`s into `GenerateResponse`
-chunks: every choice's delta since the last chunk (token ids, text or parsed tool calls,
-logprobs, finish reason) and the cumulative usage; the first and last chunks also carry a
-snapshot of the engine's load.
+choice, one tool-call parser per choice) and the reasoning plan of a chat request on a
+reasoning model (one reasoning parser per choice, whose answer text goes on to the tool-call
+parser), and `ChoiceStream`, which admits one Generate call's engine requests (one per choice)
+and merges their `RequestOutput`s into `GenerateResponse` chunks: every choice's delta since
+the last chunk (token ids, reasoning, text or parsed tool calls, logprobs, finish reason) and
+the cumulative usage; the first and last chunks also carry a snapshot of the engine's load.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from core.engine.loop import Engine
 from core.engine.request import FinishReason, Request, RequestOutput
 from core.errors import InvalidParameter, TandemError
 from core.service.load import load_snapshot
+from core.service.reasoning import BlockState, ReasoningParser, reasoning_plan, select_syntax
 from core.service.served_models import ServedModel
 from core.service.tools import ToolCallParser
 from core.service.tools.plan import tool_plan
@@ -42,7 +45,7 @@ def apply_tool_plan(request: pb.GenerateRequest, model: ServedModel,
               "strict": tool.strict} for tool in chat.tools]
     plan = tool_plan(chat, tools, chat.chat_template or tokenizer.chat_template,
                      tokenizer.renders_tools(chat.chat_template or None),
-                     model.policy.tool_call_parser, tokenizer.special_ids_by_text)
+                     model.policy.tool_call_parser, tokenizer.added_ids_by_text)
     forced = chat.tool_choice.mode in (pb.ToolChoice.MODE_REQUIRED, pb.ToolChoice.MODE_FUNCTION)
     if plan is None or (not forced and any(r.grammar for r in requests)):
         return None  # "auto" with a response format: the output is that format
@@ -54,15 +57,35 @@ def apply_tool_plan(request: pb.GenerateRequest, model: ServedModel,
     return [ToolCallParser(plan.syntax) for _ in requests]
 
 
+def apply_reasoning_plan(request: pb.GenerateRequest, model: ServedModel, prompt_ids: list[int],
+                         requests: list[Request]) -> list[ReasoningParser] | None:
+    """Chat on a reasoning model: one reasoning parser per choice, and the think-block prefix
+    on the choices' grammars (after the tool plan: a forced call comes after the block too).
+    None: the output has no reasoning to parse."""
+    if request.WhichOneof("input") != "chat":
+        return None
+    chat = request.chat
+    syntax = select_syntax(model.policy.reasoning_parser,
+                           chat.chat_template or model.tokenizer.chat_template)
+    budget = chat.thinking_token_budget if chat.HasField("thinking_token_budget") else None
+    plan = reasoning_plan(syntax, model.tokenizer, prompt_ids, requests, budget)
+    if plan is None:
+        return None
+    return [ReasoningParser(plan.syntax, plan.state) for _ in requests]
+
+
 class ChoiceStream:
     """The engine requests of one Generate call (one per choice), merged into response chunks
     that carry every choice's delta since the last chunk and the cumulative usage."""
 
     def __init__(self, engine: Engine, tokenizer: Tokenizer, requests: list[Request],
-                 loop: asyncio.AbstractEventLoop, parsers: list[ToolCallParser] | None = None):
+                 loop: asyncio.AbstractEventLoop, parsers: list[ToolCallParser] | None = None,
+                 reasoners: list[ReasoningParser] | None = None):
         self._engine = engine
         self._tokenizer = tokenizer  # the served model's: token pieces of logprobs
         self._parsers = parsers  # one tool-call parser per choice, or None
+        self._reasoners = reasoners  # one reasoning parser per choice, or None
+        self._reasoning_tokens = [0] * len(requests)
         self._requests = requests
         self._loop = loop
         self._outputs: asyncio.Queue[RequestOutput] = asyncio.Queue()
@@ -91,8 +114,10 @@ class ChoiceStream:
                            if output.error_param else TandemError(output.error))
                 index = self._choice_of[output.request_id]
                 delta = deltas.setdefault(index, pb.ChoiceDelta(index=index))
-                _merge_output(delta, output, self._tokenizer,
-                              self._parsers[index] if self._parsers else None)
+                self._reasoning_tokens[index] += _merge_output(
+                    delta, output, self._tokenizer,
+                    self._parsers[index] if self._parsers else None,
+                    self._reasoners[index] if self._reasoners else None)
                 self._completion_tokens[output.request_id] = output.completion_tokens
                 self._cached_tokens = max(self._cached_tokens, output.cached_tokens)
                 if output.finish_reason is not None:
@@ -101,7 +126,8 @@ class ChoiceStream:
                 choices=[deltas[i] for i in sorted(deltas)],
                 usage=pb.Usage(prompt_tokens=num_prompt_tokens,
                                completion_tokens=sum(self._completion_tokens.values()),
-                               cached_tokens=self._cached_tokens))
+                               cached_tokens=self._cached_tokens,
+                               reasoning_tokens=sum(self._reasoning_tokens)))
             if first or not self._unfinished:  # the call's first and last chunks
                 response.load.CopyFrom(load_snapshot(self._engine))
             first = False
@@ -116,12 +142,17 @@ class ChoiceStream:
 
 
 def _merge_output(delta: pb.ChoiceDelta, output: RequestOutput, tokenizer: Tokenizer,
-                  parser: ToolCallParser | None = None) -> None:
+                  parser: ToolCallParser | None = None,
+                  reasoner: ReasoningParser | None = None) -> int:
+    """Add one engine output to the choice's delta; returns its reasoning tokens."""
     delta.token_ids.extend(output.new_token_ids)
+    text, num_reasoning = output.text_delta, 0
+    if reasoner is not None:
+        text, num_reasoning = _split_reasoning(delta, reasoner, output)
     if parser is None:
-        delta.text += output.text_delta
+        delta.text += text
     else:
-        _merge_parsed(delta, parser, output)
+        _merge_parsed(delta, parser, text, output.finish_reason is not None)
     _add_logprobs(delta.logprobs, output.logprobs, tokenizer)
     _add_logprobs(delta.prompt_logprobs, output.prompt_logprobs, tokenizer)
     delta.cumulative_logprob = output.cumulative_logprob
@@ -133,6 +164,22 @@ def _merge_output(delta: pb.ChoiceDelta, output: RequestOutput, tokenizer: Token
             delta.stop_string = output.stop_string
         elif output.stop_token_id is not None:
             delta.stop_token_id = output.stop_token_id
+    return num_reasoning
+
+
+def _split_reasoning(delta: pb.ChoiceDelta, reasoner: ReasoningParser,
+                     output: RequestOutput) -> tuple[str, int]:
+    """The output's text through the choice's reasoning parser: the reasoning into
+    `reasoning_text`; returns the answer text and the output's reasoning tokens (those
+    written while the block was open, its markers included)."""
+    before = reasoner.state
+    parts = [reasoner.feed(output.text_delta)]
+    if output.finish_reason is not None:
+        parts.append(reasoner.finish())
+    delta.reasoning_text += "".join(part.reasoning for part in parts)
+    reasoning = before is BlockState.INSIDE or (
+        before is BlockState.MAY_OPEN and reasoner.opened)
+    return "".join(part.answer for part in parts), len(output.new_token_ids) if reasoning else 0
 
 
 def _add_logprobs(entries, logprobs, tokenizer: Tokenizer) -> None:
@@ -146,11 +193,12 @@ def _add_logprobs(entries, logprobs, tokenizer: Tokenizer) -> None:
                                    token_bytes=top_data)
 
 
-def _merge_parsed(delta: pb.ChoiceDelta, parser: ToolCallParser, output: RequestOutput) -> None:
-    """A choice's text through its tool-call parser: content into `text`, calls into
+def _merge_parsed(delta: pb.ChoiceDelta, parser: ToolCallParser, text: str,
+                  finished: bool) -> None:
+    """A choice's (answer) text through its tool-call parser: content into `text`, calls into
     `tool_calls` (everything held back comes out when the choice finishes)."""
-    parsed = [parser.feed(output.text_delta)]
-    if output.finish_reason is not None:
+    parsed = [parser.feed(text)]
+    if finished:
         parsed.append(parser.finish())
     for part in parsed:
         delta.text += part.content

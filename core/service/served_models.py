@@ -73,17 +73,22 @@ class ServedModel:
 def load_generative(model_dir: Path, name: str, requested: EngineConfig, description: str,
                     decoder_pooling: str | None = None,
                     allow_request_chat_template: bool = False,
-                    tool_call_parser: str = "auto", hf_config: dict | None = None) -> ServedModel:
+                    tool_call_parser: str = "auto", hf_config: dict | None = None,
+                    reasoning_parser: str = "auto") -> ServedModel:
     """A decoder: its configuration resolved once (`resolve_model`; `hf_config` is its
     config.json when already read), one tokenizer for the engine and every RPC, the generation
     engine (compiled, started) and, with `decoder_pooling`, an embedding engine over its hidden
     states."""
     from core.engine.loop import start_engine
+    from core.service.reasoning import PARSER_NAMES as REASONING_PARSERS
     from core.service.tools import PARSER_NAMES
 
     if tool_call_parser not in ("auto", *PARSER_NAMES):
         raise ConfigError(f"unknown tool-call parser {tool_call_parser!r}; expected auto or "
                           f"one of {', '.join(PARSER_NAMES)}")
+    if reasoning_parser not in ("auto", "none", *REASONING_PARSERS):
+        raise ConfigError(f"unknown reasoning parser {reasoning_parser!r}; expected auto, none "
+                          f"or one of {', '.join(REASONING_PARSERS)}")
     if decoder_pooling is not None and decoder_pooling not in DECODER_POOLING:
         raise ConfigError(f"decoder pooling must be one of {DECODER_POOLING}")
     config, engine_config = resolve_model(model_dir, requested, hf_config=hf_config)
@@ -92,7 +97,7 @@ def load_generative(model_dir: Path, name: str, requested: EngineConfig, descrip
     policy = PromptPolicy(vocab_size=config.vocab_size, max_model_len=engine_config.max_model_len,
                           max_token_chars=tokenizer.max_token_chars,
                           allow_request_chat_template=allow_request_chat_template,
-                          tool_call_parser=tool_call_parser)
+                          tool_call_parser=tool_call_parser, reasoning_parser=reasoning_parser)
     info = pb.ModelInfo(
         id=name, owned_by="tandem", created=int(time.time()), architecture=config.architecture,
         dtype=engine_config.dtype, max_model_len=engine_config.max_model_len,

@@ -29,7 +29,7 @@ from core.engine.loop import Engine
 from core.errors import ModelNotFound, TandemError, Unavailable, Unsupported
 from core.service import convert
 from core.service.embed import check_dimensions, embed_inputs, embed_response
-from core.service.generate import ChoiceStream, apply_tool_plan
+from core.service.generate import ChoiceStream, apply_reasoning_plan, apply_tool_plan
 from core.service.kv_events import kv_event_messages
 from core.service.load import engine_load
 from core.service.score import run_score, score_prompts
@@ -119,12 +119,13 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                 max_choices=min(MAX_CHOICES, engine.engine_config.max_unfinished),
                 tokenizer=model.tokenizer)
             parsers = apply_tool_plan(request, model, requests)
+            reasoners = apply_reasoning_plan(request, model, prompt_ids, requests)
             for spec in {r.grammar for r in requests if r.grammar is not None}:
                 await asyncio.to_thread(engine.check_grammar, spec)  # compiles: off the loop
             log.info("generate %s: %d prompt tokens, n=%d", request_id, len(prompt_ids),
                      len(requests))
             stream = ChoiceStream(engine, model.tokenizer, requests, asyncio.get_running_loop(),
-                                  parsers)
+                                  parsers, reasoners)
             async for response in stream.responses():
                 response.request_id, response.model = request_id, model.name
                 yield response
@@ -273,7 +274,7 @@ class CoreServer:
             loads = [asyncio.to_thread(
                 load_generative, config.model_dir, names[0], config.engine, DEMO_DESCRIPTION,
                 config.decoder_pooling, config.trust_request_chat_template,
-                config.tool_call_parser, hf_config)]
+                config.tool_call_parser, hf_config, config.reasoning_parser)]
         if config.embedding_model_dir is not None:  # both warm up at once (XLA compiles
             loads.append(asyncio.to_thread(  # without the GIL)
                 load_embedding, config.embedding_model_dir, names[1]))

@@ -10,7 +10,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 # "grammar": Lark or llama.cpp GBNF (told apart by llguidance's converter); "lark": Lark only
-GRAMMAR_KINDS = ("json_schema", "json_object", "regex", "choice", "lark", "grammar")
+GRAMMAR_KINDS = ("json_schema", "json_object", "regex", "choice", "lark", "grammar", "text")
+# "text": any output (with a `reasoning` prefix only: a budget on the think block, nothing after)
+
+
+@dataclass(frozen=True)
+class ReasoningPrefix:
+    """A reasoning model's think block before the constrained answer: free text, bounded by
+    `max_tokens` (then the end marker is forced), and the constraint applies after it."""
+
+    start: str  # the start marker as a Lark item ("<[id]>" or a string); "": the prompt opened it
+    end: str  # the end marker as a Lark item; "": `end_text` ends the block as a stop lexeme
+    end_text: str = "</think>"
+    optional: bool = False  # the model may skip the block (it has not been opened)
+    max_tokens: int | None = None  # the thinking budget (`end` must be a token item)
 
 
 @dataclass(frozen=True)
@@ -24,6 +37,7 @@ class GrammarSpec:
     param: str  # the API parameter it came from, named in errors ("response_format", "tools", ...)
     # json_schema only: a keyword llguidance cannot enforce is an error (False: it is ignored)
     strict: bool = True
+    reasoning: ReasoningPrefix | None = None  # a think block comes first
 
 
-__all__ = ["GRAMMAR_KINDS", "GrammarSpec"]
+__all__ = ["GRAMMAR_KINDS", "GrammarSpec", "ReasoningPrefix"]

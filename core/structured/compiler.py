@@ -19,7 +19,7 @@ import concurrent.futures
 import json
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import llguidance
 import llguidance.hf
@@ -134,6 +134,8 @@ def _probe(matcher: llguidance.LLMatcher, vocab_size: int, num_steps: int = PROB
 
 def grammar_text(spec: GrammarSpec, max_source_bytes: int) -> str:
     """The llguidance grammar of a spec; raises InvalidParameter for what cannot be one."""
+    if spec.reasoning is not None:
+        return _after_reasoning(spec, max_source_bytes)
     if len(spec.source.encode()) > max_source_bytes:
         raise InvalidParameter(f"{spec.param}: the {_describe(spec)} is longer than "
                                f"{max_source_bytes} bytes", param=spec.param)
@@ -160,6 +162,36 @@ def grammar_text(spec: GrammarSpec, max_source_bytes: int) -> str:
                                param=spec.param) from exc
     raise InvalidParameter(f"{spec.param}: unknown grammar kind {spec.kind!r}",
                            param=spec.param)
+
+
+def _after_reasoning(spec: GrammarSpec, max_source_bytes: int) -> str:
+    """The think block (free text up to its end marker, the budget forcing the marker), then
+    the spec's own grammar as a sub-grammar: the constraint starts where the block ends."""
+    prefix = spec.reasoning
+    lines = []
+    if spec.kind == "text":
+        answer = "<[*]>*"
+    else:
+        inner = grammar_text(replace(spec, reasoning=None), max_source_bytes)
+        sub = (json.loads(inner)["grammars"][0] if inner.lstrip().startswith("{")
+               else {"lark_grammar": inner})
+        sub["name"] = "reasoning_answer"
+        answer = "@reasoning_answer"
+    block = f"{prefix.start} think" if prefix.start else "think"
+    lines.append(f"start: ({block})? {answer}" if prefix.optional else f"start: {block} {answer}")
+    budget = f"max_tokens={prefix.max_tokens}" if prefix.max_tokens is not None else ""
+    if prefix.end:
+        lines.append(f'think: think_text {prefix.end} "\\n"? "\\n"?')
+        attributes = f"[{budget}]" if budget else ""
+    else:  # the end marker is text: a lazy lexeme that consumes it
+        lines.append('think: think_text "\\n"? "\\n"?')
+        attributes = "[" + ", ".join(filter(None, [f"stop={json.dumps(prefix.end_text)}",
+                                                    budget])) + "]"
+    lines.append(f"think_text{attributes}: /(?s:.*)/")
+    top = {"grammars": [{"lark_grammar": "\n".join(lines) + "\n"}]}
+    if spec.kind != "text":
+        top["grammars"].append(sub)
+    return json.dumps(top)
 
 
 def _choice_lark(source: str) -> str:

@@ -67,13 +67,15 @@ def chunk_choice(run: ChatRun, choice: pb.ChoiceDelta) -> ChatChunkChoice | None
     """The chunk choice of one core delta; None when it carries nothing for the client."""
     wants_logprobs = bool(run.request.logprobs)
     reason = finish_reason(choice)
-    if not (choice.text or choice.tool_calls or reason is not None
+    if not (choice.text or choice.tool_calls or choice.reasoning_text or reason is not None
             or (wants_logprobs and choice.logprobs)):
         return None
+    reasoning = choice.reasoning_text or None
     return ChatChunkChoice(
         index=choice.index,
         delta=DeltaMessage(content=choice.text or None,
-                           tool_calls=_delta_tool_calls(choice) or None),
+                           tool_calls=_delta_tool_calls(choice) or None,
+                           reasoning_content=reasoning, reasoning=reasoning),
         logprobs=chat_logprobs(choice.logprobs) if wants_logprobs else None,
         finish_reason=reason,
         stop_reason=stop_reason(choice),
@@ -94,9 +96,12 @@ def _message(state: ChoiceState) -> AssistantMessage:
     """A finished choice's message: its calls, and content null when it is only calls."""
     calls = [ResponseToolCall(id=call_id, function=FunctionCall(name=name, arguments=arguments))
              for call_id, name, arguments in map(state.tool_calls.get, sorted(state.tool_calls))]
+    reasoning = state.reasoning
     if not calls:
-        return AssistantMessage(content=state.text)
-    return AssistantMessage(content=state.text or None, tool_calls=calls)
+        return AssistantMessage(content=state.text, reasoning_content=reasoning,
+                                reasoning=reasoning)
+    return AssistantMessage(content=state.text or None, tool_calls=calls,
+                            reasoning_content=reasoning, reasoning=reasoning)
 
 
 async def stream_chat(run: ChatRun, generation: Generation) -> AsyncIterator[bytes]:

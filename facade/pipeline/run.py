@@ -15,7 +15,13 @@ from dataclasses import dataclass, field
 
 from facade.convert import finish_reason, stop_reason
 from facade.errors import ApiError, internal_error
-from facade.protocol import ChatCompletionRequest, CompletionRequest, PromptTokensDetails, Usage
+from facade.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    CompletionTokensDetails,
+    PromptTokensDetails,
+    Usage,
+)
 from facade.sse import sse_event
 from tandem.v1 import inference_pb2 as pb
 
@@ -25,6 +31,7 @@ class ChoiceState:
     """Everything one choice produced so far (non-streaming answers are built from it)."""
 
     text_parts: list[str] = field(default_factory=list)  # text deltas in order
+    reasoning_parts: list[str] = field(default_factory=list)  # reasoning deltas in order
     num_chars: int = 0  # characters of text so far (echoed prompt included)
     logprobs: list[pb.TokenLogprob] = field(default_factory=list)  # one per generated token
     text_offsets: list[int] = field(default_factory=list)  # character offset per logprob entry
@@ -47,6 +54,8 @@ class ChoiceState:
         self.logprobs.extend(choice.logprobs)
         self.text_offsets.extend([offset] * len(choice.logprobs))
         self.add_text(choice.text)
+        if choice.reasoning_text:
+            self.reasoning_parts.append(choice.reasoning_text)
         for call in choice.tool_calls:
             parts = self.tool_calls.setdefault(call.index, ["", "", ""])
             parts[0] += call.id
@@ -60,6 +69,11 @@ class ChoiceState:
     @property
     def text(self) -> str:
         return "".join(self.text_parts)
+
+    @property
+    def reasoning(self) -> str | None:
+        """The think block's text (None: the choice had none)."""
+        return "".join(self.reasoning_parts) if self.reasoning_parts else None
 
 
 def unfinished_error(unfinished: Iterable[int]) -> ApiError:
@@ -93,11 +107,14 @@ class UsageTotal:
         prompt_tokens = sum(usage.prompt_tokens for usage in self.by_call.values())
         completion_tokens = sum(usage.completion_tokens for usage in self.by_call.values())
         cached_tokens = sum(usage.cached_tokens for usage in self.by_call.values())
+        reasoning_tokens = sum(usage.reasoning_tokens for usage in self.by_call.values())
         return Usage(
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
             total_tokens=prompt_tokens + completion_tokens,
             prompt_tokens_details=PromptTokensDetails(cached_tokens=cached_tokens),
+            completion_tokens_details=CompletionTokensDetails(reasoning_tokens=reasoning_tokens)
+            if reasoning_tokens else None,
         )
 
 
