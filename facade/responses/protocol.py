@@ -13,8 +13,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Discriminator, Field, Tag
+from pydantic import Discriminator, Field, Tag, model_validator
 
+from facade.errors import unsupported
 from facade.protocol import MAX_UINT32, RequestModel, ResponseModel, SamplingFields
 
 # ---------------------------------------------------------------------------------------------
@@ -34,6 +35,8 @@ class InputContent(RequestModel):
 
 class InputMessage(RequestModel):
     type: Literal["message"] = "message"
+    id: str | None = None  # replayed output messages carry theirs; optional
+    status: Literal["in_progress", "completed", "incomplete"] | None = None
     role: Literal["user", "system", "developer", "assistant"]
     content: str | list[InputContent]
 
@@ -42,6 +45,8 @@ class FunctionCallInput(RequestModel):
     """A tool call the model made earlier, sent back as input."""
 
     type: Literal["function_call"]
+    id: str | None = None  # "fc_…" when replayed from an output; optional
+    status: Literal["in_progress", "completed", "incomplete"] | None = None
     call_id: str
     name: str
     arguments: str = ""
@@ -51,8 +56,22 @@ class FunctionCallOutputInput(RequestModel):
     """The result of a tool call, for the model to read."""
 
     type: Literal["function_call_output"]
+    id: str | None = None
+    status: Literal["in_progress", "completed", "incomplete"] | None = None
     call_id: str
     output: str | list[InputContent]
+
+
+class ReasoningInput(RequestModel):
+    """A reasoning item of an earlier output, replayed (Codex sends them back): accepted and
+    left out of the prompt (the chat templates Tandem serves drop earlier reasoning too)."""
+
+    type: Literal["reasoning"]
+    id: str | None = None
+    status: Literal["in_progress", "completed", "incomplete"] | None = None
+    summary: list[dict[str, Any]] = Field(default_factory=list)
+    content: list[dict[str, Any]] | None = None
+    encrypted_content: str | None = None
 
 
 def _item_kind(value: Any) -> str:
@@ -64,9 +83,52 @@ def _item_kind(value: Any) -> str:
 InputItem = Annotated[
     Annotated[InputMessage, Tag("message")]
     | Annotated[FunctionCallInput, Tag("function_call")]
-    | Annotated[FunctionCallOutputInput, Tag("function_call_output")],
+    | Annotated[FunctionCallOutputInput, Tag("function_call_output")]
+    | Annotated[ReasoningInput, Tag("reasoning")],
     Discriminator(_item_kind),
 ]
+
+# Input item types of OpenAI's spec that Tandem does not take: refused with
+# `unsupported_parameter` naming `input[i].type` (built-in tools' calls and their outputs, item
+# references to OpenAI-side storage).
+UNSUPPORTED_INPUT_TYPES: frozenset[str] = frozenset({
+    "item_reference", "file_search_call", "computer_call", "computer_call_output",
+    "web_search_call", "image_generation_call", "code_interpreter_call", "local_shell_call",
+    "local_shell_call_output", "shell_call", "shell_call_output", "apply_patch_call",
+    "apply_patch_call_output", "mcp_list_tools", "mcp_approval_request", "mcp_approval_response",
+    "mcp_call", "custom_tool_call", "custom_tool_call_output", "compaction",
+})  # fmt: skip
+# Tool types of the spec that Tandem does not run (OpenAI's hosted tools; `custom` tools are not
+# implemented yet): refused with `unsupported_parameter` naming `tools[i].type`.
+UNSUPPORTED_TOOL_TYPES: frozenset[str] = frozenset({
+    "file_search", "web_search", "web_search_preview", "web_search_preview_2025_03_11",
+    "web_search_2025_08_26", "computer_use_preview", "computer_use", "mcp", "code_interpreter",
+    "image_generation", "local_shell", "shell", "apply_patch", "custom",
+})  # fmt: skip
+
+
+def refuse_unsupported(data: Any) -> None:
+    """Spec-valid input items, tools and tool choices that Tandem does not do: a 400
+    `unsupported_parameter` naming the exact place (`input[3].type`, `tools[0].type`)."""
+    if not isinstance(data, dict):
+        return
+    items = data.get("input")
+    for index, item in enumerate(items if isinstance(items, list) else []):
+        kind = item.get("type") if isinstance(item, dict) else None
+        if kind in UNSUPPORTED_INPUT_TYPES:
+            raise unsupported(f"input[{index}].type",
+                              f"Input items of type '{kind}' are not supported by this server.")
+    tools = data.get("tools")
+    for index, tool in enumerate(tools if isinstance(tools, list) else []):
+        kind = tool.get("type") if isinstance(tool, dict) else None
+        if kind in UNSUPPORTED_TOOL_TYPES:
+            raise unsupported(f"tools[{index}].type",
+                              f"Tools of type '{kind}' are not supported by this server.")
+    choice = data.get("tool_choice")
+    kind = choice.get("type") if isinstance(choice, dict) else None
+    if kind in UNSUPPORTED_TOOL_TYPES or kind in ("mcp", "allowed_tools"):
+        raise unsupported("tool_choice.type",
+                          f"tool_choice of type '{kind}' is not supported by this server.")
 
 
 class FunctionTool(RequestModel):
@@ -113,6 +175,13 @@ class ResponsesRequest(SamplingFields):
     previous_response_id: str | None = None
     truncation: Literal["auto", "disabled"] | None = None  # "auto" is refused
     reasoning: dict[str, Any] | None = None  # accepted and ignored
+    background: bool | None = None  # refused unless false (the field policy)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_unsupported(cls, data: Any) -> Any:
+        refuse_unsupported(data)  # raises the ApiError itself: pydantic lets it through
+        return data
 
     @property
     def text_format(self) -> TextFormat | None:
