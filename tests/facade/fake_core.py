@@ -226,11 +226,14 @@ class FakeCore(inference_pb2_grpc.InferenceServicer):
                 tops = [pb.TopLogprob(token_id=token_id + k, logprob=-0.5 - k)
                         for k in range(request.top_logprobs)]  # fmt: skip
                 logprobs = [pb.TokenLogprob(token_id=token_id, logprob=-0.5, top_logprobs=tops)]
+            # "reasoner": the first half of the words is the think block (as the core parses it)
+            reasoning = model == "reasoner" and position < limit // 2
             choices = [
                 pb.ChoiceDelta(
                     index=index,
                     token_ids=[token_id],
-                    text=text,
+                    text="" if reasoning else text,
+                    reasoning_text=text if reasoning else "",
                     logprobs=logprobs,
                     finish_reason=reason,
                 )  # fmt: skip
@@ -240,6 +243,8 @@ class FakeCore(inference_pb2_grpc.InferenceServicer):
                 prompt_tokens=len(prompt_words(request)),
                 completion_tokens=(position + 1) * num_choices,
                 cached_tokens=cached,
+                reasoning_tokens=(min(position + 1, limit // 2) * num_choices
+                                  if model == "reasoner" else 0),
             )
             yield pb.GenerateResponse(choices=choices, usage=usage, request_id=request_id or "",
                                       model=model)  # fmt: skip
