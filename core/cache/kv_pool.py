@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import jax
 import jax.numpy as jnp
 
-from core.config import ModelConfig
+from core.model_config import ModelConfig
 
 
 @jax.tree_util.register_dataclass

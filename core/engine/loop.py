@@ -26,13 +26,14 @@ from pathlib import Path
 import numpy as np
 
 from core.cache.events import KvEventHub
-from core.config import EngineConfig, ModelConfig, resolve_model
+from core.config import EngineConfig, resolve_model
 from core.engine.base import EngineThread
 from core.engine.detokenizer import IncrementalDetokenizer
 from core.engine.metrics import EngineStats
 from core.engine.request import FinishReason, Request, RequestOutput, SchedulerOutput, TokenLogprob
 from core.engine.scheduler import Scheduler
 from core.errors import Overloaded, Unsupported
+from core.model_config import ModelConfig
 from core.structured import GrammarSpec
 from core.structured.compiler import GrammarCompiler
 from core.structured.matchers import Accepted, GrammarMatchers, clear_unless_empty

@@ -31,11 +31,12 @@ import numpy as np
 from flax import nnx
 
 from core.cache.kv_pool import KVPages, paged_attention_kind
-from core.config import EngineConfig, ModelConfig, bucket
+from core.config import EngineConfig, bucket
 from core.engine import executables, sharding
 from core.engine import logits_processors as processors
 from core.engine.request import SamplingParams, SchedulerOutput, SequenceChunk, TokenLogprob
 from core.engine.sampling import SampleResult, SamplingArrays, sample
+from core.model_config import ModelConfig
 from core.models.llama import PADDING_POSITION, LlamaModel
 from tandem.limits import MAX_TOP_LOGPROBS
 

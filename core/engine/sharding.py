@@ -16,7 +16,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from core.config import ConfigError, ModelConfig
+from core.model_config import ConfigError, ModelConfig
 
 TENSOR_AXIS = "tensor"
 

@@ -31,7 +31,7 @@ import numpy as np
 from flax import nnx
 from safetensors import safe_open
 
-from core.config import ConfigError
+from core.model_config import ConfigError
 from core.models.pooling import PoolingConfig, pool, read_sentence_transformer_layout
 
 SUPPORTED_ARCHITECTURES = ("BertModel", "BertForMaskedLM", "BertForPreTraining")

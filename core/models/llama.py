@@ -28,7 +28,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from core.cache.kv_pool import KVPages, to_float32, to_storage
-from core.config import ModelConfig, RopeScaling
+from core.model_config import ModelConfig, RopeScaling
 
 PADDING_POSITION = -1  # position of padding tokens: never written to the cache, never attended
 DECODE_BLOCK_PAGES = 8  # pages a decode row attends to per step of its online softmax

@@ -16,7 +16,8 @@ import numpy as np
 from flax import nnx
 from safetensors import safe_open
 
-from core.config import ConfigError, ModelConfig, checkpoint_files
+from core.config import checkpoint_files
+from core.model_config import ConfigError, ModelConfig
 from core.models.llama import LlamaModel
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}

@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from core.config import ConfigError, EngineConfig, ModelConfig, resolve_model
+from core.config import EngineConfig, resolve_model
 from core.engine.embedding import EmbeddingBuckets, EmbeddingEngine
 from core.engine.loop import LlmEngine
+from core.model_config import ConfigError, ModelConfig
 from core.service.convert import PromptPolicy
 from core.tokenizer import Tokenizer
 from tandem.v1 import inference_pb2 as pb

@@ -24,9 +24,10 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from core.config import ConfigError, ServerConfig, is_encoder_config, read_hf_config
+from core.config import ServerConfig
 from core.engine.loop import Engine
 from core.errors import ModelNotFound, TandemError, Unavailable, Unsupported
+from core.model_config import ConfigError, is_encoder_config, read_hf_config
 from core.service import convert
 from core.service.embed import check_dimensions, embed_inputs, embed_response
 from core.service.generate import ChoiceStream, apply_reasoning_plan, apply_tool_plan

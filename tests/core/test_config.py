@@ -9,14 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from core.config import (
-    ConfigError,
-    EngineConfig,
-    ModelConfig,
-    is_encoder_config,
-    read_hf_config,
-    resolve_model,
-)
+from core.config import EngineConfig, resolve_model
+from core.model_config import ConfigError, ModelConfig, is_encoder_config, read_hf_config
 
 
 def test_the_checkpoint_config_is_read_once_and_passed_down(tiny_models, tmp_path):

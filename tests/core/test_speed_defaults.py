@@ -12,11 +12,11 @@ from core.config import (
     AUTO_MAX_NUM_SEQS,
     ConfigError,
     EngineConfig,
-    ModelConfig,
     resolve_dtype,
     resolve_model,
     size_from_memory,
 )
+from core.model_config import ModelConfig
 
 
 def test_auto_dtype_follows_the_hardware():

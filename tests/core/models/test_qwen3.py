@@ -12,13 +12,8 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from core.config import (
-    SUPPORTED_ARCHITECTURES,
-    ConfigError,
-    EngineConfig,
-    ModelConfig,
-    resolve_model,
-)
+from core.config import EngineConfig, resolve_model
+from core.model_config import SUPPORTED_ARCHITECTURES, ConfigError, ModelConfig
 from core.models.tiny import THINK_TOKENS
 
 transformers = pytest.importorskip("transformers")

@@ -1,0 +1,176 @@
+"""The shape of a served checkpoint, read from its Hugging Face `config.json`.
+
+Owns: `ModelConfig` (a decoder's widths, heads, RoPE, norms and family switches), the
+architecture lists (which families the core serves, which are encoders), `ConfigError`, and the
+readers of `config.json` / `generation_config.json`. Family-specific keys are parsed here, once;
+nothing below re-reads `config.json`. No JAX at import.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM",
+                           "Qwen3ForCausalLM")
+SUPPORTED_DTYPES = ("float32", "bfloat16")
+ENCODER_ARCHITECTURES = ("BertModel", "BertForMaskedLM", "BertForPreTraining")
+
+
+class ConfigError(ValueError):
+    """A model directory or flag the core cannot serve."""
+
+
+@dataclass(frozen=True)
+class RopeScaling:
+    """RoPE frequency scaling (`rope_type` "linear" or "llama3")."""
+
+    rope_type: str  # "linear" or "llama3"
+    factor: float  # context extension factor
+    low_freq_factor: float = 1.0  # llama3 only
+    high_freq_factor: float = 4.0  # llama3 only
+    original_max_position_embeddings: int = 8192  # llama3 only: pre-training context length
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The shape of a Llama-family decoder (Llama, Mistral, Qwen2, Qwen3 dense), as read from a
+    Hugging Face `config.json`."""
+
+    architecture: str  # e.g. "LlamaForCausalLM"
+    vocab_size: int  # rows of the embedding table
+    hidden_size: int  # model width D
+    intermediate_size: int  # MLP width F
+    num_layers: int  # decoder blocks
+    num_heads: int  # query heads N
+    num_kv_heads: int  # key/value heads K (GQA when K < N)
+    head_dim: int  # per-head width H
+    rms_norm_eps: float  # RMSNorm epsilon
+    rope_theta: float  # RoPE base
+    max_position_embeddings: int  # the model's context length
+    tie_word_embeddings: bool  # lm_head shares the embedding table
+    qkv_bias: bool = False  # biases on q/k/v projections (Qwen2, Llama attention_bias)
+    o_bias: bool = False  # bias on the output projection (Llama attention_bias)
+    mlp_bias: bool = False  # biases on the MLP projections (Llama mlp_bias)
+    # RMSNorm over each head's q and k (scales of width H shared by all heads), before RoPE (Qwen3)
+    qk_norm: bool = False
+    sliding_window: int | None = None  # attend to at most this many previous tokens (Mistral)
+    rope_scaling: RopeScaling | None = None  # None: plain RoPE
+    bos_token_id: int | None = None
+    eos_token_ids: tuple[int, ...] = ()  # any of these ends generation
+    dtype: str = "float32"  # checkpoint dtype ("float32" or "bfloat16")
+    is_demo: bool = False  # the built-in random-weights demo model
+
+    def kv_bytes_per_token(self, dtype_bytes: int) -> int:
+        """Bytes of keys and values one token occupies across all layers."""
+        return 2 * self.num_layers * self.num_kv_heads * self.head_dim * dtype_bytes
+
+    @classmethod
+    def from_hf_dir(cls, model_dir: Path, raw: dict | None = None) -> ModelConfig:
+        """From a checkpoint directory; `raw` is its config.json when already read."""
+        raw = raw if raw is not None else read_hf_config(model_dir)
+        generation_path = Path(model_dir) / "generation_config.json"
+        generation = json.loads(generation_path.read_text()) if generation_path.exists() else {}
+        return cls.from_hf_dict(raw, generation)
+
+    @classmethod
+    def from_hf_dict(cls, raw: dict, generation: dict | None = None) -> ModelConfig:
+        architectures = raw.get("architectures") or []
+        architecture = architectures[0] if architectures else ""
+        if architecture not in SUPPORTED_ARCHITECTURES:
+            raise ConfigError(f"architecture {architecture!r} is not supported; "
+                              f"supported: {', '.join(SUPPORTED_ARCHITECTURES)}")
+        is_qwen2 = architecture == "Qwen2ForCausalLM"
+        is_qwen = is_qwen2 or architecture == "Qwen3ForCausalLM"
+        num_heads = raw["num_attention_heads"]
+        rope = _rope_settings(raw)
+        sliding_window = _qwen_sliding_window(raw) if is_qwen else raw.get("sliding_window")
+        dtype = str(raw.get("torch_dtype") or raw.get("dtype") or "float32")
+        return cls(
+            architecture=architecture,
+            vocab_size=raw["vocab_size"],
+            hidden_size=raw["hidden_size"],
+            intermediate_size=raw["intermediate_size"],
+            num_layers=raw["num_hidden_layers"],
+            num_heads=num_heads,
+            num_kv_heads=raw.get("num_key_value_heads") or num_heads,
+            head_dim=raw.get("head_dim") or raw["hidden_size"] // num_heads,
+            rms_norm_eps=raw.get("rms_norm_eps", 1e-6),
+            rope_theta=rope[0],
+            rope_scaling=rope[1],
+            max_position_embeddings=raw.get("max_position_embeddings", 2048),
+            tie_word_embeddings=raw.get("tie_word_embeddings", False),
+            qkv_bias=is_qwen2 or bool(raw.get("attention_bias", False)),
+            o_bias=(not is_qwen2) and bool(raw.get("attention_bias", False)),
+            mlp_bias=bool(raw.get("mlp_bias", False)),
+            qk_norm=architecture == "Qwen3ForCausalLM",
+            sliding_window=sliding_window,
+            bos_token_id=raw.get("bos_token_id"),
+            eos_token_ids=_eos_ids(raw, generation or {}),
+            dtype=dtype if dtype in SUPPORTED_DTYPES else "float32",
+            is_demo=bool(raw.get("tandem_demo", False)),
+        )
+
+
+def _qwen_sliding_window(raw: dict) -> int | None:
+    """Qwen2/Qwen3's window: off unless `use_sliding_window`, and then only on the layers from
+    `max_window_layers` on (or as `layer_types` lists them). One window for every layer is all
+    the model does, so a mix of sliding and full layers is refused. Missing keys take
+    transformers' defaults (window 4096, max_window_layers 28)."""
+    window = raw.get("sliding_window", 4096)
+    if not raw.get("use_sliding_window", False) or window is None:
+        return None
+    num_layers = raw["num_hidden_layers"]
+    layer_types = raw.get("layer_types") or [
+        "sliding_attention" if i >= raw.get("max_window_layers", 28) else "full_attention"
+        for i in range(num_layers)]
+    if "sliding_attention" not in layer_types:
+        return None
+    if "full_attention" in layer_types:
+        raise ConfigError("sliding-window attention on some layers only (max_window_layers "
+                          f"{raw.get('max_window_layers', 28)} of {num_layers}) is not supported")
+    return window
+
+
+def read_hf_config(model_dir: Path) -> dict:
+    """A checkpoint's config.json (ConfigError when it is missing or not JSON)."""
+    path = Path(model_dir) / "config.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise ConfigError(f"{path}: cannot read the model's config ({error})") from error
+
+
+def is_encoder_config(raw: dict) -> bool:
+    """A BERT-family checkpoint (served for Embed only) rather than a decoder."""
+    return bool(set(raw.get("architectures") or []) & set(ENCODER_ARCHITECTURES)) or (
+        raw.get("model_type") == "bert")
+
+
+def _rope_settings(raw: dict) -> tuple[float, RopeScaling | None]:
+    """(theta, scaling) from either the classic keys or transformers 5's `rope_parameters`."""
+    params = dict(raw.get("rope_parameters") or {})
+    scaling = dict(raw.get("rope_scaling") or {}) or params
+    theta = float(params.get("rope_theta", raw.get("rope_theta", 10000.0)))
+    rope_type = scaling.get("rope_type", scaling.get("type", "default"))
+    if rope_type in (None, "default"):
+        return theta, None
+    if rope_type not in ("linear", "llama3"):
+        raise ConfigError(f"rope scaling type {rope_type!r} is not supported (linear, llama3)")
+    return theta, RopeScaling(
+        rope_type=rope_type,
+        factor=float(scaling["factor"]),
+        low_freq_factor=float(scaling.get("low_freq_factor", 1.0)),
+        high_freq_factor=float(scaling.get("high_freq_factor", 4.0)),
+        original_max_position_embeddings=int(scaling.get("original_max_position_embeddings", 8192)),
+    )
+
+
+def _eos_ids(raw: dict, generation: dict) -> tuple[int, ...]:
+    ids: list[int] = []
+    for source in (generation.get("eos_token_id"), raw.get("eos_token_id")):
+        for token_id in source if isinstance(source, list) else [source]:
+            if token_id is not None and token_id not in ids:
+                ids.append(int(token_id))
+    return tuple(ids)
