@@ -19,17 +19,14 @@ import math
 import struct
 from collections.abc import Iterable, Sequence
 
+from facade.bodies import ChoiceLogprobs, CompletionLogprobs, TokenLogprob, TopLogprob
 from facade.errors import ApiError, internal_error, invalid_request
 from facade.protocol import (
     ChatCompletionRequest,
     ChatMessage,
-    ChoiceLogprobs,
-    CompletionLogprobs,
     CompletionRequest,
     FunctionDefinition,
     SamplingFields,
-    TokenLogprob,
-    TopLogprob,
 )
 from facade.protocol_extra import (
     DetokenizeRequest,

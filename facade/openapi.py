@@ -1,7 +1,8 @@
 """What /openapi.json says about each route's responses, built in one place.
 
-Owns the `responses=` dicts the routes declare — the OpenAI error envelope (`ErrorResponse`) for
-every status a route can answer with (docs/architecture.md, "One error table"), the `text/event-stream`
+Owns the `responses=` dicts the routes declare — the OpenAI error envelope (`ErrorResponse`)
+for every status a route can answer with (docs/architecture.md, "One error table"), the
+`text/event-stream`
 form of a streamed 200 — and `install_openapi()`, which finishes FastAPI's generated document:
 
 - FastAPI's default 422 is dropped (the app answers validation errors with a 400 envelope);
@@ -22,8 +23,7 @@ from fastapi import FastAPI
 from pydantic import BaseModel, Field
 from pydantic.json_schema import models_json_schema
 
-from facade.errors import ErrorResponse
-from facade.protocol import (
+from facade.bodies import (
     ChatCompletion,
     ChatCompletionChunk,
     Completion,
@@ -31,6 +31,7 @@ from facade.protocol import (
     ModelCard,
     ModelList,
 )
+from facade.errors import ErrorResponse
 from facade.protocol_extra import (
     DetokenizeResponse,
     EmbeddingResponse,

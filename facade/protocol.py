@@ -1,9 +1,8 @@
-"""OpenAI request and response shapes (pydantic v2), with OpenAI's and vLLM's validation ranges.
+"""OpenAI request shapes (pydantic v2), with OpenAI's and vLLM's validation ranges.
 
 Requests accept unknown fields (`extra="allow"`) so that clients sending newer or vendor fields
 are not rejected; known fields are range-checked so that a bad value is a 400 naming its `param`.
-Responses mirror OpenAI's JSON (plus vLLM's `stop_reason`); the facade only fills them from what
-the core returned and never counts tokens itself.
+The response bodies are in `facade.bodies`.
 """
 
 from __future__ import annotations
@@ -15,11 +14,9 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
-    SerializerFunctionWrapHandler,
     Tag,
     ValidationInfo,
     field_validator,
-    model_serializer,
     model_validator,
 )
 
@@ -353,203 +350,3 @@ class CompletionRequest(SamplingFields):
         if self.prompt and isinstance(self.prompt[0], int):
             return [list(self.prompt)]  # type: ignore[arg-type]
         return list(self.prompt)  # type: ignore[arg-type]
-
-
-# ---------------------------------------------------------------------------------------------
-# Responses
-
-
-class ResponseModel(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-
-class PromptTokensDetails(ResponseModel):
-    cached_tokens: int = 0  # prompt tokens served from the core's prefix cache
-
-
-class CompletionTokensDetails(ResponseModel):
-    reasoning_tokens: int = 0  # completion tokens of the think block (markers included)
-
-
-class Usage(ResponseModel):
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    total_tokens: int = 0
-    prompt_tokens_details: PromptTokensDetails | None = None
-    completion_tokens_details: CompletionTokensDetails | None = None  # reasoning models only
-
-    @model_serializer(mode="wrap")
-    def _drop_unset_details(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        data = handler(self)
-        if data.get("completion_tokens_details") is None:
-            data.pop("completion_tokens_details", None)
-        return data
-
-
-class TopLogprob(ResponseModel):
-    token: str  # the token's text as the core's tokenizer spells it
-    logprob: float
-    bytes: list[int] | None = None
-
-
-class TokenLogprob(TopLogprob):
-    top_logprobs: list[TopLogprob] = Field(default_factory=list)
-
-
-class ChoiceLogprobs(ResponseModel):
-    content: list[TokenLogprob] | None = None
-
-
-class ResponseToolCall(ResponseModel):
-    id: str
-    type: Literal["function"] = "function"
-    function: FunctionCall
-
-
-REASONING_FIELDS = ("reasoning_content", "reasoning")  # vLLM's older and current names
-
-
-def _drop_unset_reasoning(data: dict[str, Any]) -> dict[str, Any]:
-    for name in REASONING_FIELDS:
-        if data.get(name) is None:
-            data.pop(name, None)
-    return data
-
-
-class AssistantMessage(ResponseModel):
-    role: Literal["assistant"] = "assistant"
-    content: str | None = None
-    tool_calls: list[ResponseToolCall] | None = None  # parsed by the core; content then null
-    # a reasoning model's think block, under both names (left out for other models)
-    reasoning_content: str | None = None
-    reasoning: str | None = None
-
-    @model_serializer(mode="wrap")
-    def _drop_reasoning(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        return _drop_unset_reasoning(handler(self))
-
-
-class ChatChoice(ResponseModel):
-    index: int
-    message: AssistantMessage
-    logprobs: ChoiceLogprobs | None = None
-    finish_reason: str | None = None  # "stop", "length", "tool_calls", "abort"
-    stop_reason: str | int | None = None  # vLLM: the stop string or stop token id that ended it
-
-
-class PromptLogprob(ResponseModel):
-    """vLLM's prompt_logprobs entry of one token at one position."""
-
-    logprob: float
-    decoded_token: str
-
-
-# vLLM's prompt_logprobs: per prompt position, token id (a string) → entry; the first is null
-PromptLogprobs = list[dict[str, PromptLogprob] | None]
-
-
-class ChatCompletion(ResponseModel):
-    id: str
-    object: Literal["chat.completion"] = "chat.completion"
-    created: int  # unix seconds
-    model: str
-    choices: list[ChatChoice]
-    usage: Usage | None = None
-    system_fingerprint: str | None = None
-    prompt_logprobs: PromptLogprobs | None = None  # only when asked for
-
-
-class _DropNone(ResponseModel):
-    """A streamed piece whose unset (None) fields are left out of the JSON."""
-
-    @model_serializer(mode="wrap")
-    def _drop_none(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        return {key: value for key, value in handler(self).items() if value is not None}
-
-
-class DeltaFunction(_DropNone):
-    name: str | None = None  # on the call's first delta
-    arguments: str | None = None  # a fragment of the JSON arguments
-
-
-class DeltaToolCall(_DropNone):
-    index: int  # the call's position in the choice
-    id: str | None = None  # "call_...": first delta only
-    type: Literal["function"] | None = None  # first delta only
-    function: DeltaFunction
-
-
-class DeltaMessage(ResponseModel):
-    """What one chunk adds to a choice; unset (None) fields are left out of the JSON."""
-
-    role: Literal["assistant"] | None = None
-    content: str | None = None
-    tool_calls: list[DeltaToolCall] | None = None
-    reasoning_content: str | None = None  # a reasoning model's think block, both names
-    reasoning: str | None = None
-
-    @model_serializer(mode="wrap")
-    def _drop_none(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        return {key: value for key, value in handler(self).items() if value is not None}
-
-
-class ChatChunkChoice(ResponseModel):
-    index: int
-    delta: DeltaMessage
-    logprobs: ChoiceLogprobs | None = None
-    finish_reason: str | None = None
-    stop_reason: str | int | None = None
-
-
-class ChatCompletionChunk(ResponseModel):
-    id: str
-    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
-    created: int
-    model: str
-    choices: list[ChatChunkChoice]
-    usage: Usage | None = None
-
-
-class CompletionLogprobs(ResponseModel):
-    tokens: list[str] = Field(default_factory=list)
-    token_logprobs: list[float | None] = Field(default_factory=list)
-    top_logprobs: list[dict[str, float] | None] = Field(default_factory=list)
-    text_offset: list[int] = Field(default_factory=list)  # character offset of each token's chunk
-
-
-class CompletionChoice(ResponseModel):
-    index: int  # prompt_index * n + choice_index
-    text: str
-    logprobs: CompletionLogprobs | None = None
-    finish_reason: str | None = None
-    stop_reason: str | int | None = None
-    prompt_logprobs: PromptLogprobs | None = None  # only when asked for
-
-
-class Completion(ResponseModel):
-    id: str
-    object: Literal["text_completion"] = "text_completion"
-    created: int
-    model: str
-    choices: list[CompletionChoice]
-    usage: Usage | None = None
-    system_fingerprint: str | None = None
-
-
-class CompletionChunk(Completion):
-    """Streaming chunks of /v1/completions share the object name "text_completion"."""
-
-
-class ModelCard(ResponseModel):
-    id: str
-    object: Literal["model"] = "model"
-    created: int
-    owned_by: str
-    description: str = ""  # the core's note, e.g. that this is the demo model
-    is_demo: bool = False  # the built-in demo model with random weights
-    max_model_len: int | None = None
-
-
-class ModelList(ResponseModel):
-    object: Literal["list"] = "list"
-    data: list[ModelCard]

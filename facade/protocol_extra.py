@@ -13,16 +13,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Discriminator, Field, Tag, ValidationInfo, field_validator, model_validator
 
-from facade.protocol import (
-    MAX_UINT32,
-    ChatMessage,
-    ChatTool,
-    Prompt,
-    RequestModel,
-    ResponseModel,
-    TokenId,
-    Usage,
-)
+from facade.bodies import ResponseModel, Usage
+from facade.protocol import MAX_UINT32, ChatMessage, ChatTool, Prompt, RequestModel, TokenId
 
 # ---------------------------------------------------------------------------------------------
 # POST /v1/embeddings

@@ -18,6 +18,18 @@ from dataclasses import dataclass
 
 from fastapi import Request
 
+from facade.bodies import (
+    AssistantMessage,
+    ChatChoice,
+    ChatChunkChoice,
+    ChatCompletion,
+    ChatCompletionChunk,
+    DeltaFunction,
+    DeltaMessage,
+    DeltaToolCall,
+    ResponseToolCall,
+    Usage,
+)
 from facade.convert import (
     chat_logprobs,
     chat_to_generate,
@@ -28,20 +40,7 @@ from facade.convert import (
 from facade.dependencies import resolve_model
 from facade.generation import CallOptions, Generation
 from facade.pipeline.run import ChoiceState, GenerationRun
-from facade.protocol import (
-    AssistantMessage,
-    ChatChoice,
-    ChatChunkChoice,
-    ChatCompletion,
-    ChatCompletionChunk,
-    ChatCompletionRequest,
-    DeltaFunction,
-    DeltaMessage,
-    DeltaToolCall,
-    FunctionCall,
-    ResponseToolCall,
-    Usage,
-)
+from facade.protocol import ChatCompletionRequest, FunctionCall
 from facade.settings import FacadeSettings
 from facade.sse import cancel_on_disconnect
 from tandem.v1 import inference_pb2 as pb

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 from fastapi import Request
 
+from facade.bodies import Completion, CompletionChoice, CompletionChunk, CompletionLogprobs, Usage
 from facade.convert import (
     completion_logprobs,
     completion_to_generates,
@@ -35,14 +36,7 @@ from facade.convert import (
 from facade.dependencies import resolve_model
 from facade.generation import CallOptions, Generation, call_core
 from facade.pipeline.run import ChoiceState, GenerationRun
-from facade.protocol import (
-    Completion,
-    CompletionChoice,
-    CompletionChunk,
-    CompletionLogprobs,
-    CompletionRequest,
-    Usage,
-)
+from facade.protocol import CompletionRequest
 from facade.settings import FacadeSettings
 from facade.sse import cancel_on_disconnect
 from tandem.v1 import inference_pb2 as pb

@@ -13,15 +13,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from facade.bodies import CompletionTokensDetails, PromptTokensDetails, Usage
 from facade.convert import finish_reason, stop_reason
 from facade.errors import ApiError, internal_error
-from facade.protocol import (
-    ChatCompletionRequest,
-    CompletionRequest,
-    CompletionTokensDetails,
-    PromptTokensDetails,
-    Usage,
-)
+from facade.protocol import ChatCompletionRequest, CompletionRequest
 from facade.sse import sse_event
 from tandem.v1 import inference_pb2 as pb
 

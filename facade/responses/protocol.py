@@ -15,8 +15,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Discriminator, Field, Tag, model_validator
 
+from facade.bodies import ResponseModel
 from facade.errors import unsupported
-from facade.protocol import MAX_UINT32, RequestModel, ResponseModel, SamplingFields
+from facade.protocol import MAX_UINT32, RequestModel, SamplingFields
 
 # ---------------------------------------------------------------------------------------------
 # Request
@@ -268,9 +269,10 @@ class ResponseObject(ResponseModel):
     truncation: Literal["disabled"] = "disabled"
     metadata: dict[str, str] = Field(default_factory=dict)
     store: bool = True
-    user: str | None = None
+    user: str | None = None  # left out when unset (the document types it without null)
     background: bool = False
-    usage: ResponseUsage | None = None
+    usage: ResponseUsage | None = None  # left out until the response is done
+    omit_when_none = ("user", "usage")
 
 
 class DeletedResponse(ResponseModel):

@@ -19,10 +19,10 @@ from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
 
+from facade.bodies import ChatChunkChoice, ChatCompletion
 from facade.errors import ApiError
 from facade.generation import Generation
 from facade.pipeline import ChatRun, chunk_choice
-from facade.protocol import ChatChunkChoice, ChatCompletion
 from facade.responses.protocol import (
     IncompleteDetails,
     InputTokensDetails,

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from facade.bodies import ModelCard, ModelList
 from facade.dependencies import API_KEY_REQUIRED, CoreCallOptions, CoreStub
 from facade.errors import ApiError
 from facade.generation import CallOptions, call_core
 from facade.openapi import MODEL_LIST_RESPONSES, MODEL_RESPONSES
-from facade.protocol import ModelCard, ModelList
 from tandem.v1 import inference_pb2 as pb
 from tandem.v1.inference_pb2_grpc import InferenceStub
 

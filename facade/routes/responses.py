@@ -25,7 +25,7 @@ from facade.openapi import RESPONSE_DELETE_RESPONSES, RESPONSE_GET_RESPONSES, RE
 from facade.pipeline import complete_chat, open_chat
 from facade.protocol_policy import apply_field_policy, ignored_header
 from facade.responses.protocol import DeletedResponse, ResponsesRequest
-from facade.responses.store import EntryTooLarge, ResponseStore, StoreUnavailable, StoredResponse
+from facade.responses.store import EntryTooLarge, ResponseStore, StoredResponse, StoreUnavailable
 from facade.responses.stream import ResponseRun, response_events, response_object
 from facade.responses.translate import new_id, output_message, responses_params, to_chat_request
 from facade.sse import STREAM_HEADERS, EventStreamResponse, cancel_on_disconnect, guarded_stream

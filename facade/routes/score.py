@@ -15,13 +15,13 @@ import time
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
+from facade.bodies import PromptTokensDetails, Usage
 from facade.convert import finite_floats, scoring_to_score
 from facade.dependencies import API_KEY_REQUIRED, CoreCallOptions, CoreStub, Settings, resolve_model
 from facade.errors import internal_error
 from facade.generation import call_core
 from facade.limits import Limits, check_input_count
 from facade.openapi import SCORE_RESPONSES
-from facade.protocol import PromptTokensDetails, Usage
 from facade.protocol_extra import ScoringRequest, ScoringResponse
 from facade.protocol_policy import apply_field_policy, ignored_header
 from facade.sse import cancel_on_disconnect
