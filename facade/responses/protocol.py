@@ -176,6 +176,8 @@ class ResponsesRequest(SamplingFields):
     previous_response_id: str | None = None
     truncation: Literal["auto", "disabled"] | None = None  # "auto" is refused
     reasoning: dict[str, Any] | None = None  # accepted and ignored
+    # vLLM's extension, as on chat: the think block's token budget (reasoning models only)
+    thinking_token_budget: int | None = Field(default=None, ge=0, le=MAX_UINT32)
     background: bool | None = None  # refused unless false (the field policy)
 
     @model_validator(mode="before")
@@ -217,7 +219,22 @@ class FunctionCallOutput(ResponseModel):
     status: Literal["in_progress", "completed", "incomplete"]
 
 
-OutputItem = OutputMessage | FunctionCallOutput
+class ReasoningText(ResponseModel):
+    type: Literal["reasoning_text"] = "reasoning_text"
+    text: str
+
+
+class ReasoningOutput(ResponseModel):
+    """A reasoning model's think block: its text as one `reasoning_text` part (no summary)."""
+
+    id: str  # "rs_…"
+    type: Literal["reasoning"] = "reasoning"
+    summary: list[dict[str, Any]] = Field(default_factory=list)  # Tandem writes no summaries
+    content: list[ReasoningText]
+    status: Literal["in_progress", "completed", "incomplete"]
+
+
+OutputItem = ReasoningOutput | OutputMessage | FunctionCallOutput
 
 
 class InputTokensDetails(ResponseModel):

@@ -5,6 +5,7 @@ whose `chunk_choice` picks what each core delta shows). `response_object` builds
 the final object (non-streaming: from the chat completion). `response_events` streams OpenAI's
 sequence — `response.created`, `response.in_progress`, per output item `output_item.added`,
 `content_part.added`, `output_text.delta`…, `output_text.done`, `content_part.done`,
+(for a reasoning item `reasoning_text.delta`… and `reasoning_text.done` instead),
 `output_item.done` (for a tool call `function_call_arguments.delta`… and `.done` instead of the
 text events), then `response.completed` or `response.incomplete` — each as
 `event: <type>` + `data: <json>` with a `sequence_number` that grows by one per event. An error
@@ -126,6 +127,7 @@ def _dumped(value: Any) -> Any:
 def response_object(run: ResponseRun, completion: ChatCompletion) -> dict[str, Any]:
     """The non-streaming answer: the whole chat message fed to the assembler at once."""
     message = completion.choices[0].message
+    run.assembler.reasoning(message.reasoning_content or "")
     run.assembler.text(message.content or "")
     for index, call in enumerate(message.tool_calls or []):
         run.assembler.tool_call(index, call.id, call.function.name, call.function.arguments)
@@ -133,8 +135,9 @@ def response_object(run: ResponseRun, completion: ChatCompletion) -> dict[str, A
 
 
 def _delta_events(run: ResponseRun, choice: ChatChunkChoice) -> list[dict[str, Any]]:
-    """The events one chat chunk choice adds: text, then tool-call fragments."""
-    events = run.assembler.text(choice.delta.content or "")
+    """The events one chat chunk choice adds: reasoning, text, then tool-call fragments."""
+    events = run.assembler.reasoning(choice.delta.reasoning_content or "")
+    events += run.assembler.text(choice.delta.content or "")
     for call in choice.delta.tool_calls or []:
         events += run.assembler.tool_call(
             call.index, call.id, call.function.name, call.function.arguments

@@ -27,8 +27,11 @@ from facade.responses.protocol import (
     FunctionCallOutputInput,
     InputContent,
     InputMessage,
+    OutputItem,
     OutputMessage,
     OutputText,
+    ReasoningOutput,
+    ReasoningText,
     ResponsesRequest,
 )
 
@@ -193,6 +196,8 @@ def to_chat_request(
     fields.pop("response_format", None)  # refused by the field policy unless null
     if request.max_output_tokens is not None:
         fields["max_completion_tokens"] = request.max_output_tokens
+    if request.thinking_token_budget is not None:
+        fields["thinking_token_budget"] = request.thinking_token_budget
     response_format = _response_format(request)
     if response_format is not None:
         fields["response_format"] = response_format
@@ -208,23 +213,26 @@ def to_chat_request(
 
 
 class OutputAssembler:
-    """Builds the output items of one response from text and tool-call deltas, and returns for
-    each delta the streaming events (without sequence numbers) that build them."""
+    """Builds the output items of one response from reasoning, text and tool-call deltas, and
+    returns for each delta the streaming events (without sequence numbers) that build them. A
+    reasoning model's think block is a `reasoning` item before the message or calls it led to
+    (`response.reasoning_text.delta` / `.done` events, as a message's text has
+    `output_text.*`)."""
 
     def __init__(self) -> None:
-        self.items: list[OutputMessage | FunctionCallOutput] = []
-        self._open: OutputMessage | FunctionCallOutput | None = None
+        self.items: list[OutputItem] = []
+        self._open: OutputItem | None = None
         self._call_indexes: dict[int, int] = {}  # chat tool-call index → output index
 
     @property
     def output_index(self) -> int:
         return len(self.items) - 1
 
-    def _item_event(self, kind: str, item: OutputMessage | FunctionCallOutput) -> dict[str, Any]:
+    def _item_event(self, kind: str, item: OutputItem) -> dict[str, Any]:
         return {"type": f"response.output_item.{kind}", "output_index": self.items.index(item),
                 "item": item.model_dump(mode="json")}  # fmt: skip
 
-    def _part_event(self, kind: str, message: OutputMessage) -> dict[str, Any]:
+    def _part_event(self, kind: str, message: OutputMessage | ReasoningOutput) -> dict[str, Any]:
         return {"type": f"response.content_part.{kind}", "item_id": message.id,
                 "output_index": self.items.index(message), "content_index": 0,
                 "part": message.content[0].model_dump(mode="json")}  # fmt: skip
@@ -236,6 +244,26 @@ class OutputAssembler:
         added = self._item_event("added", message)
         message.content.append(OutputText(text=""))
         return [added, self._part_event("added", message)]
+
+    def reasoning(self, delta: str) -> list[dict[str, Any]]:
+        if not delta:
+            return []
+        events = []
+        if not isinstance(self._open, ReasoningOutput):
+            events = self.close()
+            item = ReasoningOutput(id=new_id("rs"), status="in_progress", content=[])
+            self.items.append(item)
+            self._open = item
+            events.append(self._item_event("added", item))
+            item.content.append(ReasoningText(text=""))
+            events.append(self._part_event("added", item))
+        item = self._open
+        assert isinstance(item, ReasoningOutput)
+        item.content[0].text += delta
+        events.append({"type": "response.reasoning_text.delta", "item_id": item.id,
+                       "output_index": self.output_index, "content_index": 0,
+                       "delta": delta})  # fmt: skip
+        return events
 
     def text(self, delta: str) -> list[dict[str, Any]]:
         if not delta:
@@ -287,12 +315,18 @@ class OutputAssembler:
                     "output_index": index, "name": item.name,
                     "arguments": item.arguments}  # fmt: skip
             return [done, self._item_event("done", item)]
+        if isinstance(item, ReasoningOutput):
+            done = {"type": "response.reasoning_text.done", "item_id": item.id,
+                    "output_index": index, "content_index": 0,
+                    "text": item.content[0].text}  # fmt: skip
+            return [done, self._part_event("done", item), self._item_event("done", item)]
         text_done = {"type": "response.output_text.done", "item_id": item.id,
                      "output_index": index, "content_index": 0, "text": item.content[0].text,
                      "logprobs": []}  # fmt: skip
         return [text_done, self._part_event("done", item), self._item_event("done", item)]
 
     def finish(self, status: str) -> list[dict[str, Any]]:
-        """Close the last item; an answer without any item gets one (empty) message."""
-        events = self._open_message() if not self.items else []
+        """Close the last item; an answer without a message or call gets one (empty) message."""
+        answered = any(not isinstance(item, ReasoningOutput) for item in self.items)
+        events = (self.close() + self._open_message()) if not answered else []
         return events + self.close(status)

@@ -112,11 +112,9 @@ def test_template_kwargs_plain_values_pass():
 
 # -- through a core ------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-async def thinking_core(tiny_models, tmp_path_factory):
-    """A core serving the tiny Qwen3 with a template that opens the think block."""
-    model_dir = tmp_path_factory.mktemp("qwen3-thinking") / "model"
-    shutil.copytree(tiny_models["qwen3"], model_dir)
+def write_thinking_model(qwen3_dir: Path, model_dir: Path) -> Path:
+    """A copy of the tiny Qwen3 whose template opens the think block (Qwen3-Thinking-2507's)."""
+    shutil.copytree(qwen3_dir, model_dir)
     for name in ("chat_template.jinja", "tokenizer_config.json"):
         text = (model_dir / name).read_text()
         if name == "tokenizer_config.json":
@@ -127,9 +125,20 @@ async def thinking_core(tiny_models, tmp_path_factory):
             assert PLAIN_PROMPT in text
             text = text.replace(PLAIN_PROMPT, THINKING_PROMPT)
         (model_dir / name).write_text(text)
+    return model_dir
+
+
+THINKING_MAX_MODEL_LEN = 768  # Qwen3's tool prompt is ~500 tokens of the tiny tokenizer
+
+
+@pytest.fixture(scope="module")
+async def thinking_core(tiny_models, tmp_path_factory):
+    """A core serving the tiny Qwen3 with a template that opens the think block."""
+    model_dir = write_thinking_model(tiny_models["qwen3"],
+                                     tmp_path_factory.mktemp("qwen3-thinking") / "model")
     config = ServerConfig(model_dir=Path(model_dir), model_name="tiny-qwen3", grpc_port=0,
-                          # Qwen3's tool prompt is ~500 tokens of the tiny tokenizer
-                          engine=replace(family_engine_config("qwen3"), max_model_len=768))
+                          engine=replace(family_engine_config("qwen3"),
+                                         max_model_len=THINKING_MAX_MODEL_LEN))
     server = CoreServer(config)
     port = await server.start()
     await server.load()
