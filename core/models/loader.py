@@ -1,4 +1,4 @@
-"""Hugging Face model directory → a `LlamaModel` with its weights.
+"""Hugging Face model directory → a `LlamaModel` (or its Gemma 3 form) with its weights.
 
 Owns: finding the safetensors files (single `model.safetensors` or a sharded
 `model.safetensors.index.json`), mapping Hugging Face tensor names onto the NNX module's
@@ -70,7 +70,19 @@ def _tensor_plan(model: LlamaModel, config: ModelConfig) -> TensorPlan:
         if config.mlp_bias:
             for name in ("gate", "up", "down"):
                 plan[prefix + f"mlp.{name}_proj.bias"] = (getattr(mlp, f"{name}_bias"), identity)
+        if config.gemma is not None:  # Gemma 3: norms around the MLP too
+            for name in ("pre_feedforward_layernorm", "post_feedforward_layernorm"):
+                plan[prefix + f"{name}.weight"] = (getattr(layer, name).weight, identity)
     return plan
+
+
+def build_model(config: ModelConfig, dtype, rngs: nnx.Rngs) -> LlamaModel:
+    """The decoder module of the config's family (Llama-shaped or Gemma 3)."""
+    if config.gemma is not None:
+        from core.models.gemma3 import Gemma3Model
+
+        return Gemma3Model(config, dtype, rngs)
+    return LlamaModel(config, dtype, rngs)
 
 
 def load_model(model_dir: Path, dtype: str | None = None,
@@ -83,7 +95,7 @@ def load_model(model_dir: Path, dtype: str | None = None,
     if dtype_name not in DTYPES:
         raise ConfigError(f"dtype {dtype_name!r} is not supported: {', '.join(DTYPES)}")
     compute_dtype = DTYPES[dtype_name]
-    model = nnx.eval_shape(lambda: LlamaModel(config, compute_dtype, nnx.Rngs(0)))
+    model = nnx.eval_shape(lambda: build_model(config, compute_dtype, nnx.Rngs(0)))
     plan = _tensor_plan(model, config)
     unused: list[str] = []
     for path in checkpoint_files(model_dir):
