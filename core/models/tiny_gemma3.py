@@ -42,8 +42,9 @@ def gemma3_config(vocab_size: int, ids: dict[str, int], dtype: str) -> dict:
 
 def gemma3_weights(cfg: dict, seed: int = 0) -> dict[str, np.ndarray]:
     """Deterministic float32 weights named as transformers' Gemma3ForCausalLM names them (tied:
-    no lm_head). Norm weights scatter around 0 (Gemma scales by 1 + w); projections have std
-    2/√in, so each layer moves the residual stream and greedy decoding follows the context."""
+    no lm_head). Norm weights scatter around 0 (Gemma scales by 1 + w); the embedding is small
+    beside the layers' (normed) outputs, so greedy decoding follows the context rather than
+    echoing the last token (logits reach about 2)."""
     rng = np.random.default_rng(seed)
     hidden, inter, head_dim = cfg["hidden_size"], cfg["intermediate_size"], cfg["head_dim"]
     q_dim = cfg["num_attention_heads"] * head_dim
@@ -56,9 +57,9 @@ def gemma3_weights(cfg: dict, seed: int = 0) -> dict[str, np.ndarray]:
         return normal((width,), 0.5)
 
     def projection(shape):  # [out, in]
-        return normal(shape, 2 / shape[1] ** 0.5)
+        return normal(shape, 1 / shape[1] ** 0.5)
 
-    w = {"model.embed_tokens.weight": normal((cfg["vocab_size"], hidden), 0.2)}
+    w = {"model.embed_tokens.weight": normal((cfg["vocab_size"], hidden), 0.05)}
     for i in range(cfg["num_hidden_layers"]):
         p = f"model.layers.{i}."
         for name, shape in (("q", (q_dim, hidden)), ("k", (kv_dim, hidden)),
