@@ -3,9 +3,9 @@
 window, linear RoPE scaling on the global layer, query_pre_attn_scalar unlike head_dim, Gemma 3's
 own chat template): its config keys, and what is refused; float32 logits within 1e-4, with and
 without final-logit softcapping; and a core over gRPC: the template as transformers renders it
-(system folded into the first user turn, roles that must alternate), greedy chat tokens (chunked
-prefill, a decode batch of two, past the window) equal HF `generate`, nothing compiled after
-warm-up."""
+(system folded into the first user turn, roles that must alternate, tools refused), greedy
+chat tokens (chunked prefill, a decode batch of two, past the window) equal HF `generate`,
+nothing compiled after warm-up."""
 
 from __future__ import annotations
 
@@ -181,6 +181,14 @@ async def test_the_chat_template_renders_as_transformers_does(gemma3_core, gemma
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert error_info(refused.value) == ("INVALID_PARAMETER", "messages")
     assert "roles must alternate" in refused.value.details()
+    # Gemma's template ignores tools: a request that offers some is refused, not silently run
+    request = pb.GenerateRequest(chat=_chat(("user", "Weather in Paris?")))
+    request.chat.tools.append(pb.Tool(type="function", name="get_weather",
+                                      parameters_json='{"type": "object"}'))
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        async for _ in stub.Generate(request):
+            pass
+    assert error_info(refused.value) == ("UNSUPPORTED", "tools")
 
 
 async def test_chat_greedy_tokens_match_transformers_generate(gemma3_core, hf_model):
