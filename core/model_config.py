@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM",
-                           "Qwen3ForCausalLM", "Gemma3ForCausalLM")
+                           "Qwen3ForCausalLM", "Gemma3ForCausalLM",
+                           "Gemma3ForConditionalGeneration")  # the last: its text part only
 SUPPORTED_DTYPES = ("float32", "bfloat16")
 ENCODER_ARCHITECTURES = ("BertModel", "BertForMaskedLM", "BertForPreTraining")
 
@@ -80,7 +81,7 @@ class ModelConfig:
         architectures = raw.get("architectures") or []
         architecture = architectures[0] if architectures else ""
         if architecture in GEMMA3_MULTIMODAL_ARCHITECTURES:
-            raise ConfigError(_GEMMA3_MULTIMODAL_REFUSAL.format(architecture=architecture))
+            raw = _gemma3_text_part(raw)
         if architecture not in SUPPORTED_ARCHITECTURES:
             raise ConfigError(f"architecture {architecture!r} is not supported; "
                               f"supported: {', '.join(SUPPORTED_ARCHITECTURES)}")
@@ -187,14 +188,16 @@ def _eos_ids(raw: dict, generation: dict) -> tuple[int, ...]:
 
 # -- Gemma 3 -----------------------------------------------------------------------------------
 
-GEMMA3_ARCHITECTURES = ("Gemma3ForCausalLM",)
+# Gemma3ForConditionalGeneration (gemma-3-4b/12b/27b): its language model is served, text only;
+# its vision tower's tensors are left unread (core/models/gemma3.py: `text_tensor_name`)
 GEMMA3_MULTIMODAL_ARCHITECTURES = ("Gemma3ForConditionalGeneration",)
-_GEMMA3_MULTIMODAL_REFUSAL = (
-    "architecture {architecture!r} (Gemma 3 with a vision tower: gemma-3-4b/12b/27b) is not "
-    "supported: Tandem serves text-only Gemma 3 checkpoints (Gemma3ForCausalLM, model_type "
-    "gemma3_text, e.g. gemma-3-1b-it and gemma-3-270m)")
-# transformers' Gemma3TextConfig defaults, for the keys a checkpoint's config.json may omit
-GEMMA3_DEFAULTS = {"head_dim": 256, "rms_norm_eps": 1e-6, "max_position_embeddings": 131072,
+GEMMA3_ARCHITECTURES = ("Gemma3ForCausalLM", *GEMMA3_MULTIMODAL_ARCHITECTURES)
+# transformers' Gemma3TextConfig defaults, for the keys a config.json may omit (the 4B's
+# text_config lists only hidden_size, intermediate_size, num_hidden_layers, rope_scaling and
+# sliding_window)
+GEMMA3_DEFAULTS = {"vocab_size": 262_208, "hidden_size": 2304, "intermediate_size": 9216,
+                   "num_hidden_layers": 26, "num_attention_heads": 8, "num_key_value_heads": 4,
+                   "head_dim": 256, "rms_norm_eps": 1e-6, "max_position_embeddings": 131_072,
                    "tie_word_embeddings": True, "bos_token_id": 2, "eos_token_id": 1}
 # hidden_activation → GELU's tanh approximation (True) or the exact erf form (False)
 GEMMA3_ACTIVATIONS = {"gelu_pytorch_tanh": True, "gelu_new": True, "gelu_fast": True,
@@ -216,6 +219,18 @@ class Gemma3Settings:
     @property
     def num_global_layers(self) -> int:
         return sum(window is None for window in self.layer_windows)
+
+
+def _gemma3_text_part(raw: dict) -> dict:
+    """A Gemma3ForConditionalGeneration config.json as its language model's: `text_config`, with
+    the outer config's architecture and the keys it sets for the whole model (dtype, token ids,
+    tying) where the text config leaves them out. `vision_config` is not read."""
+    text = dict(raw.get("text_config") or {})
+    for key in ("torch_dtype", "dtype", "bos_token_id", "eos_token_id", "pad_token_id",
+                "tie_word_embeddings"):
+        if key in raw and text.get(key) is None:
+            text[key] = raw[key]
+    return {**text, "architectures": raw["architectures"]}
 
 
 def _gemma3_fields(raw: dict) -> dict:

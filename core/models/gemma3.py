@@ -9,6 +9,10 @@ interleaved sliding-window and global layers, each kind with its own RoPE (the g
 base and linear scaling from ModelConfig, the local one's `local_rope_theta`); and the optional
 final-logit softcapping. The settings come from `ModelConfig.gemma` (core/model_config.py).
 
+A Gemma3ForConditionalGeneration checkpoint (4B and up) is served as its language model:
+`text_tensor_name` maps its tensor names onto Gemma3ForCausalLM's and leaves the vision tower
+and projector unread; image inputs are refused before they reach the model.
+
 Every layer keeps keys for the whole context (the KV pool is the Llama one): a sliding layer
 masks what lies beyond its window rather than freeing it.
 """
@@ -33,6 +37,25 @@ from core.models.llama import (
     embed,
     rope_inverse_frequencies,
 )
+
+# Gemma3ForConditionalGeneration's names for its language model, in the layouts transformers
+# wrote over time (before 4.52 and again in 5: language_model.model.*; 4.52 to 4.57:
+# model.language_model.*), and the prefixes of the parts that are not the language model
+_TEXT_PREFIXES = (("language_model.model.", "model."), ("model.language_model.", "model."),
+                  ("language_model.lm_head.", "lm_head."))
+_VISION_PREFIXES = ("vision_tower.", "multi_modal_projector.", "model.vision_tower.",
+                    "model.multi_modal_projector.")
+
+
+def text_tensor_name(name: str) -> str | None:
+    """A multimodal Gemma 3 checkpoint's tensor name as Gemma3ForCausalLM names it; None for the
+    vision tower's and the projector's (not loaded)."""
+    if name.startswith(_VISION_PREFIXES):
+        return None
+    for prefix, replacement in _TEXT_PREFIXES:
+        if name.startswith(prefix):
+            return replacement + name[len(prefix):]
+    return name
 
 
 def gemma_rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:

@@ -2,25 +2,27 @@
 `core.models.tiny` writes (variant "gemma3": sliding layers around a global one, a 16-token
 window, linear RoPE scaling on the global layer, query_pre_attn_scalar unlike head_dim, Gemma 3's
 own chat template): its config keys, and what is refused; float32 logits within 1e-4, with and
-without final-logit softcapping; and a core over gRPC: the template as transformers renders it
-(system folded into the first user turn, roles that must alternate, tools refused), greedy
-chat tokens (chunked prefill, a decode batch of two, past the window) equal HF `generate`,
-nothing compiled after warm-up."""
+without final-logit softcapping; a multimodal checkpoint's language model; and a core over
+gRPC: the template as transformers renders it (system folded into the first user turn, roles
+that must alternate, tools refused), greedy chat tokens (chunked prefill, a decode batch of two,
+past the window) equal HF `generate`, nothing compiled after warm-up."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
+from safetensors.numpy import load_file
 
 from core.config import EngineConfig, ServerConfig
 from core.model_config import ConfigError, ModelConfig
-from core.models.tiny import write_tiny_model
+from core.models.tiny import write_tiny_model, write_weights
 from core.models.tiny_gemma3 import GEMMA3_SLIDING_WINDOW
 from tandem.v1 import inference_pb2 as pb
 from tandem.v1 import inference_pb2_grpc as pb_grpc
@@ -109,11 +111,34 @@ def test_config_reads_the_gemma3_keys(gemma3_dir):
     ({"hidden_activation": "relu"}, "hidden_activation 'relu' is not supported"),
     ({"use_bidirectional_attention": True}, "use_bidirectional_attention"),
     ({"layer_types": ["full_attention"]}, "layer_types must list"),
-    ({"architectures": ["Gemma3ForConditionalGeneration"]}, "text-only Gemma 3 checkpoints"),
 ])
 def test_what_gemma3_configs_are_refused(gemma3_dir, change, message):
     with pytest.raises(ConfigError, match=message):
         ModelConfig.from_hf_dict({**_raw(gemma3_dir), **change})
+
+
+def test_the_4b_hub_config_reads_with_transformers_defaults():
+    """google/gemma-3-4b-it's config.json (Gemma3ForConditionalGeneration): its text_config lists
+    only what differs from Gemma3TextConfig's defaults; the vision tower is not read."""
+    raw = {"architectures": ["Gemma3ForConditionalGeneration"], "model_type": "gemma3",
+           "boi_token_index": 255999, "eoi_token_index": 256000, "image_token_index": 262144,
+           "eos_token_id": [1, 106], "mm_tokens_per_image": 256, "torch_dtype": "bfloat16",
+           "text_config": {"hidden_size": 2560, "intermediate_size": 10240,
+                           "model_type": "gemma3_text", "num_hidden_layers": 34,
+                           "rope_scaling": {"factor": 8.0, "rope_type": "linear"},
+                           "sliding_window": 1024},
+           "vision_config": {"hidden_size": 1152, "image_size": 896, "intermediate_size": 4304,
+                             "model_type": "siglip_vision_model", "num_attention_heads": 16,
+                             "num_hidden_layers": 27, "patch_size": 14,
+                             "vision_use_head": False}}
+    config = ModelConfig.from_hf_dict(raw, {"eos_token_id": [1, 106], "bos_token_id": 2})
+    assert (config.vocab_size, config.num_heads, config.num_kv_heads, config.head_dim) == (
+        262_208, 8, 4, 256)
+    assert config.dtype == "bfloat16" and config.eos_token_ids == (1, 106)
+    assert config.tie_word_embeddings and config.gemma.query_pre_attn_scalar == 256
+    windows = config.gemma.layer_windows
+    assert [i for i, w in enumerate(windows) if w is None] == list(range(5, 34, 6))
+    assert set(windows) == {1024, None} and config.rope_scaling.factor == 8.0
 
 
 # -- the forward and the runner ------------------------------------------------------------------
@@ -125,6 +150,28 @@ def test_logits_match_transformers(gemma3_dir, hf_model):
         reference = hf_model(torch.tensor(ids, dtype=torch.long)).logits.numpy()
     assert np.abs(reference).max() > 1.0
     assert np.abs(ours - reference).max() <= 1e-4
+
+
+def test_a_multimodal_checkpoint_serves_its_language_model(gemma3_dir, tmp_path):
+    """The tiny Gemma 3 in Gemma3ForConditionalGeneration's layout (text_config, tensors under
+    language_model.model., a vision tower and projector beside them): the same logits as the
+    text-only checkpoint; the vision tensors are left unread."""
+    model_dir = tmp_path / "multimodal"
+    shutil.copytree(gemma3_dir, model_dir, ignore=shutil.ignore_patterns("*.safetensors"))
+    text = _raw(gemma3_dir)
+    outer = {key: text.pop(key) for key in ("architectures", "eos_token_id", "torch_dtype")}
+    (model_dir / "config.json").write_text(json.dumps({
+        **outer, "architectures": ["Gemma3ForConditionalGeneration"], "model_type": "gemma3",
+        "text_config": text, "vision_config": {"model_type": "siglip_vision_model"}}))
+    weights = {"language_model." + name: array
+               for name, array in load_file(gemma3_dir / "model.safetensors").items()}
+    weights["vision_tower.vision_model.post_layernorm.weight"] = np.ones(8, np.float32)
+    weights["multi_modal_projector.mm_input_projection_weight"] = np.ones((8, 64), np.float32)
+    write_weights(model_dir, weights, num_shards=2)
+    config = ModelConfig.from_hf_dir(model_dir)
+    assert config == replace(ModelConfig.from_hf_dir(gemma3_dir),
+                             architecture="Gemma3ForConditionalGeneration")
+    np.testing.assert_array_equal(jax_logits(model_dir)[1], jax_logits(gemma3_dir)[1])
 
 
 def test_final_logit_softcapping_matches_transformers(gemma3_dir, tmp_path):
