@@ -39,8 +39,8 @@ from core.models.llama import (
 )
 
 # Gemma3ForConditionalGeneration's names for its language model, in the layouts transformers
-# wrote over time (before 4.52 and again in 5: language_model.model.*; 4.52 to 4.57:
-# model.language_model.*), and the prefixes of the parts that are not the language model
+# wrote over time (the hub's files and transformers 5's saves: language_model.model.*; 4.52 to
+# 4.57: model.language_model.*), and the prefixes of the parts that are not the language model
 _TEXT_PREFIXES = (("language_model.model.", "model."), ("model.language_model.", "model."),
                   ("language_model.lm_head.", "lm_head."))
 _VISION_PREFIXES = ("vision_tower.", "multi_modal_projector.", "model.vision_tower.",

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-from dataclasses import replace
 from pathlib import Path
 
 import grpc
@@ -152,26 +151,39 @@ def test_logits_match_transformers(gemma3_dir, hf_model):
     assert np.abs(ours - reference).max() <= 1e-4
 
 
-def test_a_multimodal_checkpoint_serves_its_language_model(gemma3_dir, tmp_path):
-    """The tiny Gemma 3 in Gemma3ForConditionalGeneration's layout (text_config, tensors under
-    language_model.model., a vision tower and projector beside them): the same logits as the
-    text-only checkpoint; the vision tensors are left unread."""
-    model_dir = tmp_path / "multimodal"
-    shutil.copytree(gemma3_dir, model_dir, ignore=shutil.ignore_patterns("*.safetensors"))
-    text = _raw(gemma3_dir)
-    outer = {key: text.pop(key) for key in ("architectures", "eos_token_id", "torch_dtype")}
-    (model_dir / "config.json").write_text(json.dumps({
-        **outer, "architectures": ["Gemma3ForConditionalGeneration"], "model_type": "gemma3",
-        "text_config": text, "vision_config": {"model_type": "siglip_vision_model"}}))
-    weights = {"language_model." + name: array
-               for name, array in load_file(gemma3_dir / "model.safetensors").items()}
-    weights["vision_tower.vision_model.post_layernorm.weight"] = np.ones(8, np.float32)
-    weights["multi_modal_projector.mm_input_projection_weight"] = np.ones((8, 64), np.float32)
-    write_weights(model_dir, weights, num_shards=2)
-    config = ModelConfig.from_hf_dir(model_dir)
-    assert config == replace(ModelConfig.from_hf_dir(gemma3_dir),
-                             architecture="Gemma3ForConditionalGeneration")
-    np.testing.assert_array_equal(jax_logits(model_dir)[1], jax_logits(gemma3_dir)[1])
+def test_a_multimodal_checkpoint_serves_its_language_model(gemma3_dir, hf_model, tmp_path):
+    """Gemma3ForConditionalGeneration as transformers 5 saves it (text_config in its v5 form,
+    tensors under language_model.model., a SigLIP tower and projector beside them) with the tiny
+    Gemma 3's weights: logits within 1e-4 of its text-only forward in transformers. The same
+    tensors in 4.52's layout (model.language_model., sharded) load to the same logits."""
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration
+
+    text_config = {key: value for key, value in _raw(gemma3_dir).items()
+                   if key != "architectures"}
+    vision = dict(model_type="siglip_vision_model", hidden_size=16, intermediate_size=32,
+                  num_hidden_layers=1, num_attention_heads=2, image_size=28, patch_size=14)
+    multimodal = Gemma3ForConditionalGeneration(Gemma3Config(
+        text_config=text_config, vision_config=vision, mm_tokens_per_image=4)).eval()
+    text_weights = {"model.language_model." + name[len("model."):]: tensor
+                    for name, tensor in hf_model.state_dict().items()
+                    if name.startswith("model.")}
+    assert not [name for name in multimodal.load_state_dict(text_weights, strict=False)
+                .missing_keys if "language_model" in name]
+    saved = tmp_path / "multimodal"
+    multimodal.save_pretrained(saved)
+    assert ModelConfig.from_hf_dir(saved).gemma == ModelConfig.from_hf_dir(gemma3_dir).gemma
+    ids, ours = jax_logits(saved)
+    with torch.no_grad():
+        reference = multimodal(input_ids=torch.tensor(ids, dtype=torch.long)).logits.numpy()
+    assert np.abs(ours - reference).max() <= 1e-4
+    # transformers 4.52's layout of the same tensors
+    older = tmp_path / "older"
+    shutil.copytree(saved, older, ignore=shutil.ignore_patterns("*.safetensors"))
+    weights = {name.replace("language_model.model.", "model.language_model.")
+               .replace("vision_tower.", "model.vision_tower.vision_model."): array
+               for name, array in load_file(saved / "model.safetensors").items()}
+    write_weights(older, weights, num_shards=2)
+    np.testing.assert_array_equal(jax_logits(older)[1], ours)
 
 
 def test_final_logit_softcapping_matches_transformers(gemma3_dir, tmp_path):
