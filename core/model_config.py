@@ -216,10 +216,6 @@ class Gemma3Settings:
     gelu_approximate: bool  # GeGLU's GELU: the tanh approximation (gelu_pytorch_tanh) or exact
     final_logit_softcapping: float | None = None  # logits → cap·tanh(logits / cap) when set
 
-    @property
-    def num_global_layers(self) -> int:
-        return sum(window is None for window in self.layer_windows)
-
 
 def _gemma3_text_part(raw: dict) -> dict:
     """A Gemma3ForConditionalGeneration config.json as its language model's: `text_config`, with
