@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM",
-                           "Qwen3ForCausalLM")
+                           "Qwen3ForCausalLM", "Gemma3ForCausalLM",
+                           "Gemma3ForConditionalGeneration")  # the last: its text part only
 SUPPORTED_DTYPES = ("float32", "bfloat16")
 ENCODER_ARCHITECTURES = ("BertModel", "BertForMaskedLM", "BertForPreTraining")
 
@@ -35,8 +36,8 @@ class RopeScaling:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The shape of a Llama-family decoder (Llama, Mistral, Qwen2, Qwen3 dense), as read from a
-    Hugging Face `config.json`."""
+    """The shape of a Llama-family decoder (Llama, Mistral, Qwen2, Qwen3 dense, and Gemma 3 with
+    its `gemma` settings), as read from a Hugging Face `config.json`."""
 
     architecture: str  # e.g. "LlamaForCausalLM"
     vocab_size: int  # rows of the embedding table
@@ -61,6 +62,7 @@ class ModelConfig:
     eos_token_ids: tuple[int, ...] = ()  # any of these ends generation
     dtype: str = "float32"  # checkpoint dtype ("float32" or "bfloat16")
     is_demo: bool = False  # the built-in random-weights demo model
+    gemma: Gemma3Settings | None = None  # Gemma 3's own switches (core/models/gemma3.py)
 
     def kv_bytes_per_token(self, dtype_bytes: int) -> int:
         """Bytes of keys and values one token occupies across all layers."""
@@ -78,16 +80,21 @@ class ModelConfig:
     def from_hf_dict(cls, raw: dict, generation: dict | None = None) -> ModelConfig:
         architectures = raw.get("architectures") or []
         architecture = architectures[0] if architectures else ""
+        if architecture in GEMMA3_MULTIMODAL_ARCHITECTURES:
+            raw = _gemma3_text_part(raw)
         if architecture not in SUPPORTED_ARCHITECTURES:
             raise ConfigError(f"architecture {architecture!r} is not supported; "
                               f"supported: {', '.join(SUPPORTED_ARCHITECTURES)}")
         is_qwen2 = architecture == "Qwen2ForCausalLM"
         is_qwen = is_qwen2 or architecture == "Qwen3ForCausalLM"
+        if architecture in GEMMA3_ARCHITECTURES:
+            raw = {**GEMMA3_DEFAULTS, **raw}  # keys a Gemma 3 config.json may leave out
         num_heads = raw["num_attention_heads"]
-        rope = _rope_settings(raw)
+        # (Gemma 3's RoPE is per layer type: `_gemma3_fields` reads it)
+        rope = _rope_settings(raw) if architecture not in GEMMA3_ARCHITECTURES else (0.0, None)
         sliding_window = _qwen_sliding_window(raw) if is_qwen else raw.get("sliding_window")
         dtype = str(raw.get("torch_dtype") or raw.get("dtype") or "float32")
-        return cls(
+        fields = dict(
             architecture=architecture,
             vocab_size=raw["vocab_size"],
             hidden_size=raw["hidden_size"],
@@ -111,6 +118,9 @@ class ModelConfig:
             dtype=dtype if dtype in SUPPORTED_DTYPES else "float32",
             is_demo=bool(raw.get("tandem_demo", False)),
         )
+        if architecture in GEMMA3_ARCHITECTURES:
+            fields.update(_gemma3_fields(raw))
+        return cls(**fields)
 
 
 def _qwen_sliding_window(raw: dict) -> int | None:
@@ -174,3 +184,93 @@ def _eos_ids(raw: dict, generation: dict) -> tuple[int, ...]:
             if token_id is not None and token_id not in ids:
                 ids.append(int(token_id))
     return tuple(ids)
+
+
+# -- Gemma 3 -----------------------------------------------------------------------------------
+
+# Gemma3ForConditionalGeneration (gemma-3-4b/12b/27b): its language model is served, text only;
+# its vision tower's tensors are left unread (core/models/gemma3.py: `text_tensor_name`)
+GEMMA3_MULTIMODAL_ARCHITECTURES = ("Gemma3ForConditionalGeneration",)
+GEMMA3_ARCHITECTURES = ("Gemma3ForCausalLM", *GEMMA3_MULTIMODAL_ARCHITECTURES)
+# transformers' Gemma3TextConfig defaults, for the keys a config.json may omit (the 4B's
+# text_config lists only hidden_size, intermediate_size, num_hidden_layers, rope_scaling and
+# sliding_window)
+GEMMA3_DEFAULTS = {"vocab_size": 262_208, "hidden_size": 2304, "intermediate_size": 9216,
+                   "num_hidden_layers": 26, "num_attention_heads": 8, "num_key_value_heads": 4,
+                   "head_dim": 256, "rms_norm_eps": 1e-6, "max_position_embeddings": 131_072,
+                   "tie_word_embeddings": True, "bos_token_id": 2, "eos_token_id": 1}
+# hidden_activation → GELU's tanh approximation (True) or the exact erf form (False)
+GEMMA3_ACTIVATIONS = {"gelu_pytorch_tanh": True, "gelu_new": True, "gelu_fast": True,
+                      "gelu": False}
+
+
+@dataclass(frozen=True)
+class Gemma3Settings:
+    """What Gemma 3 adds to the Llama-shaped decoder (core/models/gemma3.py). The global layers
+    take ModelConfig's `rope_theta` and `rope_scaling`; `qk_norm` is on; ModelConfig's single
+    `sliding_window` stays None (the windows are per layer here)."""
+
+    query_pre_attn_scalar: float  # attention scores are scaled by its -1/2 power, not head_dim's
+    layer_windows: tuple[int | None, ...]  # per layer: its sliding window (tokens), None: global
+    local_rope_theta: float  # RoPE base of the sliding layers (plain RoPE, no scaling)
+    gelu_approximate: bool  # GeGLU's GELU: the tanh approximation (gelu_pytorch_tanh) or exact
+    final_logit_softcapping: float | None = None  # logits → cap·tanh(logits / cap) when set
+
+
+def _gemma3_text_part(raw: dict) -> dict:
+    """A Gemma3ForConditionalGeneration config.json as its language model's: `text_config`, with
+    the outer config's architecture and the keys it sets for the whole model (dtype, token ids,
+    tying) where the text config leaves them out. `vision_config` is not read."""
+    text = dict(raw.get("text_config") or {})
+    for key in ("torch_dtype", "dtype", "bos_token_id", "eos_token_id", "pad_token_id",
+                "tie_word_embeddings"):
+        if key in raw and text.get(key) is None:
+            text[key] = raw[key]
+    return {**text, "architectures": raw["architectures"]}
+
+
+def _gemma3_fields(raw: dict) -> dict:
+    """ModelConfig fields of a Gemma 3 text config.json (`raw` with GEMMA3_DEFAULTS filled):
+    transformers' hub keys (`rope_theta`, `rope_local_base_freq`, `rope_scaling`,
+    `sliding_window_pattern` or `layer_types`) or its own v5 form (`rope_parameters` per layer
+    type). Attention-logit softcapping (Gemma 2's) and bidirectional attention (EmbeddingGemma)
+    are refused."""
+    if raw.get("attn_logit_softcapping") is not None:
+        raise ConfigError("attn_logit_softcapping is not supported (Gemma 3 checkpoints set it "
+                          f"null; this one sets {raw['attn_logit_softcapping']})")
+    if raw.get("use_bidirectional_attention"):
+        raise ConfigError("use_bidirectional_attention (an embedding Gemma) is not supported")
+    activation = raw.get("hidden_activation") or raw.get("hidden_act") or "gelu_pytorch_tanh"
+    if activation not in GEMMA3_ACTIVATIONS:
+        raise ConfigError(f"hidden_activation {activation!r} is not supported "
+                          f"({', '.join(GEMMA3_ACTIVATIONS)})")
+    num_layers = raw["num_hidden_layers"]
+    pattern = int(raw.get("sliding_window_pattern") or 6)
+    layer_types = raw.get("layer_types") or [
+        "sliding_attention" if (i + 1) % pattern else "full_attention" for i in range(num_layers)]
+    if len(layer_types) != num_layers or not set(layer_types) <= {"sliding_attention",
+                                                                  "full_attention"}:
+        raise ConfigError(f"layer_types must list sliding_attention or full_attention for each "
+                          f"of the {num_layers} layers; got {layer_types}")
+    window = raw.get("sliding_window", 4096)
+    params = dict(raw.get("rope_parameters") or {})
+    full = dict(params.get("full_attention") or ({} if "sliding_attention" in params else params))
+    local = dict(params.get("sliding_attention") or {})
+    theta, scaling = _rope_settings({
+        "rope_theta": full.pop("rope_theta", raw.get("rope_theta", 1_000_000.0)),
+        "rope_scaling": full if full.get("rope_type", full.get("type")) else raw.get(
+            "rope_scaling")})
+    if local.get("rope_type", "default") != "default":
+        raise ConfigError(f"rope scaling on the sliding layers ({local['rope_type']!r}) is not "
+                          "supported")
+    final_cap = raw.get("final_logit_softcapping")
+    return dict(
+        rope_theta=theta, rope_scaling=scaling, qk_norm=True, sliding_window=None,
+        gemma=Gemma3Settings(
+            query_pre_attn_scalar=float(raw.get("query_pre_attn_scalar", 256)),
+            layer_windows=tuple(window if kind == "sliding_attention" else None
+                                for kind in layer_types),
+            local_rope_theta=float(local.get("rope_theta",
+                                             raw.get("rope_local_base_freq", 10_000.0))),
+            gelu_approximate=GEMMA3_ACTIVATIONS[activation],
+            final_logit_softcapping=None if final_cap is None else float(final_cap)))

@@ -23,12 +23,16 @@ message's `reasoning_content`, else the think block its content starts with); ea
 theirs; `enable_thinking=False` ends the generation prompt with an empty think block. It is not
 one of `TOOL_STYLES`: it renders a plain conversation differently (the last assistant turn's
 empty think block).
+
+"gemma3" is Gemma 3's own template, verbatim (google/gemma-3-1b-it's tokenizer_config.json):
+`<start_of_turn>user|model ... <end_of_turn>` turns, a system message folded into the first user
+turn, roles that must alternate (else `raise_exception`), no tools.
 """
 
 from __future__ import annotations
 
 TOOL_STYLES = ("hermes", "llama3", "mistral", "none")  # differ only where tools are rendered
-STYLES = (*TOOL_STYLES, "qwen3")  # every template `chat_template` writes
+STYLES = (*TOOL_STYLES, "qwen3", "gemma3")  # every template `chat_template` writes
 
 _TEXT_MACRO = (
     "{%- macro text(content) -%}"
@@ -224,8 +228,55 @@ _BODIES = {"hermes": _HERMES_SYSTEM + _HERMES_MESSAGES + _GENERATION_PROMPT,
            "qwen3": _QWEN3_SYSTEM + _QWEN3_MESSAGES + _QWEN3_GENERATION_PROMPT}
 
 
+# Gemma 3's template as its checkpoints ship it (its own BOS, framing and whitespace)
+GEMMA3_TEMPLATE = r"""{{ bos_token }}
+{%- if messages[0]['role'] == 'system' -%}
+    {%- if messages[0]['content'] is string -%}
+        {%- set first_user_prefix = messages[0]['content'] + '\n\n' -%}
+    {%- else -%}
+        {%- set first_user_prefix = messages[0]['content'][0]['text'] + '\n\n' -%}
+    {%- endif -%}
+    {%- set loop_messages = messages[1:] -%}
+{%- else -%}
+    {%- set first_user_prefix = "" -%}
+    {%- set loop_messages = messages -%}
+{%- endif -%}
+{%- for message in loop_messages -%}
+    {%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}
+        {{ raise_exception("Conversation roles must alternate user/assistant/user/assistant/...") }}
+    {%- endif -%}
+    {%- if (message['role'] == 'assistant') -%}
+        {%- set role = "model" -%}
+    {%- else -%}
+        {%- set role = message['role'] -%}
+    {%- endif -%}
+    {{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else "") }}
+    {%- if message['content'] is string -%}
+        {{ message['content'] | trim }}
+    {%- elif message['content'] is iterable -%}
+        {%- for item in message['content'] -%}
+            {%- if item['type'] == 'image' -%}
+                {{ '<start_of_image>' }}
+            {%- elif item['type'] == 'text' -%}
+                {{ item['text'] | trim }}
+            {%- endif -%}
+        {%- endfor -%}
+    {%- else -%}
+        {{ raise_exception("Invalid content type") }}
+    {%- endif -%}
+    {{ '<end_of_turn>\n' }}
+{%- endfor -%}
+{%- if add_generation_prompt -%}
+    {{'<start_of_turn>model\n'}}
+{%- endif -%}
+"""
+
+
 def chat_template(style: str) -> str:
-    """The Jinja chat template of one style, a tool-calling style or "qwen3" (module docstring)."""
+    """The Jinja chat template of one style, a tool-calling style, "qwen3" or "gemma3" (module
+    docstring)."""
+    if style == "gemma3":
+        return GEMMA3_TEMPLATE
     if style not in _BODIES:
         raise ValueError(f"unknown template style {style!r}; expected one of {STYLES}")
     return "{{- bos_token -}}" + _TEXT_MACRO + _BODIES[style]

@@ -1,4 +1,4 @@
-"""Hugging Face model directory → a `LlamaModel` with its weights.
+"""Hugging Face model directory → a `LlamaModel` (or its Gemma 3 form) with its weights.
 
 Owns: finding the safetensors files (single `model.safetensors` or a sharded
 `model.safetensors.index.json`), mapping Hugging Face tensor names onto the NNX module's
@@ -17,7 +17,7 @@ from flax import nnx
 from safetensors import safe_open
 
 from core.config import checkpoint_files
-from core.model_config import ConfigError, ModelConfig
+from core.model_config import GEMMA3_MULTIMODAL_ARCHITECTURES, ConfigError, ModelConfig
 from core.models.llama import LlamaModel
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -70,7 +70,23 @@ def _tensor_plan(model: LlamaModel, config: ModelConfig) -> TensorPlan:
         if config.mlp_bias:
             for name in ("gate", "up", "down"):
                 plan[prefix + f"mlp.{name}_proj.bias"] = (getattr(mlp, f"{name}_bias"), identity)
+        if config.gemma is not None:  # Gemma 3: norms around the MLP too
+            for name in ("pre_feedforward_layernorm", "post_feedforward_layernorm"):
+                plan[prefix + f"{name}.weight"] = (getattr(layer, name).weight, identity)
     return plan
+
+
+def _identity_name(name: str) -> str | None:
+    return name
+
+
+def build_model(config: ModelConfig, dtype, rngs: nnx.Rngs) -> LlamaModel:
+    """The decoder module of the config's family (Llama-shaped or Gemma 3)."""
+    if config.gemma is not None:
+        from core.models.gemma3 import Gemma3Model
+
+        return Gemma3Model(config, dtype, rngs)
+    return LlamaModel(config, dtype, rngs)
 
 
 def load_model(model_dir: Path, dtype: str | None = None,
@@ -83,19 +99,25 @@ def load_model(model_dir: Path, dtype: str | None = None,
     if dtype_name not in DTYPES:
         raise ConfigError(f"dtype {dtype_name!r} is not supported: {', '.join(DTYPES)}")
     compute_dtype = DTYPES[dtype_name]
-    model = nnx.eval_shape(lambda: LlamaModel(config, compute_dtype, nnx.Rngs(0)))
+    model = nnx.eval_shape(lambda: build_model(config, compute_dtype, nnx.Rngs(0)))
     plan = _tensor_plan(model, config)
+    rename = _identity_name
+    if config.architecture in GEMMA3_MULTIMODAL_ARCHITECTURES:  # its language model only
+        from core.models.gemma3 import text_tensor_name as rename
     unused: list[str] = []
     for path in checkpoint_files(model_dir):
         with safe_open(str(path), framework="numpy") as tensors:
-            for name in tensors.keys():
+            for stored_name in tensors.keys():
+                name = rename(stored_name)
+                if name is None:  # a part of the checkpoint the model does not use
+                    continue
                 if name not in plan:
                     tied_head = name == "lm_head.weight" and config.tie_word_embeddings
                     if not tied_head and not name.endswith(IGNORED_SUFFIXES):
                         unused.append(name)
                     continue
                 param, transform = plan.pop(name)
-                array = np.asarray(transform(tensors.get_tensor(name)))
+                array = np.asarray(transform(tensors.get_tensor(stored_name)))
                 if array.shape != param.get_value().shape:
                     raise ConfigError(f"{name}: shape {array.shape}, "
                                       f"expected {param.get_value().shape}")

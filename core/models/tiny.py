@@ -4,7 +4,9 @@ Owns: the per-variant configs (Llama, Llama 3 with rope scaling, Mistral with a 
 window, Qwen2 with qkv biases, Qwen3 with per-head q/k norms, a head_dim other than hidden/heads
 and a thinking chat template), the locally trained byte-level BPE tokenizer with its ChatML chat
 template, deterministic random weights written with safetensors (single file or sharded), and the
-cached demo-model directory. Nothing here downloads anything, and importing this module loads
+cached demo-model directory. The Gemma 3 variant's config and weights are
+`core.models.tiny_gemma3`'s; it shares the tokenizer, trained with Gemma's special tokens, and
+writes Gemma 3's own chat template. Nothing here downloads anything, and importing this module loads
 neither torch nor transformers: weights are numpy arrays, the tokenizer comes from `tokenizers`.
 """
 
@@ -21,14 +23,18 @@ import numpy as np
 from safetensors.numpy import save_file
 
 from core.models.chat_templates import STYLES, TOOL_STYLES, chat_template  # noqa: F401
+from core.models.tiny_gemma3 import GEMMA3_SPECIAL_TOKENS, gemma3_config, gemma3_weights
 
-VARIANTS = ("llama", "llama3", "mistral", "qwen2", "qwen3")
+VARIANTS = ("llama", "llama3", "mistral", "qwen2", "qwen3")  # the Llama-shaped families
+GEMMA_VARIANTS = ("gemma3",)  # written on request (not by every cross-family test)
+ALL_VARIANTS = (*VARIANTS, *GEMMA_VARIANTS)
 SIZES = ("tiny", "demo", "bench", "1b")
 DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}
 
 BOS, EOS, IM_START, IM_END, PAD = (
     "<|begin_of_text|>", "<|end_of_text|>", "<|im_start|>", "<|im_end|>", "<|pad|>")
 SPECIAL_TOKENS = (BOS, EOS, IM_START, IM_END, PAD)  # ids 0..4, in this order
+_SPECIALS = {"bos": BOS, "eos": EOS, "im_start": IM_START, "im_end": IM_END, "pad": PAD}
 # Added tokens that are text, not control (special=False, as in Qwen3's tokenizer): one id each,
 # after the trained vocabulary
 THINK_TOKENS = ("<think>", "</think>")
@@ -38,7 +44,7 @@ ADDED_TEXT_TOKENS = {"qwen3": THINK_TOKENS}
 # variant and the demo model use Hermes markup, as many Llama fine-tunes do; Qwen3's own template
 # writes Hermes markup and `<think>` blocks.
 TOOL_STYLE = {"llama": "hermes", "llama3": "llama3", "mistral": "mistral", "qwen2": "hermes",
-              "qwen3": "qwen3"}
+              "qwen3": "qwen3", "gemma3": "gemma3"}
 CHAT_TEMPLATE = chat_template("none")  # the template of a model that ignores tools
 
 _CORPUS = """\
@@ -97,7 +103,8 @@ def build_tokenizer(vocab_target: int = 512, variant: str = "llama"):
 
     qwen2 gets Qwen's NFC normalizer and split regex, because transformers 5 always rebuilds a
     qwen2 tokenizer that way; the file and what transformers loads must tokenize alike. qwen3
-    gets them too (a real Qwen3 checkpoint names Qwen2Tokenizer), and its think tags.
+    gets them too (a real Qwen3 checkpoint names Qwen2Tokenizer), and its think tags. gemma3
+    gets Gemma's special tokens (`special_tokens`), in Gemma's order.
     """
     from tokenizers import (
         AddedToken,
@@ -121,26 +128,29 @@ def build_tokenizer(vocab_target: int = 512, variant: str = "llama"):
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_target, special_tokens=list(SPECIAL_TOKENS), show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+        vocab_size=vocab_target, special_tokens=list(special_tokens(variant).values()),
+        show_progress=False, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(_training_text(vocab_target), trainer=trainer)
     tok.add_tokens([AddedToken(text, special=False, normalized=False)
                     for text in ADDED_TEXT_TOKENS.get(variant, ())])
-    bos_id = tok.token_to_id(BOS)
+    bos = special_tokens(variant)["bos"]
     tok.post_processor = processors.Sequence([
         processors.ByteLevel(trim_offsets=False),
         processors.TemplateProcessing(
-            single=f"{BOS}:0 $A:0", pair=f"{BOS}:0 $A:0 {BOS}:1 $B:1",
-            special_tokens=[(BOS, bos_id)]),
+            single=f"{bos}:0 $A:0", pair=f"{bos}:0 $A:0 {bos}:1 $B:1",
+            special_tokens=[(bos, tok.token_to_id(bos))]),
     ])
     return tok
 
 
-def special_token_ids(tok) -> dict[str, int]:
+def special_tokens(variant: str = "llama") -> dict[str, str]:
+    """A variant's special tokens by role, in id order."""
+    return dict(GEMMA3_SPECIAL_TOKENS) if variant in GEMMA_VARIANTS else dict(_SPECIALS)
+
+
+def special_token_ids(tok, variant: str = "llama") -> dict[str, int]:
     """Token ids of the special tokens, by role."""
-    return {"bos": tok.token_to_id(BOS), "eos": tok.token_to_id(EOS),
-            "im_start": tok.token_to_id(IM_START), "im_end": tok.token_to_id(IM_END),
-            "pad": tok.token_to_id(PAD)}
+    return {role: tok.token_to_id(text) for role, text in special_tokens(variant).items()}
 
 
 def _write_json(path: Path, obj: dict) -> None:
@@ -148,32 +158,40 @@ def _write_json(path: Path, obj: dict) -> None:
 
 
 def write_tokenizer(out_dir: Path, tok, model_max_length: int,
-                    template: str = CHAT_TEMPLATE) -> None:
+                    template: str = CHAT_TEMPLATE, variant: str = "llama") -> None:
     """tokenizer.json, tokenizer_config.json, special_tokens_map.json, chat_template.jinja."""
+    specials = special_tokens(variant)
+    bos, eos, pad = specials["bos"], specials["eos"], specials["pad"]
     tok.save(str(out_dir / "tokenizer.json"))
     added = {str(token_id): {"content": token.content, "lstrip": token.lstrip,
                              "rstrip": token.rstrip, "normalized": token.normalized,
                              "single_word": token.single_word, "special": token.special}
              for token_id, token in sorted(tok.get_added_tokens_decoder().items())}
     _write_json(out_dir / "tokenizer_config.json", {
-        "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": BOS, "eos_token": EOS,
-        "pad_token": PAD, "unk_token": None, "add_bos_token": True, "add_eos_token": False,
+        "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": bos, "eos_token": eos,
+        "pad_token": pad, "unk_token": specials.get("unk"), "add_bos_token": True,
+        "add_eos_token": False,
         "clean_up_tokenization_spaces": False, "model_max_length": model_max_length,
         "model_input_names": ["input_ids", "attention_mask"],
         "added_tokens_decoder": added, "chat_template": template})
     _write_json(out_dir / "special_tokens_map.json", {
-        "bos_token": BOS, "eos_token": EOS, "pad_token": PAD,
-        "additional_special_tokens": [IM_START, IM_END]})
+        "bos_token": bos, "eos_token": eos, "pad_token": pad,
+        "additional_special_tokens": [specials["im_start"], specials["im_end"]]})
     (out_dir / "chat_template.jinja").write_text(template, encoding="utf-8")
 
 
 def model_config(variant: str, vocab_size: int, ids: dict[str, int], *,
                  dtype: str = "float32", size: str = "tiny") -> dict:
-    """The config.json dict for a variant; keeps classic rope keys next to `rope_parameters`."""
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown variant {variant!r}; expected one of {VARIANTS}")
+    """The config.json dict for a variant; keeps classic rope keys next to `rope_parameters`
+    (gemma3: the hub's keys only, tiny size only)."""
+    if variant not in ALL_VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; expected one of {ALL_VARIANTS}")
     if size not in SIZES:
         raise ValueError(f"unknown size {size!r}; expected one of {SIZES}")
+    if variant == "gemma3":
+        if size != "tiny":
+            raise ValueError("the gemma3 variant comes in size tiny only")
+        return gemma3_config(vocab_size, ids, dtype)
     cfg = {
         "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": vocab_size,
         **_DIMS[size], "hidden_act": "silu",
@@ -214,6 +232,8 @@ def model_config(variant: str, vocab_size: int, ids: dict[str, int], *,
 
 def random_weights(cfg: dict, seed: int = 0) -> dict[str, np.ndarray]:
     """Deterministic float32 weights named exactly as the HF checkpoint for `cfg`."""
+    if cfg["model_type"] == "gemma3_text":
+        return gemma3_weights(cfg, seed)
     rng = np.random.default_rng(seed)
     hidden, inter, head_dim = cfg["hidden_size"], cfg["intermediate_size"], cfg["head_dim"]
     q_dim = cfg["num_attention_heads"] * head_dim
@@ -286,7 +306,7 @@ def write_tiny_model(out_dir: Path, variant: str = "llama", *, seed: int = 0,
     template is of `tool_style` (default: the variant's family, TOOL_STYLE; one of STYLES)."""
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; expected one of {tuple(DTYPES)}")
-    if size not in SIZES or variant not in VARIANTS:
+    if size not in SIZES or variant not in ALL_VARIANTS:
         raise ValueError(f"unknown size {size!r} or variant {variant!r}")
     tool_style = tool_style or TOOL_STYLE[variant]
     if tool_style not in STYLES:
@@ -294,7 +314,7 @@ def write_tiny_model(out_dir: Path, variant: str = "llama", *, seed: int = 0,
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tok = build_tokenizer(_VOCAB_TARGET[size], variant)
-    ids = special_token_ids(tok)
+    ids = special_token_ids(tok, variant)
     vocab_size = max(tok.get_vocab_size(), _MODEL_VOCAB_SIZE.get(size, 0))
     cfg = model_config(variant, vocab_size, ids, dtype=dtype, size=size)
     weights = {n: a.astype(DTYPES[dtype]) for n, a in random_weights(cfg, seed).items()}
@@ -303,7 +323,8 @@ def write_tiny_model(out_dir: Path, variant: str = "llama", *, seed: int = 0,
     _write_json(out_dir / "generation_config.json", {
         "bos_token_id": ids["bos"], "eos_token_id": [ids["eos"], ids["im_end"]],
         "pad_token_id": ids["pad"], "do_sample": False})
-    write_tokenizer(out_dir, tok, cfg["max_position_embeddings"], chat_template(tool_style))
+    write_tokenizer(out_dir, tok, cfg["max_position_embeddings"], chat_template(tool_style),
+                    variant)
     if size == "demo":
         (out_dir / "README.md").write_text(
             "# Tandem demo model\n\nRandom weights, generated locally by `core.models.tiny` "

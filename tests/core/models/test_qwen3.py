@@ -66,14 +66,14 @@ def test_the_qwen_sliding_window_is_off_unless_every_layer_slides(tiny_models, a
 
 def test_an_unsupported_architecture_is_refused_with_its_name_and_the_supported_ones(
         tiny_models, tmp_path):
-    model_dir = shutil.copytree(tiny_models["qwen3"], tmp_path / "gemma")
+    model_dir = shutil.copytree(tiny_models["qwen3"], tmp_path / "gpt-neox")
     raw = json.loads((model_dir / "config.json").read_text())
-    raw["architectures"] = ["Gemma3ForCausalLM"]
+    raw["architectures"] = ["GPTNeoXForCausalLM"]
     (model_dir / "config.json").write_text(json.dumps(raw))
     with pytest.raises(ConfigError) as refused:
         resolve_model(model_dir, EngineConfig(max_model_len=64, max_num_seqs=2), backend="cpu")
     message = str(refused.value)
-    assert "'Gemma3ForCausalLM' is not supported" in message
+    assert "'GPTNeoXForCausalLM' is not supported" in message
     for supported in SUPPORTED_ARCHITECTURES:
         assert supported in message
 

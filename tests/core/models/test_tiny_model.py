@@ -210,7 +210,8 @@ def test_cli_writes_all_variants(tmp_path):
     subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "make_tiny_model.py"),
                     str(tmp_path), "--variant", "all", "--shards", "2", "--seed", "3"],
                    check=True, capture_output=True)
-    for variant in tiny.VARIANTS:
+    model_types = {"llama3": "llama", "gemma3": "gemma3_text"}
+    for variant in tiny.ALL_VARIANTS:
         assert (tmp_path / variant / "model.safetensors.index.json").is_file()
         assert json.loads((tmp_path / variant / "config.json").read_text())["model_type"] == (
-            "llama" if variant == "llama3" else variant)
+            model_types.get(variant, variant))
