@@ -298,6 +298,11 @@ def tokenize_request(request: TokenizeRequest, model: str) -> pb.TokenizeRequest
     return tokenize
 
 
+def chat_prompt_tokenize_request(request: ChatCompletionRequest, model: str) -> pb.TokenizeRequest:
+    """The prompt a chat request renders (messages, tools, template options), to be counted."""
+    return pb.TokenizeRequest(model=model, chat=_chat_input(request))
+
+
 def detokenize_request(request: DetokenizeRequest, model: str) -> pb.DetokenizeRequest:
     return pb.DetokenizeRequest(model=model, token_ids=request.tokens)
 

@@ -38,7 +38,13 @@ from facade.protocol_extra import (
     ScoringResponse,
     TokenizeResponse,
 )
-from facade.responses.protocol import DeletedResponse, ResponseObject, ResponseStreamEvent
+from facade.responses.protocol import (
+    DeletedResponse,
+    InputItemList,
+    InputTokens,
+    ResponseObject,
+    ResponseStreamEvent,
+)
 
 REF_PREFIX = "#/components/schemas/"
 
@@ -197,6 +203,18 @@ RESPONSES_RESPONSES = {
 RESPONSE_GET_RESPONSES = {
     200: {"model": ResponseObject, "description": "The stored response, as it was returned."},
     **error_responses(401),
+    404: _RESPONSE_404,
+    503: _STORE_503,
+}
+RESPONSE_INPUT_ITEMS_RESPONSES = {
+    200: {"model": InputItemList, "description": "A page of the stored response's input items."},
+    **error_responses(400, 401),
+    404: _RESPONSE_404,
+    503: _STORE_503,
+}
+INPUT_TOKENS_RESPONSES = {
+    200: {"model": InputTokens, "description": "The input tokens of the Responses request."},
+    **error_responses(400, 401, 413, 499, *_CORE_FAILURES),
     404: _RESPONSE_404,
     503: _STORE_503,
 }

@@ -292,6 +292,23 @@ class ResponseObject(ResponseModel):
     omit_when_none = ("user", "usage")
 
 
+class InputItemList(ResponseModel):
+    """GET /v1/responses/{id}/input_items: a page of a stored response's input items."""
+
+    object: Literal["list"] = "list"
+    data: list[dict[str, Any]]  # items as given, each with an `id` and a `status`
+    has_more: bool
+    first_id: str
+    last_id: str
+
+
+class InputTokens(ResponseModel):
+    """POST /v1/responses/input_tokens."""
+
+    object: Literal["response.input_tokens"] = "response.input_tokens"
+    input_tokens: int
+
+
 class DeletedResponse(ResponseModel):
     id: str
     object: Literal["response"] = "response"

@@ -25,7 +25,7 @@ import logging
 import time
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -48,6 +48,8 @@ class StoredResponse:
 
     response: dict[str, Any]  # the response object (JSON), as GET /v1/responses/{id} returns it
     messages: list[dict[str, Any]]  # chat messages: earlier turns, this input, this output
+    # this request's input as items with ids (GET /v1/responses/{id}/input_items)
+    input_items: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def response_id(self) -> str:
@@ -55,13 +57,15 @@ class StoredResponse:
 
     def to_json(self) -> bytes:
         return json.dumps(
-            {"response": self.response, "messages": self.messages}, separators=(",", ":")
+            {"response": self.response, "messages": self.messages,
+             "input_items": self.input_items}, separators=(",", ":")
         ).encode()
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> StoredResponse:
         data = json.loads(raw)
-        return cls(response=data["response"], messages=data["messages"])
+        return cls(response=data["response"], messages=data["messages"],
+                   input_items=data.get("input_items", []))
 
 
 class ResponseStore(ABC):

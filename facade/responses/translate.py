@@ -128,6 +128,41 @@ def input_messages(request: ResponsesRequest) -> list[dict[str, Any]]:
     return messages
 
 
+_ITEM_ID_PREFIX = {"message": "msg", "function_call": "fc", "function_call_output": "fco",
+                   "reasoning": "rs"}  # fmt: skip
+
+
+def input_item_resources(request: ResponsesRequest) -> list[dict[str, Any]]:
+    """The request's `input` as the item resources GET /v1/responses/{id}/input_items lists:
+    each with an `id` (its own, else a new one) and a `status`; message text as parts."""
+    if isinstance(request.input, str):
+        items: list[Any] = [InputMessage(role="user", content=request.input)]
+    else:
+        items = list(request.input)
+    resources = []
+    for item in items:
+        resource = item.model_dump(mode="json", exclude_none=True)
+        resource["id"] = item.id or new_id(_ITEM_ID_PREFIX[item.type])
+        resource.setdefault("status", "completed")
+        if isinstance(item, InputMessage):
+            resource["content"] = _message_parts(item)
+        resources.append(resource)
+    return resources
+
+
+def _message_parts(message: InputMessage) -> list[dict[str, Any]]:
+    """A message's content as parts: an assistant's as `output_text` (with the annotations and
+    logprobs an output message's parts carry), anyone else's as `input_text`."""
+    if message.role != "assistant":
+        if isinstance(message.content, str):
+            return [{"type": "input_text", "text": message.content}]
+        return [part.model_dump(mode="json", exclude_none=True) for part in message.content]
+    texts = [message.content] if isinstance(message.content, str) else [
+        part.text or part.refusal or "" for part in message.content]
+    return [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+            for text in texts]
+
+
 def output_message(output: list[dict[str, Any]]) -> dict[str, Any]:
     """A response's output items as the one assistant chat message they were."""
     text = "".join(
@@ -141,6 +176,10 @@ def output_message(output: list[dict[str, Any]]) -> dict[str, Any]:
     message: dict[str, Any] = {"role": "assistant", "content": text if text or not calls else None}
     if calls:
         message["tool_calls"] = calls
+    reasoning = "".join(part.get("text", "") for item in output if item.get("type") == "reasoning"
+                        for part in item.get("content") or [])  # fmt: skip
+    if reasoning:
+        message["reasoning_content"] = reasoning  # the template decides whether to show it
     return message
 
 

@@ -157,6 +157,8 @@ def test_responses_bodies_conform(server, case):
     if created.get("store", True):
         fetched = httpx.get(f"{server.base}/v1/responses/{created['id']}", timeout=30)
         _check("Response", fetched.json())
+        items = httpx.get(f"{server.base}/v1/responses/{created['id']}/input_items", timeout=30)
+        _check("ResponseItemList", items.json())
     for event in _events(server, "/v1/responses", {**body, "stream": True}):
         _check("ResponseStreamEvent", event, streamed=True)
 

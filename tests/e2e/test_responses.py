@@ -177,6 +177,23 @@ def test_input_items_and_field_policy(server):
     assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "response_not_found"
 
 
+def test_input_tokens_count_what_the_response_reads(client, server):
+    """POST /v1/responses/input_tokens counts the prompt the same request renders: the
+    instructions, the tools and the previous response's conversation included."""
+    first = client.responses.create(model=MODEL, input=QUESTION, max_output_tokens=4,
+                                    temperature=0)
+    body = {"model": MODEL, "instructions": INSTRUCTIONS, "input": "And in Lima?",
+            "tools": [WEATHER_TOOL], "previous_response_id": first.id}
+    counted = httpx.post(f"{server.base}/v1/responses/input_tokens", json=body, timeout=60)
+    assert counted.status_code == 200, counted.text
+    assert counted.json()["object"] == "response.input_tokens"
+    second = client.responses.create(**body, max_output_tokens=4, temperature=0)
+    assert counted.json()["input_tokens"] == second.usage.input_tokens
+    bad = httpx.post(f"{server.base}/v1/responses/input_tokens",
+                     json={**body, "previous_response_id": "resp_nope"}, timeout=60)
+    assert bad.status_code == 404 and bad.json()["error"]["param"] == "previous_response_id"
+
+
 @needs_tool_calling
 @pytest.mark.parametrize("stream", [False, True])
 def test_forced_tool_choice_gives_function_calls_whose_arguments_validate(client, stream):

@@ -33,3 +33,32 @@ def test_spec_features_tandem_does_not_do_are_unsupported(facade_url, extra, par
     assert reply.status_code == 400, reply.text
     error = reply.json()["error"]
     assert error["code"] == "unsupported_parameter" and error["param"] == param
+
+
+def test_input_items_list_the_stored_input(facade_url):
+    from tests.contract.openai_schema import violations
+
+    items = [{**REPLAYED[0], "id": "msg_mine"}, *REPLAYED[1:]]
+    created = httpx.post(f"{facade_url}/v1/responses", timeout=30,
+                         json={"model": "echo", "input": items}).json()
+    url = f"{facade_url}/v1/responses/{created['id']}/input_items"
+    listing = httpx.get(url, params={"order": "asc"}, timeout=30).json()
+    assert violations("ResponseItemList", listing) == []
+    data = listing["data"]
+    assert [item["type"] for item in data] == [
+        "message", "reasoning", "function_call", "function_call_output", "message"]
+    assert data[0]["id"] == "msg_mine" and len({item["id"] for item in data}) == 5
+    assert data[0]["content"] == [{"type": "input_text", "text": "one two three"}]
+    assert all(item["status"] == "completed" for item in data)
+    assert (listing["first_id"], listing["last_id"], listing["has_more"]) == (
+        data[0]["id"], data[-1]["id"], False)
+    # OpenAI's default order is newest first; limit and after page through it
+    newest = httpx.get(url, params={"limit": 2}, timeout=30).json()
+    assert [i["id"] for i in newest["data"]] == [i["id"] for i in data[::-1][:2]]
+    assert newest["has_more"] is True
+    rest = httpx.get(url, params={"after": newest["last_id"]}, timeout=30).json()
+    assert [i["id"] for i in rest["data"]] == [i["id"] for i in data[::-1][2:]]
+    bad = httpx.get(url, params={"after": "msg_nope"}, timeout=30)
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "after"
+    assert httpx.get(f"{facade_url}/v1/responses/resp_nope/input_items",
+                     timeout=30).status_code == 404
