@@ -38,6 +38,7 @@ class Tokenizer:
 
         transformers_logging.set_verbosity_error()  # length checks are ours, not its warnings
 
+        self.model_dir = Path(model_dir)  # where its files are (GetTokenizer streams them)
         self._tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
         self.special_ids = frozenset(self._tokenizer.all_special_ids)
         self.vocab_size = len(self._tokenizer)

@@ -40,6 +40,7 @@ from core.service.served_models import (
     load_embedding,
     load_generative,
 )
+from core.service.tokenizer_files import tokenizer_chunks
 from tandem.limits import MAX_CHOICES
 from tandem.logs import request_id_var  # the shared log format (stdlib only)
 from tandem.v1 import inference_pb2 as pb
@@ -190,6 +191,15 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         model = self._model(request.model, pb.CAPABILITY_GENERATE)
         freed = await asyncio.wrap_future(model.generator.clear_prefix_cache())
         return pb.ResetPrefixCacheResponse(num_pages_freed=freed)
+
+    async def GetTokenizer(self, request: pb.GetTokenizerRequest, context):
+        try:
+            model = self._model(request.model)
+        except TandemError as exc:
+            await context.abort_with_status(exc.to_grpc_status())
+            return
+        for chunk in await asyncio.to_thread(list, tokenizer_chunks(model.tokenizer.model_dir)):
+            yield chunk
 
     @_typed_errors
     async def Score(self, request: pb.ScoreRequest, context):

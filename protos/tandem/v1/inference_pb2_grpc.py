@@ -87,6 +87,11 @@ class InferenceStub:
                 request_serializer=tandem_dot_v1_dot_inference__pb2.ResetPrefixCacheRequest.SerializeToString,
                 response_deserializer=tandem_dot_v1_dot_inference__pb2.ResetPrefixCacheResponse.FromString,
                 _registered_method=True)
+        self.GetTokenizer = channel.unary_stream(
+                '/tandem.v1.Inference/GetTokenizer',
+                request_serializer=tandem_dot_v1_dot_inference__pb2.GetTokenizerRequest.SerializeToString,
+                response_deserializer=tandem_dot_v1_dot_inference__pb2.GetTokenizerResponse.FromString,
+                _registered_method=True)
 
 
 class InferenceServicer:
@@ -169,6 +174,14 @@ class InferenceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetTokenizer(self, request, context):
+        """The files of one model's tokenizer and chat template, each with its SHA-256, so that a
+        gateway can tokenize and render prompts exactly as the core does.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InferenceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -221,6 +234,11 @@ def add_InferenceServicer_to_server(servicer, server):
                     servicer.ResetPrefixCache,
                     request_deserializer=tandem_dot_v1_dot_inference__pb2.ResetPrefixCacheRequest.FromString,
                     response_serializer=tandem_dot_v1_dot_inference__pb2.ResetPrefixCacheResponse.SerializeToString,
+            ),
+            'GetTokenizer': grpc.unary_stream_rpc_method_handler(
+                    servicer.GetTokenizer,
+                    request_deserializer=tandem_dot_v1_dot_inference__pb2.GetTokenizerRequest.FromString,
+                    response_serializer=tandem_dot_v1_dot_inference__pb2.GetTokenizerResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -496,6 +514,33 @@ class Inference:
             '/tandem.v1.Inference/ResetPrefixCache',
             tandem_dot_v1_dot_inference__pb2.ResetPrefixCacheRequest.SerializeToString,
             tandem_dot_v1_dot_inference__pb2.ResetPrefixCacheResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTokenizer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/tandem.v1.Inference/GetTokenizer',
+            tandem_dot_v1_dot_inference__pb2.GetTokenizerRequest.SerializeToString,
+            tandem_dot_v1_dot_inference__pb2.GetTokenizerResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -80,6 +80,10 @@ class InferenceStub:
     """
     ResetPrefixCache: _grpc.UnaryUnaryMultiCallable[_inference_pb2.ResetPrefixCacheRequest, _inference_pb2.ResetPrefixCacheResponse]
     """Evict every prefix-cache block no request holds (their events follow on SubscribeKvEvents)."""
+    GetTokenizer: _grpc.UnaryStreamMultiCallable[_inference_pb2.GetTokenizerRequest, _inference_pb2.GetTokenizerResponse]
+    """The files of one model's tokenizer and chat template, each with its SHA-256, so that a
+    gateway can tokenize and render prompts exactly as the core does.
+    """
 
 @_typing.type_check_only
 class InferenceAsyncStub(InferenceStub):
@@ -116,6 +120,10 @@ class InferenceAsyncStub(InferenceStub):
     """
     ResetPrefixCache: _aio.UnaryUnaryMultiCallable[_inference_pb2.ResetPrefixCacheRequest, _inference_pb2.ResetPrefixCacheResponse]  # type: ignore[assignment]
     """Evict every prefix-cache block no request holds (their events follow on SubscribeKvEvents)."""
+    GetTokenizer: _aio.UnaryStreamMultiCallable[_inference_pb2.GetTokenizerRequest, _inference_pb2.GetTokenizerResponse]  # type: ignore[assignment]
+    """The files of one model's tokenizer and chat template, each with its SHA-256, so that a
+    gateway can tokenize and render prompts exactly as the core does.
+    """
 
 class InferenceServicer(metaclass=_abc_1.ABCMeta):
     """The inference API of the model core. Its name predates the buf STANDARD lint rules and is part
@@ -209,5 +217,15 @@ class InferenceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_inference_pb2.ResetPrefixCacheResponse, _abc.Awaitable[_inference_pb2.ResetPrefixCacheResponse]]:
         """Evict every prefix-cache block no request holds (their events follow on SubscribeKvEvents)."""
+
+    @_abc_1.abstractmethod
+    def GetTokenizer(
+        self,
+        request: _inference_pb2.GetTokenizerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_inference_pb2.GetTokenizerResponse], _abc.AsyncIterator[_inference_pb2.GetTokenizerResponse]]:
+        """The files of one model's tokenizer and chat template, each with its SHA-256, so that a
+        gateway can tokenize and render prompts exactly as the core does.
+        """
 
 def add_InferenceServicer_to_server(servicer: InferenceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -416,3 +416,44 @@ async def test_get_load_reports_every_engine_and_follows_the_queue(core, monkeyp
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.GetLoad(pb.GetLoadRequest(model="no-such-model"))
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_get_tokenizer_streams_files_a_gateway_tokenizes_with(core, tmp_path, monkeypatch):
+    """The reassembled files equal the model directory's, each chunk carries its file's
+    SHA-256, and a tokenizer loaded from them tokenizes text and chats exactly as the core."""
+    import hashlib
+
+    from transformers import AutoTokenizer
+
+    from core.service import tokenizer_files
+
+    monkeypatch.setattr(tokenizer_files, "CHUNK_BYTES", 4096)  # several chunks per big file
+    server, stub, _ = core
+    files: dict[str, bytearray] = {}
+    chunks = [chunk async for chunk in stub.GetTokenizer(pb.GetTokenizerRequest())]
+    for chunk in chunks:
+        data = files.setdefault(chunk.file_name, bytearray())
+        assert chunk.offset_bytes == len(data) and len(chunk.data) <= 4096
+        data += chunk.data
+        assert chunk.last_chunk == (len(data) == chunk.size_bytes)
+    model_dir = server.config.model_dir
+    assert "tokenizer.json" in files and "config.json" not in files
+    assert list(files) == sorted(files)
+    for name, data in files.items():
+        assert bytes(data) == (model_dir / name).read_bytes()
+        assert {c.sha256 for c in chunks if c.file_name == name} == {
+            hashlib.sha256(data).hexdigest()}
+    assert sum(c.file_name == "tokenizer.json" for c in chunks) > 1
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    gateway = AutoTokenizer.from_pretrained(str(tmp_path), local_files_only=True)
+    messages = [{"role": "user", "content": "Hello there, tokenizer!"}]
+    chat = pb.ChatInput(messages=[pb.ChatMessage(role="user", content=[pb.ContentPart(
+        text=messages[0]["content"])])])
+    core_ids = (await stub.Tokenize(pb.TokenizeRequest(chat=chat))).token_ids
+    rendered = gateway.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    assert list(core_ids) == gateway(rendered, add_special_tokens=False)["input_ids"]
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        async for _ in stub.GetTokenizer(pb.GetTokenizerRequest(model="nope")):
+            pass
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
