@@ -25,7 +25,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from core.model_config import ConfigError
+from core.model_config import (
+    CROSS_ENCODER_ARCHITECTURES,
+    ConfigError,
+    is_cross_encoder_config,
+)
 from core.models.bert import (
     IGNORED_TENSORS,
     BertConfig,
@@ -38,7 +42,7 @@ from core.models.bert import (
     fill_parameters,
 )
 
-SUPPORTED_ARCHITECTURES = ("BertForSequenceClassification",)
+SUPPORTED_ARCHITECTURES = CROSS_ENCODER_ARCHITECTURES
 # sentence-transformers' activation class names (the last part of a torch path) → ours
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "Sigmoid": jax.nn.sigmoid,
@@ -57,11 +61,6 @@ class CrossEncoderConfig:
     num_labels: int  # classifier outputs (a reranker has one)
     activation: str  # a key of ACTIVATIONS, applied to the logits
     max_seq_len_tokens: int  # pairs are truncated to this many tokens (longest first)
-
-
-def is_cross_encoder_config(raw: dict) -> bool:
-    """A config.json of a sequence-classification BERT."""
-    return bool(set(raw.get("architectures") or []) & set(SUPPORTED_ARCHITECTURES))
 
 
 def read_cross_encoder_config(model_dir: Path) -> CrossEncoderConfig:

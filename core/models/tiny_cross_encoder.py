@@ -1,6 +1,6 @@
 """A tiny random BERT cross-encoder checkpoint (`BertForSequenceClassification`) for tests.
 
-Owns: its config (2 layers of width 32, 64 positions, one label), a WordPiece tokenizer trained
+Owns: its config (2 layers of width 32, 32 positions, one label), a WordPiece tokenizer trained
 locally on the tiny models' corpus (`[CLS] query [SEP] document [SEP]`, with the document's
 token type 1, as BERT tokenizers do for pairs), and deterministic random weights named as
 Hugging Face names them, written with safetensors. The weights are scaled so that different
@@ -21,7 +21,7 @@ from core.models.tiny import _CORPUS
 PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
 VOCAB_TARGET = 600
 DIMS = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-            max_position_embeddings=64)
+            max_position_embeddings=32)
 # sentence-transformers' own names of the activations a cross-encoder config may record
 ACTIVATION_PATHS = {"sigmoid": "torch.nn.modules.activation.Sigmoid",
                     "identity": "torch.nn.modules.linear.Identity",

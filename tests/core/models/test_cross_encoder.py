@@ -1,7 +1,7 @@
 """The BERT cross-encoder against sentence-transformers' `CrossEncoder.predict`.
 
 One tiny random `BertForSequenceClassification` (core/models/tiny_cross_encoder.py, with its own
-WordPiece tokenizer) is scored on varied pairs — a pair longer than the model's 64 positions
+WordPiece tokenizer) is scored on varied pairs — a pair longer than the model's 32 positions
 truncated as sentence-transformers truncates it, padded and packed batches — within 1e-4 of
 `CrossEncoder.predict`, with the same ranking; the activation recorded in config.json is
 honoured; the loader's refusals.
@@ -64,7 +64,7 @@ def test_scores_match_sentence_transformers_cross_encoder(checkpoint):
     for packed in (False, True):
         ours, config = _ours(checkpoint, pairs, packed)
         assert config.activation == "Sigmoid" and config.num_labels == 1
-        assert config.max_seq_len_tokens == 64
+        assert config.max_seq_len_tokens == 32
         np.testing.assert_allclose(ours, reference, atol=1e-4, rtol=0)
         assert list(np.argsort(-ours)) == list(np.argsort(-reference))
     assert np.ptp(reference) > 0.1  # the random weights tell the pairs apart
