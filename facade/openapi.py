@@ -147,8 +147,9 @@ EMBEDDING_RESPONSES = {
 }
 SCORE_RESPONSES = {
     200: {
-        "model": ScoringResponse,
-        "description": "Per item, one score per label token id (request order).",
+        "model": ScoringResponse | ScoreTextsResponse,
+        "description": "SGLang's form: per item, one score per label token id (request order). "
+        "vLLM's cross-encoder form (a body with `text_1`): one score per pair, in pair order.",
     },
     **error_responses(400, 401, 404, 413, 499, *_CORE_FAILURES),
 }

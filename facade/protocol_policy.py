@@ -125,6 +125,8 @@ _WHY = {
     "truncation": "only truncation 'disabled' is supported: an input over the context is a 400.",
     "response_format": "use text.format on /v1/responses.",
     "background": "background responses are not supported.",
+    "max_tokens_per_doc": "each (query, document) pair is cut to the model's length; leave it "
+    "unset.",
 }
 
 

@@ -2,7 +2,8 @@
 serve`, whose `--rerank-model` is the tiny random BERT cross-encoder the project's own script
 writes (core/models/tiny_cross_encoder.py).
 
-/v1/rerank and /rerank (Jina / Cohere v1 shape) and vLLM's /score text_1 / text_2 give the scores
+/v1/rerank and /rerank (Jina / Cohere v1 shape) and vLLM's text_1 / text_2 form (at /score, and
+at /v1/score next to SGLang's form) give the scores
 of sentence-transformers' `CrossEncoder.predict` on the same checkpoint within 1e-4, in its
 ranking, pairs longer than the model truncated alike; /v2/rerank through Cohere's own SDK
 (`cohere.ClientV2.rerank`); the Rerank RPC itself; and the errors, each a 400 naming its
@@ -109,7 +110,7 @@ def test_score_text_pairs_vllm_form(http, reference):
     assert [d["index"] for d in one_to_many["data"]] == list(range(len(DOCUMENTS)))
     np.testing.assert_allclose([d["score"] for d in one_to_many["data"]], expected, atol=1e-4)
     firsts = ["cats", "The lazy dog", "42"]
-    pairwise = _ok(http.post("/score", json={"text_1": firsts, "text_2": DOCUMENTS[:3]}))
+    pairwise = _ok(http.post("/v1/score", json={"text_1": firsts, "text_2": DOCUMENTS[:3]}))
     np.testing.assert_allclose([d["score"] for d in pairwise["data"]],
                                reference(list(zip(firsts, DOCUMENTS[:3], strict=True))),
                                atol=1e-4)
@@ -142,7 +143,8 @@ def test_rerank_rpc(server, reference):
      None),
     ("/v1/rerank", {"query": "q", "documents": ["a"], "top_n": 0}, 400, "top_n", None),
     ("/v2/rerank", {"query": "q", "documents": ["a"], "top_n": -1}, 400, "top_n", None),
-    ("/v1/rerank", {"query": "q", "documents": [{"title": "no text"}]}, 400, "documents", None),
+    ("/v1/rerank", {"query": "q", "documents": [{"title": "no text"}]}, 400, "documents[0]",
+     None),
     ("/v2/rerank", {"query": "q", "documents": ["a"], "max_tokens_per_doc": 8}, 400,
      "max_tokens_per_doc", "unsupported_parameter"),
     ("/v1/rerank", {"model": MODEL, "query": "q", "documents": ["a"]}, 400, "model",
@@ -151,6 +153,7 @@ def test_rerank_rpc(server, reference):
      "model_not_found"),
     ("/score", {"text_1": ["a", "b"], "text_2": ["c", "d", "e"]}, 400, "text_1", None),
     ("/score", {"text_1": "a", "text_2": []}, 400, "text_2", None),
+    ("/v1/score", {"text_1": "", "text_2": ["a"]}, 400, "text_1", None),
 ])
 def test_errors_name_the_parameter(http, path, body, status, param, code):
     response = http.post(path, json=body)
