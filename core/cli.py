@@ -50,6 +50,12 @@ def _add_core_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--embedding-model-name", default="",
                         help="its model id (default: all-MiniLM-L6-v2 for the bundled model, "
                              "else the directory name)")
+    parser.add_argument("--rerank-model", type=Path, default=None,
+                        help="a cross-encoder served for rerank (/v1/rerank, /v2/rerank, "
+                             "/score): a BertForSequenceClassification directory with one "
+                             "label (default: none)")
+    parser.add_argument("--rerank-model-name", default="",
+                        help="its model id (default: the directory name)")
     parser.add_argument("--decoder-pooling", choices=("last", "mean"), default=None,
                         help="let the main (decoder) model embed too: its final hidden states "
                              "pooled at the last token or averaged, then normalized (default: "
@@ -167,6 +173,9 @@ def run_core(args: argparse.Namespace) -> None:
     config = ServerConfig(model_dir=Path(model_dir), model_name=name or Path(model_dir).name,
                           embedding_model_dir=embedding_dir,
                           embedding_model_name=embedding_name,
+                          rerank_model_dir=args.rerank_model,
+                          rerank_model_name=(args.rerank_model_name or args.rerank_model.name
+                                             if args.rerank_model else ""),
                           decoder_pooling=args.decoder_pooling,
                           host=args.grpc_host, grpc_port=args.grpc_port, engine=engine,
                           metrics_port=args.metrics_port,

@@ -307,6 +307,8 @@ class ServerConfig:
     trust_request_chat_template: bool = False  # let requests bring their own Jinja template
     embedding_model_dir: Path | None = None  # a second model served for Embed; None: none
     embedding_model_name: str = ""  # its id; empty: the directory's name
+    rerank_model_dir: Path | None = None  # a cross-encoder served for Rerank; None: none
+    rerank_model_name: str = ""  # its id; empty: the directory's name
     decoder_pooling: str | None = None  # "last" or "mean": the main decoder embeds too
     tool_call_parser: str = "auto"  # tool-call syntax of the main model ("auto": its template)
     reasoning_parser: str = "auto"  # think-block syntax of the main model ("auto": its template)

@@ -17,6 +17,7 @@ SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCa
                            "Gemma3ForConditionalGeneration")  # the last: its text part only
 SUPPORTED_DTYPES = ("float32", "bfloat16")
 ENCODER_ARCHITECTURES = ("BertModel", "BertForMaskedLM", "BertForPreTraining")
+CROSS_ENCODER_ARCHITECTURES = ("BertForSequenceClassification",)
 
 
 class ConfigError(ValueError):
@@ -154,8 +155,14 @@ def read_hf_config(model_dir: Path) -> dict:
 
 def is_encoder_config(raw: dict) -> bool:
     """A BERT-family checkpoint (served for Embed only) rather than a decoder."""
-    return bool(set(raw.get("architectures") or []) & set(ENCODER_ARCHITECTURES)) or (
-        raw.get("model_type") == "bert")
+    return not is_cross_encoder_config(raw) and (
+        bool(set(raw.get("architectures") or []) & set(ENCODER_ARCHITECTURES))
+        or raw.get("model_type") == "bert")
+
+
+def is_cross_encoder_config(raw: dict) -> bool:
+    """A BERT cross-encoder checkpoint (served for Rerank only)."""
+    return bool(set(raw.get("architectures") or []) & set(CROSS_ENCODER_ARCHITECTURES))
 
 
 def _rope_settings(raw: dict) -> tuple[float, RopeScaling | None]:

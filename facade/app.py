@@ -35,7 +35,17 @@ from facade.metrics import router as metrics_router
 from facade.middleware import REQUEST_ID_HEADER, BodySizeLimitMiddleware, RequestIdMiddleware
 from facade.openapi import install_openapi
 from facade.responses.store import ResponseStore, make_store
-from facade.routes import chat, completions, embeddings, health, models, responses, score, tokenize
+from facade.routes import (
+    chat,
+    completions,
+    embeddings,
+    health,
+    models,
+    rerank,
+    responses,
+    score,
+    tokenize,
+)
 from facade.settings import FacadeSettings
 from tandem.v1.inference_pb2_grpc import InferenceStub
 
@@ -162,7 +172,8 @@ def create_app(settings: FacadeSettings | None = None) -> FastAPI:
     app.add_exception_handler(ApiError, _on_api_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
-    for module in (chat, completions, responses, embeddings, score, tokenize, models, health):
+    for module in (chat, completions, responses, embeddings, score, rerank, tokenize, models,
+                   health):
         app.include_router(module.router)
     app.include_router(metrics_router)
     install_openapi(app)

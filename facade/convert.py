@@ -430,3 +430,16 @@ def echo_logprobs(entries: Sequence[pb.TokenLogprob], num_top: int) -> Completio
     logprobs.top_logprobs = [top if top is None else dict(list(top.items())[:num_top])
                              for top in logprobs.top_logprobs]
     return logprobs
+
+
+def check_rerank_results(reply: pb.RerankResponse, num_documents: int, top_n: int | None
+                         ) -> None:
+    """A Rerank reply must hold min(documents, top_n) distinct in-range results with finite
+    scores; anything else is a core bug → 500."""
+    expected = min(num_documents, top_n) if top_n else num_documents
+    indexes = [result.index for result in reply.results]
+    if len(indexes) != expected or len(set(indexes)) != expected or any(
+            index >= num_documents for index in indexes):
+        raise internal_error(f"The core returned {len(indexes)} rerank results for "
+                             f"{num_documents} documents (top_n {top_n}).")
+    finite_floats((result.relevance_score for result in reply.results), "relevance score")

@@ -38,6 +38,7 @@ from facade.protocol_extra import (
     ScoringResponse,
     TokenizeResponse,
 )
+from facade.protocol_rerank import RerankResponse, RerankV2Response, ScoreTextsResponse
 from facade.responses.protocol import (
     DeletedResponse,
     InputItemList,
@@ -153,8 +154,30 @@ EMBEDDING_RESPONSES = {
 }
 SCORE_RESPONSES = {
     200: {
-        "model": ScoringResponse,
-        "description": "Per item, one score per label token id (request order).",
+        "model": ScoringResponse | ScoreTextsResponse,
+        "description": "SGLang's form: per item, one score per label token id (request order). "
+        "vLLM's cross-encoder form (a body with `text_1`): one score per pair, in pair order.",
+    },
+    **error_responses(400, 401, 404, 413, 499, *_CORE_FAILURES),
+}
+RERANK_RESPONSES = {
+    200: {
+        "model": RerankResponse,
+        "description": "The documents by relevance to the query, best first (at most top_n).",
+    },
+    **error_responses(400, 401, 404, 413, 499, *_CORE_FAILURES),
+}
+RERANK_V2_RESPONSES = {
+    200: {
+        "model": RerankV2Response,
+        "description": "Cohere v2's shape: the documents by relevance, best first.",
+    },
+    **error_responses(400, 401, 404, 413, 499, *_CORE_FAILURES),
+}
+SCORE_TEXTS_RESPONSES = {
+    200: {
+        "model": ScoreTextsResponse,
+        "description": "One cross-encoder score per (text_1, text_2) pair, in pair order.",
     },
     **error_responses(400, 401, 404, 413, 499, *_CORE_FAILURES),
 }

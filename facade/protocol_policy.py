@@ -83,6 +83,13 @@ _REFUSED_COMPLETIONS: dict[str, Callable[[Any], bool]] = {
 _REFUSED_POOLING: dict[str, Callable[[Any], bool]] = {
     "truncate_prompt_tokens": _is_null,
 }
+# rerank and /score: fields of Cohere's and vLLM's that would change the scores.
+_REFUSED_RERANK: dict[str, Callable[[Any], bool]] = {
+    **_REFUSED_POOLING,
+    "max_tokens_per_doc": _is_null,  # Cohere v2: pairs are cut to the model's length instead
+    "rank_fields": _is_null,  # Cohere v1: documents are texts or {"text": ...}
+    "max_chunks_per_doc": _is_null,  # Cohere v1
+}
 # /v1/responses: the chat table (it runs through the chat pipeline) plus its own fields.
 _REFUSED_RESPONSES: dict[str, Callable[[Any], bool]] = {
     **_REFUSED_CHAT,
@@ -101,6 +108,7 @@ _REFUSED_BY_KIND: dict[str, dict[str, Callable[[Any], bool]]] = {
     "completions": _REFUSED_COMPLETIONS,
     "embeddings": _REFUSED_POOLING,
     "score": _REFUSED_POOLING,
+    "rerank": _REFUSED_RERANK,
     "responses": _REFUSED_RESPONSES,
     "tokenize": {},
 }
@@ -117,6 +125,8 @@ _WHY = {
     "truncation": "only truncation 'disabled' is supported: an input over the context is a 400.",
     "response_format": "use text.format on /v1/responses.",
     "background": "background responses are not supported.",
+    "max_tokens_per_doc": "each (query, document) pair is cut to the model's length; leave it "
+    "unset.",
 }
 
 
@@ -127,7 +137,8 @@ def _refused_message(name: str) -> str:
 def apply_field_policy(request: BaseModel, kind: str) -> list[str]:
     """Refuse a field that cannot be honoured (400); return the sorted ignored fields set.
 
-    `kind` is "chat", "completions", "embeddings", "score", "responses" or "tokenize". A field
+    `kind` is "chat", "completions", "embeddings", "score", "rerank", "responses" or
+    "tokenize". A field
     counts as set when the client sent it with a non-null value; unknown fields (in neither
     OpenAI's nor vLLM's API) count as ignored.
     """

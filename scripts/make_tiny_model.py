@@ -3,8 +3,10 @@
     python scripts/make_tiny_model.py OUT_DIR
         [--variant llama|llama3|mistral|qwen2|qwen3|gemma3|all] [--dtype float32|bfloat16]
         [--shards N] [--seed S] [--size tiny|demo|bench|1b]
+    python scripts/make_tiny_model.py OUT_DIR --variant bert-cross-encoder [--seed S]
 
-With --variant all, each variant goes to OUT_DIR/<variant>.
+With --variant all, each decoder variant goes to OUT_DIR/<variant>. bert-cross-encoder writes a
+tiny BertForSequenceClassification reranker (core/models/tiny_cross_encoder.py; float32 only).
 """
 
 from __future__ import annotations
@@ -16,12 +18,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, no install
 
 from core.models.tiny import ALL_VARIANTS, DTYPES, SIZES, write_tiny_model  # noqa: E402
+from core.models.tiny_cross_encoder import write_tiny_cross_encoder  # noqa: E402
+
+CROSS_ENCODER = "bert-cross-encoder"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out_dir", type=Path)
-    parser.add_argument("--variant", choices=[*ALL_VARIANTS, "all"], default="llama")
+    parser.add_argument("--variant", choices=[*ALL_VARIANTS, CROSS_ENCODER, "all"],
+                        default="llama")
     parser.add_argument("--dtype", choices=list(DTYPES), default="float32")
     parser.add_argument("--shards", type=int, default=1, help="number of safetensors shards")
     parser.add_argument("--seed", type=int, default=0)
@@ -29,6 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.shards < 1:
         parser.error("--shards must be >= 1")
+    if args.variant == CROSS_ENCODER:
+        print(write_tiny_cross_encoder(args.out_dir, seed=args.seed))
+        return 0
     variants = ALL_VARIANTS if args.variant == "all" else (args.variant,)
     for variant in variants:
         out = args.out_dir / variant if args.variant == "all" else args.out_dir

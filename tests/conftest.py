@@ -82,6 +82,17 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
     return {variant: write_tiny_model(root / variant, variant, seed=0) for variant in VARIANTS}
 
 
+RERANK_MODEL = "tiny-reranker"  # the `server` fixture's reranking model id
+
+
+@pytest.fixture(scope="session")
+def tiny_cross_encoder(tmp_path_factory) -> Path:
+    """The tiny random BERT cross-encoder (core/models/tiny_cross_encoder.py), once a session."""
+    from core.models.tiny_cross_encoder import write_tiny_cross_encoder
+
+    return write_tiny_cross_encoder(tmp_path_factory.mktemp("tiny-cross-encoder"))
+
+
 @dataclass
 class InProcessCore:
     # core.service.server.CoreServer, running in this process (its engine is reachable)
@@ -243,8 +254,9 @@ def server_buckets_stored() -> bool:
 
 
 @pytest.fixture(scope="session")
-def server(tiny_models, tmp_path_factory):
-    """`tandem serve` on free ports, once per session; ready once /ready says the core is."""
+def server(tiny_models, tiny_cross_encoder, tmp_path_factory):
+    """`tandem serve` on free ports, once per session; ready once /ready says the core is. It
+    serves the tiny Llama, the bundled MiniLM and the tiny cross-encoder (for rerank)."""
     log_dir = tmp_path_factory.mktemp("serve")
 
     def start() -> tuple[subprocess.Popen, Served]:
@@ -255,6 +267,7 @@ def server(tiny_models, tmp_path_factory):
                 [sys.executable, "-m", "core.cli", "serve", "--model", str(tiny_models["llama"]),
                  "--served-model-name", MODEL, "--port", str(http_port),
                  "--grpc-port", str(grpc_port), *SERVER_ENGINE_FLAGS,
+                 "--rerank-model", str(tiny_cross_encoder), "--rerank-model-name", RERANK_MODEL,
                  "--metrics-port", str(metrics_port)],
                 stdout=log_file, stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parents[1],
                 env=core_env())

@@ -7,9 +7,10 @@ inputs → OVERLOADED) and its `EmbeddingBuckets`. Validating an Embed request a
 reply (`dimensions`) is the service's (`core/service/embed.py`).
 
 The forward is model-agnostic: `forward(params, token_ids [b, t], attention_mask [b, t]
-[, num_packed_tokens]) → [b, d]` pooled (and, if the model says so, normalized) vectors — a
-BERT-family encoder (`core/models/bert.py`) or a decoder's hidden states pooled
-(`core/models/llama.py`).
+[, token_type_ids [b, t]][, num_packed_tokens]) → [b, d]` pooled (and, if the model says so,
+normalized) vectors — a BERT-family encoder (`core/models/bert.py`) or a decoder's hidden states
+pooled (`core/models/llama.py`) — or, for a cross-encoder (`core/models/cross_encoder.py`, built
+with `uses_token_types`), each pair's scores [b, labels].
 """
 
 from __future__ import annotations
@@ -88,6 +89,7 @@ class _Job:
 
     token_ids: list[list[int]]
     future: concurrent.futures.Future
+    token_type_ids: list[list[int]] | None = None  # per input, as long as its token ids
     vectors: list[np.ndarray | None] = field(default_factory=list)
     num_done: int = 0
 
@@ -96,9 +98,12 @@ class EmbeddingEngine(EngineThread):
     """Embeds token-id lists for every submission on one thread, in bucketed batched calls."""
 
     def __init__(self, forward: Callable, params, dimensions: int, buckets: EmbeddingBuckets,
-                 static: str, pad_token_id: int = 0, max_pending_inputs: int = 4 * MAX_INPUTS):
+                 static: str, pad_token_id: int = 0, max_pending_inputs: int = 4 * MAX_INPUTS,
+                 uses_token_types: bool = False):
         """`static` names everything `forward` depends on besides its arguments (the model's
-        config and pooling): it keys the stored executables (core/engine/executables.py)."""
+        config and pooling): it keys the stored executables (core/engine/executables.py).
+        `uses_token_types`: `forward` takes token type ids after the mask (a cross-encoder's
+        pair segments), and every submission brings them."""
         super().__init__("tandem-embed")
         self.dimensions = dimensions  # the model's embedding size
         self._static = static
@@ -107,12 +112,13 @@ class EmbeddingEngine(EngineThread):
         self._pad_token_id = pad_token_id
         self.num_compilations = 0
         self.compilations_at_warmup = 0
+        self.uses_token_types = uses_token_types
 
-        def traced(params, token_ids, attention_mask, num_packed_tokens):
+        def traced(params, *arrays, num_packed_tokens):  # arrays: ids, mask[, token types]
             self.num_compilations += 1  # runs only while tracing
             if num_packed_tokens is None:
-                return forward(params, token_ids, attention_mask)
-            return forward(params, token_ids, attention_mask, num_packed_tokens)
+                return forward(params, *arrays)
+            return forward(params, *arrays, num_packed_tokens)
 
         self._traced = traced
         self._forward = jax.jit(traced, static_argnames=("num_packed_tokens",))
@@ -143,10 +149,11 @@ class EmbeddingEngine(EngineThread):
         """Compile every call shape (in parallel; loaded from the executable store when it has
         them), then run the smallest once."""
         shapes = self.buckets.shapes()
+        num_arrays = 3 if self.uses_token_types else 2
         jobs = [executables.CompileJob(
             f"embedding {rows}×{length} packed {packed}",
             jax.jit(functools.partial(self._traced, num_packed_tokens=packed)),
-            (self._params, np.zeros((rows, length), np.int32), np.zeros((rows, length), np.int32)),
+            (self._params, *[np.zeros((rows, length), np.int32)] * num_arrays),
             self._static) for rows, length, packed in shapes]
 
         def report(index: int, job: executables.CompileJob, seconds: float, loaded: bool):
@@ -156,12 +163,17 @@ class EmbeddingEngine(EngineThread):
         compiled = executables.compile_all(jobs, on_done=report)
         self._executables = dict(zip(shapes, compiled, strict=True))
         rows, length, packed = shapes[0]
-        self._run(np.zeros((rows, length), np.int32), np.zeros((rows, length), np.int32), packed)
+        self._run([np.zeros((rows, length), np.int32)] * num_arrays, packed)
         self.compilations_at_warmup = self.num_compilations
 
-    def submit(self, token_ids: list[list[int]]) -> concurrent.futures.Future:
+    def submit(self, token_ids: list[list[int]],
+               token_type_ids: list[list[int]] | None = None) -> concurrent.futures.Future:
         """A future of float32 [inputs, dimensions]; cancel it to drop the unstarted work.
-        Raises Unavailable when shutting down, Overloaded when too many inputs wait."""
+        `token_type_ids` (one list per input, as long as its ids): required when the engine
+        `uses_token_types`, refused otherwise. Raises Unavailable when shutting down,
+        Overloaded when too many inputs wait."""
+        if (token_type_ids is not None) != self.uses_token_types:
+            raise ValueError("token_type_ids must be given exactly when the forward takes them")
         self._check_admitting()
         with self._lock:
             if self._num_pending_inputs + len(token_ids) > self.max_pending_inputs:
@@ -170,7 +182,8 @@ class EmbeddingEngine(EngineThread):
             if self._num_pending_inputs == 0:  # an idle engine's clock starts with this work
                 self._note_progress()
             self._num_pending_inputs += len(token_ids)
-        job = _Job(token_ids, concurrent.futures.Future(), [None] * len(token_ids))
+        job = _Job(token_ids, concurrent.futures.Future(), token_type_ids,
+                   [None] * len(token_ids))
         self._post(job)
         return job.future
 
@@ -215,12 +228,16 @@ class EmbeddingEngine(EngineThread):
         rows = bucket(self.buckets.batch_sizes, len(batch))
         token_ids = np.full((rows, length), self._pad_token_id, np.int32)
         mask = np.zeros((rows, length), np.int32)
+        types = np.zeros((rows, length), np.int32) if self.uses_token_types else None
         for row, (job, index) in enumerate(batch):
             ids = job.token_ids[index]
             token_ids[row, :len(ids)] = ids
             mask[row, :len(ids)] = 1
+            if types is not None:
+                types[row, :len(ids)] = job.token_type_ids[index]
         packed = self.buckets.packed_tokens(rows, length, int(mask.sum()))
-        vectors = self._run(token_ids, mask, packed)
+        arrays = [token_ids, mask] if types is None else [token_ids, mask, types]
+        vectors = self._run(arrays, packed)
         for row, (job, index) in enumerate(batch):
             job.vectors[index] = vectors[row]
             job.num_done += 1
@@ -231,12 +248,13 @@ class EmbeddingEngine(EngineThread):
         with self._lock:
             self._num_pending_inputs -= num_inputs
 
-    def _run(self, token_ids: np.ndarray, mask: np.ndarray, packed: int | None) -> np.ndarray:
-        compiled = self._executables.get((*token_ids.shape, packed))
+    def _run(self, arrays: list[np.ndarray], packed: int | None) -> np.ndarray:
+        """arrays: token ids, mask[, token types], each [rows, length]."""
+        compiled = self._executables.get((*arrays[0].shape, packed))
         if compiled is not None:
-            vectors = compiled(self._params, token_ids, mask)
+            vectors = compiled(self._params, *arrays)
         else:  # not a warm-up shape: traced and compiled now (counted)
-            vectors = self._forward(self._params, token_ids, mask, num_packed_tokens=packed)
+            vectors = self._forward(self._params, *arrays, num_packed_tokens=packed)
         return np.asarray(jax.device_get(vectors), np.float32)
 
 

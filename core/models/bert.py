@@ -65,13 +65,15 @@ class BertConfig:
         return self.hidden_size // self.num_heads
 
     @classmethod
-    def from_hf_dict(cls, raw: dict) -> BertConfig:
-        architectures = raw.get("architectures") or []
-        architecture = architectures[0] if architectures else ""
+    def from_hf_dict(cls, raw: dict,
+                     architectures: tuple[str, ...] = SUPPORTED_ARCHITECTURES) -> BertConfig:
+        """`architectures`: the checkpoint classes accepted (a cross-encoder passes its own)."""
+        named = raw.get("architectures") or []
+        architecture = named[0] if named else ""
         if raw.get("model_type") not in SUPPORTED_MODEL_TYPES or (
-                architecture and architecture not in SUPPORTED_ARCHITECTURES):
+                architecture and architecture not in architectures):
             raise ConfigError(f"model {raw.get('model_type')!r}/{architecture!r} is not a "
-                              f"supported encoder; supported: {', '.join(SUPPORTED_ARCHITECTURES)}")
+                              f"supported encoder; supported: {', '.join(architectures)}")
         position_type = raw.get("position_embedding_type", "absolute")
         if position_type != "absolute":
             raise ConfigError(f"position_embedding_type {position_type!r} is not supported; "
@@ -93,7 +95,7 @@ class BertConfig:
             layer_norm_eps=raw.get("layer_norm_eps", 1e-12),
             hidden_act=hidden_act,
             pad_token_id=raw.get("pad_token_id", 0) or 0,
-            architecture=architecture or "BertModel",
+            architecture=architecture or architectures[0],
         )
         if config.hidden_size % config.num_heads:
             raise ConfigError(f"hidden_size {config.hidden_size} is not a multiple of "
@@ -188,10 +190,13 @@ class Embeddings(nnx.Module):
         self.token_type_embeddings = _param(rngs, (config.type_vocab_size, d))
         self.layer_norm = LayerNorm(d, config.layer_norm_eps)
 
-    def __call__(self, token_ids: jax.Array, positions: jax.Array) -> jax.Array:
-        """token_ids [m], positions [m] → [m, d]: word + position + token type 0, normalized."""
+    def __call__(self, token_ids: jax.Array, positions: jax.Array,
+                 token_type_ids: jax.Array | None = None) -> jax.Array:
+        """token_ids [m], positions [m], token_type_ids [m] (None: all type 0, a single text)
+        → [m, d]: word + position + token type embeddings, normalized."""
         x = self.word_embeddings[...][token_ids] + self.position_embeddings[...][positions]
-        return self.layer_norm(x + self.token_type_embeddings[...][0])
+        types = self.token_type_embeddings[...]
+        return self.layer_norm(x + (types[0] if token_type_ids is None else types[token_type_ids]))
 
 
 class SelfAttention(nnx.Module):
@@ -259,8 +264,11 @@ class BertModel(nnx.Module):
         self.layers = nnx.List([EncoderLayer(config, rngs) for _ in range(config.num_layers)])
 
     def __call__(self, token_ids: jax.Array, attention_mask: jax.Array,
-                 num_packed_tokens: int | None = None) -> jax.Array:
+                 num_packed_tokens: int | None = None,
+                 token_type_ids: jax.Array | None = None) -> jax.Array:
         """token_ids [b, t] int32, attention_mask [b, t] (1 real, 0 padding) → hidden [b, t, d].
+        token_type_ids [b, t] int32: the segment of each token (0 first text, 1 second text of a
+        pair, as a cross-encoder reads them); None: all 0.
 
         Positions are 0…t-1 and padding keys get a large negative score bias, as Hugging Face
         does; an all-padding row attends uniformly and stays finite.
@@ -278,7 +286,9 @@ class BertModel(nnx.Module):
                                                                             num_packed_tokens)
         flat_ids = from_grid(token_ids.reshape(b * t, 1), packing)[:, 0]  # [m]
         positions = from_grid(jnp.tile(jnp.arange(t), b)[:, None], packing)[:, 0]  # [m]
-        x = self.embeddings(flat_ids, positions)  # [m, d]
+        flat_types = None if token_type_ids is None else from_grid(
+            token_type_ids.reshape(b * t, 1), packing)[:, 0]  # [m]
+        x = self.embeddings(flat_ids, positions, flat_types)  # [m, d]
         for layer in self.layers:
             x = layer(x, key_bias, packing)
         return to_grid(x, packing).reshape(b, t, -1)
@@ -386,13 +396,15 @@ def _fuse_qkv(arrays: dict[str, np.ndarray], num_layers: int) -> None:
             arrays[ours + f"attention.{fused}"] = np.concatenate(parts, axis=axis)
 
 
-def _read_checkpoint(path: Path, plan: TensorPlan) -> dict[str, np.ndarray]:
-    """Our parameter name → float32 array, checking that every tensor is planned or ignored."""
+def _read_checkpoint(path: Path, plan: TensorPlan, ignored: tuple[str, ...] = IGNORED_TENSORS
+                     ) -> dict[str, np.ndarray]:
+    """Our parameter name → float32 array, checking that every tensor is planned or ignored
+    (`ignored`: names after the "bert." prefix read on purpose and left unused)."""
     arrays, unused, remaining = {}, [], dict(plan)
     with safe_open(str(path), framework="numpy") as tensors:
         for name in tensors.keys():
             short = name.removeprefix("bert.")
-            if short in IGNORED_TENSORS or short.startswith(IGNORED_PREFIXES):
+            if short in ignored or short.startswith(IGNORED_PREFIXES):
                 continue
             if short not in remaining:
                 unused.append(name)
@@ -423,7 +435,17 @@ def load_bert(model_dir: Path, dtype: str = "float32"
                           "are not supported for encoders)")
     arrays = _read_checkpoint(checkpoint, _tensor_plan(config))
     _fuse_qkv(arrays, config.num_layers)
-    model = nnx.eval_shape(lambda: BertModel(config, nnx.Rngs(0)))
+    model = fill_parameters(nnx.eval_shape(lambda: BertModel(config, nnx.Rngs(0))), arrays,
+                            checkpoint)
+    max_seq_len_tokens = min(layout.max_seq_len_tokens or config.max_position_embeddings,
+                             config.max_position_embeddings)
+    return model, config, layout.pooling, max_seq_len_tokens
+
+
+def fill_parameters(model: nnx.Module, arrays: dict[str, np.ndarray], checkpoint: Path
+                    ) -> nnx.Module:
+    """Set every parameter of an abstract `model` from `arrays` (by our dotted names, q/k/v
+    fused); every array must find its parameter (consumed from `arrays`)."""
     params = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
     for path, variable in params.items():
         name = ".".join(str(part) for part in path)
@@ -433,6 +455,4 @@ def load_bert(model_dir: Path, dtype: str = "float32"
                               f"expected {variable.get_value().shape}")
         variable.set_value(jnp.asarray(array))
     assert not arrays, f"planned tensors without a parameter: {sorted(arrays)}"
-    max_seq_len_tokens = min(layout.max_seq_len_tokens or config.max_position_embeddings,
-                             config.max_position_embeddings)
-    return model, config, layout.pooling, max_seq_len_tokens
+    return model

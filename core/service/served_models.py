@@ -1,9 +1,10 @@
 """The models one core serves: loading them, what each can do, and finding the one asked for.
 
 Owns: `ServedModel` (a name, its tokenizer and prompt policy, and the engines doing its work:
-the generation engine for Generate and Score, an embedding engine for Embed), loading a
-generative model (optionally embedding too, its hidden states pooled) and an embedding model
-(a BERT-family encoder from a Hugging Face / sentence-transformers directory), and `ModelInfo`.
+the generation engine for Generate and Score, an embedding engine for Embed or, over a
+cross-encoder, for Rerank), loading a generative model (optionally embedding too, its hidden
+states pooled), an embedding model (a BERT-family encoder from a Hugging Face /
+sentence-transformers directory) and a reranking model (a BERT cross-encoder), and `ModelInfo`.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CAPABILITY_NAMES = {pb.CAPABILITY_GENERATE: "generate", pb.CAPABILITY_SCORE: "score",
-                    pb.CAPABILITY_EMBED: "embed"}
+                    pb.CAPABILITY_EMBED: "embed", pb.CAPABILITY_RERANK: "rerank"}
 DECODER_POOLING = ("last", "mean")
 # Encoder calls of 64 rows run their dense layers on the real tokens only, padded up to one of
 # these fractions of the grid (see core/engine/embedding.py): ~1.4× on sentences of mixed lengths.
@@ -45,30 +46,35 @@ class ServedModel:
     info: pb.ModelInfo  # its static description; counters are filled in when asked
     generator: LlmEngine | None = None  # Generate and Score
     embedder: EmbeddingEngine | None = None  # Embed
+    reranker: EmbeddingEngine | None = None  # Rerank: a cross-encoder's pair scores [n, 1]
 
     @property
     def capabilities(self) -> list[int]:
         result = [pb.CAPABILITY_GENERATE, pb.CAPABILITY_SCORE] if self.generator else []
-        return result + ([pb.CAPABILITY_EMBED] if self.embedder else [])
+        return result + ([pb.CAPABILITY_EMBED] if self.embedder else []) + (
+            [pb.CAPABILITY_RERANK] if self.reranker else [])
+
+    @property
+    def engines(self) -> list:
+        """Every engine of this model (the first is the one GetLoad reports)."""
+        return [engine for engine in (self.generator, self.embedder, self.reranker)
+                if engine is not None]
 
     def model_info(self) -> pb.ModelInfo:
         info = pb.ModelInfo()
         info.CopyFrom(self.info)
         info.capabilities[:] = self.capabilities
         info.compilations_after_warmup = sum(
-            engine.compilations_after_warmup for engine in (self.generator, self.embedder)
-            if engine is not None)
+            engine.compilations_after_warmup for engine in self.engines)
         return info
 
     def stop_admitting(self) -> None:
-        for engine in (self.generator, self.embedder):
-            if engine is not None:
-                engine.stop_admitting()
+        for engine in self.engines:
+            engine.stop_admitting()
 
     def stop(self) -> None:
-        for engine in (self.generator, self.embedder):
-            if engine is not None:
-                engine.stop()
+        for engine in self.engines:
+            engine.stop()
 
 
 def load_generative(model_dir: Path, name: str, requested: EngineConfig, description: str,
@@ -128,8 +134,8 @@ def _decoder_embedder(engine: LlmEngine, config: ModelConfig, engine_config: Eng
 
 
 def _started_embedder(forward, graphdef, treedef, leaves: list, dimensions: int,
-                      buckets: EmbeddingBuckets, static: str,
-                      pad_token_id: int = 0) -> EmbeddingEngine:
+                      buckets: EmbeddingBuckets, static: str, pad_token_id: int = 0,
+                      uses_token_types: bool = False) -> EmbeddingEngine:
     """An EmbeddingEngine over `forward(model, token_ids, attention_mask[, packed])`, with the
     model rebuilt from its flat parameter leaves inside the jit; compiled and started."""
     import jax
@@ -139,7 +145,7 @@ def _started_embedder(forward, graphdef, treedef, leaves: list, dimensions: int,
         return forward(nnx.merge(graphdef, jax.tree.unflatten(treedef, param_leaves)), *arrays)
 
     embedder = EmbeddingEngine(forward_leaves, leaves, dimensions, buckets, static,
-                               pad_token_id=pad_token_id)
+                               pad_token_id=pad_token_id, uses_token_types=uses_token_types)
     started = time.perf_counter()
     embedder.warmup()
     embedder.start()
@@ -188,3 +194,41 @@ def embedding_description(model_dir: Path, num_layers: int, dimensions: int,
     return (f"Sentence-embedding model ({source}): a {num_layers}-layer BERT encoder, "
             f"{dimensions}-dimensional {pooling.mode}-pooled vectors{normalized}. Serves "
             "embeddings only.")
+
+
+def load_reranker(model_dir: Path, name: str) -> ServedModel:
+    """A BERT cross-encoder (`BertForSequenceClassification`, one label) for Rerank: an
+    embedding engine whose forward scores token-typed pairs (compiled, started)."""
+    import jax
+    from flax import nnx
+
+    from core.models.cross_encoder import load_cross_encoder, score_pairs
+
+    model, config = load_cross_encoder(Path(model_dir))
+    if config.num_labels != 1:
+        raise ConfigError(f"{model_dir}: a reranker has one label (one relevance score per "
+                          f"pair); this cross-encoder has {config.num_labels}")
+    graphdef, state = nnx.split(model)
+    leaves, treedef = jax.tree.flatten(state)
+
+    def forward(encoder, token_ids, attention_mask, token_type_ids, num_packed_tokens=None):
+        return score_pairs(encoder, token_ids, attention_mask, token_type_ids,
+                           config.activation, num_packed_tokens)
+
+    tokenizer = Tokenizer(Path(model_dir))
+    max_len = config.max_seq_len_tokens
+    buckets = EmbeddingBuckets(packed_fractions=PACKED_FRACTIONS).for_max_len(max_len)
+    reranker = _started_embedder(forward, graphdef, treedef, leaves, config.num_labels, buckets,
+                                 repr(("cross-encoder", config)),
+                                 pad_token_id=config.encoder.pad_token_id, uses_token_types=True)
+    policy = PromptPolicy(vocab_size=config.encoder.vocab_size, max_model_len=max_len,
+                          max_token_chars=tokenizer.max_token_chars)
+    info = pb.ModelInfo(
+        id=name, owned_by="tandem", created=int(time.time()),
+        architecture=config.encoder.architecture, dtype="float32", max_model_len=max_len,
+        vocab_size=config.encoder.vocab_size,
+        description=(f"Reranking model (read from {Path(model_dir).name}): a "
+                     f"{config.encoder.num_layers}-layer BERT cross-encoder scoring (query, "
+                     f"document) pairs of up to {max_len} tokens, {config.activation} of its "
+                     "logit. Serves rerank and cross-encoder score only."))
+    return ServedModel(name, tokenizer, policy, info, reranker=reranker)

@@ -1,7 +1,8 @@
 """The core's gRPC server: the Inference servicer, health, reflection, start-up and drain.
 
-Owns: turning RPCs into engine work (Generate's chunks are `core/service/generate.py`'s, Score's
-and Embed's request handling `score.py`'s and `embed.py`'s); the `grpc.health.v1` statuses
+Owns: turning RPCs into engine work (Generate's chunks are `core/service/generate.py`'s, Score's,
+Embed's and Rerank's request handling `score.py`'s, `embed.py`'s and `rerank.py`'s); the
+`grpc.health.v1` statuses
 ("" = live as soon as the port is bound; "tandem.v1.Inference" = ready only after weights are
 loaded and every bucket is compiled, and not while an engine is stalled: the stall detector
 turns it NOT_SERVING when unfinished work has waited `stall_timeout_s` with no engine step,
@@ -27,18 +28,25 @@ from grpc_reflection.v1alpha import reflection
 from core.config import ServerConfig
 from core.engine.loop import Engine
 from core.errors import ModelNotFound, TandemError, Unavailable, Unsupported
-from core.model_config import ConfigError, is_encoder_config, read_hf_config
+from core.model_config import (
+    ConfigError,
+    is_cross_encoder_config,
+    is_encoder_config,
+    read_hf_config,
+)
 from core.service import convert
 from core.service.embed import check_dimensions, embed_inputs, embed_response
 from core.service.generate import ChoiceStream, apply_reasoning_plan, apply_tool_plan
 from core.service.kv_events import kv_event_messages
 from core.service.load import engine_load
+from core.service.rerank import rerank_pairs, rerank_response
 from core.service.score import run_score, score_prompts
 from core.service.served_models import (
     CAPABILITY_NAMES,
     ServedModel,
     load_embedding,
     load_generative,
+    load_reranker,
 )
 from core.service.tokenizer_files import tokenizer_chunks
 from tandem.limits import MAX_CHOICES
@@ -70,9 +78,11 @@ def _typed_errors(handler):
 
 
 class InferenceServicer(pb_grpc.InferenceServicer):
-    def __init__(self, model_names: list[str], embedding_model_name: str | None = None):
+    def __init__(self, model_names: list[str], embedding_model_name: str | None = None,
+                 rerank_model_name: str | None = None):
         self.expected = list(model_names)  # names it will serve once loaded (first: default)
         self.embedding_model_name = embedding_model_name  # the default for Embed, if any
+        self.rerank_model_name = rerank_model_name  # the default for Rerank, if any
         self.models: dict[str, ServedModel] = {}  # filled by `attach` as models finish loading
 
     def attach(self, model: ServedModel) -> None:
@@ -94,6 +104,8 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             name = self.expected[0]
             if capability == pb.CAPABILITY_EMBED and self.embedding_model_name:
                 name = self.embedding_model_name
+            if capability == pb.CAPABILITY_RERANK and self.rerank_model_name:
+                name = self.rerank_model_name
         if name not in self.expected:
             raise ModelNotFound(f"The model '{name}' does not exist; this core serves "
                                 f"{', '.join(repr(n) for n in self.expected)}.", param="model")
@@ -168,8 +180,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         for name in names:
             self._model(name)  # MODEL_NOT_FOUND / UNAVAILABLE while loading
         return pb.GetLoadResponse(engines=[
-            engine_load(name, engine) for name in names
-            for engine in (self.models[name].generator or self.models[name].embedder,)])
+            engine_load(name, self.models[name].engines[0]) for name in names])
 
     async def SubscribeKvEvents(self, request: pb.SubscribeKvEventsRequest, context):
         try:
@@ -225,6 +236,17 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         return await asyncio.to_thread(embed_response, vectors, dimensions, token_ids,
                                        model.name)  # big replies: off the event loop
 
+    @_typed_errors
+    async def Rerank(self, request: pb.RerankRequest, context):
+        model = self._model(request.model, pb.CAPABILITY_RERANK)
+        request_id = _request_id(context)
+        pairs = await asyncio.to_thread(rerank_pairs, model.tokenizer, model.policy, request)
+        log.info("rerank %s: %d documents, %d tokens", request_id, len(pairs.token_ids),
+                 pairs.num_tokens)
+        scores = await asyncio.wrap_future(
+            model.reranker.submit(pairs.token_ids, pairs.token_type_ids))
+        return rerank_response(scores[:, 0], request, pairs, model.name)
+
 
 def _request_id(context: grpc.aio.ServicerContext) -> str:
     """The caller's x-request-id (or a fresh one), set for this RPC's log lines."""
@@ -236,17 +258,25 @@ def _request_id(context: grpc.aio.ServicerContext) -> str:
 
 class CoreServer:
     """One grpc.aio server bound to a port, serving its models once `load()` has run: the main
-    model (a decoder, or an encoder that only embeds) and, optionally, an embedding model."""
+    model (a decoder, an encoder that only embeds or a cross-encoder that only reranks) and,
+    optionally, an embedding model and a reranking model."""
 
     def __init__(self, config: ServerConfig):
         self.config = config
         names = [config.model_name or Path(config.model_dir).name]
+        embedding_name = rerank_name = None
         if config.embedding_model_dir is not None:
-            names.append(config.embedding_model_name or Path(config.embedding_model_dir).name)
-            if names[1] == names[0]:
-                raise ConfigError(f"both models are named '{names[0]}': give one another id "
-                                  "(--served-model-name or --embedding-model-name)")
-        self.servicer = InferenceServicer(names, names[1] if len(names) > 1 else None)
+            embedding_name = (config.embedding_model_name
+                              or Path(config.embedding_model_dir).name)
+            names.append(embedding_name)
+        if config.rerank_model_dir is not None:
+            rerank_name = config.rerank_model_name or Path(config.rerank_model_dir).name
+            names.append(rerank_name)
+        if len(set(names)) != len(names):
+            raise ConfigError(f"two models share one id among {names}: give each its own "
+                              "(--served-model-name, --embedding-model-name, "
+                              "--rerank-model-name)")
+        self.servicer = InferenceServicer(names, embedding_name, rerank_name)
         self.health = health.aio.HealthServicer()
         self.server = grpc.aio.server(options=[
             ("grpc.max_receive_message_length", 64 * 1024 * 1024),
@@ -279,16 +309,21 @@ class CoreServer:
         config, names = self.config, self.servicer.expected
         started = time.perf_counter()
         hf_config = read_hf_config(config.model_dir)  # the one read of the main model's config
-        if is_encoder_config(hf_config):
+        if is_cross_encoder_config(hf_config):
+            loads = [asyncio.to_thread(load_reranker, config.model_dir, names[0])]
+        elif is_encoder_config(hf_config):
             loads = [asyncio.to_thread(load_embedding, config.model_dir, names[0])]
         else:
             loads = [asyncio.to_thread(
                 load_generative, config.model_dir, names[0], config.engine, DEMO_DESCRIPTION,
                 config.decoder_pooling, config.trust_request_chat_template,
                 config.tool_call_parser, hf_config, config.reasoning_parser)]
-        if config.embedding_model_dir is not None:  # both warm up at once (XLA compiles
+        if config.embedding_model_dir is not None:  # all warm up at once (XLA compiles
             loads.append(asyncio.to_thread(  # without the GIL)
-                load_embedding, config.embedding_model_dir, names[1]))
+                load_embedding, config.embedding_model_dir, self.servicer.embedding_model_name))
+        if config.rerank_model_dir is not None:
+            loads.append(asyncio.to_thread(
+                load_reranker, config.rerank_model_dir, self.servicer.rerank_model_name))
         main, *others = await asyncio.gather(*loads)
         for model in others:
             self.servicer.attach(model)
@@ -312,7 +347,7 @@ class CoreServer:
             await asyncio.sleep(min(STALL_POLL_S, timeout_s / 4) if timeout_s > 0
                                 else STALL_POLL_S)
             engines = [engine for model in self.servicer.models.values()
-                       for engine in (model.generator, model.embedder) if engine is not None]
+                       for engine in model.engines]
             worst_s = max((engine.stalled_for_s() for engine in engines), default=0.0)
             now_stalled = 0 < timeout_s < worst_s
             if now_stalled == stalled or self._draining:

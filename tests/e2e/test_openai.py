@@ -12,7 +12,7 @@ import openai
 import pytest
 
 from tandem.v1 import inference_pb2 as pb
-from tests.conftest import MODEL, SERVER_MAX_MODEL_LEN
+from tests.conftest import MODEL, RERANK_MODEL, SERVER_MAX_MODEL_LEN
 
 
 @pytest.fixture
@@ -30,8 +30,9 @@ MESSAGES = [{"role": "system", "content": "You are terse."},
 
 
 def test_models_lists_the_served_model(client):
-    # the generative model first, then the bundled embedding model
-    assert [m.id for m in client.models.list().data] == [MODEL, "all-MiniLM-L6-v2"]
+    # the generative model first, then the bundled embedding model and the reranker
+    assert [m.id for m in client.models.list().data] == [MODEL, "all-MiniLM-L6-v2",
+                                                         RERANK_MODEL]
 
 
 def test_chat_non_streaming_and_streaming_agree(client, server):

@@ -17,7 +17,7 @@ import openai
 import pytest
 
 from core.models.bundled import default_embedding_model_dir
-from tests.conftest import MODEL, SERVER_MAX_MODEL_LEN
+from tests.conftest import MODEL, RERANK_MODEL, SERVER_MAX_MODEL_LEN
 
 MINILM = "all-MiniLM-L6-v2"
 SENTENCES = ["The cat sits on the mat.", "Une phrase en français.", "日本語 🙂", "42"]
@@ -163,4 +163,4 @@ def test_embeddings_dimensions_token_input_and_errors(client):
 
 
 def test_models_lists_both(client):
-    assert [model.id for model in client.models.list().data] == [MODEL, MINILM]
+    assert [model.id for model in client.models.list().data] == [MODEL, MINILM, RERANK_MODEL]

@@ -75,6 +75,8 @@ class _CapabilityEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Capability
     CAPABILITY_GENERATE: _Capability.ValueType  # 1
     CAPABILITY_SCORE: _Capability.ValueType  # 2
     CAPABILITY_EMBED: _Capability.ValueType  # 3
+    CAPABILITY_RERANK: _Capability.ValueType  # 4
+    """Rerank: a cross-encoder scores (query, document) pairs."""
 
 class Capability(_Capability, metaclass=_CapabilityEnumTypeWrapper):
     """---------------------------------------------------------------------------------------------
@@ -85,6 +87,8 @@ CAPABILITY_UNSPECIFIED: Capability.ValueType  # 0
 CAPABILITY_GENERATE: Capability.ValueType  # 1
 CAPABILITY_SCORE: Capability.ValueType  # 2
 CAPABILITY_EMBED: Capability.ValueType  # 3
+CAPABILITY_RERANK: Capability.ValueType  # 4
+"""Rerank: a cross-encoder scores (query, document) pairs."""
 Global___Capability: _TypeAlias = Capability  # noqa: Y015
 
 class _KvEventType:
@@ -1434,6 +1438,119 @@ class EmbedResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___EmbedResponse: _TypeAlias = EmbedResponse  # noqa: Y015
+
+@_typing.final
+class RerankRequest(_message.Message):
+    """---------------------------------------------------------------------------------------------
+    Rerank
+
+    Each document is scored as the pair (query, document) by a cross-encoder: the tokenizer's
+    pair encoding ([CLS] query [SEP] document [SEP] for BERT), truncated longest-first to the
+    model's length, as sentence-transformers' CrossEncoder does.
+    Next ID: 6
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    QUERY_FIELD_NUMBER: _builtins.int
+    DOCUMENTS_FIELD_NUMBER: _builtins.int
+    TOP_N_FIELD_NUMBER: _builtins.int
+    QUERIES_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """Empty: the core's reranking model."""
+    query: _builtins.str
+    """The first text of every pair. Empty when `queries` is given."""
+    top_n: _builtins.int
+    """Keep only the best this many results (unset: every document); at least 1."""
+    @_builtins.property
+    def documents(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The second texts: one result per document."""
+
+    @_builtins.property
+    def queries(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """One first text per document instead of `query` (vLLM's /score with two lists of one
+        length): document i is paired with queries[i].
+        """
+
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        query: _builtins.str = ...,
+        documents: _abc.Iterable[_builtins.str] | None = ...,
+        top_n: _builtins.int | None = ...,
+        queries: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_top_n", b"_top_n", "top_n", b"top_n"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_top_n", b"_top_n", "documents", b"documents", "model", b"model", "queries", b"queries", "query", b"query", "top_n", b"top_n"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__top_n: _TypeAlias = _typing.Literal["top_n"]  # noqa: Y015
+    _WhichOneofArgType__top_n: _TypeAlias = _typing.Literal["_top_n", b"_top_n"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__top_n) -> _WhichOneofReturnType__top_n | None: ...
+
+Global___RerankRequest: _TypeAlias = RerankRequest  # noqa: Y015
+
+@_typing.final
+class RerankResult(_message.Message):
+    """Next ID: 3"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    RELEVANCE_SCORE_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    """The document's position in the request."""
+    relevance_score: _builtins.float
+    """The cross-encoder's score of the pair, its activation applied (Sigmoid: between 0 and 1)."""
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        relevance_score: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["index", b"index", "relevance_score", b"relevance_score"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RerankResult: _TypeAlias = RerankResult  # noqa: Y015
+
+@_typing.final
+class RerankResponse(_message.Message):
+    """Next ID: 4"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    USAGE_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """The model that scored them."""
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___RerankResult]:
+        """Highest score first (equal scores: lower index first), at most `top_n` of them."""
+
+    @_builtins.property
+    def usage(self) -> Global___Usage:
+        """prompt_tokens: the tokens of every pair scored, after truncation."""
+
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___RerankResult] | None = ...,
+        usage: Global___Usage | None = ...,
+        model: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "results", b"results", "usage", b"usage"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RerankResponse: _TypeAlias = RerankResponse  # noqa: Y015
 
 @_typing.final
 class TokenizeRequest(_message.Message):

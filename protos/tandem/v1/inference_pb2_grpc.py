@@ -52,6 +52,11 @@ class InferenceStub:
                 request_serializer=tandem_dot_v1_dot_inference__pb2.EmbedRequest.SerializeToString,
                 response_deserializer=tandem_dot_v1_dot_inference__pb2.EmbedResponse.FromString,
                 _registered_method=True)
+        self.Rerank = channel.unary_unary(
+                '/tandem.v1.Inference/Rerank',
+                request_serializer=tandem_dot_v1_dot_inference__pb2.RerankRequest.SerializeToString,
+                response_deserializer=tandem_dot_v1_dot_inference__pb2.RerankResponse.FromString,
+                _registered_method=True)
         self.Tokenize = channel.unary_unary(
                 '/tandem.v1.Inference/Tokenize',
                 request_serializer=tandem_dot_v1_dot_inference__pb2.TokenizeRequest.SerializeToString,
@@ -116,6 +121,13 @@ class InferenceServicer:
 
     def Embed(self, request, context):
         """Pooled sentence embeddings.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Rerank(self, request, context):
+        """A cross-encoder's relevance scores of (query, document) pairs, best first.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -199,6 +211,11 @@ def add_InferenceServicer_to_server(servicer, server):
                     servicer.Embed,
                     request_deserializer=tandem_dot_v1_dot_inference__pb2.EmbedRequest.FromString,
                     response_serializer=tandem_dot_v1_dot_inference__pb2.EmbedResponse.SerializeToString,
+            ),
+            'Rerank': grpc.unary_unary_rpc_method_handler(
+                    servicer.Rerank,
+                    request_deserializer=tandem_dot_v1_dot_inference__pb2.RerankRequest.FromString,
+                    response_serializer=tandem_dot_v1_dot_inference__pb2.RerankResponse.SerializeToString,
             ),
             'Tokenize': grpc.unary_unary_rpc_method_handler(
                     servicer.Tokenize,
@@ -325,6 +342,33 @@ class Inference:
             '/tandem.v1.Inference/Embed',
             tandem_dot_v1_dot_inference__pb2.EmbedRequest.SerializeToString,
             tandem_dot_v1_dot_inference__pb2.EmbedResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Rerank(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tandem.v1.Inference/Rerank',
+            tandem_dot_v1_dot_inference__pb2.RerankRequest.SerializeToString,
+            tandem_dot_v1_dot_inference__pb2.RerankResponse.FromString,
             options,
             channel_credentials,
             insecure,
