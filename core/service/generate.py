@@ -36,8 +36,8 @@ def apply_tool_plan(request: pb.GenerateRequest, model: ServedModel,
                      requests: list[Request]) -> list[ToolCallParser] | None:
     """Give the choices of a chat request that offers tools their call grammar ("required" or a
     named function, or "auto" with strict tools) and return one tool-call parser per choice
-    (None: no parsing). Under "auto", output constrained by a response format is that format,
-    not parsed for calls."""
+    (None: no parsing). Under "auto", a choice constrained by a response format may answer in
+    that format or call tools: its grammar gets the calls as the alternative."""
     if request.WhichOneof("input") != "chat":
         return None
     chat, tokenizer = request.chat, model.tokenizer
@@ -46,11 +46,13 @@ def apply_tool_plan(request: pb.GenerateRequest, model: ServedModel,
     plan = tool_plan(chat, tools, chat.chat_template or tokenizer.chat_template,
                      tokenizer.renders_tools(chat.chat_template or None),
                      model.policy.tool_call_parser, tokenizer.added_ids_by_text)
+    if plan is None:
+        return None
     forced = chat.tool_choice.mode in (pb.ToolChoice.MODE_REQUIRED, pb.ToolChoice.MODE_FUNCTION)
-    if plan is None or (not forced and any(r.grammar for r in requests)):
-        return None  # "auto" with a response format: the output is that format
     for choice in requests:
-        if plan.grammar is not None:
+        if choice.grammar is not None and not forced:  # "auto": the format's answer, or calls
+            choice.grammar = replace(choice.grammar, tool_calls=plan.calls)
+        elif plan.grammar is not None:
             choice.grammar = plan.grammar  # forced calls take the place of a response format
         if plan.keep_special_tokens:
             choice.stopping = replace(choice.stopping, skip_special_tokens=False)

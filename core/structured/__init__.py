@@ -38,6 +38,9 @@ class GrammarSpec:
     # json_schema only: a keyword llguidance cannot enforce is an error (False: it is ignored)
     strict: bool = True
     reasoning: ReasoningPrefix | None = None  # a think block comes first
+    # The Lark grammar of tool calls the output may be instead of this constraint's answer
+    # (tools under tool_choice "auto" with a response format); "": none
+    tool_calls: str = ""
 
 
 __all__ = ["GRAMMAR_KINDS", "GrammarSpec", "ReasoningPrefix"]

@@ -103,6 +103,11 @@ def test_instructor_default_tools_mode(client):
 
 
 def test_agents_sdk_agent_with_a_function_tool_and_an_output_type(server):
+    """Every turn of an agent with tools and an `output_type` sends both `tools` and
+    `response_format`: the first turn must call the tool ("required": the call grammar), the
+    later ones are "auto" (the SDK resets tool_choice), where the model may call it again or
+    answer in the output type's schema. The tool turns itself off after two calls, so that the
+    run ends whichever the random weights pick."""
     from agents import (
         Agent,
         ModelSettings,
@@ -114,22 +119,28 @@ def test_agents_sdk_agent_with_a_function_tool_and_an_output_type(server):
 
     set_tracing_disabled(True)
     asked: list[str] = []
+    sent: list[dict] = []
 
-    @function_tool
+    @function_tool(is_enabled=lambda context, agent: len(asked) < 2)
     def get_weather(city: Literal["Paris", "Lyon"]) -> str:
         """The weather of a city."""
         asked.append(city)
         return "sunny, 21 C"
 
-    model = OpenAIChatCompletionsModel(
-        model=MODEL, openai_client=openai.AsyncOpenAI(base_url=f"{server.base}/v1",
-                                                      api_key="unused", max_retries=0))
-    # The first turn must call the tool ("required"); the SDK then resets tool_choice, and the
-    # second turn answers in the output_type's JSON schema (response_format json_schema).
+    async def record(request: httpx.Request) -> None:
+        sent.append(json.loads(request.content))
+
+    model = OpenAIChatCompletionsModel(model=MODEL, openai_client=openai.AsyncOpenAI(
+        base_url=f"{server.base}/v1", api_key="unused", max_retries=0,
+        http_client=httpx.AsyncClient(event_hooks={"request": [record]})))
     agent = Agent(name="weather", instructions="Answer with the weather.", model=model,
                   tools=[get_weather], output_type=Weather,
                   model_settings=ModelSettings(tool_choice="required", temperature=0,
                                                max_tokens=80, parallel_tool_calls=False))
-    result = Runner.run_sync(agent, "What is the weather in Paris?", max_turns=3)
+    result = Runner.run_sync(agent, "What is the weather in Paris?", max_turns=4)
     assert asked and asked[0] in ("Paris", "Lyon")
     assert isinstance(result.final_output, Weather)
+    assert sent[0]["tool_choice"] == "required" and "response_format" in sent[0]
+    # a turn under "auto" offered both, and got an answer (a call, or the final output)
+    auto = [body for body in sent[1:] if body.get("tools") and "tool_choice" not in body]
+    assert auto and auto[0]["response_format"]["type"] == "json_schema"

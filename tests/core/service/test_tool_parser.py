@@ -1,6 +1,7 @@
 """Tool-call parsers on text the tiny models' own chat templates render (each family's syntax),
 fed whole, a character at a time and in uneven pieces; and the call grammars, checked by
-llguidance against the same text."""
+llguidance against the same text (alone, and as the alternative to a response format's
+answer)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ from transformers import AutoTokenizer
 
 from core.models.tiny import TOOL_STYLE
 from core.service.tools import ToolCallParser, detect_syntax, syntax_named, tool_call_grammar
-from core.service.tools.grammar import auto_tool_grammar
+from core.service.tools.grammar import auto_calls_grammar, auto_tool_grammar
+from core.structured import GrammarSpec
+from core.structured.compiler import grammar_text
 
 WEATHER = {"type": "object", "properties": {
     "city": {"type": "string", "maxLength": 20},
@@ -180,3 +183,37 @@ def test_auto_with_strict_tools_leaves_text_free_and_constrains_opened_calls(tok
     assert accepts(assistant_turn(tokenizer, [("get_time", {"zone": "UTC", "extra": 1})]))
     assert not accepts(assistant_turn(tokenizer, [("get_weather", {"city": "Lyon"})]))
     assert not accepts(assistant_turn(tokenizer, [("no_such_tool", {})]))
+
+
+@pytest.mark.parametrize("variant", ["qwen2", "llama3", "mistral"])
+def test_auto_with_a_response_format_is_the_answer_or_valid_calls(tokenizers, variant):
+    """tool_choice "auto" with a response format: one grammar allows the format's answer or
+    calls in the family's syntax (for Llama 3 both start with `{`), nothing else."""
+    tokenizer = tokenizers[variant]
+    syntax = detect_syntax(tokenizer.chat_template)
+    ll_tokenizer = llguidance.hf.from_tokenizer(tokenizer)
+    tools = [{"name": "get_weather", "parameters": WEATHER, "strict": True},
+             {"name": "get_time", "parameters": TIME, "strict": False}]
+    answer = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"],
+              "additionalProperties": False}
+    spec = GrammarSpec("json_schema", json.dumps(answer), "response_format",
+                       tool_calls=auto_calls_grammar(syntax, tools))
+    grammar = grammar_text(spec, 64 * 1024)
+    assert llguidance.LLMatcher.validate_grammar(grammar, ll_tokenizer) == ""
+
+    def accepts(text: str) -> bool:
+        text = re.sub(r', "id": "call\d"', "", text)
+        matcher = llguidance.LLMatcher(ll_tokenizer, grammar)
+        ok = matcher.consume_tokens(tokenizer.encode(text, add_special_tokens=False))
+        return ok and matcher.is_accepting()
+
+    assert accepts('{"ok":true}')
+    assert accepts(assistant_turn(tokenizer, [("get_weather", {"city": "Lyon", "unit": "c"})]))
+    assert accepts(assistant_turn(tokenizer, [("get_time", {"zone": "UTC", "extra": 1})]))
+    assert not accepts('{"ok":true,"more":1}')
+    assert not accepts("It is sunny, no tool needed.")
+    assert not accepts(assistant_turn(tokenizer, [("get_weather", {"city": "Lyon"})]))
+    assert not accepts(assistant_turn(tokenizer, [("no_such_tool", {})]))
+    if variant != "llama3":
+        two = [("get_weather", {"city": "Lyon", "unit": "c"}), ("get_time", {"zone": "UTC"})]
+        assert accepts(assistant_turn(tokenizer, two))

@@ -164,3 +164,26 @@ async def test_auto_with_a_strict_tool_is_text_or_a_valid_call(family):
             check_calls(result, {"get_weather"})
         else:
             assert result["finish"] in (pb.FINISH_REASON_STOP, pb.FINISH_REASON_LENGTH)
+
+
+async def test_auto_with_a_response_format_answers_or_calls(family):
+    """tools under "auto" and a response format (what the Agents SDK sends every turn of an
+    agent with tools and an output_type): each choice is a valid call, or content that is the
+    format's JSON; neither is refused. Two seeded choices, whichever each one picks (strict
+    tools: a call's arguments follow the schema, as the Agents SDK's function tools ask)."""
+    variant, stub = family
+    if variant == "none":
+        pytest.skip("this template cannot show tools")
+    answer = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"],
+              "additionalProperties": False}
+    strict = [pb.Tool(type="function", name=name, parameters_json=json.dumps(schema),
+                      strict=True) for name, schema in SCHEMAS.items()]
+    request = generate(pb.ToolChoice(mode=MODE.MODE_AUTO), tools=strict, seed=5, n=2)
+    request.response_format.CopyFrom(pb.ResponseFormat(type=pb.ResponseFormat.TYPE_JSON_SCHEMA,
+                                                       json_schema=json.dumps(answer)))
+    for result in (await calls_of(stub, request)).values():
+        if result["calls"]:
+            check_calls(result, set(SCHEMAS))
+        else:
+            assert result["finish"] == pb.FINISH_REASON_STOP, result
+            jsonschema.validate(json.loads(result["content"]), answer)
