@@ -45,7 +45,8 @@ def apply_tool_plan(request: pb.GenerateRequest, model: ServedModel,
               "strict": tool.strict} for tool in chat.tools]
     plan = tool_plan(chat, tools, chat.chat_template or tokenizer.chat_template,
                      tokenizer.renders_tools(chat.chat_template or None),
-                     model.policy.tool_call_parser, tokenizer.added_ids_by_text)
+                     model.policy.tool_call_parser, tokenizer.added_ids_by_text,
+                     model.policy.json_open_objects)
     if plan is None:
         return None
     forced = chat.tool_choice.mode in (pb.ToolChoice.MODE_REQUIRED, pb.ToolChoice.MODE_FUNCTION)

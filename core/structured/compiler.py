@@ -31,6 +31,7 @@ from llguidance.gbnf_to_lark import GbnfToLarkError, any_to_lark
 
 from core.errors import InvalidParameter
 from core.structured import GrammarSpec
+from core.structured.schema import close_objects
 
 # JSON output without free whitespace: a model cannot pad forever between tokens, and the
 # text is compact (`{"a":1,"b":[true]}`). A schema may ask otherwise through `x-guidance`.
@@ -155,8 +156,9 @@ def grammar_text(spec: GrammarSpec, max_source_bytes: int) -> str:
             schema = json.loads(spec.source)
             if not isinstance(schema, (dict, bool)):
                 raise ValueError("a JSON Schema is an object")
+            source = spec.source if spec.open_objects else json.dumps(close_objects(schema))
             return llguidance.LLMatcher.grammar_from_json_schema(
-                spec.source, defaults=JSON_DEFAULTS, overrides={"lenient": not spec.strict})
+                source, defaults=JSON_DEFAULTS, overrides={"lenient": not spec.strict})
         if spec.kind == "regex":
             return llguidance.LLMatcher.grammar_from_regex(spec.source)
         if spec.kind == "choice":

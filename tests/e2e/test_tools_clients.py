@@ -1,8 +1,9 @@
 """Tool calling through `tandem serve` (the session's `server` fixture, a tiny Llama whose
 template writes Hermes `<tool_call>` markup) with the clients people use, unchanged: the openai
 SDK (streaming and not), LangChain `bind_tools(..., tool_choice=name)`, Instructor's default
-TOOLS mode and an OpenAI Agents SDK agent with one function tool and an `output_type`. Schemas
-are bounded (enums, booleans) so that random weights finish within max_tokens."""
+TOOLS mode (a pydantic model whose objects are left open: the core closes them) and an OpenAI
+Agents SDK agent with one function tool and an `output_type`. Schemas are bounded (enums,
+booleans) so that random weights finish within max_tokens."""
 
 from __future__ import annotations
 
@@ -93,13 +94,26 @@ def test_langchain_bind_tools_with_a_named_tool_choice(server):
     Weather.model_validate(call["args"])
 
 
-def test_instructor_default_tools_mode(client):
+class OpenWeather(BaseModel):
+    """As pydantic models usually are: its JSON Schema leaves additionalProperties unset."""
+
+    city: Literal["Paris", "Lyon"]
+    celsius: bool
+
+
+@pytest.mark.parametrize("sampling", [{"temperature": 0}, {"temperature": 1, "seed": 7}])
+def test_instructor_default_tools_mode(client, sampling):
+    """Mode.TOOLS sends the model's schema as a named tool's parameters, additionalProperties
+    unset: the core closes the object, so the call ends after its last key whatever the
+    random weights would write next (no IncompleteOutputException)."""
     import instructor
 
+    assert "additionalProperties" not in OpenWeather.model_json_schema()
     patched = instructor.from_openai(client)  # Mode.TOOLS: a named tool_choice
-    weather = patched.chat.completions.create(model=MODEL, response_model=Weather, messages=ASK,
-                                              temperature=0, max_tokens=80, max_retries=0)
-    assert isinstance(weather, Weather)
+    weather = patched.chat.completions.create(model=MODEL, response_model=OpenWeather,
+                                              messages=ASK, max_tokens=80, max_retries=0,
+                                              **sampling)
+    assert isinstance(weather, OpenWeather)
 
 
 def test_agents_sdk_agent_with_a_function_tool_and_an_output_type(server):

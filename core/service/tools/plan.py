@@ -58,14 +58,15 @@ def check_tool_choice(chat: pb.ChatInput) -> None:
 
 
 def tool_plan(chat: pb.ChatInput, tools: list[dict], chat_template: str | None,
-              renders_tools: bool, parser_name: str, special_ids: dict[str, int]) -> \
-        ToolPlan | None:
+              renders_tools: bool, parser_name: str, special_ids: dict[str, int],
+              open_objects: bool = False) -> ToolPlan | None:
     """The plan of a request whose template shows tools (None when it shows none).
 
     `tools` are the parsed {"name", "parameters", "strict"} definitions; `renders_tools` says
     whether the template in use changes the prompt when given tools; `parser_name` is the core's
     --tool-call-parser ("auto": read off the template); `special_ids` maps the special tokens'
-    text to their ids."""
+    text to their ids; `open_objects` (the server's --json-open-objects) keeps the arguments'
+    objects without `additionalProperties` open."""
     if not tools_shown(chat):
         return None
     if not renders_tools:
@@ -84,11 +85,14 @@ def tool_plan(chat: pb.ChatInput, tools: list[dict], chat_template: str | None,
     if mode in (_MODE.MODE_REQUIRED, _MODE.MODE_FUNCTION):
         function_name = chat.tool_choice.function_name if mode == _MODE.MODE_FUNCTION else None
         source = tool_call_grammar(syntax, tools, function_name=function_name,
-                                   parallel=parallel, special_ids=marker_ids)
+                                   parallel=parallel, special_ids=marker_ids,
+                                   open_objects=open_objects)
     else:
         if any(tool.get("strict") for tool in tools):  # "auto": constrain only opened calls
-            source = auto_tool_grammar(syntax, tools, parallel=parallel, special_ids=marker_ids)
-        calls = auto_calls_grammar(syntax, tools, parallel=parallel, special_ids=marker_ids)
+            source = auto_tool_grammar(syntax, tools, parallel=parallel, special_ids=marker_ids,
+                                       open_objects=open_objects)
+        calls = auto_calls_grammar(syntax, tools, parallel=parallel, special_ids=marker_ids,
+                                   open_objects=open_objects)
     grammar = GrammarSpec(kind="lark", source=source, param="tools") if source else None
     return ToolPlan(syntax=syntax, grammar=grammar, keep_special_tokens=bool(marker_ids),
                     calls=calls)
