@@ -57,7 +57,7 @@ def apply_tool_plan(request: pb.GenerateRequest, model: ServedModel,
             choice.grammar = plan.grammar  # forced calls take the place of a response format
         if plan.keep_special_tokens:
             choice.stopping = replace(choice.stopping, skip_special_tokens=False)
-    return [ToolCallParser(plan.syntax) for _ in requests]
+    return [ToolCallParser(plan.syntax, forced=forced) for _ in requests]
 
 
 def apply_reasoning_plan(request: pb.GenerateRequest, model: ServedModel, prompt_ids: list[int],
@@ -155,7 +155,8 @@ def _merge_output(delta: pb.ChoiceDelta, output: RequestOutput, tokenizer: Token
     if parser is None:
         delta.text += text
     else:
-        _merge_parsed(delta, parser, text, output.finish_reason is not None)
+        _merge_parsed(delta, parser, text, output.finish_reason is not None,
+                      cut=output.finish_reason not in (None, FinishReason.STOP))
     _add_logprobs(delta.logprobs, output.logprobs, tokenizer)
     _add_logprobs(delta.prompt_logprobs, output.prompt_logprobs, tokenizer)
     delta.cumulative_logprob = output.cumulative_logprob
@@ -197,12 +198,13 @@ def _add_logprobs(entries, logprobs, tokenizer: Tokenizer) -> None:
 
 
 def _merge_parsed(delta: pb.ChoiceDelta, parser: ToolCallParser, text: str,
-                  finished: bool) -> None:
+                  finished: bool, cut: bool = False) -> None:
     """A choice's (answer) text through its tool-call parser: content into `text`, calls into
-    `tool_calls` (everything held back comes out when the choice finishes)."""
+    `tool_calls` (what was held back comes out when the choice finishes; `cut`: it did not
+    stop by itself, so an unfinished marker is markup)."""
     parsed = [parser.feed(text)]
     if finished:
-        parsed.append(parser.finish())
+        parsed.append(parser.finish(cut=cut))
     for part in parsed:
         delta.text += part.content
         for call in part.tool_calls:

@@ -70,6 +70,22 @@ def test_sdk_named_and_required_calls_streamed_and_not(client):
         assert joined == call.function.arguments  # greedy: the same call, in pieces
 
 
+def test_a_forced_call_cut_before_its_arguments_is_no_content(client):
+    """max_tokens cuts a named call inside its markup (3 tokens: before the arguments): no
+    `<tool_call>` text in content, streamed or not, and finish_reason "length"."""
+    common = {"model": MODEL, "messages": ASK, "tools": TOOLS, "tool_choice": NAMED,
+              "temperature": 0, "max_tokens": 3}
+    done = client.chat.completions.create(**common)
+    assert done.choices[0].finish_reason == "length"
+    assert not done.choices[0].message.content, done.choices[0].message
+    streamed, finish = "", None
+    for chunk in client.chat.completions.create(**common, stream=True):
+        for choice in chunk.choices:
+            streamed += choice.delta.content or ""
+            finish = choice.finish_reason or finish
+    assert (streamed, finish) == ("", "length")
+
+
 def test_validation_errors_name_the_parameter(server):
     cases = [({"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "x"}}},
               "tool_choice"),

@@ -60,11 +60,12 @@ def pieces(text: str, how: str) -> list[str]:
     return out
 
 
-def parse(syntax_name: str, chunks: list[str]):
-    """(content, calls as [id, name, arguments], the deltas) of a stream of text chunks."""
-    parser = ToolCallParser(syntax_named(syntax_name))
+def parse(syntax_name: str, chunks: list[str], *, cut: bool = False, forced: bool = False):
+    """(content, calls as [id, name, arguments], the deltas) of a stream of text chunks
+    (`cut`: the choice ended by max_tokens)."""
+    parser = ToolCallParser(syntax_named(syntax_name), forced=forced)
     content, calls, deltas = "", {}, []
-    for result in [parser.feed(chunk) for chunk in chunks] + [parser.finish()]:
+    for result in [parser.feed(chunk) for chunk in chunks] + [parser.finish(cut=cut)]:
         content += result.content
         for delta in result.tool_calls:
             deltas.append(delta)
@@ -129,6 +130,52 @@ def test_llama3_python_tag_and_arguments_given_as_a_string():
 def test_a_truncated_call_keeps_what_was_streamed():
     content, got, _ = parse("hermes", ['<tool_call>\n{"name": "get_time", "arguments": {"zo'])
     assert content == "" and got[0][1:] == ["get_time", '{"zo']
+
+
+@pytest.mark.parametrize("how", ["whole", "chars"])
+@pytest.mark.parametrize("variant", ["qwen2", "llama3", "mistral"])
+def test_a_cut_call_never_leaks_markup(tokenizers, variant, how):
+    """A call cut anywhere (max_tokens) after some content: the content is the text before
+    it, never markup; once the name is written the call is announced, and the arguments sent
+    are what was written of them. Llama 3's bare calls are forced here (a bare `{` under
+    "auto" may be a JSON answer); its `<|python_tag|>` form is read unforced."""
+    tokenizer = tokenizers[variant]
+    syntax = detect_syntax(tokenizer.chat_template)
+    name, arguments = CALLS[0]
+    text = assistant_turn(tokenizer, [CALLS[0]])
+    marked = [text, "<|python_tag|>" + text] if variant == "llama3" else [text]
+    for call_text in marked:
+        forced = not call_text.startswith(syntax.start_markers)
+        lead = "" if forced else "Let me see."
+        full = (lead + "\n" if lead else "") + call_text
+        name_end = call_text.index(json.dumps(name)) + len(json.dumps(name))
+        args_start = call_text.index(json.dumps(arguments))
+        for length in range(len(full) - len(call_text) + 1, len(full)):
+            cut = full[:length]
+            content, got, _ = parse(syntax.name, pieces(cut, how), cut=True, forced=forced)
+            assert content == lead, (cut, content)
+            written = length - (len(full) - len(call_text))
+            if written < name_end:
+                assert got == [], cut
+                continue
+            (call,) = got
+            assert call[1] == name and call[0].startswith("call_")
+            assert json.dumps(arguments).startswith(call[2]), (cut, call)
+            assert call[2] == json.dumps(arguments)[:max(0, written - args_start)]
+        content, got, _ = parse(syntax.name, pieces(full, how), forced=forced)
+        assert content == lead and [(n, json.loads(a)) for _, n, a in got] == [CALLS[0]]
+
+
+@pytest.mark.parametrize("syntax_name,text,content", [
+    ("hermes", "See <tool_ca", "See"),  # a marker cut short: held back, dropped
+    ("mistral", "[TOOL_CALLS]", ""),
+    ("hermes", "<tool_call>\n{\"na", ""),
+    ("llama3_json", '{"answer": 4', '{"answer": 4'),  # unforced: maybe a JSON answer
+])
+def test_cut_markup_is_dropped(syntax_name, text, content):
+    for how in ("whole", "chars"):
+        assert parse(syntax_name, pieces(text, how), cut=True)[:2] == (content, [])
+    assert parse("llama3_json", ['{"na'], cut=True, forced=True)[:2] == ("", [])
 
 
 @pytest.mark.parametrize("variant", ["qwen2", "llama3", "mistral"])
