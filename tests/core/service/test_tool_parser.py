@@ -14,11 +14,12 @@ import llguidance.hf
 import pytest
 from transformers import AutoTokenizer
 
+from core.errors import InvalidParameter
 from core.models.tiny import TOOL_STYLE
 from core.service.tools import ToolCallParser, detect_syntax, syntax_named, tool_call_grammar
 from core.service.tools.grammar import auto_calls_grammar, auto_tool_grammar
 from core.structured import GrammarSpec
-from core.structured.compiler import grammar_text
+from core.structured.compiler import GrammarCompiler, grammar_text
 
 WEATHER = {"type": "object", "properties": {
     "city": {"type": "string", "maxLength": 20},
@@ -264,3 +265,24 @@ def test_auto_with_a_response_format_is_the_answer_or_valid_calls(tokenizers, va
     if variant != "llama3":
         two = [("get_weather", {"city": "Lyon", "unit": "c"}), ("get_time", {"zone": "UTC"})]
         assert accepts(assistant_turn(tokenizer, two))
+
+
+def test_a_bad_part_of_an_answer_or_calls_grammar_is_named(tokenizers):
+    """The composed grammar's error names the part that fails: the calls (`tools`) or the
+    response format's answer."""
+    tokenizer = tokenizers["qwen2"]
+    compiler = GrammarCompiler(tokenizer, len(tokenizer), [tokenizer.eos_token_id])
+    calls = auto_calls_grammar(syntax_named("hermes"), [{"name": "f", "parameters": TIME}])
+    answer = json.dumps({"type": "object", "properties": {"ok": {"type": "boolean"}}})
+    try:
+        compiler.check(GrammarSpec("json_schema", answer, "response_format", tool_calls=calls))
+        for spec, param in [
+                (GrammarSpec("json_schema", answer, "response_format",
+                             tool_calls="start: missing"), "tools"),
+                (GrammarSpec("json_schema", '{"type": "nonsense"}', "response_format",
+                             tool_calls=calls), "response_format")]:
+            with pytest.raises(InvalidParameter) as refused:
+                compiler.check(spec)
+            assert refused.value.param == param
+    finally:
+        compiler.close()
