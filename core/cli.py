@@ -111,10 +111,10 @@ def _add_core_flags(parser: argparse.ArgumentParser) -> None:
                              "model or the template opens), deepseek_r1 (output starts inside "
                              "the block); auto: read off the chat template; none: no parsing")
     parser.add_argument("--json-open-objects", action="store_true",
-                        help="keep JSON Schema's default for objects without "
-                             "additionalProperties (response formats, guided JSON, tool "
-                             "arguments): open, any extra keys allowed; by default they are "
-                             "closed, as in vLLM and SGLang")
+                        help="leave JSON Schema objects without additionalProperties "
+                             "(response formats, guided JSON, tool arguments) open, as JSON "
+                             "Schema has it: extra keys allowed; off, they are closed, as in "
+                             "vLLM and SGLang")
     parser.add_argument("--compilation-cache-dir", default=None,
                         help="where the warm-up's compiled buckets are kept (in its "
                              "executables/), so that a restart loads them instead of compiling "
