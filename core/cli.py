@@ -116,6 +116,11 @@ def _add_core_flags(parser: argparse.ArgumentParser) -> None:
                         help="how the model writes its reasoning: qwen3 (a <think> block the "
                              "model or the template opens), deepseek_r1 (output starts inside "
                              "the block); auto: read off the chat template; none: no parsing")
+    parser.add_argument("--json-open-objects", action="store_true",
+                        help="leave JSON Schema objects without additionalProperties "
+                             "(response formats, guided JSON, tool arguments) open, as JSON "
+                             "Schema has it: extra keys allowed; off, they are closed, as in "
+                             "vLLM and SGLang")
     parser.add_argument("--compilation-cache-dir", default=None,
                         help="where the warm-up's compiled buckets are kept (in its "
                              "executables/), so that a restart loads them instead of compiling "
@@ -183,7 +188,8 @@ def run_core(args: argparse.Namespace) -> None:
                           stall_timeout_s=args.stall_timeout_s,
                           trust_request_chat_template=args.trust_request_chat_template,
                           tool_call_parser=args.tool_call_parser,
-                          reasoning_parser=args.reasoning_parser)
+                          reasoning_parser=args.reasoning_parser,
+                          json_open_objects=args.json_open_objects)
     asyncio.run(run(config))
 
 

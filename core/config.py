@@ -312,3 +312,5 @@ class ServerConfig:
     decoder_pooling: str | None = None  # "last" or "mean": the main decoder embeds too
     tool_call_parser: str = "auto"  # tool-call syntax of the main model ("auto": its template)
     reasoning_parser: str = "auto"  # think-block syntax of the main model ("auto": its template)
+    # JSON Schema objects without additionalProperties stay open (else closed, as vLLM's)
+    json_open_objects: bool = False

@@ -33,6 +33,8 @@ class PromptPolicy:
     allow_request_chat_template: bool = False  # may a request bring its own Jinja template?
     tool_call_parser: str = "auto"  # the tool-call syntax ("auto": read off the chat template)
     reasoning_parser: str = "auto"  # the think-block syntax ("auto": read off the template)
+    # JSON Schema objects without additionalProperties stay open (else closed: the default)
+    json_open_objects: bool = False
 
     @property
     def max_prompt_chars(self) -> int:
@@ -270,7 +272,7 @@ def generation_requests(request: pb.GenerateRequest, prompt_ids: list[int], requ
     if prompt_logprobs is not None and prompt_logprobs > MAX_TOP_LOGPROBS:
         raise InvalidParameter(f"prompt_logprobs must be at most {MAX_TOP_LOGPROBS}",
                                param="prompt_logprobs")
-    grammar = output_constraint(request)
+    grammar = output_constraint(request, open_objects=policy.json_open_objects)
     if len(stopping.stop) > MAX_STOP_STRINGS:
         raise InvalidParameter(f"at most {MAX_STOP_STRINGS} stop strings", param="stop")
     check_token_ids(stopping.stop_token_ids, vocab_size, "stop_token_ids")
@@ -308,9 +310,11 @@ def generation_requests(request: pb.GenerateRequest, prompt_ids: list[int], requ
     return requests
 
 
-def output_constraint(request: pb.GenerateRequest) -> GrammarSpec | None:
+def output_constraint(request: pb.GenerateRequest,
+                      open_objects: bool = False) -> GrammarSpec | None:
     """The grammar of `response_format` or `structured_outputs` (at most one of them); checked
-    for shape here, compiled by the engine (`Engine.check_grammar`)."""
+    for shape here, compiled by the engine (`Engine.check_grammar`). A JSON Schema's objects
+    without additionalProperties are closed unless `open_objects`."""
     response_format = request.response_format
     structured = request.structured_outputs
     kind = structured.WhichOneof("constraint") if request.HasField("structured_outputs") \
@@ -327,9 +331,9 @@ def output_constraint(request: pb.GenerateRequest) -> GrammarSpec | None:
             raise InvalidParameter("response_format json_schema needs a schema",
                                    param="response_format")
         return GrammarSpec("json_schema", response_format.json_schema, "response_format",
-                           strict=response_format.strict)
+                           strict=response_format.strict, open_objects=open_objects)
     if kind == "json":
-        return GrammarSpec("json_schema", structured.json, param)
+        return GrammarSpec("json_schema", structured.json, param, open_objects=open_objects)
     if kind == "json_object":
         return GrammarSpec("json_object", "", param) if structured.json_object else None
     if kind == "choice":

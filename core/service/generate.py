@@ -36,8 +36,8 @@ def apply_tool_plan(request: pb.GenerateRequest, model: ServedModel,
                      requests: list[Request]) -> list[ToolCallParser] | None:
     """Give the choices of a chat request that offers tools their call grammar ("required" or a
     named function, or "auto" with strict tools) and return one tool-call parser per choice
-    (None: no parsing). Under "auto", output constrained by a response format is that format,
-    not parsed for calls."""
+    (None: no parsing). Under "auto", a choice constrained by a response format may answer in
+    that format or call tools: its grammar gets the calls as the alternative."""
     if request.WhichOneof("input") != "chat":
         return None
     chat, tokenizer = request.chat, model.tokenizer
@@ -45,16 +45,19 @@ def apply_tool_plan(request: pb.GenerateRequest, model: ServedModel,
               "strict": tool.strict} for tool in chat.tools]
     plan = tool_plan(chat, tools, chat.chat_template or tokenizer.chat_template,
                      tokenizer.renders_tools(chat.chat_template or None),
-                     model.policy.tool_call_parser, tokenizer.added_ids_by_text)
+                     model.policy.tool_call_parser, tokenizer.added_ids_by_text,
+                     model.policy.json_open_objects)
+    if plan is None:
+        return None
     forced = chat.tool_choice.mode in (pb.ToolChoice.MODE_REQUIRED, pb.ToolChoice.MODE_FUNCTION)
-    if plan is None or (not forced and any(r.grammar for r in requests)):
-        return None  # "auto" with a response format: the output is that format
     for choice in requests:
-        if plan.grammar is not None:
+        if choice.grammar is not None and not forced:  # "auto": the format's answer, or calls
+            choice.grammar = replace(choice.grammar, tool_calls=plan.calls)
+        elif plan.grammar is not None:
             choice.grammar = plan.grammar  # forced calls take the place of a response format
         if plan.keep_special_tokens:
             choice.stopping = replace(choice.stopping, skip_special_tokens=False)
-    return [ToolCallParser(plan.syntax) for _ in requests]
+    return [ToolCallParser(plan.syntax, forced=forced) for _ in requests]
 
 
 def apply_reasoning_plan(request: pb.GenerateRequest, model: ServedModel, prompt_ids: list[int],
@@ -152,7 +155,8 @@ def _merge_output(delta: pb.ChoiceDelta, output: RequestOutput, tokenizer: Token
     if parser is None:
         delta.text += text
     else:
-        _merge_parsed(delta, parser, text, output.finish_reason is not None)
+        _merge_parsed(delta, parser, text, output.finish_reason is not None,
+                      cut=output.finish_reason not in (None, FinishReason.STOP))
     _add_logprobs(delta.logprobs, output.logprobs, tokenizer)
     _add_logprobs(delta.prompt_logprobs, output.prompt_logprobs, tokenizer)
     delta.cumulative_logprob = output.cumulative_logprob
@@ -194,12 +198,13 @@ def _add_logprobs(entries, logprobs, tokenizer: Tokenizer) -> None:
 
 
 def _merge_parsed(delta: pb.ChoiceDelta, parser: ToolCallParser, text: str,
-                  finished: bool) -> None:
+                  finished: bool, cut: bool = False) -> None:
     """A choice's (answer) text through its tool-call parser: content into `text`, calls into
-    `tool_calls` (everything held back comes out when the choice finishes)."""
+    `tool_calls` (what was held back comes out when the choice finishes; `cut`: it did not
+    stop by itself, so an unfinished marker is markup)."""
     parsed = [parser.feed(text)]
     if finished:
-        parsed.append(parser.finish())
+        parsed.append(parser.finish(cut=cut))
     for part in parsed:
         delta.text += part.content
         for call in part.tool_calls:

@@ -81,7 +81,8 @@ def load_generative(model_dir: Path, name: str, requested: EngineConfig, descrip
                     decoder_pooling: str | None = None,
                     allow_request_chat_template: bool = False,
                     tool_call_parser: str = "auto", hf_config: dict | None = None,
-                    reasoning_parser: str = "auto") -> ServedModel:
+                    reasoning_parser: str = "auto",
+                    json_open_objects: bool = False) -> ServedModel:
     """A decoder: its configuration resolved once (`resolve_model`; `hf_config` is its
     config.json when already read), one tokenizer for the engine and every RPC, the generation
     engine (compiled, started) and, with `decoder_pooling`, an embedding engine over its hidden
@@ -104,7 +105,8 @@ def load_generative(model_dir: Path, name: str, requested: EngineConfig, descrip
     policy = PromptPolicy(vocab_size=config.vocab_size, max_model_len=engine_config.max_model_len,
                           max_token_chars=tokenizer.max_token_chars,
                           allow_request_chat_template=allow_request_chat_template,
-                          tool_call_parser=tool_call_parser, reasoning_parser=reasoning_parser)
+                          tool_call_parser=tool_call_parser, reasoning_parser=reasoning_parser,
+                          json_open_objects=json_open_objects)
     info = pb.ModelInfo(
         id=name, owned_by="tandem", created=int(time.time()), architecture=config.architecture,
         dtype=engine_config.dtype, max_model_len=engine_config.max_model_len,

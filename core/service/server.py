@@ -317,7 +317,8 @@ class CoreServer:
             loads = [asyncio.to_thread(
                 load_generative, config.model_dir, names[0], config.engine, DEMO_DESCRIPTION,
                 config.decoder_pooling, config.trust_request_chat_template,
-                config.tool_call_parser, hf_config, config.reasoning_parser)]
+                config.tool_call_parser, hf_config, config.reasoning_parser,
+                config.json_open_objects)]
         if config.embedding_model_dir is not None:  # all warm up at once (XLA compiles
             loads.append(asyncio.to_thread(  # without the GIL)
                 load_embedding, config.embedding_model_dir, self.servicer.embedding_model_name))

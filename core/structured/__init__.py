@@ -37,7 +37,13 @@ class GrammarSpec:
     param: str  # the API parameter it came from, named in errors ("response_format", "tools", ...)
     # json_schema only: a keyword llguidance cannot enforce is an error (False: it is ignored)
     strict: bool = True
+    # json_schema only: objects without `additionalProperties` stay open (JSON Schema's
+    # default); False: they are closed (core/structured/schema.py), the server's default
+    open_objects: bool = False
     reasoning: ReasoningPrefix | None = None  # a think block comes first
+    # The Lark grammar of tool calls the output may be instead of this constraint's answer
+    # (tools under tool_choice "auto" with a response format); "": none
+    tool_calls: str = ""
 
 
 __all__ = ["GRAMMAR_KINDS", "GrammarSpec", "ReasoningPrefix"]

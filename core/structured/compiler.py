@@ -3,7 +3,9 @@
 Owns: the model's llguidance tokenizer (built once per served model, with the model's padded
 vocabulary and its EOS ids), turning a spec into an llguidance grammar, compiling it into a
 matcher under llguidance's parser limits, the byte cap and a wall-clock bound, and a small LRU
-cache of compiled matchers from which every constrained choice gets its own copy.
+cache of compiled matchers from which every constrained choice gets its own copy. A spec's
+`reasoning` prefix and its `tool_calls` alternative compose it with sub-grammars: the think
+block, then the spec's answer or (tools under "auto") tool calls.
 
 A spec is checked at admission, off the engine thread (`GrammarCompiler.check`): it is compiled
 and a copy walked through a few random allowed tokens, computing each mask (a hostile regex's
@@ -29,6 +31,7 @@ from llguidance.gbnf_to_lark import GbnfToLarkError, any_to_lark
 
 from core.errors import InvalidParameter
 from core.structured import GrammarSpec
+from core.structured.schema import close_objects
 
 # JSON output without free whitespace: a model cannot pad forever between tokens, and the
 # text is compact (`{"a":1,"b":[true]}`). A schema may ask otherwise through `x-guidance`.
@@ -111,8 +114,12 @@ class GrammarCompiler:
         error = matcher.get_error() if matcher.is_error() else _probe(matcher.deep_copy(),
                                                                        self.vocab_size)
         if error:
-            raise InvalidParameter(f"{spec.param}: invalid {_describe(spec)}: "
-                                   f"{_one_line(error)}", param=spec.param)
+            param = spec.param
+            if spec.tool_calls:  # the answer alone compiles (else it raises): the calls fail
+                self._compile(replace(spec, tool_calls=""))
+                param = "tools"
+            what = "tool-call grammar" if param == "tools" else _describe(spec)
+            raise InvalidParameter(f"{param}: invalid {what}: {_one_line(error)}", param=param)
         return matcher
 
 
@@ -136,6 +143,8 @@ def grammar_text(spec: GrammarSpec, max_source_bytes: int) -> str:
     """The llguidance grammar of a spec; raises InvalidParameter for what cannot be one."""
     if spec.reasoning is not None:
         return _after_reasoning(spec, max_source_bytes)
+    if spec.tool_calls:
+        return _answer_or_calls(spec, max_source_bytes)
     if len(spec.source.encode()) > max_source_bytes:
         raise InvalidParameter(f"{spec.param}: the {_describe(spec)} is longer than "
                                f"{max_source_bytes} bytes", param=spec.param)
@@ -147,8 +156,9 @@ def grammar_text(spec: GrammarSpec, max_source_bytes: int) -> str:
             schema = json.loads(spec.source)
             if not isinstance(schema, (dict, bool)):
                 raise ValueError("a JSON Schema is an object")
+            source = spec.source if spec.open_objects else json.dumps(close_objects(schema))
             return llguidance.LLMatcher.grammar_from_json_schema(
-                spec.source, defaults=JSON_DEFAULTS, overrides={"lenient": not spec.strict})
+                source, defaults=JSON_DEFAULTS, overrides={"lenient": not spec.strict})
         if spec.kind == "regex":
             return llguidance.LLMatcher.grammar_from_regex(spec.source)
         if spec.kind == "choice":
@@ -168,14 +178,12 @@ def _after_reasoning(spec: GrammarSpec, max_source_bytes: int) -> str:
     """The think block (free text up to its end marker, the budget forcing the marker), then
     the spec's own grammar as a sub-grammar: the constraint starts where the block ends."""
     prefix = spec.reasoning
-    lines = []
+    lines, subs = [], []
     if spec.kind == "text":
         answer = "<[*]>*"
     else:
         inner = grammar_text(replace(spec, reasoning=None), max_source_bytes)
-        sub = (json.loads(inner)["grammars"][0] if inner.lstrip().startswith("{")
-               else {"lark_grammar": inner})
-        sub["name"] = "reasoning_answer"
+        subs = _named_grammars(inner, "reasoning_answer")
         answer = "@reasoning_answer"
     block = f"{prefix.start} think" if prefix.start else "think"
     lines.append(f"start: ({block})? {answer}" if prefix.optional else f"start: {block} {answer}")
@@ -188,10 +196,29 @@ def _after_reasoning(spec: GrammarSpec, max_source_bytes: int) -> str:
         attributes = "[" + ", ".join(filter(None, [f"stop={json.dumps(prefix.end_text)}",
                                                     budget])) + "]"
     lines.append(f"think_text{attributes}: /(?s:.*)/")
-    top = {"grammars": [{"lark_grammar": "\n".join(lines) + "\n"}]}
-    if spec.kind != "text":
-        top["grammars"].append(sub)
-    return json.dumps(top)
+    return json.dumps({"grammars": [{"lark_grammar": "\n".join(lines) + "\n"}, *subs]})
+
+
+def _answer_or_calls(spec: GrammarSpec, max_source_bytes: int) -> str:
+    """The spec's own answer, or tool calls in the family's syntax: one grammar of two
+    sub-grammars, so that the model may answer in the format or call a tool."""
+    if len(spec.tool_calls.encode()) > max_source_bytes:
+        raise InvalidParameter(f"tools: the tool-call grammar is longer than {max_source_bytes} "
+                               "bytes", param="tools")
+    answer = _named_grammars(grammar_text(replace(spec, tool_calls=""), max_source_bytes),
+                             "answer")
+    calls = {"name": "tool_calls", "lark_grammar": spec.tool_calls}
+    return json.dumps({"grammars": [{"lark_grammar": "start: @answer | @tool_calls\n"},
+                                    *answer, calls]})
+
+
+def _named_grammars(text: str, name: str) -> list[dict]:
+    """The grammars of llguidance grammar text (a Lark text or a top-level JSON grammar), the
+    first one (where it starts) named `name` for a reference `@name`."""
+    grammars = (json.loads(text)["grammars"] if text.lstrip().startswith("{")
+                else [{"lark_grammar": text}])
+    grammars[0]["name"] = name
+    return grammars
 
 
 def _choice_lark(source: str) -> str:
@@ -204,6 +231,8 @@ def _choice_lark(source: str) -> str:
 
 
 def _describe(spec: GrammarSpec) -> str:
+    if spec.tool_calls:
+        return "grammar of tool calls or " + _describe(replace(spec, tool_calls=""))
     return {"json_object": "JSON object format", "json_schema": "JSON schema",
             "regex": "regex", "choice": "choice list"}.get(spec.kind, "grammar")
 

@@ -6,6 +6,9 @@ streams as content; a call's markup never leaks (a partial marker is held back u
 delta decides it); a call's first delta carries its index, a fresh `call_…` id and the function
 name; later deltas carry fragments of the arguments that, joined, are exactly the arguments JSON
 the model wrote. Text that opens a call region but turns out not to be one goes out as content.
+A region the choice ends in (max_tokens cut it, or the model stopped) is never content: a call
+whose name was written is announced, the rest is dropped (only a bare `{` that shows no call,
+under llama3_json, is content, unless calls were forced: it may be a JSON answer).
 """
 
 from __future__ import annotations
@@ -147,8 +150,9 @@ class _CallObject:
 class ToolCallParser:
     """One choice's streaming tool-call parser (see the module docstring)."""
 
-    def __init__(self, syntax: ToolSyntax):
+    def __init__(self, syntax: ToolSyntax, forced: bool = False):
         self.syntax = syntax
+        self.forced = forced  # the output is calls (tool_choice "required" or a function)
         self.num_calls = 0  # calls started so far
         self._state = _State.CONTENT
         self._pending = ""  # text not yet decided (a possible marker, whitespace, a region)
@@ -157,6 +161,7 @@ class ToolCallParser:
         self._call_announced = False  # the current call's first delta (id, name) went out
         self._arguments_sent = 0  # characters of the current call's arguments sent
         self._content_seen = False  # some non-space content went out
+        self._region_marker = ""  # the marker that opened the current region ("": a bare `{`)
 
     @property
     def made_calls(self) -> bool:
@@ -173,15 +178,28 @@ class ToolCallParser:
                 break  # waiting for more text
         return out
 
-    def finish(self) -> ParsedDelta:
-        """The choice ended: give out what was held back (an unfinished region as content
-        unless one of its calls already went out)."""
+    def finish(self, cut: bool = False) -> ParsedDelta:
+        """The choice ended (`cut`: by max_tokens or an abort, not by the model): give out what
+        was held back. A held-back partial marker is content unless the choice was cut. An
+        unfinished region is markup: its call is announced once its name is known, else it is
+        dropped; only a bare `{` (no marker, no call before it, calls not forced) without a
+        name is content."""
         out = ParsedDelta()
         if self._state == _State.CONTENT:
-            if self._pending.strip() or not self.made_calls:
-                self._emit_content(out, self._pending)
+            pending = self._pending
+            partial = _partial_marker(pending, self.syntax.start_markers)
+            if cut and partial:
+                pending = pending[:len(pending) - partial].rstrip(_WHITESPACE)
+            if pending.strip() or not self.made_calls:
+                self._emit_content(out, pending)
         elif not self._call_announced and self._state != _State.AFTER_OBJECT:
-            self._emit_content(out, self._region_raw + self._pending)
+            name = self._call.value("name") if self._call is not None else None
+            if isinstance(name, str) and name:
+                out.tool_calls.append(ToolCallDelta(index=self.num_calls, id=_call_id(),
+                                                    name=name))
+                self.num_calls += 1
+            elif not (self._region_marker or self.made_calls or self.forced):
+                self._emit_content(out, self._region_raw + self._pending)
         self._pending = ""
         return out
 
@@ -206,7 +224,7 @@ class ToolCallParser:
             if not stripped:
                 return  # only whitespace so far: wait
             if stripped[0] == "{":
-                self._open_region("", stripped, _State.OBJECT_START)
+                self._open_region("", stripped, _State.OBJECT_START)  # a bare call?
                 return
             self._content_seen = True  # ordinary text: no bare call from here on
         found = [(text.find(marker), marker) for marker in self.syntax.start_markers]
@@ -222,6 +240,7 @@ class ToolCallParser:
 
     def _open_region(self, marker: str, rest: str, state: _State) -> None:
         self._region_raw, self._pending, self._state = marker, rest, state
+        self._region_marker = marker
 
     def _expect_text(self, out: ParsedDelta, expected: str, next_state: _State,
                      keep: bool = False) -> None:
@@ -313,6 +332,17 @@ class ToolCallParser:
         if text:
             out.content += text
             self._content_seen = self._content_seen or bool(text.strip(_WHITESPACE))
+
+
+def _partial_marker(text: str, markers: tuple[str, ...]) -> int:
+    """The length of the longest end of `text` that begins a marker (0: none)."""
+    longest = 0
+    for marker in markers:
+        for length in range(min(len(marker) - 1, len(text)), longest, -1):
+            if text.endswith(marker[:length]):
+                longest = length
+                break
+    return longest
 
 
 def _held_tail(text: str, markers: tuple[str, ...]) -> int:

@@ -3,7 +3,8 @@
 Owns: the 400s of tool requests (a tool_choice without tools, a named function that is not among
 them, bad or duplicate tool names, tools for a model whose chat template cannot show them or
 whose call syntax is unknown) and `ToolPlan`: the syntax each choice's output is parsed in, and
-the grammar that forces calls for `tool_choice` "required" or a named function.
+the grammar that forces calls for `tool_choice` "required" or a named function, and under
+"auto" the calls grammar that a response format's answer is composed with.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import re
 from dataclasses import dataclass
 
 from core.errors import InvalidParameter, Unsupported
-from core.service.tools.grammar import auto_tool_grammar, tool_call_grammar
+from core.service.tools.grammar import auto_calls_grammar, auto_tool_grammar, tool_call_grammar
 from core.service.tools.syntax import ToolSyntax, detect_syntax, syntax_named
 from core.structured import GrammarSpec
 from tandem.v1 import inference_pb2 as pb
@@ -28,6 +29,9 @@ class ToolPlan:
     syntax: ToolSyntax  # each choice's output is parsed for calls in this syntax
     grammar: GrammarSpec | None  # forces calls ("required" / a named function), else None
     keep_special_tokens: bool  # a call marker is a special token: the parser must see it
+    # "auto": the Lark grammar of the calls an output constrained by a response format may be
+    # instead of the format's answer (`GrammarSpec.tool_calls`); "" otherwise
+    calls: str = ""
 
 
 def tools_shown(chat: pb.ChatInput) -> bool:
@@ -54,14 +58,15 @@ def check_tool_choice(chat: pb.ChatInput) -> None:
 
 
 def tool_plan(chat: pb.ChatInput, tools: list[dict], chat_template: str | None,
-              renders_tools: bool, parser_name: str, special_ids: dict[str, int]) -> \
-        ToolPlan | None:
+              renders_tools: bool, parser_name: str, special_ids: dict[str, int],
+              open_objects: bool = False) -> ToolPlan | None:
     """The plan of a request whose template shows tools (None when it shows none).
 
     `tools` are the parsed {"name", "parameters", "strict"} definitions; `renders_tools` says
     whether the template in use changes the prompt when given tools; `parser_name` is the core's
     --tool-call-parser ("auto": read off the template); `special_ids` maps the special tokens'
-    text to their ids."""
+    text to their ids; `open_objects` (the server's --json-open-objects) keeps the arguments'
+    objects without `additionalProperties` open."""
     if not tools_shown(chat):
         return None
     if not renders_tools:
@@ -76,12 +81,18 @@ def tool_plan(chat: pb.ChatInput, tools: list[dict], chat_template: str | None,
     marker_ids = {marker: special_ids[marker] for marker in markers if marker in special_ids}
     mode = chat.tool_choice.mode
     parallel = chat.parallel_tool_calls if chat.HasField("parallel_tool_calls") else True
-    source = None
+    source, calls = None, ""
     if mode in (_MODE.MODE_REQUIRED, _MODE.MODE_FUNCTION):
         function_name = chat.tool_choice.function_name if mode == _MODE.MODE_FUNCTION else None
         source = tool_call_grammar(syntax, tools, function_name=function_name,
-                                   parallel=parallel, special_ids=marker_ids)
-    elif any(tool.get("strict") for tool in tools):  # "auto": constrain only opened calls
-        source = auto_tool_grammar(syntax, tools, parallel=parallel, special_ids=marker_ids)
+                                   parallel=parallel, special_ids=marker_ids,
+                                   open_objects=open_objects)
+    else:
+        if any(tool.get("strict") for tool in tools):  # "auto": constrain only opened calls
+            source = auto_tool_grammar(syntax, tools, parallel=parallel, special_ids=marker_ids,
+                                       open_objects=open_objects)
+        calls = auto_calls_grammar(syntax, tools, parallel=parallel, special_ids=marker_ids,
+                                   open_objects=open_objects)
     grammar = GrammarSpec(kind="lark", source=source, param="tools") if source else None
-    return ToolPlan(syntax=syntax, grammar=grammar, keep_special_tokens=bool(marker_ids))
+    return ToolPlan(syntax=syntax, grammar=grammar, keep_special_tokens=bool(marker_ids),
+                    calls=calls)

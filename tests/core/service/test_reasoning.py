@@ -220,6 +220,30 @@ async def test_forced_tool_call_after_the_block(thinking_core):
     _assert_joins(out, tokenizer)
 
 
+async def test_auto_tools_with_a_response_format_after_the_block(thinking_core):
+    """Tools under "auto" and a response format on a reasoning model: the block, then the
+    format's answer or a call (whichever the model picks), never in the reasoning."""
+    stub, tokenizer = thinking_core
+    bounded = {**SCHEMA, "properties": {**SCHEMA["properties"],
+                                        "days": {"type": "integer", "minimum": 1, "maximum": 7}}}
+    request = _chat(budget=4, max_tokens=200, response_format=pb.ResponseFormat(
+        type=pb.ResponseFormat.TYPE_JSON_SCHEMA, json_schema=json.dumps(bounded)))
+    request.chat.tools.append(pb.Tool(type="function", name="get_weather", strict=True,
+                                      parameters_json=json.dumps(bounded)))
+    request.chat.parallel_tool_calls = False  # one call at most: the grammar then ends
+    out = await _run(stub, request)
+    if out["calls"]:
+        assert out["finish"] == pb.FINISH_REASON_TOOL_CALLS and out["text"] == "", out
+        name, arguments = out["calls"][0]
+        assert name == "get_weather"
+        jsonschema.validate(json.loads(arguments), bounded)
+    else:
+        assert out["finish"] == pb.FINISH_REASON_STOP, out
+        jsonschema.validate(json.loads(out["text"]), bounded)
+    assert "city" not in out["reasoning"] and "<tool_call>" not in out["text"]
+    _assert_joins(out, tokenizer)
+
+
 async def test_unbounded_block_is_reasoning(thinking_core):
     """No budget, no constraint: a random model rarely closes its block, and all of what it
     writes before closing is reasoning, none of it content."""

@@ -1,6 +1,7 @@
 """Tool-call parsers on text the tiny models' own chat templates render (each family's syntax),
 fed whole, a character at a time and in uneven pieces; and the call grammars, checked by
-llguidance against the same text."""
+llguidance against the same text (alone, and as the alternative to a response format's
+answer)."""
 
 from __future__ import annotations
 
@@ -13,9 +14,12 @@ import llguidance.hf
 import pytest
 from transformers import AutoTokenizer
 
+from core.errors import InvalidParameter
 from core.models.tiny import TOOL_STYLE
 from core.service.tools import ToolCallParser, detect_syntax, syntax_named, tool_call_grammar
-from core.service.tools.grammar import auto_tool_grammar
+from core.service.tools.grammar import auto_calls_grammar, auto_tool_grammar
+from core.structured import GrammarSpec
+from core.structured.compiler import GrammarCompiler, grammar_text
 
 WEATHER = {"type": "object", "properties": {
     "city": {"type": "string", "maxLength": 20},
@@ -57,11 +61,12 @@ def pieces(text: str, how: str) -> list[str]:
     return out
 
 
-def parse(syntax_name: str, chunks: list[str]):
-    """(content, calls as [id, name, arguments], the deltas) of a stream of text chunks."""
-    parser = ToolCallParser(syntax_named(syntax_name))
+def parse(syntax_name: str, chunks: list[str], *, cut: bool = False, forced: bool = False):
+    """(content, calls as [id, name, arguments], the deltas) of a stream of text chunks
+    (`cut`: the choice ended by max_tokens)."""
+    parser = ToolCallParser(syntax_named(syntax_name), forced=forced)
     content, calls, deltas = "", {}, []
-    for result in [parser.feed(chunk) for chunk in chunks] + [parser.finish()]:
+    for result in [parser.feed(chunk) for chunk in chunks] + [parser.finish(cut=cut)]:
         content += result.content
         for delta in result.tool_calls:
             deltas.append(delta)
@@ -128,6 +133,52 @@ def test_a_truncated_call_keeps_what_was_streamed():
     assert content == "" and got[0][1:] == ["get_time", '{"zo']
 
 
+@pytest.mark.parametrize("how", ["whole", "chars"])
+@pytest.mark.parametrize("variant", ["qwen2", "llama3", "mistral"])
+def test_a_cut_call_never_leaks_markup(tokenizers, variant, how):
+    """A call cut anywhere (max_tokens) after some content: the content is the text before
+    it, never markup; once the name is written the call is announced, and the arguments sent
+    are what was written of them. Llama 3's bare calls are forced here (a bare `{` under
+    "auto" may be a JSON answer); its `<|python_tag|>` form is read unforced."""
+    tokenizer = tokenizers[variant]
+    syntax = detect_syntax(tokenizer.chat_template)
+    name, arguments = CALLS[0]
+    text = assistant_turn(tokenizer, [CALLS[0]])
+    marked = [text, "<|python_tag|>" + text] if variant == "llama3" else [text]
+    for call_text in marked:
+        forced = not call_text.startswith(syntax.start_markers)
+        lead = "" if forced else "Let me see."
+        full = (lead + "\n" if lead else "") + call_text
+        name_end = call_text.index(json.dumps(name)) + len(json.dumps(name))
+        args_start = call_text.index(json.dumps(arguments))
+        for length in range(len(full) - len(call_text) + 1, len(full)):
+            cut = full[:length]
+            content, got, _ = parse(syntax.name, pieces(cut, how), cut=True, forced=forced)
+            assert content == lead, (cut, content)
+            written = length - (len(full) - len(call_text))
+            if written < name_end:
+                assert got == [], cut
+                continue
+            (call,) = got
+            assert call[1] == name and call[0].startswith("call_")
+            assert json.dumps(arguments).startswith(call[2]), (cut, call)
+            assert call[2] == json.dumps(arguments)[:max(0, written - args_start)]
+        content, got, _ = parse(syntax.name, pieces(full, how), forced=forced)
+        assert content == lead and [(n, json.loads(a)) for _, n, a in got] == [CALLS[0]]
+
+
+@pytest.mark.parametrize("syntax_name,text,content", [
+    ("hermes", "See <tool_ca", "See"),  # a marker cut short: held back, dropped
+    ("mistral", "[TOOL_CALLS]", ""),
+    ("hermes", "<tool_call>\n{\"na", ""),
+    ("llama3_json", '{"answer": 4', '{"answer": 4'),  # unforced: maybe a JSON answer
+])
+def test_cut_markup_is_dropped(syntax_name, text, content):
+    for how in ("whole", "chars"):
+        assert parse(syntax_name, pieces(text, how), cut=True)[:2] == (content, [])
+    assert parse("llama3_json", ['{"na'], cut=True, forced=True)[:2] == ("", [])
+
+
 @pytest.mark.parametrize("variant", ["qwen2", "llama3", "mistral"])
 def test_call_grammars_accept_the_template_text_and_only_allowed_calls(tokenizers, variant):
     tokenizer = tokenizers[variant]
@@ -180,3 +231,58 @@ def test_auto_with_strict_tools_leaves_text_free_and_constrains_opened_calls(tok
     assert accepts(assistant_turn(tokenizer, [("get_time", {"zone": "UTC", "extra": 1})]))
     assert not accepts(assistant_turn(tokenizer, [("get_weather", {"city": "Lyon"})]))
     assert not accepts(assistant_turn(tokenizer, [("no_such_tool", {})]))
+
+
+@pytest.mark.parametrize("variant", ["qwen2", "llama3", "mistral"])
+def test_auto_with_a_response_format_is_the_answer_or_valid_calls(tokenizers, variant):
+    """tool_choice "auto" with a response format: one grammar allows the format's answer or
+    calls in the family's syntax (for Llama 3 both start with `{`), nothing else."""
+    tokenizer = tokenizers[variant]
+    syntax = detect_syntax(tokenizer.chat_template)
+    ll_tokenizer = llguidance.hf.from_tokenizer(tokenizer)
+    tools = [{"name": "get_weather", "parameters": WEATHER, "strict": True},
+             {"name": "get_time", "parameters": TIME, "strict": False}]
+    answer = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"],
+              "additionalProperties": False}
+    spec = GrammarSpec("json_schema", json.dumps(answer), "response_format",
+                       tool_calls=auto_calls_grammar(syntax, tools))
+    grammar = grammar_text(spec, 64 * 1024)
+    assert llguidance.LLMatcher.validate_grammar(grammar, ll_tokenizer) == ""
+
+    def accepts(text: str) -> bool:
+        text = re.sub(r', "id": "call\d"', "", text)
+        matcher = llguidance.LLMatcher(ll_tokenizer, grammar)
+        ok = matcher.consume_tokens(tokenizer.encode(text, add_special_tokens=False))
+        return ok and matcher.is_accepting()
+
+    assert accepts('{"ok":true}')
+    assert accepts(assistant_turn(tokenizer, [("get_weather", {"city": "Lyon", "unit": "c"})]))
+    assert accepts(assistant_turn(tokenizer, [("get_time", {"zone": "UTC", "extra": 1})]))
+    assert not accepts('{"ok":true,"more":1}')
+    assert not accepts("It is sunny, no tool needed.")
+    assert not accepts(assistant_turn(tokenizer, [("get_weather", {"city": "Lyon"})]))
+    assert not accepts(assistant_turn(tokenizer, [("no_such_tool", {})]))
+    if variant != "llama3":
+        two = [("get_weather", {"city": "Lyon", "unit": "c"}), ("get_time", {"zone": "UTC"})]
+        assert accepts(assistant_turn(tokenizer, two))
+
+
+def test_a_bad_part_of_an_answer_or_calls_grammar_is_named(tokenizers):
+    """The composed grammar's error names the part that fails: the calls (`tools`) or the
+    response format's answer."""
+    tokenizer = tokenizers["qwen2"]
+    compiler = GrammarCompiler(tokenizer, len(tokenizer), [tokenizer.eos_token_id])
+    calls = auto_calls_grammar(syntax_named("hermes"), [{"name": "f", "parameters": TIME}])
+    answer = json.dumps({"type": "object", "properties": {"ok": {"type": "boolean"}}})
+    try:
+        compiler.check(GrammarSpec("json_schema", answer, "response_format", tool_calls=calls))
+        for spec, param in [
+                (GrammarSpec("json_schema", answer, "response_format",
+                             tool_calls="start: missing"), "tools"),
+                (GrammarSpec("json_schema", '{"type": "nonsense"}', "response_format",
+                             tool_calls=calls), "response_format")]:
+            with pytest.raises(InvalidParameter) as refused:
+                compiler.check(spec)
+            assert refused.value.param == param
+    finally:
+        compiler.close()

@@ -164,3 +164,60 @@ async def test_auto_with_a_strict_tool_is_text_or_a_valid_call(family):
             check_calls(result, {"get_weather"})
         else:
             assert result["finish"] in (pb.FINISH_REASON_STOP, pb.FINISH_REASON_LENGTH)
+
+
+async def test_auto_with_a_response_format_answers_or_calls(family):
+    """tools under "auto" and a response format (what the Agents SDK sends every turn of an
+    agent with tools and an output_type): each choice is a valid call, or content that is the
+    format's JSON; neither is refused. Two seeded choices, whichever each one picks (strict
+    tools: a call's arguments follow the schema, as the Agents SDK's function tools ask)."""
+    variant, stub = family
+    if variant == "none":
+        pytest.skip("this template cannot show tools")
+    answer = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"],
+              "additionalProperties": False}
+    strict = [pb.Tool(type="function", name=name, parameters_json=json.dumps(schema),
+                      strict=True) for name, schema in SCHEMAS.items()]
+    request = generate(pb.ToolChoice(mode=MODE.MODE_AUTO), tools=strict, seed=5, n=2)
+    request.response_format.CopyFrom(pb.ResponseFormat(type=pb.ResponseFormat.TYPE_JSON_SCHEMA,
+                                                       json_schema=json.dumps(answer)))
+    for result in (await calls_of(stub, request)).values():
+        if result["calls"]:
+            check_calls(result, set(SCHEMAS))
+        else:
+            assert result["finish"] == pb.FINISH_REASON_STOP, result
+            jsonschema.validate(json.loads(result["content"]), answer)
+
+
+async def test_a_forced_call_cut_by_max_tokens_leaks_no_markup(family):
+    """A named call that max_tokens cuts at its first token, right before its arguments, or
+    during them: `length`, no content (never the markup), and the call as far as it went (the
+    cut tokens are the greedy full call's, read back with Detokenize)."""
+    variant, stub = family
+    if variant == "none":
+        pytest.skip("this template cannot show tools")
+    choice = pb.ToolChoice(mode=MODE.MODE_FUNCTION, function_name="get_weather")
+    ids: list[int] = []
+    async for response in stub.Generate(generate(choice)):
+        for delta in response.choices:
+            ids += delta.token_ids
+    texts = [(await stub.Detokenize(pb.DetokenizeRequest(token_ids=ids[:length]))).text
+             for length in range(1, len(ids) + 1)]
+    key = '"parameters": {' if variant == "llama3" else '"arguments": {'
+    before = max(length for length, text in enumerate(texts, 1) if key not in text)
+    during = before + 2  # two tokens into the arguments, which run on for several more
+    assert key in texts[during - 1] and during < len(ids) - 2
+    for max_tokens in (1, before, during):
+        request = generate(choice)
+        request.stopping.max_tokens = max_tokens
+        result = (await calls_of(stub, request))[0]
+        assert result["finish"] == pb.FINISH_REASON_LENGTH, result
+        assert result["content"] == "", (max_tokens, texts[max_tokens - 1], result)
+        calls = list(result["calls"].values())
+        if max_tokens == 1:
+            assert calls == []
+            continue
+        assert [call["name"] for call in calls] == ["get_weather"]
+        written = texts[max_tokens - 1]
+        expected = written[written.index(key) + len(key) - 1:] if max_tokens == during else ""
+        assert calls[0]["arguments"] == expected
