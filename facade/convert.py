@@ -301,6 +301,12 @@ def tokenize_request(request: TokenizeRequest, model: str) -> pb.TokenizeRequest
     return tokenize
 
 
+def chat_tokenize_request(request: ChatCompletionRequest, model: str) -> pb.TokenizeRequest:
+    """The prompt a chat request would render (tools included) as a TokenizeRequest (the
+    Messages API's count_tokens)."""
+    return pb.TokenizeRequest(model=model, chat=_chat_input(request))
+
+
 def detokenize_request(request: DetokenizeRequest, model: str) -> pb.DetokenizeRequest:
     return pb.DetokenizeRequest(model=model, token_ids=request.tokens)
 
