@@ -104,6 +104,7 @@ def require_anthropic_key(request: Request) -> None:
         "(or 'Authorization: Bearer <key>').",
         type="authentication_error",
         code="invalid_api_key",
+        headers={"WWW-Authenticate": "Bearer"},
     )
 
 

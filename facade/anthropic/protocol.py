@@ -121,8 +121,16 @@ class ToolChoiceParam(RequestModel):
 
 
 class ThinkingParam(RequestModel):
-    type: Literal["enabled", "disabled"]
+    """"enabled" with a budget, "adaptive" (the model decides: the model's default), or
+    "disabled"; `display: "omitted"` leaves the thinking blocks out of the answer."""
+
+    type: Literal["enabled", "adaptive", "disabled"]
     budget_tokens: int | None = Field(default=None, ge=1, le=MAX_UINT32)  # "enabled": required
+    display: Literal["summarized", "omitted"] | None = None
+
+    @property
+    def shown(self) -> bool:
+        return self.type != "disabled" and self.display != "omitted"
 
 
 class MetadataParam(RequestModel):

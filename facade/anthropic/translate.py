@@ -213,7 +213,7 @@ def _tools(request: CountTokensRequest) -> dict[str, Any]:
 
 def _thinking(request: CountTokensRequest) -> dict[str, Any]:
     thinking = request.thinking
-    if thinking is None:
+    if thinking is None or thinking.type == "adaptive":
         return {}
     if thinking.type == "disabled":  # Qwen3's switch; templates without it ignore it
         return {"chat_template_kwargs": {"enable_thinking": False}}

@@ -54,7 +54,7 @@ async def create_message(
         chat = to_chat_request(body)
         check_chat_limits(chat, limits)
         chat_run, generation = await open_chat(chat, request, stub, options, settings)
-    show_thinking = body.thinking is None or body.thinking.type == "enabled"
+    show_thinking = body.thinking is None or body.thinking.shown
     run = MessageRun(request=body, chat=chat_run, message_id=new_id("msg"),
                      assembler=BlockAssembler(show_thinking))  # fmt: skip
     if body.stream:
