@@ -3,7 +3,9 @@ uvicorn facade, the tiny model), driven by the official `anthropic` SDK, unchang
 stream give what chat completions gives for the same greedy request, the `messages.stream`
 helper, stop reasons (max_tokens, stop_sequence), tools (a forced call's tool_use block, its
 input_json_delta stream, the tool_result turn after it), and count_tokens, which counts what
-the same message request is billed as input. Claude Code itself: tests/e2e/test_claude_code.py.
+the same message request is billed as input. (SDK 2.10.0's `create` has no `temperature`,
+`top_p` or `top_k` arguments any more; they go through `extra_body`.) Claude Code itself:
+tests/e2e/test_claude_code.py.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ WEATHER_TOOL = {
     },
 }
 USER = [{"role": "user", "content": QUESTION}]
+GREEDY = {"temperature": 0}  # through extra_body
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +46,7 @@ def _text(message) -> str:
 
 
 def test_create_and_stream_match_chat_completions(client, server):
-    message = client.messages.create(model=MODEL, max_tokens=12, temperature=0, system=SYSTEM,
+    message = client.messages.create(model=MODEL, max_tokens=12, extra_body=GREEDY, system=SYSTEM,
                                      messages=USER)
     chat = openai.OpenAI(base_url=f"{server.base}/v1", api_key="unused", max_retries=0)
     completion = chat.chat.completions.create(
@@ -57,7 +60,7 @@ def test_create_and_stream_match_chat_completions(client, server):
     expected = {"length": "max_tokens", "stop": "end_turn"}[completion.choices[0].finish_reason]
     assert message.stop_reason == expected
 
-    with client.messages.stream(model=MODEL, max_tokens=12, temperature=0, system=SYSTEM,
+    with client.messages.stream(model=MODEL, max_tokens=12, extra_body=GREEDY, system=SYSTEM,
                                 messages=USER) as stream:
         streamed = "".join(stream.text_stream)
         final = stream.get_final_message()
@@ -67,11 +70,11 @@ def test_create_and_stream_match_chat_completions(client, server):
 
 
 def test_stop_sequences_and_max_tokens(client):
-    free = client.messages.create(model=MODEL, max_tokens=20, temperature=0, messages=USER)
+    free = client.messages.create(model=MODEL, max_tokens=20, extra_body=GREEDY, messages=USER)
     assert free.stop_reason == "max_tokens" and free.usage.output_tokens == 20
     text = _text(free)
     stop = text[len(text) // 2:][:2]  # two characters from the middle of the greedy answer
-    stopped = client.messages.create(model=MODEL, max_tokens=20, temperature=0, messages=USER,
+    stopped = client.messages.create(model=MODEL, max_tokens=20, extra_body=GREEDY, messages=USER,
                                      stop_sequences=["\u2603never", stop])
     assert stopped.stop_reason == "stop_sequence" and stopped.stop_sequence == stop
     assert text.startswith(_text(stopped)) and stop not in _text(stopped)
