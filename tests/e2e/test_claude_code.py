@@ -12,7 +12,7 @@ this module's server serves a copy of the tiny Llama whose generation_config.jso
 even token id as an end-of-sequence token besides its own (1 and 3): each sampled token ends
 the answer with probability about one half, so it ends within MAX_OUTPUT_TOKENS (odds of not:
 about 2^-32). The weights, tokenizer, template and engine are the `server` fixture's (its
-compiled buckets load from the session's store). Nothing leaves the machine: telemetry, error
+compiled buckets load from the session's store; no embedding model). Nothing leaves the machine: telemetry, error
 reports, the auto-updater and other non-essential traffic are switched off, and HOME is a
 temporary directory.
 """
@@ -77,7 +77,7 @@ def ending_server(server, tiny_models, tmp_path_factory):
                 [sys.executable, "-m", "core.cli", "serve", "--model", str(model_dir),
                  "--served-model-name", MODEL, "--port", str(http_port),
                  "--grpc-port", str(grpc_port), *SERVER_ENGINE_FLAGS,
-                 "--metrics-port", str(metrics_port)],
+                 "--metrics-port", str(metrics_port), "--embedding-model", "none"],
                 stdout=log_file, stderr=subprocess.STDOUT, cwd=ROOT, env=core_env())
         base = f"http://127.0.0.1:{http_port}"
         try:
