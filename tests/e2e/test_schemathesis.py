@@ -38,7 +38,7 @@ CHECKS = [
     checks.response_headers_conformance,
 ]
 GENERATION_ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/responses", "/tokenize",
-                     "/detokenize")
+                     "/detokenize", "/v1/messages", "/v1/messages/count_tokens")
 
 
 def _cases() -> list:
