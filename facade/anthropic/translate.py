@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -58,8 +59,15 @@ def new_id(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex}"
 
 
-def anthropic_param(param: str | None) -> str | None:
-    """A chat parameter name as the Messages request calls it."""
+# Words of the core's messages that name chat things, as a Messages client knows them.
+_RENAMED_WORDS = {"thinking_token_budget": "thinking.budget_tokens",
+                  "image_url content is": "image blocks are"}  # fmt: skip
+_CHAT_MESSAGE = re.compile(r"messages\[(\d+)\]")
+
+
+def anthropic_param(param: str | None, origins: list[str] | None = None) -> str | None:
+    """A chat parameter name as the Messages request calls it; `origins` names, per chat
+    message, the request part it came from (the system prompt, `messages[i]`)."""
     if param is None:
         return None
     for chat_name, name in ANTHROPIC_PARAMS.items():
@@ -67,18 +75,33 @@ def anthropic_param(param: str | None) -> str | None:
             return name
     if param.startswith("tools[") and ".function." in param:
         return param.replace(".function.parameters", ".input_schema").replace(".function.", ".")
-    return param
+    return _rename_messages(param, origins)
+
+
+def _rename_messages(text: str, origins: list[str] | None) -> str:
+    if not origins:
+        return text
+
+    def origin(match: re.Match[str]) -> str:
+        index = int(match.group(1))
+        return origins[index] if index < len(origins) else match.group(0)
+
+    return _CHAT_MESSAGE.sub(origin, text)
 
 
 @contextmanager
-def anthropic_params() -> Iterator[None]:
+def anthropic_params(origins: list[str] | None = None) -> Iterator[None]:
     """Errors raised inside name the Messages parameter instead of the chat one."""
     try:
         yield
     except ApiError as error:
-        renamed = anthropic_param(error.param)
-        if renamed != error.param and error.message and error.param:
-            error.message = error.message.replace(f"'{error.param}'", f"'{renamed}'")
+        renamed = anthropic_param(error.param, origins)
+        message = error.message
+        if renamed != error.param and message and error.param:
+            message = message.replace(f"'{error.param}'", f"'{renamed}'")
+        for word, name in _RENAMED_WORDS.items():
+            message = message.replace(word, name)
+        error.message = _rename_messages(message, origins)
         error.param = renamed
         raise
 
@@ -167,19 +190,22 @@ def _assistant_message(message: MessageParam, where: str) -> dict[str, Any]:
     return chat
 
 
-def chat_messages(request: CountTokensRequest) -> list[dict[str, Any]]:
-    """The request's system prompt and messages as chat messages."""
+def chat_messages(request: CountTokensRequest) -> tuple[list[dict[str, Any]], list[str]]:
+    """The request's system prompt and messages as chat messages, and for each the request
+    part it came from ("system", "messages[i]")."""
     messages: list[dict[str, Any]] = []
+    origins: list[str] = []
     system = system_text(request.system)
     if system is not None:
         messages.append({"role": "system", "content": system})
+        origins.append("system")
     for index, message in enumerate(request.messages):
         where = f"messages[{index}]"
-        if message.role == "user":
-            messages += _user_messages(message, where)
-        else:
-            messages.append(_assistant_message(message, where))
-    return messages
+        turn = (_user_messages(message, where) if message.role == "user"
+                else [_assistant_message(message, where)])  # fmt: skip
+        messages += turn
+        origins += [where] * len(turn)
+    return messages, origins
 
 
 def _tools(request: CountTokensRequest) -> dict[str, Any]:
@@ -223,10 +249,11 @@ def _thinking(request: CountTokensRequest) -> dict[str, Any]:
     return {"thinking_token_budget": thinking.budget_tokens}
 
 
-def to_chat_request(request: CountTokensRequest) -> ChatCompletionRequest:
-    """The chat request that serves (or, for count_tokens, would serve) `request`."""
-    fields: dict[str, Any] = {"messages": chat_messages(request), **_tools(request),
-                              **_thinking(request)}  # fmt: skip
+def to_chat_request(request: CountTokensRequest) -> tuple[ChatCompletionRequest, list[str]]:
+    """The chat request that serves (or, for count_tokens, would serve) `request`, and the
+    origins of its messages (for `anthropic_params`)."""
+    messages, origins = chat_messages(request)
+    fields: dict[str, Any] = {"messages": messages, **_tools(request), **_thinking(request)}
     if request.model:
         fields["model"] = request.model
     if isinstance(request, MessagesRequest):
@@ -237,9 +264,10 @@ def to_chat_request(request: CountTokensRequest) -> ChatCompletionRequest:
         if request.stop_sequences:
             fields["stop"] = request.stop_sequences
     try:
-        return ChatCompletionRequest.model_validate(fields)
+        return ChatCompletionRequest.model_validate(fields), origins
     except ValidationError as error:
-        raise api_error_from_validation(list(error.errors())) from None
+        with anthropic_params(origins):
+            raise api_error_from_validation(list(error.errors())) from None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -50,8 +50,8 @@ async def create_message(
     limits: Limits,
 ) -> Response:
     """Anthropic Messages (streaming and not), served through the chat pipeline."""
-    with anthropic_params():
-        chat = to_chat_request(body)
+    chat, origins = to_chat_request(body)
+    with anthropic_params(origins):
         check_chat_limits(chat, limits)
         chat_run, generation = await open_chat(chat, request, stub, options, settings)
     show_thinking = body.thinking is None or body.thinking.shown
@@ -64,7 +64,7 @@ async def create_message(
         )  # fmt: skip
         return EventStreamResponse(stream, headers=STREAM_HEADERS)
     try:
-        with anthropic_params():
+        with anthropic_params(origins):
             completion = await cancel_on_disconnect(request, complete_chat(chat_run, generation))
     finally:
         generation.cancel()
@@ -87,8 +87,8 @@ async def count_tokens(
 ) -> Response:
     """The tokens of the prompt a message request would send: the rendered chat prompt,
     system prompt and tools included."""
-    with anthropic_params():
-        chat = to_chat_request(body)
+    chat, origins = to_chat_request(body)
+    with anthropic_params(origins):
         check_message_count(len(chat.messages), limits)
         message = chat_tokenize_request(chat, resolve_model(chat.model, settings))
         reply = await cancel_on_disconnect(request, call_core(stub.Tokenize, message, options))

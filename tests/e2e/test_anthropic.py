@@ -130,8 +130,19 @@ def test_errors_reach_the_sdk_typed(client):
         client.messages.create(model="no-such-model", max_tokens=4, messages=USER)
     assert caught.value.body["error"]["type"] == "not_found_error"
     with pytest.raises(anthropic.BadRequestError) as caught:
-        client.messages.create(model=MODEL, max_tokens=4, messages=[{"role": "user", "content": [
-            {"type": "image", "source": {"type": "base64", "media_type": "image/png",
-                                         "data": "iVBORw0KGgo="}}]}])
+        client.messages.create(model=MODEL, max_tokens=4, system=SYSTEM, messages=[
+            {"role": "user", "content": [
+                {"type": "text", "text": "What is this?"},
+                {"type": "image", "source": {"type": "base64", "media_type": "image/png",
+                                             "data": "iVBORw0KGgo="}}]}])
     assert caught.value.body["type"] == "error"
-    assert "image" in caught.value.body["error"]["message"].lower()
+    # the core's refusal, naming the request's message (not the chat one after the system's)
+    message = caught.value.body["error"]["message"]
+    assert message.startswith("messages[0]: image blocks are not supported"), message
+    with pytest.raises(anthropic.BadRequestError) as caught:  # prompt + max_tokens > context
+        client.messages.create(model=MODEL, max_tokens=4000, messages=USER)
+    assert "maximum context length" in caught.value.body["error"]["message"]
+    with pytest.raises(anthropic.BadRequestError) as caught:  # the tiny Llama does not reason
+        client.messages.create(model=MODEL, max_tokens=4, messages=USER,
+                               thinking={"type": "enabled", "budget_tokens": 8})
+    assert "thinking.budget_tokens" in caught.value.body["error"]["message"]

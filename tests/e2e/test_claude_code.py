@@ -12,9 +12,9 @@ this module's server serves a copy of the tiny Llama whose generation_config.jso
 even token id as an end-of-sequence token besides its own (1 and 3): each sampled token ends
 the answer with probability about one half, so it ends within MAX_OUTPUT_TOKENS (odds of not:
 about 2^-32). The weights, tokenizer, template and engine are the `server` fixture's (its
-compiled buckets load from the session's store; no embedding model). Nothing leaves the machine: telemetry, error
-reports, the auto-updater and other non-essential traffic are switched off, and HOME is a
-temporary directory.
+compiled buckets load from the session's store; no embedding model). Nothing leaves the
+machine: telemetry, error reports, the auto-updater and other non-essential traffic are
+switched off, and HOME is a temporary directory.
 """
 
 from __future__ import annotations

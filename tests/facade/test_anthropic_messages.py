@@ -217,7 +217,8 @@ def test_an_error_midstream_is_an_error_event(http):
 def keyed_facade_url(background, core_double):
     from tests.facade.conftest import start_facade, stop_facade
 
-    settings = FacadeSettings(core_address=f"127.0.0.1:{core_double[2]}", api_keys=["k-one"])
+    settings = FacadeSettings(core_address=f"127.0.0.1:{core_double[2]}", api_keys=["k-one"],
+                              max_body_bytes=4096)
     facade = background.run(start_facade(settings))
     yield facade.base_url
     background.run(stop_facade(facade))
@@ -237,3 +238,13 @@ def test_x_api_key_and_bearer_are_both_accepted(keyed_facade_url):
     chat = httpx.post(f"{keyed_facade_url}/v1/chat/completions", headers={"x-api-key": "k-one"},
                       json={"messages": user})
     assert chat.status_code == 401 and chat.json()["error"]["code"] == "invalid_api_key"
+
+
+def test_body_limit_and_unknown_paths_in_anthropics_envelope(keyed_facade_url):
+    big = {"max_tokens": 5, "messages": [{"role": "user", "content": "x" * 5000}]}
+    headers = {"x-api-key": "k-one"}
+    with httpx.Client(base_url=keyed_facade_url, headers=headers) as http:
+        _anthropic_error(http.post("/v1/messages", json=big), 413, "request_too_large")
+        _anthropic_error(http.post("/v1/messages/nope", json={}), 404, "not_found_error")
+        chat = http.post("/v1/chat/completions", json={"messages": big["messages"]})
+        assert chat.status_code == 413 and chat.json()["error"]["code"] == "request_too_large"
