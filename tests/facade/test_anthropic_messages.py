@@ -213,6 +213,23 @@ def test_an_error_midstream_is_an_error_event(http):
     assert "message_stop" not in [name for name, _ in events]
 
 
+def _errors_counted(http, code: str) -> float:
+    for line in http.get("/metrics").text.splitlines():
+        if line.startswith(f'tandem_facade_errors_total{{code="{code}"}}'):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def test_errors_are_counted_by_anthropic_type(http):
+    before = _errors_counted(http, "api_error"), _errors_counted(http, "overloaded_error")
+    http.post("/v1/messages", json={"model": "midstream", "max_tokens": 10, "stream": True,
+                                    "messages": [{"role": "user", "content": WORDS}]})
+    http.post("/v1/messages", json={"model": "overloaded", "max_tokens": 10,
+                                    "messages": [{"role": "user", "content": WORDS}]})
+    after = _errors_counted(http, "api_error"), _errors_counted(http, "overloaded_error")
+    assert (after[0] - before[0], after[1] - before[1]) == (1, 1)
+
+
 @pytest.fixture(scope="module")
 def keyed_facade_url(background, core_double):
     from tests.facade.conftest import start_facade, stop_facade
