@@ -7,7 +7,7 @@ error responses (facade/openapi.py), the middleware (request ids, metrics
 and the access log, CORS when origins are configured, the body limit), the routers (GET
 /metrics included), and the exception handlers that render every error —
 Tandem's own, FastAPI's validation errors (422 → 400) and Starlette's HTTP errors (404, 405,
-413) — as the OpenAI envelope.
+413) — as the OpenAI envelope (Anthropic's on /v1/messages, facade/routes/messages.py).
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from facade.routes import (
     completions,
     embeddings,
     health,
+    messages,
     models,
     rerank,
     responses,
@@ -55,7 +56,8 @@ logger = logging.getLogger(__name__)
 CHANNEL_CLOSE_GRACE_S = 5.0
 # What browsers may send and read cross-origin when CORS is on.
 CORS_ALLOW_METHODS = ["GET", "POST", "DELETE"]
-CORS_ALLOW_HEADERS = ["Authorization", "Content-Type", REQUEST_ID_HEADER]
+CORS_ALLOW_HEADERS = ["Authorization", "Content-Type", REQUEST_ID_HEADER,
+                      "x-api-key", "anthropic-version", "anthropic-beta"]  # fmt: skip
 CORS_EXPOSE_HEADERS = [REQUEST_ID_HEADER]
 # gRPC retries of Inference RPCs that fail UNAVAILABLE before the core answered anything (a core
 # draining, killed or not reachable): round_robin sends each attempt to the next core. gRPC only
@@ -128,19 +130,19 @@ async def _on_api_error(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, ApiError)
     if error.status_code in (499, 500, 501, 504):  # 503s are logged where they arise
         logger.info("request %s failed: %r", getattr(request.state, "request_id", "?"), error)
-    return error_response(error)
+    return error_response(error, request.url.path)
 
 
 async def _on_validation_error(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, RequestValidationError)
-    return error_response(api_error_from_validation(list(error.errors())))
+    return error_response(api_error_from_validation(list(error.errors())), request.url.path)
 
 
 async def _on_http_error(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, StarletteHTTPException)
     route = f"{request.method} {request.url.path}"
     api_error = api_error_from_http(error.status_code, str(error.detail), error.headers, route)
-    return error_response(api_error)
+    return error_response(api_error, request.url.path)
 
 
 def create_app(settings: FacadeSettings | None = None) -> FastAPI:
@@ -172,8 +174,8 @@ def create_app(settings: FacadeSettings | None = None) -> FastAPI:
     app.add_exception_handler(ApiError, _on_api_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
-    for module in (chat, completions, responses, embeddings, score, rerank, tokenize, models,
-                   health):
+    for module in (chat, completions, responses, messages, embeddings, score, rerank, tokenize,
+                   models, health):  # fmt: skip
         app.include_router(module.router)
     app.include_router(metrics_router)
     install_openapi(app)

@@ -298,8 +298,9 @@ def tokenize_request(request: TokenizeRequest, model: str) -> pb.TokenizeRequest
     return tokenize
 
 
-def chat_prompt_tokenize_request(request: ChatCompletionRequest, model: str) -> pb.TokenizeRequest:
-    """The prompt a chat request renders (messages, tools, template options), to be counted."""
+def chat_tokenize_request(request: ChatCompletionRequest, model: str) -> pb.TokenizeRequest:
+    """The prompt a chat request would render (tools included) as a TokenizeRequest (the
+    Messages API's count_tokens)."""
     return pb.TokenizeRequest(model=model, chat=_chat_input(request))
 
 

@@ -3,12 +3,14 @@
 `CoreStub` and `CoreChannel` come from the app's lifespan (one gRPC channel per process),
 `RequestId` from the request-id middleware, `Settings` from `create_app()`, and
 `require_api_key` checks `Authorization: Bearer` on each route that lists it
-(`require_metrics_auth` on GET /metrics, when `metrics_require_auth` asks for it).
+(`require_metrics_auth` on GET /metrics, when `metrics_require_auth` asks for it;
+`require_anthropic_key` on the Messages API's: `x-api-key` or Bearer, and `anthropic-version`).
 """
 
 from __future__ import annotations
 
 import hmac
+import re
 from typing import Annotated
 
 import grpc
@@ -18,6 +20,9 @@ from facade.errors import ApiError, service_unavailable
 from facade.generation import CallOptions
 from facade.settings import FacadeSettings
 from tandem.v1.inference_pb2_grpc import InferenceStub
+
+# What `anthropic-version` must look like.
+ANTHROPIC_VERSION = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
 def _not_started() -> ApiError:
@@ -42,22 +47,33 @@ def get_stub(request: Request) -> InferenceStub:
     return stub
 
 
+def _accepted_keys(request: Request) -> list[str]:
+    keys = getattr(request.app.state, "api_keys", None)
+    return request.app.state.settings.api_keys if keys is None else keys
+
+
+def _is_accepted(presented: str, keys: list[str]) -> bool:
+    # compare against every key, so timing tells nothing about which prefix matched
+    matches = [hmac.compare_digest(presented.encode(), key.encode()) for key in keys]
+    return any(matches)
+
+
+def _bearer_token(request: Request) -> str | None:
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else None
+
+
 def require_api_key(request: Request) -> None:
     """401 unless the request carries one of the accepted keys (no keys: open).
 
     The accepted keys are `TANDEM_API_KEYS` plus the lines of `TANDEM_API_KEYS_FILE`, read once
     by `create_app()` into `app.state.api_keys`.
     """
-    keys = getattr(request.app.state, "api_keys", None)
-    if keys is None:
-        keys = request.app.state.settings.api_keys
+    keys = _accepted_keys(request)
     if not keys:
         return
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    presented = token.strip().encode()
-    # compare against every key, so timing tells nothing about which prefix matched
-    matches = [hmac.compare_digest(presented, key.encode()) for key in keys]
-    if scheme.lower() == "bearer" and any(matches):
+    token = _bearer_token(request)
+    if token is not None and _is_accepted(token, keys):
         return
     raise ApiError(
         401,
@@ -68,8 +84,34 @@ def require_api_key(request: Request) -> None:
     )
 
 
+def require_anthropic_key(request: Request) -> None:
+    """The Messages API's check: the same keys, sent as `x-api-key` (Anthropic's header) or as
+    `Authorization: Bearer`; and `anthropic-version`, when sent, a date (YYYY-MM-DD: every
+    version gets the same answers; SDKs send their own release's, e.g. 2023-06-01)."""
+    version = request.headers.get("anthropic-version")
+    if version is not None and not ANTHROPIC_VERSION.fullmatch(version.strip()):
+        raise ApiError(400, f"Invalid anthropic-version '{version[:40]}': expected a date "
+                       "such as 2023-06-01.", param="anthropic-version")
+    keys = _accepted_keys(request)
+    if not keys:
+        return
+    for token in (request.headers.get("x-api-key"), _bearer_token(request)):
+        if token is not None and _is_accepted(token.strip(), keys):
+            return
+    raise ApiError(
+        401,
+        "Incorrect or missing API key. Send it as 'x-api-key: <key>' "
+        "(or 'Authorization: Bearer <key>').",
+        type="authentication_error",
+        code="invalid_api_key",
+        headers={"WWW-Authenticate": "Bearer"},
+    )
+
+
 # `dependencies=` of every route that needs a key (health probes stay open).
 API_KEY_REQUIRED = [Depends(require_api_key)]
+# `dependencies=` of the Messages API's routes (x-api-key, anthropic-version).
+ANTHROPIC_KEY_REQUIRED = [Depends(require_anthropic_key)]
 
 
 def require_metrics_auth(request: Request) -> None:

@@ -2,7 +2,9 @@
 
 Owns `ApiError` (what handlers raise), the OpenAI error envelope
 `{"error": {"message", "type", "param", "code"}}` (and its pydantic model `ErrorResponse`, which
-/openapi.json documents), and the mapping of the core's gRPC status +
+/openapi.json documents), the same errors in Anthropic's envelope
+`{"type": "error", "error": {"type", "message"}}` on the Messages API's routes
+(`error_response(error, path)`, `anthropic_body`), and the mapping of the core's gRPC status +
 `google.rpc` details (`ErrorInfo.reason`, `BadRequest.FieldViolation`, `RetryInfo`) to an HTTP
 status, OpenAI `type` and `code`. Also turns FastAPI validation errors and Starlette HTTP errors
 into the same envelope.
@@ -103,9 +105,58 @@ class ApiError(Exception):
         return f"ApiError({self.status_code}, {self.type}, {self.code}, {self.message!r})"
 
 
-def error_response(error: ApiError) -> JSONResponse:
-    """Render an ApiError as an HTTP response (the request-id middleware adds x-request-id)."""
+def error_response(error: ApiError, path: str = "") -> JSONResponse:
+    """Render an ApiError as an HTTP response (the request-id middleware adds x-request-id):
+    the OpenAI envelope, or Anthropic's on the Messages API's routes (`path` under
+    ANTHROPIC_PATH_PREFIX)."""
+    if is_anthropic_path(path):
+        status_code, _ = anthropic_status(error)
+        return JSONResponse(anthropic_body(error), status_code=status_code,
+                            headers=error.headers)  # fmt: skip
     return JSONResponse(error.body(), status_code=error.status_code, headers=error.headers)
+
+
+# ---------------------------------------------------------------------------------------------
+# The same errors in Anthropic's envelope (POST /v1/messages, /v1/messages/count_tokens)
+
+# The routes whose errors are rendered in Anthropic's envelope.
+ANTHROPIC_PATH_PREFIX = "/v1/messages"
+
+# HTTP status → Anthropic error type (Anthropic's own table).
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    529: "overloaded_error",
+}
+
+
+def is_anthropic_path(path: str) -> bool:
+    return path == ANTHROPIC_PATH_PREFIX or path.startswith(ANTHROPIC_PATH_PREFIX + "/")
+
+
+def anthropic_status(error: ApiError) -> tuple[int, str]:
+    """The HTTP status and Anthropic error type of `error`: a core that is overloaded (429
+    `overloaded`) or unavailable (503) is Anthropic's 529 `overloaded_error` (which its SDKs
+    retry); other 4xx keep their status (unlisted ones are `invalid_request_error`), other 5xx
+    are `api_error`."""
+    status = error.status_code
+    if (status == 429 and error.code == "overloaded") or status == 503:
+        return 529, "overloaded_error"
+    kind = _ANTHROPIC_TYPES.get(status)
+    if kind is None:
+        kind = "api_error" if status >= 500 else "invalid_request_error"
+    return status, kind
+
+
+def anthropic_body(error: ApiError) -> dict[str, Any]:
+    """Anthropic's error envelope `{"type": "error", "error": {"type", "message"}}`."""
+    return {"type": "error", "error": {"type": anthropic_status(error)[1],
+                                       "message": error.message}}  # fmt: skip
 
 
 def invalid_request(

@@ -17,7 +17,8 @@ the state the probe exists to report, so `PROBE_PATHS` count in `requests_total`
 
 `route` is the matched route's template (`/v1/chat/completions`), or `UNMATCHED_ROUTE` for paths
 no route knows, so that no label grows with what clients send. `code` is read from the error
-envelope of a 4xx/5xx JSON body, or from an in-stream `data: {"error": ...}` event.
+envelope of a 4xx/5xx JSON body, or from an in-stream `data: {"error": ...}` event (on the
+Messages API: the Anthropic envelope's error `type`, from the body or the `error` event).
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ QUIET_PATHS = frozenset({"/health", "/ready", "/metrics"})
 PROBE_PATHS = frozenset({"/health", "/ready"})
 # An in-stream error event, as facade/sse.py writes it.
 _SSE_ERROR_PREFIX = b'data: {"error":'
+# ... and of the Messages API's (facade/anthropic/stream.py): its data follows.
+_ANTHROPIC_SSE_ERROR_PREFIX = b"event: error\ndata: "
 
 # Histogram buckets: generations run for minutes, first bytes should come in well under one.
 DURATION_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
@@ -96,9 +99,13 @@ def route_label(scope: Scope) -> str:
 
 
 def error_code_label(body: bytes) -> str:
-    """The `code` of an OpenAI error envelope ("none" when null, "other" when unreadable)."""
+    """The `code` of an OpenAI error envelope, or the `type` of Anthropic's (which has no code)
+    ("none" when null, "other" when unreadable)."""
     try:
-        code = json.loads(body)["error"].get("code")
+        envelope = json.loads(body)
+        code = envelope["error"].get("code")
+        if envelope.get("type") == "error" and "code" not in envelope["error"]:
+            code = envelope["error"].get("type")
     except (ValueError, KeyError, TypeError, AttributeError):
         return "other"
     if code is None:
@@ -173,6 +180,9 @@ class MetricsMiddleware:
             )
         if exchange.is_stream and body.startswith(_SSE_ERROR_PREFIX):
             code = error_code_label(body.removeprefix(b"data: ").strip())
+            exchange.stream_error_codes.append(code)
+        elif exchange.is_stream and body.startswith(_ANTHROPIC_SSE_ERROR_PREFIX):
+            code = error_code_label(body.removeprefix(_ANTHROPIC_SSE_ERROR_PREFIX).strip())
             exchange.stream_error_codes.append(code)
         if exchange.error_body is not None:
             if len(exchange.error_body) + len(body) <= MAX_ERROR_BODY_BYTES:

@@ -5,7 +5,7 @@ Owns `x-request-id`: taken from the incoming header when it is sane (printable A
 `request.state.request_id` and in `facade.logs.request_id_var` (so every log line written while
 the request is handled, its stream included, carries it); added to every response, errors and
 unknown routes included. An exception nothing else handled becomes the 500 envelope here, so
-even that carries the id.
+even that carries the id (Anthropic's envelope on the Messages API's paths, as every error).
 
 Body size: a declared `Content-Length` over the limit is answered 413 at once; a chunked body
 that grows past it raises a 413 `HTTPException` from `receive`, which FastAPI re-raises and the
@@ -67,7 +67,8 @@ class RequestIdMiddleware:
             logger.exception("unhandled error in request %s", request_id)
             if response_started:
                 raise
-            await error_response(internal_error())(scope, receive, send_with_id)
+            await error_response(internal_error(), scope.get("path", ""))(
+                scope, receive, send_with_id)
         finally:
             request_id_var.reset(token)
 
@@ -93,7 +94,8 @@ class BodySizeLimitMiddleware:
             return
         declared = Headers(scope=scope).get("content-length", "")
         if declared.isdigit() and int(declared) > self.max_body_bytes:
-            await error_response(_too_large(self.max_body_bytes))(scope, receive, send)
+            too_large = error_response(_too_large(self.max_body_bytes), scope.get("path", ""))
+            await too_large(scope, receive, send)
             return
         received_bytes = 0
 

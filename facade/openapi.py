@@ -23,6 +23,7 @@ from fastapi import FastAPI
 from pydantic import BaseModel, Field
 from pydantic.json_schema import models_json_schema
 
+from facade.anthropic.protocol import AnthropicErrorResponse, CountTokensResponse, MessageObject
 from facade.bodies import (
     ChatCompletion,
     ChatCompletionChunk,
@@ -222,6 +223,41 @@ RESPONSES_RESPONSES = {
     **error_responses(400, 401, 413, 499, *_CORE_FAILURES),
     404: _RESPONSE_404,
     503: _STORE_503,
+}
+# /v1/messages, /v1/messages/count_tokens: Anthropic's envelope, and its status codes (a core
+# that is overloaded or unavailable is 529).
+_ANTHROPIC_ERRORS = {
+    400: "Invalid request (type invalid_request_error).",
+    401: "Missing or wrong API key, sent as x-api-key or Bearer (type authentication_error).",
+    404: "The model does not exist (type not_found_error).",
+    413: "The request body is larger than the facade accepts (type request_too_large).",
+    499: "The request was cancelled: the client went away (logged).",
+    500: "A bug in the facade or the core (type api_error).",
+    501: "The core does not implement what was asked (type api_error).",
+    504: "The core did not finish within the request deadline (type api_error).",
+    529: "The core is overloaded or no core is ready; retry (type overloaded_error).",
+}
+ANTHROPIC_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": AnthropicErrorResponse, "description": description}
+    for status, description in _ANTHROPIC_ERRORS.items()
+}
+MESSAGES_RESPONSES = {
+    200: {
+        "model": MessageObject,
+        "description": "The message; with `stream: true`, server-sent events `event: <type>` + "
+        "`data: <json>` from `message_start` to `message_stop` (an error after the first "
+        "event: an `error` event, and the stream ends).",
+        "content": {"text/event-stream": {"schema": {
+            "type": "object",
+            "required": ["data"],
+            "properties": {"data": {"type": "string", "contentMediaType": "application/json"}},
+        }}},
+    },
+    **ANTHROPIC_ERROR_RESPONSES,
+}
+COUNT_TOKENS_RESPONSES = {
+    200: {"model": CountTokensResponse, "description": "The prompt's tokens (tools included)."},
+    **ANTHROPIC_ERROR_RESPONSES,
 }
 RESPONSE_GET_RESPONSES = {
     200: {"model": ResponseObject, "description": "The stored response, as it was returned."},

@@ -21,7 +21,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response
 
-from facade.convert import chat_prompt_tokenize_request
+from facade.convert import chat_tokenize_request
 from facade.dependencies import API_KEY_REQUIRED, CoreCallOptions, CoreStub, Settings, resolve_model
 from facade.errors import ApiError, invalid_request, service_unavailable
 from facade.generation import call_core
@@ -236,7 +236,7 @@ async def count_input_tokens(
         history = (await _read(store, body.previous_response_id, "previous_response_id")).messages
     with responses_params():
         chat, _ = to_chat_request(body, history)
-        message = chat_prompt_tokenize_request(chat, resolve_model(chat.model, settings))
+        message = chat_tokenize_request(chat, resolve_model(chat.model, settings))
         reply = await cancel_on_disconnect(request, call_core(stub.Tokenize, message, options))
     counted = InputTokens(input_tokens=len(reply.token_ids))
     return JSONResponse(counted.model_dump(mode="json"), headers=ignored)

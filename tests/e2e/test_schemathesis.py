@@ -38,7 +38,8 @@ CHECKS = [
     checks.response_headers_conformance,
 ]
 GENERATION_ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/responses", "/tokenize",
-                     "/detokenize", "/v1/responses/input_tokens")
+                     "/detokenize", "/v1/responses/input_tokens", "/v1/messages",
+                     "/v1/messages/count_tokens")
 
 
 def _cases() -> list:
