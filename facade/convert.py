@@ -22,6 +22,7 @@ from collections.abc import Iterable, Sequence
 from facade.bodies import ChoiceLogprobs, CompletionLogprobs, TokenLogprob, TopLogprob
 from facade.errors import ApiError, internal_error, invalid_request
 from facade.protocol import (
+    AllowedToolsChoice,
     ChatCompletionRequest,
     ChatMessage,
     CompletionRequest,
@@ -209,6 +210,10 @@ def _tool_choice(request: ChatCompletionRequest) -> pb.ToolChoice | None:
         return None
     if isinstance(choice, str):
         return pb.ToolChoice(mode=_TOOL_CHOICE_MODES[choice])
+    if isinstance(choice, AllowedToolsChoice):
+        allowed = choice.allowed_tools
+        return pb.ToolChoice(mode=_TOOL_CHOICE_MODES[allowed.mode],
+                             allowed_function_names=[tool.function.name for tool in allowed.tools])
     name = choice.function.name if hasattr(choice, "function") else choice.name
     return pb.ToolChoice(mode=pb.ToolChoice.MODE_FUNCTION, function_name=name)
 

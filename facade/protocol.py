@@ -120,6 +120,24 @@ class NamedToolChoice(RequestModel):
     function: NamedFunction
 
 
+class AllowedTool(RequestModel):
+    type: Literal["function"] = "function"
+    function: NamedFunction
+
+
+class AllowedTools(RequestModel):
+    mode: Literal["auto", "required"]
+    tools: list[AllowedTool] = Field(min_length=1)
+
+
+class AllowedToolsChoice(RequestModel):
+    """OpenAI's `{"type": "allowed_tools", "allowed_tools": {"mode", "tools"}}`: every tool stays
+    in the prompt, the model may call only these."""
+
+    type: Literal["allowed_tools"]
+    allowed_tools: AllowedTools
+
+
 # ---------------------------------------------------------------------------------------------
 # Shared request fields
 
@@ -258,7 +276,8 @@ class ChatCompletionRequest(SamplingFields):
     logprobs: bool | None = None
     top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
     tools: list[ChatTool] | None = None
-    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    tool_choice: (Literal["none", "auto", "required"] | NamedToolChoice | AllowedToolsChoice
+                  | None) = None
     parallel_tool_calls: bool | None = None
     functions: list[FunctionDefinition] | None = None  # deprecated by OpenAI: sent as tools
     function_call: Literal["none", "auto"] | NamedFunction | None = None  # → tool_choice

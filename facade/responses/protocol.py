@@ -127,7 +127,7 @@ def refuse_unsupported(data: Any) -> None:
                               f"Tools of type '{kind}' are not supported by this server.")
     choice = data.get("tool_choice")
     kind = choice.get("type") if isinstance(choice, dict) else None
-    if kind in UNSUPPORTED_TOOL_TYPES or kind in ("mcp", "allowed_tools"):
+    if kind in UNSUPPORTED_TOOL_TYPES:
         raise unsupported("tool_choice.type",
                           f"tool_choice of type '{kind}' is not supported by this server.")
 
@@ -145,6 +145,20 @@ class FunctionTool(RequestModel):
 class NamedFunctionChoice(RequestModel):
     type: Literal["function"]
     name: str
+
+
+class AllowedFunction(RequestModel):
+    type: Literal["function"]
+    name: str
+
+
+class AllowedToolsChoice(RequestModel):
+    """`{"type": "allowed_tools", "mode", "tools"}`: every tool stays in the prompt, the model may
+    call only these."""
+
+    type: Literal["allowed_tools"]
+    mode: Literal["auto", "required"]
+    tools: list[AllowedFunction] = Field(min_length=1)
 
 
 class TextFormat(RequestModel):
@@ -168,7 +182,8 @@ class ResponsesRequest(SamplingFields):
     instructions: str | None = None
     max_output_tokens: int | None = Field(default=None, ge=1, le=MAX_UINT32)
     tools: list[FunctionTool] | None = None
-    tool_choice: Literal["none", "auto", "required"] | NamedFunctionChoice | None = None
+    tool_choice: (Literal["none", "auto", "required"] | NamedFunctionChoice
+                  | AllowedToolsChoice | None) = None
     parallel_tool_calls: bool | None = None
     text: TextConfig | None = None
     metadata: dict[str, str] | None = None

@@ -22,6 +22,7 @@ from pydantic import ValidationError
 from facade.errors import ApiError, api_error_from_validation, invalid_request
 from facade.protocol import ChatCompletionRequest, SamplingFields
 from facade.responses.protocol import (
+    AllowedToolsChoice,
     FunctionCallInput,
     FunctionCallOutput,
     FunctionCallOutputInput,
@@ -194,10 +195,15 @@ def _tools(request: ResponsesRequest) -> dict[str, Any]:
         ]  # fmt: skip
     choice = request.tool_choice
     if choice is not None:
-        fields["tool_choice"] = (
-            choice if isinstance(choice, str)
-            else {"type": "function", "function": {"name": choice.name}}
-        )  # fmt: skip
+        if isinstance(choice, str):
+            fields["tool_choice"] = choice
+        elif isinstance(choice, AllowedToolsChoice):
+            fields["tool_choice"] = {"type": "allowed_tools", "allowed_tools": {
+                "mode": choice.mode,
+                "tools": [{"type": "function", "function": {"name": tool.name}}
+                          for tool in choice.tools]}}  # fmt: skip
+        else:
+            fields["tool_choice"] = {"type": "function", "function": {"name": choice.name}}
     if request.parallel_tool_calls is not None:
         fields["parallel_tool_calls"] = request.parallel_tool_calls
     return fields

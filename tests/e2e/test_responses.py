@@ -219,6 +219,47 @@ def test_forced_tool_choice_gives_function_calls_whose_arguments_validate(client
         jsonschema.validate(json.loads(call.arguments), WEATHER_TOOL["parameters"])
 
 
+TIME_TOOL = {"type": "function", "name": "get_time", "description": "The time in a city.",
+             "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                            "required": ["city"], "additionalProperties": False},
+             "strict": True}
+
+
+@needs_tool_calling
+@pytest.mark.parametrize("mode", ["required", "auto"])
+def test_allowed_tools_limit_the_calls_not_the_prompt(client, server, mode):
+    """tool_choice allowed_tools: the model calls only the allowed tools, while the prompt
+    still shows every tool (the same input tokens as with every tool callable); on chat too."""
+    allowed = {"type": "allowed_tools", "mode": mode,
+               "tools": [{"type": "function", "name": "get_time"}]}
+    body = {"model": MODEL, "input": "What is the weather in Paris?",
+            "tools": [WEATHER_TOOL, TIME_TOOL], "max_output_tokens": 120, "temperature": 0}
+    response = client.responses.create(**body, tool_choice=allowed)
+    calls = [item for item in response.output if item.type == "function_call"]
+    assert all(call.name == "get_time" for call in calls)
+    for call in calls:
+        jsonschema.validate(json.loads(call.arguments), TIME_TOOL["parameters"])
+    if mode == "required":
+        assert calls and response.status == "completed"
+    counts = [httpx.post(f"{server.base}/v1/responses/input_tokens", timeout=60,
+                         json={**body, "tool_choice": choice}).json()["input_tokens"]
+              for choice in (allowed, mode)]
+    assert counts[0] == counts[1] == response.usage.input_tokens
+    chat = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "What is the weather in Paris?"}],
+        tools=[{"type": "function", "function": {k: v for k, v in tool.items() if k != "type"}}
+               for tool in (WEATHER_TOOL, TIME_TOOL)],
+        tool_choice={"type": "allowed_tools", "allowed_tools": {
+            "mode": mode, "tools": [{"type": "function", "function": {"name": "get_time"}}]}},
+        max_tokens=120, temperature=0)
+    chat_calls = chat.choices[0].message.tool_calls or []
+    assert all(call.function.name == "get_time" for call in chat_calls)
+    assert chat_calls or mode == "auto"
+    unknown = httpx.post(f"{server.base}/v1/responses", timeout=60, json={
+        **body, "tool_choice": {**allowed, "tools": [{"type": "function", "name": "nope"}]}})
+    assert unknown.status_code == 400 and unknown.json()["error"]["param"] == "tool_choice"
+
+
 @needs_tool_calling
 def test_text_format_json_schema_output_validates(client):
     schema = {"type": "object", "properties": {"ok": {"type": "boolean"},

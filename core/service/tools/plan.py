@@ -1,10 +1,11 @@
 """How one chat request uses tools: validation of `tools` / `tool_choice`, and the plan.
 
-Owns: the 400s of tool requests (a tool_choice without tools, a named function that is not among
-them, bad or duplicate tool names, tools for a model whose chat template cannot show them or
-whose call syntax is unknown) and `ToolPlan`: the syntax each choice's output is parsed in, and
-the grammar that forces calls for `tool_choice` "required" or a named function, and under
-"auto" the calls grammar that a response format's answer is composed with.
+Owns: the 400s of tool requests (a tool_choice without tools, a named or allowed function that is
+not among them, bad or duplicate tool names, tools for a model whose chat template cannot show
+them or whose call syntax is unknown) and `ToolPlan`: the syntax each choice's output is parsed
+in, and the grammar that forces calls for `tool_choice` "required" or a named function (of the
+allowed tools only, under `allowed_tools`), and under "auto" the calls grammar that a response
+format's answer is composed with.
 """
 
 from __future__ import annotations
@@ -55,6 +56,14 @@ def check_tool_choice(chat: pb.ChatInput) -> None:
         raise InvalidParameter(f"tool_choice names the function "
                                f"{chat.tool_choice.function_name!r}, which is not in tools",
                                param="tool_choice")
+    allowed = list(chat.tool_choice.allowed_function_names)
+    if allowed and mode not in (_MODE.MODE_AUTO, _MODE.MODE_REQUIRED):
+        raise InvalidParameter("allowed tools go with the modes 'auto' and 'required' only",
+                               param="tool_choice")
+    for name in allowed:
+        if name not in names:
+            raise InvalidParameter(f"tool_choice allows the function {name!r}, which is not in "
+                                   "tools", param="tool_choice")
 
 
 def tool_plan(chat: pb.ChatInput, tools: list[dict], chat_template: str | None,
@@ -81,18 +90,21 @@ def tool_plan(chat: pb.ChatInput, tools: list[dict], chat_template: str | None,
     marker_ids = {marker: special_ids[marker] for marker in markers if marker in special_ids}
     mode = chat.tool_choice.mode
     parallel = chat.parallel_tool_calls if chat.HasField("parallel_tool_calls") else True
+    allowed = set(chat.tool_choice.allowed_function_names)  # empty: every tool may be called
+    callable_tools = [tool for tool in tools if tool["name"] in allowed] if allowed else tools
     source, calls = None, ""
     if mode in (_MODE.MODE_REQUIRED, _MODE.MODE_FUNCTION):
         function_name = chat.tool_choice.function_name if mode == _MODE.MODE_FUNCTION else None
-        source = tool_call_grammar(syntax, tools, function_name=function_name,
+        source = tool_call_grammar(syntax, callable_tools, function_name=function_name,
                                    parallel=parallel, special_ids=marker_ids,
                                    open_objects=open_objects)
     else:
-        if any(tool.get("strict") for tool in tools):  # "auto": constrain only opened calls
-            source = auto_tool_grammar(syntax, tools, parallel=parallel, special_ids=marker_ids,
-                                       open_objects=open_objects)
-        calls = auto_calls_grammar(syntax, tools, parallel=parallel, special_ids=marker_ids,
-                                   open_objects=open_objects)
+        # "auto": constrain opened calls where some tool is strict or only some may be called
+        if allowed or any(tool.get("strict") for tool in tools):
+            source = auto_tool_grammar(syntax, callable_tools, parallel=parallel,
+                                       special_ids=marker_ids, open_objects=open_objects)
+        calls = auto_calls_grammar(syntax, callable_tools, parallel=parallel,
+                                   special_ids=marker_ids, open_objects=open_objects)
     grammar = GrammarSpec(kind="lark", source=source, param="tools") if source else None
     return ToolPlan(syntax=syntax, grammar=grammar, keep_special_tokens=bool(marker_ids),
                     calls=calls)

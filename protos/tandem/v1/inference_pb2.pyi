@@ -366,18 +366,26 @@ class ToolChoice(_message.Message):
 
     MODE_FIELD_NUMBER: _builtins.int
     FUNCTION_NAME_FIELD_NUMBER: _builtins.int
+    ALLOWED_FUNCTION_NAMES_FIELD_NUMBER: _builtins.int
     mode: Global___ToolChoice.Mode.ValueType
     function_name: _builtins.str
     """The function to call (MODE_FUNCTION only)."""
+    @_builtins.property
+    def allowed_function_names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """MODE_AUTO or MODE_REQUIRED only: the model may call only these of `tools` (OpenAI's
+        `allowed_tools`), while the template still shows every tool. Empty: any of them.
+        """
+
     def __init__(
         self,
         *,
         mode: Global___ToolChoice.Mode.ValueType = ...,
         function_name: _builtins.str = ...,
+        allowed_function_names: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["function_name", b"function_name", "mode", b"mode"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_function_names", b"allowed_function_names", "function_name", b"function_name", "mode", b"mode"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
