@@ -1,6 +1,7 @@
 """CLI: write tiny random Hugging Face checkpoints (see core/models/tiny.py) for tests and demos.
 
-    python scripts/make_tiny_model.py OUT_DIR [--variant llama|llama3|mistral|qwen2|qwen3|all]
+    python scripts/make_tiny_model.py OUT_DIR
+        [--variant llama|llama3|mistral|qwen2|qwen3|qwen3_moe|mixtral|all]
         [--dtype float32|bfloat16] [--shards N] [--seed S] [--size tiny|demo|bench|1b]
 
 With --variant all, each variant goes to OUT_DIR/<variant>.
@@ -14,13 +15,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, no install
 
-from core.models.tiny import DTYPES, SIZES, VARIANTS, write_tiny_model  # noqa: E402
+from core.models.tiny import ALL_VARIANTS, DTYPES, SIZES, write_tiny_model  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out_dir", type=Path)
-    parser.add_argument("--variant", choices=[*VARIANTS, "all"], default="llama")
+    parser.add_argument("--variant", choices=[*ALL_VARIANTS, "all"], default="llama")
     parser.add_argument("--dtype", choices=list(DTYPES), default="float32")
     parser.add_argument("--shards", type=int, default=1, help="number of safetensors shards")
     parser.add_argument("--seed", type=int, default=0)
@@ -28,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.shards < 1:
         parser.error("--shards must be >= 1")
-    variants = VARIANTS if args.variant == "all" else (args.variant,)
+    variants = ALL_VARIANTS if args.variant == "all" else (args.variant,)
     for variant in variants:
         out = args.out_dir / variant if args.variant == "all" else args.out_dir
         write_tiny_model(out, variant, seed=args.seed, dtype=args.dtype,
