@@ -24,6 +24,8 @@ and the flags that matter to XLA:CPU and oneDNN are printed and kept in the JSON
 Usage:
     python scripts/bench_moe.py [--model DIR | --variant qwen3_moe|mixtral] [--streams 1,32]
         [--prompt-len 32] [--output-len 64] [--repeats 3] [--json OUT.json]
+    python scripts/bench_moe.py --dispatch-only --dispatch-shape 512,704,8,2 \
+        --dispatch-shape 512,256,64,8          # the dispatches alone, at wider shapes
 """
 
 from __future__ import annotations
@@ -141,15 +143,15 @@ def hf_decode(model_dir: Path, prompts: list[list[int]], output_len: int, repeat
     return len(prompts) * (output_len - 1) / decode_s if decode_s > 0 else float("nan")
 
 
-def dispatch_ms(config, streams: list[int], repeats: int = 21) -> dict:
-    """Median ms of one MoE layer's experts, "dense" against "sorted", at each token count."""
+def dispatch_ms(d: int, f: int, e: int, top_k: int, streams: list[int],
+                repeats: int = 21) -> dict:
+    """Median ms of one MoE layer (width d, e experts f wide, top-k renormalized), "dense"
+    against "sorted", at each token count."""
     import jax
     import numpy as np
 
     from core.models.moe import dense_experts, route, sorted_experts
 
-    moe = config.moe
-    d, e, f = config.hidden_size, moe.num_experts, moe.expert_intermediate_size
     rng = np.random.default_rng(0)
     router = rng.standard_normal((d, e), np.float32)
     stacks = [0.05 * rng.standard_normal(shape, np.float32) for shape in
@@ -160,8 +162,7 @@ def dispatch_ms(config, streams: list[int], repeats: int = 21) -> dict:
         for name, experts_fn in (("dense", dense_experts), ("sorted", sorted_experts)):
             @jax.jit
             def layer(x, router, gate, up, down, experts_fn=experts_fn):
-                weights, experts = route(x, router, moe.num_experts_per_tok,
-                                         moe.normalize_top_k)
+                weights, experts = route(x, router, top_k, True)
                 return experts_fn(x, weights, experts, gate, up, down)
 
             layer(x, router, *stacks).block_until_ready()
@@ -183,7 +184,20 @@ def main() -> int:
     parser.add_argument("--output-len", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--dispatch-shape", action="append", default=[], metavar="D,F,E,K",
+                        help="also time one layer of this shape (width, expert width, experts, "
+                             "top-k); repeatable")
+    parser.add_argument("--dispatch-only", action="store_true",
+                        help="only the dispatch timings (no engine, HF or roofline)")
     args = parser.parse_args()
+    streams = [int(count) for count in args.streams.split(",")]
+    shapes = [tuple(int(v) for v in shape.split(",")) for shape in args.dispatch_shape]
+    if args.dispatch_only:
+        for d, f, e, k in shapes:
+            print(f"d={d} f={f} experts={e} top-k={k}:",
+                  {key: round(value, 3) for key, value in dispatch_ms(
+                      d, f, e, k, [*streams, 256]).items()}, flush=True)
+        return 0
     from core.model_config import ModelConfig
 
     model_dir = args.model
@@ -194,7 +208,6 @@ def main() -> int:
     config = ModelConfig.from_hf_dir(model_dir)
     if config.moe is None:
         parser.error(f"{model_dir} is not a mixture-of-experts checkpoint")
-    streams = [int(count) for count in args.streams.split(",")]
     vocab_limit = min(config.vocab_size, 2000)
     results: dict = {"model_dir": str(model_dir), "architecture": config.architecture,
                      "machine": cpu_info(), "params": active_params(config),
@@ -214,7 +227,9 @@ def main() -> int:
     active = results["params"]["active"]
     results["roofline"] = {"flop_s": roofline["flop_s"],
                            "read_bandwidth_bytes_s": roofline["read_bandwidth_bytes_s"]}
-    results["dispatch"] = dispatch_ms(config, streams)
+    moe = config.moe
+    results["dispatch"] = dispatch_ms(config.hidden_size, moe.expert_intermediate_size,
+                                      moe.num_experts, moe.num_experts_per_tok, streams)
     print(json.dumps(results["machine"]))
     print(f"{config.architecture}: {active:,} active of {results['params']['total']:,} "
           f"parameters per token (without the input embedding table)")
