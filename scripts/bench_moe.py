@@ -155,7 +155,7 @@ def dispatch_ms(d: int, f: int, e: int, top_k: int, streams: list[int],
     rng = np.random.default_rng(0)
     router = rng.standard_normal((d, e), np.float32)
     stacks = [0.05 * rng.standard_normal(shape, np.float32) for shape in
-              ((e, d, f), (e, d, f), (e, f, d))]
+              ((d, e, f), (d, e, f), (e, f, d))]
     results = {}
     for tokens in streams:
         x = rng.standard_normal((tokens, d), np.float32)

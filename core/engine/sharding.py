@@ -37,10 +37,10 @@ PARAM_AXES: dict[str, tuple[str | None, ...]] = {
     # per-head q/k norm scales [h], shared by all heads, so replicated
     "q_norm.weight": (None,), "k_norm.weight": (None,),
     # mixture-of-experts layers (core/models/moe.py): the router [d, e] stays whole; the experts'
-    # stacks [e, d, f] / [e, f, d] split over the experts (expert parallelism)
+    # stacks [d, e, f] / [e, f, d] split over the experts (expert parallelism)
     "router": ("embed", None),
-    "expert_gate": ("experts", "embed", "expert_mlp"),
-    "expert_up": ("experts", "embed", "expert_mlp"),
+    "expert_gate": ("embed", "experts", "expert_mlp"),
+    "expert_up": ("embed", "experts", "expert_mlp"),
     "expert_down": ("experts", "expert_mlp", "embed"),
 }
 # KV pools: keys [pages, kv_heads, head_dim, page], values [pages, kv_heads, page, head_dim]

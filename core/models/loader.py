@@ -84,7 +84,8 @@ def _expert_plan(prefix: str, moe: SparseMoeBlock, config: ModelConfig) -> Tenso
     """A MoE layer's tensors, as Hub checkpoints (and transformers' `save_pretrained`) name
     them: Qwen3-MoE `mlp.gate` and `mlp.experts.N.{gate,up,down}_proj`, Mixtral
     `block_sparse_moe.gate` and `block_sparse_moe.experts.N.{w1,w3,w2}` (gate, up, down). Each
-    expert's [out, in] Linear fills row N of our [e, in, out] stacks."""
+    expert's [out, in] Linear fills slice N of our stacks' expert axis: gate/up [d, e, f] (axis
+    1), down [e, f, d] (axis 0)."""
     if config.architecture == "MixtralForCausalLM":
         block, names = prefix + "block_sparse_moe.", {"gate": "w1", "up": "w3", "down": "w2"}
     else:
@@ -94,17 +95,19 @@ def _expert_plan(prefix: str, moe: SparseMoeBlock, config: ModelConfig) -> Tenso
         stack = getattr(moe, f"expert_{ours}")
         for expert in range(config.moe.num_experts):
             plan[f"{block}experts.{expert}.{theirs}.weight"] = (
-                ExpertRow(stack, expert), lambda w: w.T)
+                ExpertRow(stack, expert, 0 if ours == "down" else 1), lambda w: w.T)
     return plan
 
 
 @dataclass(frozen=True)
 class ExpertRow:
-    """Where one expert's tensor goes: row `expert` of a stacked [e, ...] parameter. The rows
-    are gathered while the checkpoint is read and the stack is set once (`load_model`)."""
+    """Where one expert's tensor goes: index `expert` along `axis` (the expert axis) of a
+    stacked parameter. The slices are gathered while the checkpoint is read and the stack is set
+    once (`load_model`)."""
 
     stack: nnx.Variable
     expert: int
+    axis: int  # the stack's expert axis
 
 
 def load_model(model_dir: Path, dtype: str | None = None,
@@ -120,7 +123,7 @@ def load_model(model_dir: Path, dtype: str | None = None,
     model = nnx.eval_shape(lambda: LlamaModel(config, compute_dtype, nnx.Rngs(0)))
     plan = _tensor_plan(model, config)
     unused: list[str] = []
-    expert_rows: dict[int, tuple[nnx.Variable, dict[int, np.ndarray]]] = {}
+    expert_rows: dict[int, tuple[nnx.Variable, int, dict[int, np.ndarray]]] = {}
     for path in checkpoint_files(model_dir):
         with safe_open(str(path), framework="numpy") as tensors:
             for name in tensors.keys():
@@ -132,11 +135,14 @@ def load_model(model_dir: Path, dtype: str | None = None,
                 param, transform = plan.pop(name)
                 array = np.asarray(transform(tensors.get_tensor(name)))
                 target = param.stack if isinstance(param, ExpertRow) else param
-                expected = target.get_value().shape[isinstance(param, ExpertRow):]
+                expected = target.get_value().shape
+                if isinstance(param, ExpertRow):  # one slice: the stack without its expert axis
+                    expected = expected[:param.axis] + expected[param.axis + 1:]
                 if array.shape != expected:
                     raise ConfigError(f"{name}: shape {array.shape}, expected {expected}")
                 if isinstance(param, ExpertRow):
-                    expert_rows.setdefault(id(target), (target, {}))[1][param.expert] = array
+                    expert_rows.setdefault(id(target), (target, param.axis, {}))[2][
+                        param.expert] = array
                 else:
                     param.set_value(jnp.asarray(array, dtype=compute_dtype))
     if plan:
@@ -144,8 +150,8 @@ def load_model(model_dir: Path, dtype: str | None = None,
                           f"({len(plan)} tensors missing)")
     if unused:
         raise ConfigError(f"{model_dir}: unexpected tensors {unused[:5]} ({len(unused)} in all)")
-    for stack, rows in expert_rows.values():  # every row is there: the plan is empty
-        stack.set_value(jnp.asarray(np.stack([rows[e] for e in range(len(rows))]),
+    for stack, axis, rows in expert_rows.values():  # every slice is there: the plan is empty
+        stack.set_value(jnp.asarray(np.stack([rows[e] for e in range(len(rows))], axis=axis),
                                     dtype=compute_dtype))
     model.tie_lm_head()
     return model, config

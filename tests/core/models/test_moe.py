@@ -65,8 +65,9 @@ def test_the_loader_stacks_each_experts_tensors(tiny_models, family):
         prefix = f"model.layers.{index}.{block}."
         np.testing.assert_array_equal(np.asarray(layer.mlp.router.get_value()),
                                       written[prefix + "gate.weight"].T)
-        for ours, theirs in names.items():
+        for ours, theirs in names.items():  # gate/up [d, e, f], down [e, f, d]
             stack = np.asarray(getattr(layer.mlp, f"expert_{ours}").get_value())
+            stack = stack if ours == "down" else stack.transpose(1, 0, 2)
             assert stack.shape[0] == config.moe.num_experts
             for expert in (0, config.moe.num_experts - 1):
                 np.testing.assert_array_equal(
@@ -100,7 +101,7 @@ def test_the_sorted_dispatch_gives_the_dense_sums():
 
     rng = np.random.default_rng(0)
     x, router = rng.standard_normal((12, 16), np.float32), rng.standard_normal((16, 8), np.float32)
-    gate, up = (0.3 * rng.standard_normal((8, 16, 24), np.float32) for _ in range(2))
+    gate, up = (0.3 * rng.standard_normal((16, 8, 24), np.float32) for _ in range(2))
     down = 0.3 * rng.standard_normal((8, 24, 16), np.float32)
 
     @jax.jit
@@ -118,7 +119,8 @@ def test_the_sorted_dispatch_gives_the_dense_sums():
         assert sorted(experts[token]) == sorted(top)
         silu = lambda v: v / (1 + np.exp(-v))  # noqa: E731
         expected = sum(probs[token, e] / probs[token, top].sum()
-                       * (silu(x[token] @ gate[e]) * (x[token] @ up[e])) @ down[e] for e in top)
+                       * (silu(x[token] @ gate[:, e]) * (x[token] @ up[:, e])) @ down[e]
+                       for e in top)
         np.testing.assert_allclose(dense[token], expected, atol=1e-4)
 
 
