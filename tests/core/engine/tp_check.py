@@ -22,11 +22,12 @@ def generate(model_dir: Path, tensor_parallel: int) -> dict:
         tensor_parallel=tensor_parallel))
     split = sum(not leaf.sharding.is_fully_replicated for leaf in engine.runner._param_leaves)
     state = jax.tree_util.tree_unflatten(engine.runner._param_treedef, engine.runner._param_leaves)
-    # MoE expert stacks [e, ...] split along the experts (expert parallelism)
+    # MoE expert stacks split along their expert axis (expert parallelism): gate/up [d, e, f]
+    # on axis 1, down [e, f, d] on axis 0
     experts_split = sum(
-        "expert_" in jax.tree_util.keystr(path)
-        and getattr(leaf.sharding, "spec", ())[:1] == ("tensor",)
-        for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0])
+        _spec_at(leaf, 0 if "expert_down" in jax.tree_util.keystr(path) else 1) == "tensor"
+        for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]
+        if "expert_" in jax.tree_util.keystr(path))
     outputs: queue.Queue = queue.Queue()
     prompts = [[0, *range(20, 60)], [0, *range(100, 107)]]  # the first spans two chunks
     for index, prompt in enumerate(prompts):
@@ -44,6 +45,11 @@ def generate(model_dir: Path, tensor_parallel: int) -> dict:
     engine.stop()
     return {"split_params": split, "experts_split": experts_split,
             "requests": [results[key] for key in sorted(results)]}
+
+
+def _spec_at(leaf, axis: int):
+    spec = tuple(getattr(leaf.sharding, "spec", ()))
+    return spec[axis] if axis < len(spec) else None
 
 
 if __name__ == "__main__":
