@@ -15,8 +15,9 @@ dispatches give the same sums:
   (token, expert) pairs sorted by expert, the tokens' rows gathered in that order and run
   through `jax.lax.ragged_dot` grouped matmuls, then scattered back. It does k/e of the dense
   FLOPs, but XLA:CPU runs `ragged_dot` as dense work over every group: on the CPU it measured
-  about even with "dense" at the tiny test shapes and 1.1–4× slower at width 512
-  (`scripts/bench_moe.py`, docs/benchmarks.md), so the model does not use it.
+  slower than "dense" in most cases, up to 10× (256 tokens, 64 experts; about even or ahead
+  only at 1 token or 8 wide experts at 256 tokens: `scripts/bench_moe.py`, docs/benchmarks.md),
+  so the model does not use it.
 
 Letters: t tokens, d model width, e experts, f expert MLP width, k experts per token.
 """

@@ -94,6 +94,22 @@ def test_qwen3_moe_without_renormalized_top_k_matches_transformers(tiny_models, 
     assert np.abs(ours - normalized).max() > 0.1  # the switch matters
 
 
+def test_qwen3_moe_dense_layers_match_transformers(tiny_models, tmp_path):
+    """`mlp_only_layers`: layer 1 a dense MLP `intermediate_size` wide, layer 0 the experts."""
+    from core.models.tiny import random_weights, write_weights
+
+    model_dir = shutil.copytree(tiny_models["qwen3_moe"], tmp_path / "mixed")
+    raw = {**json.loads((model_dir / "config.json").read_text()), "mlp_only_layers": [1]}
+    (model_dir / "config.json").write_text(json.dumps(raw))
+    weights = random_weights(raw, seed=1)
+    assert "model.layers.1.mlp.gate_proj.weight" in weights
+    assert "model.layers.0.mlp.experts.7.down_proj.weight" in weights
+    write_weights(model_dir, weights)
+    assert ModelConfig.from_hf_dir(model_dir).moe.sparse_layers == (0,)
+    ids, ours = jax_logits(model_dir)
+    assert np.abs(ours - hf_logits(model_dir, ids)).max() <= 1e-4
+
+
 def test_the_sorted_dispatch_gives_the_dense_sums():
     import jax
 
