@@ -12,9 +12,11 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+MOE_ARCHITECTURES = ("Qwen3MoeForCausalLM", "MixtralForCausalLM")  # mixture-of-experts decoders
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM",
                            "Qwen3ForCausalLM", "Gemma3ForCausalLM",
-                           "Gemma3ForConditionalGeneration")  # the last: its text part only
+                           "Gemma3ForConditionalGeneration",  # its text part only
+                           *MOE_ARCHITECTURES)
 SUPPORTED_DTYPES = ("float32", "bfloat16")
 ENCODER_ARCHITECTURES = ("BertModel", "BertForMaskedLM", "BertForPreTraining")
 CROSS_ENCODER_ARCHITECTURES = ("BertForSequenceClassification",)
@@ -33,6 +35,23 @@ class RopeScaling:
     low_freq_factor: float = 1.0  # llama3 only
     high_freq_factor: float = 4.0  # llama3 only
     original_max_position_embeddings: int = 8192  # llama3 only: pre-training context length
+
+
+@dataclass(frozen=True)
+class MoeConfig:
+    """The mixture-of-experts MLPs of a Qwen3-MoE or Mixtral checkpoint: each token goes to the
+    `num_experts_per_tok` experts its router scores highest (a float32 softmax over all experts,
+    then top-k), weighted by those probabilities, renormalized to sum to 1 where
+    `normalize_top_k` (Mixtral always; Qwen3-MoE per `norm_topk_prob`)."""
+
+    num_experts: int  # experts E per MoE layer
+    num_experts_per_tok: int  # experts each token is routed to (top-k)
+    expert_intermediate_size: int  # each expert's MLP width
+    normalize_top_k: bool  # renormalize the top-k probabilities to sum to 1
+    sparse_layers: tuple[int, ...]  # indices of the layers whose MLP is the experts
+
+    def is_sparse(self, layer: int) -> bool:
+        return layer in self.sparse_layers
 
 
 @dataclass(frozen=True)
@@ -59,6 +78,7 @@ class ModelConfig:
     qk_norm: bool = False
     sliding_window: int | None = None  # attend to at most this many previous tokens (Mistral)
     rope_scaling: RopeScaling | None = None  # None: plain RoPE
+    moe: MoeConfig | None = None  # mixture-of-experts MLPs (Qwen3-MoE, Mixtral); None: dense
     bos_token_id: int | None = None
     eos_token_ids: tuple[int, ...] = ()  # any of these ends generation
     dtype: str = "float32"  # checkpoint dtype ("float32" or "bfloat16")
@@ -90,10 +110,14 @@ class ModelConfig:
         is_qwen = is_qwen2 or architecture == "Qwen3ForCausalLM"
         if architecture in GEMMA3_ARCHITECTURES:
             raw = {**GEMMA3_DEFAULTS, **raw}  # keys a Gemma 3 config.json may leave out
+        is_qwen3 = architecture in ("Qwen3ForCausalLM", "Qwen3MoeForCausalLM")
         num_heads = raw["num_attention_heads"]
         # (Gemma 3's RoPE is per layer type: `_gemma3_fields` reads it)
         rope = _rope_settings(raw) if architecture not in GEMMA3_ARCHITECTURES else (0.0, None)
         sliding_window = _qwen_sliding_window(raw) if is_qwen else raw.get("sliding_window")
+        if architecture == "Qwen3MoeForCausalLM":  # transformers: every layer or none slides
+            sliding_window = raw.get("sliding_window", 4096) if raw.get(
+                "use_sliding_window") else None
         dtype = str(raw.get("torch_dtype") or raw.get("dtype") or "float32")
         fields = dict(
             architecture=architecture,
@@ -107,12 +131,13 @@ class ModelConfig:
             rms_norm_eps=raw.get("rms_norm_eps", 1e-6),
             rope_theta=rope[0],
             rope_scaling=rope[1],
+            moe=_moe_config(raw, architecture),
             max_position_embeddings=raw.get("max_position_embeddings", 2048),
             tie_word_embeddings=raw.get("tie_word_embeddings", False),
             qkv_bias=is_qwen2 or bool(raw.get("attention_bias", False)),
             o_bias=(not is_qwen2) and bool(raw.get("attention_bias", False)),
             mlp_bias=bool(raw.get("mlp_bias", False)),
-            qk_norm=architecture == "Qwen3ForCausalLM",
+            qk_norm=is_qwen3,
             sliding_window=sliding_window,
             bos_token_id=raw.get("bos_token_id"),
             eos_token_ids=_eos_ids(raw, generation or {}),
@@ -142,6 +167,35 @@ def _qwen_sliding_window(raw: dict) -> int | None:
         raise ConfigError("sliding-window attention on some layers only (max_window_layers "
                           f"{raw.get('max_window_layers', 28)} of {num_layers}) is not supported")
     return window
+
+
+def _moe_config(raw: dict, architecture: str) -> MoeConfig | None:
+    """The experts of a Qwen3-MoE or Mixtral config.json (None for dense families), with
+    transformers' defaults for missing keys. transformers 5 writes `num_local_experts` for
+    both families; Qwen3-MoE checkpoints on the Hub name it `num_experts`."""
+    if architecture not in MOE_ARCHITECTURES:
+        return None
+    num_layers = raw["num_hidden_layers"]
+    if architecture == "MixtralForCausalLM":
+        config = MoeConfig(
+            num_experts=raw.get("num_local_experts") or raw.get("num_experts") or 8,
+            num_experts_per_tok=raw.get("num_experts_per_tok", 2),
+            expert_intermediate_size=raw["intermediate_size"], normalize_top_k=True,
+            sparse_layers=tuple(range(num_layers)))
+    else:
+        step = raw.get("decoder_sparse_step") or 1
+        dense_layers = set(raw.get("mlp_only_layers") or ())
+        config = MoeConfig(
+            num_experts=raw.get("num_experts") or raw.get("num_local_experts") or 128,
+            num_experts_per_tok=raw.get("num_experts_per_tok", 8),
+            expert_intermediate_size=raw.get("moe_intermediate_size", 768),
+            normalize_top_k=bool(raw.get("norm_topk_prob", False)),
+            sparse_layers=tuple(i for i in range(num_layers)
+                                if i not in dense_layers and (i + 1) % step == 0))
+    if not 1 <= config.num_experts_per_tok <= config.num_experts:
+        raise ConfigError(f"num_experts_per_tok {config.num_experts_per_tok} is not within "
+                          f"1..{config.num_experts} (the experts of {architecture})")
+    return config
 
 
 def read_hf_config(model_dir: Path) -> dict:

@@ -1,8 +1,8 @@
 """CLI: write tiny random Hugging Face checkpoints (see core/models/tiny.py) for tests and demos.
 
     python scripts/make_tiny_model.py OUT_DIR
-        [--variant llama|llama3|mistral|qwen2|qwen3|gemma3|all] [--dtype float32|bfloat16]
-        [--shards N] [--seed S] [--size tiny|demo|bench|1b]
+        [--variant llama|llama3|mistral|qwen2|qwen3|qwen3_moe|mixtral|gemma3|all]
+        [--dtype float32|bfloat16] [--shards N] [--seed S] [--size tiny|demo|bench|1b]
     python scripts/make_tiny_model.py OUT_DIR --variant bert-cross-encoder [--seed S]
 
 With --variant all, each decoder variant goes to OUT_DIR/<variant>. bert-cross-encoder writes a

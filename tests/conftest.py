@@ -76,10 +76,11 @@ class _NotStoredHere(logging.Filter):
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> dict[str, Path]:
-    from core.models.tiny import VARIANTS, write_tiny_model
+    from core.models.tiny import ALL_VARIANTS, write_tiny_model
 
     root = tmp_path_factory.mktemp("tiny-models")
-    return {variant: write_tiny_model(root / variant, variant, seed=0) for variant in VARIANTS}
+    return {variant: write_tiny_model(root / variant, variant, seed=0)
+            for variant in ALL_VARIANTS}
 
 
 RERANK_MODEL = "tiny-reranker"  # the `server` fixture's reranking model id

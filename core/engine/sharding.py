@@ -1,12 +1,14 @@
 """Scale-up: one `jax.sharding.Mesh` over the local devices and the logical-axis rules that place
-the model's parameters and the KV pool on it (tensor parallelism, `--tensor-parallel N`).
+the model's parameters and the KV pool on it (tensor parallelism, `--tensor-parallel N`; for
+mixture-of-experts models also expert parallelism).
 
 Owns: naming every parameter's axes logically (`PARAM_AXES`: "heads", "kv_heads", "mlp",
 "vocab", …), the rules mapping logical axes onto the mesh axis, and the `NamedSharding`s built
 from them. Attention heads, key/value heads, the MLP width and the vocabulary of the output
 projection are split across devices (Megatron-style: column-parallel in, row-parallel out; XLA
-inserts the all-reduces); the KV pages shard with the key/value heads. When the key/value heads
-do not divide evenly, they are replicated instead, as vLLM does.
+inserts the all-reduces), and so are a MoE layer's experts ("experts"); the KV pages shard with
+the key/value heads. When the key/value heads do not divide evenly, they are replicated instead,
+as vLLM does.
 """
 
 from __future__ import annotations
@@ -34,6 +36,12 @@ PARAM_AXES: dict[str, tuple[str | None, ...]] = {
     # a parameter named within its module, where the bare name would be ambiguous: Qwen3's
     # per-head q/k norm scales [h], shared by all heads, so replicated
     "q_norm.weight": (None,), "k_norm.weight": (None,),
+    # mixture-of-experts layers (core/models/moe.py): the router [d, e] stays whole; the experts'
+    # stacks [d, e, f] / [e, f, d] split over the experts (expert parallelism)
+    "router": ("embed", None),
+    "expert_gate": ("embed", "experts", "expert_mlp"),
+    "expert_up": ("embed", "experts", "expert_mlp"),
+    "expert_down": ("experts", "expert_mlp", "embed"),
 }
 # KV pools: keys [pages, kv_heads, head_dim, page], values [pages, kv_heads, page, head_dim]
 POOL_AXES: tuple[str | None, ...] = (None, "kv_heads", None, None)
@@ -56,7 +64,19 @@ def logical_rules(config: ModelConfig, tensor_parallel: int) -> dict[str, str | 
                           f"--tensor-parallel {tensor_parallel}")
     return {"heads": TENSOR_AXIS, "kv_heads": split_if_divisible(config.num_kv_heads),
             "mlp": split_if_divisible(config.intermediate_size),
-            "vocab": split_if_divisible(config.vocab_size), "vocab_in": None, "embed": None}
+            "vocab": split_if_divisible(config.vocab_size), "vocab_in": None, "embed": None,
+            **_expert_rules(config, split_if_divisible)}
+
+
+def _expert_rules(config: ModelConfig, split_if_divisible) -> dict[str, str | None]:
+    """MoE layers: whole experts per device where the experts divide over the devices (each
+    device runs its own experts on every token, and XLA all-reduces the weighted sum); else
+    each expert's MLP width is split, Megatron-style; else they are replicated."""
+    if config.moe is None:
+        return {}
+    experts = split_if_divisible(config.moe.num_experts)
+    expert_mlp = None if experts else split_if_divisible(config.moe.expert_intermediate_size)
+    return {"experts": experts, "expert_mlp": expert_mlp}
 
 
 def _spec(axes: tuple[str | None, ...], rules: dict[str, str | None]) -> P:

@@ -1,4 +1,5 @@
-"""Llama-family decoder (Llama 2/3, Mistral, Qwen2, Qwen3 dense) in Flax NNX.
+"""Llama-family decoder (Llama 2/3, Mistral, Qwen2, Qwen3 dense; with core/models/moe.py's
+experts as the MLP, Qwen3-MoE and Mixtral) in Flax NNX.
 
 Owns: the forward pass from token ids to hidden states and logits, RoPE (plain, linear and
 llama3 scaling), GQA attention over a KV cache pytree (with Mistral's sliding window and Qwen3's
@@ -29,6 +30,7 @@ from flax import nnx
 
 from core.cache.kv_pool import KVPages, to_float32, to_storage
 from core.model_config import ModelConfig, RopeScaling
+from core.models.moe import SparseMoeBlock
 
 PADDING_POSITION = -1  # position of padding tokens: never written to the cache, never attended
 DECODE_BLOCK_PAGES = 8  # pages a decode row attends to per step of its online softmax
@@ -312,11 +314,13 @@ class MLP(nnx.Module):
 
 
 class DecoderLayer(nnx.Module):
-    def __init__(self, config: ModelConfig, dtype, rngs: nnx.Rngs):
+    def __init__(self, config: ModelConfig, dtype, rngs: nnx.Rngs, index: int = 0):
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
         self.self_attn = Attention(config, dtype, rngs)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
-        self.mlp = MLP(config, dtype, rngs)
+        # layer `index`'s MLP: the experts where the MoE config makes it sparse (core/models/moe.py)
+        sparse = config.moe is not None and config.moe.is_sparse(index)
+        self.mlp = SparseMoeBlock(config, dtype, rngs) if sparse else MLP(config, dtype, rngs)
 
     def __call__(self, x, positions, page_table, inv_freq, pool_keys, pool_values, kind="gather"):
         attn_out, pool_keys, pool_values = self.self_attn(
@@ -338,8 +342,8 @@ class LlamaModel(nnx.Module):
         rngs = rngs or nnx.Rngs(0)
         self.config = config
         self.embed_tokens = _param(rngs, (config.vocab_size, config.hidden_size), dtype)
-        self.layers = nnx.List([DecoderLayer(config, dtype, rngs)
-                                for _ in range(config.num_layers)])
+        self.layers = nnx.List([DecoderLayer(config, dtype, rngs, index)
+                                for index in range(config.num_layers)])
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
         # the output projection [d, v], row-major. Tied embeddings in float32 read the table
         # itself; in bf16 they get a transposed copy, the right operand XLA:CPU's bf16 fast

@@ -2,12 +2,13 @@
 
 Owns: the per-variant configs (Llama, Llama 3 with rope scaling, Mistral with a small sliding
 window, Qwen2 with qkv biases, Qwen3 with per-head q/k norms, a head_dim other than hidden/heads
-and a thinking chat template), the locally trained byte-level BPE tokenizer with its ChatML chat
-template, deterministic random weights written with safetensors (single file or sharded), and the
-cached demo-model directory. The Gemma 3 variant's config and weights are
-`core.models.tiny_gemma3`'s; it shares the tokenizer, trained with Gemma's special tokens, and
-writes Gemma 3's own chat template. Nothing here downloads anything, and importing this module loads
-neither torch nor transformers: weights are numpy arrays, the tokenizer comes from `tokenizers`.
+and a thinking chat template; the mixture-of-experts Qwen3-MoE and Mixtral, 8 experts, 2 per
+token), the locally trained byte-level BPE tokenizer with its ChatML chat template,
+deterministic random weights written with safetensors (single file or sharded), and the cached
+demo-model directory. The Gemma 3 variant's config and weights are `core.models.tiny_gemma3`'s;
+it shares the tokenizer, trained with Gemma's special tokens, and writes Gemma 3's own chat
+template. Nothing here downloads anything, and importing this module loads neither torch nor
+transformers: weights are numpy arrays, the tokenizer comes from `tokenizers`.
 """
 
 from __future__ import annotations
@@ -25,9 +26,10 @@ from safetensors.numpy import save_file
 from core.models.chat_templates import STYLES, TOOL_STYLES, chat_template  # noqa: F401
 from core.models.tiny_gemma3 import GEMMA3_SPECIAL_TOKENS, gemma3_config, gemma3_weights
 
-VARIANTS = ("llama", "llama3", "mistral", "qwen2", "qwen3")  # the Llama-shaped families
+VARIANTS = ("llama", "llama3", "mistral", "qwen2", "qwen3")  # the dense Llama-shaped families
+MOE_VARIANTS = ("qwen3_moe", "mixtral")  # mixture-of-experts families (`_moe_config`)
 GEMMA_VARIANTS = ("gemma3",)  # written on request (not by every cross-family test)
-ALL_VARIANTS = (*VARIANTS, *GEMMA_VARIANTS)
+ALL_VARIANTS = (*VARIANTS, *MOE_VARIANTS, *GEMMA_VARIANTS)
 SIZES = ("tiny", "demo", "bench", "1b")
 DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}
 
@@ -38,13 +40,13 @@ _SPECIALS = {"bos": BOS, "eos": EOS, "im_start": IM_START, "im_end": IM_END, "pa
 # Added tokens that are text, not control (special=False, as in Qwen3's tokenizer): one id each,
 # after the trained vocabulary
 THINK_TOKENS = ("<think>", "</think>")
-ADDED_TEXT_TOKENS = {"qwen3": THINK_TOKENS}
+ADDED_TEXT_TOKENS = {"qwen3": THINK_TOKENS, "qwen3_moe": THINK_TOKENS}
 
 # The style of each variant's chat template (core/models/chat_templates.py): the plain Llama
 # variant and the demo model use Hermes markup, as many Llama fine-tunes do; Qwen3's own template
 # writes Hermes markup and `<think>` blocks.
 TOOL_STYLE = {"llama": "hermes", "llama3": "llama3", "mistral": "mistral", "qwen2": "hermes",
-              "qwen3": "qwen3", "gemma3": "gemma3"}
+              "qwen3": "qwen3", "qwen3_moe": "qwen3", "mixtral": "mistral", "gemma3": "gemma3"}
 CHAT_TEMPLATE = chat_template("none")  # the template of a model that ignores tools
 
 _CORPUS = """\
@@ -119,7 +121,7 @@ def build_tokenizer(vocab_target: int = 512, variant: str = "llama"):
     )
 
     tok = Tokenizer(models.BPE())
-    if variant in ("qwen2", "qwen3"):
+    if variant in ("qwen2", "qwen3", "qwen3_moe"):
         tok.normalizer = normalizers.NFC()
         tok.pre_tokenizer = pre_tokenizers.Sequence([
             pre_tokenizers.Split(Regex(_QWEN2_SPLIT), behavior="isolated", invert=False),
@@ -214,6 +216,8 @@ def model_config(variant: str, vocab_size: int, ids: dict[str, int], *,
                    sliding_window=None, max_window_layers=cfg["num_hidden_layers"])
         for key in ("attention_bias", "mlp_bias"):
             cfg.pop(key)  # Qwen2 always has q/k/v biases and no bias flags
+    elif variant in MOE_VARIANTS:
+        cfg.update(_moe_config(variant, cfg))
     elif variant == "qwen3":
         # as Qwen3-0.6B: head_dim twice hidden/heads, tied embeddings, no biases (attention_bias
         # false, no mlp_bias key), the window off
@@ -228,6 +232,48 @@ def model_config(variant: str, vocab_size: int, ids: dict[str, int], *,
     if size == "demo":
         cfg["tandem_demo"] = True
     return cfg
+
+
+def _moe_config(variant: str, cfg: dict) -> dict:
+    """The config.json keys of a MoE variant, as the real checkpoints write them: Qwen3-MoE as
+    Qwen3-30B-A3B (Qwen3's attention and q/k norms, `num_experts`, `moe_intermediate_size`,
+    `norm_topk_prob` true, every layer sparse, untied embeddings), Mixtral as Mixtral-8x7B
+    (`num_local_experts`, the experts `intermediate_size` wide, no window). 8 experts, 2 per
+    token: they split 4 ways under --tensor-parallel 4."""
+    if variant == "qwen3_moe":
+        cfg.pop("mlp_bias")
+        return dict(architectures=["Qwen3MoeForCausalLM"], model_type="qwen3_moe",
+                    rms_norm_eps=1e-6, rope_theta=1000000.0, use_sliding_window=False,
+                    sliding_window=None, max_window_layers=cfg["num_hidden_layers"],
+                    head_dim=2 * cfg["hidden_size"] // cfg["num_attention_heads"],
+                    num_experts=8, num_experts_per_tok=2,
+                    moe_intermediate_size=cfg["intermediate_size"] // 4, norm_topk_prob=True,
+                    decoder_sparse_step=1, mlp_only_layers=[], router_aux_loss_coef=0.001,
+                    output_router_logits=False)
+    for key in ("attention_bias", "mlp_bias"):
+        cfg.pop(key)
+    return dict(architectures=["MixtralForCausalLM"], model_type="mixtral", rope_theta=1000000.0,
+                sliding_window=None, num_local_experts=8, num_experts_per_tok=2,
+                router_jitter_noise=0.0, router_aux_loss_coef=0.02, output_router_logits=False)
+
+
+def _moe_layer_weights(cfg: dict, prefix: str, projection) -> dict[str, np.ndarray]:
+    """One sparse layer's router and experts, named as the family's Hub checkpoints."""
+    hidden = cfg["hidden_size"]
+    if cfg["model_type"] == "mixtral":
+        block, inter = prefix + "block_sparse_moe.", cfg["intermediate_size"]
+        names = {"gate": "w1", "up": "w3", "down": "w2"}
+        num_experts = cfg["num_local_experts"]
+    else:
+        block, inter = prefix + "mlp.", cfg["moe_intermediate_size"]
+        names = {name: f"{name}_proj" for name in ("gate", "up", "down")}
+        num_experts = cfg["num_experts"]
+    w = {block + "gate.weight": projection((num_experts, hidden))}
+    for expert in range(num_experts):
+        for ours, shape in (("gate", (inter, hidden)), ("up", (inter, hidden)),
+                            ("down", (hidden, inter))):
+            w[f"{block}experts.{expert}.{names[ours]}.weight"] = projection(shape)
+    return w
 
 
 def random_weights(cfg: dict, seed: int = 0) -> dict[str, np.ndarray]:
@@ -248,7 +294,8 @@ def random_weights(cfg: dict, seed: int = 0) -> dict[str, np.ndarray]:
     def projection(shape):  # [out, in]
         # qwen3: 2/√in, so each layer moves the residual stream and greedy decoding follows the
         # context; the older variants' 0.02 with a tied table mostly echoes the last token
-        std = 2 / shape[1] ** 0.5 if cfg["model_type"] == "qwen3" else 0.02
+        # (and the MoE variants, whose routers then pick distinct experts per token)
+        std = 2 / shape[1] ** 0.5 if cfg["model_type"] in ("qwen3", *MOE_VARIANTS) else 0.02
         return normal(shape, std)
 
     w = {"model.embed_tokens.weight": normal((cfg["vocab_size"], hidden), 0.2)}
@@ -260,12 +307,15 @@ def random_weights(cfg: dict, seed: int = 0) -> dict[str, np.ndarray]:
         if cfg["model_type"] == "qwen2":
             for name, dim in (("q", q_dim), ("k", kv_dim), ("v", kv_dim)):
                 w[f"{p}self_attn.{name}_proj.bias"] = normal((dim,), 0.02)
-        if cfg["model_type"] == "qwen3":  # one [head_dim] scale for all heads' q, one for k
+        if cfg["model_type"] in ("qwen3", "qwen3_moe"):  # one [head_dim] scale: all q, one: k
             w[f"{p}self_attn.q_norm.weight"] = norm(head_dim)
             w[f"{p}self_attn.k_norm.weight"] = norm(head_dim)
-        for name, shape in (("gate", (inter, hidden)), ("up", (inter, hidden)),
-                            ("down", (hidden, inter))):
-            w[f"{p}mlp.{name}_proj.weight"] = projection(shape)
+        if cfg["model_type"] in MOE_VARIANTS and i not in cfg.get("mlp_only_layers", ()):
+            w.update(_moe_layer_weights(cfg, p, projection))
+        else:
+            for name, shape in (("gate", (inter, hidden)), ("up", (inter, hidden)),
+                                ("down", (hidden, inter))):
+                w[f"{p}mlp.{name}_proj.weight"] = projection(shape)
         w[f"{p}input_layernorm.weight"] = norm()
         w[f"{p}post_attention_layernorm.weight"] = norm()
     w["model.norm.weight"] = norm()

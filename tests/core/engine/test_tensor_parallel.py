@@ -12,8 +12,11 @@ import numpy as np
 import pytest
 
 # parameters split 4 ways, per layer of the 2: q, o, gate, up, down, and Qwen2's q bias; Qwen3's
-# [head_dim] q/k norm scales stay whole (as every RMSNorm scale)
-SPLIT_PARAMS = {"qwen2": 2 * 6, "qwen3": 2 * 5}
+# [head_dim] q/k norm scales stay whole (as every RMSNorm scale). The MoE families: q, o and the
+# 3 expert stacks (split over their 8 experts; the routers stay whole), and Mixtral's untied
+# output projection (its 512-token vocabulary divides by 4)
+SPLIT_PARAMS = {"qwen2": 2 * 6, "qwen3": 2 * 5, "qwen3_moe": 2 * 5, "mixtral": 2 * 5 + 1}
+EXPERT_STACKS = {"qwen3_moe": 2 * 3, "mixtral": 2 * 3}  # split along the expert axis
 VARIANTS = tuple(SPLIT_PARAMS)
 
 
@@ -37,11 +40,13 @@ def tp_results(tiny_models) -> dict[str, dict]:
 def test_tensor_parallel_4_matches_one_device(tp_results, variant):
     """Qwen2 (q/k/v biases) and Qwen3 (per-head q/k norms, head_dim twice hidden/heads); their 2
     key/value heads do not split 4 ways, so they are replicated while the 4 query heads, the MLP
-    and (where it divides) the vocabulary are split."""
+    and (where it divides) the vocabulary are split. Qwen3-MoE and Mixtral: 2 of the 8 experts
+    on each device (expert parallelism), token-exact too."""
     result = tp_results[variant]
     assert result["devices"] == 4
     assert result["one"]["split_params"] == 0
     assert result["four"]["split_params"] == SPLIT_PARAMS[variant]
+    assert result["four"]["experts_split"] == EXPERT_STACKS.get(variant, 0)
     for one, four in zip(result["one"]["requests"], result["four"]["requests"], strict=True):
         assert four["tokens"] == one["tokens"] and len(one["tokens"]) == 12
         for top_one, top_four in zip(one["top"], four["top"], strict=True):

@@ -9,6 +9,8 @@ import queue
 import sys
 from pathlib import Path
 
+import jax
+
 from core.config import EngineConfig
 from core.engine.loop import create_engine
 from core.engine.request import Request, SamplingParams, StoppingParams
@@ -19,6 +21,13 @@ def generate(model_dir: Path, tensor_parallel: int) -> dict:
         max_model_len=64, max_num_seqs=2, max_num_batched_tokens=32,
         tensor_parallel=tensor_parallel))
     split = sum(not leaf.sharding.is_fully_replicated for leaf in engine.runner._param_leaves)
+    state = jax.tree_util.tree_unflatten(engine.runner._param_treedef, engine.runner._param_leaves)
+    # MoE expert stacks split along their expert axis (expert parallelism): gate/up [d, e, f]
+    # on axis 1, down [e, f, d] on axis 0
+    experts_split = sum(
+        _spec_at(leaf, 0 if "expert_down" in jax.tree_util.keystr(path) else 1) == "tensor"
+        for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]
+        if "expert_" in jax.tree_util.keystr(path))
     outputs: queue.Queue = queue.Queue()
     prompts = [[0, *range(20, 60)], [0, *range(100, 107)]]  # the first spans two chunks
     for index, prompt in enumerate(prompts):
@@ -34,12 +43,16 @@ def generate(model_dir: Path, tensor_parallel: int) -> dict:
         results[output.request_id]["top"] += [list(lp.top) for lp in output.logprobs]
         finished += output.finish_reason is not None
     engine.stop()
-    return {"split_params": split, "requests": [results[key] for key in sorted(results)]}
+    return {"split_params": split, "experts_split": experts_split,
+            "requests": [results[key] for key in sorted(results)]}
+
+
+def _spec_at(leaf, axis: int):
+    spec = tuple(getattr(leaf.sharding, "spec", ()))
+    return spec[axis] if axis < len(spec) else None
 
 
 if __name__ == "__main__":
-    import jax
-
     for model_dir in map(Path, sys.argv[1:]):
         print(json.dumps({"model_dir": str(model_dir), "devices": jax.device_count(),
                           "one": generate(model_dir, 1), "four": generate(model_dir, 4)}),
