@@ -116,10 +116,20 @@ def _add_core_flags(parser: argparse.ArgumentParser) -> None:
                         help="how the model writes its reasoning: qwen3 (a <think> block the "
                              "model or the template opens), deepseek_r1 (output starts inside "
                              "the block); auto: read off the chat template; none: no parsing")
+    _add_otlp_flag(parser)
     parser.add_argument("--compilation-cache-dir", default=None,
                         help="where the warm-up's compiled buckets are kept (in its "
                              "executables/), so that a restart loads them instead of compiling "
                              "(default: $TANDEM_HOME/jax-cache; '' turns it off)")
+
+
+def _add_otlp_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--otlp-traces-endpoint",
+                        default=os.environ.get("TANDEM_OTLP_TRACES_ENDPOINT") or None,
+                        help="export OpenTelemetry spans to this OTLP/HTTP (protobuf) receiver, "
+                             "e.g. http://collector:4318 (/v1/traces is added to a URL with no "
+                             "path); under serve both processes export (default: "
+                             "$TANDEM_OTLP_TRACES_ENDPOINT, else off)")
 
 
 def _add_facade_flags(parser: argparse.ArgumentParser) -> None:
@@ -146,6 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     facade = commands.add_parser("facade", help="run the OpenAI HTTP facade",
                                  formatter_class=HelpWithDefaults)
     _add_facade_flags(facade)
+    _add_otlp_flag(facade)
     facade.add_argument("--core", default=os.environ.get("TANDEM_CORE_ADDRESS", "127.0.0.1:50051"),
                         help="core address HOST:PORT or dns:///HOST:PORT")
     return parser
@@ -168,6 +179,11 @@ def run_core(args: argparse.Namespace) -> None:
         log.warning("no --model given: serving the built-in DEMO model '%s' from %s — RANDOM "
                     "weights made locally, its text is gibberish", name, model_dir)
     _enable_compilation_cache(args.compilation_cache_dir)
+    if args.otlp_traces_endpoint:
+        from tandem.tracing import start_tracing  # imports OpenTelemetry only now
+
+        start_tracing("tandem-core", args.otlp_traces_endpoint)
+        log.info("exporting traces to %s", args.otlp_traces_endpoint)
     engine = engine_request(args)
     embedding_dir, embedding_name = _embedding_model(args)
     config = ServerConfig(model_dir=Path(model_dir), model_name=name or Path(model_dir).name,
@@ -250,6 +266,8 @@ def facade_command(args: argparse.Namespace, core_address: str) -> tuple[list[st
             "--core-address", core_address]
     if args.api_key_file:
         argv += ["--api-key-file", str(args.api_key_file)]
+    if args.otlp_traces_endpoint:
+        argv += ["--otlp-traces-endpoint", args.otlp_traces_endpoint]
     return argv, {**os.environ, "TANDEM_LOG_LEVEL": args.log_level}
 
 

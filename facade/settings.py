@@ -57,6 +57,10 @@ class FacadeSettings(BaseSettings):
     # is a 503.
     responses_store_timeout_s: float = Field(default=2.0, gt=0)
 
+    # OTLP/HTTP (protobuf) receiver of the facade's OpenTelemetry spans, e.g.
+    # "http://collector:4318" (/v1/traces added when the URL has no path); None: no tracing.
+    otlp_traces_endpoint: str | None = None
+
     def accepted_api_keys(self) -> tuple[str, ...]:
         """`api_keys` plus the keys of `api_keys_file` (read now; a missing file raises)."""
         keys = list(self.api_keys)
