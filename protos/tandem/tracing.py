@@ -43,9 +43,11 @@ def otlp_traces_url(endpoint: str) -> str:
 def start_tracing(service_name: str, endpoint: str) -> Any:
     """Install a TracerProvider for this process that batches spans to `endpoint` (OTLP/HTTP);
     returns its tracer. `OTEL_SERVICE_NAME` overrides `service_name`; the batch processor reads
-    its usual `OTEL_BSP_*` variables (e.g. OTEL_BSP_SCHEDULE_DELAY, milliseconds)."""
+    its usual `OTEL_BSP_*` variables (e.g. OTEL_BSP_SCHEDULE_DELAY, milliseconds).
+
+    The provider is Tandem's own, not OpenTelemetry's global one: FastAPI's built-in telemetry
+    (which follows the global provider) stays off, so a request has one server span, ours."""
     global _tracer
-    from opentelemetry import trace
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
@@ -56,8 +58,6 @@ def start_tracing(service_name: str, endpoint: str) -> Any:
     provider = TracerProvider(resource=resource)  # flushes its spans at interpreter exit
     provider.add_span_processor(BatchSpanProcessor(
         OTLPSpanExporter(endpoint=otlp_traces_url(endpoint))))
-    if _tracer is None:  # the global provider can be set once (an app built again keeps it)
-        trace.set_tracer_provider(provider)
     _tracer = provider.get_tracer("tandem")
     return _tracer
 
