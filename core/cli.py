@@ -96,6 +96,7 @@ def _add_core_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metrics-port", type=int, default=None,
                         help="serve Prometheus metrics on this port, same host as gRPC "
                              "(default: off)")
+    _add_otlp_flag(parser)
     parser.add_argument("--drain-timeout-s", type=float, default=30.0,
                         help="on SIGTERM, seconds admitted requests may take to finish before "
                              "the server stops")
@@ -116,7 +117,6 @@ def _add_core_flags(parser: argparse.ArgumentParser) -> None:
                         help="how the model writes its reasoning: qwen3 (a <think> block the "
                              "model or the template opens), deepseek_r1 (output starts inside "
                              "the block); auto: read off the chat template; none: no parsing")
-    _add_otlp_flag(parser)
     parser.add_argument("--compilation-cache-dir", default=None,
                         help="where the warm-up's compiled buckets are kept (in its "
                              "executables/), so that a restart loads them instead of compiling "
