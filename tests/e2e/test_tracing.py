@@ -5,7 +5,9 @@ process (a real HTTP server; the bodies are decoded with opentelemetry-proto).
 Checks: a chat completion gives a facade span and a core span in one trace, the core's parent
 being the facade's span; a client's incoming `traceparent` keeps its trace id (and its
 `tracestate` reaches the core); the spans carry route, model, status, stream, token counts,
-finish reason and request id; the core's request log line names the trace.
+finish reason and request id; the core's request log line names the trace; a unary RPC
+(Tokenize) is traced with its token count, and a failed RPC's span carries its error while the
+facade's span of the 404 does not count as a server failure.
 """
 
 from __future__ import annotations
@@ -229,3 +231,28 @@ def test_trace_context_helpers():
     assert otlp_traces_url("https://c/otlp/v1/traces") == "https://c/otlp/v1/traces"
     with pytest.raises(ValueError, match="http"):
         otlp_traces_url("collector:4318")
+
+
+def test_unary_rpcs_and_failures_are_traced(traced_server, receiver):
+    base, _ = traced_server
+    trace_id = secrets.token_hex(16)
+    headers = {"traceparent": f"00-{trace_id}-{secrets.token_hex(8)}-01"}
+    reply = httpx.post(f"{base}/tokenize", json={"model": MODEL, "prompt": "Hello there"},
+                       headers=headers, timeout=30)
+    assert reply.status_code == 200, reply.text
+    tokenize = receiver.wait_for("tandem-core", "tandem.v1.Inference/Tokenize", trace_id)
+    assert attributes(tokenize.attributes)["gen_ai.usage.input_tokens"] == reply.json()["count"]
+
+    trace_id = secrets.token_hex(16)
+    headers = {"traceparent": f"00-{trace_id}-{secrets.token_hex(8)}-01"}
+    reply = httpx.post(f"{base}/v1/chat/completions", json={**CHAT, "model": "no-such-model"},
+                       headers=headers, timeout=30)
+    assert reply.status_code == 404, reply.text
+    core = receiver.wait_for("tandem-core", "tandem.v1.Inference/Generate", trace_id)
+    facade = receiver.wait_for("tandem-facade", "POST /v1/chat/completions", trace_id)
+    assert core.parent_span_id == facade.span_id
+    assert core.status.code == core.status.STATUS_CODE_ERROR
+    assert attributes(core.attributes)["error.type"] == "ModelNotFound"
+    assert attributes(core.attributes)["rpc.grpc.status_code"] == 5  # NOT_FOUND
+    assert attributes(facade.attributes)["http.response.status_code"] == 404
+    assert facade.status.code != facade.status.STATUS_CODE_ERROR  # a 4xx is the client's
