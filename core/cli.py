@@ -123,8 +123,19 @@ def _add_core_flags(parser: argparse.ArgumentParser) -> None:
                              "(default: $TANDEM_HOME/jax-cache; '' turns it off)")
 
 
+def _otlp_endpoint(value: str) -> str:
+    """An http(s) URL, checked when the flags are read (`tandem.tracing`: stdlib only)."""
+    from tandem.tracing import otlp_traces_url
+
+    try:
+        otlp_traces_url(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return value
+
+
 def _add_otlp_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--otlp-traces-endpoint",
+    parser.add_argument("--otlp-traces-endpoint", type=_otlp_endpoint,
                         default=os.environ.get("TANDEM_OTLP_TRACES_ENDPOINT") or None,
                         help="export OpenTelemetry spans to this OTLP/HTTP (protobuf) receiver, "
                              "e.g. http://collector:4318 (/v1/traces is added to a URL with no "
