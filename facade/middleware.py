@@ -4,7 +4,8 @@ Owns `x-request-id`: taken from the incoming header when it is sane (printable A
 128 characters, so it is also valid gRPC metadata) or a fresh uuid4 hex; stored on
 `request.state.request_id` and in `facade.logs.request_id_var` (so every log line written while
 the request is handled, its stream included, carries it); added to every response, errors and
-unknown routes included. An exception nothing else handled becomes the 500 envelope here, so
+unknown routes included. A valid W3C `traceparent` puts its trace id on the same log lines
+(`trace_id`). An exception nothing else handled becomes the 500 envelope here, so
 even that carries the id.
 
 Body size: a declared `Content-Length` over the limit is answered 413 at once; a chunked body
@@ -24,6 +25,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from facade.errors import ApiError, error_response, internal_error
 from facade.logs import request_id_var
+from tandem.logs import trace_id_var
+from tandem.tracing import parse_traceparent  # stdlib only
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +64,8 @@ class RequestIdMiddleware:
             await send(message)
 
         token = request_id_var.set(request_id)
+        # the client's W3C trace id on the request's log lines (facade/tracing.py may replace it)
+        trace_token = trace_id_var.set(parse_traceparent(Headers(scope=scope).get("traceparent")))
         try:
             await self.app(scope, receive, send_with_id)
         except Exception:
@@ -69,6 +74,7 @@ class RequestIdMiddleware:
                 raise
             await error_response(internal_error())(scope, receive, send_with_id)
         finally:
+            trace_id_var.reset(trace_token)
             request_id_var.reset(token)
 
 
