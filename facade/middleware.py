@@ -4,13 +4,15 @@ Owns `x-request-id`: taken from the incoming header when it is sane (printable A
 128 characters, so it is also valid gRPC metadata) or a fresh uuid4 hex; stored on
 `request.state.request_id` and in `facade.logs.request_id_var` (so every log line written while
 the request is handled, its stream included, carries it); added to every response, errors and
-unknown routes included. A valid W3C `traceparent` puts its trace id on the same log lines
-(`trace_id`). An exception nothing else handled becomes the 500 envelope here, so
+unknown routes included. An exception nothing else handled becomes the 500 envelope here, so
 even that carries the id.
 
 Body size: a declared `Content-Length` over the limit is answered 413 at once; a chunked body
 that grows past it raises a 413 `HTTPException` from `receive`, which FastAPI re-raises and the
 app's handler renders. (Starlette's own limiter answers in plain text, hence this one.)
+
+Trace id: a valid W3C `traceparent` puts its trace id on the request's log lines (`trace_id`,
+`tandem.logs.trace_id_var`); facade/tracing.py replaces it with its span's when tracing is on.
 """
 
 from __future__ import annotations
