@@ -96,6 +96,7 @@ def _add_core_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metrics-port", type=int, default=None,
                         help="serve Prometheus metrics on this port, same host as gRPC "
                              "(default: off)")
+    _add_otlp_flag(parser)
     parser.add_argument("--drain-timeout-s", type=float, default=30.0,
                         help="on SIGTERM, seconds admitted requests may take to finish before "
                              "the server stops")
@@ -127,6 +128,26 @@ def _add_core_flags(parser: argparse.ArgumentParser) -> None:
                              "(default: $TANDEM_HOME/jax-cache; '' turns it off)")
 
 
+def _otlp_endpoint(value: str) -> str:
+    """An http(s) URL, checked when the flags are read (`tandem.tracing`: stdlib only)."""
+    from tandem.tracing import otlp_traces_url
+
+    try:
+        otlp_traces_url(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return value
+
+
+def _add_otlp_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--otlp-traces-endpoint", type=_otlp_endpoint,
+                        default=os.environ.get("TANDEM_OTLP_TRACES_ENDPOINT") or None,
+                        help="export OpenTelemetry spans to this OTLP/HTTP (protobuf) receiver, "
+                             "e.g. http://collector:4318 (/v1/traces is added to a URL with no "
+                             "path); under serve both processes export (default: "
+                             "$TANDEM_OTLP_TRACES_ENDPOINT, else off)")
+
+
 def _add_facade_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="HTTP bind address")
     parser.add_argument("--port", type=int, default=8000, help="HTTP port")
@@ -151,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     facade = commands.add_parser("facade", help="run the OpenAI HTTP facade",
                                  formatter_class=HelpWithDefaults)
     _add_facade_flags(facade)
+    _add_otlp_flag(facade)
     facade.add_argument("--core", default=os.environ.get("TANDEM_CORE_ADDRESS", "127.0.0.1:50051"),
                         help="core address HOST:PORT or dns:///HOST:PORT")
     return parser
@@ -173,6 +195,11 @@ def run_core(args: argparse.Namespace) -> None:
         log.warning("no --model given: serving the built-in DEMO model '%s' from %s — RANDOM "
                     "weights made locally, its text is gibberish", name, model_dir)
     _enable_compilation_cache(args.compilation_cache_dir)
+    if args.otlp_traces_endpoint:
+        from tandem.tracing import start_tracing  # imports OpenTelemetry only now
+
+        start_tracing("tandem-core", args.otlp_traces_endpoint)
+        log.info("exporting traces to %s", args.otlp_traces_endpoint)
     engine = engine_request(args)
     embedding_dir, embedding_name = _embedding_model(args)
     config = ServerConfig(model_dir=Path(model_dir), model_name=name or Path(model_dir).name,
@@ -256,6 +283,8 @@ def facade_command(args: argparse.Namespace, core_address: str) -> tuple[list[st
             "--core-address", core_address]
     if args.api_key_file:
         argv += ["--api-key-file", str(args.api_key_file)]
+    if args.otlp_traces_endpoint:
+        argv += ["--otlp-traces-endpoint", args.otlp_traces_endpoint]
     return argv, {**os.environ, "TANDEM_LOG_LEVEL": args.log_level}
 
 

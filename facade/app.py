@@ -2,7 +2,8 @@
 
 `create_app()` wires one FastAPI app: a lifespan that owns the process's single gRPC channel to
 the core (round-robin over every address `core_address` resolves to) and its `InferenceStub`,
-the accepted API keys (read once, the key file included), /openapi.json with every route's
+the accepted API keys (read once, the key file included), OpenTelemetry tracing when
+`otlp_traces_endpoint` is set (facade/tracing.py), /openapi.json with every route's
 error responses (facade/openapi.py), the middleware (request ids, metrics
 and the access log, CORS when origins are configured, the body limit), the routers (GET
 /metrics included), and the exception handlers that render every error —
@@ -48,6 +49,7 @@ from facade.routes import (
     tokenize,
 )
 from facade.settings import FacadeSettings
+from facade.tracing import TracingMiddleware
 from tandem.v1.inference_pb2_grpc import InferenceStub
 
 logger = logging.getLogger(__name__)
@@ -158,8 +160,9 @@ def create_app(settings: FacadeSettings | None = None) -> FastAPI:
     if settings.metrics_require_auth and not app.state.api_keys:
         raise ValueError("TANDEM_METRICS_REQUIRE_AUTH is set but no API keys are configured")
     app.state.metrics = FacadeMetrics()
-    # The last added runs first: request id → metrics/access log → CORS → body limit → routes,
-    # so every response (a CORS preflight, a 413) is measured and carries x-request-id.
+    # The last added runs first: request id → tracing (when on) → metrics/access log → CORS →
+    # body limit → routes, so every response (a CORS preflight, a 413) is measured and carries
+    # x-request-id.
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     if settings.cors_allow_origins:
         app.add_middleware(
@@ -170,6 +173,12 @@ def create_app(settings: FacadeSettings | None = None) -> FastAPI:
             expose_headers=CORS_EXPOSE_HEADERS,
         )
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    if settings.otlp_traces_endpoint:  # OpenTelemetry is imported only then
+        from tandem.tracing import start_tracing
+
+        tracer = start_tracing("tandem-facade", settings.otlp_traces_endpoint)
+        app.add_middleware(TracingMiddleware, tracer=tracer)
+        logger.info("exporting traces to %s", settings.otlp_traces_endpoint)
     app.add_middleware(RequestIdMiddleware)
     app.add_exception_handler(ApiError, _on_api_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)

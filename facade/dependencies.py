@@ -1,7 +1,8 @@
 """FastAPI dependencies of the routes, as `Annotated[...]` aliases.
 
 `CoreStub` and `CoreChannel` come from the app's lifespan (one gRPC channel per process),
-`RequestId` from the request-id middleware, `Settings` from `create_app()`, and
+`RequestId` from the request-id middleware, `CoreCallOptions` (request id, deadline and W3C
+trace context of the core calls: facade/tracing.py), `Settings` from `create_app()`, and
 `require_api_key` checks `Authorization: Bearer` on each route that lists it
 (`require_metrics_auth` on GET /metrics, when `metrics_require_auth` asks for it;
 `require_anthropic_key` on the Messages API's: `x-api-key` or Bearer, and `anthropic-version`).
@@ -19,6 +20,7 @@ from fastapi import Depends, Request
 from facade.errors import ApiError, service_unavailable
 from facade.generation import CallOptions
 from facade.settings import FacadeSettings
+from facade.tracing import request_span, trace_metadata
 from tandem.v1.inference_pb2_grpc import InferenceStub
 
 # What `anthropic-version` must look like.
@@ -131,8 +133,9 @@ CoreStub = Annotated[InferenceStub, Depends(get_stub)]
 RequestId = Annotated[str, Depends(get_request_id)]
 
 
-def get_call_options(request_id: RequestId, settings: Settings) -> CallOptions:
-    return CallOptions(request_id=request_id, timeout_s=settings.request_timeout_s)
+def get_call_options(request: Request, request_id: RequestId, settings: Settings) -> CallOptions:
+    return CallOptions(request_id=request_id, timeout_s=settings.request_timeout_s,
+                       trace=trace_metadata(request), span=request_span(request))
 
 
 # Metadata and deadline of this request's core calls.

@@ -50,17 +50,29 @@ class CallOptions:
 
     request_id: str  # sent as `x-request-id` metadata
     timeout_s: float  # gRPC deadline of each call
+    # W3C `traceparent` (+ `tracestate`) metadata of every call (facade/tracing.py); () if none
+    trace: tuple[tuple[str, str], ...] = ()
+    # The HTTP request's OpenTelemetry span when tracing is on (annotated with the model)
+    span: Any = None
 
     @property
     def metadata(self) -> tuple[tuple[str, str], ...]:
-        return (("x-request-id", self.request_id),)
+        return (("x-request-id", self.request_id), *self.trace)
 
     def call_metadata(self, call_index: int, num_calls: int) -> tuple[tuple[str, str], ...]:
         """Metadata of one of several concurrent calls: each gets its own id, `<id>-p<index>`,
         so that no two in-flight core requests share one (the core may key state by it)."""
         if num_calls == 1:
             return self.metadata
-        return (("x-request-id", f"{self.request_id}-p{call_index}"),)
+        return (("x-request-id", f"{self.request_id}-p{call_index}"), *self.trace)
+
+    def note_model(self, requested: str, served: str = "") -> None:
+        """Put the call's model on the request's span (tracing on only)."""
+        if self.span is not None:
+            if requested:
+                self.span.set_attribute("gen_ai.request.model", requested)
+            if served:
+                self.span.set_attribute("gen_ai.response.model", served)
 
 
 async def call_core(
@@ -68,10 +80,15 @@ async def call_core(
 ) -> Reply:
     """One unary core call (`stub.Score`, `stub.Embed`, ...) with the request's metadata and
     deadline; a gRPC failure becomes the ApiError of the error table."""
+    if options.span is not None:
+        options.note_model(getattr(request, "model", ""))
     try:
-        return await method(request, metadata=options.metadata, timeout=options.timeout_s)
+        reply = await method(request, metadata=options.metadata, timeout=options.timeout_s)
     except grpc.aio.AioRpcError as error:
         raise api_error_from_grpc(error) from None
+    if options.span is not None:
+        options.note_model("", getattr(reply, "model", ""))
+    return reply
 
 
 def _first_rpc_error(error: BaseException) -> grpc.aio.AioRpcError | None:
@@ -131,6 +148,8 @@ class Generation:
                 raise api_error_from_grpc(rpc_error) from None
             raise
         generation._firsts = [task.result() for task in tasks]
+        if options.span is not None:
+            options.note_model(requests[0].model, generation.model)
         return generation
 
     async def _read_first(self, index: int) -> pb.GenerateResponse | None:

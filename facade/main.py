@@ -68,8 +68,14 @@ def main(argv: list[str] | None = None) -> None:
         "--api-key-file", type=Path, default=None,
         help="file of accepted API keys, one per line (else TANDEM_API_KEYS_FILE)",
     )  # fmt: skip
+    parser.add_argument(
+        "--otlp-traces-endpoint", default=None,
+        help="OTLP/HTTP receiver of the facade's spans (else TANDEM_OTLP_TRACES_ENDPOINT)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     overrides: dict[str, object] = {"core_address": args.core_address} if args.core_address else {}
+    if args.otlp_traces_endpoint:
+        overrides["otlp_traces_endpoint"] = args.otlp_traces_endpoint
     if args.api_key_file is not None:
         overrides["api_keys_file"] = args.api_key_file
     run(FacadeSettings(**overrides), host=args.host, port=args.port)

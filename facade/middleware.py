@@ -10,6 +10,9 @@ even that carries the id (Anthropic's envelope on the Messages API's paths, as e
 Body size: a declared `Content-Length` over the limit is answered 413 at once; a chunked body
 that grows past it raises a 413 `HTTPException` from `receive`, which FastAPI re-raises and the
 app's handler renders. (Starlette's own limiter answers in plain text, hence this one.)
+
+Trace id: a valid W3C `traceparent` puts its trace id on the request's log lines (`trace_id`,
+`tandem.logs.trace_id_var`); facade/tracing.py replaces it with its span's when tracing is on.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from facade.errors import ApiError, error_response, internal_error
 from facade.logs import request_id_var
+from tandem.logs import trace_id_var
+from tandem.tracing import parse_traceparent  # stdlib only
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +66,8 @@ class RequestIdMiddleware:
             await send(message)
 
         token = request_id_var.set(request_id)
+        # the client's W3C trace id on the request's log lines (facade/tracing.py may replace it)
+        trace_token = trace_id_var.set(parse_traceparent(Headers(scope=scope).get("traceparent")))
         try:
             await self.app(scope, receive, send_with_id)
         except Exception:
@@ -70,6 +77,7 @@ class RequestIdMiddleware:
             await error_response(internal_error(), scope.get("path", ""))(
                 scope, receive, send_with_id)
         finally:
+            trace_id_var.reset(trace_token)
             request_id_var.reset(token)
 
 

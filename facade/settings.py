@@ -9,6 +9,8 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from tandem.tracing import otlp_traces_url  # stdlib only
+
 
 class FacadeSettings(BaseSettings):
     """Everything the facade process needs; immutable once built."""
@@ -57,6 +59,10 @@ class FacadeSettings(BaseSettings):
     # is a 503.
     responses_store_timeout_s: float = Field(default=2.0, gt=0)
 
+    # OTLP/HTTP (protobuf) receiver of the facade's OpenTelemetry spans, e.g.
+    # "http://collector:4318" (/v1/traces added when the URL has no path); None: no tracing.
+    otlp_traces_endpoint: str | None = None
+
     def accepted_api_keys(self) -> tuple[str, ...]:
         """`api_keys` plus the keys of `api_keys_file` (read now; a missing file raises)."""
         keys = list(self.api_keys)
@@ -66,6 +72,15 @@ class FacadeSettings(BaseSettings):
                 raise ValueError(f"API key file {self.api_keys_file} holds no keys")
             keys += file_keys
         return tuple(dict.fromkeys(keys))
+
+    @field_validator("otlp_traces_endpoint")
+    @classmethod
+    def _check_otlp_url(cls, value: str | None) -> str | None:
+        """An http(s) URL (tandem/tracing.py's rule), or unset; "" counts as unset."""
+        if not value:
+            return None
+        otlp_traces_url(value)  # raises ValueError naming the value
+        return value
 
     @field_validator("api_keys", "cors_allow_origins", mode="before")
     @classmethod

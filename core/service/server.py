@@ -7,13 +7,15 @@ Embed's and Rerank's request handling `score.py`'s, `embed.py`'s and `rerank.py`
 loaded and every bucket is compiled, and not while an engine is stalled: the stall detector
 turns it NOT_SERVING when unfinished work has waited `stall_timeout_s` with no engine step,
 SERVING again once the engine moves); server reflection; aborting a request when its RPC is
-cancelled or its deadline passes; graceful drain on SIGTERM; the prefix cache's event stream
+cancelled or its deadline passes; each RPC's trace (its caller's W3C `traceparent`, its span
+when tracing is on: `tracing.py`); graceful drain on SIGTERM; the prefix cache's event stream
 (SubscribeKvEvents, `core/cache/events.py`) and its reset.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import logging
 import signal
@@ -49,16 +51,22 @@ from core.service.served_models import (
     load_reranker,
 )
 from core.service.tokenizer_files import tokenizer_chunks
+from core.service.tracing import RpcTrace
 from tandem.limits import MAX_CHOICES
 from tandem.logs import request_id_var  # the shared log format (stdlib only)
 from tandem.v1 import inference_pb2 as pb
 from tandem.v1 import inference_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
+# (id of the RPC's context, its request id): `_request_id` answers the same within one RPC.
+_rpc_request_id: contextvars.ContextVar[tuple[int, str] | None] = contextvars.ContextVar(
+    "tandem_rpc_request_id", default=None)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Inference"].full_name
 # Least grace `drain_and_stop` gives RPCs to send what the engine has already produced.
 STOP_FLUSH_S = 1.0
+# RPCs without a span: load polls a router makes every few hundred milliseconds.
+UNTRACED = frozenset({"GetLoad"})
 STALL_POLL_S = 0.5  # how often the stall detector looks (at most: a quarter of its timeout)
 DEMO_DESCRIPTION = ("Tandem's built-in demo model: a small Llama with RANDOM weights made "
                     "locally on first run; its text is gibberish. Pass --model DIR to serve a "
@@ -66,13 +74,25 @@ DEMO_DESCRIPTION = ("Tandem's built-in demo model: a small Llama with RANDOM wei
 
 
 def _typed_errors(handler):
-    """A unary RPC whose TandemErrors become the gRPC status with google.rpc details."""
+    """A unary RPC whose TandemErrors become the gRPC status with google.rpc details, traced
+    (core/service/tracing.py) unless it is a router's poll (UNTRACED)."""
+    method = handler.__name__
+
     @functools.wraps(handler)
     async def wrapper(self, request, context: grpc.aio.ServicerContext):
-        try:
-            return await handler(self, request, context)
-        except TandemError as exc:
-            await context.abort_with_status(exc.to_grpc_status())
+        if method in UNTRACED:
+            try:
+                return await handler(self, request, context)
+            except TandemError as exc:
+                await context.abort_with_status(exc.to_grpc_status())
+        with RpcTrace(context, method, _request_id(context)) as trace:
+            try:
+                reply = await handler(self, request, context)
+            except TandemError as exc:
+                trace.fail(exc, exc.code)
+                await context.abort_with_status(exc.to_grpc_status())
+            trace.record_reply(request, reply)
+            return reply
 
     return wrapper
 
@@ -123,31 +143,36 @@ class InferenceServicer(pb_grpc.InferenceServicer):
     async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext):
         request_id = _request_id(context)  # this RPC's task: every log line it writes carries it
         stream = None
-        try:
-            model = self._model(request.model, pb.CAPABILITY_GENERATE)
-            engine = model.generator
-            prompt_ids = await asyncio.to_thread(  # templates and tokenizing: off the loop
-                convert.prompt_token_ids, model.tokenizer, model.policy, request)
-            requests = convert.generation_requests(  # engine keys are unique per RPC
-                request, prompt_ids, uuid.uuid4().hex, model.policy,
-                max_choices=min(MAX_CHOICES, engine.engine_config.max_unfinished),
-                tokenizer=model.tokenizer)
-            parsers = apply_tool_plan(request, model, requests)
-            reasoners = apply_reasoning_plan(request, model, prompt_ids, requests)
-            for spec in {r.grammar for r in requests if r.grammar is not None}:
-                await asyncio.to_thread(engine.check_grammar, spec)  # compiles: off the loop
-            log.info("generate %s: %d prompt tokens, n=%d", request_id, len(prompt_ids),
-                     len(requests))
-            stream = ChoiceStream(engine, model.tokenizer, requests, asyncio.get_running_loop(),
-                                  parsers, reasoners)
-            async for response in stream.responses():
-                response.request_id, response.model = request_id, model.name
-                yield response
-        except TandemError as exc:
-            await context.abort_with_status(exc.to_grpc_status())
-        finally:
-            if stream is not None and stream.abort_unfinished():  # cancelled, deadline, failed
-                log.info("generate %s: aborted its unfinished choices", request_id)
+        with RpcTrace(context, "Generate", request_id) as trace:
+            try:
+                model = self._model(request.model, pb.CAPABILITY_GENERATE)
+                trace.set({"gen_ai.request.model": request.model or None,
+                           "gen_ai.response.model": model.name})
+                engine = model.generator
+                prompt_ids = await asyncio.to_thread(  # templates and tokenizing: off the loop
+                    convert.prompt_token_ids, model.tokenizer, model.policy, request)
+                requests = convert.generation_requests(  # engine keys are unique per RPC
+                    request, prompt_ids, uuid.uuid4().hex, model.policy,
+                    max_choices=min(MAX_CHOICES, engine.engine_config.max_unfinished),
+                    tokenizer=model.tokenizer)
+                parsers = apply_tool_plan(request, model, requests)
+                reasoners = apply_reasoning_plan(request, model, prompt_ids, requests)
+                for spec in {r.grammar for r in requests if r.grammar is not None}:
+                    await asyncio.to_thread(engine.check_grammar, spec)  # compiles: off the loop
+                log.info("generate %s: %d prompt tokens, n=%d", request_id, len(prompt_ids),
+                         len(requests))
+                stream = ChoiceStream(engine, model.tokenizer, requests,
+                                      asyncio.get_running_loop(), parsers, reasoners)
+                async for response in stream.responses():
+                    response.request_id, response.model = request_id, model.name
+                    trace.record_chunk(response)
+                    yield response
+            except TandemError as exc:
+                trace.fail(exc, exc.code)
+                await context.abort_with_status(exc.to_grpc_status())
+            finally:
+                if stream is not None and stream.abort_unfinished():  # cancelled, deadline, ...
+                    log.info("generate %s: aborted its unfinished choices", request_id)
 
     @_typed_errors
     async def Tokenize(self, request: pb.TokenizeRequest, context):
@@ -249,10 +274,15 @@ class InferenceServicer(pb_grpc.InferenceServicer):
 
 
 def _request_id(context: grpc.aio.ServicerContext) -> str:
-    """The caller's x-request-id (or a fresh one), set for this RPC's log lines."""
+    """The caller's x-request-id (or a fresh one), set for this RPC's log lines; the same id
+    each time within one RPC."""
+    known = _rpc_request_id.get()
+    if known is not None and known[0] == id(context):
+        return known[1]
     request_id = dict(context.invocation_metadata() or ()).get("x-request-id") \
         or uuid.uuid4().hex
     request_id_var.set(request_id)
+    _rpc_request_id.set((id(context), request_id))
     return request_id
 
 

@@ -2,12 +2,13 @@
 line (or plain text), each tagged with its request id.
 
 Owns `request_id_var` (the `ContextVar` the request-id middleware sets for the life of a request,
-streams included), the `RequestIdFilter` that copies it onto every record, `JsonFormatter`, and
-`configure_logging()`, which installs one stderr handler on the root logger and routes uvicorn's
-loggers through it.
+streams included), `trace_id_var` (its W3C trace id, when it has one), the `RequestIdFilter`
+that copies the request id onto every record, `JsonFormatter`, and `configure_logging()`,
+which installs one stderr handler on the root logger and routes uvicorn's loggers through it.
 
 A JSON line holds `ts` (UTC, ISO 8601), `level`, `logger`, `message`, `request_id` (when the line
-was written while handling a request), every `extra={...}` field of the call (e.g. the access
+was written while handling a request), `trace_id` (when that request carries a W3C trace
+context: tandem/tracing.py), every `extra={...}` field of the call (e.g. the access
 line's `method`, `path`, `route`, `status`, `duration_ms`) and `exception` when there is one.
 """
 
@@ -22,6 +23,8 @@ from typing import Any, TextIO
 
 # The id of the request being handled in this context (None outside requests).
 request_id_var: ContextVar[str | None] = ContextVar("tandem_request_id", default=None)
+# The W3C trace id of that request when it arrived with a `traceparent` (or was traced here).
+trace_id_var: ContextVar[str | None] = ContextVar("tandem_trace_id", default=None)
 
 # LogRecord attributes that are not `extra=` fields of the call.
 _RECORD_ATTRIBUTES = frozenset(
@@ -53,6 +56,9 @@ class JsonFormatter(logging.Formatter):
         request_id = getattr(record, "request_id", None) or request_id_var.get()
         if request_id is not None:
             line["request_id"] = request_id
+        trace_id = trace_id_var.get()
+        if trace_id is not None:
+            line["trace_id"] = trace_id
         for key, value in vars(record).items():
             if key not in _RECORD_ATTRIBUTES and not key.startswith("_"):
                 line[key] = value

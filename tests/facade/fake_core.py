@@ -166,6 +166,8 @@ class FakeCore(inference_pb2_grpc.InferenceServicer):
         self.cancelled = threading.Event()
         # Score and Embed requests: (x-request-id, request).
         self.unary_requests: list[tuple[str | None, pb.ScoreRequest | pb.EmbedRequest]] = []
+        # The invocation metadata of each Generate call, in arrival order.
+        self.generate_metadata: list[dict[str, str]] = []
 
     def last_request(self) -> tuple[str | None, pb.GenerateRequest]:
         with self._lock:
@@ -185,9 +187,11 @@ class FakeCore(inference_pb2_grpc.InferenceServicer):
             return [request_id for request_id, _ in self.requests]
 
     async def Generate(self, request, context):
-        request_id = dict(context.invocation_metadata()).get("x-request-id")
+        metadata = dict(context.invocation_metadata())
+        request_id = metadata.get("x-request-id")
         with self._lock:
             self.requests.append((request_id, request))
+            self.generate_metadata.append(metadata)
         model = request.model or DEMO_MODEL
         if model in ERRORS:
             await context.abort_with_status(ERRORS[model])

@@ -1,5 +1,5 @@
 """The facade imports and builds its app with JAX, torch, transformers (and core-only extras)
-impossible to import."""
+impossible to import, and without loading the OpenTelemetry SDK while tracing is off."""
 
 from __future__ import annotations
 
@@ -33,6 +33,10 @@ SCRIPT = textwrap.dedent(
     assert app.title == "Tandem"
     loaded = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
     assert not loaded, loaded
+    # tracing is off by default: the OpenTelemetry SDK and exporter stay unimported
+    tracing = sorted(m for m in sys.modules
+                     if m.startswith(("opentelemetry.sdk", "opentelemetry.exporter")))
+    assert not tracing, tracing
     print("ok")
     """
 )
