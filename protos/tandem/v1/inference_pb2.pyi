@@ -1947,3 +1947,67 @@ class ResetPrefixCacheResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ResetPrefixCacheResponse: _TypeAlias = ResetPrefixCacheResponse  # noqa: Y015
+
+@_typing.final
+class AbortRequest(_message.Message):
+    """---------------------------------------------------------------------------------------------
+    Routing hooks: Abort
+
+    Next ID: 2
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_IDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def request_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The `x-request-id` metadata values of the Generate calls to stop (every call in flight on
+        this core under one of these ids).
+        """
+
+    def __init__(
+        self,
+        *,
+        request_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request_ids", b"request_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AbortRequest: _TypeAlias = AbortRequest  # noqa: Y015
+
+@_typing.final
+class AbortResponse(_message.Message):
+    """Next ID: 3"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ABORTED_REQUEST_IDS_FIELD_NUMBER: _builtins.int
+    UNKNOWN_REQUEST_IDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def aborted_request_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Ids with a Generate call in flight here: their unfinished choices stop within one engine
+        step, their pages are freed, and each stream ends with FINISH_REASON_ABORT.
+        """
+
+    @_builtins.property
+    def unknown_request_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Ids with no Generate call in flight on this core (finished, never seen, or on another
+        core): reported, not an error.
+        """
+
+    def __init__(
+        self,
+        *,
+        aborted_request_ids: _abc.Iterable[_builtins.str] | None = ...,
+        unknown_request_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aborted_request_ids", b"aborted_request_ids", "unknown_request_ids", b"unknown_request_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AbortResponse: _TypeAlias = AbortResponse  # noqa: Y015

@@ -80,6 +80,8 @@ class InferenceStub:
     """
     ResetPrefixCache: _grpc.UnaryUnaryMultiCallable[_inference_pb2.ResetPrefixCacheRequest, _inference_pb2.ResetPrefixCacheResponse]
     """Evict every prefix-cache block no request holds (their events follow on SubscribeKvEvents)."""
+    Abort: _grpc.UnaryUnaryMultiCallable[_inference_pb2.AbortRequest, _inference_pb2.AbortResponse]
+    """Routing hooks: stop in-flight Generate calls by the `x-request-id` their callers sent."""
 
 @_typing.type_check_only
 class InferenceAsyncStub(InferenceStub):
@@ -116,6 +118,8 @@ class InferenceAsyncStub(InferenceStub):
     """
     ResetPrefixCache: _aio.UnaryUnaryMultiCallable[_inference_pb2.ResetPrefixCacheRequest, _inference_pb2.ResetPrefixCacheResponse]  # type: ignore[assignment]
     """Evict every prefix-cache block no request holds (their events follow on SubscribeKvEvents)."""
+    Abort: _aio.UnaryUnaryMultiCallable[_inference_pb2.AbortRequest, _inference_pb2.AbortResponse]  # type: ignore[assignment]
+    """Routing hooks: stop in-flight Generate calls by the `x-request-id` their callers sent."""
 
 class InferenceServicer(metaclass=_abc_1.ABCMeta):
     """The inference API of the model core. Its name predates the buf STANDARD lint rules and is part
@@ -209,5 +213,13 @@ class InferenceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_inference_pb2.ResetPrefixCacheResponse, _abc.Awaitable[_inference_pb2.ResetPrefixCacheResponse]]:
         """Evict every prefix-cache block no request holds (their events follow on SubscribeKvEvents)."""
+
+    @_abc_1.abstractmethod
+    def Abort(
+        self,
+        request: _inference_pb2.AbortRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_inference_pb2.AbortResponse, _abc.Awaitable[_inference_pb2.AbortResponse]]:
+        """Routing hooks: stop in-flight Generate calls by the `x-request-id` their callers sent."""
 
 def add_InferenceServicer_to_server(servicer: InferenceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
