@@ -1,6 +1,7 @@
-"""Abort over real gRPC on the session's in-process core (conftest `grpc_core`): Generate calls
-are stopped by the `x-request-id` their callers sent, their pages come back, their streams end
-with FINISH_REASON_ABORT, other calls run on, and unknown ids are reported, not errors."""
+"""Routing hooks over real gRPC on the session's in-process core (conftest `grpc_core`): Abort
+stops Generate calls by the `x-request-id` their callers sent (their pages come back, their
+streams end with FINISH_REASON_ABORT, other calls run on, unknown ids are reported, not
+errors); a GenerateRequest's `priority` reaches the engine's request, and is range-checked."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 
 from tandem.v1 import inference_pb2 as pb
 from tandem.v1 import inference_pb2_grpc as pb_grpc
-from tests.core.service.test_core_grpc import collect, wait_until_idle
+from tests.core.service.test_core_grpc import collect, error_info, wait_until_idle
 from tests.waiting import async_wait_until
 
 MAX_TOKENS = 60
@@ -73,3 +74,29 @@ async def test_abort_stops_the_named_calls_and_reports_unknown_ids(grpc_core, st
 async def test_abort_of_nothing_answers_empty(stub):
     answer = await stub.Abort(pb.AbortRequest())
     assert not answer.aborted_request_ids and not answer.unknown_request_ids
+
+
+async def test_priority_reaches_the_engine_and_is_range_checked(grpc_core, stub, monkeypatch):
+    engine = grpc_core.server.servicer.engine
+    release, dispatch = threading.Event(), engine.runner.dispatch
+    seen: list[int] = []
+
+    def held_dispatch(batch):
+        seen.extend(engine._tracked[chunk.request_id].request.priority for chunk in batch.chunks)
+        release.wait(timeout=120)
+        return dispatch(batch)
+
+    monkeypatch.setattr(engine.runner, "dispatch", held_dispatch)
+    request = pb.GenerateRequest(text="urgent", priority=-3, stopping=pb.StoppingCriteria(
+        max_tokens=2, ignore_eos=True))
+    call = asyncio.ensure_future(collect(stub, request))
+    try:
+        await async_wait_until(lambda: seen, "its first step")
+    finally:
+        release.set()
+    await call
+    assert seen[0] == -3
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await collect(stub, pb.GenerateRequest(text="x", priority=10**7))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error_info(caught.value) == ("INVALID_PARAMETER", "priority")
