@@ -80,6 +80,11 @@ def _add_core_flags(parser: argparse.ArgumentParser) -> None:
                         help="queue room beyond a full batch: the core holds max-num-seqs + "
                              "max-waiting requests (running and queued) and answers "
                              "RESOURCE_EXHAUSTED to more")
+    parser.add_argument("--scheduling-policy", choices=("fcfs", "priority"), default="fcfs",
+                        help="fcfs: requests are admitted in arrival order; priority: by each "
+                             "request's priority (lower first, then arrival), and a waiting "
+                             "request preempts lower-priority ones that have not sent their "
+                             "first token (they are re-queued and resume)")
     parser.add_argument("--max-num-batched-tokens", type=int, default=512,
                         help="token budget of one engine step (decodes + prefill chunks)")
     parser.add_argument("--page-size", type=int, default=16, help="tokens per KV page")
@@ -241,7 +246,8 @@ def engine_request(args: argparse.Namespace):
         kv_cache_bytes=args.kv_cache_mib * 2**20 if args.kv_cache_mib else None,
         enable_prefix_cache=args.prefix_cache,
         dtype=None if args.dtype == "checkpoint" else args.dtype,
-        tensor_parallel=args.tensor_parallel, memory_fraction=args.memory_fraction)
+        tensor_parallel=args.tensor_parallel, memory_fraction=args.memory_fraction,
+        scheduling_policy=args.scheduling_policy)
 
 
 def _embedding_model(args: argparse.Namespace) -> tuple[Path | None, str]:

@@ -115,6 +115,9 @@ def default_buckets(max_value: int, smallest: int) -> tuple[int, ...]:
     return tuple(buckets)
 
 
+SCHEDULING_POLICIES = ("fcfs", "priority")  # EngineConfig.scheduling_policy
+
+
 @dataclass(frozen=True)
 class EngineConfig:
     """Limits of the generation engine; every shape bucket compiles at warm-up. As requested
@@ -140,6 +143,9 @@ class EngineConfig:
     # fraction of the memory available at start that weights + KV pool may take, when
     # max_num_seqs is None (vLLM's gpu_memory_utilization)
     memory_fraction: float = DEFAULT_MEMORY_FRACTION
+    # "fcfs": admission in arrival order; "priority": by Request.priority (lower first), with
+    # preemption of lower-priority requests that have not sent their first token
+    scheduling_policy: str = "fcfs"
 
     def __post_init__(self):
         for name in ("tensor_parallel", "max_num_seqs", "max_num_batched_tokens",
@@ -149,6 +155,9 @@ class EngineConfig:
                 raise ConfigError(f"{name} must be at least 1")
         if self.max_num_seqs is not None and self.max_num_batched_tokens < self.max_num_seqs:
             raise ConfigError("max_num_batched_tokens must be at least max_num_seqs")
+        if self.scheduling_policy not in SCHEDULING_POLICIES:
+            raise ConfigError(f"scheduling_policy must be one of {', '.join(SCHEDULING_POLICIES)}"
+                              f", got {self.scheduling_policy!r}")
 
     @property
     def is_resolved(self) -> bool:

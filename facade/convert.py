@@ -146,6 +146,8 @@ def _common(request: SamplingFields, model: str, max_tokens: int | None) -> pb.G
     )
     if request.n is not None:
         generate.n = request.n
+    if request.priority is not None:
+        generate.priority = request.priority
     if request.prompt_logprobs is not None:
         generate.prompt_logprobs = request.prompt_logprobs
     response_format = _response_format(request)

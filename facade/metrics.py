@@ -48,9 +48,9 @@ _SANE_CODE = re.compile(r"[a-z0-9_]{1,48}")
 # Largest error body the middleware reads to find its `code`.
 MAX_ERROR_BODY_BYTES = 64 * 1024
 # Paths whose access lines are DEBUG, not INFO (probes and scrapes would drown the log).
-QUIET_PATHS = frozenset({"/health", "/ready", "/metrics"})
+QUIET_PATHS = frozenset({"/health", "/ready", "/health/generate", "/metrics"})
 # Liveness and readiness probes: their 503 is an answer, never counted in errors_total.
-PROBE_PATHS = frozenset({"/health", "/ready"})
+PROBE_PATHS = frozenset({"/health", "/ready", "/health/generate"})
 # An in-stream error event, as facade/sse.py writes it.
 _SSE_ERROR_PREFIX = b'data: {"error":'
 # ... and of the Messages API's (facade/anthropic/stream.py): its data follows.

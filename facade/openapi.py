@@ -138,7 +138,8 @@ def generation_responses(
 class ProbeStatus(BaseModel):
     """The body of a successful health probe."""
 
-    status: str = Field(description='"ok" (GET /health) or "ready" (GET /ready).')
+    status: str = Field(
+        description='"ok" (GET /health, GET /health/generate) or "ready" (GET /ready).')
 
 
 CHAT_RESPONSES = generation_responses(ChatCompletion, ChatCompletionChunk)

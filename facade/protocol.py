@@ -20,7 +20,7 @@ from pydantic import (
     model_validator,
 )
 
-from tandem.limits import MAX_TOP_LOGPROBS
+from tandem.limits import MAX_PRIORITY, MAX_TOP_LOGPROBS, MIN_PRIORITY
 
 # Largest value of the proto's uint32 / int32 / uint64 fields.
 MAX_UINT32 = 2**32 - 1
@@ -224,8 +224,10 @@ class SamplingFields(RequestModel):
     guided_choice: list[Annotated[str, Field(min_length=1)]] | None = Field(default=None,
                                                                            min_length=1)
     guided_grammar: str | None = Field(default=None, min_length=1)
+    # scheduling priority (lower first) under the core's --scheduling-policy priority; the
+    # x-tandem-priority header overrides it (protocol_policy.apply_priority_header)
+    priority: int | None = Field(default=None, ge=MIN_PRIORITY, le=MAX_PRIORITY)
     # accepted, not acted on (listed in x-tandem-ignored-params; see protocol_policy.py)
-    priority: int | None = None
     request_id: str | None = None
     spaces_between_special_tokens: bool | None = None
     # refused unless null (see protocol_policy.py)

@@ -15,18 +15,21 @@ Every request field falls into one of three kinds:
   `web_search_options`, beam search, `structural_tag`, ...): 400 `unsupported_parameter` naming
   the field — unless the value is neutral (null, false, empty, 1.0 for `length_penalty`).
 
-This module owns only the tables and `apply_field_policy`; the routes set the header.
+This module owns the tables, `apply_field_policy` (the routes set the header) and
+`apply_priority_header`: a request's scheduling priority may also come as the
+`x-tandem-priority` header (a gateway can set it without touching the body); the header wins.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import quote
 
 from pydantic import BaseModel
 
-from facade.errors import unsupported
+from facade.errors import invalid_request, unsupported
+from tandem.limits import MAX_PRIORITY, MIN_PRIORITY
 
 # Response header listing the ignored fields a request set ("store, user").
 IGNORED_PARAMS_HEADER = "x-tandem-ignored-params"
@@ -37,7 +40,7 @@ IGNORED_FIELDS: frozenset[str] = frozenset({
     "user", "store", "metadata", "service_tier", "prompt_cache_key", "safety_identifier",
     "verbosity", "reasoning_effort", "modalities",
     # vLLM
-    "priority", "request_id", "spaces_between_special_tokens", "kv_transfer_params",
+    "request_id", "spaces_between_special_tokens", "kv_transfer_params",
     "mm_processor_kwargs", "vllm_xargs", "return_token_ids", "guided_decoding_backend",
 })  # fmt: skip
 
@@ -165,3 +168,24 @@ def ignored_header(names: list[str]) -> dict[str, str]:
     """The response header for the ignored fields (empty dict when there are none). Unknown
     field names are the client's: percent-encoded, so any of them fits in a header."""
     return {IGNORED_PARAMS_HEADER: ", ".join(quote(name) for name in names)} if names else {}
+
+
+# Request header that sets (overrides) a chat or completions request's `priority`.
+PRIORITY_HEADER = "x-tandem-priority"
+
+
+def apply_priority_header(body: BaseModel, headers: Mapping[str, str]) -> None:
+    """Set `body.priority` from the `x-tandem-priority` header when it is there; a value that
+    is not an integer in range is a 400 naming the header."""
+    raw = headers.get(PRIORITY_HEADER)
+    if raw is None:
+        return
+    try:
+        priority = int(raw.strip())
+    except ValueError:
+        priority = None
+    if priority is None or not MIN_PRIORITY <= priority <= MAX_PRIORITY:
+        raise invalid_request(
+            f"The {PRIORITY_HEADER} header must be an integer in [{MIN_PRIORITY}, "
+            f"{MAX_PRIORITY}], got {raw!r}.", param=PRIORITY_HEADER)
+    body.priority = priority

@@ -24,6 +24,8 @@ class FacadeSettings(BaseSettings):
     request_timeout_s: float = Field(default=600.0, gt=0)
     # Deadline of the readiness probe's health check against the core.
     health_timeout_s: float = Field(default=2.0, gt=0)
+    # Deadline of GET /health/generate's one-token Generate call.
+    health_generate_timeout_s: float = Field(default=30.0, gt=0)
     # Largest accepted HTTP request body; larger bodies get 413.
     max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1)
     # Largest gRPC message the facade sends to or accepts from the core.

@@ -158,6 +158,10 @@ class RadixCache:
         self.stats.evicted_pages += evicted
         return evicted
 
+    def num_evictable(self) -> int:
+        """Cached pages no request holds: what `evict` can free (a walk of the tree)."""
+        return sum(self.allocator.is_evictable(node.page_id) for node in self._walk())
+
     def _walk(self):
         stack = [child for root in self._roots.values() for child in root.children.values()]
         while stack:

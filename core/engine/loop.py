@@ -55,8 +55,10 @@ class Engine(EngineThread):
         """Queue a request; raises Overloaded or Unavailable. Outputs go to `sink`."""
 
     @abc.abstractmethod
-    def abort(self, request_id: str) -> None:
-        """Stop a request and free its resources within one step (no-op when finished)."""
+    def abort(self, request_id: str, notify: bool = False) -> None:
+        """Stop a request and free its resources within one step (no-op when finished). With
+        `notify`, its sink gets a last output with finish reason ABORT (the Abort RPC: its
+        stream ends); without, nothing more is sent (its receiver is gone)."""
 
     def check_grammar(self, spec: GrammarSpec) -> None:
         """Compile a request's grammar, bounded in time (blocking: call it off the event loop);
@@ -164,8 +166,8 @@ class LlmEngine(Engine):
             request.sampling = replace(request.sampling, seed=secrets.randbits(63))
         self._post(("add", (request, matcher), sink))
 
-    def abort(self, request_id: str) -> None:
-        self._post(("abort", request_id, None))
+    def abort(self, request_id: str, notify: bool = False) -> None:
+        self._post(("abort", (request_id, notify), None))
 
     def clear_prefix_cache(self) -> concurrent.futures.Future:
         """Evict every cached block no request holds, on the engine thread; the future gives
@@ -222,10 +224,24 @@ class LlmEngine(Engine):
         for kind, payload, sink in items:
             if kind == "add":
                 self._take(*payload, sink)
-            elif kind == "abort" and payload in self._tracked:
-                self._release(self._tracked[payload].request)
+            elif kind == "abort" and payload[0] in self._tracked:
+                self._abort(self._tracked[payload[0]], notify=payload[1])
             elif kind == "clear_cache":
                 payload.set_result(self.scheduler.prefix_cache.clear())
+
+    def _abort(self, tracked: _Tracked, notify: bool) -> None:
+        """Release an aborted request; with `notify`, end its output with finish reason ABORT
+        (the text held back for stop strings comes out first)."""
+        request = tracked.request
+        request.finish_reason = FinishReason.ABORT
+        self._release(request)
+        if notify:
+            self._send(tracked.sink, RequestOutput(
+                request.request_id, (), tracked.detokenizer.flush(),
+                finish_reason=FinishReason.ABORT,
+                completion_tokens=len(request.output_token_ids),
+                cached_tokens=request.num_cached_tokens,
+                cumulative_logprob=request.cumulative_logprob))
 
     def _take(self, request: Request, matcher, sink: OutputSink) -> None:
         """Start tracking a new request (engine thread)."""

@@ -78,6 +78,8 @@ class Request:
     top_logprobs: int = 0  # alternatives per token, ≤ MAX_TOP_LOGPROBS
     cache_salt: str = ""  # prefix-cache namespace: pages are shared only within one salt
     group_id: str = ""  # the choices of one call share it (and their prompt): n > 1
+    # under the "priority" scheduling policy: lower is admitted first (vLLM's convention)
+    priority: int = 0
     # Set: a prefill-only request (Score). Instead of sampling, it reports the next-token
     # log-probabilities of these ids after its prompt and finishes; () only fills the cache.
     score_label_ids: tuple[int, ...] | None = None
@@ -94,6 +96,7 @@ class Request:
     num_cached_tokens: int = 0  # prompt tokens served from the prefix cache at admission
     num_preemptions: int = 0  # times its pages were taken back (it recomputes them)
     admitted: bool = False  # has been admitted once (prefix-cache stats count it once)
+    arrival_seq: int = 0  # the scheduler's count when it was added (ties of priority)
     row_slot: int | None = None  # its row of on-device logits state while it holds pages
     # prompt position (≥ 1) → TokenLogprob of its token, filled by the prefill chunks
     prompt_logprob_entries: dict = field(default_factory=dict)

@@ -6,6 +6,12 @@ chunk of each sequence still prefilling, then new admissions (after a prefix-cac
 Pages come from the free list, then from evicting unheld cached prefixes; when none are left a
 later-admitted sequence is preempted — its pages are released and it goes back to the front of
 the queue to recompute them (its generated tokens are kept), so nothing is dropped or corrupted.
+Under `scheduling_policy="priority"` the queue is kept in (priority, arrival) order — lower
+`Request.priority` first, as vLLM — and a waiting request that finds no row or no pages free
+preempts running requests of a worse priority that have not sampled their first token (latest
+first; their pages are freed and they are re-queued in order, so they resume). Those
+requests' prefill chunks also yield the step's token budget to its admission. Under "fcfs"
+(the default) the queue is arrival order and nothing is preempted for priority.
 The scheduler itself refuses nothing: the engine admits at most `EngineConfig.max_unfinished`
 requests (`max_num_seqs` + `max_waiting`, running and queued together) and answers OVERLOADED
 beyond that, before a request reaches this queue.
@@ -13,6 +19,7 @@ beyond that, before a request reaches this queue.
 
 from __future__ import annotations
 
+import bisect
 import logging
 from collections import deque
 
@@ -42,6 +49,8 @@ class Scheduler:
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []  # in admission order
         self.num_preemptions = 0
+        self.by_priority = config.scheduling_policy == "priority"
+        self._num_added = 0  # arrival counter (Request.arrival_seq)
         self._max_chunk_tokens = config.prefill_buckets()[-1]
 
     @property
@@ -66,7 +75,19 @@ class Scheduler:
         return total
 
     def add(self, request: Request) -> None:
-        self.waiting.append(request)
+        self._num_added += 1
+        request.arrival_seq = self._num_added
+        self._queue(request)
+
+    def _queue(self, request: Request, front: bool = False) -> None:
+        """Into the waiting queue: by (priority, arrival) under the priority policy; else at
+        the back, or at the `front` (a preempted request goes first again)."""
+        if self.by_priority:
+            bisect.insort(self.waiting, request, key=_priority_key)
+        elif front:
+            self.waiting.appendleft(request)
+        else:
+            self.waiting.append(request)
 
     def finish(self, request: Request) -> None:
         """Remove a finished or aborted request and release its pages."""
@@ -83,23 +104,22 @@ class Scheduler:
         chunks: list[SequenceChunk] = []
         scheduled: set[str] = set()
         preempted = False
+        deferred: list[Request] = []  # prefills that yield the budget to a better waiting one
+        if self.by_priority:
+            self._preempt_for_priority()
         decoding_first = sorted(self.running,
                                 key=lambda r: r.num_tokens - r.num_computed_tokens > 1)
-        for request in decoding_first:
-            if budget == 0:
-                break
-            if request not in self.running:
-                continue  # preempted earlier in this step
-            num_new = min(request.num_tokens - request.num_computed_tokens, budget,
-                          self._max_chunk_tokens)
-            fits, preempted_any = self._reserve_running(request, num_new, scheduled)
-            preempted |= preempted_any
-            if fits:
-                chunks.append(self._chunk(request, num_new))
-                scheduled.add(request.request_id)
-                budget -= num_new
+        if self.by_priority and self.waiting:
+            head = _priority_key(self.waiting[0])
+            deferred = [r for r in decoding_first
+                        if r.num_tokens - r.num_computed_tokens > 1 and _priority_key(r) > head]
+            decoding_first = [r for r in decoding_first if r not in deferred]
+        budget, preempted = self._schedule_running(decoding_first, budget, chunks, scheduled)
         if not preempted:
             budget = self._admit(budget, chunks)
+        if deferred:
+            scheduled.update(chunk.request_id for chunk in chunks)  # (admitted ones too)
+            budget, _ = self._schedule_running(deferred, budget, chunks, scheduled)
         if not chunks:
             return None
         running = self._running_by_id()
@@ -120,6 +140,49 @@ class Scheduler:
                                          request.page_ids[:full_blocks], request.cache_salt)
 
     # -- helpers ---------------------------------------------------------------------------
+
+    def _schedule_running(self, requests: list[Request], budget: int,
+                          chunks: list[SequenceChunk], scheduled: set[str]) -> tuple[int, bool]:
+        """The next chunk of each running request in order while the budget lasts; returns
+        the budget left and whether something was preempted for pages."""
+        preempted = False
+        for request in requests:
+            if budget == 0:
+                break
+            if request not in self.running:
+                continue  # preempted earlier in this step
+            num_new = min(request.num_tokens - request.num_computed_tokens, budget,
+                          self._max_chunk_tokens)
+            fits, preempted_any = self._reserve_running(request, num_new, scheduled)
+            preempted |= preempted_any
+            if fits:
+                chunks.append(self._chunk(request, num_new))
+                scheduled.add(request.request_id)
+                budget -= num_new
+        return budget, preempted
+
+    def _preempt_for_priority(self) -> None:
+        """Before a step (priority policy): while the best waiting request finds no free row,
+        or too few pages for its first chunk, preempt the worst running request of a worse
+        priority that has not sampled its first token."""
+        while self.waiting:
+            head = self.waiting[0]
+            rows_full = len(self.running) >= self.config.max_num_seqs
+            first_chunk = min(head.num_tokens, self.config.max_num_batched_tokens,
+                              self._max_chunk_tokens)
+            pages_needed = -(-first_chunk // self.page_size)
+            pages_short = pages_needed > self.allocator.num_free and (
+                pages_needed > self.allocator.num_free + self.prefix_cache.num_evictable())
+            if not (rows_full or pages_short):
+                return
+            victims = [r for r in self.running if not r.output_token_ids
+                       and r.priority > head.priority]
+            if not victims:
+                return
+            victim = max(victims, key=_priority_key)
+            log.info("preempting %s (priority %d) for %s (priority %d)", victim.request_id,
+                     victim.priority, head.request_id, head.priority)
+            self._preempt(victim)
 
     def _running_by_id(self) -> dict[str, Request]:
         return {request.request_id: request for request in self.running}
@@ -187,13 +250,13 @@ class Scheduler:
         return True, preempted
 
     def _preempt(self, request: Request) -> None:
-        log.info("preempting %s: KV pool exhausted (%d tokens to recompute)",
+        log.info("preempting %s (%d tokens to recompute)",
                  request.request_id, request.num_computed_tokens)
         self.running.remove(request)
         self._release_pages(request)
         request.num_preemptions += 1
         self.num_preemptions += 1
-        self.waiting.appendleft(request)
+        self._queue(request, front=True)
 
     def _release_pages(self, request: Request) -> None:
         self.allocator.release(request.page_ids)
@@ -253,6 +316,11 @@ class Scheduler:
             request.num_cached_tokens = request.num_computed_tokens
             self.prefix_cache.record_lookup(len(tokens), request.num_computed_tokens)
         return num_new
+
+
+def _priority_key(request: Request) -> tuple[int, int]:
+    """The priority policy's order: lower priority value first, then earlier arrival."""
+    return request.priority, request.arrival_seq
 
 
 def banned_next_ids(bad_words: tuple[tuple[int, ...], ...], output_ids: list[int]) -> tuple:

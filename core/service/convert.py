@@ -16,7 +16,14 @@ from core.errors import ContextLengthExceeded, InvalidParameter, Unsupported
 from core.service.tools.plan import check_tool_choice, tools_shown
 from core.structured import GrammarSpec
 from core.tokenizer import ChatPrompt, Tokenizer, parse_json_object
-from tandem.limits import MAX_CHOICES, MAX_LOGIT_BIAS_ENTRIES, MAX_STOP_STRINGS, MAX_TOP_LOGPROBS
+from tandem.limits import (
+    MAX_CHOICES,
+    MAX_LOGIT_BIAS_ENTRIES,
+    MAX_PRIORITY,
+    MAX_STOP_STRINGS,
+    MAX_TOP_LOGPROBS,
+    MIN_PRIORITY,
+)
 from tandem.v1 import inference_pb2 as pb
 
 MAX_BAD_WORDS = 32  # each gives ≤ 2 sequences: ≤ MAX_BANNED_IDS bans per step
@@ -297,6 +304,10 @@ def generation_requests(request: pb.GenerateRequest, prompt_ids: list[int], requ
         include_stop_str_in_output=stopping.include_stop_str_in_output,
         skip_special_tokens=(stopping.skip_special_tokens
                              if stopping.HasField("skip_special_tokens") else True))
+    priority = request.priority if request.HasField("priority") else 0
+    if not MIN_PRIORITY <= priority <= MAX_PRIORITY:
+        raise InvalidParameter(f"priority must be in [{MIN_PRIORITY}, {MAX_PRIORITY}], got "
+                               f"{priority}", param="priority")
     requests = []
     for index in range(num_choices):
         requests.append(Request(
@@ -304,7 +315,7 @@ def generation_requests(request: pb.GenerateRequest, prompt_ids: list[int], requ
             sampling=replace(sampling, choice_index=index), stopping=stop,
             want_logprobs=request.logprobs or request.HasField("top_logprobs"),
             top_logprobs=top_logprobs, cache_salt=request.cache_salt,
-            group_id=request_id if num_choices > 1 else "",
+            group_id=request_id if num_choices > 1 else "", priority=priority,
             # the prompt is scored once, by the first choice; its siblings use the cache
             prompt_logprobs=prompt_logprobs if index == 0 else None, grammar=grammar))
     return requests

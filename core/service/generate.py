@@ -8,6 +8,7 @@ parser), and `ChoiceStream`, which admits one Generate call's engine requests (o
 and merges their `RequestOutput`s into `GenerateResponse` chunks: every choice's delta since
 the last chunk (token ids, reasoning, text or parsed tool calls, logprobs, finish reason) and
 the cumulative usage; the first and last chunks also carry a snapshot of the engine's load.
+The Abort RPC ends a call early through `abort_asked`: its choices finish with ABORT.
 """
 
 from __future__ import annotations
@@ -96,6 +97,8 @@ class ChoiceStream:
         self._completion_tokens = dict.fromkeys(self._choice_of, 0)
         self._cached_tokens = 0  # prompt tokens served from the prefix cache (best choice)
         self._unfinished: set[str] = set()
+        self._abort_asked = False  # the Abort RPC named this call
+        self._done = False  # every choice has finished
 
     def _sink(self, output: RequestOutput) -> None:  # called on the engine thread
         self._loop.call_soon_threadsafe(self._outputs.put_nowait, output)
@@ -104,6 +107,8 @@ class ChoiceStream:
         for request in self._requests:  # raises Overloaded / Unavailable: admission
             self._engine.add_request(request, self._sink)
             self._unfinished.add(request.request_id)
+        if self._abort_asked:  # asked between the call's start and its admission
+            self.abort_asked()
         num_prompt_tokens = len(self._requests[0].prompt_token_ids)
         first = True
         while self._unfinished:
@@ -134,7 +139,18 @@ class ChoiceStream:
             if first or not self._unfinished:  # the call's first and last chunks
                 response.load.CopyFrom(load_snapshot(self._engine))
             first = False
+            if not self._unfinished:
+                self._done = True
             yield response
+
+    def abort_asked(self) -> bool:
+        """The Abort RPC: stop every unfinished choice; each ends its stream with finish reason
+        ABORT (the engine sends it within one step), so the call ends normally. False when
+        every choice had finished already."""
+        self._abort_asked = True
+        for request_id in self._unfinished:
+            self._engine.abort(request_id, notify=True)
+        return not self._done
 
     def abort_unfinished(self) -> bool:
         """Abort what has not finished; True when there was something to abort."""

@@ -7,7 +7,8 @@ Embed's and Rerank's request handling `score.py`'s, `embed.py`'s and `rerank.py`
 loaded and every bucket is compiled, and not while an engine is stalled: the stall detector
 turns it NOT_SERVING when unfinished work has waited `stall_timeout_s` with no engine step,
 SERVING again once the engine moves); server reflection; aborting a request when its RPC is
-cancelled or its deadline passes; each RPC's trace (its caller's W3C `traceparent`, its span
+cancelled or its deadline passes, or when the Abort RPC names its call's `x-request-id` (the
+in-flight calls are kept by that id); each RPC's trace (its caller's W3C `traceparent`, its span
 when tracing is on: `tracing.py`); graceful drain on SIGTERM; the prefix cache's event stream
 (SubscribeKvEvents, `core/cache/events.py`) and its reset.
 """
@@ -104,6 +105,9 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         self.embedding_model_name = embedding_model_name  # the default for Embed, if any
         self.rerank_model_name = rerank_model_name  # the default for Rerank, if any
         self.models: dict[str, ServedModel] = {}  # filled by `attach` as models finish loading
+        # Generate calls in flight by their x-request-id (what Abort names; several calls may
+        # share one id)
+        self._calls: dict[str, set[ChoiceStream]] = {}
 
     def attach(self, model: ServedModel) -> None:
         """Start serving a loaded, warmed-up model."""
@@ -163,6 +167,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                          len(requests))
                 stream = ChoiceStream(engine, model.tokenizer, requests,
                                       asyncio.get_running_loop(), parsers, reasoners)
+                self._calls.setdefault(request_id, set()).add(stream)
                 async for response in stream.responses():
                     response.request_id, response.model = request_id, model.name
                     trace.record_chunk(response)
@@ -171,8 +176,27 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                 trace.fail(exc, exc.code)
                 await context.abort_with_status(exc.to_grpc_status())
             finally:
-                if stream is not None and stream.abort_unfinished():  # cancelled, deadline, ...
-                    log.info("generate %s: aborted its unfinished choices", request_id)
+                if stream is not None:
+                    self._forget_call(request_id, stream)
+                    if stream.abort_unfinished():  # cancelled, deadline, failed
+                        log.info("generate %s: aborted its unfinished choices", request_id)
+
+    def _forget_call(self, request_id: str, stream: ChoiceStream) -> None:
+        calls = self._calls.get(request_id)
+        if calls is not None:
+            calls.discard(stream)
+            if not calls:
+                del self._calls[request_id]
+
+    @_typed_errors
+    async def Abort(self, request: pb.AbortRequest, context):
+        aborted, unknown = [], []
+        for request_id in dict.fromkeys(request.request_ids):
+            streams = list(self._calls.get(request_id, ()))
+            stopped = [stream.abort_asked() for stream in streams]  # (each stream is asked)
+            (aborted if any(stopped) else unknown).append(request_id)
+        log.info("abort: %d in flight, %d unknown", len(aborted), len(unknown))
+        return pb.AbortResponse(aborted_request_ids=aborted, unknown_request_ids=unknown)
 
     @_typed_errors
     async def Tokenize(self, request: pb.TokenizeRequest, context):

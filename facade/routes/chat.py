@@ -20,7 +20,7 @@ from facade.limits import Limits, check_chat_limits
 from facade.openapi import CHAT_RESPONSES
 from facade.pipeline import complete_chat, open_chat, stream_chat
 from facade.protocol import ChatCompletionRequest
-from facade.protocol_policy import apply_field_policy, ignored_header
+from facade.protocol_policy import apply_field_policy, apply_priority_header, ignored_header
 from facade.sse import (
     STREAM_HEADERS,
     EventStreamResponse,
@@ -47,6 +47,7 @@ async def create_chat_completion(
 ) -> Response:
     """OpenAI chat completions (streaming and not)."""
     ignored = ignored_header(apply_field_policy(body, "chat"))
+    apply_priority_header(body, request.headers)
     check_chat_limits(body, limits)
     run, generation = await open_chat(body, request, stub, options, settings)
     if body.stream:

@@ -20,7 +20,7 @@ from facade.limits import Limits, check_completion_limits
 from facade.openapi import COMPLETION_RESPONSES
 from facade.pipeline import complete_completion, open_completion, stream_completion
 from facade.protocol import CompletionRequest
-from facade.protocol_policy import apply_field_policy, ignored_header
+from facade.protocol_policy import apply_field_policy, apply_priority_header, ignored_header
 from facade.sse import (
     STREAM_HEADERS,
     EventStreamResponse,
@@ -47,6 +47,7 @@ async def create_completion(
 ) -> Response:
     """OpenAI (legacy) completions, streaming and not; several prompts run concurrently."""
     ignored = ignored_header(apply_field_policy(body, "completions"))
+    apply_priority_header(body, request.headers)
     check_completion_limits(body, limits)
     run, generation = await open_completion(body, request, stub, options, settings)
     if body.stream:

@@ -7,3 +7,6 @@ MAX_STOP_STRINGS = 16  # stop strings per request
 MAX_LOGIT_BIAS_ENTRIES = 300  # entries of `logit_bias`
 MAX_TOP_LOGPROBS = 20  # alternatives per token (`top_logprobs`, `logprobs`, `prompt_logprobs`)
 MAX_INPUTS = 2048  # inputs of one Embed request, items of one Score request (as OpenAI's)
+# A request's `priority` (lower first under --scheduling-policy priority): the facade's
+# validation and the core's.
+MIN_PRIORITY, MAX_PRIORITY = -1_000_000, 1_000_000

@@ -192,7 +192,7 @@ def test_request_contract_through_the_sdk(client):
         model=MODEL, messages=messages, max_completion_tokens=3, temperature=0, user="u-1",
         store=False, metadata={"team": "a"}, presence_penalty=0, frequency_penalty=0,
         extra_body={"ignore_eos": True, "top_k": 5, "repetition_penalty": 1.0, "priority": 2})
-    assert raw.headers["x-tandem-ignored-params"] == "metadata, priority, store, user"
+    assert raw.headers["x-tandem-ignored-params"] == "metadata, store, user"
     assert raw.parse().usage.completion_tokens == 3
     raw_stream = client.chat.completions.with_raw_response.create(
         model=MODEL, messages=MESSAGES, max_tokens=2, stream=True, user="u-1",

@@ -54,13 +54,13 @@ def test_ignored_fields_are_listed_sorted_in_a_header(client):
     body = {
         "messages": USER, "user": "u1", "store": False, "metadata": {"k": "v"},
         "service_tier": "auto", "prompt_cache_key": "p", "safety_identifier": "s",
-        "verbosity": "low", "priority": 3,
+        "verbosity": "low", "request_id": "r",
         "spaces_between_special_tokens": True, "modalities": ["text"], "my_vendor_flag": 1,
     }  # fmt: skip
     response = client.post(CHAT, json=body)
     assert response.status_code == 200, response.text
     assert response.headers[IGNORED_PARAMS_HEADER] == (
-        "metadata, modalities, my_vendor_flag, priority, prompt_cache_key, "
+        "metadata, modalities, my_vendor_flag, prompt_cache_key, request_id, "
         "safety_identifier, service_tier, spaces_between_special_tokens, store, user, verbosity"
     )
 
@@ -127,6 +127,24 @@ def test_vllm_extras_reach_the_core(client, fake_core):
     assert (generate.sampling.top_k, round(generate.sampling.min_p, 3)) == (5, 0.1)
     assert generate.stopping.ignore_eos and list(generate.stopping.stop_token_ids) == [7]
     assert generate.stopping.min_tokens == 1 and generate.cache_salt == "t"
+
+
+def test_priority_reaches_the_core_from_the_body_or_the_header(client, fake_core):
+    """vLLM's `priority` on chat and completions becomes GenerateRequest.priority (unset when
+    absent); the x-tandem-priority header overrides it; out of range is a 400 naming it."""
+    assert client.post(CHAT, json={"messages": USER}).status_code == 200
+    assert not fake_core.last_request()[1].HasField("priority")
+    assert client.post(CHAT, json={"messages": USER, "priority": -5}).status_code == 200
+    assert fake_core.last_request()[1].priority == -5
+    response = client.post(COMPLETIONS, json={"prompt": "a", "priority": 3},
+                           headers={"x-tandem-priority": "7"})
+    assert response.status_code == 200 and IGNORED_PARAMS_HEADER not in response.headers
+    assert fake_core.last_request()[1].priority == 7
+    assert error_of(client.post(CHAT, json={"messages": USER, "priority": 10**7}))[
+        "param"] == "priority"
+    assert error_of(client.post(CHAT, json={"messages": USER},
+                                headers={"x-tandem-priority": "high"}))[
+        "param"] == "x-tandem-priority"
 
 
 # ---------------------------------------------------------------------------------------------

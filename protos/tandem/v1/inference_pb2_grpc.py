@@ -97,6 +97,11 @@ class InferenceStub:
                 request_serializer=tandem_dot_v1_dot_inference__pb2.GetTokenizerRequest.SerializeToString,
                 response_deserializer=tandem_dot_v1_dot_inference__pb2.GetTokenizerResponse.FromString,
                 _registered_method=True)
+        self.Abort = channel.unary_unary(
+                '/tandem.v1.Inference/Abort',
+                request_serializer=tandem_dot_v1_dot_inference__pb2.AbortRequest.SerializeToString,
+                response_deserializer=tandem_dot_v1_dot_inference__pb2.AbortResponse.FromString,
+                _registered_method=True)
 
 
 class InferenceServicer:
@@ -194,6 +199,13 @@ class InferenceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Abort(self, request, context):
+        """Routing hooks: stop in-flight Generate calls by the `x-request-id` their callers sent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InferenceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -256,6 +268,11 @@ def add_InferenceServicer_to_server(servicer, server):
                     servicer.GetTokenizer,
                     request_deserializer=tandem_dot_v1_dot_inference__pb2.GetTokenizerRequest.FromString,
                     response_serializer=tandem_dot_v1_dot_inference__pb2.GetTokenizerResponse.SerializeToString,
+            ),
+            'Abort': grpc.unary_unary_rpc_method_handler(
+                    servicer.Abort,
+                    request_deserializer=tandem_dot_v1_dot_inference__pb2.AbortRequest.FromString,
+                    response_serializer=tandem_dot_v1_dot_inference__pb2.AbortResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -585,6 +602,33 @@ class Inference:
             '/tandem.v1.Inference/GetTokenizer',
             tandem_dot_v1_dot_inference__pb2.GetTokenizerRequest.SerializeToString,
             tandem_dot_v1_dot_inference__pb2.GetTokenizerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Abort(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tandem.v1.Inference/Abort',
+            tandem_dot_v1_dot_inference__pb2.AbortRequest.SerializeToString,
+            tandem_dot_v1_dot_inference__pb2.AbortResponse.FromString,
             options,
             channel_credentials,
             insecure,

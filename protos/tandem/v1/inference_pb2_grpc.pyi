@@ -86,6 +86,8 @@ class InferenceStub:
     """The files of one model's tokenizer and chat template, each with its SHA-256, so that a
     gateway can tokenize and render prompts exactly as the core does.
     """
+    Abort: _grpc.UnaryUnaryMultiCallable[_inference_pb2.AbortRequest, _inference_pb2.AbortResponse]
+    """Routing hooks: stop in-flight Generate calls by the `x-request-id` their callers sent."""
 
 @_typing.type_check_only
 class InferenceAsyncStub(InferenceStub):
@@ -128,6 +130,8 @@ class InferenceAsyncStub(InferenceStub):
     """The files of one model's tokenizer and chat template, each with its SHA-256, so that a
     gateway can tokenize and render prompts exactly as the core does.
     """
+    Abort: _aio.UnaryUnaryMultiCallable[_inference_pb2.AbortRequest, _inference_pb2.AbortResponse]  # type: ignore[assignment]
+    """Routing hooks: stop in-flight Generate calls by the `x-request-id` their callers sent."""
 
 class InferenceServicer(metaclass=_abc_1.ABCMeta):
     """The inference API of the model core. Its name predates the buf STANDARD lint rules and is part
@@ -239,5 +243,13 @@ class InferenceServicer(metaclass=_abc_1.ABCMeta):
         """The files of one model's tokenizer and chat template, each with its SHA-256, so that a
         gateway can tokenize and render prompts exactly as the core does.
         """
+
+    @_abc_1.abstractmethod
+    def Abort(
+        self,
+        request: _inference_pb2.AbortRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_inference_pb2.AbortResponse, _abc.Awaitable[_inference_pb2.AbortResponse]]:
+        """Routing hooks: stop in-flight Generate calls by the `x-request-id` their callers sent."""
 
 def add_InferenceServicer_to_server(servicer: InferenceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -181,3 +181,65 @@ def test_the_scheduler_does_not_import_jax():
 
     code = "import sys, core.engine.scheduler, core.engine.loop; sys.exit('jax' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def _run_to_the_end(scheduler: Scheduler, max_tokens: int) -> list[str]:
+    """Steps until every request has `max_tokens` tokens; returns the order of finishing."""
+    finished = []
+    for _ in range(200):
+        if not scheduler.num_unfinished:
+            return finished
+        step(scheduler)
+        for request in list(scheduler.running):
+            if len(request.output_token_ids) >= max_tokens:
+                scheduler.finish(request)
+                finished.append(request.request_id)
+    raise AssertionError("requests left after 200 steps")
+
+
+@pytest.mark.parametrize("policy", ["fcfs", "priority"])
+def test_a_better_priority_preempts_a_request_that_has_not_sampled_yet(policy):
+    """Two rows: L1 has sampled (decoding), L2 is admitted and prefilling when H (priority 0)
+    arrives. Under "priority" the step preempts L2 (it has sampled nothing; its pages go back)
+    and admits H at once; L2 resumes and finishes. Under "fcfs" H waits for a row."""
+    scheduler = Scheduler(config(max_num_seqs=2, scheduling_policy=policy), 64)
+    low = [make_request(f"L{i}", 30, first_token=100 * i) for i in (1, 2)]
+    for request in low:
+        request.priority = 5
+        scheduler.add(request)
+    step(scheduler)  # L1: 16 of 30 prompt tokens
+    step(scheduler)  # L1: the last 14, samples; L2 admitted with 2 tokens
+    assert [r.request_id for r in scheduler.running] == ["L1", "L2"]
+    assert low[0].output_token_ids and not low[1].output_token_ids
+    high = make_request("H", 8, first_token=900)
+    scheduler.add(high)
+    output = step(scheduler)
+    scheduled = {chunk.request_id for chunk in output.chunks}
+    if policy == "priority":
+        assert scheduled == {"L1", "H"} and low[1].num_preemptions == 1
+        assert [r.request_id for r in scheduler.waiting] == ["L2"]
+        assert low[1].page_ids == [] and low[1].num_computed_tokens == 0
+    else:
+        assert scheduled == {"L1", "L2"} and low[1].num_preemptions == 0
+        assert [r.request_id for r in scheduler.waiting] == ["H"]
+    finished = _run_to_the_end(scheduler, max_tokens=3)
+    assert sorted(finished) == ["H", "L1", "L2"]  # nothing lost
+    assert scheduler.allocator.num_in_use == 0
+
+
+def test_priority_orders_the_queue_and_never_preempts_a_request_that_sampled():
+    """The queue is (priority, arrival) order; a running request that has sampled a token
+    keeps its row even when a better one waits."""
+    scheduler = Scheduler(config(max_num_seqs=1, scheduling_policy="priority"), 64)
+    first = make_request("first", 4)
+    first.priority = 9
+    scheduler.add(first)
+    step(scheduler)  # admitted, prefilled, sampled
+    for request_id, priority in (("p3", 3), ("p1a", 1), ("p7", 7), ("p1b", 1)):
+        request = make_request(request_id, 4, first_token=50)
+        request.priority = priority
+        scheduler.add(request)
+    step(scheduler)
+    assert [r.request_id for r in scheduler.running] == ["first"]
+    assert [r.request_id for r in scheduler.waiting] == ["p1a", "p1b", "p3", "p7"]
+    assert _run_to_the_end(scheduler, max_tokens=2) == ["first", "p1a", "p1b", "p3", "p7"]
