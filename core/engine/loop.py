@@ -360,7 +360,7 @@ class LlmEngine(Engine):
             request.finish_reason = FinishReason.STOP
         elif token_id in stopping.stop_token_ids and accepted is None:
             request.finish_reason, stop_token_id = FinishReason.STOP, token_id
-        else:  # stop strings count from min_tokens on (vLLM)
+        elif stopping.detokenize:  # stop strings count from min_tokens on (vLLM)
             step = tracked.detokenizer.push(
                 token_id, check_stop=len(request.output_token_ids) >= stopping.min_tokens)
             text, stop_string = step.text_delta, step.stop_string
@@ -370,7 +370,7 @@ class LlmEngine(Engine):
                 len(request.output_token_ids) >= stopping.max_tokens
                 or request.num_tokens >= self.engine_config.max_model_len):
             request.finish_reason = FinishReason.LENGTH
-        if request.finish_reason is not None and stop_string is None:
+        if request.finish_reason is not None and stop_string is None and stopping.detokenize:
             text += tracked.detokenizer.flush()
         if request.finish_reason is not None:  # released before the receiver hears of it
             self.metrics.e2e_request_latency_s.observe(time.monotonic() - tracked.arrival_s)

@@ -64,6 +64,7 @@ class StoppingParams:
     ignore_eos: bool = False  # keep going past EOS
     include_stop_str_in_output: bool = False  # keep the matched stop string in the text
     skip_special_tokens: bool = True  # leave special tokens out of the text
+    detokenize: bool = True  # False: token ids only, no text (and so no stop strings)
 
 
 @dataclass

@@ -298,7 +298,12 @@ def generation_requests(request: pb.GenerateRequest, prompt_ids: list[int], requ
         raise InvalidParameter("with min_tokens, at most "
                                f"{MAX_MIN_TOKENS_IDS - 4} stop_token_ids",
                                param="stop_token_ids")
+    detokenize = request.detokenize if request.HasField("detokenize") else True
+    if not detokenize and stopping.stop:
+        raise InvalidParameter("stop strings need the text: not with detokenize false (stop on "
+                               "stop_token_ids instead)", param="stop")
     stop = StoppingParams(
+        detokenize=detokenize,
         max_tokens=max_tokens, min_tokens=min_tokens, stop_strings=tuple(stopping.stop),
         stop_token_ids=tuple(stopping.stop_token_ids), ignore_eos=stopping.ignore_eos,
         include_stop_str_in_output=stopping.include_stop_str_in_output,

@@ -50,6 +50,9 @@ def apply_tool_plan(request: pb.GenerateRequest, model: ServedModel,
                      model.policy.json_open_objects)
     if plan is None:
         return None
+    if request.HasField("detokenize") and not request.detokenize:
+        raise InvalidParameter("tool calls are parsed from the text: tools (other than with "
+                               "tool_choice 'none') need detokenize true", param="tools")
     forced = chat.tool_choice.mode in (pb.ToolChoice.MODE_REQUIRED, pb.ToolChoice.MODE_FUNCTION)
     for choice in requests:
         if choice.grammar is not None and not forced:  # "auto": the format's answer, or calls
@@ -73,8 +76,8 @@ def apply_reasoning_plan(request: pb.GenerateRequest, model: ServedModel, prompt
                            chat.chat_template or model.tokenizer.chat_template)
     budget = chat.thinking_token_budget if chat.HasField("thinking_token_budget") else None
     plan = reasoning_plan(syntax, model.tokenizer, prompt_ids, requests, budget)
-    if plan is None:
-        return None
+    if plan is None or (request.HasField("detokenize") and not request.detokenize):
+        return None  # token-out: the grammar still follows the block; the caller splits it
     return [ReasoningParser(plan.syntax, plan.state) for _ in requests]
 
 

@@ -330,7 +330,7 @@ Global___Tool: _TypeAlias = Tool  # noqa: Y015
 @_typing.final
 class ToolChoice(_message.Message):
     """Which tools the model may or must call.
-    Next ID: 3
+    Next ID: 4
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -832,7 +832,7 @@ Global___StructuredOutputs: _TypeAlias = StructuredOutputs  # noqa: Y015
 
 @_typing.final
 class GenerateRequest(_message.Message):
-    """Next ID: 16"""
+    """Next ID: 17"""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -851,6 +851,7 @@ class GenerateRequest(_message.Message):
     STRUCTURED_OUTPUTS_FIELD_NUMBER: _builtins.int
     PROMPT_LOGPROBS_FIELD_NUMBER: _builtins.int
     PRIORITY_FIELD_NUMBER: _builtins.int
+    DETOKENIZE_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """Empty: the core's default generative model."""
     text: _builtins.str
@@ -873,6 +874,12 @@ class GenerateRequest(_message.Message):
     """Routing hooks: under the core's `--scheduling-policy priority`, lower values are admitted
     first and may preempt higher-valued requests that have not sent their first token (vLLM's
     convention); unset: 0. Ignored under fcfs. Range [-1000000, 1000000].
+    """
+    detokenize: _builtins.bool
+    """Token-out mode (false): the core sends the output's token ids only and never detokenizes —
+    `text` stays empty, and stop strings, tool-call parsing (tools shown to the template) and
+    reasoning splitting, which need the text, are not available (stop strings and tools are
+    INVALID_ARGUMENT). For a gateway that detokenizes and parses itself. Default true.
     """
     @_builtins.property
     def tokens(self) -> Global___TokenIds: ...
@@ -908,13 +915,16 @@ class GenerateRequest(_message.Message):
         structured_outputs: Global___StructuredOutputs | None = ...,
         prompt_logprobs: _builtins.int | None = ...,
         priority: _builtins.int | None = ...,
+        detokenize: _builtins.bool | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_add_special_tokens", b"_add_special_tokens", "_logprobs", b"_logprobs", "_n", b"_n", "_priority", b"_priority", "_prompt_logprobs", b"_prompt_logprobs", "_top_logprobs", b"_top_logprobs", "add_special_tokens", b"add_special_tokens", "chat", b"chat", "input", b"input", "logprobs", b"logprobs", "n", b"n", "priority", b"priority", "prompt_logprobs", b"prompt_logprobs", "response_format", b"response_format", "sampling", b"sampling", "stopping", b"stopping", "structured_outputs", b"structured_outputs", "text", b"text", "tokens", b"tokens", "top_logprobs", b"top_logprobs"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_add_special_tokens", b"_add_special_tokens", "_detokenize", b"_detokenize", "_logprobs", b"_logprobs", "_n", b"_n", "_priority", b"_priority", "_prompt_logprobs", b"_prompt_logprobs", "_top_logprobs", b"_top_logprobs", "add_special_tokens", b"add_special_tokens", "chat", b"chat", "detokenize", b"detokenize", "input", b"input", "logprobs", b"logprobs", "n", b"n", "priority", b"priority", "prompt_logprobs", b"prompt_logprobs", "response_format", b"response_format", "sampling", b"sampling", "stopping", b"stopping", "structured_outputs", b"structured_outputs", "text", b"text", "tokens", b"tokens", "top_logprobs", b"top_logprobs"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_add_special_tokens", b"_add_special_tokens", "_logprobs", b"_logprobs", "_n", b"_n", "_priority", b"_priority", "_prompt_logprobs", b"_prompt_logprobs", "_top_logprobs", b"_top_logprobs", "add_special_tokens", b"add_special_tokens", "cache_salt", b"cache_salt", "chat", b"chat", "input", b"input", "logprobs", b"logprobs", "model", b"model", "n", b"n", "priority", b"priority", "prompt_logprobs", b"prompt_logprobs", "response_format", b"response_format", "sampling", b"sampling", "stopping", b"stopping", "structured_outputs", b"structured_outputs", "text", b"text", "tokens", b"tokens", "top_logprobs", b"top_logprobs"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_add_special_tokens", b"_add_special_tokens", "_detokenize", b"_detokenize", "_logprobs", b"_logprobs", "_n", b"_n", "_priority", b"_priority", "_prompt_logprobs", b"_prompt_logprobs", "_top_logprobs", b"_top_logprobs", "add_special_tokens", b"add_special_tokens", "cache_salt", b"cache_salt", "chat", b"chat", "detokenize", b"detokenize", "input", b"input", "logprobs", b"logprobs", "model", b"model", "n", b"n", "priority", b"priority", "prompt_logprobs", b"prompt_logprobs", "response_format", b"response_format", "sampling", b"sampling", "stopping", b"stopping", "structured_outputs", b"structured_outputs", "text", b"text", "tokens", b"tokens", "top_logprobs", b"top_logprobs"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__add_special_tokens: _TypeAlias = _typing.Literal["add_special_tokens"]  # noqa: Y015
     _WhichOneofArgType__add_special_tokens: _TypeAlias = _typing.Literal["_add_special_tokens", b"_add_special_tokens"]  # noqa: Y015
+    _WhichOneofReturnType__detokenize: _TypeAlias = _typing.Literal["detokenize"]  # noqa: Y015
+    _WhichOneofArgType__detokenize: _TypeAlias = _typing.Literal["_detokenize", b"_detokenize"]  # noqa: Y015
     _WhichOneofReturnType__logprobs: _TypeAlias = _typing.Literal["logprobs"]  # noqa: Y015
     _WhichOneofArgType__logprobs: _TypeAlias = _typing.Literal["_logprobs", b"_logprobs"]  # noqa: Y015
     _WhichOneofReturnType__n: _TypeAlias = _typing.Literal["n"]  # noqa: Y015
@@ -929,6 +939,8 @@ class GenerateRequest(_message.Message):
     _WhichOneofArgType_input: _TypeAlias = _typing.Literal["input", b"input"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__add_special_tokens) -> _WhichOneofReturnType__add_special_tokens | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__detokenize) -> _WhichOneofReturnType__detokenize | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__logprobs) -> _WhichOneofReturnType__logprobs | None: ...
     @_typing.overload

@@ -100,3 +100,36 @@ async def test_priority_reaches_the_engine_and_is_range_checked(grpc_core, stub,
         await collect(stub, pb.GenerateRequest(text="x", priority=10**7))
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert error_info(caught.value) == ("INVALID_PARAMETER", "priority")
+
+
+async def test_token_out_mode_sends_ids_only(stub):
+    """detokenize false: the same greedy token ids as a normal call, no text on any chunk (the
+    caller detokenizes: Detokenize of the ids gives the normal call's text); stop strings and
+    tools, which need the text, are refused naming them."""
+    request = pb.GenerateRequest(tokens=pb.TokenIds(ids=[5, 17, 42, 99, 7]),
+                                 stopping=pb.StoppingCriteria(max_tokens=12, ignore_eos=True))
+    request.sampling.temperature = 0.0
+    normal = await collect(stub, request)
+    token_out = pb.GenerateRequest()
+    token_out.CopyFrom(request)
+    token_out.detokenize = False
+    bare = await collect(stub, token_out)
+    ids = [i for response in bare for choice in response.choices for i in choice.token_ids]
+    assert ids == [i for r in normal for c in r.choices for i in c.token_ids] and len(ids) == 12
+    assert all(not choice.text for response in bare for choice in response.choices)
+    assert bare[-1].choices[-1].finish_reason == pb.FINISH_REASON_LENGTH
+    text = (await stub.Detokenize(pb.DetokenizeRequest(token_ids=ids))).text
+    assert text == "".join(c.text for r in normal for c in r.choices)
+    stopped = pb.GenerateRequest()
+    stopped.CopyFrom(token_out)
+    stopped.stopping.stop.append("x")
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await collect(stub, stopped)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error_info(info.value)[1] == "stop"
+    chat = pb.GenerateRequest(detokenize=False, chat=pb.ChatInput(
+        messages=[pb.ChatMessage(role="user", content=[pb.ContentPart(text="hi")])],
+        tools=[pb.Tool(type="function", name="f", parameters_json='{"type": "object"}')]))
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await collect(stub, chat)
+    assert error_info(info.value)[1] == "tools"
