@@ -17,6 +17,7 @@ import pytest
 
 from tests.conftest import MODEL
 from tests.contract.openai_schema import source_commit, violations
+from tests.responses_stream import check_stream
 
 EMBEDDING_MODEL = "all-MiniLM-L6-v2"
 MESSAGES = [{"role": "system", "content": "You are terse."},
@@ -159,8 +160,10 @@ def test_responses_bodies_conform(server, case):
         _check("Response", fetched.json())
         items = httpx.get(f"{server.base}/v1/responses/{created['id']}/input_items", timeout=30)
         _check("ResponseItemList", items.json())
-    for event in _events(server, "/v1/responses", {**body, "stream": True}):
+    events = _events(server, "/v1/responses", {**body, "stream": True})
+    for event in events:
         _check("ResponseStreamEvent", event, streamed=True)
+    check_stream(events)
 
 
 def test_the_validator_catches_broken_bodies(server):

@@ -27,6 +27,7 @@ import pytest
 from tests.conftest import core_env, free_port, retry_on_taken_port, stop_process, wait_for_http
 from tests.contract.openai_schema import violations
 from tests.core.service.test_reasoning import THINKING_MAX_MODEL_LEN, write_thinking_model
+from tests.responses_stream import check_stream
 
 MODEL = "tiny-qwen3-thinking"
 SCHEMA = {"type": "object", "properties": {
@@ -137,7 +138,7 @@ def _responses_stream(base: str, body: dict) -> tuple[list[dict], dict]:
                 events.append(json.loads(line[len("data: "):]))
     for event in events:
         assert violations("ResponseStreamEvent", event) == [], event
-    return events, events[-1]["response"]
+    return events, check_stream(events)
 
 
 @pytest.mark.parametrize("case", ["json_schema", "forced_tool"])

@@ -17,6 +17,7 @@ import pytest
 
 from tandem.v1 import inference_pb2 as pb
 from tests.conftest import MODEL, SERVER_MAX_MODEL_LEN
+from tests.responses_stream import check_stream
 
 # Issue 11 (structured output and tool calling in the core) is what tools and text.format run
 # on; the contract carries parsed tool calls once it has landed.
@@ -96,6 +97,7 @@ def test_stream_events_arrive_in_the_documented_order(client):
     with client.responses.stream(**kwargs) as stream:
         events = list(stream)
         final = stream.get_final_response()
+    assert check_stream(events)["id"] == final.id
     types = [event.type for event in events]
     head = ["response.created", "response.in_progress", "response.output_item.added",
             "response.content_part.added"]
@@ -116,6 +118,7 @@ def test_stream_of_a_truncated_answer_ends_incomplete(client):
     with client.responses.create(model=MODEL, input=QUESTION, max_output_tokens=4,
                                  extra_body={"ignore_eos": True}, stream=True) as stream:
         events = list(stream)
+    check_stream(events)
     last = events[-1]
     assert last.type == "response.incomplete"
     assert last.response.incomplete_details.reason == "max_output_tokens"
@@ -204,6 +207,7 @@ def test_forced_tool_choice_gives_function_calls_whose_arguments_validate(client
         with client.responses.stream(**kwargs) as events_stream:
             events = list(events_stream)
             response = events_stream.get_final_response()
+        check_stream(events)
         types = [event.type for event in events]
         assert "response.function_call_arguments.delta" in types
         assert "response.function_call_arguments.done" in types

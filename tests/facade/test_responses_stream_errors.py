@@ -8,6 +8,8 @@ from __future__ import annotations
 import openai
 import pytest
 
+from tests.responses_stream import check_stream
+
 USER_INPUT = "one two three four five six"
 
 
@@ -22,6 +24,7 @@ def test_a_core_failure_after_the_first_event_is_an_error_event_then_failed(clie
         events = list(stream)
         with pytest.raises(RuntimeError, match="response.completed"):
             stream.get_final_response()
+    check_stream(events)
     types = [event.type for event in events]
     assert types[:2] == ["response.created", "response.in_progress"]
     assert types[-2:] == ["error", "response.failed"]
@@ -46,5 +49,7 @@ def test_an_admission_error_keeps_its_http_status(client):
 
 def test_the_fake_core_echo_streams_to_completion(client):
     with client.responses.stream(model="echo", input=USER_INPUT) as stream:
+        events = list(stream)
         final = stream.get_final_response()
+    assert check_stream(events)["id"] == final.id
     assert final.status == "completed" and final.output_text == USER_INPUT
