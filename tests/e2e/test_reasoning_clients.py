@@ -227,3 +227,38 @@ def test_agents_sdk_runs_a_tool_agent_on_a_reasoning_model(thinking_server):
     assert len(calls) == 1 and result.final_output == f"It is sunny in {calls[0]}."
     assert [item.type for item in result.new_items] == [
         "reasoning_item", "tool_call_item", "tool_call_output_item"]
+
+
+def test_anthropic_sdk_reads_thinking_blocks(thinking_server):
+    """/v1/messages on a reasoning model: the think block is a `thinking` content block before
+    the answer (stream equals non-stream), the budget comes from `thinking.budget_tokens`, and
+    a forced tool's input validates; a thinking block sent back is accepted."""
+    import anthropic
+
+    client = anthropic.Anthropic(base_url=thinking_server, api_key="unused", max_retries=0)
+    tool = {"name": "get_weather", "description": "The weather.", "input_schema": SCHEMA}
+    body = {"model": MODEL, "max_tokens": 200, "tools": [tool],
+            "messages": [{"role": "user", "content": QUESTION}],
+            "thinking": {"type": "enabled", "budget_tokens": 6},
+            "tool_choice": {"type": "any", "disable_parallel_tool_use": True},
+            "extra_body": {"temperature": 0}}
+    message = client.messages.create(**body)
+    with client.messages.stream(**body) as stream:
+        streamed = stream.get_final_message()
+    for answer in (message, streamed):
+        assert [block.type for block in answer.content] == ["thinking", "tool_use"]
+        assert answer.content[0].thinking and answer.stop_reason == "tool_use"
+        jsonschema.validate(answer.content[1].input, SCHEMA)
+        assert "get_weather" not in answer.content[0].thinking
+    assert streamed.content[0].thinking == message.content[0].thinking
+    assert streamed.content[1].input == message.content[1].input
+    again = client.messages.create(model=MODEL, max_tokens=4, extra_body={"temperature": 0},
+                                   messages=[{"role": "user", "content": QUESTION},
+                                             {"role": "assistant", "content": [
+                                                 b.model_dump(exclude_none=True)
+                                                 for b in message.content]},
+                                             {"role": "user", "content": [{
+                                                 "type": "tool_result", "content": "sunny",
+                                                 "tool_use_id": message.content[1].id}]}],
+                                   tools=[tool])
+    assert again.content and again.stop_reason in ("max_tokens", "end_turn")
