@@ -55,7 +55,8 @@ def error_body(exc: openai.APIStatusError) -> dict:
 def sync_part(base: str, model: str, salt: str) -> None:
     client = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0, timeout=60)
     models = [m.id for m in client.models.list().data]
-    check("models.list", models[0] == model and len(models) == 2, models)
+    # the generative model, the embedding model, the reranker (conftest's `server`)
+    check("models.list", models[0] == model and len(models) == 3, models)
     embedding_part(client, models[1])
     score_part(client, model)
 

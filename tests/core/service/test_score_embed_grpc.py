@@ -161,7 +161,7 @@ async def test_a_cancelled_score_stops_and_frees_its_pages(core, monkeypatch):
 def test_two_models_with_one_name_are_refused(tiny_models):
     from core.config import ConfigError
 
-    with pytest.raises(ConfigError, match="both models are named"):
+    with pytest.raises(ConfigError, match="two models share one id"):
         CoreServer(ServerConfig(model_dir=Path(tiny_models["llama"]), model_name=MINILM,
                                 embedding_model_dir=default_embedding_model_dir(),
                                 embedding_model_name=MINILM))
