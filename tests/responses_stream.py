@@ -18,9 +18,23 @@ from typing import Any
 FINAL_TYPES = ("response.completed", "response.incomplete", "response.failed")
 
 
+SDK_ADDED = ("parsed", "parsed_arguments")  # what the SDK's stream helper computes itself
+
+
 def _json(event: Any) -> dict:
-    # an SDK event: unset (None) fields left out, as the server left them out
-    return event if isinstance(event, dict) else event.model_dump(mode="json", exclude_none=True)
+    """An event as the server sent it: an SDK event without its unset (None) fields and the
+    fields the SDK's helper adds."""
+    if isinstance(event, dict):
+        return event
+    return _without(event.model_dump(mode="json", exclude_none=True))
+
+
+def _without(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without(v) for k, v in value.items() if k not in SDK_ADDED}
+    if isinstance(value, list):
+        return [_without(v) for v in value]
+    return value
 
 
 def check_stream(events: list[Any]) -> dict:

@@ -293,3 +293,19 @@ async def test_bad_reasoning_requests(thinking_core, grpc_core):
             await _run(pb_grpc.InferenceStub(channel), request)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert error_info(info.value)[1] == "thinking_token_budget"
+
+
+async def test_token_out_mode_leaves_the_block_to_the_caller(thinking_core):
+    """detokenize false on a reasoning model: token ids only, no reasoning split, the budget
+    still closes the block; tools, whose calls are parsed from the text, are refused."""
+    stub, tokenizer = thinking_core
+    request = _chat(budget=3, max_tokens=12)
+    request.detokenize = False
+    out = await _run(stub, request)
+    assert out["text"] == out["reasoning"] == "" and len(out["ids"]) >= 4
+    assert "</think>" in tokenizer.decode(out["ids"])
+    request.chat.tools.append(pb.Tool(type="function", name="get_weather",
+                                      parameters_json=json.dumps(SCHEMA)))
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await _run(stub, request)
+    assert error_info(info.value)[1] == "tools"

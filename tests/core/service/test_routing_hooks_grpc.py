@@ -104,8 +104,8 @@ async def test_priority_reaches_the_engine_and_is_range_checked(grpc_core, stub,
 
 async def test_token_out_mode_sends_ids_only(stub):
     """detokenize false: the same greedy token ids as a normal call, no text on any chunk (the
-    caller detokenizes: Detokenize of the ids gives the normal call's text); stop strings and
-    tools, which need the text, are refused naming them."""
+    caller detokenizes: Detokenize of the ids gives the normal call's text); stop strings, which
+    need the text, are refused naming them (tools: tests/core/service/test_reasoning.py)."""
     request = pb.GenerateRequest(tokens=pb.TokenIds(ids=[5, 17, 42, 99, 7]),
                                  stopping=pb.StoppingCriteria(max_tokens=12, ignore_eos=True))
     request.sampling.temperature = 0.0
@@ -127,9 +127,3 @@ async def test_token_out_mode_sends_ids_only(stub):
         await collect(stub, stopped)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert error_info(info.value)[1] == "stop"
-    chat = pb.GenerateRequest(detokenize=False, chat=pb.ChatInput(
-        messages=[pb.ChatMessage(role="user", content=[pb.ContentPart(text="hi")])],
-        tools=[pb.Tool(type="function", name="f", parameters_json='{"type": "object"}')]))
-    with pytest.raises(grpc.aio.AioRpcError) as info:
-        await collect(stub, chat)
-    assert error_info(info.value)[1] == "tools"
