@@ -5,17 +5,18 @@ provider (`wire_api = "responses"`: it streams POST /v1/responses).
 What is shortened, and why: Codex's request is cut down to fit the tiny model's context
 (SERVER_MAX_MODEL_LEN) by its own config (a temporary CODEX_HOME/config.toml): a one-line
 `model_instructions_file` replaces its base instructions; the environment-context, permissions
-and apps messages are off; web search, the shell tool, sub-agents, goals, apps, plugins,
-skills (bundled ones too), image generation, tool suggestions and hooks are off. What is left
-is about 3.5 KB of JSON: two developer/user messages and two small function tools
-(`request_user_input`, `view_image`). It still sends `store: false`, `include:
-["reasoning.encrypted_content"]`, `reasoning: {}`, `prompt_cache_key`, `client_metadata`,
-`parallel_tool_calls` and `id`s on its input messages, which Tandem accepts. Codex sends no
-temperature or output limit, so (as for Claude Code) the server is the ending copy of the tiny
-Llama from tests/e2e/test_claude_code.py: each sampled token ends the answer with
-probability about one half. Nothing leaves the machine: analytics and feedback are off, the
-update check is off, the provider's retries are 0, HOME is a temporary directory and Codex
-talks only to the provider's base_url.
+and apps messages are off; web search, the shell tool, `request_user_input`, sub-agents, goals,
+apps, plugins, skills (bundled ones too), image generation, tool suggestions and hooks are off.
+What is left is about 2 KB of JSON, about 550 prompt tokens: a developer and a user message and
+one small function tool, `view_image`, kept because with no tool at all Codex sends
+`"tools": []` with `tool_choice: "auto"`, which Tandem refuses (400 `param: tools`). It also
+sends `store: false`, `include: ["reasoning.encrypted_content"]`, `reasoning: {}`,
+`prompt_cache_key`, `client_metadata`, `parallel_tool_calls` and `id`s on its input messages,
+which Tandem accepts. Codex sends no temperature or output limit, so (as for Claude Code) the
+server is the ending copy of the tiny Llama from tests/e2e/test_claude_code.py: each sampled
+token ends the answer with probability about one half. Nothing leaves the machine: analytics
+and feedback are off, the update check is off, the provider's retries are 0, HOME is a
+temporary directory and Codex talks only to the provider's base_url.
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ pytestmark = pytest.mark.skipif(
     reason="the Codex CLI is not installed (npm install)",
 )
 
-FEATURES_OFF = ("shell_tool", "multi_agent", "multi_agent_v2", "goals", "apps", "plugins",
+# (view_image stays on: with no tool at all Codex sends `"tools": []`, which Tandem refuses.)
+FEATURES_OFF = ("shell_tool", "multi_agent_v2", "goals", "apps", "plugins",
                 "skill_search", "image_generation", "tool_suggest", "sleep_tool", "hooks",
                 "memories")
 
@@ -69,6 +71,9 @@ enabled = false
 enabled = false
 
 [skills.bundled]
+enabled = false
+
+[tools.experimental_request_user_input]
 enabled = false
 
 [features]
