@@ -119,5 +119,8 @@ def test_codex_exec_completes_a_turn(ending_server, tmp_path):  # noqa: F811
     kinds = [event["type"] for event in events]
     assert "turn.failed" not in kinds and "error" not in kinds, detail
     assert kinds[0] == "thread.started" and kinds[-1] == "turn.completed", detail
+    messages = [event["item"] for event in events if event["type"] == "item.completed"
+                and event["item"]["type"] == "agent_message"]
+    assert len(messages) == 1 and isinstance(messages[0]["text"], str), detail  # (often "")
     usage = events[-1]["usage"]  # the tokens the server reported in response.completed
     assert usage["input_tokens"] > 0 and usage["output_tokens"] > 0, detail
