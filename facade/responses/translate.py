@@ -187,7 +187,11 @@ def output_message(output: list[dict[str, Any]]) -> dict[str, Any]:
 def _tools(request: ResponsesRequest) -> dict[str, Any]:
     """tools / tool_choice / parallel_tool_calls in the chat request's nested shape."""
     fields: dict[str, Any] = {}
-    if request.tools is not None:
+    if not request.tools and request.tool_choice in ("auto", "none"):
+        # `tools: []` (Codex with every tool off) is no tools, as OpenAI's Responses takes it
+        return {"parallel_tool_calls": request.parallel_tool_calls} if (
+            request.parallel_tool_calls is not None) else {}
+    if request.tools:
         fields["tools"] = [
             {"type": "function",
              "function": tool.model_dump(exclude={"type"}, exclude_none=True, by_alias=True)}

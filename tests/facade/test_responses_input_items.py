@@ -62,3 +62,15 @@ def test_input_items_list_the_stored_input(facade_url):
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "after"
     assert httpx.get(f"{facade_url}/v1/responses/resp_nope/input_items",
                      timeout=30).status_code == 404
+
+
+@pytest.mark.parametrize("choice", [None, "auto", "none"])
+def test_an_empty_tools_list_is_no_tools(facade_url, fake_core, choice):
+    """Codex with every tool off sends `tools: []` (and `tool_choice: "auto"`): OpenAI's
+    Responses takes it as no tools, and so does Tandem; "required" without tools stays a 400."""
+    body = {"model": "echo", "input": "one two", "tools": [],
+            **({"tool_choice": choice} if choice else {})}
+    reply = httpx.post(f"{facade_url}/v1/responses", timeout=30, json=body)
+    assert reply.status_code == 200, reply.text
+    _, request = fake_core.last_request()
+    assert not request.chat.tools and not request.chat.HasField("tool_choice")
