@@ -10,11 +10,10 @@ keys and request ids apply.
 
 from __future__ import annotations
 
-from typing import Any
-
 import base64
 import math
 import struct
+from typing import Any
 
 import httpx
 import openai
