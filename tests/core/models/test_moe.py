@@ -7,7 +7,6 @@ dispatches of core/models/moe.py agreeing. (--tensor-parallel 4: test_tensor_par
 from __future__ import annotations
 
 import json
-import queue
 import shutil
 
 import numpy as np
@@ -19,9 +18,14 @@ from core.model_config import MOE_ARCHITECTURES, SUPPORTED_ARCHITECTURES, ModelC
 from core.models.chat_templates import chat_template
 
 torch = pytest.importorskip("torch")
-from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
+from transformers import AutoTokenizer  # noqa: E402
 
-from tests.core.models.test_parity import hf_logits, jax_logits  # noqa: E402
+from tests.core.models.test_parity import (  # noqa: E402
+    engine_greedy_tokens,
+    hf_greedy_tokens,
+    hf_logits,
+    jax_logits,
+)
 
 FAMILIES = ("qwen3_moe", "mixtral")
 
@@ -146,7 +150,6 @@ def test_the_engine_matches_transformers_generate_on_chat_prompts(tiny_models, f
     two conversations the family's chat template renders: greedy tokens equal HF `generate`,
     and nothing compiles after warm-up."""
     from core.engine.loop import create_engine
-    from core.engine.request import Request, SamplingParams, StoppingParams
     from core.tokenizer import ChatPrompt
 
     model_dir = tiny_models[family]
@@ -163,26 +166,11 @@ def test_the_engine_matches_transformers_generate_on_chat_prompts(tiny_models, f
         prompts = [engine.tokenizer.apply_chat_template(ChatPrompt(messages=messages))
                    for messages in conversations]
         assert all(32 < len(prompt) <= 64 - 16 for prompt in prompts)  # two prefill chunks
-        outputs: queue.Queue = queue.Queue()
-        for index, prompt in enumerate(prompts):
-            engine.add_request(Request(f"m{index}", prompt, SamplingParams(temperature=0.0),
-                                       StoppingParams(max_tokens=16, ignore_eos=True)),
-                               outputs.put)
-        tokens: dict[str, list[int]] = {"m0": [], "m1": []}
-        finished = 0
-        while finished < len(prompts):
-            output = outputs.get(timeout=120)
-            assert output.error is None, output.error
-            tokens[output.request_id] += output.new_token_ids
-            finished += output.finish_reason is not None
+        tokens = engine_greedy_tokens(engine, prompts, max_tokens=16)
         assert engine.runner.compilations_after_warmup == 0
     finally:
         engine.stop()
-    hf = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    for index, prompt in enumerate(prompts):
-        mask = torch.ones(1, len(prompt), dtype=torch.long)  # BOS is id 0, the pad id
-        expected = hf.generate(torch.tensor([prompt]), attention_mask=mask, max_new_tokens=16,
-                               do_sample=False, eos_token_id=None,
-                               pad_token_id=0)[0, len(prompt):].tolist()
-        assert tokens[f"m{index}"] == expected
+    for got, expected in zip(tokens, hf_greedy_tokens(model_dir, prompts, max_tokens=16),
+                             strict=True):
+        assert got == expected
         assert len(set(expected)) > 8  # the routing follows the context, not one token

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import queue
+
 import numpy as np
 import pytest
 
@@ -136,10 +138,8 @@ def test_qwen3_through_the_engine_matches_transformers_generate(tiny_models):
     """Qwen3 through the whole engine (scheduler, chunked prefill, a decode batch of two, the
     sampler) on prompts its chat template renders, thinking on and off: greedy tokens equal HF
     `generate`, and nothing compiles after warm-up."""
-    import queue
 
     from core.engine.loop import create_engine
-    from core.engine.request import Request, StoppingParams
     from core.tokenizer import ChatPrompt
 
     model_dir = tiny_models["qwen3"]
@@ -153,26 +153,41 @@ def test_qwen3_through_the_engine_matches_transformers_generate(tiny_models):
             messages=messages, template_kwargs={"enable_thinking": thinking}))
             for thinking in (True, False)]
         assert len(prompts[0]) > 32 and prompts[1][:len(prompts[0])] == prompts[0]
-        outputs: queue.Queue = queue.Queue()
-        for index, prompt in enumerate(prompts):
-            engine.add_request(Request(f"q{index}", prompt, SamplingParams(temperature=0.0),
-                                       StoppingParams(max_tokens=16, ignore_eos=True)),
-                               outputs.put)
-        tokens: dict[str, list[int]] = {"q0": [], "q1": []}
-        finished = 0
-        while finished < len(prompts):
-            output = outputs.get(timeout=120)
-            assert output.error is None, output.error
-            tokens[output.request_id] += output.new_token_ids
-            finished += output.finish_reason is not None
+        tokens = engine_greedy_tokens(engine, prompts, max_tokens=16)
         assert engine.runner.compilations_after_warmup == 0
     finally:
         engine.stop()
-    hf = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    assert tokens == hf_greedy_tokens(model_dir, prompts, max_tokens=16)
+
+
+def engine_greedy_tokens(engine, prompts: list[list[int]], max_tokens: int) -> list[list[int]]:
+    """Each prompt's greedy completion (EOS ignored) from a running engine, all in flight at
+    once (chunked prefill and batched decode)."""
+    from core.engine.request import Request, StoppingParams
+
+    outputs: queue.Queue = queue.Queue()
     for index, prompt in enumerate(prompts):
+        engine.add_request(Request(f"greedy-{index}", prompt, SamplingParams(temperature=0.0),
+                                   StoppingParams(max_tokens=max_tokens, ignore_eos=True)),
+                           outputs.put)
+    tokens: dict[str, list[int]] = {f"greedy-{index}": [] for index in range(len(prompts))}
+    finished = 0
+    while finished < len(prompts):
+        output = outputs.get(timeout=120)
+        assert output.error is None, output.error
+        tokens[output.request_id] += output.new_token_ids
+        finished += output.finish_reason is not None
+    return [tokens[f"greedy-{index}"] for index in range(len(prompts))]
+
+
+def hf_greedy_tokens(model_dir, prompts: list[list[int]], max_tokens: int) -> list[list[int]]:
+    """Each prompt's greedy completion from Hugging Face `generate` in float32 (EOS ignored)."""
+    hf = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    completions = []
+    for prompt in prompts:
         # the mask given: HF would infer one that hides BOS (id 0, the pad id passed)
         mask = torch.ones(1, len(prompt), dtype=torch.long)
-        expected = hf.generate(torch.tensor([prompt]), attention_mask=mask, max_new_tokens=16,
-                               do_sample=False, eos_token_id=None,
-                               pad_token_id=0)[0, len(prompt):].tolist()
-        assert tokens[f"q{index}"] == expected
+        completions.append(hf.generate(
+            torch.tensor([prompt]), attention_mask=mask, max_new_tokens=max_tokens,
+            do_sample=False, eos_token_id=None, pad_token_id=0)[0, len(prompt):].tolist())
+    return completions
