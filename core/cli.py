@@ -257,6 +257,7 @@ def _join_group(args: argparse.Namespace):
                           "--decoder-pooling")
     if args.embedding_model.lower() not in ("", "none"):
         raise ConfigError("--distributed serves the decoder only: no --embedding-model")
+    log.info("--distributed: serving the decoder only (no embedding model)")
     try:
         config = DistributedConfig(args.distributed, args.num_processes, args.process_id)
     except ValueError as error:
