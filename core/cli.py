@@ -153,6 +153,19 @@ def _add_otlp_flag(parser: argparse.ArgumentParser) -> None:
                              "$TANDEM_OTLP_TRACES_ENDPOINT, else off)")
 
 
+def _add_distributed_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--distributed", default=None, metavar="HOST:PORT",
+                        help="multi-host: join JAX's multi-host runtime with process 0's "
+                             "coordinator at HOST:PORT (the step channel: PORT + 1); the model "
+                             "splits over every process's devices (--tensor-parallel: all of "
+                             "them). Process 0 serves gRPC, the others follow its steps "
+                             "(default: one process)")
+    parser.add_argument("--num-processes", type=int, default=1,
+                        help="processes in the group (with --distributed)")
+    parser.add_argument("--process-id", type=int, default=0,
+                        help="this process's index in the group, 0 to N-1 (with --distributed)")
+
+
 def _add_facade_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="HTTP bind address")
     parser.add_argument("--port", type=int, default=8000, help="HTTP port")
@@ -174,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     core = commands.add_parser("core", help="run the gRPC model core",
                                formatter_class=HelpWithDefaults)
     _add_core_flags(core)
+    _add_distributed_flags(core)
     facade = commands.add_parser("facade", help="run the OpenAI HTTP facade",
                                  formatter_class=HelpWithDefaults)
     _add_facade_flags(facade)
@@ -188,6 +202,7 @@ def run_core(args: argparse.Namespace) -> None:
 
     apply_defaults()  # before anything starts JAX's backend
     quiet_backend_probing(args.log_level)
+    group = _join_group(args) if getattr(args, "distributed", None) else None
     from core.config import ServerConfig
     from core.service.server import run
 
@@ -199,14 +214,20 @@ def run_core(args: argparse.Namespace) -> None:
         name = name or DEMO_MODEL_NAME
         log.warning("no --model given: serving the built-in DEMO model '%s' from %s — RANDOM "
                     "weights made locally, its text is gibberish", name, model_dir)
-    _enable_compilation_cache(args.compilation_cache_dir)
+    if group is not None and not group.config.is_leader:
+        from core.distributed.lockstep import follow
+
+        follow(group, Path(model_dir))  # until process 0 stops
+        return
+    if group is None:  # (a multi-host core compiles every start: executables span processes)
+        _enable_compilation_cache(args.compilation_cache_dir)
     if args.otlp_traces_endpoint:
         from tandem.tracing import start_tracing  # imports OpenTelemetry only now
 
         start_tracing("tandem-core", args.otlp_traces_endpoint)
         log.info("exporting traces to %s", args.otlp_traces_endpoint)
     engine = engine_request(args)
-    embedding_dir, embedding_name = _embedding_model(args)
+    embedding_dir, embedding_name = (None, "") if group else _embedding_model(args)
     config = ServerConfig(model_dir=Path(model_dir), model_name=name or Path(model_dir).name,
                           embedding_model_dir=embedding_dir,
                           embedding_model_name=embedding_name,
@@ -223,6 +244,25 @@ def run_core(args: argparse.Namespace) -> None:
                           reasoning_parser=args.reasoning_parser,
                           json_open_objects=args.json_open_objects)
     asyncio.run(run(config))
+
+
+def _join_group(args: argparse.Namespace):
+    """`--distributed`: join the process group before anything touches a device. Only the
+    decoder's steps run in lockstep, so a multi-host core serves that one model."""
+    from core.config import ConfigError
+    from core.distributed.group import DistributedConfig, join
+
+    if args.rerank_model or args.decoder_pooling:
+        raise ConfigError("--distributed serves the decoder only: no --rerank-model or "
+                          "--decoder-pooling")
+    if args.embedding_model.lower() not in ("", "none"):
+        raise ConfigError("--distributed serves the decoder only: no --embedding-model")
+    log.info("--distributed: serving the decoder only (no embedding model)")
+    try:
+        config = DistributedConfig(args.distributed, args.num_processes, args.process_id)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    return join(config)
 
 
 def quiet_backend_probing(log_level: str) -> None:

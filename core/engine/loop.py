@@ -103,6 +103,8 @@ class LlmEngine(Engine):
     def _on_stopped(self) -> None:
         if self.grammars is not None:
             self.grammars.compiler.close()
+        if (close := getattr(self.runner, "close", None)) is not None:  # multi-host: followers
+            close()
 
     @property
     def num_unfinished(self) -> int:
@@ -458,11 +460,20 @@ def create_engine(model_dir: Path, requested: EngineConfig, warmup: bool = True)
 def start_engine(model_dir: Path, model_config: ModelConfig, engine_config: EngineConfig,
                  tokenizer: Tokenizer, warmup: bool = True) -> LlmEngine:
     """Load the weights, compile every bucket, start the step loop (configs resolved)."""
+    from core.distributed import group as distributed
     from core.engine.runner import ModelRunner  # JAX is imported here, not at module import
     from core.models.loader import load_model
 
-    model, _ = load_model(model_dir, engine_config.dtype, model_config)
-    runner = ModelRunner(model, model_config, engine_config)
+    def make_runner() -> ModelRunner:
+        model, _ = load_model(model_dir, engine_config.dtype, model_config)
+        return ModelRunner(model, model_config, engine_config)
+
+    if (group := distributed.current()) is not None:  # multi-host: process 0 leads the steps
+        from core.distributed.lockstep import lead
+
+        runner = lead(make_runner, model_config, engine_config, group)
+    else:
+        runner = make_runner()
     if warmup:
         runner.warmup()
     engine = LlmEngine(runner, model_config, engine_config, tokenizer)

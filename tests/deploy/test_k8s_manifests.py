@@ -7,9 +7,10 @@ Rendering uses a real kustomize: `kustomize build` when that binary is on PATH, 
 `kubectl kustomize`. Without either, the rendered-output tests skip (saying so) and
 `test_source_resources_validate` still validates every complete object file of the tree.
 Schemas come from the `kubernetes-validate` package (bundled, offline, strict: unknown fields
-fail). Custom resources (KEDA ScaledObject, ServiceMonitor, InferencePool, HTTPRoute) have no
-schema there: they are checked structurally here (apiVersion, kind, required fields, and that
-they point at objects the same render contains).
+fail). Custom resources (KEDA ScaledObject, ServiceMonitor, InferencePool, HTTPRoute,
+LeaderWorkerSet) have no schema there: they are checked structurally here (apiVersion, kind,
+required fields, and that they point at objects the same render contains); a LeaderWorkerSet's
+two pod templates validate against the Pod schema.
 """
 
 from __future__ import annotations
@@ -42,7 +43,10 @@ CUSTOM_KINDS = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"),
     ("inference.networking.k8s.io/v1", "InferencePool"),
     ("gateway.networking.k8s.io/v1", "HTTPRoute"),
+    ("leaderworkerset.x-k8s.io/v1", "LeaderWorkerSet"),
 }
+LWS_RESTART_POLICIES = ("RecreateGroupOnPodRestart", "None")
+LWS_STARTUP_POLICIES = ("LeaderCreated", "LeaderReady")
 
 
 def _renderer() -> list[str] | None:
@@ -77,8 +81,21 @@ def find(objects, kind: str, name: str) -> dict:
 
 
 def container(deployment: dict, name: str) -> dict:
-    containers = deployment["spec"]["template"]["spec"]["containers"]
-    return next(c for c in containers if c["name"] == name)
+    return template_container(deployment["spec"]["template"], name)
+
+
+def template_container(template: dict, name: str) -> dict:
+    return next(c for c in template["spec"]["containers"] if c["name"] == name)
+
+
+def core_template(objects) -> dict:
+    """The pod template of the core that serves gRPC: the Deployment's, or under a
+    LeaderWorkerSet (multi-host) its leader's."""
+    sets = [o for o in objects if o["kind"] == "LeaderWorkerSet"]
+    if sets:
+        return find(objects, "LeaderWorkerSet", "tandem-core")["spec"]["leaderWorkerTemplate"][
+            "leaderTemplate"]
+    return find(objects, "Deployment", "tandem-core")["spec"]["template"]
 
 
 def flag(args: list[str], name: str) -> str | None:
@@ -106,7 +123,11 @@ def labels_match(selector: dict[str, str], labels: dict[str, str]) -> bool:
 
 
 def pod_templates(objects) -> list[dict]:
-    return [o["spec"]["template"] for o in objects if o["kind"] == "Deployment"]
+    templates = [o["spec"]["template"] for o in objects if o["kind"] == "Deployment"]
+    for lws in (o for o in objects if o["kind"] == "LeaderWorkerSet"):
+        group = lws["spec"]["leaderWorkerTemplate"]
+        templates += [group["leaderTemplate"], group["workerTemplate"]]
+    return templates
 
 
 def check_custom_resource(obj: dict, objects) -> None:
@@ -143,6 +164,19 @@ def check_custom_resource(obj: dict, objects) -> None:
         assert spec["targetPorts"]
         assert all(port["number"] in ports for port in spec["targetPorts"])
         assert spec["endpointPickerRef"]["name"]
+    elif kind == "LeaderWorkerSet":
+        assert set(spec) <= {"replicas", "leaderWorkerTemplate", "startupPolicy",
+                             "rolloutStrategy", "networkConfig"}, sorted(spec)
+        assert spec.get("startupPolicy", "LeaderCreated") in LWS_STARTUP_POLICIES
+        group = spec["leaderWorkerTemplate"]
+        assert set(group) <= {"size", "restartPolicy", "leaderTemplate", "workerTemplate",
+                              "subGroupPolicy"}, sorted(group)
+        assert group["size"] >= 2 and group["restartPolicy"] in LWS_RESTART_POLICIES
+        for template in (group["leaderTemplate"], group["workerTemplate"]):
+            validate_schema({"apiVersion": "v1", "kind": "Pod",
+                             "metadata": {"name": obj["metadata"]["name"],
+                                          "labels": template["metadata"]["labels"]},
+                             "spec": template["spec"]})
     elif kind == "HTTPRoute":
         assert spec["parentRefs"] and all(ref["name"] for ref in spec["parentRefs"])
         for rule in spec["rules"]:
@@ -226,9 +260,9 @@ def test_images_resolved_and_pods_non_root(target):
 @pytest.mark.parametrize("target", TARGETS)
 def test_core_probes_grace_period_and_model_volume(target):
     objects = render(target)
-    core = find(objects, "Deployment", "tandem-core")
-    pod = core["spec"]["template"]["spec"]
-    main = container(core, "core")
+    template = core_template(objects)
+    pod = template["spec"]
+    main = template_container(template, "core")
     assert main["command"] == ["tandem"] and main["args"][0] == "core"
     args = main["args"]
     assert flag(args, "--grpc-host") == "0.0.0.0"
@@ -272,8 +306,7 @@ def test_core_service_is_headless_and_selects_core_pods():
 @pytest.mark.parametrize("target", TARGETS)
 def test_network_policy_admits_only_facade_to_grpc(target):
     objects = render(target)
-    core_labels = find(objects, "Deployment", "tandem-core")["spec"]["template"]["metadata"][
-        "labels"]
+    core_labels = core_template(objects)["metadata"]["labels"]
     facade_labels = find(objects, "Deployment", "tandem-facade")["spec"]["template"][
         "metadata"]["labels"]
     policies = [o for o in objects if o["kind"] == "NetworkPolicy"
@@ -299,8 +332,9 @@ def test_network_policy_admits_only_facade_to_grpc(target):
 def test_pod_disruption_budgets_cover_both_workloads(target):
     objects = render(target)
     budgets = [o for o in objects if o["kind"] == "PodDisruptionBudget"]
-    for name in ("tandem-core", "tandem-facade"):
-        labels = find(objects, "Deployment", name)["spec"]["template"]["metadata"]["labels"]
+    for template in (core_template(objects),
+                     find(objects, "Deployment", "tandem-facade")["spec"]["template"]):
+        labels = template["metadata"]["labels"]
         assert any(labels_match(b["spec"]["selector"]["matchLabels"], labels) for b in budgets)
 
 
@@ -388,3 +422,51 @@ def test_responses_redis_component_points_every_facade_at_one_redis():
     assert sources == [{"app.kubernetes.io/name": "tandem-facade"}]
     assert "TANDEM_RESPONSES_STORE_URL" not in find(render("overlays/cpu"), "ConfigMap",
                                                      "tandem-facade")["data"]
+
+
+@needs_renderer
+def test_multihost_overlay_runs_one_core_over_a_leader_worker_group():
+    """overlays/tpu-multihost: one LeaderWorkerSet group per slice. Leader and workers start
+    `tandem core --distributed` from the env LWS sets, with flags the real CLI accepts; the model
+    splits over every chip of the group; only the leader serves gRPC (the Service and the
+    probes are its); the group's pods reach the coordinator and the step channel (port + 1)."""
+    from core.cli import build_parser
+
+    objects = render("overlays/tpu-multihost")
+    assert not [o for o in objects if o["kind"] == "Deployment"
+                and o["metadata"]["name"] == "tandem-core"]
+    group = find(objects, "LeaderWorkerSet", "tandem-core")["spec"]["leaderWorkerTemplate"]
+    leader = template_container(group["leaderTemplate"], "core")
+    worker = template_container(group["workerTemplate"], "core")
+    lws_env = {"$(LWS_LEADER_ADDRESS)": "tandem-core-0.tandem-core.tandem",
+               "$(LWS_GROUP_SIZE)": str(group["size"])}
+    coordinator_ports = set()
+    for main, index in ((leader, 0), (worker, 1)):
+        args = main["args"]
+        assert flag(args, "--distributed").startswith("$(LWS_LEADER_ADDRESS):")
+        assert flag(args, "--num-processes") == "$(LWS_GROUP_SIZE)"
+        assert flag(args, "--process-id") == "$(LWS_WORKER_INDEX)"
+        chips = int(main["resources"]["limits"]["google.com/tpu"])
+        assert int(flag(args, "--tensor-parallel")) == group["size"] * chips
+        concrete = [arg.replace("$(LWS_WORKER_INDEX)", str(index)) for arg in args]
+        for variable, value in lws_env.items():
+            concrete = [arg.replace(variable, value) for arg in concrete]
+        parsed = build_parser().parse_args(concrete)  # exits on a flag the CLI does not know
+        assert parsed.num_processes == group["size"] and parsed.process_id == index
+        coordinator_ports.add(int(flag(args, "--distributed").rsplit(":", 1)[1]))
+    assert len(coordinator_ports) == 1
+    (port,) = coordinator_ports
+    assert {p["containerPort"] for p in leader["ports"]} >= {CORE_GRPC_PORT, port, port + 1}
+    assert "ports" not in worker and "readinessProbe" not in worker
+    service = find(objects, "Service", "tandem-core")
+    assert labels_match(service["spec"]["selector"], group["leaderTemplate"]["metadata"]["labels"])
+    assert not labels_match(service["spec"]["selector"],
+                            group["workerTemplate"]["metadata"]["labels"])
+    policy = find(objects, "NetworkPolicy", "tandem-core-group")
+    for template in (group["leaderTemplate"], group["workerTemplate"]):
+        labels = template["metadata"]["labels"]
+        assert labels_match(policy["spec"]["podSelector"]["matchLabels"], labels)
+        assert labels_match(policy["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"],
+                            labels)
+    (rule,) = policy["spec"]["ingress"][0]["ports"]
+    assert rule["port"] == port and rule["endPort"] == port + 1

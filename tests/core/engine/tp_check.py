@@ -15,11 +15,15 @@ from core.config import EngineConfig
 from core.engine.loop import create_engine
 from core.engine.request import Request, SamplingParams, StoppingParams
 
+# what every run generates (test_tensor_parallel's two-process `tandem core` run too)
+ENGINE_LIMITS = {"max_model_len": 64, "max_num_seqs": 2, "max_num_batched_tokens": 32}
+PROMPTS = ([0, *range(20, 60)], [0, *range(100, 107)])  # the first spans two chunks
+MAX_TOKENS, TOP_LOGPROBS = 12, 5
+
 
 def generate(model_dir: Path, tensor_parallel: int) -> dict:
-    engine = create_engine(model_dir, EngineConfig(
-        max_model_len=64, max_num_seqs=2, max_num_batched_tokens=32,
-        tensor_parallel=tensor_parallel))
+    engine = create_engine(model_dir, EngineConfig(**ENGINE_LIMITS,
+                                                   tensor_parallel=tensor_parallel))
     split = sum(not leaf.sharding.is_fully_replicated for leaf in engine.runner._param_leaves)
     state = jax.tree_util.tree_unflatten(engine.runner._param_treedef, engine.runner._param_leaves)
     # MoE expert stacks split along their expert axis (expert parallelism): gate/up [d, e, f]
@@ -29,14 +33,13 @@ def generate(model_dir: Path, tensor_parallel: int) -> dict:
         for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]
         if "expert_" in jax.tree_util.keystr(path))
     outputs: queue.Queue = queue.Queue()
-    prompts = [[0, *range(20, 60)], [0, *range(100, 107)]]  # the first spans two chunks
-    for index, prompt in enumerate(prompts):
-        engine.add_request(Request(f"r{index}", prompt, SamplingParams(temperature=0.0),
-                                   StoppingParams(max_tokens=12, ignore_eos=True),
-                                   want_logprobs=True, top_logprobs=5), outputs.put)
-    results = {f"r{i}": {"tokens": [], "top": []} for i in range(len(prompts))}
+    for index, prompt in enumerate(PROMPTS):
+        engine.add_request(Request(f"r{index}", list(prompt), SamplingParams(temperature=0.0),
+                                   StoppingParams(max_tokens=MAX_TOKENS, ignore_eos=True),
+                                   want_logprobs=True, top_logprobs=TOP_LOGPROBS), outputs.put)
+    results = {f"r{i}": {"tokens": [], "top": []} for i in range(len(PROMPTS))}
     finished = 0
-    while finished < len(prompts):
+    while finished < len(PROMPTS):
         output = outputs.get(timeout=120)
         assert output.error is None, output.error
         results[output.request_id]["tokens"] += output.new_token_ids
