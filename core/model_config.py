@@ -19,7 +19,9 @@ SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCa
                            *MOE_ARCHITECTURES)
 SUPPORTED_DTYPES = ("float32", "bfloat16")
 ENCODER_ARCHITECTURES = ("BertModel", "BertForMaskedLM", "BertForPreTraining")
-CROSS_ENCODER_ARCHITECTURES = ("BertForSequenceClassification",)
+CROSS_ENCODER_ARCHITECTURES = ("BertForSequenceClassification",
+                               "XLMRobertaForSequenceClassification",
+                               "RobertaForSequenceClassification")
 
 
 class ConfigError(ValueError):
@@ -215,7 +217,7 @@ def is_encoder_config(raw: dict) -> bool:
 
 
 def is_cross_encoder_config(raw: dict) -> bool:
-    """A BERT cross-encoder checkpoint (served for Rerank only)."""
+    """A BERT / (XLM-)RoBERTa cross-encoder checkpoint (served for Rerank only)."""
     return bool(set(raw.get("architectures") or []) & set(CROSS_ENCODER_ARCHITECTURES))
 
 

@@ -1,4 +1,5 @@
-"""BERT-family encoder (BERT, MiniLM, sentence-transformers checkpoints) for sentence embeddings.
+"""BERT-family encoder (BERT, MiniLM, sentence-transformers checkpoints; the RoBERTa / XLM-RoBERTa
+variant for cross-encoders) for sentence embeddings.
 
 Owns: `BertConfig` (read from a Hugging Face `config.json`), the Flax NNX encoder (embeddings →
 post-LayerNorm transformer layers), `encode()` (encoder + pooling per `PoolingConfig`, jittable
@@ -6,6 +7,11 @@ at static shapes) and `load_bert()` (a Hugging Face / sentence-transformers dire
 with every parameter filled and every checkpoint tensor accounted for). Pooling itself lives in
 `core.models.pooling`. Float32 throughout. Reads top-down: config → helpers → layers → model →
 encode → loader.
+
+RoBERTa and XLM-RoBERTa are the same encoder with two differences that matter here: their
+position ids start after the padding id (`padding_idx + 1`, as Hugging Face's
+`create_position_ids_from_input_ids` gives real tokens), kept as `BertConfig.position_offset`,
+and their checkpoint names start with "roberta." instead of "bert.".
 
 Einsum letters: b batch, t query positions, s key positions, d model width, n heads, h head
 width, f intermediate width, m token rows. Projections and the MLP run as 2-D matmuls on token
@@ -35,7 +41,10 @@ from core.model_config import ConfigError
 from core.models.pooling import PoolingConfig, pool, read_sentence_transformer_layout
 
 SUPPORTED_ARCHITECTURES = ("BertModel", "BertForMaskedLM", "BertForPreTraining")
-SUPPORTED_MODEL_TYPES = ("bert",)
+SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta")
+# model types whose positions start after the padding id (see the module docstring)
+_OFFSET_POSITION_TYPES = ("roberta", "xlm-roberta")
+_CHECKPOINT_PREFIXES = ("bert.", "roberta.")
 
 __all__ = ["BertConfig", "BertModel", "PoolingConfig", "encode", "jit_encode", "load_bert", "pool"]
 
@@ -53,16 +62,22 @@ class BertConfig:
     num_layers: int  # encoder layers
     num_heads: int  # attention heads N (head width H = D / N)
     intermediate_size: int  # feed-forward width F
-    max_position_embeddings: int  # rows of the absolute position table: the longest input
+    max_position_embeddings: int  # rows of the absolute position table
     type_vocab_size: int  # rows of the token type table (we always use type 0)
     layer_norm_eps: float  # LayerNorm epsilon
     hidden_act: str = "gelu"  # "gelu" (exact, erf) or "gelu_new"/"gelu_pytorch_tanh" (tanh)
     pad_token_id: int = 0  # the tokenizer's padding id (padding is masked, so only informative)
     architecture: str = "BertModel"  # the checkpoint's class, e.g. "BertModel" (reported only)
+    position_offset: int = 0  # position id of the first token (RoBERTa: padding id + 1)
 
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_heads
+
+    @property
+    def max_input_tokens(self) -> int:
+        """The longest input the position table holds."""
+        return self.max_position_embeddings - self.position_offset
 
     @classmethod
     def from_hf_dict(cls, raw: dict,
@@ -96,6 +111,8 @@ class BertConfig:
             hidden_act=hidden_act,
             pad_token_id=raw.get("pad_token_id", 0) or 0,
             architecture=architecture or architectures[0],
+            position_offset=(raw.get("pad_token_id", 1) + 1
+                             if raw["model_type"] in _OFFSET_POSITION_TYPES else 0),
         )
         if config.hidden_size % config.num_heads:
             raise ConfigError(f"hidden_size {config.hidden_size} is not a multiple of "
@@ -270,8 +287,9 @@ class BertModel(nnx.Module):
         token_type_ids [b, t] int32: the segment of each token (0 first text, 1 second text of a
         pair, as a cross-encoder reads them); None: all 0.
 
-        Positions are 0…t-1 and padding keys get a large negative score bias, as Hugging Face
-        does; an all-padding row attends uniformly and stays finite.
+        Positions are 0…t-1 (plus `config.position_offset`) and padding keys get a large
+        negative score bias, as Hugging Face does; an all-padding row attends uniformly and
+        stays finite.
 
         num_packed_tokens (static): when set, the dense layers (projections, MLP, LayerNorms)
         run on only the first `num_packed_tokens` real tokens, packed, instead of all b·t grid
@@ -285,7 +303,8 @@ class BertModel(nnx.Module):
         packing = None if num_packed_tokens is None else Packing.from_mask(mask,
                                                                             num_packed_tokens)
         flat_ids = from_grid(token_ids.reshape(b * t, 1), packing)[:, 0]  # [m]
-        positions = from_grid(jnp.tile(jnp.arange(t), b)[:, None], packing)[:, 0]  # [m]
+        positions = from_grid(jnp.tile(jnp.arange(t) + self.config.position_offset, b)[:, None],
+                              packing)[:, 0]  # [m]
         flat_types = None if token_type_ids is None else from_grid(
             token_type_ids.reshape(b * t, 1), packing)[:, 0]  # [m]
         x = self.embeddings(flat_ids, positions, flat_types)  # [m, d]
@@ -345,7 +364,8 @@ IGNORED_TENSORS = ("embeddings.position_ids", "pooler.dense.weight", "pooler.den
 # heads of BertForMaskedLM / BertForPreTraining checkpoints: not part of the encoder
 IGNORED_PREFIXES = ("cls.",)
 
-# HF name (after the optional "bert." prefix) → (our parameter path, transform of the HF array)
+# HF name (after the optional "bert." / "roberta." prefix) → (our parameter path, transform of
+# the HF array)
 TensorPlan = dict[str, tuple[str, Callable[[np.ndarray], np.ndarray]]]
 
 
@@ -399,11 +419,11 @@ def _fuse_qkv(arrays: dict[str, np.ndarray], num_layers: int) -> None:
 def _read_checkpoint(path: Path, plan: TensorPlan, ignored: tuple[str, ...] = IGNORED_TENSORS
                      ) -> dict[str, np.ndarray]:
     """Our parameter name → float32 array, checking that every tensor is planned or ignored
-    (`ignored`: names after the "bert." prefix read on purpose and left unused)."""
+    (`ignored`: names after the "bert." / "roberta." prefix read on purpose and left unused)."""
     arrays, unused, remaining = {}, [], dict(plan)
     with safe_open(str(path), framework="numpy") as tensors:
         for name in tensors.keys():
-            short = name.removeprefix("bert.")
+            short = _short_name(name)
             if short in ignored or short.startswith(IGNORED_PREFIXES):
                 continue
             if short not in remaining:
@@ -417,6 +437,14 @@ def _read_checkpoint(path: Path, plan: TensorPlan, ignored: tuple[str, ...] = IG
     if unused:
         raise ConfigError(f"{path}: unexpected tensors {unused[:5]} ({len(unused)} in all)")
     return arrays
+
+
+def _short_name(name: str) -> str:
+    """A checkpoint tensor's name without the encoder's prefix ("bert." or "roberta.")."""
+    for prefix in _CHECKPOINT_PREFIXES:
+        if name.startswith(prefix):
+            return name[len(prefix):]
+    return name
 
 
 def load_bert(model_dir: Path, dtype: str = "float32"
@@ -437,8 +465,8 @@ def load_bert(model_dir: Path, dtype: str = "float32"
     _fuse_qkv(arrays, config.num_layers)
     model = fill_parameters(nnx.eval_shape(lambda: BertModel(config, nnx.Rngs(0))), arrays,
                             checkpoint)
-    max_seq_len_tokens = min(layout.max_seq_len_tokens or config.max_position_embeddings,
-                             config.max_position_embeddings)
+    max_seq_len_tokens = min(layout.max_seq_len_tokens or config.max_input_tokens,
+                             config.max_input_tokens)
     return model, config, layout.pooling, max_seq_len_tokens
 
 

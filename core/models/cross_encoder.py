@@ -1,11 +1,14 @@
-"""BERT-family cross-encoders (`BertForSequenceClassification`): one relevance score per pair.
+"""BERT-family cross-encoders (`BertForSequenceClassification`, and XLM-RoBERTa's / RoBERTa's
+`…ForSequenceClassification`): one relevance score per pair.
 
 Owns: `CrossEncoderConfig` (the encoder's `BertConfig`, the label count, the activation and the
 truncation length, read from a Hugging Face / sentence-transformers directory), the Flax NNX
-`CrossEncoder` (core/models/bert.py's encoder, then BERT's pooler — tanh of a dense layer over
-[CLS] — and the classifier), `score_pairs()` (jittable at static shapes) and
-`load_cross_encoder()`. Tokenizing the pairs (`[CLS] query [SEP] document [SEP]`, token types
-0 then 1) is the caller's.
+`CrossEncoder` (core/models/bert.py's encoder, then a tanh dense layer over the first token and
+the output projection), `score_pairs()` (jittable at static shapes) and `load_cross_encoder()`.
+BERT's head is its pooler (`pooler.dense`) then `classifier`; RoBERTa's classification head is
+the same computation under other names (`classifier.dense`, then `classifier.out_proj`), so one
+module serves both. Tokenizing the pairs is the caller's (BERT: `[CLS] query [SEP] document
+[SEP]`, token types 0 then 1; XLM-RoBERTa: `<s> query </s></s> document </s>`, all type 0).
 
 The activation follows sentence-transformers 6.2's `CrossEncoder`: the `activation_fn` recorded
 in config_sentence_transformers.json, else in config.json's `sentence_transformers` block (or
@@ -51,6 +54,9 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
 }
 # the pooler is BERT's own (sentence embeddings ignore it; a cross-encoder reads it)
 _READ_TENSORS = ("pooler.dense.weight", "pooler.dense.bias")
+# the head's (dense, output) tensor names: BERT's (False) and RoBERTa's (True, position offset)
+_HEAD_TENSORS = {False: ("pooler.dense", "classifier"),
+                 True: ("classifier.dense", "classifier.out_proj")}
 
 
 @dataclass(frozen=True)
@@ -75,8 +81,8 @@ def read_cross_encoder_config(model_dir: Path) -> CrossEncoderConfig:
     return CrossEncoderConfig(
         encoder=encoder, num_labels=num_labels,
         activation=_activation(model_dir, raw, num_labels),
-        max_seq_len_tokens=min(_max_length(weights_dir) or encoder.max_position_embeddings,
-                               encoder.max_position_embeddings))
+        max_seq_len_tokens=min(_max_length(weights_dir) or encoder.max_input_tokens,
+                               encoder.max_input_tokens))
 
 
 def _weights_dir(model_dir: Path) -> Path:
@@ -166,10 +172,11 @@ def load_cross_encoder(model_dir: Path) -> tuple[CrossEncoder, CrossEncoderConfi
                           "are not supported for cross-encoders)")
     encoder = config.encoder
     plan = _tensor_plan(encoder)
-    plan.update({"pooler.dense.weight": ("pooler_proj", lambda w: w.T),
-                 "pooler.dense.bias": ("pooler_bias", lambda w: w),
-                 "classifier.weight": ("classifier_proj", lambda w: w.T),
-                 "classifier.bias": ("classifier_bias", lambda w: w)})
+    dense, out = _HEAD_TENSORS[encoder.position_offset > 0]
+    plan.update({f"{dense}.weight": ("pooler_proj", lambda w: w.T),
+                 f"{dense}.bias": ("pooler_bias", lambda w: w),
+                 f"{out}.weight": ("classifier_proj", lambda w: w.T),
+                 f"{out}.bias": ("classifier_bias", lambda w: w)})
     ignored = tuple(name for name in IGNORED_TENSORS if name not in _READ_TENSORS)
     arrays = _read_checkpoint(checkpoint, plan, ignored)
     head = {name: arrays.pop(name) for name in

@@ -199,8 +199,8 @@ def embedding_description(model_dir: Path, num_layers: int, dimensions: int,
 
 
 def load_reranker(model_dir: Path, name: str) -> ServedModel:
-    """A BERT cross-encoder (`BertForSequenceClassification`, one label) for Rerank: an
-    embedding engine whose forward scores token-typed pairs (compiled, started)."""
+    """A cross-encoder (BERT's or XLM-RoBERTa's `…ForSequenceClassification`, one label) for
+    Rerank: an embedding engine whose forward scores token-typed pairs (compiled, started)."""
     import jax
     from flax import nnx
 
@@ -230,7 +230,8 @@ def load_reranker(model_dir: Path, name: str) -> ServedModel:
         architecture=config.encoder.architecture, dtype="float32", max_model_len=max_len,
         vocab_size=config.encoder.vocab_size,
         description=(f"Reranking model (read from {Path(model_dir).name}): a "
-                     f"{config.encoder.num_layers}-layer BERT cross-encoder scoring (query, "
-                     f"document) pairs of up to {max_len} tokens, {config.activation} of its "
-                     "logit. Serves rerank and cross-encoder score only."))
+                     f"{config.encoder.num_layers}-layer {config.encoder.architecture} "
+                     f"scoring (query, document) pairs of up to {max_len} tokens, "
+                     f"{config.activation} of its logit. Serves rerank and cross-encoder "
+                     "score only."))
     return ServedModel(name, tokenizer, policy, info, reranker=reranker)

@@ -1,10 +1,11 @@
-"""The BERT cross-encoder against sentence-transformers' `CrossEncoder.predict`.
+"""The BERT and XLM-RoBERTa cross-encoders against sentence-transformers' `CrossEncoder.predict`.
 
 One tiny random `BertForSequenceClassification` (core/models/tiny_cross_encoder.py, with its own
-WordPiece tokenizer) is scored on varied pairs — a pair longer than the model's 32 positions
-truncated as sentence-transformers truncates it, padded and packed batches — within 1e-4 of
-`CrossEncoder.predict`, with the same ranking; the activation recorded in config.json is
-honoured; the loader's refusals.
+WordPiece tokenizer), and one `XLMRobertaForSequenceClassification` (Unigram tokenizer, positions
+after the padding id, no token types, RoBERTa's head names), are scored on varied pairs — a pair
+longer than the model's 32 positions truncated as sentence-transformers truncates it, padded and
+packed batches — within 1e-4 of `CrossEncoder.predict`, with the same ranking; the activation
+recorded in config.json is honoured; the loader's refusals.
 """
 
 from __future__ import annotations
@@ -43,26 +44,36 @@ def checkpoint(tmp_path_factory):
     return write_tiny_cross_encoder(tmp_path_factory.mktemp("cross-encoder"))
 
 
+@pytest.fixture(scope="module")
+def xlmr_checkpoint(tmp_path_factory):
+    return write_tiny_cross_encoder(tmp_path_factory.mktemp("xlmr"), seed=2,
+                                    family="xlm-roberta")
+
+
 def _ours(model_dir, pairs, packed=False):
     model, config = load_cross_encoder(model_dir)
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(model_dir))
     batch = tokenizer([q for q, _ in pairs], [d for _, d in pairs], padding=True,
                       truncation="longest_first", max_length=config.max_seq_len_tokens,
                       return_tensors="np")
-    arrays = [jnp.asarray(np.pad(batch[key].astype(np.int32), ((0, 1), (0, 0))))  # + a pad row
-              for key in ("input_ids", "attention_mask", "token_type_ids")]
+    types = batch.get("token_type_ids", np.zeros_like(batch["input_ids"]))  # XLM-R: none
+    arrays = [jnp.asarray(np.pad(array.astype(np.int32), ((0, 1), (0, 0))))  # + a pad row
+              for array in (batch["input_ids"], batch["attention_mask"], types)]
     num_packed = int(np.asarray(arrays[1]).sum()) + 3 if packed else None
     scores = np.asarray(score_pairs(model, *arrays, config.activation, num_packed))
     assert scores.shape == (len(pairs) + 1, 1) and np.all(np.isfinite(scores))
     return scores[:-1, 0], config
 
 
-def test_scores_match_sentence_transformers_cross_encoder(checkpoint):
+@pytest.mark.parametrize("family", ["bert", "xlm-roberta"])
+def test_scores_match_sentence_transformers_cross_encoder(request, family):
+    checkpoint = request.getfixturevalue("checkpoint" if family == "bert" else "xlmr_checkpoint")
     pairs = [(QUERY, document) for document in DOCUMENTS] + [("cats", "dogs"), ("42", "3.14")]
     reference = sentence_transformers.CrossEncoder(str(checkpoint), device="cpu").predict(
         pairs, batch_size=4)
     for packed in (False, True):
         ours, config = _ours(checkpoint, pairs, packed)
+        assert config.encoder.position_offset == (2 if family == "xlm-roberta" else 0)
         assert config.activation == "Sigmoid" and config.num_labels == 1
         assert config.max_seq_len_tokens == 32
         np.testing.assert_allclose(ours, reference, atol=1e-4, rtol=0)
