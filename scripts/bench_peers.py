@@ -73,8 +73,9 @@ EXTRACTION_PROMPT = ("Extract the record as JSON. Record: the used film Alien, i
                      "not featured.\nJSON: ")
 # Log lines worth keeping as the effective settings of each server.
 SETTINGS_LINE = re.compile(r"non-default args|EngineConfig|KV pool|sized from|KV cache|"
-                           r"OMP|thread|dtype|max_model_len|max_num_seqs|chunked|platform|"
-                           r"Initializing|version", re.IGNORECASE)
+                           r"\bOMP\b|OMP threads|threads? bind|dtype=|max_model_len|"
+                           r"max_num_seqs|max_num_batched_tokens|chunked prefill|[Pp]latform|"
+                           r"vLLM API server version|Automatically detected")
 KV_POOL_LINE = re.compile(r"KV pool: (\d+) pages × (\d+) tokens")
 DTYPE_FIELD = re.compile(r"EngineConfig\(.*?dtype='(\w+)'")
 
@@ -140,6 +141,14 @@ def kv_pool_bytes(core_log: str, model_dir: Path) -> dict | None:
 def kv_space_gib(pool_bytes: int) -> int:
     """VLLM_CPU_KVCACHE_SPACE (whole GiB) holding at least `pool_bytes`."""
     return max(1, math.ceil(pool_bytes / GIB))
+
+
+def cache_state(path: Path) -> dict:
+    """Whether a server's on-disk compilation cache already held files when it started: a
+    warm cache shortens the time to ready (both servers keep one by default)."""
+    files = [item for item in path.rglob("*") if item.is_file()] if path.is_dir() else []
+    return {"path": str(path), "files": len(files),
+            "bytes": sum(item.stat().st_size for item in files)}
 
 
 def settings_lines(log_text: str, limit: int = 60) -> list[str]:
@@ -214,8 +223,9 @@ def tandem_server(args: argparse.Namespace) -> Server:
                "--embedding-model", "none", *args.tandem_arg]
     pythonpath = os.pathsep.join([str(REPO_ROOT), str(REPO_ROOT / "protos"),
                                   os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    cache = Path.home() / ".cache" / "tandem" / "jax-cache"  # `--compilation-cache-dir` default
     return Server("tandem", command, {"PYTHONPATH": pythonpath}, "/ready", port,
-                  args.log_dir / "tandem.log")
+                  args.log_dir / "tandem.log", {"compile_cache_before_start": cache_state(cache)})
 
 
 def vllm_server(args: argparse.Namespace, name: str, kv_gib: int) -> Server:
@@ -227,7 +237,9 @@ def vllm_server(args: argparse.Namespace, name: str, kv_gib: int) -> Server:
            "VIRTUAL_ENV": str(venv), "PATH": f"{venv / 'bin'}{os.pathsep}{os.environ['PATH']}"}
     if name == "vllm-threads":
         env["VLLM_CPU_OMP_THREADS_BIND"] = args.vllm_threads_bind
-    return Server(name, command, env, "/health", port, args.log_dir / f"{name}.log")
+    cache = Path(os.environ.get("VLLM_CACHE_ROOT", Path.home() / ".cache" / "vllm"))
+    return Server(name, command, env, "/health", port, args.log_dir / f"{name}.log",
+                  {"compile_cache_before_start": cache_state(cache)})
 
 
 # ---------------------------------------------------------------------------------------------
