@@ -233,8 +233,11 @@ def vllm_server(args: argparse.Namespace, name: str, kv_gib: int) -> Server:
     venv = args.vllm_venv
     command = [str(venv / "bin" / "vllm"), "serve", str(args.model), "--host", "127.0.0.1",
                "--port", str(port), *args.vllm_arg]
-    env = {"VLLM_CPU_KVCACHE_SPACE": str(kv_gib), "PYTHONPATH": "",
-           "VIRTUAL_ENV": str(venv), "PATH": f"{venv / 'bin'}{os.pathsep}{os.environ['PATH']}"}
+    ours = os.environ.get("VIRTUAL_ENV")  # Tandem's venv stays off vLLM's PATH
+    path = [entry for entry in os.environ["PATH"].split(os.pathsep)
+            if not ours or not entry.startswith(ours)]
+    env = {"VLLM_CPU_KVCACHE_SPACE": str(kv_gib), "PYTHONPATH": "", "VIRTUAL_ENV": str(venv),
+           "PATH": os.pathsep.join([str(venv / "bin"), *path])}
     if name == "vllm-threads":
         env["VLLM_CPU_OMP_THREADS_BIND"] = args.vllm_threads_bind
     cache = Path(os.environ.get("VLLM_CACHE_ROOT", Path.home() / ".cache" / "vllm"))
