@@ -44,7 +44,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling scripts, run from anywhere
@@ -155,9 +155,16 @@ def cache_state(path: Path) -> dict:
             "bytes": sum(item.stat().st_size for item in files)}
 
 
+def fresh_dir(args: argparse.Namespace, name: str) -> Path:
+    """An empty compile-cache directory for one cold start (--cold-caches)."""
+    path = args.log_dir / "cold-caches" / f"{name}-{time.strftime('%Y%m%dT%H%M%S')}"
+    path.mkdir(parents=True)
+    return path
+
+
 def settings_lines(log_text: str, limit: int = 60) -> list[str]:
     return [line.strip()[:600] for line in log_text.splitlines()
-            if SETTINGS_LINE.search(line)][:limit]
+            if SETTINGS_LINE.search(line) and "throughput:" not in line][:limit]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -222,12 +229,17 @@ def launched(server: Server, timeout_s: float) -> Iterator[float]:
 
 def tandem_server(args: argparse.Namespace) -> Server:
     port, grpc_port = free_port(), free_port()
+    from core.models.tiny import default_cache_dir
+
     command = [sys.executable, "-m", "core.cli", "serve", "--model", str(args.model),
                "--host", "127.0.0.1", "--port", str(port), "--grpc-port", str(grpc_port),
                "--embedding-model", "none", *args.tandem_arg]
+    cache = default_cache_dir() / "jax-cache"  # `--compilation-cache-dir`'s default
+    if args.cold_caches:
+        cache = fresh_dir(args, "tandem")
+        command += ["--compilation-cache-dir", str(cache)]
     pythonpath = os.pathsep.join([str(REPO_ROOT), str(REPO_ROOT / "protos"),
                                   os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    cache = Path.home() / ".cache" / "tandem" / "jax-cache"  # `--compilation-cache-dir` default
     return Server("tandem", command, {"PYTHONPATH": pythonpath}, "/ready", port,
                   args.log_dir / "tandem.log", {"compile_cache_before_start": cache_state(cache)})
 
@@ -246,6 +258,9 @@ def vllm_server(args: argparse.Namespace, name: str, kv_gib: int) -> Server:
     if "-threads" in name:
         env["VLLM_CPU_OMP_THREADS_BIND"] = args.vllm_threads_bind
     cache = Path(os.environ.get("VLLM_CACHE_ROOT", Path.home() / ".cache" / "vllm"))
+    if args.cold_caches:  # vLLM's compile cache and torch inductor's, both fresh
+        cache = fresh_dir(args, name)
+        env.update(VLLM_CACHE_ROOT=str(cache), TORCHINDUCTOR_CACHE_DIR=str(cache / "inductor"))
     return Server(name, command, env, "/health", port, args.log_dir / f"{name}.log",
                   {"compile_cache_before_start": cache_state(cache)})
 
@@ -417,6 +432,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="extra `tandem serve` flag, repeatable: --tandem-arg=--flag=value")
     parser.add_argument("--vllm-arg", action="append", default=[],
                         help="extra `vllm serve` flag, repeatable: --vllm-arg=--flag=value")
+    parser.add_argument("--cold-caches", action="store_true",
+                        help="start every server with an empty compile cache (default: each "
+                             "uses its own default cache as found: a restart when warm)")
     parser.add_argument("--startup-timeout-s", type=float, default=1200.0)
     parser.add_argument("--log-dir", type=Path, default=Path("/tmp/tandem-bench-peers"))
     parser.add_argument("--json", type=Path, default=REPO_ROOT / "docs/bench/peers.json")
@@ -469,7 +487,7 @@ def main(argv: list[str] | None = None) -> int:
     report["ratios"] = ratio_rows(report, args.streams)
     print(format_table(report["ratios"], report))
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(report, indent=2, default=_jsonable) + "\n")
+    args.json.write_text(json.dumps(report, indent=2, default=str) + "\n")
     print(f"wrote {args.json}")
     return 0
 
@@ -484,14 +502,6 @@ def tandem_versions() -> dict:
         with contextlib.suppress(metadata.PackageNotFoundError):
             versions[package] = metadata.version(package)
     return versions
-
-
-def _jsonable(value):
-    if isinstance(value, Path):
-        return str(value)
-    if hasattr(value, "__dataclass_fields__"):
-        return asdict(value)
-    raise TypeError(f"not JSON: {type(value).__name__}")
 
 
 if __name__ == "__main__":
