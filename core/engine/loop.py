@@ -461,7 +461,8 @@ def start_engine(model_dir: Path, model_config: ModelConfig, engine_config: Engi
     from core.engine.runner import ModelRunner  # JAX is imported here, not at module import
     from core.models.loader import load_model
 
-    model, _ = load_model(model_dir, engine_config.dtype, model_config)
+    model, _ = load_model(model_dir, engine_config.dtype, model_config,
+                          engine_config.quantization, engine_config.quantize_lm_head)
     runner = ModelRunner(model, model_config, engine_config)
     if warmup:
         runner.warmup()

@@ -33,8 +33,8 @@ from core.models.llama import (
     LlamaModel,
     RMSNorm,
     _param,
-    dense,
     embed,
+    project,
     rope_inverse_frequencies,
 )
 
@@ -96,8 +96,8 @@ class GeGLU(MLP):
         self.approximate = config.gemma.gelu_approximate
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        gate = jax.nn.gelu(dense(x, self.gate_proj[...]), approximate=self.approximate)
-        return dense(gate * dense(x, self.up_proj[...]), self.down_proj[...])
+        gate = jax.nn.gelu(project(self, "gate_proj", x), approximate=self.approximate)
+        return project(self, "down_proj", gate * project(self, "up_proj", x))
 
 
 class Gemma3DecoderLayer(nnx.Module):
@@ -137,6 +137,7 @@ class Gemma3Model(LlamaModel):
         elif jnp.dtype(dtype) != jnp.float32:
             lm_head = nnx.Param(self.embed_tokens[...].T)
         self.lm_head = lm_head
+        self.lm_head_scale = None  # as LlamaModel's
 
     def __call__(self, token_ids: jax.Array, positions: jax.Array, page_table: jax.Array,
                  pages: KVPages) -> tuple[jax.Array, KVPages]:
