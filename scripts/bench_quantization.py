@@ -41,23 +41,11 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from profile_step import Timer, decode_chunks, step_timings  # noqa: E402
 
-from core.cache.kv_pool import KVPages  # noqa: E402
 from core.config import EngineConfig, resolve_model  # noqa: E402
 from core.engine.request import SamplingParams  # noqa: E402
 from core.engine.runner import ModelRunner  # noqa: E402
 from core.models.loader import load_model  # noqa: E402
-
-
-def last_logits(model, prompts: np.ndarray, page_size: int = 16) -> np.ndarray:
-    """prompts [b, t] → float32 next-token logits [b, v] of the last position."""
-    b, t = prompts.shape
-    pages_per_row = -(-t // page_size)
-    pages = KVPages.create(model.config, b * pages_per_row + 1, page_size,
-                           model.embed_tokens[...].dtype)
-    table = jnp.arange(b * pages_per_row, dtype=jnp.int32).reshape(b, pages_per_row)
-    positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
-    hidden, _ = model(jnp.asarray(prompts), positions, table, pages)
-    return np.asarray(model.logits(hidden[:, -1]), np.float32)
+from core.models.quantize import next_token_logits  # noqa: E402
 
 
 def logit_error(reference: np.ndarray, quantized: np.ndarray) -> dict:
@@ -106,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
               for name, method in kinds.items()}
     prompts = np.random.default_rng(0).integers(
         5, min(model_config.vocab_size, 2000), (args.prompts, args.prompt_len), dtype=np.int32)
-    logits = {name: last_logits(model, prompts) for name, model in models.items()}
+    logits = {name: np.asarray(next_token_logits(model, jnp.asarray(prompts)), np.float32)
+              for name, model in models.items()}
     accuracy = logit_error(logits["float"], logits["int8"])
     runners = {name: ModelRunner(model, model_config, engine_config)
                for name, model in models.items()}

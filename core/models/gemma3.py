@@ -137,7 +137,6 @@ class Gemma3Model(LlamaModel):
         elif jnp.dtype(dtype) != jnp.float32:
             lm_head = nnx.Param(self.embed_tokens[...].T)
         self.lm_head = lm_head
-        self.lm_head_scale = None  # as LlamaModel's
 
     def __call__(self, token_ids: jax.Array, positions: jax.Array, page_table: jax.Array,
                  pages: KVPages) -> tuple[jax.Array, KVPages]:

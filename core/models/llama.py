@@ -372,8 +372,7 @@ class LlamaModel(nnx.Module):
             lm_head = _param(rngs, (config.hidden_size, config.vocab_size), dtype)
         elif jnp.dtype(dtype) != jnp.float32:
             lm_head = nnx.Param(self.embed_tokens[...].T)
-        self.lm_head = lm_head
-        self.lm_head_scale = None  # [v] float32 when the head is int8 (`core.models.quantize`)
+        self.lm_head = lm_head  # int8 with `lm_head_scale` [v] after `core.models.quantize`
 
     def tie_lm_head(self) -> None:
         """Refresh the transposed copy of a tied embedding table (after loading the table)."""
@@ -407,8 +406,9 @@ class LlamaModel(nnx.Module):
             rows = jnp.concatenate([rows, rows])
         logits = jnp.dot(rows, self.lm_head[...].astype(rows.dtype),
                          preferred_element_type=jnp.float32)
-        if self.lm_head_scale is not None:  # int8 (`core.models.quantize`)
-            logits = logits * self.lm_head_scale[...]
+        scale = getattr(self, "lm_head_scale", None)  # int8 (`core.models.quantize`)
+        if scale is not None:
+            logits = logits * scale[...]
         return logits[:num_rows].reshape(*hidden.shape[:-1], -1)
 
 

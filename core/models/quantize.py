@@ -13,14 +13,18 @@ Quantized: every layer's q/k/v/o and gate/up/down projections, and the output pr
 biases, a tied float32 head (it is the embedding table), and Qwen3's q/k norm scales. Scales are
 named `<weight>_scale` beside their weight and shard with its output axes
 (core/engine/sharding.py). Mixture-of-experts layers are refused (not implemented).
+`next_token_logits` runs a whole-prompt forward, to compare a quantized model with its float
+self (scripts/bench_quantization.py, the tests).
 """
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from core.cache.kv_pool import KVPages
 from core.config import QUANTIZATIONS
 from core.model_config import ConfigError
 from core.models.moe import SparseMoeBlock
@@ -66,3 +70,16 @@ def quantize_model(model, method: str, include_lm_head: bool = False) -> None:
             _quantize_param(layer.mlp, name, input_axes)
     if include_lm_head and model.lm_head is not None:
         _quantize_param(model, "lm_head", 1)
+
+
+def next_token_logits(model, prompts: jax.Array, page_size: int = 16) -> jax.Array:
+    """prompts [b, t] (no padding) → float32 next-token logits [b, v] after each prompt, from
+    one forward over a throwaway KV pool of the rows' own pages."""
+    b, t = prompts.shape
+    pages_per_row = -(-t // page_size)
+    pages = KVPages.create(model.config, b * pages_per_row + 1, page_size,
+                           model.embed_tokens[...].dtype)  # + the scratch page
+    table = jnp.arange(b * pages_per_row, dtype=jnp.int32).reshape(b, pages_per_row)
+    positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+    hidden, _ = model(prompts, positions, table, pages)
+    return model.logits(hidden[:, -1])
