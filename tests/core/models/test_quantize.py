@@ -14,9 +14,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from core.cache.kv_pool import KVPages
 from core.config import EngineConfig
 from core.engine.request import Request, SamplingParams, StoppingParams
 from core.model_config import ConfigError
+from core.models.llama import PADDING_POSITION
 from core.models.loader import load_model
 from core.models.quantize import ATTENTION_WEIGHTS, MLP_WEIGHTS, next_token_logits, quantize_int8
 
@@ -97,9 +99,17 @@ def test_int8_engine_greedy_tokens_agree_where_the_margin_exceeds_the_bound(tiny
 
     bound, new_tokens = error_bound(logits), 6
     float_model, _ = load_model(tiny_models["llama"], "float32")
-    forward = jax.jit(lambda tokens: next_token_logits(float_model, tokens))
+    width = PROMPTS.shape[1] + new_tokens
+
+    @jax.jit  # one shape for every prefix: right-padded to `width`, read at its last token
+    def forward(tokens, length):
+        positions = jnp.where(jnp.arange(width) < length, jnp.arange(width), PADDING_POSITION)
+        pages = KVPages.create(float_model.config, 3, 16, jnp.float32)
+        hidden, _ = float_model(tokens[None], positions[None], jnp.arange(2)[None], pages)
+        return float_model.logits(hidden[0, length - 1])
+
     engine = create_engine(tiny_models["llama"], EngineConfig(
-        max_model_len=64, max_num_seqs=2, max_num_batched_tokens=32, dtype="float32",
+        max_model_len=32, max_num_seqs=2, max_num_batched_tokens=32, dtype="float32",
         quantization="int8", quantize_lm_head=True))
     try:
         outputs: queue.Queue = queue.Queue()
@@ -120,7 +130,9 @@ def test_int8_engine_greedy_tokens_agree_where_the_margin_exceeds_the_bound(tiny
     for index, prompt in enumerate(prompts):
         sequence = list(prompt)
         for token in tokens[f"r{index}"]:  # the float model's choice after the same prefix
-            reference = np.asarray(forward(jnp.asarray([sequence])))[0]
+            padded = np.zeros(width, np.int32)
+            padded[:len(sequence)] = sequence
+            reference = np.asarray(forward(padded, len(sequence)))
             top_two = np.sort(reference)[-2:]
             if top_two[1] - top_two[0] <= 2 * bound:
                 break  # a near tie: int8 may pick either; later steps see another prefix
