@@ -83,8 +83,9 @@ def dense(x: jax.Array, weight: jax.Array, scale: jax.Array | None = None) -> ja
     callers never pass a single row in bf16; a float32 dot is unchanged by it).
 
     With `scale` (float32, one per output channel: [f] or any shape of f elements) the weight is
-    int8 (`core.models.quantize`): it is converted to x's dtype inside the dot and the scale
-    multiplies the dot's float32 result, per output column."""
+    int8 (`core.models.quantize`): it is converted to x's dtype for the dot and the scale
+    multiplies the dot's float32 result, per output column. XLA:CPU does not fuse that convert
+    into the dot: it writes a float copy of the weight every step (docs/benchmarks.md)."""
     rows = x.reshape(-1, x.shape[-1])
     weight = weight.reshape(weight.shape[0], -1)
     if scale is not None:

@@ -5,8 +5,11 @@ with float32 scales, at load time, from the float weights the checkpoint gave. T
 symmetric and per output channel: each output column c of a weight W [in, out] gets
 scale_c = max|W[:, c]| / 127 and W_int8[:, c] = round(W[:, c] / scale_c), so a column's largest
 weight is exact and every other is off by at most scale_c / 2. The forward
-(`core.models.llama.dense`) converts the int8 weight to the compute dtype inside the dot and
-multiplies the dot's float32 result by the scales, per output column.
+(`core.models.llama.dense`) converts the int8 weight to the compute dtype for the dot and
+multiplies the dot's float32 result by the scales, per output column. On XLA:CPU that convert is
+not fused into the dot: each step writes float copies of the weights (all layers' at once, in
+its temporaries), so int8 saves weight memory but decodes slower than float there
+(docs/benchmarks.md); a fused int8 dot kernel (jax.ffi) is the missing piece.
 
 Quantized: every layer's q/k/v/o and gate/up/down projections, and the output projection
 (lm_head) when asked. Left in float: the embedding table (a gather, not a dot), the norms, the
