@@ -19,6 +19,7 @@ import sys
 import threading
 from pathlib import Path
 
+from core.config import QUANTIZATIONS  # stdlib only
 from core.service.reasoning.syntax import PARSER_NAMES as REASONING_PARSERS  # stdlib only
 from core.service.tools.syntax import PARSER_NAMES  # stdlib only
 
@@ -80,6 +81,12 @@ def _add_core_flags(parser: argparse.ArgumentParser) -> None:
                         help="queue room beyond a full batch: the core holds max-num-seqs + "
                              "max-waiting requests (running and queued) and answers "
                              "RESOURCE_EXHAUSTED to more")
+    parser.add_argument("--quantization", choices=("none", *QUANTIZATIONS), default="none",
+                        help="weight-only quantization of the linear projections at load time: "
+                             "int8, per output channel (default: none, the --dtype weights)")
+    parser.add_argument("--quantize-lm-head", action="store_true",
+                        help="with --quantization, quantize the output projection too (default: "
+                             "it stays in --dtype)")
     parser.add_argument("--scheduling-policy", choices=("fcfs", "priority"), default="fcfs",
                         help="fcfs: requests are admitted in arrival order; priority: by each "
                              "request's priority (lower first, then arrival), and a waiting "
@@ -287,7 +294,9 @@ def engine_request(args: argparse.Namespace):
         enable_prefix_cache=args.prefix_cache,
         dtype=None if args.dtype == "checkpoint" else args.dtype,
         tensor_parallel=args.tensor_parallel, memory_fraction=args.memory_fraction,
-        scheduling_policy=args.scheduling_policy)
+        scheduling_policy=args.scheduling_policy,
+        quantization=None if args.quantization == "none" else args.quantization,
+        quantize_lm_head=args.quantize_lm_head)
 
 
 def _embedding_model(args: argparse.Namespace) -> tuple[Path | None, str]:

@@ -116,6 +116,7 @@ def default_buckets(max_value: int, smallest: int) -> tuple[int, ...]:
 
 
 SCHEDULING_POLICIES = ("fcfs", "priority")  # EngineConfig.scheduling_policy
+QUANTIZATIONS = ("int8",)  # EngineConfig.quantization (core/models/quantize.py implements them)
 
 
 @dataclass(frozen=True)
@@ -146,6 +147,10 @@ class EngineConfig:
     # "fcfs": admission in arrival order; "priority": by Request.priority (lower first), with
     # preemption of lower-priority requests that have not sent their first token
     scheduling_policy: str = "fcfs"
+    # weight-only quantization of the linear projections at load time (core/models/quantize.py):
+    # None (float weights) or "int8"; the lm_head too only with quantize_lm_head
+    quantization: str | None = None
+    quantize_lm_head: bool = False
 
     def __post_init__(self):
         for name in ("tensor_parallel", "max_num_seqs", "max_num_batched_tokens",
@@ -158,6 +163,11 @@ class EngineConfig:
         if self.scheduling_policy not in SCHEDULING_POLICIES:
             raise ConfigError(f"scheduling_policy must be one of {', '.join(SCHEDULING_POLICIES)}"
                               f", got {self.scheduling_policy!r}")
+        if self.quantization not in (None, *QUANTIZATIONS):
+            raise ConfigError(f"quantization must be one of none, {', '.join(QUANTIZATIONS)}, "
+                              f"got {self.quantization!r}")
+        if self.quantize_lm_head and self.quantization is None:
+            raise ConfigError("quantize_lm_head needs a quantization")
 
     @property
     def is_resolved(self) -> bool:

@@ -465,7 +465,8 @@ def start_engine(model_dir: Path, model_config: ModelConfig, engine_config: Engi
     from core.models.loader import load_model
 
     def make_runner() -> ModelRunner:
-        model, _ = load_model(model_dir, engine_config.dtype, model_config)
+        model, _ = load_model(model_dir, engine_config.dtype, model_config,
+                              engine_config.quantization, engine_config.quantize_lm_head)
         return ModelRunner(model, model_config, engine_config)
 
     if (group := distributed.current()) is not None:  # multi-host: process 0 leads the steps
