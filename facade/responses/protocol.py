@@ -6,8 +6,8 @@ fields are kept and reported as ignored. Input items are messages (string conten
 `input_text` / `output_text` parts), `function_call` / `custom_tool_call` items and their
 outputs; tools are function tools and custom tools (free-form input, optionally a Lark or regex
 grammar). The response side mirrors OpenAI's JSON: `ResponseObject` with `message`,
-`function_call` and `custom_tool_call` output items, `ResponseUsage`, and `ResponseStreamEvent` (the shape every
-streamed event shares, for /openapi.json).
+`function_call` and `custom_tool_call` output items, `ResponseUsage`, and `ResponseStreamEvent`
+(the shape every streamed event shares, for /openapi.json).
 """
 
 from __future__ import annotations

@@ -7,9 +7,10 @@ sequence — `response.created`, `response.in_progress`, per output item `output
 `content_part.added`, `output_text.delta`…, `output_text.done`, `content_part.done`,
 (for a reasoning item `reasoning_text.delta`… and `reasoning_text.done` instead),
 `output_item.done` (for a tool call `function_call_arguments.delta`… and `.done` instead of the
-text events; for a custom tool's call `custom_tool_call_input.delta`… and `.done`), then `response.completed` or `response.incomplete` — each as
-`event: <type>` + `data: <json>` with a `sequence_number` that grows by one per event. An error
-after the first event is OpenAI's `error` event followed by `response.failed`.
+text events; for a custom tool's call `custom_tool_call_input.delta`… and `.done`), then
+`response.completed` or `response.incomplete` — each as `event: <type>` + `data: <json>` with
+a `sequence_number` that grows by one per event. An error after the first event is OpenAI's
+`error` event followed by `response.failed`.
 """
 
 from __future__ import annotations

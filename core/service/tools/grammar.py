@@ -12,8 +12,9 @@ For "auto" with a response format, the calls grammar is the alternative to the f
 A marker that is a single special token of the tokenizer is matched as that token (`<[id]>`).
 
 A custom tool's call (OpenAI's free-form `custom` tools; Hermes markup only) is its name as a
-call object, a newline, and the raw input, not JSON: `<tool_call>\n{"name": "x"}\nINPUT\n</tool_call>`.
-Free text is a lazy lexeme that ends at the first `\n</tool_call>`; a Lark or regex format is
+call object, a newline, and the raw input, not JSON:
+`<tool_call>\n{"name": "x"}\nINPUT\n</tool_call>`. Free text is a lazy lexeme that ends at
+the first `</tool_call>` (the parser drops one newline before it); a Lark or regex format is
 a named sub-grammar (`@custom_0`) that must end by itself before the close. With such tools a
 grammar is llguidance's JSON of named grammars rather than Lark text (`compose`).
 """
@@ -189,7 +190,10 @@ def custom_sub_grammar(custom: dict, name: str) -> list[dict]:
     return grammars
 
 
-def check_custom_format(custom: dict, param: str, limits: GrammarLimits = GrammarLimits()) -> None:
+_LIMITS = GrammarLimits()
+
+
+def check_custom_format(custom: dict, param: str, limits: GrammarLimits = _LIMITS) -> None:
     """A custom tool's format must be a Lark grammar or regex that llguidance takes, within the
     size bound and llguidance's limits: else a 400 naming `param` (`tools[0].format`)."""
     syntax, definition = custom.get("syntax", ""), custom.get("definition", "")

@@ -15,8 +15,12 @@ import re
 from dataclasses import dataclass
 
 from core.errors import InvalidParameter, Unsupported
-from core.service.tools.grammar import (auto_calls_grammar, auto_tool_grammar,
-                                        check_custom_format, tool_call_grammar)
+from core.service.tools.grammar import (
+    auto_calls_grammar,
+    auto_tool_grammar,
+    check_custom_format,
+    tool_call_grammar,
+)
 from core.service.tools.syntax import ToolSyntax, detect_syntax, syntax_named
 from core.structured import GrammarSpec
 from tandem.v1 import inference_pb2 as pb
