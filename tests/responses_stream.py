@@ -7,8 +7,9 @@ asserts: sequence numbers count up from 0; the stream ends with `response.comple
 `output_item.done` carry the same id, in the final response's order, and the `.done` item equals
 the final response's item; each finished item sent its `*.done` events (`output_text.done` +
 `content_part.done` with the full text, `function_call_arguments.done` with the full arguments,
-`custom_tool_call_input.done` with a custom tool's full input, `reasoning_text.done`), and its deltas join to that text. A failed stream's items are the
-failed response's, whatever their state. It returns the final response (JSON).
+`custom_tool_call_input.done` with a custom tool's full input, `reasoning_text.done`), and its
+deltas join to that text. A failed stream's items are the failed response's, whatever their
+state. It returns the final response (JSON).
 """
 
 from __future__ import annotations
