@@ -61,7 +61,8 @@ def test_responses_forced_custom_call_matches_its_grammar(client, tiny_models, t
     assert "response.custom_tool_call_input.delta" in types
     assert final.output[0].input == call.input  # greedy: the same call, streamed
     # the call and its output replayed without id or status, as coding agents send them
-    again = client.responses.create(model=MODEL, max_output_tokens=4, temperature=0, tools=[tool],
+    again = client.responses.create(model=MODEL, max_output_tokens=4, temperature=0,
+                                    tools=[tool, NOTE],
                                     input=[{"role": "user", "content": ASK},
                                            {"type": "custom_tool_call", "call_id": call.call_id,
                                             "name": "calc", "input": call.input},
