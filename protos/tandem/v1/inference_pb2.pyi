@@ -269,7 +269,7 @@ class ToolCall(_message.Message):
     FUNCTION_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     type: _builtins.str
-    """Always "function" today."""
+    """"function", or "custom" (a custom tool: `function.arguments` holds its free-form input)."""
     @_builtins.property
     def function(self) -> Global___FunctionCall: ...
     def __init__(
@@ -290,7 +290,7 @@ Global___ToolCall: _TypeAlias = ToolCall  # noqa: Y015
 @_typing.final
 class Tool(_message.Message):
     """A tool the model may call.
-    Next ID: 6
+    Next ID: 8
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -300,14 +300,22 @@ class Tool(_message.Message):
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     PARAMETERS_JSON_FIELD_NUMBER: _builtins.int
     STRICT_FIELD_NUMBER: _builtins.int
+    FORMAT_SYNTAX_FIELD_NUMBER: _builtins.int
+    FORMAT_DEFINITION_FIELD_NUMBER: _builtins.int
     type: _builtins.str
-    """Always "function" today."""
+    """"function" (JSON arguments), or "custom" (OpenAI's custom tools: free-form text input)."""
     name: _builtins.str
     description: _builtins.str
     parameters_json: _builtins.str
-    """JSON Schema of the arguments, JSON-encoded."""
+    """Function tools: JSON Schema of the arguments, JSON-encoded."""
     strict: _builtins.bool
     """OpenAI's strict function calling: arguments must match the schema exactly."""
+    format_syntax: _builtins.str
+    """Custom tools: the syntax of `format_definition`, which the input must match: "lark" or
+    "regex"; "" (or "text"): free-form text.
+    """
+    format_definition: _builtins.str
+    """Custom tools: the Lark grammar or regex of the input (constrained decoding)."""
     def __init__(
         self,
         *,
@@ -316,10 +324,12 @@ class Tool(_message.Message):
         description: _builtins.str = ...,
         parameters_json: _builtins.str = ...,
         strict: _builtins.bool | None = ...,
+        format_syntax: _builtins.str = ...,
+        format_definition: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_strict", b"_strict", "strict", b"strict"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_strict", b"_strict", "description", b"description", "name", b"name", "parameters_json", b"parameters_json", "strict", b"strict", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_strict", b"_strict", "description", b"description", "format_definition", b"format_definition", "format_syntax", b"format_syntax", "name", b"name", "parameters_json", b"parameters_json", "strict", b"strict", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__strict: _TypeAlias = _typing.Literal["strict"]  # noqa: Y015
     _WhichOneofArgType__strict: _TypeAlias = _typing.Literal["_strict", b"_strict"]  # noqa: Y015
@@ -369,7 +379,7 @@ class ToolChoice(_message.Message):
     ALLOWED_FUNCTION_NAMES_FIELD_NUMBER: _builtins.int
     mode: Global___ToolChoice.Mode.ValueType
     function_name: _builtins.str
-    """The function to call (MODE_FUNCTION only)."""
+    """The function or custom tool to call (MODE_FUNCTION only)."""
     @_builtins.property
     def allowed_function_names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """MODE_AUTO or MODE_REQUIRED only: the model may call only these of `tools` (OpenAI's
@@ -1075,11 +1085,11 @@ class ToolCallDelta(_message.Message):
     id: _builtins.str
     """"call_...": on the call's first delta only."""
     type: _builtins.str
-    """"function": on the call's first delta only."""
+    """"function" or "custom": on the call's first delta only."""
     @_builtins.property
     def function(self) -> Global___FunctionCall:
-        """The name on the first delta; later deltas carry fragments of the JSON arguments, which
-        joined are exactly the arguments the model wrote.
+        """The name on the first delta; later deltas carry fragments of the JSON arguments (a custom
+        tool's call: of its free-form input), which joined are exactly what the model wrote.
         """
 
     def __init__(
