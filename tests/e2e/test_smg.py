@@ -1,14 +1,16 @@
-"""The SGLang Model Gateway (`smg`, the pinned wheel's Rust binary) in front of two `tandem core`s
-(tiny Llama), over the vLLM engine contract the cores also serve (core/service/vllm_engine.py):
-the OpenAI SDK → `smg launch --policy cache_aware --worker-urls grpc://A grpc://B` → the cores.
+"""The SGLang Model Gateway (`smg`, the pinned wheel's Rust binary) in front of two Tandem cores
+(tiny Llama: A is the session `server` fixture's core, B a `tandem core` of its own), over the
+vLLM engine contract the cores also serve (core/service/vllm_engine.py): the OpenAI SDK →
+`smg launch --policy cache_aware --worker-urls grpc://A grpc://B` → the cores.
 
 First, without smg: the contract straight against core A with the stubs of `smg-grpc-proto`
 (what smg reads at registration, streamed and whole replies, Abort, a bad request). Then through
 smg: chat and completions answer; requests that share a long prefix all land on one core, whose
-prefix cache serves them; and core B, SIGKILLed mid-load, is routed around: every request sent
-after the kill completes. The tests run in file order and the last one uses core B up.
+prefix cache serves them; and core B, SIGKILLed mid-load, is routed around: its requests (which
+had sent nothing) are retried on A, and every request sent after the kill completes. The tests
+run in file order and the last one uses core B up.
 
-Only these skip, and only when the `smg` binary is absent (TANDEM_REQUIRE_SMG=1 turns that
+The smg tests skip, and only when the `smg` binary is absent (TANDEM_REQUIRE_SMG=1 turns that
 into a failure).
 """
 
@@ -17,9 +19,11 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import re
 import shutil
 import signal
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -31,14 +35,8 @@ from smg_grpc_proto.generated import vllm_engine_pb2_grpc as vpb_grpc
 
 from tandem.v1 import inference_pb2 as pb
 from tandem.v1 import inference_pb2_grpc as pb_grpc
-from tests.conftest import (
-    SERVER_MAX_MODEL_LEN,
-    check_running,
-    free_port,
-    retry_on_taken_port,
-    server_buckets_stored,
-)
-from tests.e2e.test_drain_failover import MODEL, Core, _start_core, _start_together, _stop
+from tests.conftest import SERVER_MAX_MODEL_LEN, check_running, free_port, retry_on_taken_port
+from tests.e2e.test_drain_failover import MODEL, _start_core, _stop
 from tests.waiting import async_wait_until, wait_until
 
 SMG = shutil.which("smg")
@@ -49,26 +47,37 @@ needs_smg = pytest.mark.skipif(
     reason="the smg binary is not installed (pip install smg==1.13.0)")
 
 
+@dataclass(frozen=True)
+class Worker:
+    """A core behind smg: its gRPC address and its Prometheus series."""
+
+    target: str
+    metrics_url: str
+
+    def metrics(self) -> dict[str, float]:
+        body = httpx.get(self.metrics_url, timeout=5).text
+        return {m[1]: float(m[2]) for m in re.finditer(r"^tandem:(\w+) (\S+)$", body, re.M)}
+
+
 @pytest.fixture(scope="module")
 def logs(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("smg")
 
 
 @pytest.fixture(scope="module")
-def cores(tiny_models, logs):
-    """Cores A and B (test_drain_failover.py's: the `server` fixture's flags and environment):
-    together once that fixture's core has stored its buckets, else one after the other."""
-    started: list[Core] = []
-    try:
-        if server_buckets_stored():
-            started += _start_together(tiny_models["llama"], logs, ("a", "b"))
-        else:
-            for name in ("a", "b"):
-                started.append(_start_core(tiny_models["llama"], logs, name))
-        yield started
-    finally:
-        for core in started:
-            _stop(core.process)
+def core_b(server, tiny_models, logs):
+    """A second core (test_drain_failover.py's: the `server` fixture's flags and environment,
+    so it loads the buckets that fixture's core stored)."""
+    core = _start_core(tiny_models["llama"], logs, "b")
+    yield core
+    _stop(core.process)
+
+
+@pytest.fixture(scope="module")
+def cores(server, core_b) -> list[Worker]:
+    """A: the `server` fixture's core (its default model is the tiny Llama); B: `core_b`."""
+    return [Worker(server.grpc_target, server.metrics_url),
+            Worker(core_b.target, f"http://127.0.0.1:{core_b.metrics_port}/metrics")]
 
 
 @pytest.fixture(scope="module")
@@ -118,9 +127,8 @@ def _generate(stub, request_id: str, stream: bool, **params) -> list[vpb.Generat
     return list(stub.Generate(request, timeout=60))
 
 
-def test_the_vllm_contract_on_a_core(cores):
-    core_a = cores[0]
-    with grpc.insecure_channel(core_a.target) as channel:
+def test_the_vllm_contract_on_a_core(server):
+    with grpc.insecure_channel(server.grpc_target) as channel:
         stub = vpb_grpc.VllmEngineStub(channel)
         assert stub.HealthCheck(vpb.HealthCheckRequest(), timeout=5).healthy
         info = stub.GetModelInfo(vpb.GetModelInfoRequest(), timeout=5)
@@ -224,11 +232,12 @@ def test_a_shared_prefix_lands_on_one_core(cores, gateway):
 
 
 @needs_smg
-def test_a_killed_core_is_routed_around(cores, gateway):
-    """SIGKILL core B while both cores hold part of a wave of long completions (prompts that
-    share no prefix: cache-aware routing spreads them by load): only what B held can fail; every
-    request sent after the kill completes on A."""
-    core_a, core_b = cores
+def test_a_killed_core_is_routed_around(cores, core_b, gateway):
+    """SIGKILL core B while both cores hold part of a wave of long (non-streamed) completions
+    (prompts that share no prefix: cache-aware routing spreads them by load). B's requests had
+    sent nothing yet — a non-streamed reply is one message at the end — so smg retries them on A
+    and none is lost; every request sent after the kill completes too."""
+    core_a, worker_b = cores
     count = itertools.count()
 
     async def complete(client: openai.AsyncOpenAI, tokens: int):
@@ -244,7 +253,7 @@ def test_a_killed_core_is_routed_around(cores, gateway):
                                     timeout=120)
         load = [asyncio.create_task(complete(client, 200)) for _ in range(2 * MAX_NUM_SEQS)]
         def spread() -> int | None:  # B's share once both hold part of the whole wave
-            a, b = _held(core_a), _held(core_b)
+            a, b = _held(core_a), _held(worker_b)
             return b if a and b and a + b == len(load) else None
 
         held = await async_wait_until(spread, "both cores holding part of the wave",
@@ -255,14 +264,13 @@ def test_a_killed_core_is_routed_around(cores, gateway):
 
     held, load, after = asyncio.run(scenario())
     core_b.process.wait(timeout=10)
-    failed = [r for r in load if isinstance(r, Exception)]
-    assert len(failed) <= held, (held, failed)
-    for reply in [r for r in load if not isinstance(r, Exception)]:
-        assert reply.usage.completion_tokens == 200
+    assert held >= 1  # B held part of the wave when it died
+    assert all(not isinstance(r, Exception) and r.usage.completion_tokens == 200
+               for r in load), load
     assert all(not isinstance(r, Exception) and r.usage.completion_tokens == 5
                for r in after), after
 
 
-def _held(core: Core) -> int:
+def _held(core: Worker) -> int:
     gauges = core.metrics()
     return int(gauges["num_requests_running"] + gauges["num_requests_waiting"])
