@@ -199,7 +199,8 @@ class VllmEngineServicer(vpb_grpc.VllmEngineServicer):
         except TandemError as exc:
             await context.abort_with_status(exc.to_grpc_status())
             return
-        self._bind_request_id(context, request.request_id)
+        if request.request_id:  # (what smg's Abort names; else x-request-id or a fresh one)
+            self._bind_request_id(context, request.request_id)
         replies = ChoiceReplies(request.stream, len(tandem.tokens.ids))
         async for response in self.inference.Generate(tandem, context):
             if tandem.WhichOneof("input") != "tokens":
