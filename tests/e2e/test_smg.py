@@ -17,7 +17,6 @@ into a failure).
 from __future__ import annotations
 
 import asyncio
-import itertools
 import os
 import re
 import shutil
@@ -233,38 +232,52 @@ def test_a_shared_prefix_lands_on_one_core(cores, gateway):
 
 @needs_smg
 def test_a_killed_core_is_routed_around(cores, core_b, gateway):
-    """SIGKILL core B while both cores hold part of a wave of long (non-streamed) completions
-    (prompts that share no prefix: cache-aware routing spreads them by load). B's requests had
-    sent nothing yet — a non-streamed reply is one message at the end — so smg retries them on A
-    and none is lost; every request sent after the kill completes too."""
-    core_a, worker_b = cores
-    count = itertools.count()
+    """SIGKILL core B while it holds a wave of long (non-streamed) completions. To send the wave
+    to B, a fresh long prefix is sent alone until one lands on B (cache-aware routing puts a
+    prefix it has not seen on a core by its own rule); the wave's prompts then share that prefix,
+    so they follow it to B. B's requests had received nothing yet — a non-streamed reply is one
+    message at the end — so smg retries them on A and none is lost; every request sent after the
+    kill completes too."""
+    worker_b = cores[1]
+    client = openai.OpenAI(base_url=f"{gateway}/v1", api_key="unused", max_retries=0)
+    prefix = None
+    for attempt in range(8):
+        candidate = f"{attempt} " + " ".join(f"{word} {attempt}" for word in WORDS * 12)
+        before = [core.metrics()["prompt_tokens_total"] for core in cores]
+        reply = client.completions.create(model=MODEL, prompt=candidate, max_tokens=1)
 
-    async def complete(client: openai.AsyncOpenAI, tokens: int):
+        def counted(before=before, tokens=reply.usage.prompt_tokens) -> list[float] | None:
+            grown = [core.metrics()["prompt_tokens_total"] - old
+                     for core, old in zip(cores, before, strict=True)]
+            return grown if sum(grown) >= tokens else None
+
+        if wait_until(counted, "a core counting the prefix")[1] > 0:
+            prefix = candidate
+            break
+    assert prefix is not None, "smg never put a fresh prefix on core B"
+
+    async def complete(client: openai.AsyncOpenAI, index: int, tokens: int, text: str):
         try:
             return await client.completions.create(
                 model=MODEL, max_tokens=tokens, extra_body={"ignore_eos": True},
-                prompt=f"{next(count)} {WORDS[next(count) % len(WORDS)]} story")
+                prompt=f"{text} {index}")
         except openai.APIError as error:
             return error
 
     async def scenario():
         client = openai.AsyncOpenAI(base_url=f"{gateway}/v1", api_key="unused", max_retries=0,
                                     timeout=120)
-        load = [asyncio.create_task(complete(client, 200)) for _ in range(2 * MAX_NUM_SEQS)]
-        def spread() -> int | None:  # B's share once both hold part of the whole wave
-            a, b = _held(core_a), _held(worker_b)
-            return b if a and b and a + b == len(load) else None
-
-        held = await async_wait_until(spread, "both cores holding part of the wave",
+        load = [asyncio.create_task(complete(client, i, 200, prefix))
+                for i in range(2 * MAX_NUM_SEQS)]
+        held = await async_wait_until(lambda: _held(worker_b), "core B holding the wave",
                                       interval_s=0.01)
         core_b.process.send_signal(signal.SIGKILL)
-        after = [await complete(client, 5) for _ in range(2 * MAX_NUM_SEQS)]
+        after = [await complete(client, i, 5, "after") for i in range(2 * MAX_NUM_SEQS)]
         return held, await asyncio.gather(*load), after
 
     held, load, after = asyncio.run(scenario())
     core_b.process.wait(timeout=10)
-    assert held >= 1  # B held part of the wave when it died
+    assert held >= 1  # B held (part of) the wave when it died
     assert all(not isinstance(r, Exception) and r.usage.completion_tokens == 200
                for r in load), load
     assert all(not isinstance(r, Exception) and r.usage.completion_tokens == 5
