@@ -1,8 +1,8 @@
 """Layering rules of the whole tree: the core never imports the facade (at run time or in any
 import statement, TYPE_CHECKING blocks included); only `core/service/` imports the contracts
-(`tandem.v1`, and vLLM's of `smg_grpc_proto`); the engine imports nothing from the service; the runner imports nothing from the
-engine loop; the engine's metrics import no engine; and there are no import cycles in the
-core. The facade's own rules are in tests/facade/test_facade_layering.py."""
+(`tandem.v1`, and vLLM's of `smg_grpc_proto`); the engine imports nothing from the service; the
+runner imports nothing from the engine loop; the engine's metrics import no engine; and there are
+no import cycles in the core. The facade's own rules are in tests/facade/test_facade_layering.py."""
 
 from __future__ import annotations
 
