@@ -151,6 +151,9 @@ class EngineConfig:
     # None (float weights) or "int8"; the lm_head too only with quantize_lm_head
     quantization: str | None = None
     quantize_lm_head: bool = False
+    # append the tokens a grammar forces (llguidance's fast-forward tokens) without sampling
+    # them; they are computed in the next step as one chunk (core/engine/loop.py)
+    jump_forward: bool = True
 
     def __post_init__(self):
         for name in ("tensor_parallel", "max_num_seqs", "max_num_batched_tokens",
