@@ -27,6 +27,7 @@ import numpy as np
 
 from core.cache.events import KvEventHub
 from core.config import EngineConfig, resolve_model
+from core.engine import speculative
 from core.engine.base import EngineThread
 from core.engine.detokenizer import IncrementalDetokenizer
 from core.engine.metrics import EngineStats
@@ -88,6 +89,8 @@ class LlmEngine(Engine):
         self.num_prompt_tokens = 0  # counters for metrics (engine thread writes)
         self.num_generated_tokens = 0
         self.num_forced_tokens = 0  # ...of which a grammar forced (jump-forward)
+        self.num_draft_tokens = 0  # n-gram speculation: drafts proposed
+        self.num_accepted_draft_tokens = 0  # ... and accepted
         self.jump_forward = engine_config.jump_forward
         self.num_bitmask_fills = 0  # steps that filled a grammar bitmask
         self.num_fills_hidden = 0  # ...of which the device was still computing when it ended
@@ -134,7 +137,9 @@ class LlmEngine(Engine):
             prefix_cache_queried_tokens=cache.queried_tokens,
             prefix_cache_hit_tokens=cache.hit_tokens, num_preemptions=scheduler.num_preemptions,
             num_prompt_tokens=self.num_prompt_tokens,
-            num_generation_tokens=self.num_generated_tokens)
+            num_generation_tokens=self.num_generated_tokens,
+            num_draft_tokens=self.num_draft_tokens,
+            num_accepted_draft_tokens=self.num_accepted_draft_tokens)
 
     def waiting_uncached_tokens(self) -> int:
         """Tokens the waiting requests still have to compute: the queue's minus what the prefix
@@ -293,7 +298,9 @@ class LlmEngine(Engine):
         return bitmask
 
     def update_from_output(self, batch: SchedulerOutput, step) -> None:
-        self.scheduler.update_after_step(batch)
+        num_accepted = {batch.chunks[index].request_id: _num_accepted(verified)
+                        for index, verified in step.verified.items()}
+        self.scheduler.update_after_step(batch, num_accepted)
         for index, chunk in enumerate(batch.chunks):
             tracked = self._tracked[chunk.request_id]
             request = tracked.request
@@ -307,6 +314,10 @@ class LlmEngine(Engine):
                 continue
             if request.stopping.max_tokens == 0:  # prompt logprobs only
                 self._finish_prompt_only(tracked)
+                continue
+            if chunk.draft_token_ids:
+                self._emit_verified(tracked, chunk, step.verified[index],
+                                    num_accepted[chunk.request_id])
                 continue
             token_id = int(step.token_ids[index])
             top = ()
@@ -344,6 +355,31 @@ class LlmEngine(Engine):
         else:
             self.metrics.inter_token_latency_s.observe(now - tracked.last_token_s)
         tracked.last_token_s = now
+
+    def _emit_verified(self, tracked: _Tracked, chunk, verified, num_accepted: int) -> None:
+        """A speculation chunk's tokens: the accepted drafts, then the token sampled where the
+        first draft was rejected (or the bonus token after the last); its counts, and the
+        switch-off when acceptance stays low."""
+        request = tracked.request
+        drafts = chunk.draft_token_ids
+        request.num_draft_tokens += len(drafts)
+        request.num_accepted_draft_tokens += num_accepted
+        self.num_draft_tokens += len(drafts)
+        self.num_accepted_draft_tokens += num_accepted
+        if not speculative.keep_speculating(request):
+            request.speculating = False
+            log.debug("%s: speculation off (%d of %d drafts accepted)", request.request_id,
+                      request.num_accepted_draft_tokens, request.num_draft_tokens)
+        count = request.top_logprobs if request.want_logprobs else 0
+
+        def entry(position: int, token_id: int) -> TokenLogprob:
+            top = tuple((int(i), float(lp)) for i, lp in zip(
+                verified.top_ids[position][:count], verified.top_logprobs[position][:count],
+                strict=True))
+            return TokenLogprob(token_id, float(verified.logprobs[position]), top)
+
+        self._emit(tracked, [entry(i, drafts[i]) for i in range(num_accepted)]
+                   + [entry(num_accepted, int(verified.token_ids[num_accepted]))])
 
     def _emit(self, tracked: _Tracked, sampled: list[TokenLogprob]) -> None:
         """Advance a request by its sampled tokens (each with its raw logprob), then by the
@@ -393,7 +429,9 @@ class LlmEngine(Engine):
             completion_tokens=len(request.output_token_ids),
             cached_tokens=request.num_cached_tokens,
             prompt_logprobs=_take_prompt_logprobs(request),
-            cumulative_logprob=request.cumulative_logprob))
+            cumulative_logprob=request.cumulative_logprob,
+            num_draft_tokens=request.num_draft_tokens,
+            num_accepted_draft_tokens=request.num_accepted_draft_tokens))
 
     def _forced_tokens(self, request: Request) -> list[int]:
         """The tokens the request's grammar forces next (llguidance's fast-forward tokens, in
@@ -482,6 +520,12 @@ class LlmEngine(Engine):
         if self._tracked.pop(request.request_id, None) is not None:
             with self._lock:
                 self._num_pending -= 1
+
+
+def _num_accepted(verified) -> int:
+    """How many of a verified chunk's drafts were accepted (the leading run)."""
+    rejected = np.flatnonzero(~verified.accepted[:-1])
+    return int(rejected[0]) if len(rejected) else len(verified.accepted) - 1
 
 
 def _take_prompt_logprobs(request: Request) -> tuple[TokenLogprob, ...]:
