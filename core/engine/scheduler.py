@@ -183,8 +183,8 @@ class Scheduler:
         return budget, preempted
 
     def _drafts(self, request: Request, budget: int) -> tuple[int, ...]:
-        """N-gram drafts for a decoding request (its pages reserved for them from the free
-        list only: speculation never evicts or preempts), or ()."""
+        """N-gram drafts for a decoding request (pages for them from the free list or idle
+        cached prefixes: speculation never preempts), or ()."""
         stopping = request.stopping
         if not request.speculating or len(request.output_token_ids) < stopping.min_tokens:
             return ()
@@ -192,11 +192,14 @@ class Scheduler:
                     stopping.max_tokens - len(request.output_token_ids) - 1,
                     self.config.max_model_len - request.num_tokens)
         drafts = speculative.propose(request.all_token_ids, limit)
-        missing = self._pages_missing(request, 1 + len(drafts))
-        if not drafts or missing > self.allocator.num_free:
+        if not drafts:
             return ()
+        missing = self._pages_missing(request, 1 + len(drafts))
         if missing:
-            request.page_ids.extend(self.allocator.allocate(missing))
+            page_ids = self._allocate(missing)
+            if page_ids is None:
+                return ()
+            request.page_ids.extend(page_ids)
         return drafts
 
     def _preempt_for_priority(self) -> None:
