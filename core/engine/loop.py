@@ -298,7 +298,7 @@ class LlmEngine(Engine):
         return bitmask
 
     def update_from_output(self, batch: SchedulerOutput, step) -> None:
-        num_accepted = {batch.chunks[index].request_id: _num_accepted(verified)
+        num_accepted = {batch.chunks[index].request_id: speculative.num_accepted(verified)
                         for index, verified in step.verified.items()}
         self.scheduler.update_after_step(batch, num_accepted)
         for index, chunk in enumerate(batch.chunks):
@@ -370,16 +370,9 @@ class LlmEngine(Engine):
             request.speculating = False
             log.debug("%s: speculation off (%d of %d drafts accepted)", request.request_id,
                       request.num_accepted_draft_tokens, request.num_draft_tokens)
-        count = request.top_logprobs if request.want_logprobs else 0
-
-        def entry(position: int, token_id: int) -> TokenLogprob:
-            top = tuple((int(i), float(lp)) for i, lp in zip(
-                verified.top_ids[position][:count], verified.top_logprobs[position][:count],
-                strict=True))
-            return TokenLogprob(token_id, float(verified.logprobs[position]), top)
-
-        self._emit(tracked, [entry(i, drafts[i]) for i in range(num_accepted)]
-                   + [entry(num_accepted, int(verified.token_ids[num_accepted]))])
+        self._emit(tracked, speculative.verified_tokens(
+            chunk.draft_token_ids, verified, num_accepted,
+            request.top_logprobs if request.want_logprobs else 0))
 
     def _emit(self, tracked: _Tracked, sampled: list[TokenLogprob]) -> None:
         """Advance a request by its sampled tokens (each with its raw logprob), then by the
@@ -520,12 +513,6 @@ class LlmEngine(Engine):
         if self._tracked.pop(request.request_id, None) is not None:
             with self._lock:
                 self._num_pending -= 1
-
-
-def _num_accepted(verified) -> int:
-    """How many of a verified chunk's drafts were accepted (the leading run)."""
-    rejected = np.flatnonzero(~verified.accepted[:-1])
-    return int(rejected[0]) if len(rejected) else len(verified.accepted) - 1
 
 
 def _take_prompt_logprobs(request: Request) -> tuple[TokenLogprob, ...]:

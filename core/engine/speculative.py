@@ -18,7 +18,9 @@ the sequence's computed tokens and is overwritten by later steps.
 
 from __future__ import annotations
 
-from core.engine.request import Request
+import numpy as np
+
+from core.engine.request import Request, TokenLogprob
 
 MAX_NGRAM = 3  # longest suffix matched
 MIN_NGRAM = 2  # shortest suffix matched (1 proposes too often on fresh text)
@@ -73,3 +75,25 @@ def keep_speculating(request: Request) -> bool:
     """After a verify step: False once enough drafts were judged and too few were accepted."""
     return not (request.num_draft_tokens >= MIN_DRAFTS_JUDGED and request.num_accepted_draft_tokens
                 < MIN_ACCEPTANCE * request.num_draft_tokens)
+
+
+def num_accepted(verified) -> int:
+    """How many of a verified chunk's drafts were accepted: the leading run (a
+    `core.engine.verifier.VerifiedChunk`)."""
+    rejected = np.flatnonzero(~verified.accepted[:-1])
+    return int(rejected[0]) if len(rejected) else len(verified.accepted) - 1
+
+
+def verified_tokens(drafts: tuple[int, ...], verified, accepted: int,
+                    num_top: int) -> list[TokenLogprob]:
+    """The tokens a verified chunk emits, each with its raw logprob (and `num_top`
+    alternatives): the accepted drafts, then the token sampled where the next draft was
+    rejected, or the bonus token after the last."""
+    def entry(position: int, token_id: int) -> TokenLogprob:
+        top = tuple((int(i), float(lp)) for i, lp in zip(
+            verified.top_ids[position][:num_top], verified.top_logprobs[position][:num_top],
+            strict=True))
+        return TokenLogprob(token_id, float(verified.logprobs[position]), top)
+
+    return ([entry(i, drafts[i]) for i in range(accepted)]
+            + [entry(accepted, int(verified.token_ids[accepted]))])
