@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import jax
 import jax.numpy as jnp
@@ -389,7 +389,10 @@ class ModelRunner:
         shapes = [(b, 1, p) for b in self._decode_buckets for p in self._page_buckets]
         shapes += [(rows, tokens, pages) for rows, tokens in self.engine_config.prefill_shapes()
                    for pages in self._prefill_page_buckets]
-        static = repr((self.config, self.engine_config, paged_attention_kind(),
+        # (speculation and jump-forward change no executable but the verify calls, which are
+        # named by their shapes: an engine that differs only in them loads the same store)
+        unchanged = replace(self.engine_config, speculative_ngram=0, jump_forward=True)
+        static = repr((self.config, unchanged, paged_attention_kind(),
                        self.num_pages, self.num_row_slots))
         jobs = []
         for shape in shapes:

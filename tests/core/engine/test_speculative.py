@@ -72,11 +72,13 @@ def test_greedy_verification_accepts_exactly_the_argmax():
 
 @pytest.fixture(scope="module")
 def engine(tiny_models):
-    """Two rows, up to 4 drafts: few and small buckets to compile."""
+    """test_engine's `small_pool_engine` (its buckets come from XLA's persistent cache when
+    that ran first) with up to 4 drafts: only the verify calls compile anew."""
     from core.engine.loop import create_engine
 
     engine = create_engine(tiny_models["llama"], EngineConfig(
-        max_model_len=256, max_num_seqs=2, max_num_batched_tokens=64, speculative_ngram=4))
+        max_model_len=256, max_num_seqs=8, num_pages=20, max_num_batched_tokens=64,
+        speculative_ngram=4))
     yield engine
     engine.stop()
 
@@ -112,7 +114,9 @@ def test_greedy_tokens_and_logprobs_are_those_of_plain_decoding(engine, copy_pro
     plain = decode("plain")
     assert engine.num_draft_tokens - drafted_before == num_drafts  # (off: nothing drafted)
     copy = speculated["spec-copy"]
-    assert 0 < copy[-1].num_accepted_draft_tokens < copy[-1].num_draft_tokens
+    assert copy[-1].num_accepted_draft_tokens > 0
+    last = [speculated[f"spec-{name}"][-1] for name in prompts]  # some drafts were rejected:
+    assert sum(o.num_accepted_draft_tokens for o in last) < sum(o.num_draft_tokens for o in last)
     assert len(copy) < 48  # several tokens per step
     for name in prompts:
         spec, base = speculated[f"spec-{name}"], plain[f"plain-{name}"]
