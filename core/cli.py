@@ -104,6 +104,12 @@ def _add_core_flags(parser: argparse.ArgumentParser) -> None:
                              "(default: unset)")
     parser.add_argument("--prefix-cache", action=argparse.BooleanOptionalAction, default=True,
                         help="reuse the KV pages of shared prompt prefixes")
+    parser.add_argument("--jump-forward", action=argparse.BooleanOptionalAction, default=True,
+                        help="under a grammar, append the tokens it forces without sampling "
+                             "them (computed in the next step as one chunk)")
+    parser.add_argument("--speculative-ngram", type=int, default=0, metavar="K",
+                        help="n-gram (prompt-lookup) speculation: propose up to K tokens copied "
+                             "from the prompt and output, verified in one forward (0: off)")
     parser.add_argument("--tensor-parallel", type=int, default=1,
                         help="split the model and KV pages over this many local devices")
     parser.add_argument("--metrics-port", type=int, default=None,
@@ -292,7 +298,8 @@ def engine_request(args: argparse.Namespace):
         max_waiting=args.max_waiting, max_num_batched_tokens=args.max_num_batched_tokens,
         page_size=args.page_size, num_pages=args.kv_pages,
         kv_cache_bytes=args.kv_cache_mib * 2**20 if args.kv_cache_mib else None,
-        enable_prefix_cache=args.prefix_cache,
+        enable_prefix_cache=args.prefix_cache, jump_forward=args.jump_forward,
+        speculative_ngram=args.speculative_ngram,
         dtype=None if args.dtype == "checkpoint" else args.dtype,
         tensor_parallel=args.tensor_parallel, memory_fraction=args.memory_fraction,
         scheduling_policy=args.scheduling_policy,

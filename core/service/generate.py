@@ -100,6 +100,8 @@ class ChoiceStream:
         self._choice_of = {r.request_id: index for index, r in enumerate(requests)}
         self._completion_tokens = dict.fromkeys(self._choice_of, 0)
         self._cached_tokens = 0  # prompt tokens served from the prefix cache (best choice)
+        # request id → (draft tokens proposed, accepted) so far: n-gram speculation
+        self._drafts: dict[str, tuple[int, int]] = {}
         self._unfinished: set[str] = set()
         self._abort_asked = False  # the Abort RPC named this call
         self._done = False  # every choice has finished
@@ -132,6 +134,8 @@ class ChoiceStream:
                     self._reasoners[index] if self._reasoners else None)
                 self._completion_tokens[output.request_id] = output.completion_tokens
                 self._cached_tokens = max(self._cached_tokens, output.cached_tokens)
+                self._drafts[output.request_id] = (output.num_draft_tokens,
+                                                   output.num_accepted_draft_tokens)
                 if output.finish_reason is not None:
                     self._unfinished.discard(output.request_id)
             response = pb.GenerateResponse(
@@ -139,7 +143,9 @@ class ChoiceStream:
                 usage=pb.Usage(prompt_tokens=num_prompt_tokens,
                                completion_tokens=sum(self._completion_tokens.values()),
                                cached_tokens=self._cached_tokens,
-                               reasoning_tokens=sum(self._reasoning_tokens)))
+                               reasoning_tokens=sum(self._reasoning_tokens),
+                               draft_tokens=sum(d for d, _ in self._drafts.values()),
+                               accepted_draft_tokens=sum(a for _, a in self._drafts.values())))
             if first or not self._unfinished:  # the call's first and last chunks
                 response.load.CopyFrom(load_snapshot(self._engine))
             first = False

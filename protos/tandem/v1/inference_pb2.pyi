@@ -1037,7 +1037,7 @@ Global___TokenLogprob: _TypeAlias = TokenLogprob  # noqa: Y015
 @_typing.final
 class Usage(_message.Message):
     """Cumulative token counts of the whole request (all choices).
-    Next ID: 5
+    Next ID: 7
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -1046,12 +1046,19 @@ class Usage(_message.Message):
     COMPLETION_TOKENS_FIELD_NUMBER: _builtins.int
     CACHED_TOKENS_FIELD_NUMBER: _builtins.int
     REASONING_TOKENS_FIELD_NUMBER: _builtins.int
+    DRAFT_TOKENS_FIELD_NUMBER: _builtins.int
+    ACCEPTED_DRAFT_TOKENS_FIELD_NUMBER: _builtins.int
     prompt_tokens: _builtins.int
     completion_tokens: _builtins.int
     cached_tokens: _builtins.int
     """Prompt tokens served from the prefix cache."""
     reasoning_tokens: _builtins.int
     """Completion tokens spent reasoning (in `reasoning_text`), markers included."""
+    draft_tokens: _builtins.int
+    """N-gram speculation (`--speculative-ngram`): draft tokens proposed, and how many of them
+    the model's sampling accepted (the accepted ones are among `completion_tokens`).
+    """
+    accepted_draft_tokens: _builtins.int
     def __init__(
         self,
         *,
@@ -1059,10 +1066,12 @@ class Usage(_message.Message):
         completion_tokens: _builtins.int = ...,
         cached_tokens: _builtins.int = ...,
         reasoning_tokens: _builtins.int = ...,
+        draft_tokens: _builtins.int = ...,
+        accepted_draft_tokens: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cached_tokens", b"cached_tokens", "completion_tokens", b"completion_tokens", "prompt_tokens", b"prompt_tokens", "reasoning_tokens", b"reasoning_tokens"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted_draft_tokens", b"accepted_draft_tokens", "cached_tokens", b"cached_tokens", "completion_tokens", b"completion_tokens", "draft_tokens", b"draft_tokens", "prompt_tokens", b"prompt_tokens", "reasoning_tokens", b"reasoning_tokens"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
