@@ -88,8 +88,8 @@ def active_params(config) -> dict:
 def tandem_decode(model_dir: Path, prompts: list[list[int]], output_len: int) -> float:
     """Decode tok/s of the engine while all of `prompts` decode together."""
     from core.config import EngineConfig
-    from core.engine.loop import create_engine
     from core.engine.request import Request, SamplingParams, StoppingParams
+    from core.engine.startup import create_engine
 
     max_len = len(prompts[0]) + output_len
     engine = create_engine(model_dir, EngineConfig(

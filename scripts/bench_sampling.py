@@ -119,7 +119,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
-    from core.engine.loop import create_engine
+    from core.engine.startup import create_engine
 
     engine = create_engine(args.model, EngineConfig(  # step mode compiles only what it runs
         max_model_len=args.prompt_len + args.output_len + 16, max_num_seqs=args.streams),

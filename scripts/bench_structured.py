@@ -200,7 +200,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 
-    from core.engine.loop import create_engine
+    from core.engine.startup import create_engine
     from core.xla_flags import apply_defaults
 
     apply_defaults()  # the XLA flags `tandem core` runs with

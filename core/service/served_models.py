@@ -87,7 +87,7 @@ def load_generative(model_dir: Path, name: str, requested: EngineConfig, descrip
     config.json when already read), one tokenizer for the engine and every RPC, the generation
     engine (compiled, started) and, with `decoder_pooling`, an embedding engine over its hidden
     states."""
-    from core.engine.loop import start_engine
+    from core.engine.startup import start_engine
     from core.service.reasoning import PARSER_NAMES as REASONING_PARSERS
     from core.service.tools import PARSER_NAMES
 

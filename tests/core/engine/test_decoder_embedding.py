@@ -17,7 +17,7 @@ LENGTHS = (1, 5, 16, 17, 40, 100, 230)
 def engine(tiny_models):
     """The decoder whose weights the embedders share. Its own generation buckets are never run
     here, so they are not compiled (warmup=False)."""
-    from core.engine.loop import create_engine
+    from core.engine.startup import create_engine
 
     engine = create_engine(tiny_models["llama"], EngineConfig(max_model_len=256, max_num_seqs=2),
                            warmup=False)

@@ -18,7 +18,7 @@ GREEDY = SamplingParams(temperature=0.0, seed=1)
 
 @pytest.fixture(scope="module")
 def engine(tiny_models):
-    from core.engine.loop import create_engine
+    from core.engine.startup import create_engine
 
     # a 256-token step budget: 24 prefill shapes to compile instead of 30 (long prompts chunk)
     engine = create_engine(tiny_models["llama"], EngineConfig(
@@ -30,7 +30,7 @@ def engine(tiny_models):
 @pytest.fixture(scope="module")
 def small_pool_engine(tiny_models):
     """A pool of 20 pages (320 tokens) for sequences of up to 256 tokens: preemption."""
-    from core.engine.loop import create_engine
+    from core.engine.startup import create_engine
 
     engine = create_engine(tiny_models["llama"], EngineConfig(
         max_model_len=256, max_num_seqs=8, num_pages=20, max_num_batched_tokens=64))

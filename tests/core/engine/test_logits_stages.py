@@ -24,7 +24,7 @@ PROMPT = [5, 77, 301, 42, 42, 9, 130, 77, 200, 11, 12, 301, 64, 64, 90, 17, 33]
 
 @pytest.fixture(scope="module")
 def engine(tiny_models):
-    from core.engine.loop import create_engine
+    from core.engine.startup import create_engine
 
     engine = create_engine(tiny_models["llama"], EngineConfig(
         max_model_len=256, max_num_seqs=8, max_num_batched_tokens=128))

@@ -24,7 +24,7 @@ LABELS = [5, 17, 42, 100, 311]
 
 @pytest.fixture(scope="module")
 def engine(tiny_models):
-    from core.engine.loop import create_engine
+    from core.engine.startup import create_engine
 
     engine = create_engine(tiny_models["llama"], EngineConfig(
         max_model_len=256, max_num_seqs=8, max_num_batched_tokens=128))

@@ -74,7 +74,7 @@ def test_greedy_verification_accepts_exactly_the_argmax():
 def engine(tiny_models):
     """test_engine's `small_pool_engine` (its buckets come from XLA's persistent cache when
     that ran first) with up to 4 drafts: only the verify calls compile anew."""
-    from core.engine.loop import create_engine
+    from core.engine.startup import create_engine
 
     engine = create_engine(tiny_models["llama"], EngineConfig(
         max_model_len=256, max_num_seqs=8, num_pages=20, max_num_batched_tokens=64,

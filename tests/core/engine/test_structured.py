@@ -236,7 +236,7 @@ def test_grammar_choices_share_a_prompt_with_prompt_logprobs_and_penalties(engin
 def family(request, tiny_models):
     """conftest's `family_engine_config`: the Llama loads the buckets the `server` fixture's
     core stored; the others compile the buckets that test_tools_grpc's cores then reuse."""
-    from core.engine.loop import create_engine
+    from core.engine.startup import create_engine
 
     engine = create_engine(tiny_models[request.param], family_engine_config(request.param))
     yield request.param, engine

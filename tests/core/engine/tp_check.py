@@ -12,8 +12,8 @@ from pathlib import Path
 import jax
 
 from core.config import EngineConfig
-from core.engine.loop import create_engine
 from core.engine.request import Request, SamplingParams, StoppingParams
+from core.engine.startup import create_engine
 
 # what every run generates (test_tensor_parallel's two-process `tandem core` run too)
 ENGINE_LIMITS = {"max_model_len": 64, "max_num_seqs": 2, "max_num_batched_tokens": 32}

@@ -149,7 +149,7 @@ def test_the_engine_matches_transformers_generate_on_chat_prompts(tiny_models, f
     """The whole engine (scheduler, chunked prefill, a decode batch of two, the sampler) on
     two conversations the family's chat template renders: greedy tokens equal HF `generate`,
     and nothing compiles after warm-up."""
-    from core.engine.loop import create_engine
+    from core.engine.startup import create_engine
     from core.tokenizer import ChatPrompt
 
     model_dir = tiny_models[family]

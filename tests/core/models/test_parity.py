@@ -96,8 +96,8 @@ def test_greedy_tokens_match_transformers_generate(tiny_models, variant):
 
 def test_bfloat16_engine_generates(tiny_models, tmp_path):
     """The whole jitted step (cache writes, attention, sampler) runs in bfloat16."""
-    from core.engine.loop import create_engine
     from core.engine.request import Request, StoppingParams
+    from core.engine.startup import create_engine
 
     engine = create_engine(tiny_models["qwen2"], EngineConfig(max_model_len=64, max_num_seqs=2,
                                                               dtype="bfloat16"))
@@ -139,7 +139,7 @@ def test_qwen3_through_the_engine_matches_transformers_generate(tiny_models):
     sampler) on prompts its chat template renders, thinking on and off: greedy tokens equal HF
     `generate`, and nothing compiles after warm-up."""
 
-    from core.engine.loop import create_engine
+    from core.engine.startup import create_engine
     from core.tokenizer import ChatPrompt
 
     model_dir = tiny_models["qwen3"]

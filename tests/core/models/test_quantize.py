@@ -95,7 +95,7 @@ def test_int8_engine_greedy_tokens_agree_where_the_margin_exceeds_the_bound(tiny
     """Greedy decoding through the int8 engine (the KV cache carries the error forward) gives
     the float model's tokens at every step whose float top-1 margin exceeds twice the bound;
     the engine compiles nothing after warm-up."""
-    from core.engine.loop import create_engine
+    from core.engine.startup import create_engine
 
     bound, new_tokens = error_bound(logits), 6
     float_model, _ = load_model(tiny_models["llama"], "float32")
