@@ -10,12 +10,14 @@ function depends on) into `jax.stages.Compiled` executables, and the executable 
   executable is saved serialized, under a key hashing the job's name (which tells apart jobs
   whose functions close over different constants: the jobs of one call must have distinct
   names), its static description, the arguments' tree, shapes and dtypes, the jax / jaxlib /
-  flax versions, the backend and its devices, the `TANDEM_*`, `XLA_*` and `JAX_*` environment,
-  and the source of the `core` package. A restart loads it without tracing or lowering (JAX's
-  own persistent cache traces and lowers every shape to find its key: about a second a shape on
-  2 cores). A file that fails to load is recompiled and rewritten. Nothing is saved while JAX's
-  persistent cache is on: an executable that cache hands back loses its kernels when serialized
-  again on XLA:CPU, so the CLI leaves it off.
+  flax versions, the backend and its devices, the `TANDEM_*`, `XLA_*` and `JAX_*` environment
+  (less the `TANDEM_*` settings that cannot change a compiled program: where files live, logging,
+  tracing, addresses, the drain bound; `INERT_ENVIRONMENT`), and the source of the `core`
+  package. A restart loads it without tracing or lowering (JAX's own persistent cache traces
+  and lowers every shape to find its key: about a second a shape on 2 cores). A file that
+  fails to load is recompiled and rewritten. Nothing is saved while JAX's persistent cache is
+  on: an executable that cache hands back loses its kernels when serialized again on XLA:CPU,
+  so the CLI leaves it off.
 
 Loading runs code from the store: it must be a directory only this service writes (by default
 `$TANDEM_HOME/jax-cache/executables`).
@@ -123,13 +125,26 @@ def _save(compiled: jax.stages.Compiled, path: Path) -> None:
     os.replace(partial, path)  # atomic: a concurrent reader sees all of it or nothing
 
 
+# `TANDEM_*` variables that no traced function reads (paths, logging, tracing, the facade's
+# settings): a core started with another log format or home still loads the same executables.
+# Any other `TANDEM_*` variable keys the store, as every `XLA_*` and `JAX_*` one does.
+INERT_ENVIRONMENT = frozenset({
+    "TANDEM_HOME", "TANDEM_LOG_FORMAT", "TANDEM_LOG_LEVEL", "TANDEM_OTLP_TRACES_ENDPOINT",
+    "TANDEM_CORE_ADDRESS", "TANDEM_API_KEYS_FILE", "TANDEM_DRAIN_TIMEOUT_S"})
+
+
+def _keyed_environment() -> list[tuple[str, str]]:
+    return sorted((name, value) for name, value in os.environ.items()
+                  if name.startswith(("TANDEM_", "XLA_", "JAX_"))
+                  and name not in INERT_ENVIRONMENT and not name.startswith("TANDEM_REQUIRE_"))
+
+
 def _key(job: CompileJob) -> str:
     leaves, tree = jax.tree.flatten(job.args)
     avals = [(tuple(leaf.shape), str(leaf.dtype), bool(getattr(leaf, "weak_type", False)),
               str(getattr(leaf, "sharding", None))) for leaf in leaves]
     devices = [(device.platform, device.device_kind) for device in jax.devices()]
-    environment = sorted((name, value) for name, value in os.environ.items()
-                         if name.startswith(("TANDEM_", "XLA_", "JAX_")))
+    environment = _keyed_environment()
     # the whole name: jobs with the same arguments may differ in what their function closes
     # over (an embedding bucket's packed-token count), and the name says so
     material = repr((FORMAT_VERSION, job.name, job.static, str(tree), avals,

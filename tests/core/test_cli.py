@@ -25,8 +25,8 @@ def test_core_without_model_serves_the_demo_model(tmp_path):
         process = subprocess.Popen(
             [sys.executable, "-m", "core.cli", "core", "--grpc-port", str(port),
              "--max-model-len", "64", "--max-num-seqs", "2",
-             # the session's store of compiled buckets; its buckets compile all the same: the
-             # TANDEM_* environment keys the store, and this core's TANDEM_HOME is its own
+             # the session's store of compiled buckets: the bundled MiniLM's load from it (a
+             # core's TANDEM_HOME does not key the store); the demo model's compile
              "--compilation-cache-dir", str(Path(os.environ["TANDEM_HOME"]) / "jax-cache")],
             stdout=log_file, stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parents[2],
             env={**os.environ, "TANDEM_HOME": str(tmp_path / "home")})

@@ -71,6 +71,19 @@ def test_what_the_function_depends_on_keys_the_store(tmp_path):
     assert other["traces"] == [2, 8] and len(list(store.glob("*.exe"))) == 4
 
 
+def test_only_the_environment_that_can_change_a_program_keys_the_store(monkeypatch):
+    from core.engine import executables
+
+    before = executables._keyed_environment()
+    for name in ("TANDEM_HOME", "TANDEM_LOG_FORMAT", "TANDEM_REQUIRE_SMG"):
+        monkeypatch.setenv(name, "elsewhere")
+    assert executables._keyed_environment() == before
+    monkeypatch.setenv("TANDEM_PAGED_ATTENTION", "gather")  # read by the traced attention
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_enable_fast_math=true")
+    keyed = dict(executables._keyed_environment())
+    assert keyed["TANDEM_PAGED_ATTENTION"] == "gather" and keyed["XLA_FLAGS"].endswith("true")
+
+
 DIGEST = ("from core.engine import executables; "
           "print(executables.core_package_dir(), executables._core_source_digest())")
 
