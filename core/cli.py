@@ -19,6 +19,7 @@ import sys
 import threading
 from pathlib import Path
 
+from core.config import QUANTIZATIONS  # stdlib only
 from core.service.reasoning.syntax import PARSER_NAMES as REASONING_PARSERS  # stdlib only
 from core.service.tools.syntax import PARSER_NAMES  # stdlib only
 
@@ -80,6 +81,13 @@ def _add_core_flags(parser: argparse.ArgumentParser) -> None:
                         help="queue room beyond a full batch: the core holds max-num-seqs + "
                              "max-waiting requests (running and queued) and answers "
                              "RESOURCE_EXHAUSTED to more")
+    parser.add_argument("--quantization", choices=("none", *QUANTIZATIONS), default="none",
+                        help="weight-only quantization of the linear projections at load time: "
+                             "int8, per output channel; slower than float32 on XLA:CPU "
+                             "today, no fused int8 dot (default: none, the --dtype weights)")
+    parser.add_argument("--quantize-lm-head", action="store_true",
+                        help="with --quantization, quantize the output projection too (default: "
+                             "it stays in --dtype)")
     parser.add_argument("--scheduling-policy", choices=("fcfs", "priority"), default="fcfs",
                         help="fcfs: requests are admitted in arrival order; priority: by each "
                              "request's priority (lower first, then arrival), and a waiting "
@@ -96,6 +104,12 @@ def _add_core_flags(parser: argparse.ArgumentParser) -> None:
                              "(default: unset)")
     parser.add_argument("--prefix-cache", action=argparse.BooleanOptionalAction, default=True,
                         help="reuse the KV pages of shared prompt prefixes")
+    parser.add_argument("--jump-forward", action=argparse.BooleanOptionalAction, default=True,
+                        help="under a grammar, append the tokens it forces without sampling "
+                             "them (computed in the next step as one chunk)")
+    parser.add_argument("--speculative-ngram", type=int, default=0, metavar="K",
+                        help="n-gram (prompt-lookup) speculation: propose up to K tokens copied "
+                             "from the prompt and output, verified in one forward (0: off)")
     parser.add_argument("--tensor-parallel", type=int, default=1,
                         help="split the model and KV pages over this many local devices")
     parser.add_argument("--metrics-port", type=int, default=None,
@@ -284,10 +298,13 @@ def engine_request(args: argparse.Namespace):
         max_waiting=args.max_waiting, max_num_batched_tokens=args.max_num_batched_tokens,
         page_size=args.page_size, num_pages=args.kv_pages,
         kv_cache_bytes=args.kv_cache_mib * 2**20 if args.kv_cache_mib else None,
-        enable_prefix_cache=args.prefix_cache,
+        enable_prefix_cache=args.prefix_cache, jump_forward=args.jump_forward,
+        speculative_ngram=args.speculative_ngram,
         dtype=None if args.dtype == "checkpoint" else args.dtype,
         tensor_parallel=args.tensor_parallel, memory_fraction=args.memory_fraction,
-        scheduling_policy=args.scheduling_policy)
+        scheduling_policy=args.scheduling_policy,
+        quantization=None if args.quantization == "none" else args.quantization,
+        quantize_lm_head=args.quantize_lm_head)
 
 
 def _embedding_model(args: argparse.Namespace) -> tuple[Path | None, str]:

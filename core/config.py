@@ -116,6 +116,7 @@ def default_buckets(max_value: int, smallest: int) -> tuple[int, ...]:
 
 
 SCHEDULING_POLICIES = ("fcfs", "priority")  # EngineConfig.scheduling_policy
+QUANTIZATIONS = ("int8",)  # EngineConfig.quantization (core/models/quantize.py implements them)
 
 
 @dataclass(frozen=True)
@@ -146,8 +147,21 @@ class EngineConfig:
     # "fcfs": admission in arrival order; "priority": by Request.priority (lower first), with
     # preemption of lower-priority requests that have not sent their first token
     scheduling_policy: str = "fcfs"
+    # weight-only quantization of the linear projections at load time (core/models/quantize.py):
+    # None (float weights) or "int8"; the lm_head too only with quantize_lm_head
+    quantization: str | None = None
+    quantize_lm_head: bool = False
+    # append the tokens a grammar forces (llguidance's fast-forward tokens) without sampling
+    # them; they are computed in the next step as one chunk (core/engine/loop.py)
+    jump_forward: bool = True
+    # n-gram speculation: propose up to this many tokens from the prompt and output (the
+    # tokens that followed the last match of the sequence's final n-gram), verified in one
+    # forward; 0 = off (core/engine/speculative.py)
+    speculative_ngram: int = 0
 
     def __post_init__(self):
+        if not 0 <= self.speculative_ngram <= 8:
+            raise ConfigError("speculative_ngram must be between 0 and 8")
         for name in ("tensor_parallel", "max_num_seqs", "max_num_batched_tokens",
                      "min_prefill_bucket", "min_decode_pages", "page_size", "max_model_len"):
             value = getattr(self, name)
@@ -158,6 +172,11 @@ class EngineConfig:
         if self.scheduling_policy not in SCHEDULING_POLICIES:
             raise ConfigError(f"scheduling_policy must be one of {', '.join(SCHEDULING_POLICIES)}"
                               f", got {self.scheduling_policy!r}")
+        if self.quantization not in (None, *QUANTIZATIONS):
+            raise ConfigError(f"quantization must be one of none, {', '.join(QUANTIZATIONS)}, "
+                              f"got {self.quantization!r}")
+        if self.quantize_lm_head and self.quantization is None:
+            raise ConfigError("quantize_lm_head needs a quantization")
 
     @property
     def is_resolved(self) -> bool:
@@ -220,6 +239,11 @@ class EngineConfig:
             rows *= 4
             buckets.append(rows)
         return tuple(sorted({min(size, largest) for size in (*buckets, largest)}))
+
+    def verify_buckets(self) -> tuple[int, ...]:
+        """Padded row counts of a speculation verify call ([rows, speculative_ngram + 1]
+        tokens): 2 (see decode_buckets), and 8 when more sequences run."""
+        return (2,) if self.max_num_seqs <= 2 else (2, min(8, self.max_num_seqs))
 
     def page_buckets(self) -> tuple[int, ...]:
         """Padded page-table widths of a decode batch."""

@@ -70,6 +70,19 @@ class ResponseToolCall(ResponseModel):
     function: FunctionCall
 
 
+class CustomToolCallBody(ResponseModel):
+    name: str
+    input: str  # the free-form input the model wrote
+
+
+class ResponseCustomToolCall(ResponseModel):
+    """A call of a custom tool (`{"id", "type": "custom", "custom": {"name", "input"}}`)."""
+
+    id: str
+    type: Literal["custom"] = "custom"
+    custom: CustomToolCallBody
+
+
 REASONING_FIELDS = ("reasoning_content", "reasoning")  # vLLM's older and current names
 
 
@@ -77,7 +90,8 @@ class AssistantMessage(ResponseModel):
     role: Literal["assistant"] = "assistant"
     content: str | None = None
     refusal: str | None = None  # required by the document (null: Tandem never refuses)
-    tool_calls: list[ResponseToolCall] | None = None  # parsed by the core; content then null
+    # parsed by the core; content then null
+    tool_calls: list[ResponseToolCall | ResponseCustomToolCall] | None = None
     # a reasoning model's think block, under both names (left out for other models)
     reasoning_content: str | None = None
     reasoning: str | None = None
@@ -128,11 +142,17 @@ class DeltaFunction(_DropNone):
     arguments: str | None = None  # a fragment of the JSON arguments
 
 
+class DeltaCustom(_DropNone):
+    name: str | None = None  # on the call's first delta
+    input: str | None = None  # a fragment of the free-form input
+
+
 class DeltaToolCall(_DropNone):
     index: int  # the call's position in the choice
     id: str | None = None  # "call_...": first delta only
-    type: Literal["function"] | None = None  # first delta only
-    function: DeltaFunction
+    type: Literal["function", "custom"] | None = None  # first delta only
+    function: DeltaFunction | None = None  # a function's call
+    custom: DeltaCustom | None = None  # a custom tool's call
 
 
 class DeltaMessage(ResponseModel):

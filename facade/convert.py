@@ -24,9 +24,11 @@ from facade.errors import ApiError, internal_error, invalid_request
 from facade.protocol import (
     AllowedToolsChoice,
     ChatCompletionRequest,
+    ChatCustomTool,
     ChatMessage,
     CompletionRequest,
     FunctionDefinition,
+    NamedCustomChoice,
     SamplingFields,
 )
 from facade.protocol_extra import (
@@ -178,7 +180,11 @@ def _message(message: ChatMessage) -> pb.ChatMessage:
     if message.tool_call_id is not None:
         proto.tool_call_id = message.tool_call_id
     for call in message.tool_calls or []:
-        function = pb.FunctionCall(name=call.function.name, arguments=call.function.arguments)
+        if call.custom is not None and call.type == "custom":  # the input rides as arguments
+            function = pb.FunctionCall(name=call.custom.name, arguments=call.custom.input)
+        else:
+            function = pb.FunctionCall(name=call.function.name,
+                                       arguments=call.function.arguments)
         proto.tool_calls.append(pb.ToolCall(id=call.id, type=call.type, function=function))
     reasoning = message.reasoning_content or message.reasoning
     if reasoning and message.role == "assistant":
@@ -193,14 +199,32 @@ _TOOL_CHOICE_MODES = {
 }
 
 
-def _tool_definitions(request: ChatCompletionRequest) -> list[FunctionDefinition]:
-    """The tools offered; the deprecated `functions` counts as `tools`. An empty list is a 400
-    (OpenAI's own answer); "none" and the rest of tool_choice are the core's business."""
+def _tool_definitions(request: ChatCompletionRequest) -> list[pb.Tool]:
+    """The tools offered, in order (custom tools too); the deprecated `functions` counts as
+    `tools`. An empty list is a 400 (OpenAI's own answer); "none" and the rest of tool_choice
+    are the core's business."""
     for param, given in (("tools", request.tools), ("functions", request.functions)):
         if given is not None and not given:
             raise ApiError(400, f"'{param}' must not be empty: leave it out instead.",
                            param=param, code="invalid_value")
-    return [tool.function for tool in request.tools or []] + list(request.functions or [])
+    definitions = [tool.custom if isinstance(tool, ChatCustomTool) else tool.function
+                   for tool in request.tools or []] + list(request.functions or [])
+    return [_tool(definition) for definition in definitions]
+
+
+def _tool(definition) -> pb.Tool:
+    if not isinstance(definition, FunctionDefinition):  # a custom tool
+        syntax, source = (definition.format.syntax_and_definition()
+                          if definition.format is not None else ("", ""))
+        return pb.Tool(type="custom", name=definition.name,
+                       description=definition.description or "", format_syntax=syntax,
+                       format_definition=source)
+    tool = pb.Tool(type="function", name=definition.name,
+                   description=definition.description or "",
+                   parameters_json=json.dumps(definition.parameters or {}))
+    if definition.strict is not None:
+        tool.strict = definition.strict
+    return tool
 
 
 def _tool_choice(request: ChatCompletionRequest) -> pb.ToolChoice | None:
@@ -215,23 +239,16 @@ def _tool_choice(request: ChatCompletionRequest) -> pb.ToolChoice | None:
     if isinstance(choice, AllowedToolsChoice):
         allowed = choice.allowed_tools
         return pb.ToolChoice(mode=_TOOL_CHOICE_MODES[allowed.mode],
-                             allowed_function_names=[tool.function.name for tool in allowed.tools])
+                             allowed_function_names=[tool.name for tool in allowed.tools])
+    if isinstance(choice, NamedCustomChoice):
+        return pb.ToolChoice(mode=pb.ToolChoice.MODE_FUNCTION, function_name=choice.custom.name)
     name = choice.function.name if hasattr(choice, "function") else choice.name
     return pb.ToolChoice(mode=pb.ToolChoice.MODE_FUNCTION, function_name=name)
 
 
 def _chat_input(request: ChatCompletionRequest) -> pb.ChatInput:
     chat = pb.ChatInput(messages=[_message(message) for message in request.messages])
-    for definition in _tool_definitions(request):
-        tool = pb.Tool(
-            type="function",
-            name=definition.name,
-            description=definition.description or "",
-            parameters_json=json.dumps(definition.parameters or {}),
-        )
-        if definition.strict is not None:
-            tool.strict = definition.strict
-        chat.tools.append(tool)
+    chat.tools.extend(_tool_definitions(request))
     tool_choice = _tool_choice(request)
     if tool_choice is not None:
         chat.tool_choice.CopyFrom(tool_choice)

@@ -82,10 +82,24 @@ class FunctionCall(RequestModel):
     arguments: str = ""  # JSON-encoded, as the model produced it
 
 
+class CustomCall(RequestModel):
+    name: str
+    input: str = ""  # the free-form input the model wrote
+
+
 class ToolCall(RequestModel):
+    """An assistant's earlier call: a function's (`function`) or a custom tool's (`custom`)."""
+
     id: str = ""
-    type: Literal["function"] = "function"
-    function: FunctionCall
+    type: Literal["function", "custom"] = "function"
+    function: FunctionCall | None = None
+    custom: CustomCall | None = None
+
+    @model_validator(mode="after")
+    def _has_its_body(self) -> ToolCall:
+        if getattr(self, self.type) is None:
+            raise ValueError(f"a tool call of type '{self.type}' needs '{self.type}'")
+        return self
 
 
 class ChatMessage(RequestModel):
@@ -111,6 +125,60 @@ class ChatTool(RequestModel):
     function: FunctionDefinition
 
 
+class CustomGrammar(RequestModel):
+    syntax: Literal["lark", "regex"]
+    definition: str
+
+
+class CustomFormat(RequestModel):
+    """A custom tool's input format: free text, or a Lark / regex grammar (chat nests it under
+    `grammar`; Responses gives `syntax` and `definition` flat)."""
+
+    type: Literal["text", "grammar"]
+    grammar: CustomGrammar | None = None
+    syntax: Literal["lark", "regex"] | None = None
+    definition: str | None = None
+
+    @model_validator(mode="after")
+    def _grammar_given(self) -> CustomFormat:
+        if self.type == "grammar" and self.grammar is None and (
+                self.syntax is None or self.definition is None):
+            raise ValueError("a grammar format needs its syntax and definition")
+        return self
+
+    def syntax_and_definition(self) -> tuple[str, str]:
+        """("lark" | "regex", the definition), or ("", "") for free text."""
+        if self.type == "text":
+            return "", ""
+        if self.grammar is not None:
+            return self.grammar.syntax, self.grammar.definition
+        return self.syntax or "", self.definition or ""
+
+
+class CustomToolDefinition(RequestModel):
+    name: str
+    description: str | None = None
+    format: CustomFormat | None = None  # absent: free text
+
+
+class ChatCustomTool(RequestModel):
+    """OpenAI's custom tool: the model calls it with free-form text, not JSON arguments."""
+
+    type: Literal["custom"]
+    custom: CustomToolDefinition
+
+
+def _tool_kind(value: Any) -> str:
+    kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
+    return "custom" if kind == "custom" else "function"
+
+
+AnyChatTool = Annotated[
+    Annotated[ChatTool, Tag("function")] | Annotated[ChatCustomTool, Tag("custom")],
+    Discriminator(_tool_kind),
+]
+
+
 class NamedFunction(RequestModel):
     name: str
 
@@ -120,9 +188,27 @@ class NamedToolChoice(RequestModel):
     function: NamedFunction
 
 
+class NamedCustomChoice(RequestModel):
+    """`{"type": "custom", "custom": {"name"}}`: exactly one call of that custom tool."""
+
+    type: Literal["custom"]
+    custom: NamedFunction
+
+
 class AllowedTool(RequestModel):
-    type: Literal["function"] = "function"
-    function: NamedFunction
+    type: Literal["function", "custom"] = "function"
+    function: NamedFunction | None = None
+    custom: NamedFunction | None = None
+
+    @model_validator(mode="after")
+    def _has_its_name(self) -> AllowedTool:
+        if getattr(self, self.type) is None:
+            raise ValueError(f"an allowed tool of type '{self.type}' needs '{self.type}'")
+        return self
+
+    @property
+    def name(self) -> str:
+        return getattr(self, self.type).name
 
 
 class AllowedTools(RequestModel):
@@ -277,9 +363,9 @@ class ChatCompletionRequest(SamplingFields):
     max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_UINT32)
     logprobs: bool | None = None
     top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
-    tools: list[ChatTool] | None = None
-    tool_choice: (Literal["none", "auto", "required"] | NamedToolChoice | AllowedToolsChoice
-                  | None) = None
+    tools: list[AnyChatTool] | None = None
+    tool_choice: (Literal["none", "auto", "required"] | NamedToolChoice | NamedCustomChoice
+                  | AllowedToolsChoice | None) = None
     parallel_tool_calls: bool | None = None
     functions: list[FunctionDefinition] | None = None  # deprecated by OpenAI: sent as tools
     function_call: Literal["none", "auto"] | NamedFunction | None = None  # → tool_choice

@@ -14,7 +14,14 @@ from typing import Annotated, Any, Literal
 from pydantic import Discriminator, Field, Tag, ValidationInfo, field_validator, model_validator
 
 from facade.bodies import ResponseModel, Usage
-from facade.protocol import MAX_UINT32, ChatMessage, ChatTool, Prompt, RequestModel, TokenId
+from facade.protocol import (
+    MAX_UINT32,
+    AnyChatTool,
+    ChatMessage,
+    Prompt,
+    RequestModel,
+    TokenId,
+)
 
 # ---------------------------------------------------------------------------------------------
 # POST /v1/embeddings
@@ -149,7 +156,7 @@ class TokenizeRequest(RequestModel):
     continue_final_message: bool | None = None
     chat_template: str | None = None
     chat_template_kwargs: dict[str, Any] | None = None
-    tools: list[ChatTool] | None = None
+    tools: list[AnyChatTool] | None = None
 
     @model_validator(mode="after")
     def _prompt_or_messages(self) -> TokenizeRequest:

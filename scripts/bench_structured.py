@@ -12,7 +12,15 @@ items than fit, and `ignore_eos` holds for the free ones), all added at once. De
 is the tokens after each request's first one, divided by the time from the moment every request
 has its first token to the last token. It prints the medians, their ratio (target ≥ 0.9), the
 mask-fill time per step (p50, p99) and how many fills ended while the device was still busy
-(the fill was hidden behind the forward pass). `--json PATH` writes every number.
+(the fill was hidden behind the forward pass). That comparison runs with jump-forward off: it
+measures the grammar's cost per sampled token.
+
+Then jump-forward (`--jump-streams`, default 1 and 8): N requests under EXTRACTION (six fixed
+keys with enums, booleans and short strings: most of its tokens are forced) with jump-forward
+on and off, and N unconstrained requests of the same length (`ignore_eos`), alternately. Here
+throughput is end to end: completion tokens over the time from adding the requests to the last
+one's end (prefill included, the same prompts in every mode). It prints the medians and the
+ratio of jump-forward to unconstrained (goal ≥ 1.5). `--json PATH` writes every number.
 """
 
 from __future__ import annotations
@@ -51,6 +59,21 @@ SCHEMA = {
     },
 }
 SPEC = GrammarSpec("json_schema", json.dumps(SCHEMA), "response_format")
+# An extraction record: six fixed keys, enums, booleans and short strings.
+EXTRACTION = {
+    "type": "object",
+    "properties": {
+        "document_type": {"enum": ["invoice", "receipt", "contract", "letter"]},
+        "is_paid": {"type": "boolean"},
+        "currency": {"enum": ["EUR", "USD", "GBP", "JPY"]},
+        "vendor": {"type": "string", "maxLength": 8},
+        "is_urgent": {"type": "boolean"},
+        "status": {"enum": ["draft", "submitted", "approved", "rejected"]},
+    },
+    "required": ["document_type", "is_paid", "currency", "vendor", "is_urgent", "status"],
+    "additionalProperties": False,
+}
+EXTRACTION_SPEC = GrammarSpec("json_schema", json.dumps(EXTRACTION), "response_format")
 
 
 def run_batch(engine, num_streams: int, prompt_len: int, max_tokens: int, constrained: bool,
@@ -91,6 +114,56 @@ def run_batch(engine, num_streams: int, prompt_len: int, max_tokens: int, constr
     }
 
 
+def run_extraction(engine, num_streams: int, prompt_len: int, mode: str, max_tokens: int) -> dict:
+    """N requests at once in `mode` ("jump", "stepped": under EXTRACTION with jump-forward on /
+    off; "free": unconstrained, exactly `max_tokens` each); end-to-end completion tok/s."""
+    rng = np.random.default_rng(1)  # the same prompts in every mode
+    engine.jump_forward = mode == "jump"
+    outputs: queue.Queue = queue.Queue()
+    requests = [Request(
+        f"{mode}-{time.monotonic_ns()}-{index}",
+        rng.integers(5, engine.model_config.vocab_size, size=prompt_len).tolist(),
+        SamplingParams(temperature=1.0, seed=index),
+        StoppingParams(max_tokens=max_tokens, ignore_eos=mode == "free"),
+        grammar=None if mode == "free" else EXTRACTION_SPEC) for index in range(num_streams)]
+    started = time.perf_counter()
+    for request in requests:
+        engine.add_request(request, outputs.put)
+    completion_tokens, unfinished = [], {r.request_id for r in requests}
+    while unfinished:
+        output = outputs.get(timeout=600)
+        assert output.error is None, output.error
+        if output.finish_reason is not None:
+            completion_tokens.append(output.completion_tokens)
+            unfinished.discard(output.request_id)
+    elapsed_s = time.perf_counter() - started
+    return {"tok_s": sum(completion_tokens) / elapsed_s,
+            "mean_completion_tokens": statistics.mean(completion_tokens)}
+
+
+def bench_jump_forward(engine, num_streams: int, args) -> dict:
+    modes = {"jump": [], "stepped": [], "free": []}
+    lengths = []
+    configured = engine.jump_forward
+    try:
+        for _ in range(args.repeats):
+            for mode in ("jump", "stepped"):
+                result = run_extraction(engine, num_streams, args.prompt_len, mode,
+                                        args.extraction_max_tokens)
+                modes[mode].append(result["tok_s"])
+                lengths.append(result["mean_completion_tokens"])
+            free_tokens = max(1, round(statistics.mean(lengths)))
+            modes["free"].append(run_extraction(engine, num_streams, args.prompt_len, "free",
+                                                free_tokens)["tok_s"])
+    finally:
+        engine.jump_forward = configured
+    medians = {mode: statistics.median(values) for mode, values in modes.items()}
+    return {"streams": num_streams, "tok_s": modes, "median_tok_s": medians,
+            "mean_completion_tokens": statistics.mean(lengths),
+            "jump_over_free": medians["jump"] / medians["free"],
+            "jump_over_stepped": medians["jump"] / medians["stepped"]}
+
+
 def bench(engine, num_streams: int, args) -> dict:
     rng = np.random.default_rng(0)
     free, constrained, fill_ms, fills, hidden = [], [], [], 0, 0
@@ -121,6 +194,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--prompt-len", type=int, default=32)
     parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--jump-streams", type=int, nargs="*", default=[1, 8])
+    parser.add_argument("--extraction-max-tokens", type=int, default=160,
+                        help="cap of an extraction request (it ends on its own before)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 
@@ -128,15 +204,18 @@ def main() -> None:
     from core.xla_flags import apply_defaults
 
     apply_defaults()  # the XLA flags `tandem core` runs with
-    engine_config = EngineConfig(max_model_len=args.prompt_len + args.max_tokens + 16,
-                                 max_num_seqs=max(args.streams))
+    longest = max(args.max_tokens, args.extraction_max_tokens)
+    engine_config = EngineConfig(max_model_len=args.prompt_len + longest + 16,
+                                 max_num_seqs=max(args.streams + args.jump_streams))
     started = time.perf_counter()
     engine = create_engine(args.model, engine_config)
     print(f"engine ready in {time.perf_counter() - started:.0f} s "
           f"(vocab {engine.model_config.vocab_size})", flush=True)
     try:
         engine.check_grammar(SPEC)
-        results = []
+        engine.check_grammar(EXTRACTION_SPEC)
+        results, jump_results = [], []
+        engine.jump_forward = False  # the mask's cost per sampled token
         for num_streams in args.streams:
             result = bench(engine, num_streams, args)
             results.append(result)
@@ -146,6 +225,17 @@ def main() -> None:
                   f"{result['fill_ms_p50']:.3f} ms, p99 {result['fill_ms_p99']:.3f} ms; fills "
                   f"hidden behind the forward {result['fills_hidden_behind_forward']}/"
                   f"{result['fill_steps']}", flush=True)
+        engine.jump_forward = engine_config.jump_forward
+        for num_streams in args.jump_streams:
+            result = bench_jump_forward(engine, num_streams, args)
+            jump_results.append(result)
+            medians = result["median_tok_s"]
+            tokens = result["mean_completion_tokens"]
+            print(f"{num_streams} streams, extraction schema ({tokens:.0f} tokens): "
+                  f"jump-forward {medians['jump']:.1f} tok/s, without "
+                  f"{medians['stepped']:.1f}, unconstrained {medians['free']:.1f}; jump-forward /"
+                  f" unconstrained {result['jump_over_free']:.2f} (goal >= 1.5), / without "
+                  f"{result['jump_over_stepped']:.2f}", flush=True)
         compilations = engine.compilations_after_warmup
         print(f"compilations after warm-up: {compilations}")
     finally:
@@ -153,7 +243,8 @@ def main() -> None:
     if args.json is not None:
         args.json.write_text(json.dumps({
             "command": " ".join(sys.argv), "engine_config": dataclasses.asdict(engine_config),
-            "schema": SCHEMA, "results": results, "compilations_after_warmup": compilations},
+            "schema": SCHEMA, "results": results, "extraction_schema": EXTRACTION,
+            "jump_forward_results": jump_results, "compilations_after_warmup": compilations},
             indent=2) + "\n")
 
 

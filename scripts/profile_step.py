@@ -53,7 +53,7 @@ from core.engine import logits_processors as processors  # noqa: E402
 from core.engine.request import SamplingParams, SchedulerOutput, SequenceChunk  # noqa: E402
 from core.engine.runner import ModelRunner  # noqa: E402
 from core.engine.sampling import SamplingArrays, sample  # noqa: E402
-from core.models.llama import dense  # noqa: E402
+from core.models.llama import project  # noqa: E402
 from core.models.loader import load_model  # noqa: E402
 
 
@@ -138,12 +138,12 @@ def part_timings(runner: ModelRunner, chunks: tuple[SequenceChunk, ...], timer: 
 
     @jax.jit
     def matmuls(param_leaves, hidden):  # q/k/v/o projections, MLP, lm_head
-        model, outs, d = merged(param_leaves), [], config.hidden_size
+        model, outs = merged(param_leaves), []
         for layer in model.layers:
             attn = layer.self_attn
-            for weight in (attn.q_proj, attn.k_proj, attn.v_proj):  # the model's dot form
-                outs.append(dense(hidden, weight[...].reshape(d, -1)))
-            outs.append(dense(outs[-3], attn.o_proj[...].reshape(-1, d)))
+            for name in ("q_proj", "k_proj", "v_proj"):  # the model's dot form (float or int8)
+                outs.append(project(attn, name, hidden))
+            outs.append(project(attn, "o_proj", outs[-3], input_axes=2))
             outs.append(layer.mlp(hidden))
         outs.append(model.logits(hidden[:, 0]))
         return outs
@@ -153,7 +153,7 @@ def part_timings(runner: ModelRunner, chunks: tuple[SequenceChunk, ...], timer: 
     k, g, h = config.num_kv_heads, config.num_heads // config.num_kv_heads, config.head_dim
     query = jax.random.normal(jax.random.key(0), (num_rows, 1, k, g, h), jnp.float32)
     hidden = jax.random.normal(jax.random.key(1), (num_rows, 1, config.hidden_size),
-                               jnp.float32).astype(leaves[0].dtype)
+                               jnp.float32).astype(runner.engine_config.dtype)
     logits = jax.random.normal(jax.random.key(2), (num_rows, config.vocab_size), jnp.float32)
     sampler, next_positions = jax.jit(sample), positions[:, 0] + 1
     greedy = SamplingArrays.from_params([chunks[0].sampling] * num_rows, num_rows)

@@ -7,8 +7,9 @@ asserts: sequence numbers count up from 0; the stream ends with `response.comple
 `output_item.done` carry the same id, in the final response's order, and the `.done` item equals
 the final response's item; each finished item sent its `*.done` events (`output_text.done` +
 `content_part.done` with the full text, `function_call_arguments.done` with the full arguments,
-`reasoning_text.done`), and its deltas join to that text. A failed stream's items are the
-failed response's, whatever their state. It returns the final response (JSON).
+`custom_tool_call_input.done` with a custom tool's full input, `reasoning_text.done`), and its
+deltas join to that text. A failed stream's items are the failed response's, whatever their
+state. It returns the final response (JSON).
 """
 
 from __future__ import annotations
@@ -67,6 +68,12 @@ def check_stream(events: list[Any]) -> dict:
             finished = [e["arguments"] for e in mine
                         if e["type"] == "response.function_call_arguments.done"]
             assert deltas == item["arguments"] and finished == [item["arguments"]], kinds
+        elif item["type"] == "custom_tool_call":
+            deltas = "".join(e["delta"] for e in mine
+                             if e["type"] == "response.custom_tool_call_input.delta")
+            finished = [e["input"] for e in mine
+                        if e["type"] == "response.custom_tool_call_input.done"]
+            assert deltas == item["input"] and finished == [item["input"]], kinds
         elif item["type"] == "reasoning":
             text = item["content"][0]["text"]
             deltas = "".join(e["delta"] for e in mine

@@ -89,7 +89,8 @@ def follow(group: Group, model_dir: Path) -> None:
     kind, model_config, engine_config = group.receive()
     assert kind == "config", kind
     check_mesh(engine_config)
-    model, _ = load_model(model_dir, engine_config.dtype, model_config)
+    model, _ = load_model(model_dir, engine_config.dtype, model_config,
+                          engine_config.quantization, engine_config.quantize_lm_head)
     runner = ModelRunner(model, model_config, engine_config)
     log.info("following process 0: %s over %d devices", model_config.architecture,
              engine_config.tensor_parallel)

@@ -27,6 +27,7 @@ import numpy as np
 
 from core.cache.events import KvEventHub
 from core.config import EngineConfig, resolve_model
+from core.engine import speculative
 from core.engine.base import EngineThread
 from core.engine.detokenizer import IncrementalDetokenizer
 from core.engine.metrics import EngineStats
@@ -87,6 +88,10 @@ class LlmEngine(Engine):
         self.scheduler = Scheduler(engine_config, runner.num_pages, model_config.eos_token_ids)
         self.num_prompt_tokens = 0  # counters for metrics (engine thread writes)
         self.num_generated_tokens = 0
+        self.num_forced_tokens = 0  # ...of which a grammar forced (jump-forward)
+        self.num_draft_tokens = 0  # n-gram speculation: drafts proposed
+        self.num_accepted_draft_tokens = 0  # ... and accepted
+        self.jump_forward = engine_config.jump_forward
         self.num_bitmask_fills = 0  # steps that filled a grammar bitmask
         self.num_fills_hidden = 0  # ...of which the device was still computing when it ended
         self._tracked: dict[str, _Tracked] = {}
@@ -132,7 +137,9 @@ class LlmEngine(Engine):
             prefix_cache_queried_tokens=cache.queried_tokens,
             prefix_cache_hit_tokens=cache.hit_tokens, num_preemptions=scheduler.num_preemptions,
             num_prompt_tokens=self.num_prompt_tokens,
-            num_generation_tokens=self.num_generated_tokens)
+            num_generation_tokens=self.num_generated_tokens,
+            num_draft_tokens=self.num_draft_tokens,
+            num_accepted_draft_tokens=self.num_accepted_draft_tokens)
 
     def waiting_uncached_tokens(self) -> int:
         """Tokens the waiting requests still have to compute: the queue's minus what the prefix
@@ -269,6 +276,8 @@ class LlmEngine(Engine):
             self.grammars.add(request.request_id, matcher)
         self.num_prompt_tokens += len(request.prompt_token_ids)
         self.scheduler.add(request)
+        if matcher is not None:  # what the grammar forces first goes with the prompt's chunk
+            self._emit(self._tracked[request.request_id], [])
 
     def _grammar_rows(self, batch: SchedulerOutput) -> list[tuple[str, int]]:
         """(request id, chunk index) of the step's chunks whose next token a grammar restricts."""
@@ -289,7 +298,9 @@ class LlmEngine(Engine):
         return bitmask
 
     def update_from_output(self, batch: SchedulerOutput, step) -> None:
-        self.scheduler.update_after_step(batch)
+        num_accepted = {batch.chunks[index].request_id: speculative.num_accepted(verified)
+                        for index, verified in step.verified.items()}
+        self.scheduler.update_after_step(batch, num_accepted)
         for index, chunk in enumerate(batch.chunks):
             tracked = self._tracked[chunk.request_id]
             request = tracked.request
@@ -304,17 +315,17 @@ class LlmEngine(Engine):
             if request.stopping.max_tokens == 0:  # prompt logprobs only
                 self._finish_prompt_only(tracked)
                 continue
+            if chunk.draft_token_ids:
+                self._emit_verified(tracked, chunk, step.verified[index],
+                                    num_accepted[chunk.request_id])
+                continue
             token_id = int(step.token_ids[index])
-            request.output_token_ids.append(token_id)
-            request.cumulative_logprob += float(step.logprobs[index])
-            logprobs = ()
+            top = ()
             if request.want_logprobs:
                 top = tuple((int(i), float(lp)) for i, lp in zip(
                     step.top_ids[index][:request.top_logprobs],
                     step.top_logprobs[index][:request.top_logprobs], strict=True))
-                logprobs = (TokenLogprob(token_id, float(step.logprobs[index]), top),)
-            self._observe_latency(tracked)
-            self._emit(tracked, token_id, logprobs)
+            self._emit(tracked, [TokenLogprob(token_id, float(step.logprobs[index]), top)])
 
     def _finish_scoring(self, tracked: _Tracked, logprobs) -> None:
         """A prefill-only request is done: report its labels' log-probabilities."""
@@ -344,9 +355,95 @@ class LlmEngine(Engine):
         else:
             self.metrics.inter_token_latency_s.observe(now - tracked.last_token_s)
         tracked.last_token_s = now
-        self.num_generated_tokens += 1
 
-    def _emit(self, tracked: _Tracked, token_id: int, logprobs: tuple) -> None:
+    def _emit_verified(self, tracked: _Tracked, chunk, verified, num_accepted: int) -> None:
+        """A speculation chunk's tokens: the accepted drafts, then the token sampled where the
+        first draft was rejected (or the bonus token after the last); its counts, and the
+        switch-off when acceptance stays low."""
+        request = tracked.request
+        drafts = chunk.draft_token_ids
+        request.num_draft_tokens += len(drafts)
+        request.num_accepted_draft_tokens += num_accepted
+        self.num_draft_tokens += len(drafts)
+        self.num_accepted_draft_tokens += num_accepted
+        if not speculative.keep_speculating(request):
+            request.speculating = False
+            log.debug("%s: speculation off (%d of %d drafts accepted)", request.request_id,
+                      request.num_accepted_draft_tokens, request.num_draft_tokens)
+        self._emit(tracked, speculative.verified_tokens(
+            chunk.draft_token_ids, verified, num_accepted,
+            request.top_logprobs if request.want_logprobs else 0))
+
+    def _emit(self, tracked: _Tracked, sampled: list[TokenLogprob]) -> None:
+        """Advance a request by its sampled tokens (each with its raw logprob), then by the
+        tokens its grammar forces (jump-forward), stopping where it finishes; send them as one
+        output. Forced tokens are appended without sampling: the next step computes them as
+        one chunk (the scheduler's multi-token path) and samples after the last."""
+        request = tracked.request
+        new_token_ids: list[int] = []
+        logprobs: list[TokenLogprob] = []
+        text, stop_string, stop_token_id = "", None, None
+        for entry in sampled:
+            request.output_token_ids.append(entry.token_id)
+            request.cumulative_logprob += entry.logprob
+            advanced = self._advance(tracked, entry.token_id)
+            if advanced is None:
+                return  # the grammar failed the request (it was told)
+            new_token_ids.append(entry.token_id)
+            if request.want_logprobs:
+                logprobs.append(entry)
+            text += advanced[0]
+            stop_string, stop_token_id = advanced[1:]
+            if request.finish_reason is not None:
+                break
+        if request.finish_reason is None:
+            for token_id in self._forced_tokens(request):
+                request.output_token_ids.append(token_id)
+                self.num_forced_tokens += 1
+                advanced = self._advance(tracked, token_id)
+                if advanced is None:
+                    return
+                new_token_ids.append(token_id)
+                text += advanced[0]
+                stop_string, stop_token_id = advanced[1:]
+                if request.finish_reason is not None:
+                    break
+        if not new_token_ids:
+            return
+        self.num_generated_tokens += len(new_token_ids)
+        self._observe_latency(tracked)
+        if request.finish_reason is not None:  # released before the receiver hears of it
+            self.metrics.e2e_request_latency_s.observe(time.monotonic() - tracked.arrival_s)
+            self._release(request)
+        self._send(tracked.sink, RequestOutput(
+            request_id=request.request_id, new_token_ids=tuple(new_token_ids),
+            text_delta=text, logprobs=tuple(logprobs), finish_reason=request.finish_reason,
+            stop_string=stop_string, stop_token_id=stop_token_id,
+            completion_tokens=len(request.output_token_ids),
+            cached_tokens=request.num_cached_tokens,
+            prompt_logprobs=_take_prompt_logprobs(request),
+            cumulative_logprob=request.cumulative_logprob,
+            num_draft_tokens=request.num_draft_tokens,
+            num_accepted_draft_tokens=request.num_accepted_draft_tokens))
+
+    def _forced_tokens(self, request: Request) -> list[int]:
+        """The tokens the request's grammar forces next (llguidance's fast-forward tokens, in
+        its canonical tokenization), or [] when jump-forward does not apply: it is off, the
+        request is unconstrained or only budgeted ("text"), it reports logprobs (forced
+        tokens have none sampled: they are left to the model), or a per-row logits stage
+        could refuse or reweigh a forced token (logit_bias, allowed_token_ids, bad words,
+        penalties, whose device counts see sampled tokens only)."""
+        if (not self.jump_forward or not self.grammars or request.request_id not in self.grammars
+                or request.grammar.kind == "text" or request.want_logprobs
+                or request.sampling.uses_row_state or request.sampling.bad_words_token_ids):
+            return []
+        return self.grammars.forced_tokens(request.request_id)
+
+    def _advance(self, tracked: _Tracked,
+                 token_id: int) -> tuple[str, str | None, int | None] | None:
+        """Apply one appended output token: the grammar, stop conditions, detokenizing. Returns
+        (text delta, stop string, stop token id), or None when the grammar failed the request
+        (which is then released and told)."""
         request, stopping = tracked.request, tracked.request.stopping
         stop_token_id, stop_string, text = None, None, ""
         accepted = None  # a constrained request: its matcher's verdict on the token
@@ -354,7 +451,7 @@ class LlmEngine(Engine):
             accepted = self.grammars.accept(request.request_id, token_id)
             if accepted is Accepted.FAILED:
                 self._fail_grammar(tracked)
-                return
+                return None
             if request.grammar.kind == "text":  # a thinking budget: the output is not bound
                 accepted = None
         if token_id in self.model_config.eos_token_ids and (
@@ -374,16 +471,7 @@ class LlmEngine(Engine):
             request.finish_reason = FinishReason.LENGTH
         if request.finish_reason is not None and stop_string is None and stopping.detokenize:
             text += tracked.detokenizer.flush()
-        if request.finish_reason is not None:  # released before the receiver hears of it
-            self.metrics.e2e_request_latency_s.observe(time.monotonic() - tracked.arrival_s)
-            self._release(request)
-        self._send(tracked.sink, RequestOutput(
-            request_id=request.request_id, new_token_ids=(token_id,), text_delta=text,
-            logprobs=logprobs, finish_reason=request.finish_reason, stop_string=stop_string,
-            stop_token_id=stop_token_id, completion_tokens=len(request.output_token_ids),
-            cached_tokens=request.num_cached_tokens,
-            prompt_logprobs=_take_prompt_logprobs(request),
-            cumulative_logprob=request.cumulative_logprob))
+        return text, stop_string, stop_token_id
 
     def _fail_grammar(self, tracked: _Tracked) -> None:
         """A matcher refused a token or hit a limit: fail the request, not the engine."""
@@ -465,7 +553,8 @@ def start_engine(model_dir: Path, model_config: ModelConfig, engine_config: Engi
     from core.models.loader import load_model
 
     def make_runner() -> ModelRunner:
-        model, _ = load_model(model_dir, engine_config.dtype, model_config)
+        model, _ = load_model(model_dir, engine_config.dtype, model_config,
+                              engine_config.quantization, engine_config.quantize_lm_head)
         return ModelRunner(model, model_config, engine_config)
 
     if (group := distributed.current()) is not None:  # multi-host: process 0 leads the steps

@@ -43,6 +43,8 @@ class EngineStats:
     num_preemptions: int = 0  # requests whose pages were taken back (recomputed later)
     num_prompt_tokens: int = 0  # prompt tokens of requests taken in
     num_generation_tokens: int = 0  # tokens generated
+    num_draft_tokens: int = 0  # n-gram speculation: draft tokens proposed
+    num_accepted_draft_tokens: int = 0  # ... of which accepted
 
 PREFIX = "tandem:"
 GATEWAY_PREFIX = "vllm:"  # the names gateways read by default (see the module docstring)
@@ -81,6 +83,10 @@ class _EngineCollector(Collector):
             ("prompt_tokens", "Prompt tokens of requests the engine took in.",
              stats.num_prompt_tokens),
             ("generation_tokens", "Tokens generated.", stats.num_generation_tokens),
+            ("spec_decode_num_draft_tokens", "N-gram speculation: draft tokens proposed.",
+             stats.num_draft_tokens),
+            ("spec_decode_num_accepted_tokens", "N-gram speculation: draft tokens accepted.",
+             stats.num_accepted_draft_tokens),
         )
         for name, documentation, value in counters:
             yield CounterMetricFamily(PREFIX + name, documentation, value=value)

@@ -99,6 +99,11 @@ class Request:
     admitted: bool = False  # has been admitted once (prefix-cache stats count it once)
     arrival_seq: int = 0  # the scheduler's count when it was added (ties of priority)
     row_slot: int | None = None  # its row of on-device logits state while it holds pages
+    # n-gram speculation (core/engine/speculative.py): still on for this request, and the
+    # draft tokens proposed and accepted so far
+    speculating: bool = False
+    num_draft_tokens: int = 0
+    num_accepted_draft_tokens: int = 0
     # prompt position (≥ 1) → TokenLogprob of its token, filled by the prefill chunks
     prompt_logprob_entries: dict = field(default_factory=dict)
 
@@ -134,6 +139,8 @@ class RequestOutput:
     label_logprobs: tuple[float, ...] = ()  # Score: log p(label | prompt), per label id
     prompt_logprobs: tuple[TokenLogprob, ...] = ()  # prompt positions 1.. (first output only)
     cumulative_logprob: float = 0.0  # sum of the chosen tokens' raw logprobs so far
+    num_draft_tokens: int = 0  # cumulative: n-gram draft tokens proposed (speculation)
+    num_accepted_draft_tokens: int = 0  # ... of which the model's sampling accepted
     error: str | None = None  # the engine failed this request (an internal error)...
     error_param: str | None = None  # ...unless set: the request's own constraint failed
 
@@ -158,6 +165,9 @@ class SequenceChunk:
     # prompt_logprobs: the prompt tokens that the chunk's positions predict (scored in order:
     # position start_position + i predicts prompt_targets[i]); () = nothing to score
     prompt_targets: tuple[int, ...] = ()
+    # speculation: the chunk is (last token, *draft_token_ids), verified in one forward — each
+    # position's next token is sampled, the drafts accepted or rejected (core/engine/speculative.py)
+    draft_token_ids: tuple[int, ...] = ()
 
     @property
     def wants_prompt_logprobs(self) -> bool:

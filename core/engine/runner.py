@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import jax
 import jax.numpy as jnp
@@ -36,6 +36,7 @@ from core.engine import executables, sharding
 from core.engine import logits_processors as processors
 from core.engine.request import SamplingParams, SchedulerOutput, SequenceChunk, TokenLogprob
 from core.engine.sampling import SampleResult, SamplingArrays, sample
+from core.engine.verifier import VerifiedChunk, Verifier
 from core.model_config import ModelConfig
 from core.models.llama import PADDING_POSITION, LlamaModel
 from tandem.limits import MAX_TOP_LOGPROBS
@@ -66,6 +67,8 @@ class StepOutput:
     score_logprobs: dict[int, np.ndarray]
     # chunk index → TokenLogprob of each of its prompt_targets (chunks that want them)
     prompt_logprobs: dict[int, list[TokenLogprob]] = field(default_factory=dict)
+    # chunk index → per-position results of a speculation chunk (core/engine/verifier.py)
+    verified: dict[int, VerifiedChunk] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,8 @@ class DispatchedStep:
     output: SchedulerOutput  # the step's work
     # per call: (chunk indices, (device logits [rows, v], prompt scores, sampling inputs))
     forwards: list[tuple[list[int], tuple]]
+    # speculation: (chunk indices, device VerifyResult) of the step's verify call, if any
+    verifies: list[tuple[list[int], object]] = field(default_factory=list)
 
     def is_ready(self) -> bool:
         """Has the device finished every forward pass (are the logits there)?"""
@@ -128,6 +133,10 @@ class ModelRunner:
         # the warm-up's executables: call shape → forward, row count → sampler (executables.py)
         self._forward_executables: dict[tuple[int, int, int], Callable] = {}
         self._sample_executables: dict[int, Callable] = {}
+        self.verifier = None  # speculation's verify calls (--speculative-ngram)
+        if engine_config.speculative_ngram:
+            self.verifier = Verifier(self, engine_config.speculative_ngram,
+                                     out_shardings[:2] if out_shardings else None)
         self.num_bitmask_words = -(-config.vocab_size // 32)  # int32 words of a grammar mask row
         self._unconstrained: dict[int, jax.Array] = {}  # rows → an all-allowed mask on device
         log.info("KV pool: %d pages × %d tokens", self.num_pages, self.page_size)
@@ -149,6 +158,20 @@ class ModelRunner:
     @property
     def param_treedef(self):
         return self._param_treedef
+
+    @property
+    def pages(self) -> KVPages:
+        return self._pages
+
+    @property
+    def page_buckets(self) -> tuple[int, ...]:
+        """Page-table widths of decode (and verify) calls."""
+        return self._page_buckets
+
+    @property
+    def replicated(self):
+        """The sharding of replicated arrays (None on one device)."""
+        return self._replicated
 
     def _forward_fn(self, param_leaves, pages, token_ids, positions, page_table, last_index,
                     prompt_targets, wants_prompt_logprobs):
@@ -193,21 +216,28 @@ class ModelRunner:
         """Start every forward pass of the step and return at once: the device works from here
         on. The per-row stages' state is rebuilt first for sequences (re)admitted in the step."""
         self._init_rows(output.chunks)
+        verify = [i for i, chunk in enumerate(output.chunks) if chunk.draft_token_ids]
         # a Score's last token goes with the prefills: its call then copies ≤ 4 rows of logits
         # ... and so does a prompt chunk whose logprobs are reported
         prefills = [i for i, chunk in enumerate(output.chunks)
-                    if len(chunk.token_ids) > 1 or chunk.wants_scores
-                    or chunk.wants_prompt_logprobs]
-        decodes = sorted(set(range(len(output.chunks))) - set(prefills))
+                    if not chunk.draft_token_ids and (
+                        len(chunk.token_ids) > 1 or chunk.wants_scores
+                        or chunk.wants_prompt_logprobs)]
+        decodes = sorted(set(range(len(output.chunks))) - set(prefills) - set(verify))
         groups = []  # (chunk indices, call shape)
         if decodes:
             widest = max(len(output.chunks[i].page_ids) for i in decodes)
             groups.append((decodes, (bucket(self._decode_buckets, len(decodes)), 1,
                                      bucket(self._page_buckets, widest))))
         groups += self._pack_prefills(output.chunks, prefills)
-        return DispatchedStep(output, [
-            (group, self._call_forward([output.chunks[i] for i in group], shape))
-            for group, shape in groups])
+        forwards = [(group, self._call_forward([output.chunks[i] for i in group], shape))
+                    for group, shape in groups]
+        verifies = []
+        if verify:  # the scheduler keeps them within one call's rows
+            self._pages, _, result = self.verifier.dispatch(
+                self._pages, [output.chunks[i] for i in verify], output.wants_logprobs)
+            verifies.append((verify, result))
+        return DispatchedStep(output, forwards, verifies)
 
     def sample(self, step: DispatchedStep, bitmask: np.ndarray | None = None,
                constrained: frozenset[int] = frozenset()) -> StepOutput:
@@ -232,7 +262,13 @@ class ModelRunner:
         wanted = [(r.token_ids, r.logprobs, *((r.top_ids, r.top_logprobs)
                                               if output.wants_logprobs else ()), scores, prompt)
                   for _, r, scores, prompt in calls]
-        return self._step_output(output, calls, jax.device_get(wanted))
+        host_verifies = jax.device_get([result for _, result in step.verifies])
+        result = self._step_output(output, calls, jax.device_get(wanted))
+        for (indices, _), host in zip(step.verifies, host_verifies, strict=True):
+            chunks = [output.chunks[i] for i in indices]
+            verified = Verifier.results(chunks, host, self.verifier.num_tokens)
+            result.verified.update(zip(indices, verified, strict=True))
+        return result
 
     def execute(self, output: SchedulerOutput) -> StepOutput:
         """Dispatch and sample a step with no grammar (benchmarks, tests)."""
@@ -240,7 +276,7 @@ class ModelRunner:
 
     def _step_output(self, output: SchedulerOutput, calls, host) -> StepOutput:
         """Scatter the host copies of each call's rows back into chunk order."""
-        num_chunks, num_top = len(output.chunks), calls[0][1].top_ids.shape[1]
+        num_chunks, num_top = len(output.chunks), min(MAX_TOP_LOGPROBS, self.config.vocab_size)
         step = StepOutput(np.zeros(num_chunks, np.int32), np.zeros(num_chunks, np.float32),
                           np.zeros((num_chunks, num_top), np.int32),
                           np.zeros((num_chunks, num_top), np.float32), {})
@@ -353,7 +389,10 @@ class ModelRunner:
         shapes = [(b, 1, p) for b in self._decode_buckets for p in self._page_buckets]
         shapes += [(rows, tokens, pages) for rows, tokens in self.engine_config.prefill_shapes()
                    for pages in self._prefill_page_buckets]
-        static = repr((self.config, self.engine_config, paged_attention_kind(),
+        # (speculation and jump-forward change no executable but the verify calls, which are
+        # named by their shapes: an engine that differs only in them loads the same store)
+        unchanged = replace(self.engine_config, speculative_ngram=0, jump_forward=True)
+        static = repr((self.config, unchanged, paged_attention_kind(),
                        self.num_pages, self.num_row_slots))
         jobs = []
         for shape in shapes:
@@ -376,7 +415,14 @@ class ModelRunner:
             log.info("warm-up %d/%d: %s %s in %.2f s", index + 1, len(jobs), job.name,
                      "loaded" if loaded else "compiled", seconds)
 
+        verify_keys = []
+        if self.verifier is not None:
+            verify_keys, verify_jobs = self.verifier.compile_jobs(static)
+            jobs += verify_jobs
         compiled = executables.compile_all(jobs, on_done=report)
+        if self.verifier is not None:
+            self.verifier.set_executables(verify_keys, compiled[len(compiled) - len(verify_keys):])
+            compiled = compiled[:len(compiled) - len(verify_keys)]
         self._forward_executables = dict(zip(shapes, compiled[:len(shapes)], strict=True))
         self._sample_executables = dict(zip(row_counts, compiled[len(shapes):], strict=True))
         # one run of every shape (all padding: nothing is written to the pool): an executable's
@@ -384,6 +430,8 @@ class ModelRunner:
         # benchmark's first round ran at ~75% speed without this
         for shape in shapes:
             jax.block_until_ready(self._call([], shape, False))
+        if self.verifier is not None:
+            self._pages = self.verifier.warm_run(self._pages)
         scratch = self.num_row_slots  # the row-state rebuild: written to the scratch slot
         self._init_rows((SequenceChunk("warmup", (0,), 0, (), _NEUTRAL, False,
                                        row_slot=scratch, row_init=((), 0)),))

@@ -177,16 +177,10 @@ def sample(logits: jax.Array, params: SamplingArrays, positions: jax.Array,
                               logits, token_bitmask)
     # -- end of the per-row stages ---------------------------------------------------------
 
-    def row_key(seed, seed_high, choice_index, position):
-        key = jax.random.fold_in(jax.random.key(seed), seed_high)
-        return jax.random.fold_in(jax.random.fold_in(key, choice_index), position)
-
     def draw(logits):
-        keys = jax.vmap(row_key)(params.seed, params.seed_high, params.choice_index, positions)
-        # the top-k / top-p cuts are the costly part: only when a row uses one
-        needs_cut = jnp.any((params.top_k > 0) | (params.top_p < 1))
-        filtered = jax.lax.cond(needs_cut, _filtered_logits, _min_p_logits, logits, params)
-        return jax.vmap(lambda key, row: jax.random.categorical(key, row))(keys, filtered)
+        keys = _row_keys(params, positions)
+        return jax.vmap(lambda key, row: jax.random.categorical(key, row))(
+            keys, _cut_logits(logits, params))
 
     greedy = argmax_last(logits)
     is_sampled = params.temperature > 0
@@ -206,3 +200,75 @@ def sample(logits: jax.Array, params: SamplingArrays, positions: jax.Array,
 
     top_logprobs, top_ids = jax.lax.cond(wants_logprobs, top, no_top, logprobs_all)
     return SampleResult(token_ids, chosen, top_ids, top_logprobs)
+
+
+def _row_keys(params: SamplingArrays, positions: jax.Array) -> jax.Array:
+    """Each row's key: fold_in(key(seed), seed high half, choice index, position)."""
+    def row_key(seed, seed_high, choice_index, position):
+        key = jax.random.fold_in(jax.random.key(seed), seed_high)
+        return jax.random.fold_in(jax.random.fold_in(key, choice_index), position)
+
+    return jax.vmap(row_key)(params.seed, params.seed_high, params.choice_index, positions)
+
+
+def _cut_logits(logits: jax.Array, params: SamplingArrays) -> jax.Array:
+    """Temperature-scaled logits with the top-k / top-p / min-p exclusions at -inf (the costly
+    cuts only when a row uses one)."""
+    needs_cut = jnp.any((params.top_k > 0) | (params.top_p < 1))
+    return jax.lax.cond(needs_cut, _filtered_logits, _min_p_logits, logits, params)
+
+
+@jax.tree_util.register_dataclass
+@dataclass
+class VerifyResult:
+    """Per position of a verified chunk (rows flattened: [rows × positions])."""
+
+    accepted: jax.Array  # [n] bool: the draft token at this position is accepted
+    token_ids: jax.Array  # [n] int32: the token emitted here if its draft is rejected, or
+    # after the last draft (the bonus token)
+    logprobs: jax.Array  # [n] float32: raw logprob of the token emitted here (draft or not)
+    top_ids: jax.Array  # [n, MAX_TOP_LOGPROBS] int32
+    top_logprobs: jax.Array  # [n, MAX_TOP_LOGPROBS] float32
+
+
+def verify_sample(logits: jax.Array, params: SamplingArrays, positions: jax.Array,
+                  draft_ids: jax.Array, wants_logprobs: jax.Array | bool) -> VerifyResult:
+    """Speculation's verification: logits [n, v] of every position of the verified chunks,
+    draft_ids [n] the draft token each position's next token is checked against (-1: none,
+    sample as usual). A deterministic (one-hot) draft x is accepted with probability p(x) under
+    the row's temperature / top-k / top-p / min-p distribution p; on rejection the token is
+    drawn from p with x removed, renormalized — exact rejection sampling, so the output has
+    the distribution of plain sampling. Greedy rows accept x iff it is the argmax, and emit the
+    argmax otherwise: the tokens of greedy decoding. Only rows without per-row stages come here
+    (core/engine/speculative.py). Logprobs are the raw logits' (as `sample`)."""
+    has_draft = draft_ids >= 0
+    draft = jnp.where(has_draft, draft_ids, 0)
+    greedy = argmax_last(logits)
+    is_sampled = params.temperature > 0
+
+    def draw(logits):
+        keys = jax.vmap(lambda key: jax.random.split(key))(_row_keys(params, positions))
+        cut = _cut_logits(logits, params)
+        probability = jnp.take_along_axis(jax.nn.softmax(cut, axis=-1), draft[:, None],
+                                          axis=-1)[:, 0]
+        uniform = jax.vmap(jax.random.uniform)(keys[:, 0])
+        residual = jnp.where(has_draft[:, None] & (jnp.arange(cut.shape[-1]) == draft[:, None]),
+                             -jnp.inf, cut)
+        drawn = jax.vmap(jax.random.categorical)(keys[:, 1], residual)
+        return uniform < probability, drawn.astype(jnp.int32)
+
+    def no_draw(logits):
+        return jnp.zeros(logits.shape[0], jnp.bool_), greedy.astype(jnp.int32)
+
+    sampled_accept, drawn = jax.lax.cond(jnp.any(is_sampled), draw, no_draw, logits)
+    accepted = has_draft & jnp.where(is_sampled, sampled_accept, greedy == draft)
+    token_ids = jnp.where(is_sampled, drawn, greedy).astype(jnp.int32)
+    logprobs_all = jax.nn.log_softmax(logits, axis=-1)
+    emitted = jnp.where(accepted, draft, token_ids)
+    chosen = jnp.take_along_axis(logprobs_all, emitted[:, None], axis=-1)[:, 0]
+    num_top = min(MAX_TOP_LOGPROBS, logits.shape[-1])
+    top_logprobs, top_ids = jax.lax.cond(
+        wants_logprobs, lambda x: tuple(jax.lax.top_k(x, num_top)),
+        lambda x: (jnp.zeros((x.shape[0], num_top), jnp.float32),
+                   jnp.zeros((x.shape[0], num_top), jnp.int32)), logprobs_all)
+    return VerifyResult(accepted, token_ids, chosen, top_ids.astype(jnp.int32), top_logprobs)

@@ -26,6 +26,7 @@ from collections import deque
 from core.cache.pages import PageAllocator
 from core.cache.radix import RadixCache
 from core.config import EngineConfig
+from core.engine import speculative
 from core.engine.request import (
     MAX_BANNED_IDS,
     MAX_MIN_TOKENS_IDS,
@@ -52,6 +53,10 @@ class Scheduler:
         self.by_priority = config.scheduling_policy == "priority"
         self._num_added = 0  # arrival counter (Request.arrival_seq)
         self._max_chunk_tokens = config.prefill_buckets()[-1]
+        # n-gram speculation: drafts per sequence at most, and sequences verified per step at
+        # most (the runner's verify calls; 0: no speculation)
+        self.max_drafts = config.speculative_ngram
+        self.max_verify_rows = config.verify_buckets()[-1] if config.speculative_ngram else 0
 
     @property
     def num_unfinished(self) -> int:
@@ -75,6 +80,7 @@ class Scheduler:
         return total
 
     def add(self, request: Request) -> None:
+        request.speculating = bool(self.max_drafts) and speculative.eligible(request)
         self._num_added += 1
         request.arrival_seq = self._num_added
         self._queue(request)
@@ -127,16 +133,26 @@ class Scheduler:
             chunk.wants_sample and running[chunk.request_id].want_logprobs for chunk in chunks)
         return SchedulerOutput(chunks=tuple(chunks), wants_logprobs=wants_logprobs)
 
-    def update_after_step(self, output: SchedulerOutput) -> None:
-        """The chunks' KV is computed: advance each sequence and cache its whole blocks."""
+    def update_after_step(self, output: SchedulerOutput,
+                          num_accepted: dict[str, int] | None = None) -> None:
+        """The chunks' KV is computed: advance each sequence and cache its whole blocks. A
+        verified chunk advances by its last token and the drafts accepted (`num_accepted`,
+        before the engine appends them): the KV of rejected drafts is past the computed
+        tokens, and later steps overwrite it."""
         running = self._running_by_id()
         for chunk in output.chunks:
             request = running[chunk.request_id]
             before = request.num_computed_tokens // self.page_size
-            request.num_computed_tokens += len(chunk.token_ids)
+            tokens = request.all_token_ids
+            if chunk.draft_token_ids:
+                accepted = (num_accepted or {}).get(chunk.request_id, 0)
+                request.num_computed_tokens += 1 + accepted
+                tokens = tokens + list(chunk.draft_token_ids[:accepted])
+            else:
+                request.num_computed_tokens += len(chunk.token_ids)
             full_blocks = request.num_computed_tokens // self.page_size
             if full_blocks > before:
-                self.prefix_cache.insert(request.all_token_ids[:full_blocks * self.page_size],
+                self.prefix_cache.insert(tokens[:full_blocks * self.page_size],
                                          request.page_ids[:full_blocks], request.cache_salt)
 
     # -- helpers ---------------------------------------------------------------------------
@@ -146,6 +162,7 @@ class Scheduler:
         """The next chunk of each running request in order while the budget lasts; returns
         the budget left and whether something was preempted for pages."""
         preempted = False
+        num_verified = sum(bool(chunk.draft_token_ids) for chunk in chunks)
         for request in requests:
             if budget == 0:
                 break
@@ -156,10 +173,34 @@ class Scheduler:
             fits, preempted_any = self._reserve_running(request, num_new, scheduled)
             preempted |= preempted_any
             if fits:
-                chunks.append(self._chunk(request, num_new))
+                drafts = ()
+                if num_new == 1 and num_verified < self.max_verify_rows:
+                    drafts = self._drafts(request, budget - 1)
+                    num_verified += bool(drafts)
+                chunks.append(self._chunk(request, num_new, drafts=drafts))
                 scheduled.add(request.request_id)
-                budget -= num_new
+                budget -= num_new + len(drafts)
         return budget, preempted
+
+    def _drafts(self, request: Request, budget: int) -> tuple[int, ...]:
+        """N-gram drafts for a decoding request (pages for them from the free list or idle
+        cached prefixes: speculation never preempts), or ()."""
+        stopping = request.stopping
+        if not request.speculating or len(request.output_token_ids) < stopping.min_tokens:
+            return ()
+        limit = min(self.max_drafts, budget,
+                    stopping.max_tokens - len(request.output_token_ids) - 1,
+                    self.config.max_model_len - request.num_tokens)
+        drafts = speculative.propose(request.all_token_ids, limit)
+        if not drafts:
+            return ()
+        missing = self._pages_missing(request, 1 + len(drafts))
+        if missing:
+            page_ids = self._allocate(missing)
+            if page_ids is None:
+                return ()
+            request.page_ids.extend(page_ids)
+        return drafts
 
     def _preempt_for_priority(self) -> None:
         """Before a step (priority policy): while the best waiting request finds no free row,
@@ -187,11 +228,13 @@ class Scheduler:
     def _running_by_id(self) -> dict[str, Request]:
         return {request.request_id: request for request in self.running}
 
-    def _chunk(self, request: Request, num_new: int, admitted_now: bool = False) -> SequenceChunk:
+    def _chunk(self, request: Request, num_new: int, admitted_now: bool = False,
+               drafts: tuple[int, ...] = ()) -> SequenceChunk:
         start = request.num_computed_tokens
         end = start + num_new
         tokens = request.all_token_ids[start:end]
         wants_sample = end == request.num_tokens
+        tokens, end = tokens + list(drafts), end + len(drafts)
         row_init = None
         if admitted_now and request.row_slot is not None:
             row_init = (tuple(request.all_token_ids), len(request.prompt_token_ids))
@@ -208,7 +251,8 @@ class Scheduler:
             row_slot=request.row_slot, row_init=row_init, banned_token_ids=banned,
             min_tokens_ids=min_tokens_ids,
             prompt_targets=(tuple(request.prompt_token_ids[start + 1:end + 1])
-                            if request.prompt_logprobs is not None else ()))
+                            if request.prompt_logprobs is not None else ()),
+            draft_token_ids=drafts)
 
     def _min_tokens_ids(self, request: Request) -> tuple[int, ...]:
         stopping = request.stopping

@@ -33,6 +33,11 @@ PARAM_AXES: dict[str, tuple[str | None, ...]] = {
     "gate_proj": ("embed", "mlp"), "up_proj": ("embed", "mlp"), "down_proj": ("mlp", "embed"),
     "gate_bias": ("mlp",), "up_bias": ("mlp",), "down_bias": ("embed",),
     "weight": ("embed",),  # RMSNorm scales [d]
+    # int8 weights' per-output-channel scales (core/models/quantize.py): their weight's output axes
+    "q_proj_scale": ("heads", None), "k_proj_scale": ("kv_heads", None),
+    "v_proj_scale": ("kv_heads", None), "o_proj_scale": ("embed",),
+    "gate_proj_scale": ("mlp",), "up_proj_scale": ("mlp",), "down_proj_scale": ("embed",),
+    "lm_head_scale": ("vocab",),
     # a parameter named within its module, where the bare name would be ambiguous: Qwen3's
     # per-head q/k norm scales [h], shared by all heads, so replicated
     "q_norm.weight": (None,), "k_norm.weight": (None,),

@@ -33,8 +33,8 @@ from core.models.llama import (
     LlamaModel,
     RMSNorm,
     _param,
-    dense,
     embed,
+    project,
     rope_inverse_frequencies,
 )
 
@@ -96,8 +96,8 @@ class GeGLU(MLP):
         self.approximate = config.gemma.gelu_approximate
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        gate = jax.nn.gelu(dense(x, self.gate_proj[...]), approximate=self.approximate)
-        return dense(gate * dense(x, self.up_proj[...]), self.down_proj[...])
+        gate = jax.nn.gelu(project(self, "gate_proj", x), approximate=self.approximate)
+        return project(self, "down_proj", gate * project(self, "up_proj", x))
 
 
 class Gemma3DecoderLayer(nnx.Module):

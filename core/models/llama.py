@@ -77,13 +77,33 @@ def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: jax.Array) -> jax.A
     return rotated.astype(x.dtype)
 
 
-def dense(x: jax.Array, weight: jax.Array) -> jax.Array:
+def dense(x: jax.Array, weight: jax.Array, scale: jax.Array | None = None) -> jax.Array:
     """x [..., d] · weight [d, f] → [..., f] in x's dtype, as one 2-D dot with a float32 result:
     the form XLA:CPU runs bf16 on its fast path (f32 result, row-major right operand, M > 1 —
-    callers never pass a single row in bf16; a float32 dot is unchanged by it)."""
+    callers never pass a single row in bf16; a float32 dot is unchanged by it).
+
+    With `scale` (float32, one per output channel: [f] or any shape of f elements) the weight is
+    int8 (`core.models.quantize`): it is converted to x's dtype for the dot and the scale
+    multiplies the dot's float32 result, per output column. XLA:CPU does not fuse that convert
+    into the dot: it writes a float copy of the weight every step (docs/benchmarks.md)."""
     rows = x.reshape(-1, x.shape[-1])
-    out = jnp.dot(rows, weight.reshape(weight.shape[0], -1), preferred_element_type=jnp.float32)
+    weight = weight.reshape(weight.shape[0], -1)
+    if scale is not None:
+        weight = weight.astype(rows.dtype)
+    out = jnp.dot(rows, weight, preferred_element_type=jnp.float32)
+    if scale is not None:
+        out = out * scale.reshape(-1)
     return out.astype(x.dtype).reshape(*x.shape[:-1], -1)
+
+
+def project(module: nnx.Module, name: str, x: jax.Array, input_axes: int = 1) -> jax.Array:
+    """x [..., in] through `module.<name>`, a weight whose first `input_axes` axes are its input
+    (flattened to `in`): float, or int8 with the float32 per-output-channel scales
+    `module.<name>_scale` that `core.models.quantize` adds."""
+    weight = getattr(module, name)[...]
+    scale = getattr(module, f"{name}_scale", None)
+    weight = weight.reshape(math.prod(weight.shape[:input_axes]), -1)
+    return dense(x, weight, None if scale is None else scale[...])
 
 
 def embed(table: jax.Array, token_ids: jax.Array) -> jax.Array:
@@ -138,9 +158,9 @@ class Attention(nnx.Module):
         b, t, d = x.shape
         n, k, h = self.q_proj.shape[1], self.k_proj.shape[1], self.k_proj.shape[2]
         # 2-D matmuls on reshaped (bitcast) weights: a 3-operand einsum made XLA relayout them
-        q = dense(x, self.q_proj[...].reshape(d, n * h)).reshape(b, t, n, h)
-        key = dense(x, self.k_proj[...].reshape(d, k * h)).reshape(b, t, k, h)
-        value = dense(x, self.v_proj[...].reshape(d, k * h)).reshape(b, t, k, h)
+        q = project(self, "q_proj", x).reshape(b, t, n, h)
+        key = project(self, "k_proj", x).reshape(b, t, k, h)
+        value = project(self, "v_proj", x).reshape(b, t, k, h)
         if self.qkv_bias:
             q, key, value = q + self.q_bias[...], key + self.k_bias[...], value + self.v_bias[...]
         if self.q_norm is not None:
@@ -159,7 +179,7 @@ class Attention(nnx.Module):
             out = self._decode_attention(q, positions, page_table, pool_keys, pool_values)
         else:
             out = self._prefill_attention(q, positions, page_table, pool_keys, pool_values)
-        out = dense(out.reshape(b, t, n * h), self.o_proj[...].reshape(n * h, d))
+        out = project(self, "o_proj", out.reshape(b, t, n * h), input_axes=2)
         if self.o_bias is not None:
             out = out + self.o_bias[...]
         return out, pool_keys, pool_values
@@ -305,11 +325,11 @@ class MLP(nnx.Module):
         self.mlp_bias = config.mlp_bias
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        gate = dense(x, self.gate_proj[...])
-        up = dense(x, self.up_proj[...])
+        gate = project(self, "gate_proj", x)
+        up = project(self, "up_proj", x)
         if self.mlp_bias:
             gate, up = gate + self.gate_bias[...], up + self.up_bias[...]
-        out = dense(jax.nn.silu(gate) * up, self.down_proj[...])
+        out = project(self, "down_proj", jax.nn.silu(gate) * up)
         return out + self.down_bias[...] if self.mlp_bias else out
 
 
@@ -353,7 +373,7 @@ class LlamaModel(nnx.Module):
             lm_head = _param(rngs, (config.hidden_size, config.vocab_size), dtype)
         elif jnp.dtype(dtype) != jnp.float32:
             lm_head = nnx.Param(self.embed_tokens[...].T)
-        self.lm_head = lm_head
+        self.lm_head = lm_head  # int8 with `lm_head_scale` [v] after `core.models.quantize`
 
     def tie_lm_head(self) -> None:
         """Refresh the transposed copy of a tied embedding table (after loading the table)."""
@@ -385,7 +405,11 @@ class LlamaModel(nnx.Module):
         num_rows = rows.shape[0]
         if num_rows == 1 and rows.dtype != jnp.float32:  # an M = 1 bf16 dot is pathological
             rows = jnp.concatenate([rows, rows])
-        logits = jnp.dot(rows, self.lm_head[...], preferred_element_type=jnp.float32)
+        logits = jnp.dot(rows, self.lm_head[...].astype(rows.dtype),
+                         preferred_element_type=jnp.float32)
+        scale = getattr(self, "lm_head_scale", None)  # int8 (`core.models.quantize`)
+        if scale is not None:
+            logits = logits * scale[...]
         return logits[:num_rows].reshape(*hidden.shape[:-1], -1)
 
 

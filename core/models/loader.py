@@ -5,6 +5,7 @@ Owns: finding the safetensors files (single `model.safetensors` or a sharded
 parameters (transposing Linear weights to our einsum layouts), casting to the compute dtype, and
 checking that every parameter was filled and every checkpoint tensor was used. A MoE layer's
 experts, one tensor per expert in the checkpoint, are stacked into one [e, ...] parameter.
+With --quantization the loaded projections are then quantized (`core.models.quantize`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from core.config import checkpoint_files
 from core.model_config import GEMMA3_MULTIMODAL_ARCHITECTURES, ConfigError, ModelConfig
 from core.models.llama import LlamaModel
 from core.models.moe import SparseMoeBlock
+from core.models.quantize import quantize_model
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)  # buffers some old checkpoints carry
@@ -126,10 +128,13 @@ class ExpertRow:
     axis: int  # the stack's expert axis
 
 
-def load_model(model_dir: Path, dtype: str | None = None,
-               config: ModelConfig | None = None) -> tuple[LlamaModel, ModelConfig]:
+def load_model(model_dir: Path, dtype: str | None = None, config: ModelConfig | None = None,
+               quantization: str | None = None, quantize_lm_head: bool = False
+               ) -> tuple[LlamaModel, ModelConfig]:
     """Build the model abstractly (no random init) and fill it from the checkpoint. `config` is
-    the checkpoint's, already read (`core.config.resolve_model`); None reads it here (tools)."""
+    the checkpoint's, already read (`core.config.resolve_model`); None reads it here (tools).
+    `quantization` "int8" quantizes the linear projections after loading
+    (`core.models.quantize`; the lm_head too with `quantize_lm_head`)."""
     model_dir = Path(model_dir)
     config = config or ModelConfig.from_hf_dir(model_dir)
     dtype_name = dtype or config.dtype
@@ -176,4 +181,6 @@ def load_model(model_dir: Path, dtype: str | None = None,
         stack.set_value(jnp.asarray(np.stack([rows[e] for e in range(len(rows))], axis=axis),
                                     dtype=compute_dtype))
     model.tie_lm_head()
+    if quantization is not None:
+        quantize_model(model, quantization, include_lm_head=quantize_lm_head)
     return model, config

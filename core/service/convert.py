@@ -52,10 +52,7 @@ class PromptPolicy:
 def chat_prompt(chat: pb.ChatInput, policy: PromptPolicy) -> ChatPrompt:
     messages = [_chat_message(message, index) for index, message in enumerate(chat.messages)]
     check_tool_choice(chat)
-    tools = [{"type": tool.type or "function", "function": {
-        "name": tool.name, "description": tool.description,
-        "parameters": parse_json_object(tool.parameters_json, "tools")}}
-        for tool in chat.tools] if tools_shown(chat) else []
+    tools = [_template_tool(tool) for tool in chat.tools] if tools_shown(chat) else []
     return ChatPrompt(
         messages=messages, tools=tools or None,
         add_generation_prompt=(chat.add_generation_prompt
@@ -130,10 +127,27 @@ def _chat_message(message: pb.ChatMessage, index: int) -> dict:
     if message.reasoning_content:  # Qwen3's and DeepSeek's templates read this name
         result["reasoning_content"] = message.reasoning_content
     if message.tool_calls:
-        result["tool_calls"] = [{"id": call.id, "type": call.type or "function", "function": {
-            "name": call.function.name, "arguments": _arguments(call.function.arguments)}}
+        # a custom tool's call shows as a function call whose arguments are its raw input
+        result["tool_calls"] = [{"id": call.id, "type": "function", "function": {
+            "name": call.function.name, "arguments": call.function.arguments
+            if call.type == "custom" else _arguments(call.function.arguments)}}
             for call in message.tool_calls]
     return result
+
+
+def _template_tool(tool: pb.Tool) -> dict:
+    """A tool as chat templates take it: every template knows function tools only, so a custom
+    tool is one whose description says that its input is free-form text."""
+    if tool.type != "custom":
+        return {"type": tool.type or "function", "function": {
+            "name": tool.name, "description": tool.description,
+            "parameters": parse_json_object(tool.parameters_json, "tools")}}
+    form = (f"text matching this {tool.format_syntax} grammar: {tool.format_definition}"
+            if tool.format_syntax in ("lark", "regex") else "free-form text")
+    note = f"(a custom tool: its input is {form}, not JSON arguments)"
+    return {"type": "function", "function": {
+        "name": tool.name, "description": f"{tool.description} {note}".strip(),
+        "parameters": {}}}
 
 
 def _arguments(raw: str):

@@ -24,7 +24,7 @@ from core.service.load import load_snapshot
 from core.service.reasoning import BlockState, ReasoningParser, reasoning_plan, select_syntax
 from core.service.served_models import ServedModel
 from core.service.tools import ToolCallParser
-from core.service.tools.plan import tool_plan
+from core.service.tools.plan import custom_format, tool_plan
 from core.tokenizer import Tokenizer, parse_json_object
 from tandem.v1 import inference_pb2 as pb
 
@@ -43,7 +43,7 @@ def apply_tool_plan(request: pb.GenerateRequest, model: ServedModel,
         return None
     chat, tokenizer = request.chat, model.tokenizer
     tools = [{"name": tool.name, "parameters": parse_json_object(tool.parameters_json, "tools"),
-              "strict": tool.strict} for tool in chat.tools]
+              "strict": tool.strict, "custom": custom_format(tool)} for tool in chat.tools]
     plan = tool_plan(chat, tools, chat.chat_template or tokenizer.chat_template,
                      tokenizer.renders_tools(chat.chat_template or None),
                      model.policy.tool_call_parser, tokenizer.added_ids_by_text,
@@ -61,7 +61,8 @@ def apply_tool_plan(request: pb.GenerateRequest, model: ServedModel,
             choice.grammar = plan.grammar  # forced calls take the place of a response format
         if plan.keep_special_tokens:
             choice.stopping = replace(choice.stopping, skip_special_tokens=False)
-    return [ToolCallParser(plan.syntax, forced=forced) for _ in requests]
+    customs = frozenset(tool["name"] for tool in tools if tool["custom"] is not None)
+    return [ToolCallParser(plan.syntax, forced=forced, custom_names=customs) for _ in requests]
 
 
 def apply_reasoning_plan(request: pb.GenerateRequest, model: ServedModel, prompt_ids: list[int],
@@ -99,6 +100,8 @@ class ChoiceStream:
         self._choice_of = {r.request_id: index for index, r in enumerate(requests)}
         self._completion_tokens = dict.fromkeys(self._choice_of, 0)
         self._cached_tokens = 0  # prompt tokens served from the prefix cache (best choice)
+        # request id → (draft tokens proposed, accepted) so far: n-gram speculation
+        self._drafts: dict[str, tuple[int, int]] = {}
         self._unfinished: set[str] = set()
         self._abort_asked = False  # the Abort RPC named this call
         self._done = False  # every choice has finished
@@ -131,6 +134,8 @@ class ChoiceStream:
                     self._reasoners[index] if self._reasoners else None)
                 self._completion_tokens[output.request_id] = output.completion_tokens
                 self._cached_tokens = max(self._cached_tokens, output.cached_tokens)
+                self._drafts[output.request_id] = (output.num_draft_tokens,
+                                                   output.num_accepted_draft_tokens)
                 if output.finish_reason is not None:
                     self._unfinished.discard(output.request_id)
             response = pb.GenerateResponse(
@@ -138,7 +143,9 @@ class ChoiceStream:
                 usage=pb.Usage(prompt_tokens=num_prompt_tokens,
                                completion_tokens=sum(self._completion_tokens.values()),
                                cached_tokens=self._cached_tokens,
-                               reasoning_tokens=sum(self._reasoning_tokens)))
+                               reasoning_tokens=sum(self._reasoning_tokens),
+                               draft_tokens=sum(d for d, _ in self._drafts.values()),
+                               accepted_draft_tokens=sum(a for _, a in self._drafts.values())))
             if first or not self._unfinished:  # the call's first and last chunks
                 response.load.CopyFrom(load_snapshot(self._engine))
             first = False
@@ -228,6 +235,6 @@ def _merge_parsed(delta: pb.ChoiceDelta, parser: ToolCallParser, text: str,
         delta.text += part.content
         for call in part.tool_calls:
             delta.tool_calls.add(index=call.index, id=call.id,
-                                 type="function" if call.id else "",
+                                 type=(call.type or "function") if call.id else "",
                                  function=pb.FunctionCall(name=call.name,
                                                           arguments=call.arguments))

@@ -53,6 +53,8 @@ from core.service.served_models import (
 )
 from core.service.tokenizer_files import tokenizer_chunks
 from core.service.tracing import RpcTrace
+from core.service.vllm_engine import SERVICE_NAME as VLLM_SERVICE_NAME
+from core.service.vllm_engine import add_vllm_engine
 from tandem.limits import MAX_CHOICES
 from tandem.logs import request_id_var  # the shared log format (stdlib only)
 from tandem.v1 import inference_pb2 as pb
@@ -297,6 +299,12 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         return rerank_response(scores[:, 0], request, pairs, model.name)
 
 
+def bind_request_id(context: grpc.aio.ServicerContext, request_id: str) -> None:
+    """Make `request_id` this RPC's request id (what its log lines carry and Abort names)."""
+    request_id_var.set(request_id)
+    _rpc_request_id.set((id(context), request_id))
+
+
 def _request_id(context: grpc.aio.ServicerContext) -> str:
     """The caller's x-request-id (or a fresh one), set for this RPC's log lines; the same id
     each time within one RPC."""
@@ -305,8 +313,7 @@ def _request_id(context: grpc.aio.ServicerContext) -> str:
         return known[1]
     request_id = dict(context.invocation_metadata() or ()).get("x-request-id") \
         or uuid.uuid4().hex
-    request_id_var.set(request_id)
-    _rpc_request_id.set((id(context), request_id))
+    bind_request_id(context, request_id)
     return request_id
 
 
@@ -336,14 +343,17 @@ class CoreServer:
             ("grpc.max_receive_message_length", 64 * 1024 * 1024),
             ("grpc.max_send_message_length", 64 * 1024 * 1024)])
         pb_grpc.add_InferenceServicer_to_server(self.servicer, self.server)
+        add_vllm_engine(self.server, self.servicer, self.is_ready, bind_request_id)  # for smg
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
-            [SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            [SERVICE_NAME, VLLM_SERVICE_NAME,
+             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
              reflection.SERVICE_NAME], self.server)
         self.port: int | None = None
         self.metrics_port: int | None = None
         self.stall_timeout_s = config.stall_timeout_s  # 0: no stall detector
         self._draining = False  # once set, readiness stays NOT_SERVING
+        self._stalled = False  # the stall detector's verdict
         self._stall_watch: asyncio.Task | None = None
 
     async def start(self) -> int:
@@ -392,11 +402,14 @@ class CoreServer:
         log.info("core ready: %s loaded and warmed up in %.1f s",
                  ", ".join(repr(name) for name in names), time.perf_counter() - started)
 
+    def is_ready(self) -> bool:
+        """What readiness says: loaded, not stalled, not draining."""
+        return self.servicer.engine is not None and not (self._stalled or self._draining)
+
     async def _watch_for_stalls(self) -> None:
         """Readiness follows the engines: NOT_SERVING while one has held unfinished work for
         `stall_timeout_s` without finishing a step, SERVING again once it moves. Liveness is
         untouched (a stalled core is not restarted for a long step, only taken out of rotation)."""
-        stalled = False
         while not self._draining:
             timeout_s = self.stall_timeout_s
             await asyncio.sleep(min(STALL_POLL_S, timeout_s / 4) if timeout_s > 0
@@ -405,9 +418,9 @@ class CoreServer:
                        for engine in model.engines]
             worst_s = max((engine.stalled_for_s() for engine in engines), default=0.0)
             now_stalled = 0 < timeout_s < worst_s
-            if now_stalled == stalled or self._draining:
+            if now_stalled == self._stalled or self._draining:
                 continue
-            stalled = now_stalled
+            self._stalled = stalled = now_stalled
             if stalled:
                 log.warning("engine stalled: unfinished work, no step for %.1f s (over %.1f s): "
                             "readiness NOT_SERVING", worst_s, timeout_s)

@@ -10,8 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 # "grammar": Lark or llama.cpp GBNF (told apart by llguidance's converter); "lark": Lark only
-GRAMMAR_KINDS = ("json_schema", "json_object", "regex", "choice", "lark", "grammar", "text")
+GRAMMAR_KINDS = ("json_schema", "json_object", "regex", "choice", "lark", "grammar", "text",
+                 "llguidance")
 # "text": any output (with a `reasoning` prefix only: a budget on the think block, nothing after)
+# "llguidance": the core's own grammars: Lark text, or llguidance's JSON of named grammars
+# (tool calls whose custom tools bring their own input grammars), passed through as it is
 
 
 @dataclass(frozen=True)
@@ -41,8 +44,9 @@ class GrammarSpec:
     # default); False: they are closed (core/structured/schema.py), the server's default
     open_objects: bool = False
     reasoning: ReasoningPrefix | None = None  # a think block comes first
-    # The Lark grammar of tool calls the output may be instead of this constraint's answer
-    # (tools under tool_choice "auto" with a response format); "": none
+    # The grammar of tool calls (Lark, or llguidance's JSON of named grammars) the output may be
+    # instead of this constraint's answer (tools under tool_choice "auto" with a response
+    # format); "": none
     tool_calls: str = ""
 
 

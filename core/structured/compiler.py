@@ -119,7 +119,7 @@ class GrammarCompiler:
                 self._compile(replace(spec, tool_calls=""))
                 param = "tools"
             what = "tool-call grammar" if param == "tools" else _describe(spec)
-            raise InvalidParameter(f"{param}: invalid {what}: {_one_line(error)}", param=param)
+            raise InvalidParameter(f"{param}: invalid {what}: {one_line(error)}", param=param)
         return matcher
 
 
@@ -165,6 +165,9 @@ def grammar_text(spec: GrammarSpec, max_source_bytes: int) -> str:
             return llguidance.LLMatcher.grammar_from_lark(_choice_lark(spec.source))
         if spec.kind == "lark":
             return llguidance.LLMatcher.grammar_from_lark(spec.source)
+        if spec.kind == "llguidance":
+            return spec.source if spec.source.lstrip().startswith("{") else \
+                llguidance.LLMatcher.grammar_from_lark(spec.source)
         if spec.kind == "grammar":
             return llguidance.LLMatcher.grammar_from_lark(any_to_lark(spec.source))
     except (ValueError, TypeError, GbnfToLarkError) as exc:  # incl. json.JSONDecodeError
@@ -207,9 +210,9 @@ def _answer_or_calls(spec: GrammarSpec, max_source_bytes: int) -> str:
                                "bytes", param="tools")
     answer = _named_grammars(grammar_text(replace(spec, tool_calls=""), max_source_bytes),
                              "answer")
-    calls = {"name": "tool_calls", "lark_grammar": spec.tool_calls}
+    calls = _named_grammars(spec.tool_calls, "tool_calls")
     return json.dumps({"grammars": [{"lark_grammar": "start: @answer | @tool_calls\n"},
-                                    *answer, calls]})
+                                    *answer, *calls]})
 
 
 def _named_grammars(text: str, name: str) -> list[dict]:
@@ -237,7 +240,7 @@ def _describe(spec: GrammarSpec) -> str:
             "regex": "regex", "choice": "choice list"}.get(spec.kind, "grammar")
 
 
-def _one_line(message: str, max_chars: int = 400) -> str:
+def one_line(message: str, max_chars: int = 400) -> str:
     """llguidance's multi-line error as one line of bounded length."""
     message = message.replace("<non-verbose/>", "")  # llguidance's mark of elided details
     text = " ".join(line.strip() for line in message.splitlines() if line.strip())

@@ -77,6 +77,11 @@ class GrammarMatchers:
             return Accepted.FAILED
         return Accepted.COMPLETE if matcher.is_stopped() else Accepted.MORE
 
+    def forced_tokens(self, request_id: str) -> list[int]:
+        """The tokens the grammar forces next (llguidance's fast-forward tokens, canonically
+        tokenized; not consumed): [] when it allows a choice."""
+        return self._matchers[request_id].compute_ff_tokens()
+
     def error(self, request_id: str) -> str:
         """Why a matcher failed (its own message, or the token it refused)."""
         return self._matchers[request_id].get_error() or "the token is not allowed"

@@ -24,9 +24,12 @@ from facade.bodies import (
     ChatChunkChoice,
     ChatCompletion,
     ChatCompletionChunk,
+    CustomToolCallBody,
+    DeltaCustom,
     DeltaFunction,
     DeltaMessage,
     DeltaToolCall,
+    ResponseCustomToolCall,
     ResponseToolCall,
     Usage,
 )
@@ -73,7 +76,8 @@ def chunk_choice(run: ChatRun, choice: pb.ChoiceDelta) -> ChatChunkChoice | None
     return ChatChunkChoice(
         index=choice.index,
         delta=DeltaMessage(content=choice.text or None,
-                           tool_calls=_delta_tool_calls(choice) or None,
+                           tool_calls=_delta_tool_calls(choice, run.state(choice.index))
+                           or None,
                            reasoning_content=reasoning, reasoning=reasoning),
         logprobs=chat_logprobs(choice.logprobs) if wants_logprobs else None,
         finish_reason=reason,
@@ -81,20 +85,32 @@ def chunk_choice(run: ChatRun, choice: pb.ChoiceDelta) -> ChatChunkChoice | None
     )
 
 
-def _delta_tool_calls(choice: pb.ChoiceDelta) -> list[DeltaToolCall]:
+def _delta_tool_calls(choice: pb.ChoiceDelta, state: ChoiceState) -> list[DeltaToolCall]:
     """The core's tool-call deltas in OpenAI's streaming shape (id, type and name on a call's
-    first delta only)."""
-    return [DeltaToolCall(index=call.index, id=call.id or None,
-                          type="function" if call.id else None,
-                          function=DeltaFunction(name=call.function.name or None,
-                                                 arguments=call.function.arguments))
-            for call in choice.tool_calls]
+    first delta only; a custom tool's call under `custom`, its input in pieces). `state` has
+    recorded the delta already: it knows the type of each call."""
+    calls = []
+    for call in choice.tool_calls:
+        kind = (call.type or "function") if call.id else None
+        if state.tool_calls[call.index][3] == "custom":
+            calls.append(DeltaToolCall(index=call.index, id=call.id or None, type=kind,
+                                       custom=DeltaCustom(name=call.function.name or None,
+                                                          input=call.function.arguments)))
+        else:
+            calls.append(DeltaToolCall(index=call.index, id=call.id or None, type=kind,
+                                       function=DeltaFunction(name=call.function.name or None,
+                                                              arguments=call.function.arguments)))
+    return calls
 
 
 def _message(state: ChoiceState) -> AssistantMessage:
     """A finished choice's message: its calls, and content null when it is only calls."""
-    calls = [ResponseToolCall(id=call_id, function=FunctionCall(name=name, arguments=arguments))
-             for call_id, name, arguments in map(state.tool_calls.get, sorted(state.tool_calls))]
+    calls = [ResponseCustomToolCall(id=call_id, custom=CustomToolCallBody(name=name,
+                                                                          input=arguments))
+             if kind == "custom" else
+             ResponseToolCall(id=call_id, function=FunctionCall(name=name, arguments=arguments))
+             for call_id, name, arguments, kind in map(state.tool_calls.get,
+                                                       sorted(state.tool_calls))]
     reasoning = state.reasoning
     if not calls:
         return AssistantMessage(content=state.text, reasoning_content=reasoning,

@@ -34,7 +34,8 @@ class ChoiceState:
     stop_reason: str | int | None = None
     prompt_logprobs: list[pb.TokenLogprob] = field(default_factory=list)  # every prompt token
     cumulative_logprob: float = 0.0  # of the chosen tokens (best_of ranks by it)
-    tool_calls: dict[int, list[str]] = field(default_factory=dict)  # index → [id, name, args]
+    # index → [id, name, arguments (a custom tool's: input), type ("function" / "custom")]
+    tool_calls: dict[int, list[str]] = field(default_factory=dict)
 
     def add_text(self, text: str) -> None:
         self.text_parts.append(text)
@@ -52,10 +53,11 @@ class ChoiceState:
         if choice.reasoning_text:
             self.reasoning_parts.append(choice.reasoning_text)
         for call in choice.tool_calls:
-            parts = self.tool_calls.setdefault(call.index, ["", "", ""])
+            parts = self.tool_calls.setdefault(call.index, ["", "", "", ""])
             parts[0] += call.id
             parts[1] += call.function.name
             parts[2] += call.function.arguments
+            parts[3] += call.type
         if finish_reason(choice) is not None:
             self.finish_reason = finish_reason(choice)
             self.stop_reason = stop_reason(choice)

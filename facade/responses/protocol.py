@@ -3,10 +3,11 @@
 `ResponsesRequest` accepts OpenAI's fields (and, like the other routes, vLLM's sampling extras
 such as `seed` and `top_k`, with the same ranges, because it extends `SamplingFields`); unknown
 fields are kept and reported as ignored. Input items are messages (string content or
-`input_text` / `output_text` parts), `function_call` and `function_call_output` items; tools are
-function tools. The response side mirrors OpenAI's JSON: `ResponseObject` with `message` and
-`function_call` output items, `ResponseUsage`, and `ResponseStreamEvent` (the shape every
-streamed event shares, for /openapi.json).
+`input_text` / `output_text` parts), `function_call` / `custom_tool_call` items and their
+outputs; tools are function tools and custom tools (free-form input, optionally a Lark or regex
+grammar). The response side mirrors OpenAI's JSON: `ResponseObject` with `message`,
+`function_call` and `custom_tool_call` output items, `ResponseUsage`, and `ResponseStreamEvent`
+(the shape every streamed event shares, for /openapi.json).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pydantic import Discriminator, Field, Tag, model_validator
 
 from facade.bodies import ResponseModel
 from facade.errors import unsupported
-from facade.protocol import MAX_UINT32, RequestModel, SamplingFields
+from facade.protocol import MAX_UINT32, CustomFormat, RequestModel, SamplingFields
 
 # ---------------------------------------------------------------------------------------------
 # Request
@@ -63,6 +64,27 @@ class FunctionCallOutputInput(RequestModel):
     output: str | list[InputContent]
 
 
+class CustomToolCallInput(RequestModel):
+    """A custom tool's call the model made earlier, sent back as input."""
+
+    type: Literal["custom_tool_call"]
+    id: str | None = None  # "ctc_…" when replayed from an output; optional
+    status: Literal["in_progress", "completed", "incomplete"] | None = None
+    call_id: str
+    name: str
+    input: str = ""
+
+
+class CustomToolCallOutputInput(RequestModel):
+    """The result of a custom tool's call, for the model to read."""
+
+    type: Literal["custom_tool_call_output"]
+    id: str | None = None
+    status: Literal["in_progress", "completed", "incomplete"] | None = None
+    call_id: str
+    output: str | list[InputContent]
+
+
 class ReasoningInput(RequestModel):
     """A reasoning item of an earlier output, replayed (Codex sends them back): accepted and
     left out of the prompt (the chat templates Tandem serves drop earlier reasoning too)."""
@@ -85,6 +107,8 @@ InputItem = Annotated[
     Annotated[InputMessage, Tag("message")]
     | Annotated[FunctionCallInput, Tag("function_call")]
     | Annotated[FunctionCallOutputInput, Tag("function_call_output")]
+    | Annotated[CustomToolCallInput, Tag("custom_tool_call")]
+    | Annotated[CustomToolCallOutputInput, Tag("custom_tool_call_output")]
     | Annotated[ReasoningInput, Tag("reasoning")],
     Discriminator(_item_kind),
 ]
@@ -97,14 +121,14 @@ UNSUPPORTED_INPUT_TYPES: frozenset[str] = frozenset({
     "web_search_call", "image_generation_call", "code_interpreter_call", "local_shell_call",
     "local_shell_call_output", "shell_call", "shell_call_output", "apply_patch_call",
     "apply_patch_call_output", "mcp_list_tools", "mcp_approval_request", "mcp_approval_response",
-    "mcp_call", "custom_tool_call", "custom_tool_call_output", "compaction",
+    "mcp_call", "compaction",
 })  # fmt: skip
-# Tool types of the spec that Tandem does not run (OpenAI's hosted tools; `custom` tools are not
-# implemented yet): refused with `unsupported_parameter` naming `tools[i].type`.
+# Tool types of the spec that Tandem does not run (OpenAI's hosted tools): refused with
+# `unsupported_parameter` naming `tools[i].type`.
 UNSUPPORTED_TOOL_TYPES: frozenset[str] = frozenset({
     "file_search", "web_search", "web_search_preview", "web_search_preview_2025_03_11",
     "web_search_2025_08_26", "computer_use_preview", "computer_use", "mcp", "code_interpreter",
-    "image_generation", "local_shell", "shell", "apply_patch", "custom",
+    "image_generation", "local_shell", "shell", "apply_patch",
 })  # fmt: skip
 
 
@@ -142,13 +166,34 @@ class FunctionTool(RequestModel):
     strict: bool | None = None
 
 
+class CustomTool(RequestModel):
+    """A custom tool: the model calls it with free-form text (`format`: free text, or a Lark or
+    regex grammar that the input must match)."""
+
+    type: Literal["custom"]
+    name: str
+    description: str | None = None
+    format: CustomFormat | None = None
+
+
+def _tool_kind(value: Any) -> str:
+    kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
+    return "custom" if kind == "custom" else "function"
+
+
+AnyTool = Annotated[
+    Annotated[FunctionTool, Tag("function")] | Annotated[CustomTool, Tag("custom")],
+    Discriminator(_tool_kind),
+]
+
+
 class NamedFunctionChoice(RequestModel):
-    type: Literal["function"]
+    type: Literal["function", "custom"]  # a function or a custom tool, by name
     name: str
 
 
 class AllowedFunction(RequestModel):
-    type: Literal["function"]
+    type: Literal["function", "custom"]
     name: str
 
 
@@ -181,7 +226,7 @@ class ResponsesRequest(SamplingFields):
     input: str | list[InputItem] = Field(default_factory=list)
     instructions: str | None = None
     max_output_tokens: int | None = Field(default=None, ge=1, le=MAX_UINT32)
-    tools: list[FunctionTool] | None = None
+    tools: list[AnyTool] | None = None
     tool_choice: (Literal["none", "auto", "required"] | NamedFunctionChoice
                   | AllowedToolsChoice | None) = None
     parallel_tool_calls: bool | None = None
@@ -234,6 +279,15 @@ class FunctionCallOutput(ResponseModel):
     status: Literal["in_progress", "completed", "incomplete"]
 
 
+class CustomToolCallOutput(ResponseModel):
+    id: str  # "ctc_…"
+    type: Literal["custom_tool_call"] = "custom_tool_call"
+    call_id: str  # what a `custom_tool_call_output` item answers
+    name: str
+    input: str  # the free-form input the model wrote
+    status: Literal["in_progress", "completed", "incomplete"]
+
+
 class ReasoningText(ResponseModel):
     type: Literal["reasoning_text"] = "reasoning_text"
     text: str
@@ -249,7 +303,7 @@ class ReasoningOutput(ResponseModel):
     status: Literal["in_progress", "completed", "incomplete"]
 
 
-OutputItem = ReasoningOutput | OutputMessage | FunctionCallOutput
+OutputItem = ReasoningOutput | OutputMessage | FunctionCallOutput | CustomToolCallOutput
 
 
 class InputTokensDetails(ResponseModel):

@@ -7,9 +7,10 @@ sequence — `response.created`, `response.in_progress`, per output item `output
 `content_part.added`, `output_text.delta`…, `output_text.done`, `content_part.done`,
 (for a reasoning item `reasoning_text.delta`… and `reasoning_text.done` instead),
 `output_item.done` (for a tool call `function_call_arguments.delta`… and `.done` instead of the
-text events), then `response.completed` or `response.incomplete` — each as
-`event: <type>` + `data: <json>` with a `sequence_number` that grows by one per event. An error
-after the first event is OpenAI's `error` event followed by `response.failed`.
+text events; for a custom tool's call `custom_tool_call_input.delta`… and `.done`), then
+`response.completed` or `response.incomplete` — each as `event: <type>` + `data: <json>` with
+a `sequence_number` that grows by one per event. An error after the first event is OpenAI's
+`error` event followed by `response.failed`.
 """
 
 from __future__ import annotations
@@ -130,7 +131,10 @@ def response_object(run: ResponseRun, completion: ChatCompletion) -> dict[str, A
     run.assembler.reasoning(message.reasoning_content or "")
     run.assembler.text(message.content or "")
     for index, call in enumerate(message.tool_calls or []):
-        run.assembler.tool_call(index, call.id, call.function.name, call.function.arguments)
+        if call.type == "custom":
+            run.assembler.tool_call(index, call.id, call.custom.name, call.custom.input, True)
+        else:
+            run.assembler.tool_call(index, call.id, call.function.name, call.function.arguments)
     return run.final()[1]
 
 
@@ -139,8 +143,10 @@ def _delta_events(run: ResponseRun, choice: ChatChunkChoice) -> list[dict[str, A
     events = run.assembler.reasoning(choice.delta.reasoning_content or "")
     events += run.assembler.text(choice.delta.content or "")
     for call in choice.delta.tool_calls or []:
+        body = call.custom or call.function
         events += run.assembler.tool_call(
-            call.index, call.id, call.function.name, call.function.arguments
+            call.index, call.id, body.name,
+            call.custom.input if call.custom else call.function.arguments, call.custom is not None
         )
     return events
 

@@ -23,6 +23,10 @@ from facade.errors import ApiError, api_error_from_validation, invalid_request
 from facade.protocol import ChatCompletionRequest, SamplingFields
 from facade.responses.protocol import (
     AllowedToolsChoice,
+    CustomTool,
+    CustomToolCallInput,
+    CustomToolCallOutput,
+    CustomToolCallOutputInput,
     FunctionCallInput,
     FunctionCallOutput,
     FunctionCallOutputInput,
@@ -59,8 +63,9 @@ def responses_param(param: str | None) -> str | None:
     for chat_name, name in RESPONSES_PARAMS.items():
         if param == chat_name or param.startswith((f"{chat_name}[", f"{chat_name}.")):
             return name
-    if param.startswith("tools[") and ".function." in param:
-        return param.replace(".function.", ".", 1)  # chat nests what Responses keeps flat
+    for nested in (".function.", ".custom."):
+        if param.startswith("tools[") and nested in param:
+            return param.replace(nested, ".", 1)  # chat nests what Responses keeps flat
     return param
 
 
@@ -115,21 +120,25 @@ def input_messages(request: ResponsesRequest) -> list[dict[str, Any]]:
     for item in request.input:
         if isinstance(item, InputMessage):
             messages.append({"role": item.role, "content": _text_of(item.content)})
-        elif isinstance(item, FunctionCallInput):
-            call = {"id": item.call_id, "type": "function",
-                    "function": {"name": item.name, "arguments": item.arguments}}  # fmt: skip
+        elif isinstance(item, (FunctionCallInput, CustomToolCallInput)):
+            call = ({"id": item.call_id, "type": "function",
+                     "function": {"name": item.name, "arguments": item.arguments}}
+                    if isinstance(item, FunctionCallInput) else
+                    {"id": item.call_id, "type": "custom",
+                     "custom": {"name": item.name, "input": item.input}})  # fmt: skip
             last = messages[-1] if messages else None
             if last is None or last["role"] != "assistant":
                 last = {"role": "assistant", "content": None}
                 messages.append(last)
             last.setdefault("tool_calls", []).append(call)
-        elif isinstance(item, FunctionCallOutputInput):
+        elif isinstance(item, (FunctionCallOutputInput, CustomToolCallOutputInput)):
             output = _text_of(item.output)
             messages.append({"role": "tool", "tool_call_id": item.call_id, "content": output})
     return messages
 
 
 _ITEM_ID_PREFIX = {"message": "msg", "function_call": "fc", "function_call_output": "fco",
+                   "custom_tool_call": "ctc", "custom_tool_call_output": "ctco",
                    "reasoning": "rs"}  # fmt: skip
 
 
@@ -173,7 +182,11 @@ def output_message(output: list[dict[str, Any]]) -> dict[str, Any]:
     )  # fmt: skip
     calls = [{"id": item["call_id"], "type": "function",
               "function": {"name": item["name"], "arguments": item["arguments"]}}
-             for item in output if item.get("type") == "function_call"]  # fmt: skip
+             if item["type"] == "function_call" else
+             {"id": item["call_id"], "type": "custom",
+              "custom": {"name": item["name"], "input": item["input"]}}
+             for item in output
+             if item.get("type") in ("function_call", "custom_tool_call")]  # fmt: skip
     message: dict[str, Any] = {"role": "assistant", "content": text if text or not calls else None}
     if calls:
         message["tool_calls"] = calls
@@ -193,8 +206,9 @@ def _tools(request: ResponsesRequest) -> dict[str, Any]:
             request.parallel_tool_calls is not None) else {}
     if request.tools:
         fields["tools"] = [
-            {"type": "function",
-             "function": tool.model_dump(exclude={"type"}, exclude_none=True, by_alias=True)}
+            {"type": "custom" if isinstance(tool, CustomTool) else "function",
+             "custom" if isinstance(tool, CustomTool) else "function":
+             tool.model_dump(exclude={"type"}, exclude_none=True, by_alias=True)}
             for tool in request.tools
         ]  # fmt: skip
     choice = request.tool_choice
@@ -204,10 +218,10 @@ def _tools(request: ResponsesRequest) -> dict[str, Any]:
         elif isinstance(choice, AllowedToolsChoice):
             fields["tool_choice"] = {"type": "allowed_tools", "allowed_tools": {
                 "mode": choice.mode,
-                "tools": [{"type": "function", "function": {"name": tool.name}}
+                "tools": [{"type": tool.type, tool.type: {"name": tool.name}}
                           for tool in choice.tools]}}  # fmt: skip
-        else:
-            fields["tool_choice"] = {"type": "function", "function": {"name": choice.name}}
+        else:  # a function or a custom tool, by name (chat nests the name)
+            fields["tool_choice"] = {"type": choice.type, choice.type: {"name": choice.name}}
     if request.parallel_tool_calls is not None:
         fields["parallel_tool_calls"] = request.parallel_tool_calls
     return fields
@@ -329,26 +343,34 @@ class OutputAssembler:
         return events
 
     def tool_call(
-        self, index: int, call_id: str | None, name: str | None, arguments: str | None
+        self, index: int, call_id: str | None, name: str | None, arguments: str | None,
+        custom: bool = False,
     ) -> list[dict[str, Any]]:
         """One delta of chat tool call `index`: its first one names it, later ones add
-        argument fragments."""
+        argument fragments (`custom`: a custom tool's call, whose fragments are its input)."""
         events: list[dict[str, Any]] = []
         if index not in self._call_indexes:
             events += self.close()
-            call = FunctionCallOutput(
-                id=new_id("fc"), call_id=call_id or new_id("call"), name=name or "",
-                arguments="", status="in_progress",
-            )  # fmt: skip
+            call_id = call_id or new_id("call")
+            call: FunctionCallOutput | CustomToolCallOutput = (
+                CustomToolCallOutput(id=new_id("ctc"), call_id=call_id, name=name or "",
+                                     input="", status="in_progress") if custom else
+                FunctionCallOutput(id=new_id("fc"), call_id=call_id, name=name or "",
+                                   arguments="", status="in_progress"))  # fmt: skip
             self.items.append(call)
             self._open = call
             self._call_indexes[index] = self.output_index
             events.append(self._item_event("added", call))
         call = self.items[self._call_indexes[index]]
-        assert isinstance(call, FunctionCallOutput)
+        assert isinstance(call, (FunctionCallOutput, CustomToolCallOutput))
         if arguments:
-            call.arguments += arguments
-            events.append({"type": "response.function_call_arguments.delta", "item_id": call.id,
+            if isinstance(call, CustomToolCallOutput):
+                call.input += arguments
+                kind = "response.custom_tool_call_input.delta"
+            else:
+                call.arguments += arguments
+                kind = "response.function_call_arguments.delta"
+            events.append({"type": kind, "item_id": call.id,
                            "output_index": self.items.index(call), "delta": arguments})  # fmt: skip
         return events
 
@@ -363,6 +385,10 @@ class OutputAssembler:
             done = {"type": "response.function_call_arguments.done", "item_id": item.id,
                     "output_index": index, "name": item.name,
                     "arguments": item.arguments}  # fmt: skip
+            return [done, self._item_event("done", item)]
+        if isinstance(item, CustomToolCallOutput):
+            done = {"type": "response.custom_tool_call_input.done", "item_id": item.id,
+                    "output_index": index, "input": item.input}  # fmt: skip
             return [done, self._item_event("done", item)]
         if isinstance(item, ReasoningOutput):
             done = {"type": "response.reasoning_text.done", "item_id": item.id,

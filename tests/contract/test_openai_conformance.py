@@ -29,6 +29,9 @@ TOOL = {"type": "function", "function": {
 COLOUR_SCHEMA = {
     "type": "object", "properties": {"colour": {"type": "string", "enum": ["red", "blue"]}},
     "required": ["colour"], "additionalProperties": False}
+CALC_REGEX = r"(add|sub) [0-9]{1,3}"  # a custom tool's input format: bounded, so calls end
+CUSTOM_TOOL = {"type": "custom", "custom": {"name": "calc", "format": {
+    "type": "grammar", "grammar": {"syntax": "regex", "definition": CALC_REGEX}}}}
 SCHEMA_FORMAT = {"type": "json_schema",
                  "json_schema": {"name": "colour", "strict": True, "schema": COLOUR_SCHEMA}}
 
@@ -42,6 +45,8 @@ ALLOWED: tuple[tuple[str, bool, str, str], ...] = (
     ("CreateCompletionResponse", True, "finish_reason", "None is not"),
     # encoding_format "base64": the vector is a base64 string, the document says an array
     ("CreateEmbeddingResponse", False, "/embedding", "is not of type 'array'"),
+    # a custom tool's streamed call: the document's chunk knows function calls only
+    ("CreateChatCompletionStreamResponse", True, "tool_calls/0/type", "'custom' is not one of"),
 )
 
 
@@ -79,6 +84,8 @@ CHAT_CASES = {
     "json_schema": {"response_format": SCHEMA_FORMAT},
     "json_object": {"response_format": {"type": "json_object"}},
     "stop": {"stop": ["e"], "temperature": 1.0, "seed": 1},
+    "custom_tool": {"tools": [CUSTOM_TOOL], "max_tokens": 40,
+                    "tool_choice": {"type": "custom", "custom": {"name": "calc"}}},
 }
 
 
@@ -146,6 +153,14 @@ RESPONSES_CASES = {
     "json_schema": {"text": {"format": {"type": "json_schema", "name": "colour", "strict": True,
                                         "schema": COLOUR_SCHEMA}}},
     "truncated": {"max_output_tokens": 16},
+    "custom_tool": {"tools": [{"type": "custom", "name": "calc", "format": {
+        "type": "grammar", "syntax": "regex", "definition": CALC_REGEX}}],
+        "tool_choice": {"type": "custom", "name": "calc"}, "max_output_tokens": 40},
+    "custom_replayed": {"input": [
+        {"role": "user", "content": "Add 2 and 3."},
+        {"type": "custom_tool_call", "call_id": "call_1", "name": "calc", "input": "add 2"},
+        {"type": "custom_tool_call_output", "call_id": "call_1", "output": "5"}],
+        "tools": [{"type": "custom", "name": "calc"}]},
 }
 
 

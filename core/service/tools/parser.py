@@ -9,6 +9,10 @@ the model wrote. Text that opens a call region but turns out not to be one goes 
 A region the choice ends in (max_tokens cut it, or the model stopped) is never content: a call
 whose name was written is announced, the rest is dropped (only a bare `{` that shows no call,
 under llama3_json, is content, unless calls were forced: it may be a JSON answer).
+
+A custom tool's call (core/service/tools/grammar.py) is its name as a call object, a newline
+and raw input up to the close marker (one newline before it dropped): its first delta says
+type "custom", its later deltas carry fragments of the input (in `arguments`).
 """
 
 from __future__ import annotations
@@ -30,7 +34,8 @@ class ToolCallDelta:
     index: int  # the call's position among this choice's calls
     id: str = ""  # "call_…": on the call's first delta only
     name: str = ""  # the function name: on the call's first delta only
-    arguments: str = ""  # a fragment of the arguments JSON
+    arguments: str = ""  # a fragment of the arguments JSON (a custom tool's: of its input)
+    type: str = ""  # "function" or "custom": on the call's first delta only
 
 
 @dataclass
@@ -47,6 +52,7 @@ class _State(enum.Enum):
     OBJECT_START = "object_start"  # expecting the `{` of a call object
     OBJECT = "object"  # inside a call object
     AFTER_OBJECT = "after_object"  # expecting a separator or the region's close_text
+    RAW = "raw"  # a custom tool's input: raw text up to the close marker
 
 
 class _CallObject:
@@ -150,9 +156,12 @@ class _CallObject:
 class ToolCallParser:
     """One choice's streaming tool-call parser (see the module docstring)."""
 
-    def __init__(self, syntax: ToolSyntax, forced: bool = False):
+    def __init__(self, syntax: ToolSyntax, forced: bool = False,
+                 custom_names: frozenset[str] = frozenset()):
         self.syntax = syntax
         self.forced = forced  # the output is calls (tool_choice "required" or a function)
+        self.custom_names = custom_names  # the custom tools: their calls' input is raw text
+        self._raw_started = False  # the custom call's header newline was read
         self.num_calls = 0  # calls started so far
         self._state = _State.CONTENT
         self._pending = ""  # text not yet decided (a possible marker, whitespace, a region)
@@ -185,7 +194,12 @@ class ToolCallParser:
         dropped; only a bare `{` (no marker, no call before it, calls not forced) without a
         name is content."""
         out = ParsedDelta()
-        if self._state == _State.CONTENT:
+        if self._state == _State.RAW:
+            pending = self._pending if self._raw_started else self._pending.removeprefix("\n")
+            if cut:  # a close marker begun: markup
+                pending = pending[:len(pending) - _partial_marker(pending, self._raw_closes())]
+            self._raw_input(out, pending)
+        elif self._state == _State.CONTENT:
             pending = self._pending
             partial = _partial_marker(pending, self.syntax.start_markers)
             if cut and partial:
@@ -214,6 +228,8 @@ class ToolCallParser:
             self._expect_text(out, "{", _State.OBJECT, keep=True)
         elif self._state == _State.OBJECT:
             self._scan_object(out)
+        elif self._state == _State.RAW:
+            self._scan_raw(out)
         else:
             self._scan_after_object(out)
 
@@ -275,12 +291,50 @@ class ToolCallParser:
                 break
         self._region_raw += self._pending[:consumed]
         self._pending = self._pending[consumed:]
+        if call.done and self._custom_call(call):
+            out.tool_calls.append(ToolCallDelta(index=self.num_calls, id=_call_id(),
+                                                name=call.value("name"), type="custom"))
+            self.num_calls += 1
+            self._call_announced, self._raw_started = True, False
+            self._state = _State.RAW
+            return
         self._announce_and_stream(out, call)
         if call.done:
             if not self._call_announced:  # an object that is not a call
                 self._give_up(out)
                 return
             self._state = _State.AFTER_OBJECT
+
+    def _custom_call(self, call: _CallObject) -> bool:
+        """Is this finished call object a custom tool's header (a name, no arguments)?"""
+        return (not self._call_announced and call.value("name") in self.custom_names
+                and self.syntax.arguments_key not in call.values)
+
+    def _raw_closes(self) -> tuple[str, ...]:
+        close = self.syntax.close_text
+        return ("\n" + close, close)
+
+    def _raw_input(self, out: ParsedDelta, text: str) -> None:
+        if text:
+            out.tool_calls.append(ToolCallDelta(index=self.num_calls - 1, arguments=text))
+
+    def _scan_raw(self, out: ParsedDelta) -> None:
+        """A custom call's input: after the header's newline, text up to the close marker."""
+        text = self._pending
+        if not self._raw_started:
+            if not text:
+                return
+            text, self._raw_started = text.removeprefix("\n"), True
+        close = self.syntax.close_text
+        index = text.find(close)
+        if index >= 0:
+            self._raw_input(out, text[:index].removesuffix("\n"))
+            self._pending = text[index + len(close):].lstrip(_WHITESPACE)
+            self._region_raw, self._state, self._call = "", _State.CONTENT, None
+            return
+        keep = _partial_marker(text, self._raw_closes())
+        self._raw_input(out, text[:len(text) - keep])
+        self._pending = text[len(text) - keep:]
 
     def _announce_and_stream(self, out: ParsedDelta, call: _CallObject) -> None:
         if not self._call_announced:

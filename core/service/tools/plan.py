@@ -2,7 +2,8 @@
 
 Owns: the 400s of tool requests (a tool_choice without tools, a named or allowed function that is
 not among them, bad or duplicate tool names, tools for a model whose chat template cannot show
-them or whose call syntax is unknown) and `ToolPlan`: the syntax each choice's output is parsed
+them or whose call syntax is unknown, custom tools' bad formats and custom tools in a family other
+than Hermes) and `ToolPlan`: the syntax each choice's output is parsed
 in, and the grammar that forces calls for `tool_choice` "required" or a named function (of the
 allowed tools only, under `allowed_tools`), and under "auto" the calls grammar that a response
 format's answer is composed with.
@@ -14,7 +15,12 @@ import re
 from dataclasses import dataclass
 
 from core.errors import InvalidParameter, Unsupported
-from core.service.tools.grammar import auto_calls_grammar, auto_tool_grammar, tool_call_grammar
+from core.service.tools.grammar import (
+    auto_calls_grammar,
+    auto_tool_grammar,
+    check_custom_format,
+    tool_call_grammar,
+)
 from core.service.tools.syntax import ToolSyntax, detect_syntax, syntax_named
 from core.structured import GrammarSpec
 from tandem.v1 import inference_pb2 as pb
@@ -49,6 +55,9 @@ def check_tool_choice(chat: pb.ChatInput) -> None:
                                    "'-'", param="tools")
     if len(set(names)) != len(names):
         raise InvalidParameter("tool names must be unique", param="tools")
+    for index, tool in enumerate(chat.tools):
+        if tool.type == "custom":
+            check_custom_format(custom_format(tool), f"tools[{index}].format")
     if mode in (_MODE.MODE_AUTO, _MODE.MODE_REQUIRED, _MODE.MODE_FUNCTION) and not names:
         raise InvalidParameter("tool_choice needs tools: give at least one tool",
                                param="tool_choice")
@@ -66,12 +75,20 @@ def check_tool_choice(chat: pb.ChatInput) -> None:
                                    "tools", param="tool_choice")
 
 
+def custom_format(tool: pb.Tool) -> dict | None:
+    """A custom tool's format as the grammar builder takes it (None: a function tool)."""
+    if tool.type != "custom":
+        return None
+    return {"syntax": tool.format_syntax, "definition": tool.format_definition}
+
+
 def tool_plan(chat: pb.ChatInput, tools: list[dict], chat_template: str | None,
               renders_tools: bool, parser_name: str, special_ids: dict[str, int],
               open_objects: bool = False) -> ToolPlan | None:
     """The plan of a request whose template shows tools (None when it shows none).
 
-    `tools` are the parsed {"name", "parameters", "strict"} definitions; `renders_tools` says
+    `tools` are the parsed {"name", "parameters", "strict", "custom"} definitions ("custom":
+    a custom tool's format, else None); `renders_tools` says
     whether the template in use changes the prompt when given tools; `parser_name` is the core's
     --tool-call-parser ("auto": read off the template); `special_ids` maps the special tokens'
     text to their ids; `open_objects` (the server's --json-open-objects) keeps the arguments'
@@ -86,6 +103,9 @@ def tool_plan(chat: pb.ChatInput, tools: list[dict], chat_template: str | None,
     if syntax is None:
         raise Unsupported("this model's tool-call syntax is unknown (start the core with "
                           "--tool-call-parser)", param="tools")
+    if syntax.name != "hermes" and any(tool.get("custom") is not None for tool in tools):
+        raise Unsupported(f"custom tools need the hermes tool-call syntax; this model's is "
+                          f"{syntax.name}", param="tools")
     markers = [*syntax.start_markers, "<tool_call>", "</tool_call>"]
     marker_ids = {marker: special_ids[marker] for marker in markers if marker in special_ids}
     mode = chat.tool_choice.mode
@@ -105,6 +125,6 @@ def tool_plan(chat: pb.ChatInput, tools: list[dict], chat_template: str | None,
                                        special_ids=marker_ids, open_objects=open_objects)
         calls = auto_calls_grammar(syntax, callable_tools, parallel=parallel,
                                    special_ids=marker_ids, open_objects=open_objects)
-    grammar = GrammarSpec(kind="lark", source=source, param="tools") if source else None
+    grammar = GrammarSpec(kind="llguidance", source=source, param="tools") if source else None
     return ToolPlan(syntax=syntax, grammar=grammar, keep_special_tokens=bool(marker_ids),
                     calls=calls)

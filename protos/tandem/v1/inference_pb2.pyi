@@ -269,7 +269,7 @@ class ToolCall(_message.Message):
     FUNCTION_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     type: _builtins.str
-    """Always "function" today."""
+    """"function", or "custom" (a custom tool: `function.arguments` holds its free-form input)."""
     @_builtins.property
     def function(self) -> Global___FunctionCall: ...
     def __init__(
@@ -290,7 +290,7 @@ Global___ToolCall: _TypeAlias = ToolCall  # noqa: Y015
 @_typing.final
 class Tool(_message.Message):
     """A tool the model may call.
-    Next ID: 6
+    Next ID: 8
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -300,14 +300,22 @@ class Tool(_message.Message):
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     PARAMETERS_JSON_FIELD_NUMBER: _builtins.int
     STRICT_FIELD_NUMBER: _builtins.int
+    FORMAT_SYNTAX_FIELD_NUMBER: _builtins.int
+    FORMAT_DEFINITION_FIELD_NUMBER: _builtins.int
     type: _builtins.str
-    """Always "function" today."""
+    """"function" (JSON arguments), or "custom" (OpenAI's custom tools: free-form text input)."""
     name: _builtins.str
     description: _builtins.str
     parameters_json: _builtins.str
-    """JSON Schema of the arguments, JSON-encoded."""
+    """Function tools: JSON Schema of the arguments, JSON-encoded."""
     strict: _builtins.bool
     """OpenAI's strict function calling: arguments must match the schema exactly."""
+    format_syntax: _builtins.str
+    """Custom tools: the syntax of `format_definition`, which the input must match: "lark" or
+    "regex"; "" (or "text"): free-form text.
+    """
+    format_definition: _builtins.str
+    """Custom tools: the Lark grammar or regex of the input (constrained decoding)."""
     def __init__(
         self,
         *,
@@ -316,10 +324,12 @@ class Tool(_message.Message):
         description: _builtins.str = ...,
         parameters_json: _builtins.str = ...,
         strict: _builtins.bool | None = ...,
+        format_syntax: _builtins.str = ...,
+        format_definition: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_strict", b"_strict", "strict", b"strict"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_strict", b"_strict", "description", b"description", "name", b"name", "parameters_json", b"parameters_json", "strict", b"strict", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_strict", b"_strict", "description", b"description", "format_definition", b"format_definition", "format_syntax", b"format_syntax", "name", b"name", "parameters_json", b"parameters_json", "strict", b"strict", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__strict: _TypeAlias = _typing.Literal["strict"]  # noqa: Y015
     _WhichOneofArgType__strict: _TypeAlias = _typing.Literal["_strict", b"_strict"]  # noqa: Y015
@@ -369,7 +379,7 @@ class ToolChoice(_message.Message):
     ALLOWED_FUNCTION_NAMES_FIELD_NUMBER: _builtins.int
     mode: Global___ToolChoice.Mode.ValueType
     function_name: _builtins.str
-    """The function to call (MODE_FUNCTION only)."""
+    """The function or custom tool to call (MODE_FUNCTION only)."""
     @_builtins.property
     def allowed_function_names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """MODE_AUTO or MODE_REQUIRED only: the model may call only these of `tools` (OpenAI's
@@ -1027,7 +1037,7 @@ Global___TokenLogprob: _TypeAlias = TokenLogprob  # noqa: Y015
 @_typing.final
 class Usage(_message.Message):
     """Cumulative token counts of the whole request (all choices).
-    Next ID: 5
+    Next ID: 7
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -1036,12 +1046,19 @@ class Usage(_message.Message):
     COMPLETION_TOKENS_FIELD_NUMBER: _builtins.int
     CACHED_TOKENS_FIELD_NUMBER: _builtins.int
     REASONING_TOKENS_FIELD_NUMBER: _builtins.int
+    DRAFT_TOKENS_FIELD_NUMBER: _builtins.int
+    ACCEPTED_DRAFT_TOKENS_FIELD_NUMBER: _builtins.int
     prompt_tokens: _builtins.int
     completion_tokens: _builtins.int
     cached_tokens: _builtins.int
     """Prompt tokens served from the prefix cache."""
     reasoning_tokens: _builtins.int
     """Completion tokens spent reasoning (in `reasoning_text`), markers included."""
+    draft_tokens: _builtins.int
+    """N-gram speculation (`--speculative-ngram`): draft tokens proposed, and how many of them
+    the model's sampling accepted (the accepted ones are among `completion_tokens`).
+    """
+    accepted_draft_tokens: _builtins.int
     def __init__(
         self,
         *,
@@ -1049,10 +1066,12 @@ class Usage(_message.Message):
         completion_tokens: _builtins.int = ...,
         cached_tokens: _builtins.int = ...,
         reasoning_tokens: _builtins.int = ...,
+        draft_tokens: _builtins.int = ...,
+        accepted_draft_tokens: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cached_tokens", b"cached_tokens", "completion_tokens", b"completion_tokens", "prompt_tokens", b"prompt_tokens", "reasoning_tokens", b"reasoning_tokens"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted_draft_tokens", b"accepted_draft_tokens", "cached_tokens", b"cached_tokens", "completion_tokens", b"completion_tokens", "draft_tokens", b"draft_tokens", "prompt_tokens", b"prompt_tokens", "reasoning_tokens", b"reasoning_tokens"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1075,11 +1094,11 @@ class ToolCallDelta(_message.Message):
     id: _builtins.str
     """"call_...": on the call's first delta only."""
     type: _builtins.str
-    """"function": on the call's first delta only."""
+    """"function" or "custom": on the call's first delta only."""
     @_builtins.property
     def function(self) -> Global___FunctionCall:
-        """The name on the first delta; later deltas carry fragments of the JSON arguments, which
-        joined are exactly the arguments the model wrote.
+        """The name on the first delta; later deltas carry fragments of the JSON arguments (a custom
+        tool's call: of its free-form input), which joined are exactly what the model wrote.
         """
 
     def __init__(

@@ -150,6 +150,45 @@ def test_mixed_constrained_and_free_work_compiles_nothing(engine):
     assert engine.compilations_after_warmup == 0
 
 
+EXTRACTION = {  # fixed keys, enums, booleans and short strings: mostly forced tokens
+    "type": "object",
+    "properties": {"kind": {"enum": ["invoice", "receipt"]}, "paid": {"type": "boolean"},
+                   "currency": {"enum": ["EUR", "USD"]}, "vendor": {"type": "string",
+                                                                   "maxLength": 5},
+                   "urgent": {"type": "boolean"}, "status": {"enum": ["open", "closed"]}},
+    "required": ["kind", "paid", "currency", "vendor", "urgent", "status"],
+    "additionalProperties": False,
+}
+
+
+def test_jump_forward_gives_the_greedy_text_in_fewer_steps(engine, monkeypatch):
+    """Forced tokens (keys, punctuation, enum tails) are appended without sampling and
+    computed as one chunk: the greedy text is the one decoded token by token, it validates,
+    several tokens arrive per output, and nothing compiles."""
+    spec = GrammarSpec("json_schema", json.dumps(EXTRACTION), "response_format")
+    prompts = [[5, 6, 7], list(range(30, 70))]
+
+    def greedy(tag: str) -> dict[str, list[RequestOutput]]:
+        return run(engine, [constrained(f"{tag}-{i}", prompt, spec=spec, temperature=0.0)
+                            for i, prompt in enumerate(prompts)])
+
+    forced_before = engine.num_forced_tokens
+    jumped = greedy("jump")
+    assert engine.num_forced_tokens - forced_before > 20
+    monkeypatch.setattr(engine, "jump_forward", False)
+    forced_before = engine.num_forced_tokens
+    stepped = greedy("step")
+    assert engine.num_forced_tokens == forced_before  # off: every token sampled
+    for i in range(len(prompts)):
+        jump, step = jumped[f"jump-{i}"], stepped[f"step-{i}"]
+        assert text(jump) == text(step)
+        jsonschema.validate(json.loads(text(jump)), EXTRACTION)
+        assert jump[-1].finish_reason is step[-1].finish_reason is FinishReason.STOP
+        assert jump[-1].completion_tokens == len(tokens(jump))
+        assert len(jump) < len(step) == len(tokens(step))  # several tokens per output
+    assert engine.compilations_after_warmup == 0
+
+
 def test_min_tokens_holds_eos_back_under_a_grammar_until_it_can_only_end(engine):
     eos = engine.model_config.eos_token_ids[0]
     pushes_eos = SamplingParams(temperature=0.0, logit_bias=((eos, 100.0),))

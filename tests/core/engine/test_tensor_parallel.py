@@ -52,7 +52,9 @@ def tp_results(tiny_models) -> dict[str, dict]:
     lines = [json.loads(line) for line in done.stdout.strip().splitlines()
              if line.startswith('{"model_dir"')]
     assert [line["model_dir"] for line in lines] == [str(tiny_models[v]) for v in VARIANTS]
-    return dict(zip(VARIANTS, lines, strict=True))
+    int8 = [json.loads(line) for line in done.stdout.strip().splitlines()
+            if line.startswith('{"int8"')]
+    return {**dict(zip(VARIANTS, lines, strict=True)), "int8": int8[0]["int8"]}
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -174,3 +176,13 @@ def _generate(stub, prompt) -> dict:
             top += [[(t.token_id, t.logprob) for t in entry.top_logprobs]
                     for entry in choice.logprobs]
     return {"tokens": tokens, "top": top}
+
+
+def test_tensor_parallel_4_int8_matches_one_device(tp_results):
+    """Qwen2 with --quantization int8: each weight's scales split with its output axis — q's
+    (heads) and gate/up's (MLP width) per layer; k/v's stay whole with their replicated heads,
+    o/down's along the model width, and its tied head is the float embedding table; the
+    logits are those of one device."""
+    result = tp_results["int8"]
+    assert result["scales_split"] == 2 * 3  # q, gate, up per layer
+    assert result["argmax_equal"] and result["max_abs_difference"] < 1e-4

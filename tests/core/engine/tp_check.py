@@ -50,6 +50,30 @@ def generate(model_dir: Path, tensor_parallel: int) -> dict:
             "requests": [results[key] for key in sorted(results)]}
 
 
+def int8_logits(model_dir: Path) -> dict:
+    """`--quantization int8` (the lm_head too) split 4 ways against one device: the int8
+    weights and their scales shard along the same output axes (core/engine/sharding.py)."""
+    import numpy as np
+    from flax import nnx
+
+    from core.engine import sharding
+    from core.models.loader import load_model
+    from core.models.quantize import next_token_logits
+
+    model, config = load_model(model_dir, "float32", None, "int8", True)
+    graphdef, state = nnx.split(model)
+    mesh = sharding.make_mesh(4)
+    sharded = sharding.shard_params(state, mesh, sharding.logical_rules(config, 4))
+    scales_split = sum(not leaf.sharding.is_fully_replicated
+                       for path, leaf in jax.tree_util.tree_flatten_with_path(sharded)[0]
+                       if "_scale" in jax.tree_util.keystr(path))
+    prompts = jax.numpy.asarray([[0, *range(20, 40)], [0, *range(100, 120)]])
+    forward = jax.jit(lambda params: next_token_logits(nnx.merge(graphdef, params), prompts))
+    one, four = np.asarray(forward(state)), np.asarray(forward(sharded))
+    return {"scales_split": scales_split, "max_abs_difference": float(np.abs(one - four).max()),
+            "argmax_equal": bool((one.argmax(-1) == four.argmax(-1)).all())}
+
+
 def _spec_at(leaf, axis: int):
     spec = tuple(getattr(leaf.sharding, "spec", ()))
     return spec[axis] if axis < len(spec) else None
@@ -60,3 +84,4 @@ if __name__ == "__main__":
         print(json.dumps({"model_dir": str(model_dir), "devices": jax.device_count(),
                           "one": generate(model_dir, 1), "four": generate(model_dir, 4)}),
               flush=True)
+    print(json.dumps({"int8": int8_logits(Path(sys.argv[1]))}), flush=True)

@@ -286,3 +286,73 @@ def test_a_bad_part_of_an_answer_or_calls_grammar_is_named(tokenizers):
             assert refused.value.param == param
     finally:
         compiler.close()
+
+
+CUSTOM_TOOLS = [
+    {"name": "get_time", "parameters": TIME},
+    {"name": "calc", "parameters": {}, "custom": {"syntax": "regex",
+                                                  "definition": r"(add|sub) [0-9]{1,3}"}},
+    {"name": "op", "parameters": {}, "custom": {"syntax": "lark", "definition":
+                                                'start: word+\nword: "a" | "b" " "'}},
+    {"name": "note", "parameters": {}, "custom": {"syntax": "", "definition": ""}},
+]
+
+
+def _custom_call(name: str, text: str) -> str:
+    return f'<tool_call>\n{{"name": "{name}"}}\n{text}\n</tool_call>'
+
+
+@pytest.mark.parametrize("how", ["whole", "chars", "uneven"])
+def test_custom_calls_parse_to_their_raw_input(how):
+    """A custom tool's call is its name, then raw text up to the close marker: parsed in any
+    chunking to the exact input (a partial close inside the input is input), next to function
+    calls and content."""
+    note = "line one\n{\"json\": no} </tool\nend"
+    text = ("Sure." + _custom_call("note", note) + "\n" + _custom_call("calc", "add 12")
+            + '\n<tool_call>\n{"name": "get_time", "arguments": {"zone": "UTC"}}\n</tool_call>')
+    parser = ToolCallParser(syntax_named("hermes"), custom_names=frozenset({"note", "calc"}))
+    content, calls = "", {}
+    for result in [parser.feed(chunk) for chunk in pieces(text, how)] + [parser.finish()]:
+        content += result.content
+        for delta in result.tool_calls:
+            call = calls.setdefault(delta.index, ["", "", ""])
+            call[0], call[1], call[2] = call[0] + delta.name, call[1] + delta.type, \
+                call[2] + delta.arguments
+    assert content == "Sure."
+    assert [calls[i] for i in sorted(calls)] == [["note", "custom", note],
+                                                 ["calc", "custom", "add 12"],
+                                                 ["get_time", "", '{"zone": "UTC"}']]
+
+
+def test_custom_call_grammars_enforce_each_format(tokenizers):
+    """llguidance, on the tiny Qwen tokenizer, takes a custom call whose input matches the
+    tool's regex or Lark grammar (free text: anything up to the close) and refuses one that
+    does not; function calls still work beside them; a bad format is a 400 naming it."""
+    tokenizer = tokenizers["qwen2"]
+    ll_tokenizer = llguidance.hf.from_tokenizer(tokenizer)
+    syntax = detect_syntax(tokenizer.chat_template)
+
+    def accepts(grammar: str, text: str) -> bool:
+        matcher = llguidance.LLMatcher(ll_tokenizer, grammar_text(
+            GrammarSpec(kind="llguidance", source=grammar, param="tools"), 1 << 16))
+        ok = matcher.consume_tokens(tokenizer.encode(text, add_special_tokens=False))
+        return ok and matcher.is_accepting()
+
+    required = tool_call_grammar(syntax, CUSTOM_TOOLS)
+    assert accepts(required, _custom_call("calc", "sub 7") + "\n" + _custom_call("op", "ab a")
+                   + "\n" + _custom_call("note", "any {text}\nat all"))
+    assert accepts(required, '<tool_call>\n{"name": "get_time", "arguments": {"zone": "UTC"}}'
+                             '\n</tool_call>')
+    assert not accepts(required, _custom_call("calc", "mul 7"))
+    assert not accepts(required, _custom_call("op", "ac"))
+    named = tool_call_grammar(syntax, CUSTOM_TOOLS, function_name="calc")
+    assert accepts(named, _custom_call("calc", "add 123"))
+    assert not accepts(named, _custom_call("note", "add 123"))
+    auto = auto_tool_grammar(syntax, CUSTOM_TOOLS)
+    assert accepts(auto, "Let me see. " + _custom_call("calc", "add 1"))
+    assert not accepts(auto, "Let me see. " + _custom_call("calc", "add x"))
+    from core.service.tools.grammar import check_custom_format
+    for bad in ({"syntax": "regex", "definition": "(["}, {"syntax": "lark", "definition": "a: ("}):
+        with pytest.raises(InvalidParameter) as caught:
+            check_custom_format(bad, "tools[1].format")
+        assert caught.value.param == "tools[1].format"
