@@ -20,7 +20,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tandem.v1 import inference_pb2 as pb
 from tandem.v1 import inference_pb2_grpc as pb_grpc
-from tests.conftest import check_running, core_env, free_port, retry_on_taken_port, stop_process
+from tests.conftest import (
+    check_running,
+    core_env,
+    free_port,
+    retry_on_taken_port,
+    stop_process,
+    xla_test_env,
+)
 from tests.core.engine.tp_check import ENGINE_LIMITS, MAX_TOKENS, PROMPTS, TOP_LOGPROBS
 
 # parameters split 4 ways, per layer of the 2: q, o, gate, up, down, and Qwen2's q bias; Qwen3's
@@ -36,7 +43,7 @@ VARIANTS = tuple(SPLIT_PARAMS)
 def tp_results(tiny_models) -> dict[str, dict]:
     """tp_check's result per variant, from one process (4 virtual CPU devices) for them all."""
     root = Path(__file__).resolve().parents[3]
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+    env = {**os.environ, "XLA_FLAGS": xla_test_env(device_count=4),
            "JAX_PLATFORMS": "cpu"}
     done = subprocess.run([sys.executable, "-m", "tests.core.engine.tp_check",
                            *(str(tiny_models[variant]) for variant in VARIANTS)],
@@ -105,7 +112,7 @@ def _start_group(model_dir: Path, logs_dir: Path):
              *(f"--{name.replace('_', '-')}={value}" for name, value in ENGINE_LIMITS.items()),
              "--tensor-parallel", "4", "--distributed", f"127.0.0.1:{coordinator}",
              "--num-processes", "2"]
-    env = core_env(XLA_FLAGS="--xla_force_host_platform_device_count=2",
+    env = core_env(XLA_FLAGS=xla_test_env(device_count=2),
                    TANDEM_LOG_FORMAT="text")
     processes, logs = [], []
     for process_id, grpc_port in ((1, 0), (0, port)):
