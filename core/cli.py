@@ -53,10 +53,14 @@ def _add_core_flags(parser: argparse.ArgumentParser) -> None:
                              "else the directory name)")
     parser.add_argument("--rerank-model", type=Path, default=None,
                         help="a cross-encoder served for rerank (/v1/rerank, /v2/rerank, "
-                             "/score): a BertForSequenceClassification directory with one "
-                             "label (default: none)")
+                             "/score): a BERT or XLM-RoBERTa ...ForSequenceClassification "
+                             "directory with one label (default: none)")
     parser.add_argument("--rerank-model-name", default="",
                         help="its model id (default: the directory name)")
+    parser.add_argument("--encoder-max-batch-rows", type=int, choices=(1, 4, 16, 64), default=64,
+                        help="the largest call of the embedding and rerank encoders, in rows: a "
+                             "larger request is split; smaller compiles fewer shapes at start "
+                             "(64 also compiles the packed calls)")
     parser.add_argument("--decoder-pooling", choices=("last", "mean"), default=None,
                         help="let the main (decoder) model embed too: its final hidden states "
                              "pooled at the last token or averaged, then normalized (default: "
@@ -249,6 +253,7 @@ def run_core(args: argparse.Namespace) -> None:
                           rerank_model_name=(args.rerank_model_name or args.rerank_model.name
                                              if args.rerank_model else ""),
                           decoder_pooling=args.decoder_pooling,
+                          encoder_max_batch_rows=args.encoder_max_batch_rows,
                           host=args.grpc_host, grpc_port=args.grpc_port, engine=engine,
                           metrics_port=args.metrics_port,
                           drain_timeout_s=args.drain_timeout_s,

@@ -342,6 +342,7 @@ class ServerConfig:
     embedding_model_name: str = ""  # its id; empty: the directory's name
     rerank_model_dir: Path | None = None  # a cross-encoder served for Rerank; None: none
     rerank_model_name: str = ""  # its id; empty: the directory's name
+    encoder_max_batch_rows: int = 64  # the largest call of an encoder (embedding, rerank) in rows
     decoder_pooling: str | None = None  # "last" or "mean": the main decoder embeds too
     tool_call_parser: str = "auto"  # tool-call syntax of the main model ("auto": its template)
     reasoning_parser: str = "auto"  # think-block syntax of the main model ("auto": its template)

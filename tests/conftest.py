@@ -23,8 +23,9 @@ from core.xla_flags import apply_defaults  # stdlib only
 # run few steps, so compiling is most of its time, and level 0 cuts a warm-up's CPU time by 40%
 # (59 → 33 CPU seconds, process start included, for the `server` fixture's engine on a 2-core
 # AVX2 machine) without changing what is computed — the parity tests hold at their tolerances.
-# `tandem` itself and every benchmark under scripts/ run at XLA's default level. Every process of the session uses it
-# (`core_env()`, `xla_test_env()`), so the store of compiled buckets stays shared.
+# `tandem` itself and every benchmark under scripts/ run at XLA's default level. Every process
+# of the session uses it (`core_env()`, `xla_test_env()`), so the store of compiled buckets stays
+# shared.
 TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
 
 
@@ -206,10 +207,12 @@ SERVER_MAX_NUM_BATCHED_TOKENS = 128
 # compiled buckets ($TANDEM_HOME/jax-cache/executables).
 # float32: the tests compare it with Hugging Face in float32 (`--dtype auto` would pick
 # bfloat16 on a CPU with AVX512-BF16).
+# Encoder calls of at most 16 rows: MiniLM compiles 15 shapes instead of 40 (no packed calls;
+# tests/core/models/test_bert.py and test_cross_encoder.py check packing in-process).
 SERVER_ENGINE_FLAGS = ("--max-model-len", str(SERVER_MAX_MODEL_LEN),
                        "--max-num-seqs", str(SERVER_MAX_NUM_SEQS),
                        "--max-num-batched-tokens", str(SERVER_MAX_NUM_BATCHED_TOKENS),
-                       "--dtype", "float32")  # fmt: skip
+                       "--dtype", "float32", "--encoder-max-batch-rows", "16")  # fmt: skip
 
 
 def server_engine_config():

@@ -49,6 +49,12 @@ class EmbeddingBuckets:
     packed_fractions: tuple[float, ...] = ()
     min_packed_rows: int = 64
 
+    def with_max_rows(self, max_rows: int) -> EmbeddingBuckets:
+        """Only the batch sizes up to `max_rows` (a larger request is split into several calls):
+        fewer shapes to compile and smaller calls, at some throughput on large batches."""
+        return replace(self, batch_sizes=tuple(rows for rows in self.batch_sizes
+                                               if rows <= max_rows) or self.batch_sizes[:1])
+
     def for_max_len(self, max_input_tokens: int) -> EmbeddingBuckets:
         """Only the lengths this model needs (the largest covers max_input_tokens)."""
         index = bisect.bisect_left(self.lengths, max_input_tokens)

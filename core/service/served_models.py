@@ -156,7 +156,7 @@ def _started_embedder(forward, graphdef, treedef, leaves: list, dimensions: int,
     return embedder
 
 
-def load_embedding(model_dir: Path, name: str) -> ServedModel:
+def load_embedding(model_dir: Path, name: str, max_batch_rows: int = 64) -> ServedModel:
     """A BERT-family encoder with its sentence-transformers pooling (compiled, started)."""
     import jax
     from flax import nnx
@@ -171,7 +171,8 @@ def load_embedding(model_dir: Path, name: str) -> ServedModel:
         return encode(encoder, token_ids, attention_mask, pooling, num_packed_tokens)
 
     tokenizer = Tokenizer(Path(model_dir))
-    buckets = EmbeddingBuckets(packed_fractions=PACKED_FRACTIONS).for_max_len(max_seq_len_tokens)
+    buckets = EmbeddingBuckets(packed_fractions=PACKED_FRACTIONS).with_max_rows(
+        max_batch_rows).for_max_len(max_seq_len_tokens)
     embedder = _started_embedder(forward, graphdef, treedef, leaves, config.hidden_size, buckets,
                                  repr(("bert", config, pooling)), pad_token_id=config.pad_token_id)
     policy = PromptPolicy(vocab_size=config.vocab_size, max_model_len=max_seq_len_tokens,
@@ -198,7 +199,7 @@ def embedding_description(model_dir: Path, num_layers: int, dimensions: int,
             "embeddings only.")
 
 
-def load_reranker(model_dir: Path, name: str) -> ServedModel:
+def load_reranker(model_dir: Path, name: str, max_batch_rows: int = 64) -> ServedModel:
     """A cross-encoder (BERT's or XLM-RoBERTa's `…ForSequenceClassification`, one label) for
     Rerank: an embedding engine whose forward scores token-typed pairs (compiled, started)."""
     import jax
@@ -219,7 +220,8 @@ def load_reranker(model_dir: Path, name: str) -> ServedModel:
 
     tokenizer = Tokenizer(Path(model_dir))
     max_len = config.max_seq_len_tokens
-    buckets = EmbeddingBuckets(packed_fractions=PACKED_FRACTIONS).for_max_len(max_len)
+    buckets = EmbeddingBuckets(packed_fractions=PACKED_FRACTIONS).with_max_rows(
+        max_batch_rows).for_max_len(max_len)
     reranker = _started_embedder(forward, graphdef, treedef, leaves, config.num_labels, buckets,
                                  repr(("cross-encoder", config)),
                                  pad_token_id=config.encoder.pad_token_id, uses_token_types=True)

@@ -373,10 +373,11 @@ class CoreServer:
         config, names = self.config, self.servicer.expected
         started = time.perf_counter()
         hf_config = read_hf_config(config.model_dir)  # the one read of the main model's config
+        rows = config.encoder_max_batch_rows
         if is_cross_encoder_config(hf_config):
-            loads = [asyncio.to_thread(load_reranker, config.model_dir, names[0])]
+            loads = [asyncio.to_thread(load_reranker, config.model_dir, names[0], rows)]
         elif is_encoder_config(hf_config):
-            loads = [asyncio.to_thread(load_embedding, config.model_dir, names[0])]
+            loads = [asyncio.to_thread(load_embedding, config.model_dir, names[0], rows)]
         else:
             loads = [asyncio.to_thread(
                 load_generative, config.model_dir, names[0], config.engine, DEMO_DESCRIPTION,
@@ -385,10 +386,11 @@ class CoreServer:
                 config.json_open_objects)]
         if config.embedding_model_dir is not None:  # all warm up at once (XLA compiles
             loads.append(asyncio.to_thread(  # without the GIL)
-                load_embedding, config.embedding_model_dir, self.servicer.embedding_model_name))
+                load_embedding, config.embedding_model_dir, self.servicer.embedding_model_name,
+                rows))
         if config.rerank_model_dir is not None:
             loads.append(asyncio.to_thread(
-                load_reranker, config.rerank_model_dir, self.servicer.rerank_model_name))
+                load_reranker, config.rerank_model_dir, self.servicer.rerank_model_name, rows))
         main, *others = await asyncio.gather(*loads)
         for model in others:
             self.servicer.attach(model)

@@ -24,7 +24,7 @@ def test_core_without_model_serves_the_demo_model(tmp_path):
     with open(log_path, "w") as log_file:
         process = subprocess.Popen(
             [sys.executable, "-m", "core.cli", "core", "--grpc-port", str(port),
-             "--max-model-len", "64", "--max-num-seqs", "2",
+             "--max-model-len", "64", "--max-num-seqs", "2", "--encoder-max-batch-rows", "16",
              # the session's store of compiled buckets: the bundled MiniLM's load from it (a
              # core's TANDEM_HOME does not key the store); the demo model's compile
              "--compilation-cache-dir", str(Path(os.environ["TANDEM_HOME"]) / "jax-cache")],

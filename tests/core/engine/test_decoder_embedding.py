@@ -103,3 +103,15 @@ def test_too_many_queued_inputs_is_overloaded(embedders):
         embedder.submit(token_lists()[:5]).result(timeout=120)  # room again once embedded
     finally:
         embedder.max_pending_inputs = limit
+
+
+def test_encoder_buckets_capped_in_rows_drop_the_larger_calls():
+    from core.engine.embedding import EmbeddingBuckets
+
+    buckets = EmbeddingBuckets(packed_fractions=(0.5,)).for_max_len(64)
+    capped = buckets.with_max_rows(16)
+    assert capped.batch_sizes == (1, 4, 16) and capped.lengths == buckets.lengths
+    assert {rows for rows, _, _ in capped.shapes()} == {1, 4, 16}
+    assert all(packed is None for _, _, packed in capped.shapes())  # packing needs 64 rows
+    assert len(buckets.shapes()) == 3 * 4 + 3  # with 64-row calls, plain and packed (one fraction)
+    assert buckets.with_max_rows(1).batch_sizes == (1,)
