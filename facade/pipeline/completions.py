@@ -11,7 +11,9 @@ Choice `prompt_index * n + choice_index` is the core's choice `choice_index` of 
 prepends the prompt text; token-id prompts are spelled by the core's `Detokenize`. With
 `logprobs`, the echoed prompt's logprobs come first (the core's prompt logprobs; the first
 token's are null). `best_of` > n (not streaming): the core generates best_of choices per prompt
-and the n of highest cumulative logprob are returned.
+and the n of highest cumulative logprob are returned. A stream has a chunk for every core step
+that produced tokens, even when they add no text yet (an incomplete character), as vLLM's does: a
+client sees each token arrive, and its time to first token is the engine's.
 """
 
 from __future__ import annotations
@@ -71,8 +73,9 @@ class CompletionRun(GenerationRun):
             state = self.state(index)
             offset = state.add(delta)
             reason = finish_reason(delta)
-            if not delta.text and reason is None and not (wants_logprobs and delta.logprobs):
-                continue
+            if not (delta.text or delta.token_ids or reason is not None
+                    or (wants_logprobs and delta.logprobs)):
+                continue  # a chunk per step with tokens, even when they add no text yet
             shown.append(CompletionChoice(
                 index=index,
                 text=delta.text,

@@ -79,6 +79,21 @@ def test_stop_strings_are_honoured_when_streaming(client):
     assert unstreamed.text == full[:6] and unstreamed.finish_reason == "stop"
 
 
+def test_completion_streams_a_chunk_per_token_even_before_its_text(client, tiny_models):
+    # a lone UTF-8 lead byte (byte-level BPE's "ð" is 0xF0) decodes to no text until the
+    # character completes: the stream still shows each token as it comes, as vLLM's does
+    from transformers import AutoTokenizer
+
+    lead_byte = AutoTokenizer.from_pretrained(tiny_models["llama"]).convert_tokens_to_ids("ð")
+    kwargs = dict(model=MODEL, prompt="Once upon a time", max_tokens=6, temperature=0,
+                  logit_bias={str(lead_byte): 100}, extra_body={"ignore_eos": True})
+    chunks = [c for c in client.completions.create(**kwargs, stream=True) if c.choices]
+    assert len(chunks) == 6
+    assert [c.choices[0].text for c in chunks[:5]] == [""] * 5
+    whole = client.completions.create(**kwargs).choices[0].text
+    assert "".join(c.choices[0].text for c in chunks) == whole and whole
+
+
 async def test_async_client_streams_concurrently(async_client):
     import asyncio
 
