@@ -36,11 +36,12 @@ def resolve_dtype(requested: str | None, checkpoint_dtype: str, backend: str,
         return requested
     if backend != "cpu":
         return "bfloat16"
-    flags = cpu_flags if cpu_flags is not None else _cpu_flags()
+    flags = cpu_flags if cpu_flags is not None else read_cpu_flags()
     return "bfloat16" if flags & set(BF16_CPU_FLAGS) else "float32"
 
 
-def _cpu_flags() -> frozenset[str]:
+def read_cpu_flags() -> frozenset[str]:
+    """This machine's /proc/cpuinfo flags (empty where it has none)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("flags"):

@@ -2,8 +2,10 @@
 out, plus one scratch page).
 
 Owns: `KVPages`, the pytree the jitted step takes, updates in place and returns (it is donated),
-the pool's layout (`paged_attention_kind`: the gather path on CPU, JAX's Pallas paged-attention
-kernel on GPU/TPU) and its element type, and the pool's size arithmetic.
+the pool's layout and decode path (`paged_attention_kind`: on CPU the gather layout, read by
+Tandem's paged decode-attention kernel where one is built (core/kernels/) or else by XLA's
+gathers and dots; JAX's Pallas paged-attention kernel on GPU/TPU) and its element type, and the
+pool's size arithmetic.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ class KVPages:
 
     keys: list[jax.Array]
     values: list[jax.Array]
-    # "gather" (the CPU layouts above) or "pallas"/"pallas-interpret": keys and values both
+    # "gather" / "cpu-kernel" (the CPU layouts above; decode through XLA's gathers or through
+    # core/kernels/) or "pallas"/"pallas-interpret": keys and values both
     # [k, num_pages, page_size, h], the layout of JAX's Pallas paged-attention kernels
     kind: str = field(default="gather", metadata={"static": True})
 
@@ -36,7 +39,7 @@ class KVPages:
                kind: str | None = None) -> KVPages:
         k, h, kind = config.num_kv_heads, config.head_dim, kind or paged_attention_kind()
         dtype = storage_dtype(dtype, kind)
-        if kind == "gather":
+        if gather_layout(kind):
             key_shape, value_shape = (num_pages, k, h, page_size), (num_pages, k, page_size, h)
         else:
             key_shape = value_shape = (k, num_pages, page_size, h)
@@ -45,26 +48,41 @@ class KVPages:
                    kind=kind)
 
 
-PAGED_ATTENTION_KINDS = ("gather", "pallas", "pallas-interpret")
+PAGED_ATTENTION_KINDS = ("cpu-kernel", "gather", "pallas", "pallas-interpret")
+
+
+def gather_layout(kind: str) -> bool:
+    """Whether pools of `kind` lie in the CPU layouts (keys [P, k, h, c], values [P, k, c, h])."""
+    return kind in ("gather", "cpu-kernel")
 
 
 def paged_attention_kind(backend: str | None = None) -> str:
     """How decode attends to the pool: "pallas" (JAX's Pallas paged-attention kernel) on GPU
-    and TPU, "gather" (pages gathered, then dots; XLA:CPU has no such kernel) on CPU.
-    TANDEM_PAGED_ATTENTION overrides it ("pallas-interpret" runs the kernel's Pallas
-    interpreter on CPU, for tests)."""
+    and TPU; on CPU "cpu-kernel" (Tandem's kernel, core/kernels/, where a build for this CPU
+    loads) or else "gather" (pages gathered, then XLA's dots). TANDEM_PAGED_ATTENTION overrides
+    it ("pallas-interpret" runs the Pallas kernel's interpreter on CPU, for tests)."""
     chosen = os.environ.get("TANDEM_PAGED_ATTENTION", "")
     if chosen:
         if chosen not in PAGED_ATTENTION_KINDS:
             raise ValueError(f"TANDEM_PAGED_ATTENTION={chosen!r}: one of {PAGED_ATTENTION_KINDS}")
+        if chosen == "cpu-kernel":
+            from core.kernels.cpu import decode_attention_kernel
+
+            if decode_attention_kernel() is None:  # registers the kernel's target with XLA
+                raise ValueError("TANDEM_PAGED_ATTENTION=cpu-kernel: no build of the kernel "
+                                 "loads on this CPU (see core/kernels/cpu.py)")
         return chosen
-    return "gather" if (backend or jax.default_backend()) == "cpu" else "pallas"
+    if (backend or jax.default_backend()) != "cpu":
+        return "pallas"
+    from core.kernels.cpu import decode_attention_kernel
+
+    return "cpu-kernel" if decode_attention_kernel() else "gather"
 
 
 def storage_dtype(dtype, kind: str = "gather") -> jnp.dtype:
     """The element type a pool of `dtype` values is stored in (bf16 → its uint16 bits on the
     CPU path; the Pallas kernels read bf16 itself)."""
-    bits = jnp.dtype(dtype) == jnp.bfloat16 and kind == "gather"
+    bits = jnp.dtype(dtype) == jnp.bfloat16 and gather_layout(kind)
     return jnp.dtype(jnp.uint16) if bits else jnp.dtype(dtype)
 
 

@@ -104,7 +104,10 @@ class ModelRunner:
         self.page_size = engine_config.page_size
         self.num_pages = engine_config.num_pages
         # one extra page: the model's scratch page for padding writes (never allocated)
-        self._pages = KVPages.create(config, self.num_pages + 1, self.page_size, dtype)
+        kind = paged_attention_kind()
+        if tensor_parallel > 1 and kind == "cpu-kernel":  # the kernel knows no mesh: XLA's path
+            kind = "gather"
+        self._pages = KVPages.create(config, self.num_pages + 1, self.page_size, dtype, kind)
         out_shardings, self._replicated = None, None
         if tensor_parallel > 1:
             pool = sharding.pool_sharding(mesh, rules, self._pages.kind)
@@ -392,7 +395,7 @@ class ModelRunner:
         # (speculation and jump-forward change no executable but the verify calls, which are
         # named by their shapes: an engine that differs only in them loads the same store)
         unchanged = replace(self.engine_config, speculative_ngram=0, jump_forward=True)
-        static = repr((self.config, unchanged, paged_attention_kind(),
+        static = repr((self.config, unchanged, self._pages.kind,
                        self.num_pages, self.num_row_slots))
         jobs = []
         for shape in shapes:

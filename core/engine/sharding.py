@@ -18,6 +18,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from core.cache.kv_pool import gather_layout
 from core.model_config import ConfigError, ModelConfig
 
 TENSOR_AXIS = "tensor"
@@ -105,7 +106,7 @@ def pool_sharding(mesh: Mesh, rules: dict[str, str | None], kind: str = "gather"
                   ) -> NamedSharding:
     """Where each KV pool array lives: split with the key/value heads (axis 1 of the CPU
     layouts, axis 0 of the Pallas kernels' [k, pages, page_size, h])."""
-    axes = POOL_AXES if kind == "gather" else ("kv_heads", None, None, None)
+    axes = POOL_AXES if gather_layout(kind) else ("kv_heads", None, None, None)
     return NamedSharding(mesh, _spec(axes, rules))
 
 

@@ -14,7 +14,9 @@ page table [p] of page ids in position order: token position `i` lives in page
 `table[i // page_size]` at offset `i % page_size`. A row writes its new tokens' keys and values
 into its pages, then attends to the pages of its table (p·page_size keys, masked by position).
 On GPU/TPU (`core.cache.kv_pool.paged_attention_kind`) both pools are [k, pages, page_size, h]
-and decode attends with JAX's Pallas paged-attention kernel instead of gathering pages.
+and decode attends with JAX's Pallas paged-attention kernel instead of gathering pages; on CPU
+(kind "cpu-kernel") decode attends with Tandem's own kernel (core/kernels/), which reads the
+pages in place, where a build of it loads.
 The pool's last page is scratch: padding tokens write there (an in-bounds scatter updates the
 donated pool in place; an out-of-bounds "drop" made XLA copy the pool for single-row batches),
 and no page table ever lists it.
@@ -28,7 +30,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from core.cache.kv_pool import KVPages, to_float32, to_storage
+from core.cache.kv_pool import KVPages, gather_layout, to_float32, to_storage
+from core.kernels import cpu as cpu_kernels
 from core.model_config import ModelConfig, RopeScaling
 from core.models.moe import SparseMoeBlock
 
@@ -169,7 +172,11 @@ class Attention(nnx.Module):
         pool_keys, pool_values = _write(pool_keys, pool_values, positions, page_table, key, value,
                                         kind)
         q = q.reshape(b, t, k, self.num_groups, h) * self.scale
-        if kind != "gather":
+        if t == 1 and kind == "cpu-kernel":
+            out = cpu_kernels.paged_decode_attention(
+                q[:, 0], pool_keys, pool_values, page_table, positions[:, 0],
+                self.sliding_window).astype(q.dtype)[:, None]  # [b, 1, k, g, h]
+        elif not gather_layout(kind):
             if t == 1 and self.sliding_window is None:
                 out = _pallas_decode(q, positions, page_table, pool_keys, pool_values, kind)
             else:
@@ -241,7 +248,7 @@ class Attention(nnx.Module):
                            kind="gather"):
         """Many queries of one sequence: its pages are laid out contiguously once."""
         b, p = page_table.shape
-        if kind == "gather":
+        if gather_layout(kind):
             k, h, page_size = pool_keys.shape[1:]
             keys = pool_keys[page_table].transpose(0, 2, 3, 1, 4).reshape(b, k, h, p * page_size)
             values = pool_values[page_table].transpose(0, 2, 1, 3, 4).reshape(
@@ -267,7 +274,7 @@ def _write(pool_keys, pool_values, positions, page_table, key, value, kind="gath
     decode dots read without transposing (the Pallas kinds: both [k, pages, page_size, h]).
     Padding writes go to the scratch (last) page, so the scatter stays in bounds and XLA
     updates the donated pools in place."""
-    if kind == "gather":
+    if gather_layout(kind):
         num_pages, page_size = pool_keys.shape[0], pool_keys.shape[-1]
     else:
         num_pages, page_size = pool_keys.shape[1], pool_keys.shape[2]
@@ -276,7 +283,7 @@ def _write(pool_keys, pool_values, positions, page_table, key, value, kind="gath
     page_ids = jnp.take_along_axis(page_table, clamped // page_size, axis=1)  # [b, t]
     page_ids = jnp.where(valid, page_ids, num_pages - 1)
     offsets = jnp.where(valid, clamped % page_size, 0)
-    if kind != "gather":
+    if not gather_layout(kind):
         return (pool_keys.at[:, page_ids, offsets].set(
                     to_storage(key, pool_keys).transpose(2, 0, 1, 3), mode="promise_in_bounds"),
                 pool_values.at[:, page_ids, offsets].set(
