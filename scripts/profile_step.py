@@ -11,7 +11,10 @@ default: `python scripts/make_tiny_model.py /tmp/bench-model --size bench`) it b
   host         execute − step: building the arrays, dispatch, the device→host copy
   page_gather  every layer's `pool[page_table]` for keys and values (the copy decode attention
                makes of each row's pages)
-  attention    every layer's `_decode_attention` (the gather, the per-page dots, the softmax)
+  attention    every layer's decode attention as the step runs it: the CPU kernel
+               (core/kernels/, pool kind "cpu-kernel") where it loads, else `_decode_attention`
+               (the gather, the per-page dots, the softmax)
+  attention_xla  the latter, where the kernel is in use (what it replaced)
   matmuls      every layer's q/k/v/o projections and MLP, plus the lm_head, at [rows, 1]
   sampler      `core.engine.sampling.sample` on [rows, vocab] float32 logits (greedy, and seeded
                temperature/top-p draws)
@@ -29,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -38,6 +40,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench_peers import cpu_record  # noqa: E402  (the CPU model and flags of every figure)
 
 from core.xla_flags import apply_defaults  # noqa: E402  (before JAX starts its backend)
 
@@ -53,6 +57,7 @@ from core.engine import logits_processors as processors  # noqa: E402
 from core.engine.request import SamplingParams, SchedulerOutput, SequenceChunk  # noqa: E402
 from core.engine.runner import ModelRunner  # noqa: E402
 from core.engine.sampling import SamplingArrays, sample  # noqa: E402
+from core.kernels import cpu as cpu_kernels  # noqa: E402
 from core.models.llama import project  # noqa: E402
 from core.models.loader import load_model  # noqa: E402
 
@@ -129,12 +134,20 @@ def part_timings(runner: ModelRunner, chunks: tuple[SequenceChunk, ...], timer: 
         return [(keys[page_table].astype(jnp.float32), values[page_table].astype(jnp.float32))
                 for keys, values in zip(pool_keys, pool_values, strict=True)]
 
-    @jax.jit
-    def attention(param_leaves, pool_keys, pool_values, page_table, query, query_positions):
-        return [layer.self_attn._decode_attention(query, query_positions, page_table, keys,
-                                                  values)
-                for layer, keys, values in zip(merged(param_leaves).layers, pool_keys,
-                                               pool_values, strict=True)]
+    def attention_of(kind: str):
+        @jax.jit
+        def attention(param_leaves, pool_keys, pool_values, page_table, query, query_positions):
+            layers = merged(param_leaves).layers
+            if kind == "cpu-kernel":  # the kernel the step calls (core/kernels/)
+                return [cpu_kernels.paged_decode_attention(
+                            query[:, 0], keys, values, page_table, query_positions[:, 0],
+                            layer.self_attn.sliding_window)
+                        for layer, keys, values in zip(layers, pool_keys, pool_values,
+                                                       strict=True)]
+            return [layer.self_attn._decode_attention(query, query_positions, page_table, keys,
+                                                      values)
+                    for layer, keys, values in zip(layers, pool_keys, pool_values, strict=True)]
+        return attention
 
     @jax.jit
     def matmuls(param_leaves, hidden):  # q/k/v/o projections, MLP, lm_head
@@ -148,6 +161,7 @@ def part_timings(runner: ModelRunner, chunks: tuple[SequenceChunk, ...], timer: 
         outs.append(model.logits(hidden[:, 0]))
         return outs
 
+    attention, attention_xla = attention_of(pages.kind), attention_of("gather")
     table = jnp.asarray([chunk.page_ids for chunk in chunks], jnp.int32)
     positions = jnp.asarray([[chunk.start_position] for chunk in chunks], jnp.int32)
     k, g, h = config.num_kv_heads, config.num_heads // config.num_kv_heads, config.head_dim
@@ -164,6 +178,9 @@ def part_timings(runner: ModelRunner, chunks: tuple[SequenceChunk, ...], timer: 
             "page_gather", lambda: page_gather(pages.keys, pages.values, table)),
         "attention": timer.median_ms("attention", lambda: attention(
             leaves, pages.keys, pages.values, table, query, positions)),
+        **({"attention_xla": timer.median_ms("attention_xla", lambda: attention_xla(
+            leaves, pages.keys, pages.values, table, query, positions))}
+           if pages.kind == "cpu-kernel" else {}),
         "matmuls": timer.median_ms("matmuls", lambda: matmuls(leaves, hidden)),
         "sampler_greedy": timer.median_ms(
             "sampler_greedy", lambda: sampler(logits, greedy, next_positions, False)),
@@ -215,7 +232,9 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python scripts/profile_step.py " + " ".join(sys.argv[1:] if argv is None
                                                                  else argv),
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {"python": platform.python_version(), "jax": jax.__version__,
+        "machine": {**cpu_record(), "jax": jax.__version__,
+                    "decode_attention": runner._pages.kind,
+                    "cpu_kernel_build": cpu_kernels.decode_attention_kernel(),
                     "devices": [str(device) for device in jax.devices()],
                     "cpu_count": os.cpu_count(),
                     # other processes' load: a shared machine's figures are only as good as it
