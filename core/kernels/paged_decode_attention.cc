@@ -46,15 +46,39 @@ inline float Load(const uint16_t* data, int64_t i) {
   return value;
 }
 
+// exp(x) for x <= 0 (scores less their running peak), within ~2 ulp of expf, in arithmetic and
+// bit operations only, so a loop of it vectorizes (std::exp stays a scalar call). Below -87
+// it returns ~1e-38 instead of underflowing to 0: harmless next to the peak's exp(0) = 1.
+inline float ExpNonPositive(float x) {
+  x = std::max(x, -87.0f);
+  const float n = std::nearbyint(x * 1.44269504088896341f);  // x / ln 2
+  const float r = (x - n * 0.693359375f) + n * 2.12194440e-4f;  // x - n ln 2, in two parts
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;  // 2^n
+  float scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return p * scale;
+}
+
 struct Shape {
   int64_t rows, kv_heads, groups, head_dim, page_size, table_pages, window;
 };
 
 // One row, every kv head: out[k][g][h] = softmax(q·K) V over positions [start, position].
-template <typename T>
+// kPageSize > 0 fixes the page size at compile time (the inner loops then unroll into whole
+// vector registers); 0 reads it from the shape. Each key and value row is widened to float32
+// once and used by all g query heads of its kv head; the next page's blocks are prefetched.
+template <typename T, int kPageSize>
 void AttendRow(const Shape& s, int64_t row, const float* q, const T* keys, const T* values,
                const int32_t* table, const int32_t* positions, float* out) {
-  const int64_t k = s.kv_heads, g = s.groups, h = s.head_dim, c = s.page_size;
+  const int64_t k = s.kv_heads, g = s.groups, h = s.head_dim;
+  const int64_t c = kPageSize > 0 ? kPageSize : s.page_size;
   float* row_out = out + row * k * g * h;
   const int64_t position = positions[row];
   if (position < 0) {
@@ -64,9 +88,11 @@ void AttendRow(const Shape& s, int64_t row, const float* q, const T* keys, const
   const int64_t length = std::min<int64_t>(position + 1, s.table_pages * c);
   const int64_t start = s.window > 0 ? std::max<int64_t>(0, position - s.window + 1) : 0;
   const int32_t* pages = table + row * s.table_pages;
+  const int64_t block_bytes = h * c * static_cast<int64_t>(sizeof(T));
   alignas(64) float scores[kMaxGroups][kMaxPageSize];
   alignas(64) float acc[kMaxGroups][kMaxHeadDim];
-  float peak[kMaxGroups], total[kMaxGroups];
+  alignas(64) float widened[kMaxHeadDim > kMaxPageSize ? kMaxHeadDim : kMaxPageSize];
+  float peak[kMaxGroups], total[kMaxGroups], rescale[kMaxGroups];
   for (int64_t kv = 0; kv < k; ++kv) {
     const float* query = q + ((row * k + kv) * g) * h;
     for (int64_t gi = 0; gi < g; ++gi) {
@@ -76,40 +102,56 @@ void AttendRow(const Shape& s, int64_t row, const float* q, const T* keys, const
     }
     for (int64_t page = start / c; page * c < length; ++page) {
       const int64_t page_id = pages[page];
-      const T* key_block = keys + ((page_id * k + kv) * h) * c;    // [h, c]
+      const T* key_block = keys + ((page_id * k + kv) * h) * c;      // [h, c]
       const T* value_block = values + ((page_id * k + kv) * c) * h;  // [c, h]
+      if ((page + 1) * c < length) {  // the next page's blocks, while this one computes
+        const int64_t next = pages[page + 1];
+        const char* next_keys = reinterpret_cast<const char*>(keys + ((next * k + kv) * h) * c);
+        const char* next_values =
+            reinterpret_cast<const char*>(values + ((next * k + kv) * c) * h);
+        for (int64_t offset = 0; offset < block_bytes; offset += 64) {
+          __builtin_prefetch(next_keys + offset);
+          __builtin_prefetch(next_values + offset);
+        }
+      }
       const int64_t first = std::max<int64_t>(start - page * c, 0);
       const int64_t last = std::min<int64_t>(length - page * c, c);  // exclusive
       for (int64_t gi = 0; gi < g; ++gi) std::fill(scores[gi], scores[gi] + c, 0.0f);
       for (int64_t d = 0; d < h; ++d) {
         const T* key_row = key_block + d * c;
+        for (int64_t t = 0; t < c; ++t) widened[t] = Load(key_row, t);
         for (int64_t gi = 0; gi < g; ++gi) {
           const float qd = query[gi * h + d];
           float* score = scores[gi];
 #pragma GCC ivdep
-          for (int64_t t = 0; t < c; ++t) score[t] += qd * Load(key_row, t);
+          for (int64_t t = 0; t < c; ++t) score[t] += qd * widened[t];
         }
       }
       for (int64_t gi = 0; gi < g; ++gi) {
         float* score = scores[gi];
         float page_peak = peak[gi];
         for (int64_t t = first; t < last; ++t) page_peak = std::max(page_peak, score[t]);
-        const float rescale = std::exp(peak[gi] - page_peak);  // exp(-inf) = 0 at the start
+        rescale[gi] = ExpNonPositive(peak[gi] - page_peak);  // ~0 at the start (-inf peak)
         peak[gi] = page_peak;
         float sum = 0.0f;
         for (int64_t t = first; t < last; ++t) {
-          score[t] = std::exp(score[t] - page_peak);
+          score[t] = ExpNonPositive(score[t] - page_peak);
           sum += score[t];
         }
-        total[gi] = total[gi] * rescale + sum;
+        total[gi] = total[gi] * rescale[gi] + sum;
         float* a = acc[gi];
+        const float factor = rescale[gi];
 #pragma GCC ivdep
-        for (int64_t d = 0; d < h; ++d) a[d] *= rescale;
-        for (int64_t t = first; t < last; ++t) {
-          const float weight = score[t];
-          const T* value_row = value_block + t * h;
+        for (int64_t d = 0; d < h; ++d) a[d] *= factor;
+      }
+      for (int64_t t = first; t < last; ++t) {
+        const T* value_row = value_block + t * h;
+        for (int64_t d = 0; d < h; ++d) widened[d] = Load(value_row, d);
+        for (int64_t gi = 0; gi < g; ++gi) {
+          const float weight = scores[gi][t];
+          float* a = acc[gi];
 #pragma GCC ivdep
-          for (int64_t d = 0; d < h; ++d) a[d] += weight * Load(value_row, d);
+          for (int64_t d = 0; d < h; ++d) a[d] += weight * widened[d];
         }
       }
     }
@@ -119,6 +161,15 @@ void AttendRow(const Shape& s, int64_t row, const float* q, const T* keys, const
       for (int64_t d = 0; d < h; ++d) dst[d] = acc[gi][d] * inverse;
     }
   }
+}
+
+template <typename T>
+void AttendRowAnySize(const Shape& s, int64_t row, const float* q, const T* keys,
+                      const T* values, const int32_t* table, const int32_t* positions,
+                      float* out) {
+  if (s.page_size == 16) return AttendRow<T, 16>(s, row, q, keys, values, table, positions, out);
+  if (s.page_size == 32) return AttendRow<T, 32>(s, row, q, keys, values, table, positions, out);
+  AttendRow<T, 0>(s, row, q, keys, values, table, positions, out);
 }
 
 // Rows claimed one at a time from a shared counter by the calling thread and the pool's tasks;
@@ -134,7 +185,7 @@ void Run(ffi::ThreadPool& pool, const Shape& s, const float* q, const T* keys, c
   auto work = std::make_shared<Work>();
   auto drain = [=]() {
     for (int64_t row; (row = work->next.fetch_add(1)) < s.rows;) {
-      AttendRow(s, row, q, keys, values, table, positions, out);
+      AttendRowAnySize(s, row, q, keys, values, table, positions, out);
       work->done.fetch_add(1, std::memory_order_release);
     }
   };
