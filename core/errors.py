@@ -1,7 +1,7 @@
 """Typed errors of the core and their gRPC form (status code + google.rpc details).
 
-Owns: the core's half of the error table (docs/architecture.md). Code raises a `TandemError` subclass; the
-servicer turns it into `grpc.Status` with `ErrorInfo{domain: "tandem.v1", reason}`,
+Owns: the core's half of the error table (docs/architecture.md). Code raises a `TandemError`
+subclass; the servicer turns it into `grpc.Status` with `ErrorInfo{domain: "tandem.v1", reason}`,
 `BadRequest.FieldViolation` naming the parameter and `RetryInfo` for back-pressure.
 """
 

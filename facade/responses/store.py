@@ -83,10 +83,10 @@ class ResponseStore(ABC):
     async def delete(self, response_id: str) -> bool:
         """Remove the entry; whether there was one."""
 
-    async def check(self) -> None:
+    async def check(self) -> None:  # noqa: B027 (optional: an in-memory store is always up)
         """Raise StoreUnavailable unless a put would reach the store now."""
 
-    async def close(self) -> None:
+    async def close(self) -> None:  # noqa: B027 (optional: nothing to release by default)
         """Release connections (the app's shutdown)."""
 
 
@@ -181,7 +181,8 @@ class RedisResponseStore(ResponseStore):
             return await asyncio.wait_for(command(*args, **kwargs), timeout=3 * self.timeout_s)
         except (RedisError, OSError, TimeoutError) as error:
             logger.warning("response store (redis) %s failed: %r", operation, error)
-            raise StoreUnavailable(f"The response store is unavailable ({type(error).__name__}).")
+            raise StoreUnavailable(
+                f"The response store is unavailable ({type(error).__name__}).") from error
 
     async def get(self, response_id: str) -> StoredResponse | None:
         raw = await self._call("get", REDIS_KEY_PREFIX + response_id)

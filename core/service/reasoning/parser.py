@@ -4,8 +4,8 @@ Owns: `ReasoningParser`, which consumes a choice's text deltas and splits them i
 (the think block's text, markers excluded) and answer (everything after the block, which then
 goes on to the tool-call parser). A partial marker is held back until the next delta decides it,
 so no marker text ever reaches either side. The markers, and the whitespace between the end
-marker and the answer, come out as markup: every piece, in the order they come, joined is exactly the raw
-output.
+marker and the answer, come out as markup: every piece, in the order they come, joined is
+exactly the raw output.
 """
 
 from __future__ import annotations
