@@ -147,3 +147,31 @@ def test_speculation_stops_at_max_tokens_and_stop_ids_inside_accepted_drafts(eng
     assert tokens(stopped) == greedy[:greedy.index(stop_id) + 1]
     assert stopped[-1].stop_token_id == stop_id
     assert engine.compilations_after_warmup == 0
+
+
+def test_speculation_jump_forward_and_int8_together_compile_nothing(tiny_models, copy_prompt):
+    """The three decode levers on at once (int8 weights, n-gram drafts, jump-forward under a
+    grammar), in one batch: drafts are proposed and accepted, forced tokens are appended, the
+    constrained text validates, and no step compiles after warm-up."""
+    import json
+
+    import jsonschema
+
+    from core.engine.startup import create_engine
+    from core.structured import GrammarSpec
+    from tests.core.engine.test_structured import EXTRACTION, constrained, text
+
+    engine = create_engine(tiny_models["llama"], EngineConfig(
+        max_model_len=256, max_num_seqs=8, num_pages=20, max_num_batched_tokens=64,
+        speculative_ngram=4, jump_forward=True, quantization="int8"))
+    try:
+        spec = GrammarSpec("json_schema", json.dumps(EXTRACTION), "response_format")
+        outputs = run(engine, [
+            Request("copy", copy_prompt, GREEDY, StoppingParams(max_tokens=48, ignore_eos=True)),
+            constrained("json", [5, 6, 7], spec=spec, temperature=0.0)])
+        assert outputs["copy"][-1].num_accepted_draft_tokens > 0
+        assert engine.num_forced_tokens > 20
+        jsonschema.validate(json.loads(text(outputs["json"])), EXTRACTION)
+        assert engine.compilations_after_warmup == 0
+    finally:
+        engine.stop()
