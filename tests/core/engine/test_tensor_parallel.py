@@ -111,7 +111,10 @@ def _start_group(model_dir: Path, logs_dir: Path):
     flags = ["core", "--model", str(model_dir), "--embedding-model", "none",
              *(f"--{name.replace('_', '-')}={value}" for name, value in ENGINE_LIMITS.items()),
              "--tensor-parallel", "4", "--distributed", f"127.0.0.1:{coordinator}",
-             "--num-processes", "2"]
+             "--num-processes", "2",
+             # the in-process reference's dtype (EngineConfig's default: the checkpoint's);
+             # the CLI's "auto" is bfloat16 on a CPU with bf16 units
+             "--dtype", "checkpoint"]
     env = core_env(XLA_FLAGS=xla_test_env(device_count=2),
                    TANDEM_LOG_FORMAT="text")
     processes, logs = [], []
