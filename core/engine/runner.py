@@ -6,10 +6,11 @@ grammar bitmask — padding work to the shape buckets, compiling every bucket at
 counting compilations. The two halves are two calls the engine makes in turn: `dispatch()`
 starts the forward passes and returns at once (JAX dispatch is asynchronous) with a
 `DispatchedStep`; the engine fills the grammar bitmask on the host while the device computes;
-`sample()` samples under that bitmask and copies the results back. The runner never calls into
-the engine. The sampler compiles once per row count. Logits stay on device unless a Score chunk
-is in the call (its labels' log-softmax is computed on the host, in float64, from the copied
-row).
+`sample()` samples under that bitmask and copies the results back (its halves, `sample_async()`
+and `fetch()`, let async scheduling dispatch the next decode step, `dispatch_continued()`, from
+the sampled tokens still on device). The runner never calls into the engine. The sampler
+compiles once per row count. Logits stay on device unless a Score chunk is in the call (its
+labels' log-softmax is computed on the host, in float64, from the copied row).
 
 One engine step runs two kinds of call, both the same jitted functions at different shapes: all
 single-token rows (decodes) together as [rows bucket, 1] with page tables padded to a width
@@ -482,7 +483,8 @@ class ModelRunner:
                 f"sampler {rows}", self._sample,
                 (logits, sampling, positions, np.bool_(False), self._all_allowed(rows),
                  np.bool_(False), row_inputs, self._row_state), static))
-        for rows in self._decode_buckets:
+        gather_rows = self._decode_buckets if self.supports_async_scheduling else ()
+        for rows in gather_rows:
             jobs.append(executables.CompileJob(
                 f"gather {rows}", self._gather,
                 (jax.ShapeDtypeStruct((rows,), jnp.int32), np.zeros(rows, np.int32)), static))
@@ -505,7 +507,7 @@ class ModelRunner:
         self._sample_executables = dict(zip(
             row_counts, compiled[len(shapes):len(shapes) + num_samplers], strict=True))
         self._gather_executables = dict(zip(
-            self._decode_buckets, compiled[len(shapes) + num_samplers:], strict=True))
+            gather_rows, compiled[len(shapes) + num_samplers:], strict=True))
         # one run of every shape (all padding: nothing is written to the pool): an executable's
         # first run sets itself up (buffers, the dot library's packed operands) — a 32-stream
         # benchmark's first round ran at ~75% speed without this
