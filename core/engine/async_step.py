@@ -115,7 +115,7 @@ class AsyncSteps:
 
     def _finishes_by_length(self, request: Request) -> bool:
         """Will the token in flight end the request by max_tokens or the context length? (Its
-        next row would be discarded: it is left out. Kept, it would still be in range: the
-        position after the last token is below max_model_len.)"""
+        next row would be discarded: it is left out. Kept, it would still be in range: it feeds
+        the last token, at a position below max_model_len.)"""
         return (len(request.output_token_ids) + 1 >= request.stopping.max_tokens
                 or request.num_tokens + 1 >= self.engine.engine_config.max_model_len)
