@@ -115,7 +115,7 @@ def _add_core_flags(parser: argparse.ArgumentParser) -> None:
                         help="n-gram (prompt-lookup) speculation: propose up to K tokens copied "
                              "from the prompt and output, verified in one forward (0: off)")
     parser.add_argument("--async-scheduling", action=argparse.BooleanOptionalAction,
-                        default=False,
+                        default=True,
                         help="dispatch the next decode step from the sampled tokens still on "
                              "the device, and do the host's work on a step (detokenizing, "
                              "stops, outputs) while the device computes the next")

@@ -215,5 +215,12 @@ def test_penalties_seeded_sampling_and_arrivals_mid_stream(engine, monkeypatch):
 
 
 def test_the_option_reaches_the_engine(engine):
+    from core import cli
+
     assert engine.engine_config.async_scheduling and engine.async_scheduling
-    assert EngineConfig().async_scheduling is False
+    assert EngineConfig().async_scheduling is True  # on by default (measured: the bar)
+    parser = cli.build_parser()
+    for flags, expected in (([], True), (["--no-async-scheduling"], False),
+                            (["--async-scheduling"], True)):
+        args = parser.parse_args(["core", "--model", "/nonexistent", *flags])
+        assert cli.engine_request(args).async_scheduling is expected
