@@ -114,6 +114,11 @@ def _add_core_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--speculative-ngram", type=int, default=0, metavar="K",
                         help="n-gram (prompt-lookup) speculation: propose up to K tokens copied "
                              "from the prompt and output, verified in one forward (0: off)")
+    parser.add_argument("--async-scheduling", action=argparse.BooleanOptionalAction,
+                        default=True,
+                        help="dispatch the next decode step from the sampled tokens still on "
+                             "the device, and do the host's work on a step (detokenizing, "
+                             "stops, outputs) while the device computes the next")
     parser.add_argument("--tensor-parallel", type=int, default=1,
                         help="split the model and KV pages over this many local devices")
     parser.add_argument("--metrics-port", type=int, default=None,
@@ -304,7 +309,7 @@ def engine_request(args: argparse.Namespace):
         page_size=args.page_size, num_pages=args.kv_pages,
         kv_cache_bytes=args.kv_cache_mib * 2**20 if args.kv_cache_mib else None,
         enable_prefix_cache=args.prefix_cache, jump_forward=args.jump_forward,
-        speculative_ngram=args.speculative_ngram,
+        speculative_ngram=args.speculative_ngram, async_scheduling=args.async_scheduling,
         dtype=None if args.dtype == "checkpoint" else args.dtype,
         tensor_parallel=args.tensor_parallel, memory_fraction=args.memory_fraction,
         scheduling_policy=args.scheduling_policy,

@@ -32,6 +32,9 @@ class LeadingRunner:
     """Process 0's runner: each device-running call is first sent to the followers. Everything
     else (counters, page counts, the graph) is the wrapped runner's."""
 
+    # the followers would need the previous step's device tokens: async scheduling stays off
+    supports_async_scheduling = False
+
     def __init__(self, runner, group: Group):
         self._runner = runner
         self._group = group

@@ -7,8 +7,9 @@ bitmask filled on the host meanwhile → `runner.sample()` → `update_from_outp
 sampled tokens into `RequestOutput`s (detokenized, stop conditions applied). The engine stays in
 charge of its step: the runner never calls back into it. Requests and aborts arrive through the
 thread's inbox and are applied before the next step, so an abort frees its pages within one
-step; outputs leave through each request's sink, which must not block. Latency histograms are
-observed here. The radix cache's events are published to `kv_events` at the end of every turn.
+step; outputs leave through each request's sink, which must not block. With async scheduling
+(core/engine/async_step.py) a decode step stays in flight into the next turn. Latency histograms
+are observed here. The radix cache's events are published to `kv_events` at the end of every turn.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import numpy as np
 from core.cache.events import KvEventHub
 from core.config import EngineConfig
 from core.engine import speculative
+from core.engine.async_step import AsyncSteps
 from core.engine.base import EngineThread
 from core.engine.detokenizer import IncrementalDetokenizer
 from core.engine.metrics import EngineStats
@@ -91,6 +93,8 @@ class LlmEngine(Engine):
         self.num_draft_tokens = 0  # n-gram speculation: drafts proposed
         self.num_accepted_draft_tokens = 0  # ... and accepted
         self.jump_forward = engine_config.jump_forward
+        self.async_scheduling = engine_config.async_scheduling
+        self._async, self._in_flight = AsyncSteps(self), None  # InFlight: sampled, not emitted
         self.num_bitmask_fills = 0  # steps that filled a grammar bitmask
         self.num_fills_hidden = 0  # ...of which the device was still computing when it ended
         self._tracked: dict[str, _Tracked] = {}
@@ -187,17 +191,23 @@ class LlmEngine(Engine):
     # -- the loop --------------------------------------------------------------------------
 
     def _is_idle(self) -> bool:
-        return self.scheduler.num_unfinished == 0
+        return self.scheduler.num_unfinished == 0 and self._in_flight is None
 
     def _turn(self, items: list) -> None:
         batch = None
         try:
             self._apply(items)
-            batch = self.scheduler.schedule()
-            if batch is not None:
-                self.update_from_output(batch, self._step(batch))
+            if (step := self._in_flight) is not None:  # emitted, maybe after the next's dispatch
+                batch, self._in_flight = step.batch, self._async.advance(step)
                 self._note_progress()
+            if self._in_flight is None and (batch := self.scheduler.schedule()) is not None:
+                if self.async_scheduling and self._async.can_start(batch):
+                    self._in_flight = self._async.start(batch)
+                else:
+                    self.update_from_output(batch, self._step(batch))
+                    self._note_progress()
         except Exception as exc:  # a bug: fail the requests involved, keep serving others
+            self._in_flight = None
             log.exception("engine step failed")
             try:
                 self._fail_requests(batch, f"engine step failed: {exc}")
@@ -300,7 +310,15 @@ class LlmEngine(Engine):
         num_accepted = {batch.chunks[index].request_id: speculative.num_accepted(verified)
                         for index, verified in step.verified.items()}
         self.scheduler.update_after_step(batch, num_accepted)
-        for index, chunk in enumerate(batch.chunks):
+        self.emit_step(batch, step, num_accepted)
+
+    def tracked_request(self, request_id: str) -> Request | None:
+        return tracked.request if (tracked := self._tracked.get(request_id)) else None
+
+    def emit_step(self, batch: SchedulerOutput, step, num_accepted, indices=None) -> None:
+        """A step's outputs (the scheduler updated): every chunk's, or those at `indices`."""
+        for index in range(len(batch.chunks)) if indices is None else indices:
+            chunk = batch.chunks[index]
             tracked = self._tracked[chunk.request_id]
             request = tracked.request
             if chunk.wants_prompt_logprobs:

@@ -6,10 +6,11 @@ grammar bitmask — padding work to the shape buckets, compiling every bucket at
 counting compilations. The two halves are two calls the engine makes in turn: `dispatch()`
 starts the forward passes and returns at once (JAX dispatch is asynchronous) with a
 `DispatchedStep`; the engine fills the grammar bitmask on the host while the device computes;
-`sample()` samples under that bitmask and copies the results back. The runner never calls into
-the engine. The sampler compiles once per row count. Logits stay on device unless a Score chunk
-is in the call (its labels' log-softmax is computed on the host, in float64, from the copied
-row).
+`sample()` samples under that bitmask and copies the results back (its halves, `sample_async()`
+and `fetch()`, let async scheduling dispatch the next decode step, `dispatch_continued()`, from
+the sampled tokens still on device). The runner never calls into the engine. The sampler
+compiles once per row count. Logits stay on device unless a Score chunk is in the call (its
+labels' log-softmax is computed on the host, in float64, from the copied row).
 
 One engine step runs two kinds of call, both the same jitted functions at different shapes: all
 single-token rows (decodes) together as [rows bucket, 1] with page tables padded to a width
@@ -86,6 +87,24 @@ class DispatchedStep:
         return all(logits.is_ready() for _, (logits, *_) in self.forwards)
 
 
+@dataclass(frozen=True)
+class SampledStep:
+    """A dispatched step whose sampling is dispatched too: its results are still on device
+    (`ModelRunner.fetch` copies them). Async scheduling feeds the next step from them."""
+
+    output: SchedulerOutput
+    calls: list  # (chunk indices, device SampleResult, device logits or None, prompt scores)
+    verifies: list  # as DispatchedStep.verifies
+
+    def decode_call(self) -> tuple[list[int], jax.Array] | None:
+        """(chunk indices, device sampled token ids [rows bucket]) of its one call, when the
+        step was a single decode call (nothing else) — what a continued step can read."""
+        if len(self.calls) != 1 or self.verifies:
+            return None
+        group, result, *_ = self.calls[0]
+        return group, result.token_ids
+
+
 class ModelRunner:
     def __init__(self, model: LlamaModel, config: ModelConfig, engine_config: EngineConfig):
         if not engine_config.is_resolved:
@@ -136,6 +155,8 @@ class ModelRunner:
         # the warm-up's executables: call shape → forward, row count → sampler (executables.py)
         self._forward_executables: dict[tuple[int, int, int], Callable] = {}
         self._sample_executables: dict[int, Callable] = {}
+        self._gather = jax.jit(self._gather_fn)  # async scheduling's input tokens
+        self._gather_executables: dict[int, Callable] = {}  # decode rows → its warm-up's
         self.verifier = None  # speculation's verify calls (--speculative-ngram)
         if engine_config.speculative_ngram:
             self.verifier = Verifier(self, engine_config.speculative_ngram,
@@ -248,6 +269,12 @@ class ModelRunner:
         chunks that sample nothing hold junk. `bitmask` [chunks, words] is the step's grammar
         bitmask and `constrained` the chunk indices it restricts (calls without one skip the
         mask). The per-row stages' state (penalty counts) is bumped by each call in turn."""
+        return self.fetch(self.sample_async(step, bitmask, constrained))
+
+    def sample_async(self, step: DispatchedStep, bitmask: np.ndarray | None = None,
+                     constrained: frozenset[int] = frozenset()) -> SampledStep:
+        """`sample` without the copy: every call's sampling dispatched, the results left on
+        device."""
         output = step.output
         calls = []  # (chunk indices, device result, scores, prompt scores)
         for group, (logits, prompt_scores, sample_inputs) in step.forwards:
@@ -261,6 +288,11 @@ class ModelRunner:
             if not any(chunk.wants_prompt_logprobs for chunk in chunks):
                 prompt_scores = None
             calls.append((group, result, scores, prompt_scores))
+        return SampledStep(output, calls, step.verifies)
+
+    def fetch(self, step: SampledStep) -> StepOutput:
+        """Copy a sampled step's results to the host (waiting for the device)."""
+        output, calls = step.output, step.calls
         # one transfer for everything; the top-k arrays only when someone asked for them
         wanted = [(r.token_ids, r.logprobs, *((r.top_ids, r.top_logprobs)
                                               if output.wants_logprobs else ()), scores, prompt)
@@ -276,6 +308,43 @@ class ModelRunner:
     def execute(self, output: SchedulerOutput) -> StepOutput:
         """Dispatch and sample a step with no grammar (benchmarks, tests)."""
         return self.sample(self.dispatch(output))
+
+    @property
+    def supports_async_scheduling(self) -> bool:
+        """Can a step's input tokens come from the previous step's device output
+        (`dispatch_continued`)? On one device only (a mesh would need the tokens' sharding)."""
+        return self.engine_config.tensor_parallel == 1
+
+    def decode_rows(self, num_chunks: int) -> int:
+        """The padded row count of a decode call of `num_chunks` chunks."""
+        return bucket(self._decode_buckets, num_chunks)
+
+    def dispatch_continued(self, output: SchedulerOutput, previous: SampledStep,
+                           rows: list[int]) -> DispatchedStep:
+        """Start a step of decode chunks only whose input tokens are still on device: chunk i
+        is fed the token that row `rows[i]` of `previous`'s one decode call sampled (async
+        scheduling; the chunks' own token ids are placeholders). The call keeps `previous`'s
+        row count, so the tokens are gathered in one executable per decode bucket."""
+        _, previous_tokens = previous.decode_call()
+        num_rows = previous_tokens.shape[0]
+        if self.decode_rows(len(output.chunks)) != num_rows:
+            raise ValueError("a continued step keeps the previous decode call's row bucket")
+        widest = max(len(chunk.page_ids) for chunk in output.chunks)
+        shape = (num_rows, 1, bucket(self._page_buckets, widest))
+        source = np.zeros(num_rows, np.int32)
+        source[:len(rows)] = rows
+        gather = self._gather_executables.get(num_rows, self._gather)
+        arrays, sample_inputs = self._forward_inputs(list(output.chunks), shape)
+        arrays = (gather(previous_tokens, source), *arrays[1:])
+        forward = self._forward_executables.get(shape, self._forward)
+        logits, self._pages, prompt_scores = forward(self._param_leaves, self._pages, *arrays)
+        indices = list(range(len(output.chunks)))
+        return DispatchedStep(output, [(indices, (logits, prompt_scores, sample_inputs))])
+
+    def _gather_fn(self, token_ids, source):
+        """[rows] sampled ids → [rows, 1] input ids of the next decode call, row i ← source[i]."""
+        self.num_compilations += 1  # runs only while tracing: once per decode bucket
+        return token_ids[source][:, None]
 
     def _step_output(self, output: SchedulerOutput, calls, host) -> StepOutput:
         """Scatter the host copies of each call's rows back into chunk order."""
@@ -394,7 +463,9 @@ class ModelRunner:
                    for pages in self._prefill_page_buckets]
         # (speculation and jump-forward change no executable but the verify calls, which are
         # named by their shapes: an engine that differs only in them loads the same store)
-        unchanged = replace(self.engine_config, speculative_ngram=0, jump_forward=True)
+        # (nor does async scheduling: its gathers are executables of their own)
+        unchanged = replace(self.engine_config, speculative_ngram=0, jump_forward=True,
+                            async_scheduling=False)
         static = repr((self.config, unchanged, self._pages.kind,
                        self.num_pages, self.num_row_slots))
         jobs = []
@@ -412,6 +483,11 @@ class ModelRunner:
                 f"sampler {rows}", self._sample,
                 (logits, sampling, positions, np.bool_(False), self._all_allowed(rows),
                  np.bool_(False), row_inputs, self._row_state), static))
+        gather_rows = self._decode_buckets if self.supports_async_scheduling else ()
+        for rows in gather_rows:
+            jobs.append(executables.CompileJob(
+                f"gather {rows}", self._gather,
+                (jax.ShapeDtypeStruct((rows,), jnp.int32), np.zeros(rows, np.int32)), static))
         started = time.perf_counter()
 
         def report(index: int, job: executables.CompileJob, seconds: float, loaded: bool):
@@ -427,12 +503,18 @@ class ModelRunner:
             self.verifier.set_executables(verify_keys, compiled[len(compiled) - len(verify_keys):])
             compiled = compiled[:len(compiled) - len(verify_keys)]
         self._forward_executables = dict(zip(shapes, compiled[:len(shapes)], strict=True))
-        self._sample_executables = dict(zip(row_counts, compiled[len(shapes):], strict=True))
+        num_samplers = len(row_counts)
+        self._sample_executables = dict(zip(
+            row_counts, compiled[len(shapes):len(shapes) + num_samplers], strict=True))
+        self._gather_executables = dict(zip(
+            gather_rows, compiled[len(shapes) + num_samplers:], strict=True))
         # one run of every shape (all padding: nothing is written to the pool): an executable's
         # first run sets itself up (buffers, the dot library's packed operands) — a 32-stream
         # benchmark's first round ran at ~75% speed without this
         for shape in shapes:
             jax.block_until_ready(self._call([], shape, False))
+        for rows, gather in self._gather_executables.items():
+            jax.block_until_ready(gather(np.zeros(rows, np.int32), np.zeros(rows, np.int32)))
         if self.verifier is not None:
             self._pages = self.verifier.warm_run(self._pages)
         scratch = self.num_row_slots  # the row-state rebuild: written to the scratch slot

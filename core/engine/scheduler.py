@@ -155,6 +155,28 @@ class Scheduler:
                 self.prefix_cache.insert(tokens[:full_blocks * self.page_size],
                                          request.page_ids[:full_blocks], request.cache_salt)
 
+    def continue_decodes(self, requests: list[Request]) -> list[SequenceChunk] | None:
+        """Async scheduling: the next decode chunk of each of `requests`, whose last token is
+        still being sampled on device (so not in `all_token_ids` yet): it goes at position
+        `num_computed_tokens` (updated for the step in flight), its token id a placeholder (0)
+        the runner replaces with the device's. Pages come from the free list or idle cached
+        prefixes, never by preempting; None when they run short (the pages taken so far stay
+        with their requests: a synchronous step uses them)."""
+        chunks = []
+        for request in requests:
+            start = request.num_computed_tokens
+            missing = -(-(start + 1) // self.page_size) - len(request.page_ids)
+            if missing > 0:
+                page_ids = self._allocate(missing)
+                if page_ids is None:
+                    return None
+                request.page_ids.extend(page_ids)
+            chunks.append(SequenceChunk(
+                request_id=request.request_id, token_ids=(0,), start_position=start,
+                page_ids=tuple(request.page_ids[:-(-(start + 1) // self.page_size)]),
+                sampling=request.sampling, wants_sample=True, row_slot=request.row_slot))
+        return chunks
+
     # -- helpers ---------------------------------------------------------------------------
 
     def _schedule_running(self, requests: list[Request], budget: int,

@@ -7,7 +7,7 @@ import pytest
 from core.cache.pages import PageAllocator
 from core.cache.radix import RadixCache
 from core.config import ConfigError, EngineConfig
-from core.engine.request import Request, SamplingParams, StoppingParams
+from core.engine.request import Request, SamplingParams, SchedulerOutput, StoppingParams
 from core.engine.scheduler import Scheduler
 
 PAGE = 4
@@ -243,3 +243,29 @@ def test_priority_orders_the_queue_and_never_preempts_a_request_that_sampled():
     assert [r.request_id for r in scheduler.running] == ["first"]
     assert [r.request_id for r in scheduler.waiting] == ["p1a", "p1b", "p3", "p7"]
     assert _run_to_the_end(scheduler, max_tokens=2) == ["first", "p1a", "p1b", "p3", "p7"]
+
+
+
+def test_continued_decodes_go_one_position_on_and_never_preempt():
+    """Async scheduling's next chunks, built while the step before is in flight (its KV counted,
+    its token not appended yet): one position on, pages from the free list; None, with nothing
+    preempted, when the pool runs short."""
+    scheduler = Scheduler(config(max_num_batched_tokens=64, num_pages=8), 8)
+    requests = [make_request(f"r{i}", 12, first_token=20 * i) for i in range(2)]
+    for request in requests:
+        scheduler.add(request)
+    step(scheduler)  # the prompts (3 pages each) and a first token
+    in_flight = scheduler.schedule()  # decodes at position 12: a fourth page each, pool full
+    assert [chunk.start_position for chunk in in_flight.chunks] == [12, 12]
+    assert scheduler.allocator.num_free == 0
+    for position in (13, 14, 15):
+        scheduler.update_after_step(in_flight)
+        chunks = scheduler.continue_decodes(requests)
+        assert [(c.request_id, c.start_position, c.token_ids, c.wants_sample, len(c.page_ids))
+                for c in chunks] == [(r.request_id, position, (0,), True, 4) for r in requests]
+        for request in requests:  # the token in flight reaches the host
+            request.output_token_ids.append(7)
+        in_flight = SchedulerOutput(tuple(chunks))
+    scheduler.update_after_step(in_flight)
+    assert scheduler.continue_decodes(requests) is None  # position 16: a fifth page each
+    assert scheduler.num_preemptions == 0 and scheduler.running == requests
