@@ -3,7 +3,7 @@ engine, at several stream counts.
 
 Usage:
     python scripts/make_tiny_model.py /tmp/bench-model --size bench
-    flock /tmp/cpu.lock python scripts/bench_async_scheduling.py --model /tmp/bench-model \
+    python scripts/bench_async_scheduling.py --model /tmp/bench-model \
         [--streams 1 8 32] [--prompt-len 128] [--output-len 128] [--repeats 3] [--json PATH]
 
 The engine is built once with `async_scheduling` on and `max_num_seqs` = the largest stream
