@@ -79,19 +79,22 @@ def test_stop_strings_are_honoured_when_streaming(client):
     assert unstreamed.text == full[:6] and unstreamed.finish_reason == "stop"
 
 
-def test_completion_streams_a_chunk_per_token_even_before_its_text(client, tiny_models):
+def test_a_stream_of_tokens_that_add_no_text_yet_joins_to_the_whole_text(client, tiny_models):
     # a lone UTF-8 lead byte (byte-level BPE's "ð" is 0xF0) decodes to no text until the
-    # character completes: the stream still shows each token as it comes, as vLLM's does
+    # character completes: the chunks before the last carry tokens but no text (how many
+    # there are depends on how the core's outputs coalesce; the facade's rule, one chunk per
+    # core response with tokens, is tests/facade/test_completion_chunks.py's), and the text
+    # comes out whole at the end
     from transformers import AutoTokenizer
 
     lead_byte = AutoTokenizer.from_pretrained(tiny_models["llama"]).convert_tokens_to_ids("ð")
     kwargs = dict(model=MODEL, prompt="Once upon a time", max_tokens=6, temperature=0,
                   logit_bias={str(lead_byte): 100}, extra_body={"ignore_eos": True})
     chunks = [c for c in client.completions.create(**kwargs, stream=True) if c.choices]
-    assert len(chunks) == 6
-    assert [c.choices[0].text for c in chunks[:5]] == [""] * 5
+    assert [c.choices[0].text for c in chunks[:-1]] == [""] * (len(chunks) - 1)
+    assert chunks[-1].choices[0].finish_reason == "length"
     whole = client.completions.create(**kwargs).choices[0].text
-    assert "".join(c.choices[0].text for c in chunks) == whole and whole
+    assert chunks[-1].choices[0].text == whole and whole
 
 
 async def test_async_client_streams_concurrently(async_client):
