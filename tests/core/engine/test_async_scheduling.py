@@ -158,14 +158,18 @@ def test_an_abort_mid_stream_ends_one_request_and_not_the_others(engine, monkeyp
     batch = prompts(2, [10, 25, 40])
 
     def make(tag):
-        return [request(f"{tag}-{i}", p, 60) for i, p in enumerate(batch)]
+        # the aborted one may run far (200) so that a late abort is still seen to be an abort
+        return [request(f"{tag}-{i}", p, 200 if i == 1 else 60) for i, p in enumerate(batch)]
 
     off, on = both_ways(engine, monkeypatch, make, abort_after={"off-1": 10, "on-1": 10})
     for outputs in (off["off-1"], on["on-1"]):
         assert outputs[-1].finish_reason is FinishReason.ABORT
-        assert 10 <= len(tokens(outputs)) < 60
-    # the aborted one's tokens are its synchronous ones as far as it went
-    assert tokens(on["on-1"]) == tokens(off["off-1"])[:len(tokens(on["on-1"]))]
+        assert 10 <= len(tokens(outputs)) < 200
+    # the aborted one's tokens are its synchronous ones as far as either went: where the abort
+    # lands (a step sooner or later) depends on timing, so neither run need be the shorter
+    on_aborted, off_aborted = tokens(on["on-1"]), tokens(off["off-1"])
+    common = min(len(on_aborted), len(off_aborted))
+    assert on_aborted[:common] == off_aborted[:common]
     for i in (0, 2):
         assert tokens(on[f"on-{i}"]) == tokens(off[f"off-{i}"])
         assert len(tokens(on[f"on-{i}"])) == 60
